@@ -1,0 +1,96 @@
+//! The `#[repr(C)]` mirror of `include/basicagent_plugin.h`, field for field.
+//!
+//! The header is the contract; this file follows it. `tests/c_header.rs`
+//! compiles a C plugin against the header and loads it through these types,
+//! and checks the sizes and offsets the C compiler computes against ours.
+
+use std::ffi::c_char;
+
+/// The ABI major version (`BA_ABI_VERSION`).
+pub const ABI_VERSION: u32 = 1;
+/// The entry symbol (`BA_ENTRY_SYMBOL_V1`), NUL-terminated for `dlsym`.
+pub const ENTRY_SYMBOL_V1: &[u8] = b"basicagent_plugin_v1\0";
+
+/// `ba_status`.
+pub type Status = u32;
+/// `BA_STATUS_OK`.
+pub const STATUS_OK: Status = 0;
+/// `BA_STATUS_UNKNOWN_CALL`.
+pub const STATUS_UNKNOWN_CALL: Status = 1;
+/// `BA_STATUS_INVALID_ARGUMENT`.
+pub const STATUS_INVALID_ARGUMENT: Status = 2;
+/// `BA_STATUS_FAILED`.
+pub const STATUS_FAILED: Status = 3;
+
+/// `ba_call_id`: identifies one call, never 0.
+pub type CallId = u64;
+
+/// `ba_host_api`.
+#[repr(C)]
+pub struct HostApi {
+    pub abi_version: u32,
+    pub size: u32,
+    pub log: Option<unsafe extern "C" fn(level: u32, msg: *const c_char, msg_len: usize)>,
+    pub complete: Option<
+        unsafe extern "C" fn(
+            call: CallId,
+            retcode: u32,
+            message: *const c_char,
+            message_len: usize,
+            data: *const c_char,
+            data_len: usize,
+        ) -> Status,
+    >,
+    pub config: *const c_char,
+    pub config_len: usize,
+    pub max_log_level: u32,
+}
+
+// SAFETY: the host api table is immutable after construction and its
+// `config` pointer refers to bytes that live as long as the table; the
+// function pointers are thread-safe by contract (see the header).
+unsafe impl Sync for HostApi {}
+// SAFETY: as above; nothing in it is tied to a thread.
+unsafe impl Send for HostApi {}
+
+/// A `const char *` that may sit in a `static` (a method name in the
+/// descriptor's NULL-terminated list). Same layout as the pointer.
+#[repr(transparent)]
+#[derive(Clone, Copy)]
+pub struct StaticStr(pub *const c_char);
+
+// SAFETY: a StaticStr only ever points to immutable `'static` data.
+unsafe impl Sync for StaticStr {}
+
+/// `ba_plugin_descriptor`.
+#[repr(C)]
+pub struct PluginDescriptor {
+    pub abi_version: u32,
+    pub size: u32,
+    pub name: *const c_char,
+    pub version: *const c_char,
+    pub description: *const c_char,
+    pub methods: *const StaticStr,
+    pub usage: *const c_char,
+    pub init: Option<unsafe extern "C" fn(host: *const HostApi) -> Status>,
+    pub call: Option<unsafe extern "C" fn(call: CallId, request: *const c_char, request_len: usize)>,
+    pub cancel: Option<unsafe extern "C" fn(call: CallId)>,
+    pub fini: Option<unsafe extern "C" fn()>,
+}
+
+// SAFETY: a descriptor is static and immutable; its pointers refer to
+// static strings and its functions are callable from any thread.
+unsafe impl Sync for PluginDescriptor {}
+// SAFETY: as above; nothing in a descriptor is tied to a thread.
+unsafe impl Send for PluginDescriptor {}
+
+/// `ba_plugin_entry_v1`.
+pub type EntryV1 = unsafe extern "C" fn() -> *const PluginDescriptor;
+
+/// The first two fields every versioned struct starts with; the loader
+/// reads only these before it knows the struct is big enough.
+#[repr(C)]
+pub struct VersionHeader {
+    pub abi_version: u32,
+    pub size: u32,
+}

@@ -1,0 +1,403 @@
+//! Finding, checking and loading plugin files: method `ns.name` → file
+//! `libns_name.so` in the plugin directory.
+//!
+//! The method name is validated before any path is built. Files are opened
+//! with `RTLD_NOW | RTLD_LOCAL` and never closed (`dlclose` of a Rust cdylib
+//! with thread-local destructors crashes); a changed file is loaded beside
+//! the old one under a unique `/proc/self/fd/N` name, because glibc hands
+//! back the old handle for a path or inode it already has.
+
+use std::collections::HashMap;
+use std::ffi::{c_char, CStr};
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::ffi::{self, CallId, HostApi, PluginDescriptor, VersionHeader};
+use crate::host::{self, Completer, Completion, HostSettings};
+use crate::retcode;
+
+/// Why a method cannot be served by a plugin file.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("invalid method name {0:?}: expected NAMESPACE.NAME, each [a-z][a-z0-9_]{{0,31}}")]
+    InvalidMethod(String),
+    #[error("no plugin serves {method}: {path} not found")]
+    NotFound { method: String, path: PathBuf },
+    #[error("{path}: cannot read: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: not a shared object (no ELF header)")]
+    NotElf { path: PathBuf },
+    #[error("{path}: dlopen failed: {reason}")]
+    Dlopen { path: PathBuf, reason: String },
+    #[error("{path}: no entry symbol basicagent_plugin_v1 (not a BasicAgent plugin, or built for another ABI)")]
+    NoEntry { path: PathBuf },
+    #[error("{path}: entry symbol returned no descriptor")]
+    NullDescriptor { path: PathBuf },
+    #[error("{path}: plugin ABI version {found}, this host speaks {expected}")]
+    AbiVersion { path: PathBuf, found: u32, expected: u32 },
+    #[error("{path}: descriptor too small ({found} bytes, ABI v1 needs {needed})")]
+    DescriptorTooSmall { path: PathBuf, found: u32, needed: u32 },
+    #[error("{path}: invalid descriptor: {reason}")]
+    BadDescriptor { path: PathBuf, reason: String },
+    #[error("{path}: does not serve {method} (serves {served})")]
+    MethodNotServed { path: PathBuf, method: String, served: String },
+    #[error("{path}: plugin init failed (see the log)")]
+    InitFailed { path: PathBuf },
+}
+
+impl LoadError {
+    /// The protocol retcode for this refusal: a missing file or a bad name
+    /// is an unknown method; a file that exists but is broken is a plugin
+    /// failure.
+    pub fn retcode(&self) -> u32 {
+        match self {
+            LoadError::InvalidMethod(_) | LoadError::NotFound { .. } | LoadError::MethodNotServed { .. } => {
+                retcode::UNKNOWN_METHOD
+            }
+            _ => retcode::PLUGIN_FAILURE,
+        }
+    }
+}
+
+fn valid_part(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 32
+        && b[0].is_ascii_lowercase()
+        && b[1..].iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_')
+}
+
+/// Splits and validates `NAMESPACE.NAME` (each part `[a-z][a-z0-9_]{0,31}`).
+pub fn split_method(method: &str) -> Result<(&str, &str), LoadError> {
+    match method.split_once('.') {
+        Some((ns, name)) if valid_part(ns) && valid_part(name) => Ok((ns, name)),
+        _ => Err(LoadError::InvalidMethod(method.to_owned())),
+    }
+}
+
+/// The file that serves `method`: `getinfo.users` → `libgetinfo_users.so`.
+pub fn file_name_for(method: &str) -> Result<String, LoadError> {
+    let (ns, name) = split_method(method)?;
+    Ok(format!("lib{ns}_{name}.so"))
+}
+
+/// A plugin's self-description, copied out of its descriptor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginInfo {
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    pub methods: Vec<String>,
+    pub usage: String,
+    pub path: PathBuf,
+}
+
+/// Identity of a file on disk, to notice a replaced plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+    size: u64,
+}
+
+impl FileId {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            mtime: meta.mtime(),
+            mtime_nsec: meta.mtime_nsec(),
+            size: meta.size(),
+        }
+    }
+}
+
+/// A loaded, initialised plugin. Never unloaded.
+pub struct Plugin {
+    info: PluginInfo,
+    desc: &'static PluginDescriptor,
+    file_id: FileId,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin").field("info", &self.info).finish()
+    }
+}
+
+impl Plugin {
+    /// Loads, checks and initialises the plugin in `path`.
+    ///
+    /// `unique` loads it under `/proc/self/fd/N` (N kept open for ever) so
+    /// that a file replaced on disk is mapped anew beside the old one.
+    pub fn load(path: &Path, settings: &HostSettings, unique: bool) -> Result<Plugin, LoadError> {
+        let io = |source| LoadError::Io { path: path.to_owned(), source };
+        let mut file = File::open(path).map_err(io)?;
+        let file_id = FileId::of(&file.metadata().map_err(io)?);
+        let mut magic = [0u8; 4];
+        if file.read_exact(&mut magic).is_err() || magic != *b"\x7fELF" {
+            return Err(LoadError::NotElf { path: path.to_owned() });
+        }
+        let open_path = if unique {
+            let fd = file.as_raw_fd();
+            // The fd stays open (leaked) so that its number, and therefore
+            // the name glibc records, is never reused in this process.
+            std::mem::forget(file);
+            PathBuf::from(format!("/proc/self/fd/{fd}"))
+        } else {
+            path.to_owned()
+        };
+        // SAFETY: loading a shared object runs its initialisers. That is the
+        // point of a plugin: the operator put this file in the plugin
+        // directory (root-owned) and we checked it is ELF.
+        let lib = unsafe {
+            libloading::os::unix::Library::open(
+                Some(&open_path),
+                libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_LOCAL,
+            )
+        }
+        .map_err(|e| LoadError::Dlopen { path: path.to_owned(), reason: e.to_string() })?;
+        // SAFETY: the symbol, if present, has the type the header declares
+        // (`ba_plugin_entry_v1`); a plugin exporting the name with another
+        // type breaks the contract we document.
+        let entry: Option<ffi::EntryV1> =
+            unsafe { lib.get::<ffi::EntryV1>(ffi::ENTRY_SYMBOL_V1) }.ok().map(|s| *s);
+        // Never dlclose: the library stays mapped for the life of the process.
+        let _ = lib.into_raw();
+        let entry = entry.ok_or_else(|| LoadError::NoEntry { path: path.to_owned() })?;
+        // SAFETY: calling the plugin's entry point, per the contract.
+        let desc_ptr = unsafe { entry() };
+        let desc = check_descriptor(path, desc_ptr)?;
+        let info = read_info(path, desc)?;
+        let api: &'static HostApi = host::host_api(settings);
+        if let Some(init) = desc.init {
+            // SAFETY: `api` is a 'static table; init is the plugin's own.
+            let status = unsafe { init(api) };
+            if status != ffi::STATUS_OK {
+                return Err(LoadError::InitFailed { path: path.to_owned() });
+            }
+        }
+        Ok(Plugin { info, desc, file_id })
+    }
+
+    /// The plugin's self-description.
+    pub fn info(&self) -> &PluginInfo {
+        &self.info
+    }
+
+    /// Whether the plugin lists `method` among those it serves.
+    pub fn serves(&self, method: &str) -> bool {
+        self.info.methods.iter().any(|m| m == method)
+    }
+
+    /// Starts a call. `done` runs exactly once, on the thread that
+    /// completes the call (possibly this one, before `call` returns).
+    pub fn call(&self, request: &[u8], done: Completer) -> CallId {
+        let id = host::register(done);
+        match self.desc.call {
+            // SAFETY: `request` is live for the duration of the call; the
+            // plugin copies what it keeps (contract).
+            Some(call) => unsafe { call(id, request.as_ptr().cast::<c_char>(), request.len()) },
+            None => {
+                host::finish(Completion {
+                    call: id,
+                    retcode: retcode::PLUGIN_FAILURE,
+                    message: "plugin has no call function".to_owned(),
+                    data: None,
+                });
+            }
+        }
+        id
+    }
+
+    /// Asks the plugin to stop a call in flight. Harmless if it finished.
+    pub fn cancel(&self, id: CallId) {
+        if let Some(cancel) = self.desc.cancel {
+            // SAFETY: the plugin's own function; ids it does not know are
+            // ignored (contract).
+            unsafe { cancel(id) };
+        }
+    }
+
+    /// Orderly shutdown of the plugin (the code stays mapped).
+    pub fn fini(&self) {
+        if let Some(fini) = self.desc.fini {
+            // SAFETY: the plugin's own function, called once by the host.
+            unsafe { fini() };
+        }
+    }
+}
+
+fn check_descriptor(path: &Path, p: *const PluginDescriptor) -> Result<&'static PluginDescriptor, LoadError> {
+    if p.is_null() {
+        return Err(LoadError::NullDescriptor { path: path.to_owned() });
+    }
+    // SAFETY: every version of the descriptor starts with the two u32 of
+    // VersionHeader; the plugin returned a pointer to its static data.
+    let head = unsafe { &*p.cast::<VersionHeader>() };
+    if head.abi_version != ffi::ABI_VERSION {
+        return Err(LoadError::AbiVersion { path: path.to_owned(), found: head.abi_version, expected: ffi::ABI_VERSION });
+    }
+    let needed = std::mem::size_of::<PluginDescriptor>() as u32;
+    if head.size < needed {
+        return Err(LoadError::DescriptorTooSmall { path: path.to_owned(), found: head.size, needed });
+    }
+    // SAFETY: the plugin declares at least `needed` bytes of v1 layout;
+    // the descriptor is static and immutable (contract).
+    let desc = unsafe { &*p };
+    if desc.call.is_none() {
+        return Err(LoadError::BadDescriptor { path: path.to_owned(), reason: "call is NULL".to_owned() });
+    }
+    Ok(desc)
+}
+
+fn read_str(path: &Path, field: &str, p: *const c_char) -> Result<String, LoadError> {
+    let bad = |reason: String| LoadError::BadDescriptor { path: path.to_owned(), reason };
+    if p.is_null() {
+        return Err(bad(format!("{field} is NULL")));
+    }
+    // SAFETY: the contract says every descriptor string is a static
+    // NUL-terminated string.
+    let c = unsafe { CStr::from_ptr(p) };
+    c.to_str().map(str::to_owned).map_err(|_| bad(format!("{field} is not UTF-8")))
+}
+
+fn read_info(path: &Path, desc: &PluginDescriptor) -> Result<PluginInfo, LoadError> {
+    let name = read_str(path, "name", desc.name)?;
+    let version = read_str(path, "version", desc.version)?;
+    let description = read_str(path, "description", desc.description)?;
+    let usage = read_str(path, "usage", desc.usage)?;
+    let mut methods = Vec::new();
+    if desc.methods.is_null() {
+        return Err(LoadError::BadDescriptor { path: path.to_owned(), reason: "methods is NULL".to_owned() });
+    }
+    for i in 0..=256usize {
+        if i == 256 {
+            return Err(LoadError::BadDescriptor {
+                path: path.to_owned(),
+                reason: "methods list has no NULL terminator within 256 entries".to_owned(),
+            });
+        }
+        // SAFETY: a NULL-terminated array per the contract; we stop at the
+        // terminator and never read past 256 entries.
+        let m = unsafe { *desc.methods.add(i) };
+        if m.0.is_null() {
+            break;
+        }
+        let method = read_str(path, "method", m.0)?;
+        split_method(&method).map_err(|e| LoadError::BadDescriptor { path: path.to_owned(), reason: e.to_string() })?;
+        methods.push(method);
+    }
+    if methods.is_empty() {
+        return Err(LoadError::BadDescriptor { path: path.to_owned(), reason: "serves no method".to_owned() });
+    }
+    Ok(PluginInfo { name, version, description, methods, usage, path: path.to_owned() })
+}
+
+/// The plugin directory: loads plugins on first use, keeps them for ever,
+/// and loads a changed file anew on [`PluginRegistry::reload_changed`].
+pub struct PluginRegistry {
+    dir: PathBuf,
+    settings: HostSettings,
+    loaded: Mutex<HashMap<String, Arc<Plugin>>>,
+}
+
+impl PluginRegistry {
+    /// A registry over `dir`.
+    pub fn new(dir: impl Into<PathBuf>, settings: HostSettings) -> Self {
+        PluginRegistry { dir: dir.into(), settings, loaded: Mutex::new(HashMap::new()) }
+    }
+
+    /// The directory searched.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn loaded(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Plugin>>> {
+        self.loaded.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The plugin serving `method`, loading its file on first use.
+    pub fn get(&self, method: &str) -> Result<Arc<Plugin>, LoadError> {
+        let file = file_name_for(method)?;
+        if let Some(p) = self.loaded().get(&file) {
+            return Ok(Arc::clone(p));
+        }
+        let path = self.dir.join(&file);
+        if !path.exists() {
+            return Err(LoadError::NotFound { method: method.to_owned(), path });
+        }
+        let plugin = Arc::new(Plugin::load(&path, &self.settings, false)?);
+        if !plugin.serves(method) {
+            return Err(LoadError::MethodNotServed {
+                path,
+                method: method.to_owned(),
+                served: plugin.info.methods.join(", "),
+            });
+        }
+        log::info!("loaded plugin {} {} from {}", plugin.info.name, plugin.info.version, path.display());
+        let mut loaded = self.loaded();
+        let entry = loaded.entry(file).or_insert(plugin);
+        Ok(Arc::clone(entry))
+    }
+
+    /// Loads anew every loaded plugin whose file changed on disk (new
+    /// calls go to the new one; calls in flight finish in the old one).
+    /// Returns what was reloaded and what failed (the old one stays).
+    pub fn reload_changed(&self) -> Vec<Result<PluginInfo, LoadError>> {
+        let current: Vec<(String, Arc<Plugin>)> =
+            self.loaded().iter().map(|(k, v)| (k.clone(), Arc::clone(v))).collect();
+        let mut out = Vec::new();
+        for (file, old) in current {
+            let path = self.dir.join(&file);
+            let Ok(meta) = std::fs::metadata(&path) else { continue };
+            if FileId::of(&meta) == old.file_id {
+                continue;
+            }
+            match Plugin::load(&path, &self.settings, true) {
+                Ok(new) => {
+                    out.push(Ok(new.info.clone()));
+                    self.loaded().insert(file, Arc::new(new));
+                }
+                Err(e) => out.push(Err(e)),
+            }
+        }
+        out
+    }
+
+    /// Every `lib*_*.so` in the directory, loaded (or refused), sorted by
+    /// file name: what `BasicAgentCtl -l` shows.
+    pub fn scan(&self) -> Result<Vec<Result<PluginInfo, LoadError>>, LoadError> {
+        let rd = std::fs::read_dir(&self.dir).map_err(|source| LoadError::Io { path: self.dir.clone(), source })?;
+        let mut files: Vec<String> = rd
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n.starts_with("lib") && n.ends_with(".so"))
+            .collect();
+        files.sort();
+        let mut out = Vec::new();
+        for file in files {
+            let stem = &file[3..file.len() - 3];
+            let Some((ns, name)) = stem.split_once('_') else { continue };
+            let method = format!("{ns}.{name}");
+            if split_method(&method).is_err() {
+                continue;
+            }
+            out.push(self.get(&method).map(|p| p.info.clone()));
+        }
+        Ok(out)
+    }
+
+    /// Calls `fini` on every loaded plugin (orderly shutdown).
+    pub fn fini_all(&self) {
+        for p in self.loaded().values() {
+            p.fini();
+        }
+    }
+}

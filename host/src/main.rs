@@ -1,0 +1,2 @@
+//! BasicAgent daemon (placeholder until the daemon issue).
+fn main() {}

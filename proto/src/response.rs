@@ -1,0 +1,142 @@
+//! Responses: `{"id":..,"resp":"success"|"failed","retcode":N,"message":..,"data":..}`.
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::retcode::Retcode;
+
+/// A response to one request (protocol §5).
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// The request's id echoed as given (a JSON string or number); `None`
+    /// is written as `null` (a frame that could not be read) or left out
+    /// (`omit_id`, the ctl tool's output).
+    pub id: Option<Box<RawValue>>,
+    pub omit_id: bool,
+    /// `Some("init")` for init replies; normally left out.
+    pub method: Option<String>,
+    pub retcode: Retcode,
+    pub message: String,
+    /// Any JSON value, already checked to be valid JSON.
+    pub data: Option<Box<RawValue>>,
+}
+
+#[derive(Serialize)]
+struct Wire<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    method: Option<&'a str>,
+    #[serde(skip_serializing_if = "Skip::skip")]
+    id: Skip<'a>,
+    resp: &'static str,
+    retcode: u32,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a RawValue>,
+}
+
+/// The id field: omitted, `null`, or the raw value.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Skip<'a> {
+    Omit,
+    Value(Option<&'a RawValue>),
+}
+
+impl Skip<'_> {
+    fn skip(&self) -> bool {
+        matches!(self, Skip::Omit)
+    }
+}
+
+impl Response {
+    /// A response with the code's standard message.
+    pub fn new(id: Option<Box<RawValue>>, retcode: Retcode) -> Self {
+        Response { id, omit_id: false, method: None, retcode, message: retcode.message().to_owned(), data: None }
+    }
+
+    /// A failure with a specific message.
+    pub fn failed(id: Option<Box<RawValue>>, retcode: Retcode, message: impl Into<String>) -> Self {
+        Response { message: message.into(), ..Response::new(id, retcode) }
+    }
+
+    /// Builds a response from what a plugin completed with: an empty
+    /// message becomes the standard one; `data` must be valid JSON, else
+    /// the response becomes `3025 Plugin failure`.
+    pub fn from_plugin(id: Option<Box<RawValue>>, retcode: u32, message: &str, data: Option<&str>) -> Self {
+        let retcode = Retcode(retcode);
+        let data = match data {
+            None => None,
+            Some(text) => match RawValue::from_string(text.trim().to_owned()) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    return Response::failed(
+                        id,
+                        Retcode::PLUGIN_FAILURE,
+                        format!("plugin returned invalid JSON data: {e}"),
+                    )
+                }
+            },
+        };
+        let message = if message.is_empty() { retcode.message().to_owned() } else { message.to_owned() };
+        Response { id, omit_id: false, method: None, retcode, message, data }
+    }
+
+    /// Sets `data` from a serialisable value.
+    pub fn with_data<T: Serialize>(mut self, data: &T) -> Self {
+        self.data = serde_json::value::to_raw_value(data).ok();
+        self
+    }
+
+    /// The response as one JSON object without the trailing newline.
+    pub fn to_json(&self) -> String {
+        let wire = Wire {
+            method: self.method.as_deref(),
+            id: if self.omit_id { Skip::Omit } else { Skip::Value(self.id.as_deref()) },
+            resp: self.retcode.resp(),
+            retcode: self.retcode.0,
+            message: &self.message,
+            data: self.data.as_deref(),
+        };
+        // Serialising these types cannot fail: every field is a plain
+        // string, number or already-valid raw JSON.
+        serde_json::to_string(&wire).unwrap_or_else(|_| String::from("{}"))
+    }
+
+    /// Appends the response and its `\n` to `out` (one frame).
+    pub fn write_frame(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.to_json().as_bytes());
+        out.push(b'\n');
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn success_with_data_and_id() {
+        let id = RawValue::from_string("\"42\"".into()).ok();
+        let r = Response::from_plugin(id, 2, "", Some("{\"a\":1}"));
+        assert_eq!(
+            r.to_json(),
+            r#"{"id":"42","resp":"success","retcode":2,"message":"Normal termination","data":{"a":1}}"#
+        );
+    }
+
+    #[test]
+    fn null_id_and_omitted_id() {
+        let r = Response::failed(None, Retcode::INVALID_REQUEST, "not JSON");
+        assert_eq!(r.to_json(), r#"{"id":null,"resp":"failed","retcode":3020,"message":"not JSON"}"#);
+        let mut r = Response::new(None, Retcode::SUCCESS);
+        r.omit_id = true;
+        assert_eq!(r.to_json(), r#"{"resp":"success","retcode":2,"message":"Normal termination"}"#);
+    }
+
+    #[test]
+    fn invalid_plugin_json_becomes_plugin_failure() {
+        let r = Response::from_plugin(None, 2, "", Some("{not json"));
+        assert_eq!(r.retcode, Retcode::PLUGIN_FAILURE);
+        assert!(r.message.contains("invalid JSON"), "{}", r.message);
+        assert!(r.data.is_none());
+    }
+}

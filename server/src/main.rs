@@ -1,0 +1,2 @@
+//! BasicAgentServer (placeholder until the daemon issue).
+fn main() {}
