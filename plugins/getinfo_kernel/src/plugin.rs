@@ -1,0 +1,224 @@
+//! The thin glue: checks the request, makes the one `uname(2)` call, reads
+//! the three `/proc` files and completes the call synchronously.
+
+use std::borrow::Cow;
+use std::ffi::c_char;
+use std::fs::File;
+use std::io::Read;
+
+use basicagent_abi::{retcode, Call};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::parse::{parse_btime, parse_cmdline, parse_uptime, KernelInfo};
+
+/// Shown by `BasicAgentCtl -l` and in every `3021` message.
+pub const USAGE: &str = "getinfo.kernel takes no arguments (\"args\" absent, null or blank).
+Output data:
+  sysname, nodename, release, version, machine, domainname  strings from uname(2)
+  cmdline         string, /proc/cmdline trimmed (null if unreadable)
+  boot_time       integer, unix seconds at boot (btime of /proc/stat; null if unreadable)
+  uptime_seconds  number, seconds since boot (/proc/uptime; null if unreadable)";
+
+/// Why a `getinfo.kernel` call fails.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    /// The request is not a JSON object.
+    #[error("request is not a JSON object: {0}")]
+    Request(#[source] serde_json::Error),
+    /// Arguments were given; the method takes none.
+    #[error("getinfo.kernel takes no arguments, got {0}; usage: {USAGE}")]
+    Args(String),
+    /// `uname(2)` failed (it cannot on Linux, but it returns a status).
+    #[error("uname(2) failed: {0}")]
+    Uname(#[source] std::io::Error),
+    /// The data could not be serialised.
+    #[error("cannot serialise the data: {0}")]
+    Serialise(#[source] serde_json::Error),
+}
+
+impl KernelError {
+    /// The protocol retcode for this failure.
+    pub fn retcode(&self) -> u32 {
+        match self {
+            KernelError::Request(_) => retcode::INVALID_REQUEST,
+            KernelError::Args(_) => retcode::INVALID_PARAMS,
+            KernelError::Uname(_) | KernelError::Serialise(_) => retcode::PLUGIN_FAILURE,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Request<'a> {
+    #[serde(borrow, default)]
+    args: Option<&'a RawValue>,
+}
+
+/// Accepts a request whose `args` is absent, `null` or a blank string.
+pub fn check_request(request: &[u8]) -> Result<(), KernelError> {
+    match request.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => return Ok(()),
+        // serde would also accept a struct written as an array.
+        Some(b'{') => {}
+        Some(_) => {
+            return Err(KernelError::Request(serde::de::Error::custom(
+                "expected an object",
+            )))
+        }
+    }
+    let req: Request<'_> = serde_json::from_slice(request).map_err(KernelError::Request)?;
+    let Some(raw) = req.args else { return Ok(()) };
+    let blank = match serde_json::from_str::<Option<String>>(raw.get()) {
+        Ok(None) => true,
+        Ok(Some(s)) => s.trim().is_empty(),
+        Err(_) => false,
+    };
+    if blank {
+        Ok(())
+    } else {
+        Err(KernelError::Args(raw.get().to_owned()))
+    }
+}
+
+/// The fields of `uname(2)`, as the kernel filled them.
+struct Uname(libc::utsname);
+
+impl Uname {
+    fn get() -> Result<Uname, KernelError> {
+        // SAFETY: utsname is plain old data (arrays of c_char); all-zero
+        // bytes are a valid value.
+        let mut buf: libc::utsname = unsafe { std::mem::zeroed() };
+        // SAFETY: `buf` is a valid, writable utsname for the whole call.
+        let rc = unsafe { libc::uname(&mut buf) };
+        if rc != 0 {
+            return Err(KernelError::Uname(std::io::Error::last_os_error()));
+        }
+        Ok(Uname(buf))
+    }
+}
+
+/// One NUL-terminated `utsname` field as text (lossy for non-UTF-8).
+fn field(f: &[c_char]) -> Cow<'_, str> {
+    // SAFETY: c_char and u8 have the same size and alignment; the slice
+    // covers exactly the field's bytes, which live as long as `f`.
+    let bytes: &[u8] = unsafe { std::slice::from_raw_parts(f.as_ptr().cast::<u8>(), f.len()) };
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end])
+}
+
+/// Reads a whole (small, procfs) file into `buf`, replacing its contents.
+fn read_into(path: &str, buf: &mut Vec<u8>) -> bool {
+    buf.clear();
+    match File::open(path).and_then(|mut f| f.read_to_end(buf)) {
+        Ok(_) => true,
+        Err(e) => {
+            log::warn!("cannot read {path}: {e}");
+            false
+        }
+    }
+}
+
+/// Collects everything and returns the `data` JSON text.
+pub fn collect() -> Result<String, KernelError> {
+    let uts = Uname::get()?;
+    let mut cmdline_buf = Vec::with_capacity(512);
+    let cmdline = read_into("/proc/cmdline", &mut cmdline_buf).then(|| parse_cmdline(&cmdline_buf));
+    // /proc/stat, then /proc/uptime, share one buffer: only numbers are kept.
+    let mut buf = Vec::with_capacity(8192);
+    let boot_time = if read_into("/proc/stat", &mut buf) {
+        parse_btime(&buf)
+    } else {
+        None
+    };
+    let uptime_seconds = if read_into("/proc/uptime", &mut buf) {
+        parse_uptime(&buf)
+    } else {
+        None
+    };
+    let info = KernelInfo {
+        sysname: field(&uts.0.sysname),
+        nodename: field(&uts.0.nodename),
+        release: field(&uts.0.release),
+        version: field(&uts.0.version),
+        machine: field(&uts.0.machine),
+        domainname: field(&uts.0.domainname),
+        cmdline,
+        boot_time,
+        uptime_seconds,
+    };
+    serde_json::to_string(&info).map_err(KernelError::Serialise)
+}
+
+/// The plugin's `call`: validate, collect, complete at once.
+pub fn call(call: Call, request: &[u8]) {
+    match check_request(request).and_then(|()| collect()) {
+        Ok(data) => call.success(&data),
+        Err(e) => call.fail(e.retcode(), &e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn args_accepted() {
+        for req in [
+            &b""[..],
+            b"  ",
+            br#"{"method":"getinfo.kernel"}"#,
+            br#"{"method":"getinfo.kernel","args":null}"#,
+            br#"{"method":"getinfo.kernel","args":""}"#,
+            br#"{"method":"getinfo.kernel","args":"  \t"}"#,
+            br#"{"id":7,"method":"getinfo.kernel","other":{"x":[1]}}"#,
+        ] {
+            assert!(
+                check_request(req).is_ok(),
+                "{}",
+                String::from_utf8_lossy(req)
+            );
+        }
+    }
+
+    #[test]
+    fn args_refused_with_usage() {
+        for req in [
+            &br#"{"args":"-A"}"#[..],
+            br#"{"args":["x"]}"#,
+            br#"{"args":1}"#,
+            br#"{"args":{}}"#,
+        ] {
+            let e = check_request(req).err();
+            assert!(
+                matches!(e, Some(KernelError::Args(_))),
+                "{}",
+                String::from_utf8_lossy(req)
+            );
+            let e = e.map(|e| (e.retcode(), e.to_string()));
+            assert_eq!(e.as_ref().map(|e| e.0), Some(retcode::INVALID_PARAMS));
+            assert!(e.is_some_and(
+                |e| e.1.contains("takes no arguments") && e.1.contains("uptime_seconds")
+            ));
+        }
+    }
+
+    #[test]
+    fn bad_request_is_3020() {
+        let e = check_request(b"not json").err().map(|e| e.retcode());
+        assert_eq!(e, Some(retcode::INVALID_REQUEST));
+        let e = check_request(b"[1]").err().map(|e| e.retcode());
+        assert_eq!(e, Some(retcode::INVALID_REQUEST));
+    }
+
+    #[test]
+    fn collect_matches_libc() -> Result<(), Box<dyn std::error::Error>> {
+        let v: serde_json::Value = serde_json::from_str(&collect()?)?;
+        let uts = Uname::get()?;
+        assert_eq!(v["sysname"], field(&uts.0.sysname).as_ref());
+        assert_eq!(v["release"], field(&uts.0.release).as_ref());
+        assert!(v["boot_time"].as_u64().is_some_and(|b| b > 0));
+        assert!(v["uptime_seconds"].as_f64().is_some_and(|u| u > 0.0));
+        assert!(v["cmdline"].is_string());
+        Ok(())
+    }
+}
