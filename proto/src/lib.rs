@@ -1,13 +1,35 @@
 //! BasicAgent wire types: the one place that knows JSON.
 //!
 //! Frames are JSON objects, one per `\n`-terminated line. This crate turns
-//! bytes into typed requests and typed responses into bytes; it does no
-//! I/O and never panics on input (it is fuzzed).
+//! bytes into typed messages and typed messages into bytes for both ends
+//! (the agent and any server); it does no I/O and never panics on input
+//! (it is fuzzed). Key decision: decoders read a frame into borrowed raw
+//! fields and check each one by name, so errors say which field is wrong
+//! and unknown fields are always tolerated.
+//!
+//! Map: [`frame`] splits bytes into lines; [`incoming`] says what a line
+//! is; [`request`], [`response`], [`init`], [`task`] read and write each
+//! message; [`server_list`] parses redirect targets; [`retcode`] holds the
+//! result codes.
 
+pub mod envelope;
+pub mod frame;
+pub mod incoming;
+pub mod init;
+pub mod request;
 pub mod response;
 pub mod retcode;
-pub mod request;
+pub mod server_list;
+pub mod task;
 
-pub use request::{Request, RequestError};
+pub use envelope::MessageError;
+pub use frame::{FrameDecoder, FrameError, DEFAULT_MAX_FRAME};
+pub use incoming::{Incoming, IncomingError, IncomingErrorKind};
+pub use init::{redirect_json, Init, InitReply};
+pub use request::{ping_json, Request, RequestError};
 pub use response::Response;
 pub use retcode::Retcode;
+pub use server_list::{
+    parse_server_addr, parse_server_list, ServerAddr, ServerAddrError, ServerList,
+};
+pub use task::{TaskAck, TaskDone};

@@ -15,7 +15,7 @@ pub struct Request<'a> {
 
 /// Why a frame is not a request. Each maps to `3020 Invalid request`,
 /// answered with the id when it could be read and `null` otherwise.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum RequestError {
     #[error("frame is not a JSON object: {0}")]
     NotJson(String),
@@ -37,20 +37,23 @@ impl<'a> Request<'a> {
     /// Reads the envelope of one frame (without its `\n`). On failure also
     /// returns the id if one could be read, so the answer can carry it.
     pub fn parse(frame: &'a [u8]) -> Result<Request<'a>, (Option<Box<RawValue>>, RequestError)> {
-        let text = std::str::from_utf8(frame).map_err(|_| (None, RequestError::NotJson("not UTF-8".into())))?;
+        let text = std::str::from_utf8(frame)
+            .map_err(|_| (None, RequestError::NotJson("not UTF-8".into())))?;
         let value: &RawValue =
             serde_json::from_str(text).map_err(|e| (None, RequestError::NotJson(e.to_string())))?;
         if !value.get().trim_start().starts_with('{') {
             return Err((None, RequestError::NotJson("not an object".into())));
         }
-        let env: Envelope<'_> =
-            serde_json::from_str(value.get()).map_err(|e| (None, RequestError::NotJson(e.to_string())))?;
+        let env: Envelope<'_> = serde_json::from_str(value.get())
+            .map_err(|e| (None, RequestError::NotJson(e.to_string())))?;
         let id = match env.id {
             None => None,
             Some(raw) if raw.get().trim() == "null" => None,
             Some(raw) => {
                 let t = raw.get().trim_start();
-                let ok = t.starts_with('"') || t.starts_with('-') || t.starts_with(|c: char| c.is_ascii_digit());
+                let ok = t.starts_with('"')
+                    || t.starts_with('-')
+                    || t.starts_with(|c: char| c.is_ascii_digit());
                 if !ok {
                     return Err((None, RequestError::BadId));
                 }
@@ -58,9 +61,69 @@ impl<'a> Request<'a> {
             }
         };
         match env.method {
-            Some(serde_json::Value::String(method)) => Ok(Request { id, method, raw: frame }),
+            Some(serde_json::Value::String(method)) => Ok(Request {
+                id,
+                method,
+                raw: frame,
+            }),
             _ => Err((id, RequestError::NoMethod)),
         }
+    }
+}
+
+/// `{"id":ID,"method":"ping"}`: the heartbeat request either side may send.
+pub fn ping_json(id: &RawValue) -> String {
+    format!("{{\"id\":{},\"method\":\"ping\"}}", id.get())
+}
+
+impl Request<'_> {
+    /// The request frame with its `id` set to `id` (written first; any
+    /// previous id dropped; the other fields kept raw, in order). Used by
+    /// a server that assigns its own ids to match answers.
+    pub fn with_id(&self, id: &RawValue) -> String {
+        let mut out = String::with_capacity(self.raw.len() + id.get().len() + 8);
+        out.push_str("{\"id\":");
+        out.push_str(id.get());
+        // `raw` parsed as an object in `parse`; reading it again cannot fail.
+        if let Ok(Fields(fields)) = std::str::from_utf8(self.raw)
+            .map_err(|_| ())
+            .and_then(|t| serde_json::from_str(t).map_err(|_| ()))
+        {
+            for (key, value) in fields.iter().filter(|(k, _)| k != "id") {
+                out.push(',');
+                out.push_str(&serde_json::to_string(key).unwrap_or_else(|_| String::from("\"\"")));
+                out.push(':');
+                out.push_str(value.get());
+            }
+        }
+        out.push('}');
+        out
+    }
+}
+
+/// An object's fields in order, values raw.
+struct Fields(Vec<(String, Box<RawValue>)>);
+
+impl<'de> Deserialize<'de> for Fields {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Fields;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Fields, A::Error> {
+                let mut fields = Vec::new();
+                while let Some(entry) = map.next_entry::<String, Box<RawValue>>()? {
+                    fields.push(entry);
+                }
+                Ok(Fields(fields))
+            }
+        }
+        d.deserialize_map(V)
     }
 }
 
@@ -78,14 +141,47 @@ mod tests {
     }
 
     #[test]
+    fn with_id_replaces_or_adds_the_id() {
+        let id = RawValue::from_string("17".into()).unwrap();
+        let r = Request::parse(
+            br#"{"method":"sync.bash","id":"a","cmd":"echo \"x\"","env":{"A":"1"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r.with_id(&id),
+            r#"{"id":17,"method":"sync.bash","cmd":"echo \"x\"","env":{"A":"1"}}"#
+        );
+        let r = Request::parse(br#"{"method":"ping"}"#).unwrap();
+        assert_eq!(r.with_id(&id), r#"{"id":17,"method":"ping"}"#);
+        assert_eq!(ping_json(&id), r#"{"id":17,"method":"ping"}"#);
+    }
+
+    #[test]
     fn refuses_garbage_with_clear_errors() {
-        assert!(matches!(Request::parse(b"hello").unwrap_err().1, RequestError::NotJson(_)));
-        assert!(matches!(Request::parse(b"[1,2]").unwrap_err().1, RequestError::NotJson(_)));
-        assert!(matches!(Request::parse(b"\xff").unwrap_err().1, RequestError::NotJson(_)));
+        assert!(matches!(
+            Request::parse(b"hello").unwrap_err().1,
+            RequestError::NotJson(_)
+        ));
+        assert!(matches!(
+            Request::parse(b"[1,2]").unwrap_err().1,
+            RequestError::NotJson(_)
+        ));
+        assert!(matches!(
+            Request::parse(b"\xff").unwrap_err().1,
+            RequestError::NotJson(_)
+        ));
         let (id, e) = Request::parse(br#"{"id":"9"}"#).unwrap_err();
         assert_eq!(e, RequestError::NoMethod);
         assert_eq!(id.unwrap().get(), "\"9\"");
-        assert_eq!(Request::parse(br#"{"id":{},"method":"ping"}"#).unwrap_err().1, RequestError::BadId);
-        assert_eq!(Request::parse(br#"{"method":5}"#).unwrap_err().1, RequestError::NoMethod);
+        assert_eq!(
+            Request::parse(br#"{"id":{},"method":"ping"}"#)
+                .unwrap_err()
+                .1,
+            RequestError::BadId
+        );
+        assert_eq!(
+            Request::parse(br#"{"method":5}"#).unwrap_err().1,
+            RequestError::NoMethod
+        );
     }
 }

@@ -1,8 +1,9 @@
 //! Responses: `{"id":..,"resp":"success"|"failed","retcode":N,"message":..,"data":..}`.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::envelope::{self, MessageError};
 use crate::retcode::Retcode;
 
 /// A response to one request (protocol §5).
@@ -19,6 +20,22 @@ pub struct Response {
     pub message: String,
     /// Any JSON value, already checked to be valid JSON.
     pub data: Option<Box<RawValue>>,
+}
+
+#[derive(Deserialize)]
+struct ResponseEnvelope<'a> {
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    method: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    resp: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    retcode: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    message: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
 }
 
 #[derive(Serialize)]
@@ -51,18 +68,33 @@ impl Skip<'_> {
 impl Response {
     /// A response with the code's standard message.
     pub fn new(id: Option<Box<RawValue>>, retcode: Retcode) -> Self {
-        Response { id, omit_id: false, method: None, retcode, message: retcode.message().to_owned(), data: None }
+        Response {
+            id,
+            omit_id: false,
+            method: None,
+            retcode,
+            message: retcode.message().to_owned(),
+            data: None,
+        }
     }
 
     /// A failure with a specific message.
     pub fn failed(id: Option<Box<RawValue>>, retcode: Retcode, message: impl Into<String>) -> Self {
-        Response { message: message.into(), ..Response::new(id, retcode) }
+        Response {
+            message: message.into(),
+            ..Response::new(id, retcode)
+        }
     }
 
     /// Builds a response from what a plugin completed with: an empty
     /// message becomes the standard one; `data` must be valid JSON, else
     /// the response becomes `3025 Plugin failure`.
-    pub fn from_plugin(id: Option<Box<RawValue>>, retcode: u32, message: &str, data: Option<&str>) -> Self {
+    pub fn from_plugin(
+        id: Option<Box<RawValue>>,
+        retcode: u32,
+        message: &str,
+        data: Option<&str>,
+    ) -> Self {
         let retcode = Retcode(retcode);
         let data = match data {
             None => None,
@@ -77,8 +109,19 @@ impl Response {
                 }
             },
         };
-        let message = if message.is_empty() { retcode.message().to_owned() } else { message.to_owned() };
-        Response { id, omit_id: false, method: None, retcode, message, data }
+        let message = if message.is_empty() {
+            retcode.message().to_owned()
+        } else {
+            message.to_owned()
+        };
+        Response {
+            id,
+            omit_id: false,
+            method: None,
+            retcode,
+            message,
+            data,
+        }
     }
 
     /// Sets `data` from a serialisable value.
@@ -91,7 +134,11 @@ impl Response {
     pub fn to_json(&self) -> String {
         let wire = Wire {
             method: self.method.as_deref(),
-            id: if self.omit_id { Skip::Omit } else { Skip::Value(self.id.as_deref()) },
+            id: if self.omit_id {
+                Skip::Omit
+            } else {
+                Skip::Value(self.id.as_deref())
+            },
             resp: self.retcode.resp(),
             retcode: self.retcode.0,
             message: &self.message,
@@ -106,6 +153,35 @@ impl Response {
     pub fn write_frame(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(self.to_json().as_bytes());
         out.push(b'\n');
+    }
+
+    /// Decodes a response frame (the peer's answer to one of our
+    /// requests). `resp` must be `"success"` or `"failed"`; `retcode` is
+    /// required except on success (then 2); `message` defaults to the
+    /// code's standard message; `id` and `data` are kept raw (`null` reads
+    /// as `None`); other fields are ignored.
+    pub fn parse(frame: &[u8]) -> Result<Response, MessageError> {
+        let env: ResponseEnvelope<'_> = envelope::object(frame)?;
+        let resp = envelope::string(env.resp, "resp")?;
+        let retcode = envelope::opt_u32(env.retcode, "retcode")?;
+        let retcode = match (resp.as_str(), retcode) {
+            (_, Some(code)) => Retcode(code),
+            ("success", None) => Retcode::SUCCESS,
+            _ => return Err(MessageError::BadField("retcode")),
+        };
+        if resp != "success" && resp != "failed" {
+            return Err(MessageError::BadField("resp"));
+        }
+        let message = envelope::opt_string(env.message, "message")?
+            .unwrap_or_else(|| retcode.message().to_owned());
+        Ok(Response {
+            id: envelope::opt_id(env.id, "id")?,
+            omit_id: false,
+            method: envelope::opt_string(env.method, "method")?,
+            retcode,
+            message,
+            data: envelope::present(env.data).map(RawValue::to_owned),
+        })
     }
 }
 
@@ -126,10 +202,47 @@ mod tests {
     #[test]
     fn null_id_and_omitted_id() {
         let r = Response::failed(None, Retcode::INVALID_REQUEST, "not JSON");
-        assert_eq!(r.to_json(), r#"{"id":null,"resp":"failed","retcode":3020,"message":"not JSON"}"#);
+        assert_eq!(
+            r.to_json(),
+            r#"{"id":null,"resp":"failed","retcode":3020,"message":"not JSON"}"#
+        );
         let mut r = Response::new(None, Retcode::SUCCESS);
         r.omit_id = true;
-        assert_eq!(r.to_json(), r#"{"resp":"success","retcode":2,"message":"Normal termination"}"#);
+        assert_eq!(
+            r.to_json(),
+            r#"{"resp":"success","retcode":2,"message":"Normal termination"}"#
+        );
+    }
+
+    #[test]
+    fn parse_round_trip_and_refusals() {
+        let text = r#"{"id":"42","resp":"failed","retcode":3021,"message":"bad","data":[1, 2]}"#;
+        let r = Response::parse(text.as_bytes()).unwrap();
+        assert_eq!(r.id.as_deref().map(RawValue::get), Some("\"42\""));
+        assert_eq!(r.retcode, Retcode::INVALID_PARAMS);
+        assert_eq!(
+            r.to_json(),
+            r#"{"id":"42","resp":"failed","retcode":3021,"message":"bad","data":[1, 2]}"#
+        );
+        let r = Response::parse(br#"{"id":null,"resp":"success"}"#).unwrap();
+        assert!(r.id.is_none());
+        assert_eq!(r.message, "Normal termination");
+        assert_eq!(
+            Response::parse(br#"{"resp":"failed"}"#).unwrap_err(),
+            MessageError::BadField("retcode")
+        );
+        assert_eq!(
+            Response::parse(br#"{"resp":"ok","retcode":2}"#).unwrap_err(),
+            MessageError::BadField("resp")
+        );
+        assert_eq!(
+            Response::parse(br#"{"id":{},"resp":"success"}"#).unwrap_err(),
+            MessageError::BadField("id")
+        );
+        assert!(matches!(
+            Response::parse(b"[1]"),
+            Err(MessageError::NotJson(_))
+        ));
     }
 
     #[test]

@@ -1,0 +1,231 @@
+//! Task messages pushed outside request/response (protocol §7): the agent's `task.done`, the server's `task.ack`.
+//!
+//! Task ids are strings (the agent makes them); a number is also read, as
+//! its decimal text, so a hand-written `"task":7` still works.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::envelope::{self, MessageError};
+use crate::response::Response;
+use crate::retcode::Retcode;
+
+/// `{"method":"task.done","task":ID,"resp":..,"retcode":..,"message":..,"data":..}`:
+/// the final result of an `async.*` task, pushed until acknowledged.
+#[derive(Debug, Clone)]
+pub struct TaskDone {
+    pub task: String,
+    pub retcode: Retcode,
+    pub message: String,
+    pub data: Option<Box<RawValue>>,
+}
+
+/// `{"method":"task.ack","task":ID}`: the server has the result; the agent may delete it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskAck {
+    pub task: String,
+}
+
+#[derive(Serialize)]
+struct DoneWire<'a> {
+    method: &'static str,
+    task: &'a str,
+    resp: &'static str,
+    retcode: u32,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a RawValue>,
+}
+
+#[derive(Serialize)]
+struct AckWire<'a> {
+    method: &'static str,
+    task: &'a str,
+}
+
+#[derive(Deserialize)]
+struct TaskEnvelope<'a> {
+    #[serde(borrow, default)]
+    method: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    task: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    retcode: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    message: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+}
+
+fn check_method(env: &TaskEnvelope<'_>, expected: &'static str) -> Result<(), MessageError> {
+    match envelope::opt_string(env.method, "method")? {
+        Some(m) if m == expected => Ok(()),
+        got => Err(MessageError::WrongMethod { expected, got }),
+    }
+}
+
+fn task_id(env: &TaskEnvelope<'_>) -> Result<String, MessageError> {
+    let raw = envelope::opt_id(env.task, "task")?.ok_or(MessageError::BadField("task"))?;
+    let text = raw.get();
+    let id = if text.starts_with('"') {
+        serde_json::from_str::<String>(text).map_err(|_| MessageError::BadField("task"))?
+    } else {
+        text.to_owned()
+    };
+    if id.is_empty() {
+        return Err(MessageError::BadField("task"));
+    }
+    Ok(id)
+}
+
+impl TaskDone {
+    /// The push for `task` carrying a finished response's code, message and data.
+    pub fn new(task: impl Into<String>, result: &Response) -> Self {
+        TaskDone {
+            task: task.into(),
+            retcode: result.retcode,
+            message: result.message.clone(),
+            data: result.data.clone(),
+        }
+    }
+
+    /// The result as a response without id (for printing or storing).
+    pub fn to_response(&self) -> Response {
+        Response {
+            message: self.message.clone(),
+            data: self.data.clone(),
+            ..Response::new(None, self.retcode)
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        let wire = DoneWire {
+            method: "task.done",
+            task: &self.task,
+            resp: self.retcode.resp(),
+            retcode: self.retcode.0,
+            message: &self.message,
+            data: self.data.as_deref(),
+        };
+        serde_json::to_string(&wire).unwrap_or_else(|_| String::from("{}"))
+    }
+
+    pub fn write_frame(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.to_json().as_bytes());
+        out.push(b'\n');
+    }
+
+    /// Decodes a `task.done` push. `retcode` is required; `resp` is not
+    /// read (it follows from `retcode`); `message` defaults to the code's
+    /// standard message.
+    pub fn parse(frame: &[u8]) -> Result<TaskDone, MessageError> {
+        let env: TaskEnvelope<'_> = envelope::object(frame)?;
+        check_method(&env, "task.done")?;
+        let task = task_id(&env)?;
+        let retcode = Retcode(
+            envelope::opt_u32(env.retcode, "retcode")?.ok_or(MessageError::BadField("retcode"))?,
+        );
+        let message = envelope::opt_string(env.message, "message")?
+            .unwrap_or_else(|| retcode.message().to_owned());
+        let data = envelope::present(env.data).map(RawValue::to_owned);
+        Ok(TaskDone {
+            task,
+            retcode,
+            message,
+            data,
+        })
+    }
+}
+
+impl TaskAck {
+    pub fn new(task: impl Into<String>) -> Self {
+        TaskAck { task: task.into() }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(&AckWire {
+            method: "task.ack",
+            task: &self.task,
+        })
+        .unwrap_or_else(|_| String::from("{}"))
+    }
+
+    pub fn write_frame(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.to_json().as_bytes());
+        out.push(b'\n');
+    }
+
+    /// Decodes a `task.ack`.
+    pub fn parse(frame: &[u8]) -> Result<TaskAck, MessageError> {
+        let env: TaskEnvelope<'_> = envelope::object(frame)?;
+        check_method(&env, "task.ack")?;
+        Ok(TaskAck {
+            task: task_id(&env)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_done_wire_and_round_trip() {
+        let r = Response::from_plugin(None, 3023, "", Some(r#"{"stdout":"x"}"#));
+        let d = TaskDone::new("t-1", &r);
+        let json = d.to_json();
+        assert_eq!(
+            json,
+            r#"{"method":"task.done","task":"t-1","resp":"failed","retcode":3023,"message":"Timeout","data":{"stdout":"x"}}"#
+        );
+        let back = TaskDone::parse(json.as_bytes()).unwrap();
+        assert_eq!(back.task, "t-1");
+        assert_eq!(back.retcode, Retcode::TIMEOUT);
+        assert_eq!(back.data.unwrap().get(), r#"{"stdout":"x"}"#);
+        assert_eq!(
+            d.to_response().to_json(),
+            r#"{"id":null,"resp":"failed","retcode":3023,"message":"Timeout","data":{"stdout":"x"}}"#
+        );
+    }
+
+    #[test]
+    fn task_ack_wire_and_round_trip() {
+        let a = TaskAck::new("t-9");
+        assert_eq!(a.to_json(), r#"{"method":"task.ack","task":"t-9"}"#);
+        assert_eq!(TaskAck::parse(a.to_json().as_bytes()).unwrap(), a);
+        assert_eq!(
+            TaskAck::parse(br#"{"method":"task.ack","task":17}"#)
+                .unwrap()
+                .task,
+            "17"
+        );
+    }
+
+    #[test]
+    fn refusals() {
+        assert_eq!(
+            TaskAck::parse(br#"{"method":"task.ack"}"#),
+            Err(MessageError::BadField("task"))
+        );
+        assert_eq!(
+            TaskAck::parse(br#"{"method":"task.ack","task":""}"#),
+            Err(MessageError::BadField("task"))
+        );
+        assert_eq!(
+            TaskAck::parse(br#"{"method":"task.ack","task":[1]}"#),
+            Err(MessageError::BadField("task"))
+        );
+        assert!(matches!(
+            TaskAck::parse(br#"{"method":"task.done","task":"a"}"#),
+            Err(MessageError::WrongMethod { .. })
+        ));
+        assert!(matches!(
+            TaskDone::parse(br#"{"method":"task.done","task":"a"}"#),
+            Err(MessageError::BadField("retcode"))
+        ));
+        assert!(matches!(
+            TaskDone::parse(b"nope"),
+            Err(MessageError::NotJson(_))
+        ));
+    }
+}
