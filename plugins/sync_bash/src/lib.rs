@@ -1,1 +1,160 @@
-//! placeholder
+//! `sync.bash`: runs `/bin/bash -c CMD` as a chosen user and group, with a
+//! timeout that stops the whole process group, and answers with separately
+//! captured, bounded stdout and stderr, the exit code or signal, and the
+//! identity applied.
+//!
+//! Key design decision: `call` only validates and never blocks; one
+//! executor thread per plugin (started on first use) runs a single
+//! `mio::Poll` over every command's pipes and a pidfd per command, so a
+//! command is answered the moment bash exits (even when a daemon it left
+//! in the background still holds stdout), and timeouts are deadlines in
+//! that loop rather than a thread or a `sleep` per command. The child is
+//! forked with everything prepared in the parent and makes only raw,
+//! async-signal-safe syscalls before `execve`.
+
+mod capture;
+mod executor;
+mod identity;
+mod job;
+mod params;
+mod report;
+mod spawn;
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use basicagent_abi::ffi::CallId;
+use basicagent_abi::{retcode, Call, Host, InitError, PluginSpec};
+
+use crate::executor::{Handle, Job, Msg, Permit};
+use crate::params::{Config, Request};
+
+/// Shown by `BasicAgentCtl -l`.
+const USAGE: &str = r#"sync.bash: run /bin/bash -c CMD and answer when bash exits.
+
+Request: {"cmd":STR, "timeout":INT, "user":STR, "group":STR, "cwd":STR,
+          "env":{STR:STR}, "stdin":STR, "max_output":INT}
+  cmd         required, non-empty
+  timeout     seconds, default 120, 1..=86400; at the timeout the whole
+              process group gets SIGTERM, then SIGKILL after kill_grace_ms
+  user        default root; group default the user's primary group
+              (setgid, initgroups, setuid; 3024 if unknown, 3027 if the
+              agent is not root and the identity differs)
+  cwd         absolute; default the user's home, or / if it does not exist
+  env         added to HOME, USER, LOGNAME, SHELL, PATH set as a login would
+  stdin       bytes for stdin; default /dev/null
+  max_output  bytes kept per stream (default max_output, at most
+              max_output_limit from the host config)
+The command runs in a new session (its own process group) with umask 022,
+default signal dispositions and no inherited descriptors. A daemon left in
+the background does not delay the answer, and keeps running.
+
+Answer: success (2) whenever bash exited, whatever its exit code or the
+signal that killed it; 3023 at the timeout and 3028 when cancelled, both
+with the partial output; 3021 bad params, 3026 more than max_concurrent
+commands. data:
+  {"exitcode":INT|null, "signal":"SIGTERM"|null, "core_dumped":BOOL,
+   "signal_sent_by_agent":BOOL, "stdout":STR, "stderr":STR,
+   "stdout_bytes":INT, "stderr_bytes":INT (all bytes seen, kept or not),
+   "stdout_truncated":BOOL, "stderr_truncated":BOOL,
+   "stdout_lossy":BOOL, "stderr_lossy":BOOL, "elapsed_ms":INT, "pid":INT,
+   "user":STR, "group":STR, "uid":INT, "gid":INT, "groups":[INT]}
+Text rule: the first max_output bytes of each stream are decoded as UTF-8;
+invalid bytes become U+FFFD and set *_lossy; a multi-byte character cut by
+the cap is dropped, not replaced.
+
+Host config: max_output (1048576), max_output_limit (16777216),
+max_concurrent (64), kill_grace_ms (2000)."#;
+
+basicagent_abi::export_plugin!(PluginSpec {
+    name: "sync_bash",
+    version: env!("CARGO_PKG_VERSION"),
+    description: "run a shell command as a user, with timeout and bounded output",
+    methods: &["sync.bash"],
+    usage: USAGE,
+    init: Some(init),
+    call,
+    cancel: Some(cancel),
+    fini: Some(fini),
+});
+
+/// The host's settings; the first `init` wins (the host's API table, and
+/// so its config, is process-wide too).
+static CONFIG: OnceLock<Config> = OnceLock::new();
+/// The executor, started on first use, taken by `fini`.
+static EXECUTOR: Mutex<Option<Handle>> = Mutex::new(None);
+/// Commands admitted and not yet answered.
+static RUNNING: AtomicUsize = AtomicUsize::new(0);
+
+fn config() -> &'static Config {
+    CONFIG.get_or_init(Config::default)
+}
+
+fn executor() -> MutexGuard<'static, Option<Handle>> {
+    // The guarded value is replaced whole, never left half-updated.
+    EXECUTOR.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn init(host: &Host) -> Result<(), InitError> {
+    let parsed = Config::parse(host.config()).map_err(|e| InitError(e.to_string()))?;
+    let _ = CONFIG.set(parsed);
+    Ok(())
+}
+
+fn call(call: Call, request: &[u8]) {
+    let config = config();
+    let request = match Request::parse(request, config) {
+        Ok(r) => r,
+        Err(e) => {
+            let code = e.retcode();
+            return call.fail(code, &format!("{}: {e}", retcode::message(code)));
+        }
+    };
+    let Some(permit) = Permit::acquire(&RUNNING, config.max_concurrent) else {
+        let message = format!("Busy: {} commands already running (max_concurrent)", config.max_concurrent);
+        return call.fail(retcode::BUSY, &message);
+    };
+    submit(Msg::Start(Job { call, request, permit }));
+}
+
+/// Sends to the executor, starting it (again, if it died) when needed.
+fn submit(msg: Msg) {
+    let mut guard = executor();
+    let mut msg = msg;
+    for _ in 0..2 {
+        if guard.is_none() {
+            match Handle::start(config().clone()) {
+                Ok(h) => *guard = Some(h),
+                Err(e) => {
+                    log::error!("sync.bash: cannot start the executor: {e}");
+                    break;
+                }
+            }
+        }
+        let Some(handle) = guard.as_ref() else { break };
+        match handle.send(msg) {
+            Ok(()) => return,
+            Err(back) => {
+                msg = back;
+                *guard = None;
+            }
+        }
+    }
+    if let Msg::Start(job) = msg {
+        job.call.fail(retcode::PLUGIN_FAILURE, "Plugin failure: the command executor is not running");
+    }
+}
+
+fn cancel(id: CallId) {
+    if let Some(handle) = executor().as_ref() {
+        let _ = handle.send(Msg::Cancel(id));
+    }
+}
+
+fn fini() {
+    let handle = executor().take();
+    if let Some(handle) = handle {
+        handle.shutdown(Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,149 @@
+//! Bounded capture of one output stream: keeps the first `cap` bytes,
+//! counts the rest, and turns the bytes into JSON-safe text.
+
+/// One stream's captured bytes. Memory never exceeds `cap` bytes, however
+/// much the command prints.
+#[derive(Debug)]
+pub struct Capture {
+    kept: Vec<u8>,
+    cap: usize,
+    total: u64,
+}
+
+/// A finished capture, ready for the answer.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Captured {
+    /// The kept bytes as text (see [`Capture::finish`] for the rule).
+    pub text: String,
+    /// Every byte the stream carried, kept or not.
+    pub total: u64,
+    /// More than `cap` bytes arrived.
+    pub truncated: bool,
+    /// Some kept bytes were not UTF-8 and became U+FFFD.
+    pub lossy: bool,
+}
+
+impl Capture {
+    /// An empty capture keeping at most `cap` bytes.
+    pub fn new(cap: usize) -> Self {
+        Capture { kept: Vec::new(), cap, total: 0 }
+    }
+
+    /// Appends what was read; bytes past the cap are only counted.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.total = self.total.saturating_add(bytes.len() as u64);
+        let room = self.cap - self.kept.len();
+        let take = room.min(bytes.len());
+        if take == 0 {
+            return;
+        }
+        let needed = self.kept.len() + take;
+        if needed > self.kept.capacity() {
+            // Grow by doubling, but never past the cap.
+            let target = (self.kept.capacity() * 2).max(needed).max(4096).min(self.cap);
+            self.kept.reserve_exact(target - self.kept.len());
+        }
+        self.kept.extend_from_slice(&bytes[..take]);
+    }
+
+    /// The text rule: the kept bytes decoded as UTF-8; an invalid sequence
+    /// becomes U+FFFD and sets `lossy`. When the stream was truncated, an
+    /// incomplete UTF-8 sequence cut by the cap is dropped (not replaced),
+    /// so truncation alone never makes the text lossy.
+    pub fn finish(self) -> Captured {
+        let truncated = self.total > self.kept.len() as u64;
+        let mut kept = self.kept;
+        if truncated {
+            let cut = incomplete_tail(&kept);
+            kept.truncate(kept.len() - cut);
+        }
+        let (text, lossy) = match String::from_utf8(kept) {
+            Ok(text) => (text, false),
+            Err(e) => (String::from_utf8_lossy(e.as_bytes()).into_owned(), true),
+        };
+        Captured { text, total: self.total, truncated, lossy }
+    }
+}
+
+/// Length of an incomplete (but so far valid) UTF-8 sequence at the end.
+fn incomplete_tail(bytes: &[u8]) -> usize {
+    for back in 1..=3.min(bytes.len()) {
+        let b = bytes[bytes.len() - back];
+        if b & 0xC0 == 0x80 {
+            continue; // continuation byte: look further back
+        }
+        let len = match b {
+            0xC0..=0xDF => 2,
+            0xE0..=0xEF => 3,
+            0xF0..=0xF7 => 4,
+            _ => return 0,
+        };
+        return if len > back { back } else { 0 };
+    }
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_first_bytes_and_counts_all() {
+        let mut c = Capture::new(5);
+        c.push(b"abc");
+        c.push(b"defgh");
+        c.push(b"ij");
+        assert_eq!(c.total, 10);
+        let done = c.finish();
+        assert_eq!(done, Captured { text: "abcde".into(), total: 10, truncated: true, lossy: false });
+    }
+
+    #[test]
+    fn memory_stays_at_cap() {
+        let mut c = Capture::new(10_000);
+        let chunk = [b'a'; 4096];
+        for _ in 0..1000 {
+            c.push(&chunk);
+        }
+        assert!(c.kept.capacity() <= 10_000);
+        assert_eq!(c.total, 4_096_000);
+    }
+
+    #[test]
+    fn zero_cap_counts_only() {
+        let mut c = Capture::new(0);
+        c.push(b"xyz");
+        let done = c.finish();
+        assert_eq!((done.text.as_str(), done.total, done.truncated), ("", 3, true));
+    }
+
+    #[test]
+    fn invalid_utf8_is_replaced_and_flagged() {
+        let mut c = Capture::new(100);
+        c.push(b"ok\xff\xfe!");
+        let done = c.finish();
+        assert_eq!(done.text, "ok\u{FFFD}\u{FFFD}!");
+        assert!(done.lossy && !done.truncated);
+    }
+
+    #[test]
+    fn cut_sequence_is_dropped_not_replaced() {
+        let mut c = Capture::new(4);
+        c.push("ab\u{20AC}".as_bytes()); // euro sign: 3 bytes, cut after 2
+        let done = c.finish();
+        assert_eq!(done.text, "ab");
+        assert!(done.truncated && !done.lossy);
+        let mut c = Capture::new(5);
+        c.push("ab\u{20AC}x".as_bytes());
+        assert_eq!(c.finish().text, "ab\u{20AC}");
+    }
+
+    #[test]
+    fn incomplete_tail_lengths() {
+        assert_eq!(incomplete_tail(b"abc"), 0);
+        assert_eq!(incomplete_tail(b"a\xe2\x82"), 2);
+        assert_eq!(incomplete_tail(b"a\xe2"), 1);
+        assert_eq!(incomplete_tail(b"a\xe2\x82\xac"), 0);
+        assert_eq!(incomplete_tail(b"\xf0\x9f\x98"), 3);
+    }
+}

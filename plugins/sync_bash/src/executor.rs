@@ -1,0 +1,536 @@
+//! The executor: one thread and one `mio::Poll` over every running
+//! command's pipes and pidfd, a `Waker` through which `call` and `cancel`
+//! reach it, and the commands' deadlines as the poll timeout.
+//!
+//! A command is answered when its pidfd turns readable (bash exited), not
+//! when its pipes reach EOF: a daemon started in the background may keep
+//! a copy of stdout open for ever.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use basicagent_abi::ffi::CallId;
+use basicagent_abi::{retcode, Call};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use crate::capture::Capture;
+use crate::identity::{self, Identity};
+use crate::job::{GroupSignal, Lifecycle, StopReason};
+use crate::params::{Config, Request};
+use crate::report::Finished;
+use crate::spawn::{self, Child, Exit, Ids, Plan, Stage};
+
+const WAKER: Token = Token(usize::MAX);
+const KIND_PID: usize = 0;
+const KIND_STDOUT: usize = 1;
+const KIND_STDERR: usize = 2;
+const KIND_STDIN: usize = 3;
+/// Bytes per read; one buffer reused for every stream.
+const CHUNK: usize = 64 * 1024;
+/// Reads per stream per turn, so that one chatty command cannot starve
+/// the others (the rest is read on the next turn).
+const READS_PER_TURN: usize = 16;
+/// Reads per stream after bash exited: what is already in the pipe, but
+/// bounded, since a background process may still be writing.
+const READS_AT_EXIT: usize = 64;
+/// How long `fini` waits for killed commands to be reaped.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(3);
+
+/// A slot in the concurrency limit, released when dropped (whatever path
+/// the command ends on, a panic included).
+pub struct Permit(&'static AtomicUsize);
+
+impl Permit {
+    /// Takes a slot if fewer than `max` are taken.
+    pub fn acquire(counter: &'static AtomicUsize, max: usize) -> Option<Permit> {
+        counter
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .ok()
+            .map(|_| Permit(counter))
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A validated request on its way to the executor.
+pub struct Job {
+    pub call: Call,
+    pub request: Request,
+    pub permit: Permit,
+}
+
+/// What other threads tell the executor.
+pub enum Msg {
+    Start(Job),
+    Cancel(CallId),
+    /// Kill everything, answer every call, stop; then signal the sender.
+    Shutdown(Sender<()>),
+}
+
+/// The other threads' side of the executor.
+pub struct Handle {
+    tx: Sender<Msg>,
+    waker: Arc<Waker>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Handle {
+    /// Starts the executor thread.
+    pub fn start(config: Config) -> io::Result<Handle> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let (tx, rx) = mpsc::channel();
+        let executor = Executor::new(poll, rx, config);
+        let thread = std::thread::Builder::new().name("sync-bash".to_owned()).spawn(move || {
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| executor.run()));
+            if outcome.is_err() {
+                log::error!("sync.bash executor panicked; its calls were answered 3025");
+            }
+        })?;
+        Ok(Handle { tx, waker, thread: Some(thread) })
+    }
+
+    /// Hands a message to the executor; gives it back if the executor is
+    /// gone.
+    pub fn send(&self, msg: Msg) -> Result<(), Msg> {
+        self.tx.send(msg).map_err(|e| e.0)?;
+        if let Err(e) = self.waker.wake() {
+            log::error!("sync.bash: cannot wake the executor: {e}");
+        }
+        Ok(())
+    }
+
+    /// Kills every command, answers every call, and stops the thread
+    /// (waits at most `wait`).
+    pub fn shutdown(mut self, wait: Duration) {
+        let (done_tx, done_rx) = mpsc::channel();
+        if self.send(Msg::Shutdown(done_tx)).is_err() {
+            return;
+        }
+        if done_rx.recv_timeout(wait).is_ok() {
+            if let Some(thread) = self.thread.take() {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+struct Stream {
+    fd: Option<OwnedFd>,
+    capture: Capture,
+    ready: bool,
+}
+
+struct StdinFeed {
+    fd: Option<OwnedFd>,
+    data: Vec<u8>,
+    written: usize,
+    ready: bool,
+}
+
+struct Running {
+    call: Call,
+    _permit: Permit,
+    pid: libc::pid_t,
+    pidfd: OwnedFd,
+    failure: OwnedFd,
+    _stdin_keepalive: Option<OwnedFd>,
+    stdout: Stream,
+    stderr: Stream,
+    stdin: StdinFeed,
+    exited: bool,
+    lifecycle: Lifecycle,
+    identity: Identity,
+    cwd: Option<String>,
+    timeout_s: u64,
+    started: Instant,
+}
+
+struct Executor {
+    poll: Poll,
+    rx: Receiver<Msg>,
+    config: Config,
+    slots: Vec<Option<Running>>,
+    free: Vec<usize>,
+    by_call: HashMap<CallId, usize>,
+    scratch: Vec<u8>,
+    euid: libc::uid_t,
+    egid: libc::gid_t,
+}
+
+fn token(slot: usize, kind: usize) -> Token {
+    Token(slot << 2 | kind)
+}
+
+fn read_fd(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: reading into a live buffer of buf.len() bytes.
+    let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+fn write_fd(fd: &OwnedFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: writing from a live buffer of buf.len() bytes.
+    let n = unsafe { libc::write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+fn deregister(poll: &Poll, fd: &OwnedFd) {
+    // Deregister before close: a forked child may still hold a copy of the
+    // descriptor, which would keep the epoll registration alive.
+    let _ = poll.registry().deregister(&mut SourceFd(&fd.as_raw_fd()));
+}
+
+impl Stream {
+    fn new(fd: OwnedFd, cap: usize) -> Self {
+        Stream { fd: Some(fd), capture: Capture::new(cap), ready: true }
+    }
+
+    /// Reads at most `reads` chunks; returns whether more may be waiting.
+    fn pump(&mut self, poll: &Poll, scratch: &mut [u8], reads: usize) -> bool {
+        let Some(fd) = &self.fd else { return false };
+        if !self.ready {
+            return false;
+        }
+        for _ in 0..reads {
+            match read_fd(fd, scratch) {
+                Ok(0) => {
+                    self.close(poll);
+                    return false;
+                }
+                Ok(n) => self.capture.push(&scratch[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.ready = false;
+                    return false;
+                }
+                Err(e) => {
+                    log::warn!("sync.bash: reading command output: {e}");
+                    self.close(poll);
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    fn close(&mut self, poll: &Poll) {
+        if let Some(fd) = self.fd.take() {
+            deregister(poll, &fd);
+        }
+        self.ready = false;
+    }
+}
+
+impl StdinFeed {
+    /// Writes what the pipe takes; closes it when all is written, so the
+    /// command sees EOF.
+    fn pump(&mut self, poll: &Poll) {
+        let Some(fd) = &self.fd else { return };
+        if !self.ready {
+            return;
+        }
+        while self.written < self.data.len() {
+            match write_fd(fd, &self.data[self.written..]) {
+                Ok(n) => self.written += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.ready = false;
+                    return;
+                }
+                Err(e) => {
+                    log::warn!("sync.bash: writing command stdin: {e}");
+                    break;
+                }
+            }
+        }
+        self.close(poll);
+    }
+
+    fn close(&mut self, poll: &Poll) {
+        if let Some(fd) = self.fd.take() {
+            deregister(poll, &fd);
+        }
+        self.data = Vec::new();
+        self.ready = false;
+    }
+}
+
+impl Executor {
+    fn new(poll: Poll, rx: Receiver<Msg>, config: Config) -> Self {
+        // SAFETY: geteuid/getegid cannot fail.
+        let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        Executor {
+            poll,
+            rx,
+            config,
+            slots: Vec::new(),
+            free: Vec::new(),
+            by_call: HashMap::new(),
+            scratch: vec![0; CHUNK],
+            euid,
+            egid,
+        }
+    }
+
+    fn run(mut self) {
+        let mut events = Events::with_capacity(256);
+        let mut busy = false;
+        loop {
+            let timeout = if busy { Some(Duration::ZERO) } else { self.next_deadline(Instant::now()) };
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    log::error!("sync.bash: poll failed: {e}");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                continue;
+            }
+            for event in events.iter() {
+                self.mark(event.token());
+            }
+            loop {
+                match self.rx.try_recv() {
+                    Ok(Msg::Start(job)) => self.start(job, Instant::now()),
+                    Ok(Msg::Cancel(id)) => self.stop(id, StopReason::Cancelled, Instant::now()),
+                    Ok(Msg::Shutdown(done)) => {
+                        self.shutdown();
+                        let _ = done.send(());
+                        return;
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        self.shutdown();
+                        return;
+                    }
+                }
+            }
+            busy = self.service();
+            self.timers(Instant::now());
+        }
+    }
+
+    /// Records a readiness hint.
+    fn mark(&mut self, token: Token) {
+        if token == WAKER {
+            return;
+        }
+        let Some(Some(job)) = self.slots.get_mut(token.0 >> 2) else { return };
+        match token.0 & 3 {
+            KIND_PID => job.exited = true,
+            KIND_STDOUT => job.stdout.ready = true,
+            KIND_STDERR => job.stderr.ready = true,
+            _ => job.stdin.ready = true,
+        }
+    }
+
+    fn next_deadline(&self, now: Instant) -> Option<Duration> {
+        self.slots
+            .iter()
+            .flatten()
+            .filter_map(|job| job.lifecycle.next_deadline())
+            .min()
+            .map(|d| d.saturating_duration_since(now))
+    }
+
+    /// Moves bytes and answers exited commands; returns whether some
+    /// stream still has bytes waiting (then the next poll does not sleep).
+    fn service(&mut self) -> bool {
+        let mut more = false;
+        for slot in 0..self.slots.len() {
+            let Some(job) = &mut self.slots[slot] else { continue };
+            more |= job.stdout.pump(&self.poll, &mut self.scratch, READS_PER_TURN);
+            more |= job.stderr.pump(&self.poll, &mut self.scratch, READS_PER_TURN);
+            job.stdin.pump(&self.poll);
+            if job.exited {
+                self.finish(slot);
+            }
+        }
+        more
+    }
+
+    fn timers(&mut self, now: Instant) {
+        for job in self.slots.iter_mut().flatten() {
+            if let Some(signal) = job.lifecycle.handle_timer(now) {
+                send_signal(job.pid, signal);
+            }
+        }
+    }
+
+    fn stop(&mut self, id: CallId, reason: StopReason, now: Instant) {
+        let Some(&slot) = self.by_call.get(&id) else { return };
+        if let Some(Some(job)) = self.slots.get_mut(slot) {
+            if let Some(signal) = job.lifecycle.handle_stop(reason, now) {
+                send_signal(job.pid, signal);
+            }
+        }
+    }
+
+    fn start(&mut self, job: Job, now: Instant) {
+        let Job { call, request, permit } = job;
+        let identity = match identity::resolve(&request.user, request.group.as_deref())
+            .and_then(|id| identity::needs_switch(&id, self.euid, self.egid).map(|switch| (id, switch)))
+        {
+            Ok(found) => found,
+            Err(e) => {
+                let code = e.retcode();
+                return call.fail(code, &format!("{}: {e}", retcode::message(code)));
+            }
+        };
+        let (identity, switch) = identity;
+        let ids = switch.then(|| Ids { uid: identity.uid, gid: identity.gid, groups: identity.groups.clone() });
+        let env = identity::login_env(&identity, &request.env);
+        let child = Plan::new(
+            &request.cmd,
+            &env,
+            request.cwd.as_deref(),
+            &identity.home,
+            ids,
+            !request.stdin.is_empty(),
+        )
+        .and_then(|plan| spawn::spawn(&plan));
+        let child = match child {
+            Ok(child) => child,
+            Err(e) => return call.fail(retcode::PLUGIN_FAILURE, &format!("Plugin failure: {e}")),
+        };
+        let Child { pid, pidfd, stdout, stderr, stdin, stdin_keepalive, failure } = child;
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.slots.push(None);
+            self.slots.len() - 1
+        });
+        let registry = self.poll.registry();
+        let mut registered = registry.register(&mut SourceFd(&pidfd.as_raw_fd()), token(slot, KIND_PID), Interest::READABLE);
+        for (fd, kind) in [(&stdout, KIND_STDOUT), (&stderr, KIND_STDERR)] {
+            registered = registered
+                .and_then(|()| registry.register(&mut SourceFd(&fd.as_raw_fd()), token(slot, kind), Interest::READABLE));
+        }
+        if let Some(fd) = &stdin {
+            registered = registered
+                .and_then(|()| registry.register(&mut SourceFd(&fd.as_raw_fd()), token(slot, KIND_STDIN), Interest::WRITABLE));
+        }
+        let id = call.id();
+        let running = Running {
+            call,
+            _permit: permit,
+            pid,
+            pidfd,
+            failure,
+            _stdin_keepalive: stdin_keepalive,
+            stdout: Stream::new(stdout, request.max_output),
+            stderr: Stream::new(stderr, request.max_output),
+            stdin: StdinFeed { ready: stdin.is_some(), fd: stdin, data: request.stdin, written: 0 },
+            exited: false,
+            lifecycle: Lifecycle::new(now, request.timeout, self.config.kill_grace),
+            identity,
+            cwd: request.cwd,
+            timeout_s: request.timeout.as_secs(),
+            started: now,
+        };
+        self.slots[slot] = Some(running);
+        self.by_call.insert(id, slot);
+        if let Err(e) = registered {
+            log::error!("sync.bash: cannot watch command {pid}: {e}");
+            // Without its sources the command cannot be followed: stop it
+            // now; finish() reaps it and answers with what it has.
+            self.stop(id, StopReason::Shutdown, now);
+            if let Some(Some(job)) = self.slots.get_mut(slot) {
+                job.exited = true;
+            }
+        }
+    }
+
+    /// bash has exited (or must be given up on): reap it and answer.
+    fn finish(&mut self, slot: usize) {
+        let Some(mut job) = self.slots.get_mut(slot).and_then(Option::take) else { return };
+        self.free.push(slot);
+        self.by_call.remove(&job.call.id());
+        if job.lifecycle.kill_group_before_reap() {
+            // The unreaped bash still holds the pgid: no reuse possible.
+            spawn::signal_group(job.pid, libc::SIGKILL);
+        }
+        job.stdout.ready = true;
+        job.stderr.ready = true;
+        job.stdout.pump(&self.poll, &mut self.scratch, READS_AT_EXIT);
+        job.stderr.pump(&self.poll, &mut self.scratch, READS_AT_EXIT);
+        job.stdout.close(&self.poll);
+        job.stderr.close(&self.poll);
+        job.stdin.close(&self.poll);
+        deregister(&self.poll, &job.pidfd);
+        let exit = spawn::reap(job.pid, true).unwrap_or(Exit::Unknown);
+        let elapsed_ms = job.started.elapsed().as_millis() as u64;
+        if let Some(failure) = spawn::read_failure(&job.failure) {
+            let (code, message) = match (failure.stage, &job.cwd) {
+                (Stage::Chdir, Some(cwd)) => {
+                    (retcode::INVALID_PARAMS, format!("Invalid params: cwd {cwd}: {}", io::Error::from_raw_os_error(failure.errno)))
+                }
+                _ => (retcode::PLUGIN_FAILURE, format!("Plugin failure: starting the command: {failure}")),
+            };
+            return job.call.fail(code, &message);
+        }
+        let answer = Finished {
+            exit,
+            stopped: job.lifecycle.stop_reason(),
+            timeout_s: job.timeout_s,
+            stdout: std::mem::replace(&mut job.stdout.capture, Capture::new(0)).finish(),
+            stderr: std::mem::replace(&mut job.stderr.capture, Capture::new(0)).finish(),
+            elapsed_ms,
+            pid: job.pid,
+            identity: &job.identity,
+        }
+        .answer();
+        job.call.complete(answer.retcode, &answer.message, Some(&answer.data));
+    }
+
+    /// Kills every command's group, answers them all, waits (bounded) for
+    /// them to be reaped.
+    fn shutdown(&mut self) {
+        let now = Instant::now();
+        let ids: Vec<CallId> = self.by_call.keys().copied().collect();
+        for id in ids {
+            self.stop(id, StopReason::Shutdown, now);
+        }
+        let deadline = now + SHUTDOWN_WAIT;
+        let mut events = Events::with_capacity(64);
+        while self.slots.iter().any(Option::is_some) && Instant::now() < deadline {
+            let _ = self.poll.poll(&mut events, Some(Duration::from_millis(50)));
+            for event in events.iter() {
+                self.mark(event.token());
+            }
+            self.service();
+        }
+        for job in self.slots.iter_mut().filter_map(Option::take) {
+            job.call.fail(retcode::CANCELLED, "Cancelled: the agent is shutting down (command not reaped)");
+        }
+        self.by_call.clear();
+        while let Ok(msg) = self.rx.try_recv() {
+            if let Msg::Start(job) = msg {
+                job.call.fail(retcode::CANCELLED, "Cancelled: the agent is shutting down");
+            }
+        }
+    }
+}
+
+fn send_signal(pid: libc::pid_t, signal: GroupSignal) {
+    let sig = match signal {
+        GroupSignal::Term => libc::SIGTERM,
+        GroupSignal::Kill => libc::SIGKILL,
+    };
+    spawn::signal_group(pid, sig);
+}

@@ -1,0 +1,345 @@
+//! The `sync.bash` request and the host settings: parsing and validation
+//! only, no I/O (every rule and message of protocol §6 lives here).
+
+use std::time::Duration;
+
+use basicagent_abi::retcode;
+use serde_json::{Map, Value};
+
+/// Default and bounds of `timeout`, in seconds.
+pub const DEFAULT_TIMEOUT_S: u64 = 120;
+/// Smallest accepted `timeout`.
+pub const MIN_TIMEOUT_S: u64 = 1;
+/// Largest accepted `timeout` (one day).
+pub const MAX_TIMEOUT_S: u64 = 86_400;
+
+/// Host settings for this plugin (`ba_host_api.config`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Bytes kept per stream when the request names no `max_output`.
+    pub max_output: usize,
+    /// The largest `max_output` a request may ask for.
+    pub max_output_limit: usize,
+    /// Commands running at once; past it, `3026 Busy`.
+    pub max_concurrent: usize,
+    /// Time between SIGTERM and SIGKILL to the process group.
+    pub kill_grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_output: 1 << 20,
+            max_output_limit: 16 << 20,
+            max_concurrent: 64,
+            kill_grace: Duration::from_millis(2000),
+        }
+    }
+}
+
+/// Why the host settings are refused (the plugin then declines to run).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("plugin config is not a JSON object")]
+    NotObject,
+    #[error("plugin config: {0} must be a non-negative integer")]
+    NotInteger(&'static str),
+    #[error("plugin config: {0} must be >= 1")]
+    Zero(&'static str),
+    #[error("plugin config: max_output ({max_output}) must be <= max_output_limit ({limit})")]
+    OutputAboveLimit { max_output: usize, limit: usize },
+}
+
+impl Config {
+    /// Parses the host's JSON settings; unknown keys are ignored.
+    pub fn parse(json: &[u8]) -> Result<Config, ConfigError> {
+        let value: Value = serde_json::from_slice(json).map_err(|_| ConfigError::NotObject)?;
+        let Value::Object(map) = value else {
+            return Err(ConfigError::NotObject);
+        };
+        let mut config = Config::default();
+        let get = |key: &'static str| -> Result<Option<u64>, ConfigError> {
+            match map.get(key) {
+                None | Some(Value::Null) => Ok(None),
+                Some(v) => v.as_u64().map(Some).ok_or(ConfigError::NotInteger(key)),
+            }
+        };
+        let size = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+        if let Some(v) = get("max_output")? {
+            config.max_output = size(v);
+        }
+        if let Some(v) = get("max_output_limit")? {
+            config.max_output_limit = size(v);
+        }
+        if let Some(v) = get("max_concurrent")? {
+            if v == 0 {
+                return Err(ConfigError::Zero("max_concurrent"));
+            }
+            config.max_concurrent = size(v);
+        }
+        if let Some(v) = get("kill_grace_ms")? {
+            config.kill_grace = Duration::from_millis(v);
+        }
+        if config.max_output > config.max_output_limit {
+            return Err(ConfigError::OutputAboveLimit {
+                max_output: config.max_output,
+                limit: config.max_output_limit,
+            });
+        }
+        Ok(config)
+    }
+}
+
+/// One validated `sync.bash` request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// Run as `/bin/bash -c cmd`.
+    pub cmd: String,
+    /// When the process group is stopped.
+    pub timeout: Duration,
+    /// User name (default `root`).
+    pub user: String,
+    /// Group name; `None`: the user's primary group.
+    pub group: Option<String>,
+    /// Absolute working directory; `None`: the user's home, else `/`.
+    pub cwd: Option<String>,
+    /// Added to (and overriding) the login-like environment, in order.
+    pub env: Vec<(String, String)>,
+    /// Bytes for the command's stdin; empty: `/dev/null`.
+    pub stdin: Vec<u8>,
+    /// Bytes kept per stream.
+    pub max_output: usize,
+}
+
+/// A request refused before anything runs (`3020` / `3021`).
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum ParamError {
+    #[error("request is not a JSON object")]
+    NotObject,
+    #[error("cmd must be a non-empty string")]
+    Cmd,
+    #[error("{0} must not contain NUL bytes")]
+    Nul(&'static str),
+    #[error("timeout must be an integer (seconds)")]
+    TimeoutType,
+    #[error("timeout must be >= {MIN_TIMEOUT_S}")]
+    TimeoutTooSmall,
+    #[error("timeout must be <= {MAX_TIMEOUT_S}")]
+    TimeoutTooLarge,
+    #[error("{0} must be a non-empty string")]
+    Name(&'static str),
+    #[error("cwd must be an absolute path")]
+    Cwd,
+    #[error("env must be an object of strings")]
+    EnvType,
+    #[error("env value of {0:?} must be a string")]
+    EnvValue(String),
+    #[error("env name {0:?} is invalid (empty, or contains '=' or NUL)")]
+    EnvName(String),
+    #[error("stdin must be a string")]
+    Stdin,
+    #[error("max_output must be a non-negative integer")]
+    MaxOutputType,
+    #[error("max_output must be <= {0}")]
+    MaxOutputTooLarge(usize),
+}
+
+impl ParamError {
+    /// The protocol retcode of this refusal.
+    pub fn retcode(&self) -> u32 {
+        match self {
+            ParamError::NotObject => retcode::INVALID_REQUEST,
+            _ => retcode::INVALID_PARAMS,
+        }
+    }
+}
+
+/// A key's value, with JSON `null` read as absent.
+fn field<'a>(map: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
+    map.get(key).filter(|v| !v.is_null())
+}
+
+fn name(map: &Map<String, Value>, key: &'static str) -> Result<Option<String>, ParamError> {
+    match field(map, key) {
+        None => Ok(None),
+        Some(Value::String(s)) if !s.is_empty() => {
+            if s.contains('\0') {
+                Err(ParamError::Nul(key))
+            } else {
+                Ok(Some(s.clone()))
+            }
+        }
+        Some(_) => Err(ParamError::Name(key)),
+    }
+}
+
+impl Request {
+    /// Parses and validates the whole request object (`id`, `method` and
+    /// unknown keys are ignored).
+    pub fn parse(json: &[u8], config: &Config) -> Result<Request, ParamError> {
+        let value: Value = serde_json::from_slice(json).map_err(|_| ParamError::NotObject)?;
+        let Value::Object(map) = value else {
+            return Err(ParamError::NotObject);
+        };
+        let cmd = match field(&map, "cmd") {
+            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            _ => return Err(ParamError::Cmd),
+        };
+        if cmd.contains('\0') {
+            return Err(ParamError::Nul("cmd"));
+        }
+        let timeout = match field(&map, "timeout") {
+            None => DEFAULT_TIMEOUT_S,
+            Some(Value::Number(n)) => match (n.as_u64(), n.as_i64()) {
+                (Some(t), _) if t < MIN_TIMEOUT_S => return Err(ParamError::TimeoutTooSmall),
+                (Some(t), _) if t > MAX_TIMEOUT_S => return Err(ParamError::TimeoutTooLarge),
+                (Some(t), _) => t,
+                (None, Some(_)) => return Err(ParamError::TimeoutTooSmall),
+                (None, None) => return Err(ParamError::TimeoutType),
+            },
+            Some(_) => return Err(ParamError::TimeoutType),
+        };
+        let user = name(&map, "user")?.unwrap_or_else(|| "root".to_owned());
+        let group = name(&map, "group")?;
+        let cwd = match field(&map, "cwd") {
+            None => None,
+            Some(Value::String(s)) if s.starts_with('/') => {
+                if s.contains('\0') {
+                    return Err(ParamError::Nul("cwd"));
+                }
+                Some(s.clone())
+            }
+            Some(_) => return Err(ParamError::Cwd),
+        };
+        let mut env = Vec::new();
+        match field(&map, "env") {
+            None => {}
+            Some(Value::Object(vars)) => {
+                for (k, v) in vars {
+                    if k.is_empty() || k.contains('=') || k.contains('\0') {
+                        return Err(ParamError::EnvName(k.clone()));
+                    }
+                    let Value::String(v) = v else {
+                        return Err(ParamError::EnvValue(k.clone()));
+                    };
+                    if v.contains('\0') {
+                        return Err(ParamError::Nul("env"));
+                    }
+                    env.push((k.clone(), v.clone()));
+                }
+            }
+            Some(_) => return Err(ParamError::EnvType),
+        }
+        let stdin = match field(&map, "stdin") {
+            None => Vec::new(),
+            Some(Value::String(s)) => s.as_bytes().to_vec(),
+            Some(_) => return Err(ParamError::Stdin),
+        };
+        let max_output = match field(&map, "max_output") {
+            None => config.max_output,
+            Some(v) => {
+                let n = v.as_u64().ok_or(ParamError::MaxOutputType)?;
+                match usize::try_from(n) {
+                    Ok(n) if n <= config.max_output_limit => n,
+                    _ => return Err(ParamError::MaxOutputTooLarge(config.max_output_limit)),
+                }
+            }
+        };
+        Ok(Request { cmd, timeout: Duration::from_secs(timeout), user, group, cwd, env, stdin, max_output })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<Request, ParamError> {
+        Request::parse(json.as_bytes(), &Config::default())
+    }
+
+    fn message(json: &str) -> String {
+        parse(json).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults() {
+        let r = parse(r#"{"id":"1","method":"sync.bash","cmd":"ls","extra":[1]}"#).unwrap();
+        assert_eq!(r.cmd, "ls");
+        assert_eq!(r.timeout, Duration::from_secs(120));
+        assert_eq!(r.user, "root");
+        assert_eq!(r.group, None);
+        assert_eq!(r.cwd, None);
+        assert!(r.env.is_empty() && r.stdin.is_empty());
+        assert_eq!(r.max_output, 1 << 20);
+    }
+
+    #[test]
+    fn all_fields() {
+        let r = parse(
+            r#"{"cmd":"x","timeout":5,"user":"nobody","group":"daemon","cwd":"/tmp",
+                "env":{"A":"1","B":""},"stdin":"in","max_output":10}"#,
+        )
+        .unwrap();
+        assert_eq!(r.timeout, Duration::from_secs(5));
+        assert_eq!((r.user.as_str(), r.group.as_deref()), ("nobody", Some("daemon")));
+        assert_eq!(r.cwd.as_deref(), Some("/tmp"));
+        assert_eq!(r.env, vec![("A".into(), "1".into()), ("B".into(), String::new())]);
+        assert_eq!((r.stdin.as_slice(), r.max_output), (&b"in"[..], 10));
+    }
+
+    #[test]
+    fn cmd_rules() {
+        assert_eq!(message(r#"{}"#), "cmd must be a non-empty string");
+        assert_eq!(message(r#"{"cmd":""}"#), "cmd must be a non-empty string");
+        assert_eq!(message(r#"{"cmd":5}"#), "cmd must be a non-empty string");
+        assert_eq!(message(r#"{"cmd":null}"#), "cmd must be a non-empty string");
+        assert_eq!(message(r#"{"cmd":"a\u0000b"}"#), "cmd must not contain NUL bytes");
+    }
+
+    #[test]
+    fn timeout_rules() {
+        assert_eq!(message(r#"{"cmd":"x","timeout":0}"#), "timeout must be >= 1");
+        assert_eq!(message(r#"{"cmd":"x","timeout":-5}"#), "timeout must be >= 1");
+        assert_eq!(message(r#"{"cmd":"x","timeout":86401}"#), "timeout must be <= 86400");
+        assert_eq!(message(r#"{"cmd":"x","timeout":1.5}"#), "timeout must be an integer (seconds)");
+        assert_eq!(message(r#"{"cmd":"x","timeout":"10"}"#), "timeout must be an integer (seconds)");
+        assert_eq!(parse(r#"{"cmd":"x","timeout":86400}"#).unwrap().timeout.as_secs(), 86400);
+        assert_eq!(parse(r#"{"cmd":"x","timeout":null}"#).unwrap().timeout.as_secs(), 120);
+    }
+
+    #[test]
+    fn other_rules() {
+        assert_eq!(message(r#"{"cmd":"x","user":""}"#), "user must be a non-empty string");
+        assert_eq!(message(r#"{"cmd":"x","group":7}"#), "group must be a non-empty string");
+        assert_eq!(message(r#"{"cmd":"x","cwd":"tmp"}"#), "cwd must be an absolute path");
+        assert_eq!(message(r#"{"cmd":"x","env":["A"]}"#), "env must be an object of strings");
+        assert_eq!(message(r#"{"cmd":"x","env":{"A":1}}"#), "env value of \"A\" must be a string");
+        assert_eq!(message(r#"{"cmd":"x","env":{"A=B":"1"}}"#), "env name \"A=B\" is invalid (empty, or contains '=' or NUL)");
+        assert_eq!(message(r#"{"cmd":"x","stdin":1}"#), "stdin must be a string");
+        assert_eq!(message(r#"{"cmd":"x","max_output":-1}"#), "max_output must be a non-negative integer");
+        assert_eq!(message(r#"{"cmd":"x","max_output":16777217}"#), "max_output must be <= 16777216");
+        assert_eq!(parse(r#"{"cmd":"x","max_output":0}"#).unwrap().max_output, 0);
+    }
+
+    #[test]
+    fn not_an_object() {
+        for bad in ["", "[]", "\"cmd\"", "{"] {
+            let e = parse(bad).unwrap_err();
+            assert_eq!((e.clone(), e.retcode()), (ParamError::NotObject, retcode::INVALID_REQUEST));
+        }
+        assert_eq!(ParamError::Cmd.retcode(), retcode::INVALID_PARAMS);
+    }
+
+    #[test]
+    fn config() {
+        assert_eq!(Config::parse(b"{}").unwrap(), Config::default());
+        let c = Config::parse(br#"{"max_output":10,"max_output_limit":20,"max_concurrent":3,"kill_grace_ms":50,"x":"y"}"#)
+            .unwrap();
+        assert_eq!((c.max_output, c.max_output_limit, c.max_concurrent), (10, 20, 3));
+        assert_eq!(c.kill_grace, Duration::from_millis(50));
+        assert_eq!(Config::parse(b"[]"), Err(ConfigError::NotObject));
+        assert_eq!(Config::parse(br#"{"max_output":"1"}"#), Err(ConfigError::NotInteger("max_output")));
+        assert_eq!(Config::parse(br#"{"max_concurrent":0}"#), Err(ConfigError::Zero("max_concurrent")));
+        assert!(matches!(Config::parse(br#"{"max_output":30,"max_output_limit":20}"#), Err(ConfigError::OutputAboveLimit { .. })));
+    }
+}

@@ -1,0 +1,436 @@
+//! Starting `/bin/bash -c CMD` in a new session as another identity, and
+//! the few process syscalls around it (signal the group, reap).
+//!
+//! Everything the child needs (argv, envp, paths, group list) is built in
+//! the parent; between `fork` and `execve` the child makes only raw,
+//! async-signal-safe system calls and never allocates. Every descriptor
+//! the parent creates is `O_CLOEXEC` and numbered >= 3, so concurrent
+//! spawns never leak pipe ends into each other's commands, and the child
+//! marks every other inherited descriptor close-on-exec too.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// Where a failed child stopped before `execve` succeeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Setsid,
+    Dup2,
+    Setgroups,
+    Setgid,
+    Setuid,
+    Chdir,
+    Exec,
+}
+
+impl Stage {
+    fn code(self) -> u32 {
+        self as u32 + 1
+    }
+
+    fn from_code(code: u32) -> Option<Stage> {
+        use Stage::*;
+        [Setsid, Dup2, Setgroups, Setgid, Setuid, Chdir, Exec].get(code.checked_sub(1)? as usize).copied()
+    }
+
+    /// What the stage is called in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Setsid => "setsid",
+            Stage::Dup2 => "dup2",
+            Stage::Setgroups => "setgroups",
+            Stage::Setgid => "setgid",
+            Stage::Setuid => "setuid",
+            Stage::Chdir => "chdir",
+            Stage::Exec => "execve /bin/bash",
+        }
+    }
+}
+
+/// The child reported that it could not get to `execve`.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{} failed: {}", .stage.name(), io::Error::from_raw_os_error(*.errno))]
+pub struct ChildFailure {
+    pub stage: Stage,
+    pub errno: i32,
+}
+
+/// The parent could not start the child.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("invalid argument for the command: interior NUL")]
+    Nul,
+    #[error("cannot start the command: {what}: {source}")]
+    Os { what: &'static str, source: io::Error },
+}
+
+/// The user and groups the child switches to.
+#[derive(Debug, Clone)]
+pub struct Ids {
+    pub uid: libc::uid_t,
+    pub gid: libc::gid_t,
+    pub groups: Vec<libc::gid_t>,
+}
+
+/// Everything the child needs, prepared in the parent.
+pub struct Plan {
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+    /// Explicit working directory (failure is an error), or the home to
+    /// try before falling back to `/`.
+    cwd: CString,
+    cwd_required: bool,
+    ids: Option<Ids>,
+    with_stdin: bool,
+}
+
+impl Plan {
+    /// `/bin/bash -c cmd` with this environment, directory and identity.
+    pub fn new(
+        cmd: &str,
+        env: &[(String, String)],
+        cwd: Option<&str>,
+        home: &str,
+        ids: Option<Ids>,
+        with_stdin: bool,
+    ) -> Result<Plan, SpawnError> {
+        let c = |s: &str| CString::new(s).map_err(|_| SpawnError::Nul);
+        let argv = vec![c("bash")?, c("-c")?, c(cmd)?];
+        let envp = env.iter().map(|(k, v)| c(&format!("{k}={v}"))).collect::<Result<Vec<_>, _>>()?;
+        let (cwd, cwd_required) = match cwd {
+            Some(dir) => (c(dir)?, true),
+            None => (c(if home.is_empty() { "/" } else { home })?, false),
+        };
+        Ok(Plan { argv, envp, cwd, cwd_required, ids, with_stdin })
+    }
+}
+
+/// A started command: its pid (= its process group and session id), a
+/// pidfd readable once it exits, and the parent's pipe ends.
+#[derive(Debug)]
+pub struct Child {
+    pub pid: libc::pid_t,
+    pub pidfd: OwnedFd,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+    /// Write end of stdin (non-blocking), when the request gave stdin.
+    pub stdin: Option<OwnedFd>,
+    /// The stdin read end, kept open by the parent so that writing never
+    /// raises SIGPIPE in the host, even if the command never reads.
+    pub stdin_keepalive: Option<OwnedFd>,
+    /// Read end of the error channel: empty at EOF means `execve` worked.
+    pub failure: OwnedFd,
+}
+
+fn os(what: &'static str) -> SpawnError {
+    SpawnError::Os { what, source: io::Error::last_os_error() }
+}
+
+/// Moves `fd` to a number >= 3 (close-on-exec), so that `dup2` onto 0..2
+/// in the child always clears close-on-exec.
+fn above_stdio(fd: OwnedFd) -> Result<OwnedFd, SpawnError> {
+    if fd.as_raw_fd() >= 3 {
+        return Ok(fd);
+    }
+    // SAFETY: F_DUPFD_CLOEXEC on a descriptor we own.
+    let new = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
+    if new < 0 {
+        return Err(os("fcntl(F_DUPFD_CLOEXEC)"));
+    }
+    // SAFETY: `new` is a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+/// A close-on-exec pipe (read end, write end), both numbered >= 3.
+fn pipe() -> Result<(OwnedFd, OwnedFd), SpawnError> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(os("pipe2"));
+    }
+    // SAFETY: pipe2 succeeded: both are fresh descriptors we now own.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    Ok((above_stdio(r)?, above_stdio(w)?))
+}
+
+/// Makes the parent's end of a pipe non-blocking.
+pub fn set_nonblocking(fd: &OwnedFd) -> Result<(), SpawnError> {
+    // SAFETY: fcntl on a descriptor we own.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(os("fcntl(O_NONBLOCK)"));
+    }
+    Ok(())
+}
+
+fn dev_null() -> Result<OwnedFd, SpawnError> {
+    // SAFETY: a static NUL-terminated path.
+    let fd = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(os("open /dev/null"));
+    }
+    // SAFETY: a fresh descriptor we own.
+    above_stdio(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Starts the command. Returns as soon as the child exists (it does not
+/// wait for `execve`; a failure before it arrives on `Child::failure`).
+pub fn spawn(plan: &Plan) -> Result<Child, SpawnError> {
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let (fail_r, fail_w) = pipe()?;
+    let (in_r, in_w) = if plan.with_stdin {
+        let (r, w) = pipe()?;
+        (r, Some(w))
+    } else {
+        (dev_null()?, None)
+    };
+    for fd in [&out_r, &err_r, &fail_r].into_iter().chain(in_w.as_ref()) {
+        set_nonblocking(fd)?;
+    }
+    let mut argv: Vec<*const libc::c_char> = plan.argv.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let mut envp: Vec<*const libc::c_char> = plan.envp.iter().map(|e| e.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    let child_fds = ChildFds {
+        stdin: in_r.as_raw_fd(),
+        stdout: out_w.as_raw_fd(),
+        stderr: err_w.as_raw_fd(),
+        failure: fail_w.as_raw_fd(),
+    };
+    // SAFETY: fork in a multi-threaded process is sound as long as the
+    // child only makes async-signal-safe calls until execve: `child_main`
+    // uses raw syscalls on data prepared above and never allocates.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(os("fork"));
+    }
+    if pid == 0 {
+        // SAFETY: we are the freshly forked child; see child_main.
+        unsafe { child_main(plan, &argv, &envp, child_fds) }
+    }
+    drop((out_w, err_w, fail_w));
+    // SAFETY: pidfd_open on our own, unreaped child: the pid cannot be
+    // reused before we reap it.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as RawFd;
+    if pidfd < 0 {
+        let e = os("pidfd_open");
+        // SAFETY: our own child; kill and reap it so it leaves no zombie.
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+        return Err(e);
+    }
+    // SAFETY: pidfd_open returned a fresh (close-on-exec) descriptor.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    let (stdin, stdin_keepalive) = match in_w {
+        Some(w) => (Some(w), Some(in_r)),
+        None => (None, None),
+    };
+    Ok(Child { pid, pidfd, stdout: out_r, stderr: err_r, stdin, stdin_keepalive, failure: fail_r })
+}
+
+#[derive(Clone, Copy)]
+struct ChildFds {
+    stdin: RawFd,
+    stdout: RawFd,
+    stderr: RawFd,
+    failure: RawFd,
+}
+
+/// The child between fork and exec: raw syscalls only.
+///
+/// # Safety
+/// Must run only in the child right after `fork`; `argv` and `envp` are
+/// NULL-terminated arrays of pointers into `plan`.
+unsafe fn child_main(plan: &Plan, argv: &[*const libc::c_char], envp: &[*const libc::c_char], fds: ChildFds) -> ! {
+    // SAFETY (whole body): the child is single-threaded after fork and
+    // touches only memory prepared by the parent; every call below is a
+    // system call or an async-signal-safe libc wrapper.
+    unsafe {
+        let fail = |stage: Stage| report_and_exit(fds.failure, stage);
+        // Default dispositions and an empty mask: the host may block or
+        // ignore signals (SIGPIPE, SIGTERM for a signalfd) and both would
+        // otherwise survive execve.
+        for sig in 1..65 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        if libc::setsid() < 0 {
+            fail(Stage::Setsid);
+        }
+        for (from, to) in [(fds.stdin, 0), (fds.stdout, 1), (fds.stderr, 2)] {
+            if libc::dup2(from, to) < 0 {
+                fail(Stage::Dup2);
+            }
+        }
+        // Descriptors the host opened without O_CLOEXEC stay out of the
+        // command (Linux >= 5.11; ignored where unsupported).
+        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
+        if let Some(ids) = &plan.ids {
+            // Raw syscalls: they change only this (single) thread's
+            // credentials, without glibc's all-threads broadcast.
+            if libc::syscall(libc::SYS_setgroups, ids.groups.len(), ids.groups.as_ptr()) != 0 {
+                fail(Stage::Setgroups);
+            }
+            if libc::syscall(libc::SYS_setresgid, ids.gid, ids.gid, ids.gid) != 0 {
+                fail(Stage::Setgid);
+            }
+            if libc::syscall(libc::SYS_setresuid, ids.uid, ids.uid, ids.uid) != 0 {
+                fail(Stage::Setuid);
+            }
+        }
+        libc::umask(0o022);
+        // After setuid, so the directory is entered with the user's rights.
+        if libc::chdir(plan.cwd.as_ptr()) != 0 {
+            if plan.cwd_required || libc::chdir(c"/".as_ptr()) != 0 {
+                fail(Stage::Chdir);
+            }
+        }
+        libc::execve(c"/bin/bash".as_ptr(), argv.as_ptr(), envp.as_ptr());
+        fail(Stage::Exec)
+    }
+}
+
+/// In the child: sends (stage, errno) to the parent and exits 127.
+fn report_and_exit(fd: RawFd, stage: Stage) -> ! {
+    // SAFETY: errno, write and _exit are async-signal-safe; `msg` is on
+    // this stack.
+    unsafe {
+        let errno = *libc::__errno_location();
+        let msg = [stage.code(), errno as u32];
+        libc::write(fd, msg.as_ptr().cast(), std::mem::size_of_val(&msg));
+        libc::_exit(127)
+    }
+}
+
+/// Reads the child's failure report, if it sent one (call after it exited).
+pub fn read_failure(fd: &OwnedFd) -> Option<ChildFailure> {
+    let mut msg = [0u32; 2];
+    // SAFETY: reading at most size_of(msg) bytes into `msg`.
+    let n = unsafe { libc::read(fd.as_raw_fd(), msg.as_mut_ptr().cast(), std::mem::size_of_val(&msg)) };
+    if n as usize != std::mem::size_of_val(&msg) {
+        return None;
+    }
+    Some(ChildFailure { stage: Stage::from_code(msg[0])?, errno: msg[1] as i32 })
+}
+
+/// Sends `sig` to the whole process group `pgid` (errors ignored: the
+/// group may be gone already).
+pub fn signal_group(pgid: libc::pid_t, sig: libc::c_int) {
+    if pgid > 1 {
+        // SAFETY: a negative pid addresses the group our child leads; the
+        // child is not reaped yet, so the pgid cannot have been reused.
+        unsafe { libc::kill(-pgid, sig) };
+    }
+}
+
+/// How a reaped child ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal { signal: i32, core_dumped: bool },
+    /// Someone else reaped it (another `waitpid(-1)` in the host).
+    Unknown,
+}
+
+/// Reaps `pid`: `None` if it is still running and `block` is false.
+pub fn reap(pid: libc::pid_t, block: bool) -> Option<Exit> {
+    let mut status = 0;
+    let flags = if block { 0 } else { libc::WNOHANG };
+    loop {
+        // SAFETY: waitpid on our own child with a valid status pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, flags) };
+        if r == 0 {
+            return None;
+        }
+        if r < 0 {
+            if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Some(Exit::Unknown);
+        }
+        return Some(if libc::WIFEXITED(status) {
+            Exit::Code(libc::WEXITSTATUS(status))
+        } else if libc::WIFSIGNALED(status) {
+            Exit::Signal { signal: libc::WTERMSIG(status), core_dumped: libc::WCOREDUMP(status) }
+        } else {
+            Exit::Unknown
+        });
+    }
+}
+
+/// The conventional name of a signal number.
+pub fn signal_name(sig: i32) -> String {
+    let name = match sig {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGTRAP => "SIGTRAP",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGSTKFLT => "SIGSTKFLT",
+        libc::SIGCHLD => "SIGCHLD",
+        libc::SIGCONT => "SIGCONT",
+        libc::SIGSTOP => "SIGSTOP",
+        libc::SIGTSTP => "SIGTSTP",
+        libc::SIGTTIN => "SIGTTIN",
+        libc::SIGTTOU => "SIGTTOU",
+        libc::SIGURG => "SIGURG",
+        libc::SIGXCPU => "SIGXCPU",
+        libc::SIGXFSZ => "SIGXFSZ",
+        libc::SIGVTALRM => "SIGVTALRM",
+        libc::SIGPROF => "SIGPROF",
+        libc::SIGWINCH => "SIGWINCH",
+        libc::SIGIO => "SIGIO",
+        libc::SIGPWR => "SIGPWR",
+        libc::SIGSYS => "SIGSYS",
+        _ => {
+            let (min, max) = (libc::SIGRTMIN(), libc::SIGRTMAX());
+            return if (min..=max).contains(&sig) {
+                format!("SIGRTMIN+{}", sig - min)
+            } else {
+                format!("SIG{sig}")
+            };
+        }
+    };
+    name.to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(signal_name(9), "SIGKILL");
+        assert_eq!(signal_name(15), "SIGTERM");
+        assert_eq!(signal_name(libc::SIGRTMIN() + 1), "SIGRTMIN+1");
+    }
+
+    #[test]
+    fn stage_codes_round_trip() {
+        for s in [Stage::Setsid, Stage::Dup2, Stage::Setgroups, Stage::Setgid, Stage::Setuid, Stage::Chdir, Stage::Exec] {
+            assert_eq!(Stage::from_code(s.code()), Some(s));
+        }
+        assert_eq!(Stage::from_code(0), None);
+        assert_eq!(Stage::from_code(99), None);
+    }
+}
