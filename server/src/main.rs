@@ -1,2 +1,241 @@
-//! BasicAgentServer (placeholder until the daemon issue).
-fn main() {}
+//! BasicAgentServer: the reference control server (tests, the demo, small fleets), and its admin client.
+//!
+//! Key decision: clarity over scale. Each agent connection runs on its own
+//! thread with a tiny mio loop (socket + waker), shared state is one mutex
+//! around plain maps, and all wire JSON comes from `basicagent-proto`. The
+//! same binary is the admin client: `list`, `tasks`, `call` and `send` talk
+//! to a running server over its Unix admin socket. `main` only parses flags.
+
+mod admin;
+mod admin_client;
+mod conn;
+mod events;
+mod policy;
+mod registry;
+mod serve;
+mod signal;
+mod tls;
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use admin::AdminRequest;
+use basicagent_proto::DEFAULT_MAX_FRAME;
+use policy::{strict_list, InitPolicy};
+use serve::{ServeOptions, Settings};
+
+const DEFAULT_ADMIN: &str = "/run/basicagent-server.sock";
+const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
+const DEFAULT_CALL_TIMEOUT: f64 = 130.0;
+const DEFAULT_SEND_TIMEOUT: f64 = 2.0;
+
+const USAGE: &str = "\
+Usage:
+  BasicAgentServer serve [--listen ADDR] --cert PEM --key PEM [--client-ca PEM]
+                         [--redirect LIST | --spread LIST | --reject MESSAGE]
+                         [--heartbeat SECS] [--admin SOCK] [--events FILE]
+                         [--auto-ack | --no-auto-ack] [--handshake-timeout SECS]
+                         [--max-frame BYTES]
+  BasicAgentServer list  [--admin SOCK]
+  BasicAgentServer tasks [--admin SOCK]
+  BasicAgentServer call  [--admin SOCK] (--host ID | --all) [--timeout SECS] 'JSON-REQUEST'
+  BasicAgentServer send  [--admin SOCK] --host ID [--timeout SECS] 'RAW LINE' | -   (- reads stdin)
+
+Defaults: --listen 127.0.0.1:8443, --admin /run/basicagent-server.sock,
+call --timeout 130, send --timeout 2, --handshake-timeout 10, --max-frame 16777216.
+Log level: RUST_LOG (default info).";
+
+/// Locks a mutex, taking the data even if another thread panicked with it.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match dispatch(&args) {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("BasicAgentServer: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Parses the subcommand and its flags, then delegates.
+fn dispatch(args: &[String]) -> Result<ExitCode, String> {
+    let Some((command, rest)) = args.split_first() else {
+        return Err(format!("missing command\n{USAGE}"));
+    };
+    let mut opts = getopts::Options::new();
+    opts.optopt("", "admin", "admin socket", "SOCK");
+    opts.optflag("h", "help", "show usage");
+    match command.as_str() {
+        "serve" => {
+            for (name, hint) in [
+                ("listen", "ADDR"),
+                ("cert", "PEM"),
+                ("key", "PEM"),
+                ("client-ca", "PEM"),
+                ("redirect", "LIST"),
+                ("spread", "LIST"),
+                ("reject", "MESSAGE"),
+                ("heartbeat", "SECS"),
+                ("events", "FILE"),
+                ("handshake-timeout", "SECS"),
+                ("max-frame", "BYTES"),
+            ] {
+                opts.optopt("", name, "", hint);
+            }
+            opts.optflag("", "auto-ack", "acknowledge task.done at once (default)");
+            opts.optflag("", "no-auto-ack", "do not acknowledge task.done");
+        }
+        "call" | "send" => {
+            opts.optopt("", "host", "agent host id", "ID");
+            opts.optopt("", "timeout", "seconds to wait", "SECS");
+            if command == "call" {
+                opts.optflag("", "all", "every connected agent");
+            }
+        }
+        "list" | "tasks" => {}
+        "-h" | "--help" | "help" => {
+            println!("{USAGE}");
+            return Ok(ExitCode::SUCCESS);
+        }
+        other => return Err(format!("unknown command {other:?}\n{USAGE}")),
+    }
+    let m = opts.parse(rest).map_err(|e| format!("{e}\n{USAGE}"))?;
+    if m.opt_present("help") {
+        println!("{USAGE}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let admin = PathBuf::from(
+        m.opt_str("admin")
+            .unwrap_or_else(|| DEFAULT_ADMIN.to_owned()),
+    );
+    if command == "serve" {
+        let options = serve_options(&m, admin)?;
+        serve::run(options).map_err(|e| e.to_string())?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let timeout = |default: f64| -> Result<f64, String> {
+        match m.opt_str("timeout") {
+            None => Ok(default),
+            Some(t) => t
+                .parse::<f64>()
+                .ok()
+                .filter(|t| t.is_finite() && *t >= 0.0)
+                .ok_or(format!("bad --timeout {t:?}")),
+        }
+    };
+    let (request, payload) = match command.as_str() {
+        "list" => (AdminRequest::List, None),
+        "tasks" => (AdminRequest::Tasks, None),
+        "call" => {
+            let [text] = m.free.as_slice() else {
+                return Err(format!("call takes one JSON request\n{USAGE}"));
+            };
+            let all = m.opt_present("all");
+            let host = m.opt_str("host");
+            if all == host.is_some() {
+                return Err("call needs exactly one of --host ID and --all".into());
+            }
+            (
+                AdminRequest::Call {
+                    host,
+                    all,
+                    timeout: timeout(DEFAULT_CALL_TIMEOUT)?,
+                    request: text.clone(),
+                },
+                None,
+            )
+        }
+        _ => {
+            let host = m.opt_str("host").ok_or("send needs --host ID")?;
+            let [line] = m.free.as_slice() else {
+                return Err(format!("send takes one line (or -)\n{USAGE}"));
+            };
+            let bytes = if line == "-" {
+                let mut buf = Vec::new();
+                std::io::stdin()
+                    .read_to_end(&mut buf)
+                    .map_err(|e| format!("reading stdin: {e}"))?;
+                buf
+            } else {
+                line.clone().into_bytes()
+            };
+            let request = AdminRequest::Send {
+                host,
+                len: bytes.len() as u64,
+                timeout: timeout(DEFAULT_SEND_TIMEOUT)?,
+            };
+            (request, Some(bytes))
+        }
+    };
+    let ok = admin_client::run(&admin, &request, payload.as_deref()).map_err(|e| e.to_string())?;
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn serve_options(m: &getopts::Matches, admin: PathBuf) -> Result<ServeOptions, String> {
+    let listen_text = m
+        .opt_str("listen")
+        .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+    let listen: SocketAddr = listen_text
+        .parse()
+        .map_err(|_| format!("bad --listen {listen_text:?} (want IP:PORT)"))?;
+    let cert = m.opt_str("cert").ok_or("serve needs --cert PEM")?;
+    let key = m.opt_str("key").ok_or("serve needs --key PEM")?;
+    let chosen: Vec<&str> = ["redirect", "spread", "reject"]
+        .into_iter()
+        .filter(|o| m.opt_present(o))
+        .collect();
+    if chosen.len() > 1 {
+        return Err(format!("--{} cannot be combined", chosen.join(" and --")));
+    }
+    let policy = if let Some(list) = m.opt_str("redirect") {
+        strict_list(&list, listen.port()).map_err(|e| format!("--redirect: {e}"))?;
+        InitPolicy::Redirect(list.trim().to_owned())
+    } else if let Some(list) = m.opt_str("spread") {
+        InitPolicy::Spread(strict_list(&list, listen.port()).map_err(|e| format!("--spread: {e}"))?)
+    } else if let Some(message) = m.opt_str("reject") {
+        InitPolicy::Reject(message)
+    } else {
+        InitPolicy::Accept
+    };
+    if m.opt_present("auto-ack") && m.opt_present("no-auto-ack") {
+        return Err("--auto-ack and --no-auto-ack cannot be combined".into());
+    }
+    let number = |name: &str| -> Result<Option<u64>, String> {
+        m.opt_str(name)
+            .map(|v| v.parse::<u64>().map_err(|_| format!("bad --{name} {v:?}")))
+            .transpose()
+    };
+    let handshake_timeout = number("handshake-timeout")?.unwrap_or(10).max(1);
+    let max_frame = number("max-frame")?.map_or(DEFAULT_MAX_FRAME, |v| {
+        usize::try_from(v).unwrap_or(usize::MAX)
+    });
+    Ok(ServeOptions {
+        listen,
+        cert: cert.into(),
+        key: key.into(),
+        client_ca: m.opt_str("client-ca").map(PathBuf::from),
+        admin,
+        events: m.opt_str("events").map(PathBuf::from),
+        settings: Settings {
+            listen,
+            policy,
+            heartbeat: number("heartbeat")?,
+            auto_ack: !m.opt_present("no-auto-ack"),
+            handshake_timeout: Duration::from_secs(handshake_timeout),
+            max_frame,
+        },
+    })
+}
