@@ -26,7 +26,11 @@ pub struct Captured {
 impl Capture {
     /// An empty capture keeping at most `cap` bytes.
     pub fn new(cap: usize) -> Self {
-        Capture { kept: Vec::new(), cap, total: 0 }
+        Capture {
+            kept: Vec::new(),
+            cap,
+            total: 0,
+        }
     }
 
     /// Appends what was read; bytes past the cap are only counted.
@@ -40,7 +44,10 @@ impl Capture {
         let needed = self.kept.len() + take;
         if needed > self.kept.capacity() {
             // Grow by doubling, but never past the cap.
-            let target = (self.kept.capacity() * 2).max(needed).max(4096).min(self.cap);
+            let target = (self.kept.capacity() * 2)
+                .max(needed)
+                .max(4096)
+                .min(self.cap);
             self.kept.reserve_exact(target - self.kept.len());
         }
         self.kept.extend_from_slice(&bytes[..take]);
@@ -61,7 +68,12 @@ impl Capture {
             Ok(text) => (text, false),
             Err(e) => (String::from_utf8_lossy(e.as_bytes()).into_owned(), true),
         };
-        Captured { text, total: self.total, truncated, lossy }
+        Captured {
+            text,
+            total: self.total,
+            truncated,
+            lossy,
+        }
     }
 }
 
@@ -95,7 +107,15 @@ mod tests {
         c.push(b"ij");
         assert_eq!(c.total, 10);
         let done = c.finish();
-        assert_eq!(done, Captured { text: "abcde".into(), total: 10, truncated: true, lossy: false });
+        assert_eq!(
+            done,
+            Captured {
+                text: "abcde".into(),
+                total: 10,
+                truncated: true,
+                lossy: false
+            }
+        );
     }
 
     #[test]
@@ -114,7 +134,10 @@ mod tests {
         let mut c = Capture::new(0);
         c.push(b"xyz");
         let done = c.finish();
-        assert_eq!((done.text.as_str(), done.total, done.truncated), ("", 3, true));
+        assert_eq!(
+            (done.text.as_str(), done.total, done.truncated),
+            ("", 3, true)
+        );
     }
 
     #[test]

@@ -51,7 +51,9 @@ impl Permit {
     /// Takes a slot if fewer than `max` are taken.
     pub fn acquire(counter: &'static AtomicUsize, max: usize) -> Option<Permit> {
         counter
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
             .ok()
             .map(|_| Permit(counter))
     }
@@ -72,7 +74,7 @@ pub struct Job {
 
 /// What other threads tell the executor.
 pub enum Msg {
-    Start(Job),
+    Start(Box<Job>),
     Cancel(CallId),
     /// Kill everything, answer every call, stop; then signal the sender.
     Shutdown(Sender<()>),
@@ -92,13 +94,20 @@ impl Handle {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (tx, rx) = mpsc::channel();
         let executor = Executor::new(poll, rx, config);
-        let thread = std::thread::Builder::new().name("sync-bash".to_owned()).spawn(move || {
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| executor.run()));
-            if outcome.is_err() {
-                log::error!("sync.bash executor panicked; its calls were answered 3025");
-            }
-        })?;
-        Ok(Handle { tx, waker, thread: Some(thread) })
+        let thread = std::thread::Builder::new()
+            .name("sync-bash".to_owned())
+            .spawn(move || {
+                let outcome =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| executor.run()));
+                if outcome.is_err() {
+                    log::error!("sync.bash executor panicked; its calls were answered 3025");
+                }
+            })?;
+        Ok(Handle {
+            tx,
+            waker,
+            thread: Some(thread),
+        })
     }
 
     /// Hands a message to the executor; gives it back if the executor is
@@ -141,7 +150,9 @@ struct StdinFeed {
 
 struct Running {
     call: Call,
-    _permit: Permit,
+    /// Released before the call is answered, so a caller that gets the
+    /// answer can start a new command at once.
+    permit: Option<Permit>,
     pid: libc::pid_t,
     pidfd: OwnedFd,
     failure: OwnedFd,
@@ -201,7 +212,11 @@ fn deregister(poll: &Poll, fd: &OwnedFd) {
 
 impl Stream {
     fn new(fd: OwnedFd, cap: usize) -> Self {
-        Stream { fd: Some(fd), capture: Capture::new(cap), ready: true }
+        Stream {
+            fd: Some(fd),
+            capture: Capture::new(cap),
+            ready: true,
+        }
     }
 
     /// Reads at most `reads` chunks; returns whether more may be waiting.
@@ -295,7 +310,11 @@ impl Executor {
         let mut events = Events::with_capacity(256);
         let mut busy = false;
         loop {
-            let timeout = if busy { Some(Duration::ZERO) } else { self.next_deadline(Instant::now()) };
+            let timeout = if busy {
+                Some(Duration::ZERO)
+            } else {
+                self.next_deadline(Instant::now())
+            };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     log::error!("sync.bash: poll failed: {e}");
@@ -308,7 +327,7 @@ impl Executor {
             }
             loop {
                 match self.rx.try_recv() {
-                    Ok(Msg::Start(job)) => self.start(job, Instant::now()),
+                    Ok(Msg::Start(job)) => self.start(*job, Instant::now()),
                     Ok(Msg::Cancel(id)) => self.stop(id, StopReason::Cancelled, Instant::now()),
                     Ok(Msg::Shutdown(done)) => {
                         self.shutdown();
@@ -332,7 +351,9 @@ impl Executor {
         if token == WAKER {
             return;
         }
-        let Some(Some(job)) = self.slots.get_mut(token.0 >> 2) else { return };
+        let Some(Some(job)) = self.slots.get_mut(token.0 >> 2) else {
+            return;
+        };
         match token.0 & 3 {
             KIND_PID => job.exited = true,
             KIND_STDOUT => job.stdout.ready = true,
@@ -355,9 +376,15 @@ impl Executor {
     fn service(&mut self) -> bool {
         let mut more = false;
         for slot in 0..self.slots.len() {
-            let Some(job) = &mut self.slots[slot] else { continue };
-            more |= job.stdout.pump(&self.poll, &mut self.scratch, READS_PER_TURN);
-            more |= job.stderr.pump(&self.poll, &mut self.scratch, READS_PER_TURN);
+            let Some(job) = &mut self.slots[slot] else {
+                continue;
+            };
+            more |= job
+                .stdout
+                .pump(&self.poll, &mut self.scratch, READS_PER_TURN);
+            more |= job
+                .stderr
+                .pump(&self.poll, &mut self.scratch, READS_PER_TURN);
             job.stdin.pump(&self.poll);
             if job.exited {
                 self.finish(slot);
@@ -375,7 +402,9 @@ impl Executor {
     }
 
     fn stop(&mut self, id: CallId, reason: StopReason, now: Instant) {
-        let Some(&slot) = self.by_call.get(&id) else { return };
+        let Some(&slot) = self.by_call.get(&id) else {
+            return;
+        };
         if let Some(Some(job)) = self.slots.get_mut(slot) {
             if let Some(signal) = job.lifecycle.handle_stop(reason, now) {
                 send_signal(job.pid, signal);
@@ -384,18 +413,28 @@ impl Executor {
     }
 
     fn start(&mut self, job: Job, now: Instant) {
-        let Job { call, request, permit } = job;
-        let identity = match identity::resolve(&request.user, request.group.as_deref())
-            .and_then(|id| identity::needs_switch(&id, self.euid, self.egid).map(|switch| (id, switch)))
-        {
-            Ok(found) => found,
-            Err(e) => {
-                let code = e.retcode();
-                return call.fail(code, &format!("{}: {e}", retcode::message(code)));
-            }
-        };
+        let Job {
+            call,
+            request,
+            permit,
+        } = job;
+        let identity =
+            match identity::resolve(&request.user, request.group.as_deref()).and_then(|id| {
+                identity::needs_switch(&id, self.euid, self.egid).map(|switch| (id, switch))
+            }) {
+                Ok(found) => found,
+                Err(e) => {
+                    let code = e.retcode();
+                    drop(permit);
+                    return call.fail(code, &format!("{}: {e}", retcode::message(code)));
+                }
+            };
         let (identity, switch) = identity;
-        let ids = switch.then(|| Ids { uid: identity.uid, gid: identity.gid, groups: identity.groups.clone() });
+        let ids = switch.then(|| Ids {
+            uid: identity.uid,
+            gid: identity.gid,
+            groups: identity.groups.clone(),
+        });
         let env = identity::login_env(&identity, &request.env);
         let child = Plan::new(
             &request.cmd,
@@ -408,34 +447,64 @@ impl Executor {
         .and_then(|plan| spawn::spawn(&plan));
         let child = match child {
             Ok(child) => child,
-            Err(e) => return call.fail(retcode::PLUGIN_FAILURE, &format!("Plugin failure: {e}")),
+            Err(e) => {
+                drop(permit);
+                return call.fail(retcode::PLUGIN_FAILURE, &format!("Plugin failure: {e}"));
+            }
         };
-        let Child { pid, pidfd, stdout, stderr, stdin, stdin_keepalive, failure } = child;
+        let Child {
+            pid,
+            pidfd,
+            stdout,
+            stderr,
+            stdin,
+            stdin_keepalive,
+            failure,
+        } = child;
         let slot = self.free.pop().unwrap_or_else(|| {
             self.slots.push(None);
             self.slots.len() - 1
         });
         let registry = self.poll.registry();
-        let mut registered = registry.register(&mut SourceFd(&pidfd.as_raw_fd()), token(slot, KIND_PID), Interest::READABLE);
+        let mut registered = registry.register(
+            &mut SourceFd(&pidfd.as_raw_fd()),
+            token(slot, KIND_PID),
+            Interest::READABLE,
+        );
         for (fd, kind) in [(&stdout, KIND_STDOUT), (&stderr, KIND_STDERR)] {
-            registered = registered
-                .and_then(|()| registry.register(&mut SourceFd(&fd.as_raw_fd()), token(slot, kind), Interest::READABLE));
+            registered = registered.and_then(|()| {
+                registry.register(
+                    &mut SourceFd(&fd.as_raw_fd()),
+                    token(slot, kind),
+                    Interest::READABLE,
+                )
+            });
         }
         if let Some(fd) = &stdin {
-            registered = registered
-                .and_then(|()| registry.register(&mut SourceFd(&fd.as_raw_fd()), token(slot, KIND_STDIN), Interest::WRITABLE));
+            registered = registered.and_then(|()| {
+                registry.register(
+                    &mut SourceFd(&fd.as_raw_fd()),
+                    token(slot, KIND_STDIN),
+                    Interest::WRITABLE,
+                )
+            });
         }
         let id = call.id();
         let running = Running {
             call,
-            _permit: permit,
+            permit: Some(permit),
             pid,
             pidfd,
             failure,
             _stdin_keepalive: stdin_keepalive,
             stdout: Stream::new(stdout, request.max_output),
             stderr: Stream::new(stderr, request.max_output),
-            stdin: StdinFeed { ready: stdin.is_some(), fd: stdin, data: request.stdin, written: 0 },
+            stdin: StdinFeed {
+                ready: stdin.is_some(),
+                fd: stdin,
+                data: request.stdin,
+                written: 0,
+            },
             exited: false,
             lifecycle: Lifecycle::new(now, request.timeout, self.config.kill_grace),
             identity,
@@ -458,7 +527,9 @@ impl Executor {
 
     /// bash has exited (or must be given up on): reap it and answer.
     fn finish(&mut self, slot: usize) {
-        let Some(mut job) = self.slots.get_mut(slot).and_then(Option::take) else { return };
+        let Some(mut job) = self.slots.get_mut(slot).and_then(Option::take) else {
+            return;
+        };
         self.free.push(slot);
         self.by_call.remove(&job.call.id());
         if job.lifecycle.kill_group_before_reap() {
@@ -467,20 +538,30 @@ impl Executor {
         }
         job.stdout.ready = true;
         job.stderr.ready = true;
-        job.stdout.pump(&self.poll, &mut self.scratch, READS_AT_EXIT);
-        job.stderr.pump(&self.poll, &mut self.scratch, READS_AT_EXIT);
+        job.stdout
+            .pump(&self.poll, &mut self.scratch, READS_AT_EXIT);
+        job.stderr
+            .pump(&self.poll, &mut self.scratch, READS_AT_EXIT);
         job.stdout.close(&self.poll);
         job.stderr.close(&self.poll);
         job.stdin.close(&self.poll);
         deregister(&self.poll, &job.pidfd);
         let exit = spawn::reap(job.pid, true).unwrap_or(Exit::Unknown);
+        drop(job.permit.take());
         let elapsed_ms = job.started.elapsed().as_millis() as u64;
         if let Some(failure) = spawn::read_failure(&job.failure) {
             let (code, message) = match (failure.stage, &job.cwd) {
-                (Stage::Chdir, Some(cwd)) => {
-                    (retcode::INVALID_PARAMS, format!("Invalid params: cwd {cwd}: {}", io::Error::from_raw_os_error(failure.errno)))
-                }
-                _ => (retcode::PLUGIN_FAILURE, format!("Plugin failure: starting the command: {failure}")),
+                (Stage::Chdir, Some(cwd)) => (
+                    retcode::INVALID_PARAMS,
+                    format!(
+                        "Invalid params: cwd {cwd}: {}",
+                        io::Error::from_raw_os_error(failure.errno)
+                    ),
+                ),
+                _ => (
+                    retcode::PLUGIN_FAILURE,
+                    format!("Plugin failure: starting the command: {failure}"),
+                ),
             };
             return job.call.fail(code, &message);
         }
@@ -495,7 +576,8 @@ impl Executor {
             identity: &job.identity,
         }
         .answer();
-        job.call.complete(answer.retcode, &answer.message, Some(&answer.data));
+        job.call
+            .complete(answer.retcode, &answer.message, Some(&answer.data));
     }
 
     /// Kills every command's group, answers them all, waits (bounded) for
@@ -515,13 +597,19 @@ impl Executor {
             }
             self.service();
         }
-        for job in self.slots.iter_mut().filter_map(Option::take) {
-            job.call.fail(retcode::CANCELLED, "Cancelled: the agent is shutting down (command not reaped)");
+        for mut job in self.slots.iter_mut().filter_map(Option::take) {
+            drop(job.permit.take());
+            job.call.fail(
+                retcode::CANCELLED,
+                "Cancelled: the agent is shutting down (command not reaped)",
+            );
         }
         self.by_call.clear();
         while let Ok(msg) = self.rx.try_recv() {
             if let Msg::Start(job) = msg {
-                job.call.fail(retcode::CANCELLED, "Cancelled: the agent is shutting down");
+                let Job { call, permit, .. } = *job;
+                drop(permit);
+                call.fail(retcode::CANCELLED, "Cancelled: the agent is shutting down");
             }
         }
     }

@@ -27,7 +27,11 @@ pub enum IdentityError {
     #[error("no such group {0:?}")]
     UnknownGroup(String),
     #[error("the agent runs as uid {euid}, not root: cannot run commands as {user}:{group}")]
-    NotRoot { euid: libc::uid_t, user: String, group: String },
+    NotRoot {
+        euid: libc::uid_t,
+        user: String,
+        group: String,
+    },
     #[error("user database lookup failed: {0}")]
     Lookup(std::io::Error),
 }
@@ -60,7 +64,9 @@ fn text(p: *const libc::c_char) -> String {
 }
 
 /// Runs a reentrant NSS lookup, growing the buffer on ERANGE.
-fn with_buffer<T>(mut f: impl FnMut(&mut [libc::c_char]) -> Result<Option<T>, i32>) -> Result<Option<T>, IdentityError> {
+fn with_buffer<T>(
+    mut f: impl FnMut(&mut [libc::c_char]) -> Result<Option<T>, i32>,
+) -> Result<Option<T>, IdentityError> {
     let mut size = 1024usize;
     loop {
         let mut buf = vec![0 as libc::c_char; size];
@@ -81,14 +87,27 @@ fn passwd(name: &CStr) -> Result<Option<Passwd>, IdentityError> {
         let mut out: *mut libc::passwd = std::ptr::null_mut();
         // SAFETY: valid name, struct, buffer (with its true length) and
         // result pointer, as getpwnam_r requires.
-        let rc = unsafe { libc::getpwnam_r(name.as_ptr(), &mut pw, buf.as_mut_ptr(), buf.len(), &mut out) };
+        let rc = unsafe {
+            libc::getpwnam_r(
+                name.as_ptr(),
+                &mut pw,
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut out,
+            )
+        };
         if rc != 0 {
             return Err(rc);
         }
         if out.is_null() {
             return Ok(None);
         }
-        Ok(Some(Passwd { uid: pw.pw_uid, gid: pw.pw_gid, home: text(pw.pw_dir), shell: text(pw.pw_shell) }))
+        Ok(Some(Passwd {
+            uid: pw.pw_uid,
+            gid: pw.pw_gid,
+            home: text(pw.pw_dir),
+            shell: text(pw.pw_shell),
+        }))
     })
 }
 
@@ -98,7 +117,15 @@ fn group_by_name(name: &CStr) -> Result<Option<libc::gid_t>, IdentityError> {
         let mut gr: libc::group = unsafe { std::mem::zeroed() };
         let mut out: *mut libc::group = std::ptr::null_mut();
         // SAFETY: as for getpwnam_r above.
-        let rc = unsafe { libc::getgrnam_r(name.as_ptr(), &mut gr, buf.as_mut_ptr(), buf.len(), &mut out) };
+        let rc = unsafe {
+            libc::getgrnam_r(
+                name.as_ptr(),
+                &mut gr,
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut out,
+            )
+        };
         if rc != 0 {
             return Err(rc);
         }
@@ -148,13 +175,25 @@ pub fn resolve(user: &str, group: Option<&str>) -> Result<Identity, IdentityErro
     let (gid, group) = match group {
         Some(name) => {
             let c = CString::new(name).map_err(|_| IdentityError::UnknownGroup(name.to_owned()))?;
-            let gid = group_by_name(&c)?.ok_or_else(|| IdentityError::UnknownGroup(name.to_owned()))?;
+            let gid =
+                group_by_name(&c)?.ok_or_else(|| IdentityError::UnknownGroup(name.to_owned()))?;
             (gid, name.to_owned())
         }
-        None => (pw.gid, group_name(pw.gid)?.unwrap_or_else(|| pw.gid.to_string())),
+        None => (
+            pw.gid,
+            group_name(pw.gid)?.unwrap_or_else(|| pw.gid.to_string()),
+        ),
     };
     let groups = group_list(&c_user, gid);
-    Ok(Identity { user: user.to_owned(), group, uid: pw.uid, gid, groups, home: pw.home, shell: pw.shell })
+    Ok(Identity {
+        user: user.to_owned(),
+        group,
+        uid: pw.uid,
+        gid,
+        groups,
+        home: pw.home,
+        shell: pw.shell,
+    })
 }
 
 /// Whether the child must switch identity; refuses when the agent is not
@@ -171,7 +210,11 @@ pub fn needs_switch(
         // Same identity: run with the agent's own groups, nothing to change.
         return Ok(false);
     }
-    Err(IdentityError::NotRoot { euid, user: target.user.clone(), group: target.group.clone() })
+    Err(IdentityError::NotRoot {
+        euid,
+        user: target.user.clone(),
+        group: target.group.clone(),
+    })
 }
 
 /// The PATH a login shell would get (Debian's login.defs).
@@ -190,7 +233,14 @@ pub fn login_env(id: &Identity, extra: &[(String, String)]) -> Vec<(String, Stri
         ("HOME".into(), id.home.clone()),
         ("USER".into(), id.user.clone()),
         ("LOGNAME".into(), id.user.clone()),
-        ("SHELL".into(), if id.shell.is_empty() { "/bin/sh".into() } else { id.shell.clone() }),
+        (
+            "SHELL".into(),
+            if id.shell.is_empty() {
+                "/bin/sh".into()
+            } else {
+                id.shell.clone()
+            },
+        ),
         ("PATH".into(), login_path(id.uid).into()),
     ];
     for (k, v) in extra {
@@ -223,14 +273,20 @@ mod tests {
         let root = resolve("root", None).unwrap();
         assert_eq!((root.uid, root.gid, root.group.as_str()), (0, 0, "root"));
         let nobody = resolve("nobody", Some("daemon")).unwrap();
-        assert_eq!((nobody.uid, nobody.gid, nobody.group.as_str()), (65534, 1, "daemon"));
+        assert_eq!(
+            (nobody.uid, nobody.gid, nobody.group.as_str()),
+            (65534, 1, "daemon")
+        );
         assert!(nobody.groups.contains(&1));
     }
 
     #[test]
     fn unknown_names() {
         let e = resolve("no-such-user-ba", None).unwrap_err();
-        assert_eq!((e.retcode(), e.to_string()), (3024, "no such user \"no-such-user-ba\"".to_owned()));
+        assert_eq!(
+            (e.retcode(), e.to_string()),
+            (3024, "no such user \"no-such-user-ba\"".to_owned())
+        );
         let e = resolve("root", Some("no-such-group-ba")).unwrap_err();
         assert_eq!(e.retcode(), 3024);
     }
@@ -245,7 +301,10 @@ mod tests {
 
     #[test]
     fn environment() {
-        let env = login_env(&nobody(), &[("PATH".into(), "/x".into()), ("FOO".into(), "bar".into())]);
+        let env = login_env(
+            &nobody(),
+            &[("PATH".into(), "/x".into()), ("FOO".into(), "bar".into())],
+        );
         let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
         assert_eq!(get("HOME"), Some("/nonexistent"));
         assert_eq!(get("USER"), Some("nobody"));

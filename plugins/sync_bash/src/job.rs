@@ -24,9 +24,16 @@ pub enum GroupSignal {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
-    Running { deadline: Instant },
-    Stopping { reason: StopReason, kill_at: Instant },
-    Killed { reason: StopReason },
+    Running {
+        deadline: Instant,
+    },
+    Stopping {
+        reason: StopReason,
+        kill_at: Instant,
+    },
+    Killed {
+        reason: StopReason,
+    },
 }
 
 /// Timeout and stop handling of one command.
@@ -39,7 +46,12 @@ pub struct Lifecycle {
 impl Lifecycle {
     /// A command started at `now` with its timeout and kill grace.
     pub fn new(now: Instant, timeout: Duration, grace: Duration) -> Self {
-        Lifecycle { phase: Phase::Running { deadline: now + timeout }, grace }
+        Lifecycle {
+            phase: Phase::Running {
+                deadline: now + timeout,
+            },
+            grace,
+        }
     }
 
     /// When [`Lifecycle::handle_timer`] next has work, if ever.
@@ -54,7 +66,9 @@ impl Lifecycle {
     /// Time passed: the timeout sends SIGTERM, the end of the grace SIGKILL.
     pub fn handle_timer(&mut self, now: Instant) -> Option<GroupSignal> {
         match self.phase {
-            Phase::Running { deadline } if now >= deadline => self.handle_stop(StopReason::Timeout, now),
+            Phase::Running { deadline } if now >= deadline => {
+                self.handle_stop(StopReason::Timeout, now)
+            }
             Phase::Stopping { reason, kill_at } if now >= kill_at => {
                 self.phase = Phase::Killed { reason };
                 Some(GroupSignal::Kill)
@@ -67,13 +81,17 @@ impl Lifecycle {
     /// the grace. A command already stopping keeps its first reason.
     pub fn handle_stop(&mut self, reason: StopReason, now: Instant) -> Option<GroupSignal> {
         match (self.phase, reason) {
-            (Phase::Running { .. }, StopReason::Shutdown) | (Phase::Stopping { .. }, StopReason::Shutdown) => {
+            (Phase::Running { .. }, StopReason::Shutdown)
+            | (Phase::Stopping { .. }, StopReason::Shutdown) => {
                 let reason = self.stop_reason().unwrap_or(reason);
                 self.phase = Phase::Killed { reason };
                 Some(GroupSignal::Kill)
             }
             (Phase::Running { .. }, _) => {
-                self.phase = Phase::Stopping { reason, kill_at: now + self.grace };
+                self.phase = Phase::Stopping {
+                    reason,
+                    kill_at: now + self.grace,
+                };
                 Some(GroupSignal::Term)
             }
             _ => None,
@@ -123,7 +141,10 @@ mod tests {
     fn cancel_keeps_reason_and_ignores_repeats() {
         let t0 = Instant::now();
         let mut l = Lifecycle::new(t0, 10 * S, 2 * S);
-        assert_eq!(l.handle_stop(StopReason::Cancelled, t0 + S), Some(GroupSignal::Term));
+        assert_eq!(
+            l.handle_stop(StopReason::Cancelled, t0 + S),
+            Some(GroupSignal::Term)
+        );
         assert_eq!(l.handle_stop(StopReason::Cancelled, t0 + S), None);
         assert_eq!(l.handle_timer(t0 + 10 * S), Some(GroupSignal::Kill));
         assert_eq!(l.stop_reason(), Some(StopReason::Cancelled));
@@ -133,11 +154,17 @@ mod tests {
     fn shutdown_kills_at_once() {
         let t0 = Instant::now();
         let mut l = Lifecycle::new(t0, 10 * S, 2 * S);
-        assert_eq!(l.handle_stop(StopReason::Shutdown, t0), Some(GroupSignal::Kill));
+        assert_eq!(
+            l.handle_stop(StopReason::Shutdown, t0),
+            Some(GroupSignal::Kill)
+        );
         assert_eq!(l.stop_reason(), Some(StopReason::Shutdown));
         let mut l = Lifecycle::new(t0, S, 2 * S);
         assert_eq!(l.handle_timer(t0 + S), Some(GroupSignal::Term));
-        assert_eq!(l.handle_stop(StopReason::Shutdown, t0 + S), Some(GroupSignal::Kill));
+        assert_eq!(
+            l.handle_stop(StopReason::Shutdown, t0 + S),
+            Some(GroupSignal::Kill)
+        );
         assert_eq!(l.stop_reason(), Some(StopReason::Timeout));
         assert_eq!(l.handle_stop(StopReason::Shutdown, t0 + S), None);
     }

@@ -112,10 +112,17 @@ fn call(call: Call, request: &[u8]) {
         }
     };
     let Some(permit) = Permit::acquire(&RUNNING, config.max_concurrent) else {
-        let message = format!("Busy: {} commands already running (max_concurrent)", config.max_concurrent);
+        let message = format!(
+            "Busy: {} commands already running (max_concurrent)",
+            config.max_concurrent
+        );
         return call.fail(retcode::BUSY, &message);
     };
-    submit(Msg::Start(Job { call, request, permit }));
+    submit(Msg::Start(Box::new(Job {
+        call,
+        request,
+        permit,
+    })));
 }
 
 /// Sends to the executor, starting it (again, if it died) when needed.
@@ -142,7 +149,12 @@ fn submit(msg: Msg) {
         }
     }
     if let Msg::Start(job) = msg {
-        job.call.fail(retcode::PLUGIN_FAILURE, "Plugin failure: the command executor is not running");
+        let Job { call, permit, .. } = *job;
+        drop(permit);
+        call.fail(
+            retcode::PLUGIN_FAILURE,
+            "Plugin failure: the command executor is not running",
+        );
     }
 }
 

@@ -245,7 +245,16 @@ impl Request {
                 }
             }
         };
-        Ok(Request { cmd, timeout: Duration::from_secs(timeout), user, group, cwd, env, stdin, max_output })
+        Ok(Request {
+            cmd,
+            timeout: Duration::from_secs(timeout),
+            user,
+            group,
+            cwd,
+            env,
+            stdin,
+            max_output,
+        })
     }
 }
 
@@ -281,9 +290,15 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.timeout, Duration::from_secs(5));
-        assert_eq!((r.user.as_str(), r.group.as_deref()), ("nobody", Some("daemon")));
+        assert_eq!(
+            (r.user.as_str(), r.group.as_deref()),
+            ("nobody", Some("daemon"))
+        );
         assert_eq!(r.cwd.as_deref(), Some("/tmp"));
-        assert_eq!(r.env, vec![("A".into(), "1".into()), ("B".into(), String::new())]);
+        assert_eq!(
+            r.env,
+            vec![("A".into(), "1".into()), ("B".into(), String::new())]
+        );
         assert_eq!((r.stdin.as_slice(), r.max_output), (&b"in"[..], 10));
     }
 
@@ -293,39 +308,102 @@ mod tests {
         assert_eq!(message(r#"{"cmd":""}"#), "cmd must be a non-empty string");
         assert_eq!(message(r#"{"cmd":5}"#), "cmd must be a non-empty string");
         assert_eq!(message(r#"{"cmd":null}"#), "cmd must be a non-empty string");
-        assert_eq!(message(r#"{"cmd":"a\u0000b"}"#), "cmd must not contain NUL bytes");
+        assert_eq!(
+            message(r#"{"cmd":"a\u0000b"}"#),
+            "cmd must not contain NUL bytes"
+        );
     }
 
     #[test]
     fn timeout_rules() {
-        assert_eq!(message(r#"{"cmd":"x","timeout":0}"#), "timeout must be >= 1");
-        assert_eq!(message(r#"{"cmd":"x","timeout":-5}"#), "timeout must be >= 1");
-        assert_eq!(message(r#"{"cmd":"x","timeout":86401}"#), "timeout must be <= 86400");
-        assert_eq!(message(r#"{"cmd":"x","timeout":1.5}"#), "timeout must be an integer (seconds)");
-        assert_eq!(message(r#"{"cmd":"x","timeout":"10"}"#), "timeout must be an integer (seconds)");
-        assert_eq!(parse(r#"{"cmd":"x","timeout":86400}"#).unwrap().timeout.as_secs(), 86400);
-        assert_eq!(parse(r#"{"cmd":"x","timeout":null}"#).unwrap().timeout.as_secs(), 120);
+        assert_eq!(
+            message(r#"{"cmd":"x","timeout":0}"#),
+            "timeout must be >= 1"
+        );
+        assert_eq!(
+            message(r#"{"cmd":"x","timeout":-5}"#),
+            "timeout must be >= 1"
+        );
+        assert_eq!(
+            message(r#"{"cmd":"x","timeout":86401}"#),
+            "timeout must be <= 86400"
+        );
+        assert_eq!(
+            message(r#"{"cmd":"x","timeout":1.5}"#),
+            "timeout must be an integer (seconds)"
+        );
+        assert_eq!(
+            message(r#"{"cmd":"x","timeout":"10"}"#),
+            "timeout must be an integer (seconds)"
+        );
+        assert_eq!(
+            parse(r#"{"cmd":"x","timeout":86400}"#)
+                .unwrap()
+                .timeout
+                .as_secs(),
+            86400
+        );
+        assert_eq!(
+            parse(r#"{"cmd":"x","timeout":null}"#)
+                .unwrap()
+                .timeout
+                .as_secs(),
+            120
+        );
     }
 
     #[test]
     fn other_rules() {
-        assert_eq!(message(r#"{"cmd":"x","user":""}"#), "user must be a non-empty string");
-        assert_eq!(message(r#"{"cmd":"x","group":7}"#), "group must be a non-empty string");
-        assert_eq!(message(r#"{"cmd":"x","cwd":"tmp"}"#), "cwd must be an absolute path");
-        assert_eq!(message(r#"{"cmd":"x","env":["A"]}"#), "env must be an object of strings");
-        assert_eq!(message(r#"{"cmd":"x","env":{"A":1}}"#), "env value of \"A\" must be a string");
-        assert_eq!(message(r#"{"cmd":"x","env":{"A=B":"1"}}"#), "env name \"A=B\" is invalid (empty, or contains '=' or NUL)");
-        assert_eq!(message(r#"{"cmd":"x","stdin":1}"#), "stdin must be a string");
-        assert_eq!(message(r#"{"cmd":"x","max_output":-1}"#), "max_output must be a non-negative integer");
-        assert_eq!(message(r#"{"cmd":"x","max_output":16777217}"#), "max_output must be <= 16777216");
-        assert_eq!(parse(r#"{"cmd":"x","max_output":0}"#).unwrap().max_output, 0);
+        assert_eq!(
+            message(r#"{"cmd":"x","user":""}"#),
+            "user must be a non-empty string"
+        );
+        assert_eq!(
+            message(r#"{"cmd":"x","group":7}"#),
+            "group must be a non-empty string"
+        );
+        assert_eq!(
+            message(r#"{"cmd":"x","cwd":"tmp"}"#),
+            "cwd must be an absolute path"
+        );
+        assert_eq!(
+            message(r#"{"cmd":"x","env":["A"]}"#),
+            "env must be an object of strings"
+        );
+        assert_eq!(
+            message(r#"{"cmd":"x","env":{"A":1}}"#),
+            "env value of \"A\" must be a string"
+        );
+        assert_eq!(
+            message(r#"{"cmd":"x","env":{"A=B":"1"}}"#),
+            "env name \"A=B\" is invalid (empty, or contains '=' or NUL)"
+        );
+        assert_eq!(
+            message(r#"{"cmd":"x","stdin":1}"#),
+            "stdin must be a string"
+        );
+        assert_eq!(
+            message(r#"{"cmd":"x","max_output":-1}"#),
+            "max_output must be a non-negative integer"
+        );
+        assert_eq!(
+            message(r#"{"cmd":"x","max_output":16777217}"#),
+            "max_output must be <= 16777216"
+        );
+        assert_eq!(
+            parse(r#"{"cmd":"x","max_output":0}"#).unwrap().max_output,
+            0
+        );
     }
 
     #[test]
     fn not_an_object() {
         for bad in ["", "[]", "\"cmd\"", "{"] {
             let e = parse(bad).unwrap_err();
-            assert_eq!((e.clone(), e.retcode()), (ParamError::NotObject, retcode::INVALID_REQUEST));
+            assert_eq!(
+                (e.clone(), e.retcode()),
+                (ParamError::NotObject, retcode::INVALID_REQUEST)
+            );
         }
         assert_eq!(ParamError::Cmd.retcode(), retcode::INVALID_PARAMS);
     }
@@ -335,11 +413,23 @@ mod tests {
         assert_eq!(Config::parse(b"{}").unwrap(), Config::default());
         let c = Config::parse(br#"{"max_output":10,"max_output_limit":20,"max_concurrent":3,"kill_grace_ms":50,"x":"y"}"#)
             .unwrap();
-        assert_eq!((c.max_output, c.max_output_limit, c.max_concurrent), (10, 20, 3));
+        assert_eq!(
+            (c.max_output, c.max_output_limit, c.max_concurrent),
+            (10, 20, 3)
+        );
         assert_eq!(c.kill_grace, Duration::from_millis(50));
         assert_eq!(Config::parse(b"[]"), Err(ConfigError::NotObject));
-        assert_eq!(Config::parse(br#"{"max_output":"1"}"#), Err(ConfigError::NotInteger("max_output")));
-        assert_eq!(Config::parse(br#"{"max_concurrent":0}"#), Err(ConfigError::Zero("max_concurrent")));
-        assert!(matches!(Config::parse(br#"{"max_output":30,"max_output_limit":20}"#), Err(ConfigError::OutputAboveLimit { .. })));
+        assert_eq!(
+            Config::parse(br#"{"max_output":"1"}"#),
+            Err(ConfigError::NotInteger("max_output"))
+        );
+        assert_eq!(
+            Config::parse(br#"{"max_concurrent":0}"#),
+            Err(ConfigError::Zero("max_concurrent"))
+        );
+        assert!(matches!(
+            Config::parse(br#"{"max_output":30,"max_output_limit":20}"#),
+            Err(ConfigError::OutputAboveLimit { .. })
+        ));
     }
 }

@@ -59,17 +59,29 @@ impl Finished<'_> {
     pub fn answer(self) -> Answer {
         let (exitcode, signal, core_dumped) = match self.exit {
             Exit::Code(c) => (Some(c), None, false),
-            Exit::Signal { signal, core_dumped } => (None, Some(signal), core_dumped),
+            Exit::Signal {
+                signal,
+                core_dumped,
+            } => (None, Some(signal), core_dumped),
             Exit::Unknown => (None, None, false),
         };
         let signal_name = signal.map(signal_name);
         let (retcode, message) = match self.stopped {
             Some(StopReason::Timeout) => (
                 retcode::TIMEOUT,
-                format!("Timeout: stopped after {} s (process group signalled)", self.timeout_s),
+                format!(
+                    "Timeout: stopped after {} s (process group signalled)",
+                    self.timeout_s
+                ),
             ),
-            Some(StopReason::Cancelled) => (retcode::CANCELLED, "Cancelled: process group signalled".to_owned()),
-            Some(StopReason::Shutdown) => (retcode::CANCELLED, "Cancelled: the agent is shutting down".to_owned()),
+            Some(StopReason::Cancelled) => (
+                retcode::CANCELLED,
+                "Cancelled: process group signalled".to_owned(),
+            ),
+            Some(StopReason::Shutdown) => (
+                retcode::CANCELLED,
+                "Cancelled: the agent is shutting down".to_owned(),
+            ),
             None => match (&signal_name, self.exit) {
                 (Some(name), _) => (
                     retcode::SUCCESS,
@@ -78,9 +90,10 @@ impl Finished<'_> {
                         if core_dumped { " (core dumped)" } else { "" }
                     ),
                 ),
-                (None, Exit::Unknown) => {
-                    (retcode::SUCCESS, "Normal termination: exit status unknown (reaped elsewhere)".to_owned())
-                }
+                (None, Exit::Unknown) => (
+                    retcode::SUCCESS,
+                    "Normal termination: exit status unknown (reaped elsewhere)".to_owned(),
+                ),
                 _ => (retcode::SUCCESS, String::new()),
             },
         };
@@ -108,7 +121,11 @@ impl Finished<'_> {
         };
         // Serialising plain strings, numbers and bools cannot fail.
         let data = serde_json::to_string(&data).unwrap_or_else(|_| "null".to_owned());
-        Answer { retcode, message, data }
+        Answer {
+            retcode,
+            message,
+            data,
+        }
     }
 }
 
@@ -160,25 +177,55 @@ mod tests {
         assert_eq!(v["stdout"], "hi\u{FFFD}");
         assert_eq!(v["stdout_lossy"], true);
         assert_eq!(v["stdout_bytes"], 3);
-        assert_eq!((v["pid"].as_i64(), v["uid"].as_i64(), v["elapsed_ms"].as_i64()), (Some(42), Some(0), Some(7)));
+        assert_eq!(
+            (
+                v["pid"].as_i64(),
+                v["uid"].as_i64(),
+                v["elapsed_ms"].as_i64()
+            ),
+            (Some(42), Some(0), Some(7))
+        );
         assert_eq!(v["groups"], serde_json::json!([0]));
     }
 
     #[test]
     fn foreign_signal_says_so() {
-        let v = finished(Exit::Signal { signal: 11, core_dumped: true }, None, b"");
+        let v = finished(
+            Exit::Signal {
+                signal: 11,
+                core_dumped: true,
+            },
+            None,
+            b"",
+        );
         assert_eq!(v["_retcode"], 2);
         assert_eq!(v["signal"], "SIGSEGV");
         assert_eq!(v["core_dumped"], true);
         assert_eq!(v["signal_sent_by_agent"], false);
-        assert_eq!(v["_message"], "Normal termination: killed by SIGSEGV (core dumped), not sent by the agent");
+        assert_eq!(
+            v["_message"],
+            "Normal termination: killed by SIGSEGV (core dumped), not sent by the agent"
+        );
     }
 
     #[test]
     fn timeout_and_cancel() {
-        let v = finished(Exit::Signal { signal: 15, core_dumped: false }, Some(StopReason::Timeout), b"partial");
-        assert_eq!((v["_retcode"].as_u64(), v["signal_sent_by_agent"].as_bool()), (Some(3023), Some(true)));
-        assert_eq!((v["stdout"].as_str(), v["stdout_truncated"].as_bool()), (Some("part"), Some(true)));
+        let v = finished(
+            Exit::Signal {
+                signal: 15,
+                core_dumped: false,
+            },
+            Some(StopReason::Timeout),
+            b"partial",
+        );
+        assert_eq!(
+            (v["_retcode"].as_u64(), v["signal_sent_by_agent"].as_bool()),
+            (Some(3023), Some(true))
+        );
+        assert_eq!(
+            (v["stdout"].as_str(), v["stdout_truncated"].as_bool()),
+            (Some("part"), Some(true))
+        );
         let v = finished(Exit::Code(0), Some(StopReason::Cancelled), b"");
         assert_eq!(v["_retcode"], 3028);
     }

@@ -31,7 +31,9 @@ impl Stage {
 
     fn from_code(code: u32) -> Option<Stage> {
         use Stage::*;
-        [Setsid, Dup2, Setgroups, Setgid, Setuid, Chdir, Exec].get(code.checked_sub(1)? as usize).copied()
+        [Setsid, Dup2, Setgroups, Setgid, Setuid, Chdir, Exec]
+            .get(code.checked_sub(1)? as usize)
+            .copied()
     }
 
     /// What the stage is called in messages.
@@ -62,7 +64,10 @@ pub enum SpawnError {
     #[error("invalid argument for the command: interior NUL")]
     Nul,
     #[error("cannot start the command: {what}: {source}")]
-    Os { what: &'static str, source: io::Error },
+    Os {
+        what: &'static str,
+        source: io::Error,
+    },
 }
 
 /// The user and groups the child switches to.
@@ -97,12 +102,22 @@ impl Plan {
     ) -> Result<Plan, SpawnError> {
         let c = |s: &str| CString::new(s).map_err(|_| SpawnError::Nul);
         let argv = vec![c("bash")?, c("-c")?, c(cmd)?];
-        let envp = env.iter().map(|(k, v)| c(&format!("{k}={v}"))).collect::<Result<Vec<_>, _>>()?;
+        let envp = env
+            .iter()
+            .map(|(k, v)| c(&format!("{k}={v}")))
+            .collect::<Result<Vec<_>, _>>()?;
         let (cwd, cwd_required) = match cwd {
             Some(dir) => (c(dir)?, true),
             None => (c(if home.is_empty() { "/" } else { home })?, false),
         };
-        Ok(Plan { argv, envp, cwd, cwd_required, ids, with_stdin })
+        Ok(Plan {
+            argv,
+            envp,
+            cwd,
+            cwd_required,
+            ids,
+            with_stdin,
+        })
     }
 }
 
@@ -124,7 +139,10 @@ pub struct Child {
 }
 
 fn os(what: &'static str) -> SpawnError {
-    SpawnError::Os { what, source: io::Error::last_os_error() }
+    SpawnError::Os {
+        what,
+        source: io::Error::last_os_error(),
+    }
 }
 
 /// Moves `fd` to a number >= 3 (close-on-exec), so that `dup2` onto 0..2
@@ -159,7 +177,9 @@ pub fn set_nonblocking(fd: &OwnedFd) -> Result<(), SpawnError> {
     // SAFETY: fcntl on a descriptor we own.
     let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
     // SAFETY: as above.
-    if flags < 0 || unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+    if flags < 0
+        || unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0
+    {
         return Err(os("fcntl(O_NONBLOCK)"));
     }
     Ok(())
@@ -231,7 +251,15 @@ pub fn spawn(plan: &Plan) -> Result<Child, SpawnError> {
         Some(w) => (Some(w), Some(in_r)),
         None => (None, None),
     };
-    Ok(Child { pid, pidfd, stdout: out_r, stderr: err_r, stdin, stdin_keepalive, failure: fail_r })
+    Ok(Child {
+        pid,
+        pidfd,
+        stdout: out_r,
+        stderr: err_r,
+        stdin,
+        stdin_keepalive,
+        failure: fail_r,
+    })
 }
 
 #[derive(Clone, Copy)]
@@ -247,7 +275,12 @@ struct ChildFds {
 /// # Safety
 /// Must run only in the child right after `fork`; `argv` and `envp` are
 /// NULL-terminated arrays of pointers into `plan`.
-unsafe fn child_main(plan: &Plan, argv: &[*const libc::c_char], envp: &[*const libc::c_char], fds: ChildFds) -> ! {
+unsafe fn child_main(
+    plan: &Plan,
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+    fds: ChildFds,
+) -> ! {
     // SAFETY (whole body): the child is single-threaded after fork and
     // touches only memory prepared by the parent; every call below is a
     // system call or an async-signal-safe libc wrapper.
@@ -274,7 +307,12 @@ unsafe fn child_main(plan: &Plan, argv: &[*const libc::c_char], envp: &[*const l
         }
         // Descriptors the host opened without O_CLOEXEC stay out of the
         // command (Linux >= 5.11; ignored where unsupported).
-        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        );
         if let Some(ids) = &plan.ids {
             // Raw syscalls: they change only this (single) thread's
             // credentials, without glibc's all-threads broadcast.
@@ -290,10 +328,10 @@ unsafe fn child_main(plan: &Plan, argv: &[*const libc::c_char], envp: &[*const l
         }
         libc::umask(0o022);
         // After setuid, so the directory is entered with the user's rights.
-        if libc::chdir(plan.cwd.as_ptr()) != 0 {
-            if plan.cwd_required || libc::chdir(c"/".as_ptr()) != 0 {
-                fail(Stage::Chdir);
-            }
+        if libc::chdir(plan.cwd.as_ptr()) != 0
+            && (plan.cwd_required || libc::chdir(c"/".as_ptr()) != 0)
+        {
+            fail(Stage::Chdir);
         }
         libc::execve(c"/bin/bash".as_ptr(), argv.as_ptr(), envp.as_ptr());
         fail(Stage::Exec)
@@ -316,11 +354,20 @@ fn report_and_exit(fd: RawFd, stage: Stage) -> ! {
 pub fn read_failure(fd: &OwnedFd) -> Option<ChildFailure> {
     let mut msg = [0u32; 2];
     // SAFETY: reading at most size_of(msg) bytes into `msg`.
-    let n = unsafe { libc::read(fd.as_raw_fd(), msg.as_mut_ptr().cast(), std::mem::size_of_val(&msg)) };
+    let n = unsafe {
+        libc::read(
+            fd.as_raw_fd(),
+            msg.as_mut_ptr().cast(),
+            std::mem::size_of_val(&msg),
+        )
+    };
     if n as usize != std::mem::size_of_val(&msg) {
         return None;
     }
-    Some(ChildFailure { stage: Stage::from_code(msg[0])?, errno: msg[1] as i32 })
+    Some(ChildFailure {
+        stage: Stage::from_code(msg[0])?,
+        errno: msg[1] as i32,
+    })
 }
 
 /// Sends `sig` to the whole process group `pgid` (errors ignored: the
@@ -337,7 +384,10 @@ pub fn signal_group(pgid: libc::pid_t, sig: libc::c_int) {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
     Code(i32),
-    Signal { signal: i32, core_dumped: bool },
+    Signal {
+        signal: i32,
+        core_dumped: bool,
+    },
     /// Someone else reaped it (another `waitpid(-1)` in the host).
     Unknown,
 }
@@ -361,7 +411,10 @@ pub fn reap(pid: libc::pid_t, block: bool) -> Option<Exit> {
         return Some(if libc::WIFEXITED(status) {
             Exit::Code(libc::WEXITSTATUS(status))
         } else if libc::WIFSIGNALED(status) {
-            Exit::Signal { signal: libc::WTERMSIG(status), core_dumped: libc::WCOREDUMP(status) }
+            Exit::Signal {
+                signal: libc::WTERMSIG(status),
+                core_dumped: libc::WCOREDUMP(status),
+            }
         } else {
             Exit::Unknown
         });
@@ -427,7 +480,15 @@ mod tests {
 
     #[test]
     fn stage_codes_round_trip() {
-        for s in [Stage::Setsid, Stage::Dup2, Stage::Setgroups, Stage::Setgid, Stage::Setuid, Stage::Chdir, Stage::Exec] {
+        for s in [
+            Stage::Setsid,
+            Stage::Dup2,
+            Stage::Setgroups,
+            Stage::Setgid,
+            Stage::Setuid,
+            Stage::Chdir,
+            Stage::Exec,
+        ] {
             assert_eq!(Stage::from_code(s.code()), Some(s));
         }
         assert_eq!(Stage::from_code(0), None);
