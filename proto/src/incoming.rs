@@ -3,10 +3,12 @@
 //! The rule, the same in both directions, checked in this order:
 //!
 //! 1. not a JSON object → error (answer `3020` with `"id": null`);
-//! 2. has a `"resp"` field → [`Incoming::Response`] (an answer to one of
-//!    *our* requests, e.g. the agent's ping; init replies also carry `resp`);
-//! 3. `"method":"task.ack"` → [`Incoming::TaskAck`] (server → agent);
-//! 4. `"method":"task.done"` → [`Incoming::TaskDone`] (agent → server);
+//! 2. `"method":"task.ack"` → [`Incoming::TaskAck`] (server → agent);
+//! 3. `"method":"task.done"` → [`Incoming::TaskDone`] (agent → server; it
+//!    carries `resp` too, so this check comes before the next);
+//! 4. has a `"resp"` field → [`Incoming::Response`] (an answer to one of
+//!    *our* requests, e.g. the agent's ping; init replies, which carry
+//!    `"method":"init"` and `resp`, land here too);
 //! 5. anything else → [`Request::parse`] → [`Incoming::Request`] (with or
 //!    without id), or its error.
 //!
@@ -82,16 +84,13 @@ impl<'a> Incoming<'a> {
             id: id(),
             error: e.into(),
         };
-        if envelope::present(peek.resp).is_some() {
-            return Response::parse(frame).map(Incoming::Response).map_err(fail);
-        }
-        match envelope::opt_string(peek.method, "method")
-            .ok()
-            .flatten()
-            .as_deref()
-        {
+        let method = envelope::opt_string(peek.method, "method").ok().flatten();
+        match method.as_deref() {
             Some("task.ack") => TaskAck::parse(frame).map(Incoming::TaskAck).map_err(fail),
             Some("task.done") => TaskDone::parse(frame).map(Incoming::TaskDone).map_err(fail),
+            _ if envelope::present(peek.resp).is_some() => {
+                Response::parse(frame).map(Incoming::Response).map_err(fail)
+            }
             _ => Request::parse(frame)
                 .map(Incoming::Request)
                 .map_err(|(id, e)| IncomingError {
@@ -126,11 +125,17 @@ mod tests {
             Incoming::classify(br#"{"method":"task.done","task":"t","retcode":2}"#),
             Ok(Incoming::TaskDone(_))
         ));
+        // task.done carries resp but is not a response.
+        let done = crate::task::TaskDone::new("t", &Response::new(None, Retcode::SUCCESS));
+        assert!(matches!(
+            Incoming::classify(done.to_json().as_bytes()),
+            Ok(Incoming::TaskDone(_))
+        ));
         match Incoming::classify(br#"{"id":3,"method":"ping"}"#) {
             Ok(Incoming::Request(r)) => assert_eq!(r.method, "ping"),
             other => panic!("{other:?}"),
         }
-        // resp wins over method (init replies carry both).
+        // resp wins over other methods (init replies carry both).
         assert!(matches!(
             Incoming::classify(br#"{"method":"init","resp":"success","retcode":2}"#),
             Ok(Incoming::Response(_))
