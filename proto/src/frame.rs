@@ -42,11 +42,11 @@ impl Default for FrameDecoder {
 }
 
 impl FrameDecoder {
-    /// A decoder that accepts lines of at most `max` bytes (a `max` of 0 is
-    /// taken as 1).
+    /// A decoder that accepts lines of at most `max` bytes (clamped to
+    /// `1..=usize::MAX - 1`).
     pub fn new(max: usize) -> Self {
         FrameDecoder {
-            max: max.max(1),
+            max: max.clamp(1, usize::MAX - 1),
             partial: Vec::new(),
             skipping: false,
             ready: VecDeque::new(),
@@ -152,6 +152,19 @@ mod tests {
             got.extend(drain(&mut d));
         }
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn extreme_limits() {
+        let mut d = FrameDecoder::new(usize::MAX);
+        d.push(b"ab\n");
+        assert_eq!(d.next_frame(), Some(Ok(b"ab".to_vec())));
+        let mut d = FrameDecoder::new(0);
+        d.push(b"a\nab\n");
+        assert_eq!(
+            drain(&mut d),
+            vec![Ok(b"a".to_vec()), Err(FrameError::TooLong { limit: 1 })]
+        );
     }
 
     #[test]

@@ -332,9 +332,11 @@ impl Connection {
         match Incoming::classify(frame) {
             Ok(Incoming::Response(response)) => {
                 let id = response.id.as_deref().map(|r| r.get().to_owned());
+                let id_value: Option<serde_json::Value> =
+                    id.as_deref().and_then(|t| serde_json::from_str(t).ok());
                 self.shared.events.emit(
                     "response",
-                    json!({"host": host, "id": id, "resp": response.retcode.resp(),
+                    json!({"host": host, "id": id_value, "resp": response.retcode.resp(),
                            "retcode": response.retcode.0, "message": response.message}),
                 );
                 let null = id.is_none();
@@ -393,9 +395,51 @@ impl Connection {
         self.send_line(&Response::failed(id, Retcode::INVALID_REQUEST, error).to_json());
     }
 
+    /// After we closed on purpose (redirect, rejection, replacement,
+    /// shutdown): half-close and discard what the peer still sends, for at
+    /// most a second, so unread input does not make the kernel reset the
+    /// connection and destroy our last frame before the peer read it.
+    fn drain_until_peer_closes(&mut self) {
+        if self.sock.shutdown(std::net::Shutdown::Write).is_err() {
+            return;
+        }
+        let deadline = Instant::now() + std::time::Duration::from_secs(1);
+        let mut events = Events::with_capacity(4);
+        let mut scratch = [0u8; 4096];
+        if self
+            .poll
+            .registry()
+            .reregister(&mut self.sock, SOCKET, Interest::READABLE)
+            .is_err()
+        {
+            return;
+        }
+        loop {
+            match self.sock.read(&mut scratch) {
+                Ok(0) => return,
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return;
+            }
+            if let Err(e) = self.poll.poll(&mut events, Some(deadline - now)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return;
+                }
+            }
+        }
+    }
+
     /// After the loop: flush what can be, close the socket, forget the connection, record why.
     fn finish(&mut self, reason: &str) {
         let _ = self.write_socket();
+        if self.closing.is_some() {
+            self.drain_until_peer_closes();
+        }
         let _ = self.sock.shutdown(std::net::Shutdown::Both);
         self.shared.registry.remove_conn(self.id);
         let (peer, listen) = (self.peer, self.local);
