@@ -12,6 +12,7 @@
 
 pub mod args;
 pub mod error;
+pub mod hash;
 pub mod nss;
 pub mod parse;
 pub mod plugin;

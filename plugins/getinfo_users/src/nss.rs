@@ -67,7 +67,13 @@ pub fn render_user(user: &NssUser, src: &Sources<'_>) -> Result<String, UsersErr
         }
     }
     let ctx = Context::new(src, Some(&user.name));
-    render(&[entry], &groups, &ctx, &Selection::One(user.name.clone()))
+    render(
+        std::iter::once(entry),
+        &groups,
+        &ctx,
+        &Selection::One(user.name.clone()),
+        1024,
+    )
 }
 
 #[cfg(test)]

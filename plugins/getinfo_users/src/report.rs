@@ -4,11 +4,13 @@
 //!
 //! Cost is linear: one pass over each file, hash lookups per user.
 
-use std::collections::{HashMap, HashSet};
+use std::cell::{Cell, RefCell};
 
-use serde::Serialize;
+use serde::ser::SerializeSeq;
+use serde::{Serialize, Serializer};
 
 use crate::args::Selection;
+use crate::hash::{FastMap, FastSet};
 use crate::parse::{self, GroupIndex, PasswdEntry, ShadowEntry, UidRange};
 use crate::UsersError;
 
@@ -38,9 +40,9 @@ pub struct Sources<'a> {
 /// Everything about the host that is not a user or a group.
 pub struct Context<'a> {
     range: UidRange,
-    shells: HashSet<&'a str>,
+    shells: FastSet<&'a str>,
     /// `Ok`: per-user entries; `Err`: the note.
-    shadow: Result<HashMap<&'a str, ShadowEntry>, &'a str>,
+    shadow: Result<FastMap<&'a str, ShadowEntry>, &'a str>,
 }
 
 impl<'a> Context<'a> {
@@ -87,33 +89,34 @@ struct UserOut<'a> {
     shadow: Option<Option<&'a ShadowEntry>>,
 }
 
-#[derive(Serialize)]
-struct ReportOut<'a> {
-    users: Vec<UserOut<'a>>,
-    count: usize,
-    uid_min: u32,
-    uid_max: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    shadow_note: Option<&'a str>,
+/// The `users` array, serialised straight from the passwd iterator (no
+/// intermediate vector of records); counts what it writes into `count`.
+struct UsersOut<'r, 'a, I> {
+    entries: RefCell<Option<I>>,
+    groups: &'r GroupIndex<'a>,
+    ctx: &'r Context<'a>,
+    sel: &'r Selection,
+    count: &'r Cell<usize>,
 }
 
-/// Renders `entries` (already chosen by name, if any) filtered by `sel`.
-pub fn render(
-    entries: &[PasswdEntry<'_>],
-    groups: &GroupIndex<'_>,
-    ctx: &Context<'_>,
-    sel: &Selection,
-) -> Result<String, UsersError> {
-    let users: Vec<UserOut<'_>> = entries
-        .iter()
-        .filter_map(|e| {
+impl<'r, 'a, I> Serialize for UsersOut<'r, 'a, I>
+where
+    I: Iterator<Item = PasswdEntry<'a>>,
+{
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let (ctx, groups) = (self.ctx, self.groups);
+        let mut seq = serializer.serialize_seq(None)?;
+        for e in self.entries.borrow_mut().take().into_iter().flatten() {
             let normal = ctx.range.is_normal(e.uid);
-            let wanted = match sel {
+            let wanted = match self.sel {
                 Selection::All | Selection::One(_) => true,
                 Selection::Normal => normal,
                 Selection::System => !normal,
             };
-            wanted.then(|| UserOut {
+            if !wanted {
+                continue;
+            }
+            seq.serialize_element(&UserOut {
                 name: e.name,
                 uid: e.uid,
                 gid: e.gid,
@@ -125,18 +128,64 @@ pub fn render(
                 login_shell: parse::is_login_shell(e.shell, &ctx.shells),
                 kind: if normal { Kind::Normal } else { Kind::System },
                 shadow: ctx.shadow.as_ref().ok().map(|m| m.get(e.name)),
-            })
-        })
-        .collect();
+            })?;
+            self.count.set(self.count.get() + 1);
+        }
+        seq.end()
+    }
+}
+
+/// A number known only once the fields before it were serialised.
+struct CountOut<'r>(&'r Cell<usize>);
+
+impl Serialize for CountOut<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(self.0.get() as u64)
+    }
+}
+
+/// The `data` object. Field order matters: `users` is written (and
+/// counted) before `count`.
+#[derive(Serialize)]
+#[serde(bound = "I: Iterator<Item = PasswdEntry<'a>>")]
+struct ReportOut<'r, 'a, I>
+where
+    I: Iterator<Item = PasswdEntry<'a>>,
+{
+    users: UsersOut<'r, 'a, I>,
+    count: CountOut<'r>,
+    uid_min: u32,
+    uid_max: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shadow_note: Option<&'a str>,
+}
+
+/// Renders `entries` (already chosen by name, if any) filtered by `sel`.
+/// `size_hint` (bytes) pre-sizes the output buffer.
+pub fn render<'a>(
+    entries: impl Iterator<Item = PasswdEntry<'a>>,
+    groups: &GroupIndex<'a>,
+    ctx: &Context<'a>,
+    sel: &Selection,
+    size_hint: usize,
+) -> Result<String, UsersError> {
+    let count = Cell::new(0);
     let out = ReportOut {
-        count: users.len(),
-        users,
+        users: UsersOut {
+            entries: RefCell::new(Some(entries)),
+            groups,
+            ctx,
+            sel,
+            count: &count,
+        },
+        count: CountOut(&count),
         uid_min: ctx.range.min,
         uid_max: ctx.range.max,
         shadow_note: ctx.shadow.as_ref().err().copied(),
     };
-    let mut buf = Vec::with_capacity(128 + 320 * out.count);
+    let mut buf = Vec::with_capacity(size_hint);
     serde_json::to_writer(&mut buf, &out).map_err(UsersError::Serialise)?;
+    // serde_json writes UTF-8 only; checked anyway, it is cheap.
     String::from_utf8(buf).map_err(|e| UsersError::Serialise(serde::ser::Error::custom(e)))
 }
 
@@ -149,19 +198,26 @@ pub fn collect(src: &Sources<'_>, sel: &Selection) -> Result<String, UsersError>
         Selection::One(name) => Some(name.as_str()),
         _ => None,
     };
-    let entries: Vec<PasswdEntry<'_>> = match only {
-        Some(name) => parse::passwd(src.passwd)
-            .filter(|e| e.name == name)
-            .take(1)
-            .collect(),
-        None => parse::passwd(src.passwd).collect(),
+    let one = match only {
+        Some(name) => match parse::passwd(src.passwd).find(|e| e.name == name) {
+            Some(entry) => Some(entry),
+            None => return Err(UsersError::UnknownUser(name.to_owned())),
+        },
+        None => None,
     };
-    if let (Some(name), true) = (only, entries.is_empty()) {
-        return Err(UsersError::UnknownUser(name.to_owned()));
-    }
     let groups = GroupIndex::build(src.group, only);
     let ctx = Context::new(src, only);
-    render(&entries, &groups, &ctx, sel)
+    match one {
+        Some(entry) => render(std::iter::once(entry), &groups, &ctx, sel, 1024),
+        // Output is about 2x passwd (+ shadow and groups): one allocation.
+        None => render(
+            parse::passwd(src.passwd),
+            &groups,
+            &ctx,
+            sel,
+            512 + 3 * src.passwd.len(),
+        ),
+    }
 }
 
 #[cfg(test)]
