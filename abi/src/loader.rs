@@ -401,3 +401,28 @@ impl PluginRegistry {
         }
     }
 }
+
+/// Where plugins are looked for when no directory is configured: the
+/// first that exists of `$BASICAGENT_PLUGIN_DIR`, `/usr/lib/basicagent/plugins`,
+/// and the directory of the running executable (so that
+/// `target/release/BasicAgentCtl` finds the plugins built beside it).
+/// An explicit directory always wins, existing or not.
+pub fn plugin_dir(explicit: Option<&Path>) -> PathBuf {
+    if let Some(dir) = explicit {
+        return dir.to_owned();
+    }
+    if let Some(dir) = std::env::var_os("BASICAGENT_PLUGIN_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    let system = Path::new(SYSTEM_PLUGIN_DIR);
+    if system.is_dir() {
+        return system.to_owned();
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_owned))
+        .unwrap_or_else(|| system.to_owned())
+}
+
+/// The installed plugin directory.
+pub const SYSTEM_PLUGIN_DIR: &str = "/usr/lib/basicagent/plugins";

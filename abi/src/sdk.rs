@@ -327,3 +327,10 @@ macro_rules! export_plugin {
         }
     };
 }
+
+/// Completes `id` again, bypassing [`Call`]'s once-only guard: only for the
+/// test fixture that proves a second completion is ignored by the host.
+#[doc(hidden)]
+pub fn complete_again_for_tests(id: CallId) -> bool {
+    complete_raw(id, retcode::SUCCESS, "", Some("{\"second\":true}")) == ffi::STATUS_UNKNOWN_CALL
+}

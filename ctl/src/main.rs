@@ -1,2 +1,76 @@
-//! placeholder
-fn main(){}
+//! `BasicAgentCtl`: loads one plugin, calls it once, prints the response
+//! object the daemon would send.
+//!
+//! `main` parses flags and delegates to [`run`]. The ctl tool uses the very
+//! same loader and ABI as the daemon, so what it prints is what a server
+//! would receive (without the `id`).
+
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const USAGE: &str = "Usage: BasicAgentCtl -c METHOD [-a ARGS] [-j JSON] [-p PLUGIN_DIR]
+       BasicAgentCtl -l [-p PLUGIN_DIR]
+
+Loads the plugin serving METHOD (getinfo.users -> libgetinfo_users.so) and
+prints its response as JSON: {\"resp\",\"retcode\",\"message\",\"data\"}.
+Exit status: 0 success, 1 the call failed (message on stderr too), 2 usage.
+
+Plugin directory: -p, else $BASICAGENT_PLUGIN_DIR, else
+/usr/lib/basicagent/plugins if it exists, else this program's directory.";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut opts = getopts::Options::new();
+    opts.optopt("c", "call", "method to call, e.g. getinfo.kernel", "METHOD");
+    opts.optopt("a", "args", "getopt-style arguments for getinfo.* (the request's \"args\")", "ARGS");
+    opts.optopt("j", "json", "a JSON object of parameters merged into the request", "JSON");
+    opts.optopt("p", "plugin-dir", "plugin directory", "DIR");
+    opts.optflag("l", "list", "list the plugins found, with methods, versions and usage");
+    opts.optflagmulti("v", "verbose", "more log output on stderr (repeat for more)");
+    opts.optflag("h", "help", "print this help");
+    opts.optflag("V", "version", "print the version");
+    let usage = || opts.usage(USAGE);
+    let m = match opts.parse(&args) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("BasicAgentCtl: {e}\n\n{}", usage());
+            return ExitCode::from(2);
+        }
+    };
+    if m.opt_present("h") {
+        println!("{}", usage());
+        return ExitCode::SUCCESS;
+    }
+    if m.opt_present("V") {
+        println!("BasicAgentCtl {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    let level = match m.opt_count("v") {
+        0 => log::LevelFilter::Warn,
+        1 => log::LevelFilter::Info,
+        2 => log::LevelFilter::Debug,
+        _ => log::LevelFilter::Trace,
+    };
+    env_logger::Builder::new().filter_level(level).parse_env("BASICAGENT_LOG").init();
+    let dir = basicagent_abi::plugin_dir(m.opt_str("p").map(PathBuf::from).as_deref());
+    if !m.free.is_empty() {
+        eprintln!("BasicAgentCtl: unexpected argument {:?}\n\n{}", m.free[0], usage());
+        return ExitCode::from(2);
+    }
+    if m.opt_present("l") {
+        return run::list(&dir);
+    }
+    let Some(method) = m.opt_str("c") else {
+        eprintln!("BasicAgentCtl: -c METHOD or -l is required\n\n{}", usage());
+        return ExitCode::from(2);
+    };
+    match run::build_request(&method, m.opt_str("a"), m.opt_str("j")) {
+        Ok(request) => run::call(&dir, &method, &request),
+        Err(e) => {
+            eprintln!("BasicAgentCtl: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,1 +1,60 @@
-//! placeholder
+//! `getinfo.testkit`: a plugin that misbehaves on request, so tests can
+//! prove the host survives it (panics, dropped calls, double completion,
+//! invalid JSON, slow completions). Never installed.
+
+use basicagent_abi::retcode;
+use basicagent_abi::sdk::{Call, PluginSpec};
+
+basicagent_abi::export_plugin!(PluginSpec {
+    name: "getinfo_testkit",
+    version: env!("CARGO_PKG_VERSION"),
+    description: "test fixture: misbehaves on request (never installed)",
+    methods: &["getinfo.testkit"],
+    usage: "args: -p panic now | -t panic in a thread | -d drop the call | -x complete twice\n      -b invalid JSON data | -e echo the request | -s MS complete after MS ms\n      -f fail with 3021",
+    init: None,
+    call,
+    cancel: None,
+    fini: None,
+});
+
+fn args_of(request: &[u8]) -> String {
+    // A deliberately naive scan: this fixture must not depend on a JSON
+    // parser so that its behaviour stays obvious.
+    let text = String::from_utf8_lossy(request);
+    text.split("\"args\":\"").nth(1).and_then(|rest| rest.split('"').next()).unwrap_or("").to_owned()
+}
+
+fn call(call: Call, request: &[u8]) {
+    let args = args_of(request);
+    let mut words = args.split_whitespace();
+    match words.next() {
+        Some("-p") => panic!("testkit asked to panic"),
+        Some("-t") => {
+            std::thread::spawn(move || {
+                let _keep = call;
+                panic!("testkit asked to panic in a thread");
+            });
+        }
+        Some("-d") => std::mem::forget(call),
+        Some("-x") => {
+            let id = call.id();
+            call.success("{\"first\":true}");
+            log::info!("completing call {id} a second time");
+            basicagent_abi::sdk::complete_again_for_tests(id);
+        }
+        Some("-b") => call.success("{not json"),
+        Some("-e") => {
+            let text = String::from_utf8_lossy(request).into_owned();
+            call.success(&text);
+        }
+        Some("-s") => {
+            let ms: u64 = words.next().and_then(|w| w.parse().ok()).unwrap_or(100);
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                call.success(&format!("{{\"slept_ms\":{ms}}}"));
+            });
+        }
+        Some("-f") => call.fail(retcode::INVALID_PARAMS, "testkit asked to fail"),
+        _ => call.success("{\"ok\":true}"),
+    }
+}

@@ -1,0 +1,143 @@
+//! The ctl tool's work: build the request, call the plugin, wait, print.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use basicagent_abi::{HostSettings, Plugin, PluginRegistry};
+use basicagent_proto::{Response, Retcode};
+use serde_json::{Map, Value};
+
+/// A request the ctl tool could not build from its flags.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("-j must be a JSON object: {0}")]
+    BadJson(String),
+}
+
+/// `{"method": METHOD, "args": ARGS, ...JSON}`: `-j` keys are merged in;
+/// `method` always comes from `-c`.
+pub fn build_request(method: &str, args: Option<String>, json: Option<String>) -> Result<Vec<u8>, RequestError> {
+    let mut obj = Map::new();
+    if let Some(text) = json {
+        match serde_json::from_str::<Value>(&text) {
+            Ok(Value::Object(map)) => obj = map,
+            Ok(_) => return Err(RequestError::BadJson("not an object".to_owned())),
+            Err(e) => return Err(RequestError::BadJson(e.to_string())),
+        }
+    }
+    if let Some(args) = args {
+        obj.insert("args".to_owned(), Value::String(args));
+    }
+    obj.insert("method".to_owned(), Value::String(method.to_owned()));
+    Ok(serde_json::to_vec(&Value::Object(obj)).unwrap_or_default())
+}
+
+fn print_response(mut response: Response) -> ExitCode {
+    response.omit_id = true;
+    println!("{}", response.to_json());
+    if response.retcode.is_success() {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("BasicAgentCtl: {} {}", response.retcode.0, response.message);
+        ExitCode::from(1)
+    }
+}
+
+/// Loads the plugin for `method`, calls it, waits for its completion and
+/// prints the response. SIGINT/SIGTERM cancel the call (the plugin then
+/// answers `3028 Cancelled`, which is printed like any answer).
+pub fn call(dir: &Path, method: &str, request: &[u8]) -> ExitCode {
+    let signals = block_stop_signals();
+    let registry = PluginRegistry::new(dir, HostSettings::default());
+    let plugin = match registry.get(method) {
+        Ok(p) => p,
+        Err(e) => return print_response(Response::failed(None, Retcode(e.retcode()), e.to_string())),
+    };
+    let (tx, rx) = mpsc::channel();
+    let id = plugin.call(
+        request,
+        Box::new(move |c| {
+            let _ = tx.send(c);
+        }),
+    );
+    if let Some(set) = signals {
+        forward_signals_as_cancel(set, Arc::clone(&plugin), id);
+    }
+    let response = match rx.recv() {
+        Ok(c) => Response::from_plugin(None, c.retcode, &c.message, c.data.as_deref()),
+        Err(_) => Response::failed(None, Retcode::PLUGIN_FAILURE, "plugin lost the call"),
+    };
+    registry.fini_all();
+    print_response(response)
+}
+
+/// Blocks SIGINT and SIGTERM in this thread (and so in every thread a
+/// plugin starts later) so that a waiting thread can receive them.
+fn block_stop_signals() -> Option<libc::sigset_t> {
+    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it,
+    // and pthread_sigmask only changes this thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            return None;
+        }
+        Some(set)
+    }
+}
+
+fn forward_signals_as_cancel(set: libc::sigset_t, plugin: Arc<Plugin>, id: u64) {
+    std::thread::spawn(move || loop {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: `set` is an initialised sigset; sigwait writes `sig`.
+        if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
+            log::warn!("signal {sig}: cancelling the call");
+            plugin.cancel(id);
+        }
+    });
+}
+
+/// `-l`: every plugin in the directory with its methods, version and
+/// usage; refused files are listed with the reason (exit 1 if any).
+pub fn list(dir: &Path) -> ExitCode {
+    let registry = PluginRegistry::new(dir, HostSettings::default());
+    let found = match registry.scan() {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("BasicAgentCtl: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    println!("Plugins in {}:", dir.display());
+    if found.is_empty() {
+        println!("  (none)");
+    }
+    let mut refused = false;
+    for entry in found {
+        match entry {
+            Ok(info) => {
+                println!();
+                println!("{}  ({} {})", info.methods.join(", "), info.name, info.version);
+                println!("  {}", info.description);
+                println!("  file: {}", info.path.display());
+                for line in info.usage.lines() {
+                    println!("    {line}");
+                }
+            }
+            Err(e) => {
+                refused = true;
+                println!();
+                println!("REFUSED: {e}");
+            }
+        }
+    }
+    if refused {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
