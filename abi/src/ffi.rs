@@ -73,7 +73,8 @@ pub struct PluginDescriptor {
     pub methods: *const StaticStr,
     pub usage: *const c_char,
     pub init: Option<unsafe extern "C" fn(host: *const HostApi) -> Status>,
-    pub call: Option<unsafe extern "C" fn(call: CallId, request: *const c_char, request_len: usize)>,
+    pub call:
+        Option<unsafe extern "C" fn(call: CallId, request: *const c_char, request_len: usize)>,
     pub cancel: Option<unsafe extern "C" fn(call: CallId)>,
     pub fini: Option<unsafe extern "C" fn()>,
 }

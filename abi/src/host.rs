@@ -34,7 +34,10 @@ struct Registry {
 
 fn registry() -> &'static Registry {
     static REGISTRY: OnceLock<Registry> = OnceLock::new();
-    REGISTRY.get_or_init(|| Registry { next: AtomicU64::new(1), pending: Mutex::new(HashMap::new()) })
+    REGISTRY.get_or_init(|| Registry {
+        next: AtomicU64::new(1),
+        pending: Mutex::new(HashMap::new()),
+    })
 }
 
 /// Registers a completer and returns the id to pass to the plugin.
@@ -80,7 +83,10 @@ pub struct HostSettings {
 
 impl Default for HostSettings {
     fn default() -> Self {
-        HostSettings { config_json: "{}".to_owned(), max_log_level: log::max_level() as u32 }
+        HostSettings {
+            config_json: "{}".to_owned(),
+            max_log_level: log::max_level() as u32,
+        }
     }
 }
 
@@ -140,9 +146,15 @@ unsafe extern "C" fn host_complete(
 ) -> Status {
     let outcome = std::panic::catch_unwind(|| {
         // SAFETY: the plugin passes live (pointer, length) pairs (header).
-        let (message, data) = unsafe { (copy_text(message, message_len), copy_text(data, data_len)) };
+        let (message, data) =
+            unsafe { (copy_text(message, message_len), copy_text(data, data_len)) };
         let data = if data.is_empty() { None } else { Some(data) };
-        finish(Completion { call, retcode, message, data })
+        finish(Completion {
+            call,
+            retcode,
+            message,
+            data,
+        })
     });
     match outcome {
         Ok(true) => ffi::STATUS_OK,

@@ -14,8 +14,10 @@ pub mod loader;
 pub mod retcode;
 pub mod sdk;
 
-pub use host::{Completion, HostSettings};
-pub use loader::{file_name_for, plugin_dir, split_method, LoadError, Plugin, PluginInfo, PluginRegistry};
+pub use host::{pending_calls, Completion, HostSettings};
+pub use loader::{
+    file_name_for, plugin_dir, split_method, LoadError, Plugin, PluginInfo, PluginRegistry,
+};
 pub use sdk::{Call, Host, InitError, PluginSpec};
 
 /// The path of the C header, for build scripts and tests.

@@ -28,7 +28,10 @@ pub enum LoadError {
     #[error("no plugin serves {method}: {path} not found")]
     NotFound { method: String, path: PathBuf },
     #[error("{path}: cannot read: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: not a shared object (no ELF header)")]
     NotElf { path: PathBuf },
     #[error("{path}: dlopen failed: {reason}")]
@@ -38,13 +41,25 @@ pub enum LoadError {
     #[error("{path}: entry symbol returned no descriptor")]
     NullDescriptor { path: PathBuf },
     #[error("{path}: plugin ABI version {found}, this host speaks {expected}")]
-    AbiVersion { path: PathBuf, found: u32, expected: u32 },
+    AbiVersion {
+        path: PathBuf,
+        found: u32,
+        expected: u32,
+    },
     #[error("{path}: descriptor too small ({found} bytes, ABI v1 needs {needed})")]
-    DescriptorTooSmall { path: PathBuf, found: u32, needed: u32 },
+    DescriptorTooSmall {
+        path: PathBuf,
+        found: u32,
+        needed: u32,
+    },
     #[error("{path}: invalid descriptor: {reason}")]
     BadDescriptor { path: PathBuf, reason: String },
     #[error("{path}: does not serve {method} (serves {served})")]
-    MethodNotServed { path: PathBuf, method: String, served: String },
+    MethodNotServed {
+        path: PathBuf,
+        method: String,
+        served: String,
+    },
     #[error("{path}: plugin init failed (see the log)")]
     InitFailed { path: PathBuf },
 }
@@ -55,9 +70,9 @@ impl LoadError {
     /// failure.
     pub fn retcode(&self) -> u32 {
         match self {
-            LoadError::InvalidMethod(_) | LoadError::NotFound { .. } | LoadError::MethodNotServed { .. } => {
-                retcode::UNKNOWN_METHOD
-            }
+            LoadError::InvalidMethod(_)
+            | LoadError::NotFound { .. }
+            | LoadError::MethodNotServed { .. } => retcode::UNKNOWN_METHOD,
             _ => retcode::PLUGIN_FAILURE,
         }
     }
@@ -68,7 +83,9 @@ fn valid_part(s: &str) -> bool {
     !b.is_empty()
         && b.len() <= 32
         && b[0].is_ascii_lowercase()
-        && b[1..].iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_')
+        && b[1..]
+            .iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_')
 }
 
 /// Splits and validates `NAMESPACE.NAME` (each part `[a-z][a-z0-9_]{0,31}`).
@@ -137,12 +154,17 @@ impl Plugin {
     /// `unique` loads it under `/proc/self/fd/N` (N kept open for ever) so
     /// that a file replaced on disk is mapped anew beside the old one.
     pub fn load(path: &Path, settings: &HostSettings, unique: bool) -> Result<Plugin, LoadError> {
-        let io = |source| LoadError::Io { path: path.to_owned(), source };
+        let io = |source| LoadError::Io {
+            path: path.to_owned(),
+            source,
+        };
         let mut file = File::open(path).map_err(io)?;
         let file_id = FileId::of(&file.metadata().map_err(io)?);
         let mut magic = [0u8; 4];
         if file.read_exact(&mut magic).is_err() || magic != *b"\x7fELF" {
-            return Err(LoadError::NotElf { path: path.to_owned() });
+            return Err(LoadError::NotElf {
+                path: path.to_owned(),
+            });
         }
         let open_path = if unique {
             let fd = file.as_raw_fd();
@@ -162,15 +184,21 @@ impl Plugin {
                 libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_LOCAL,
             )
         }
-        .map_err(|e| LoadError::Dlopen { path: path.to_owned(), reason: e.to_string() })?;
+        .map_err(|e| LoadError::Dlopen {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
         // SAFETY: the symbol, if present, has the type the header declares
         // (`ba_plugin_entry_v1`); a plugin exporting the name with another
         // type breaks the contract we document.
-        let entry: Option<ffi::EntryV1> =
-            unsafe { lib.get::<ffi::EntryV1>(ffi::ENTRY_SYMBOL_V1) }.ok().map(|s| *s);
+        let entry: Option<ffi::EntryV1> = unsafe { lib.get::<ffi::EntryV1>(ffi::ENTRY_SYMBOL_V1) }
+            .ok()
+            .map(|s| *s);
         // Never dlclose: the library stays mapped for the life of the process.
         let _ = lib.into_raw();
-        let entry = entry.ok_or_else(|| LoadError::NoEntry { path: path.to_owned() })?;
+        let entry = entry.ok_or_else(|| LoadError::NoEntry {
+            path: path.to_owned(),
+        })?;
         // SAFETY: calling the plugin's entry point, per the contract.
         let desc_ptr = unsafe { entry() };
         let desc = check_descriptor(path, desc_ptr)?;
@@ -180,10 +208,16 @@ impl Plugin {
             // SAFETY: `api` is a 'static table; init is the plugin's own.
             let status = unsafe { init(api) };
             if status != ffi::STATUS_OK {
-                return Err(LoadError::InitFailed { path: path.to_owned() });
+                return Err(LoadError::InitFailed {
+                    path: path.to_owned(),
+                });
             }
         }
-        Ok(Plugin { info, desc, file_id })
+        Ok(Plugin {
+            info,
+            desc,
+            file_id,
+        })
     }
 
     /// The plugin's self-description.
@@ -234,38 +268,59 @@ impl Plugin {
     }
 }
 
-fn check_descriptor(path: &Path, p: *const PluginDescriptor) -> Result<&'static PluginDescriptor, LoadError> {
+fn check_descriptor(
+    path: &Path,
+    p: *const PluginDescriptor,
+) -> Result<&'static PluginDescriptor, LoadError> {
     if p.is_null() {
-        return Err(LoadError::NullDescriptor { path: path.to_owned() });
+        return Err(LoadError::NullDescriptor {
+            path: path.to_owned(),
+        });
     }
     // SAFETY: every version of the descriptor starts with the two u32 of
     // VersionHeader; the plugin returned a pointer to its static data.
     let head = unsafe { &*p.cast::<VersionHeader>() };
     if head.abi_version != ffi::ABI_VERSION {
-        return Err(LoadError::AbiVersion { path: path.to_owned(), found: head.abi_version, expected: ffi::ABI_VERSION });
+        return Err(LoadError::AbiVersion {
+            path: path.to_owned(),
+            found: head.abi_version,
+            expected: ffi::ABI_VERSION,
+        });
     }
     let needed = std::mem::size_of::<PluginDescriptor>() as u32;
     if head.size < needed {
-        return Err(LoadError::DescriptorTooSmall { path: path.to_owned(), found: head.size, needed });
+        return Err(LoadError::DescriptorTooSmall {
+            path: path.to_owned(),
+            found: head.size,
+            needed,
+        });
     }
     // SAFETY: the plugin declares at least `needed` bytes of v1 layout;
     // the descriptor is static and immutable (contract).
     let desc = unsafe { &*p };
     if desc.call.is_none() {
-        return Err(LoadError::BadDescriptor { path: path.to_owned(), reason: "call is NULL".to_owned() });
+        return Err(LoadError::BadDescriptor {
+            path: path.to_owned(),
+            reason: "call is NULL".to_owned(),
+        });
     }
     Ok(desc)
 }
 
 fn read_str(path: &Path, field: &str, p: *const c_char) -> Result<String, LoadError> {
-    let bad = |reason: String| LoadError::BadDescriptor { path: path.to_owned(), reason };
+    let bad = |reason: String| LoadError::BadDescriptor {
+        path: path.to_owned(),
+        reason,
+    };
     if p.is_null() {
         return Err(bad(format!("{field} is NULL")));
     }
     // SAFETY: the contract says every descriptor string is a static
     // NUL-terminated string.
     let c = unsafe { CStr::from_ptr(p) };
-    c.to_str().map(str::to_owned).map_err(|_| bad(format!("{field} is not UTF-8")))
+    c.to_str()
+        .map(str::to_owned)
+        .map_err(|_| bad(format!("{field} is not UTF-8")))
 }
 
 fn read_info(path: &Path, desc: &PluginDescriptor) -> Result<PluginInfo, LoadError> {
@@ -275,7 +330,10 @@ fn read_info(path: &Path, desc: &PluginDescriptor) -> Result<PluginInfo, LoadErr
     let usage = read_str(path, "usage", desc.usage)?;
     let mut methods = Vec::new();
     if desc.methods.is_null() {
-        return Err(LoadError::BadDescriptor { path: path.to_owned(), reason: "methods is NULL".to_owned() });
+        return Err(LoadError::BadDescriptor {
+            path: path.to_owned(),
+            reason: "methods is NULL".to_owned(),
+        });
     }
     for i in 0..=256usize {
         if i == 256 {
@@ -291,13 +349,26 @@ fn read_info(path: &Path, desc: &PluginDescriptor) -> Result<PluginInfo, LoadErr
             break;
         }
         let method = read_str(path, "method", m.0)?;
-        split_method(&method).map_err(|e| LoadError::BadDescriptor { path: path.to_owned(), reason: e.to_string() })?;
+        split_method(&method).map_err(|e| LoadError::BadDescriptor {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
         methods.push(method);
     }
     if methods.is_empty() {
-        return Err(LoadError::BadDescriptor { path: path.to_owned(), reason: "serves no method".to_owned() });
+        return Err(LoadError::BadDescriptor {
+            path: path.to_owned(),
+            reason: "serves no method".to_owned(),
+        });
     }
-    Ok(PluginInfo { name, version, description, methods, usage, path: path.to_owned() })
+    Ok(PluginInfo {
+        name,
+        version,
+        description,
+        methods,
+        usage,
+        path: path.to_owned(),
+    })
 }
 
 /// The plugin directory: loads plugins on first use, keeps them for ever,
@@ -311,7 +382,11 @@ pub struct PluginRegistry {
 impl PluginRegistry {
     /// A registry over `dir`.
     pub fn new(dir: impl Into<PathBuf>, settings: HostSettings) -> Self {
-        PluginRegistry { dir: dir.into(), settings, loaded: Mutex::new(HashMap::new()) }
+        PluginRegistry {
+            dir: dir.into(),
+            settings,
+            loaded: Mutex::new(HashMap::new()),
+        }
     }
 
     /// The directory searched.
@@ -331,7 +406,10 @@ impl PluginRegistry {
         }
         let path = self.dir.join(&file);
         if !path.exists() {
-            return Err(LoadError::NotFound { method: method.to_owned(), path });
+            return Err(LoadError::NotFound {
+                method: method.to_owned(),
+                path,
+            });
         }
         let plugin = Arc::new(Plugin::load(&path, &self.settings, false)?);
         if !plugin.serves(method) {
@@ -341,7 +419,12 @@ impl PluginRegistry {
                 served: plugin.info.methods.join(", "),
             });
         }
-        log::info!("loaded plugin {} {} from {}", plugin.info.name, plugin.info.version, path.display());
+        log::info!(
+            "loaded plugin {} {} from {}",
+            plugin.info.name,
+            plugin.info.version,
+            path.display()
+        );
         let mut loaded = self.loaded();
         let entry = loaded.entry(file).or_insert(plugin);
         Ok(Arc::clone(entry))
@@ -351,12 +434,17 @@ impl PluginRegistry {
     /// calls go to the new one; calls in flight finish in the old one).
     /// Returns what was reloaded and what failed (the old one stays).
     pub fn reload_changed(&self) -> Vec<Result<PluginInfo, LoadError>> {
-        let current: Vec<(String, Arc<Plugin>)> =
-            self.loaded().iter().map(|(k, v)| (k.clone(), Arc::clone(v))).collect();
+        let current: Vec<(String, Arc<Plugin>)> = self
+            .loaded()
+            .iter()
+            .map(|(k, v)| (k.clone(), Arc::clone(v)))
+            .collect();
         let mut out = Vec::new();
         for (file, old) in current {
             let path = self.dir.join(&file);
-            let Ok(meta) = std::fs::metadata(&path) else { continue };
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
             if FileId::of(&meta) == old.file_id {
                 continue;
             }
@@ -374,7 +462,10 @@ impl PluginRegistry {
     /// Every `lib*_*.so` in the directory, loaded (or refused), sorted by
     /// file name: what `BasicAgentCtl -l` shows.
     pub fn scan(&self) -> Result<Vec<Result<PluginInfo, LoadError>>, LoadError> {
-        let rd = std::fs::read_dir(&self.dir).map_err(|source| LoadError::Io { path: self.dir.clone(), source })?;
+        let rd = std::fs::read_dir(&self.dir).map_err(|source| LoadError::Io {
+            path: self.dir.clone(),
+            source,
+        })?;
         let mut files: Vec<String> = rd
             .filter_map(|e| e.ok())
             .filter_map(|e| e.file_name().into_string().ok())
@@ -384,7 +475,9 @@ impl PluginRegistry {
         let mut out = Vec::new();
         for file in files {
             let stem = &file[3..file.len() - 3];
-            let Some((ns, name)) = stem.split_once('_') else { continue };
+            let Some((ns, name)) = stem.split_once('_') else {
+                continue;
+            };
             let method = format!("{ns}.{name}");
             if split_method(&method).is_err() {
                 continue;

@@ -144,7 +144,11 @@ fn complete_raw(id: CallId, retcode: u32, message: &str, data_json: Option<&str>
             retcode,
             message.as_ptr().cast::<c_char>(),
             message.len(),
-            if data.is_empty() { std::ptr::null() } else { data.as_ptr().cast::<c_char>() },
+            if data.is_empty() {
+                std::ptr::null()
+            } else {
+                data.as_ptr().cast::<c_char>()
+            },
             data.len(),
         )
     }
@@ -204,8 +208,11 @@ pub fn entry(make: fn() -> PluginSpec) -> *const PluginDescriptor {
     let built = panic::catch_unwind(|| {
         SPEC.get_or_init(|| {
             let spec = make();
-            let mut methods: Vec<StaticStr> =
-                spec.methods.iter().map(|m| StaticStr(leak_cstr(m))).collect();
+            let mut methods: Vec<StaticStr> = spec
+                .methods
+                .iter()
+                .map(|m| StaticStr(leak_cstr(m)))
+                .collect();
             methods.push(StaticStr(std::ptr::null()));
             let descriptor = PluginDescriptor {
                 abi_version: ffi::ABI_VERSION,
@@ -245,7 +252,12 @@ unsafe extern "C" fn init_trampoline(host: *const HostApi) -> Status {
         log::set_max_level(log::LevelFilter::Trace);
         panic::set_hook(Box::new(|info| {
             let text = match info.location() {
-                Some(loc) => format!("{} at {}:{}", panic_text(info.payload()), loc.file(), loc.line()),
+                Some(loc) => format!(
+                    "{} at {}:{}",
+                    panic_text(info.payload()),
+                    loc.file(),
+                    loc.line()
+                ),
                 None => panic_text(info.payload()),
             };
             host_log(1, &format!("plugin panicked: {text}"));
@@ -283,8 +295,15 @@ unsafe extern "C" fn call_trampoline(id: CallId, request: *const c_char, request
     if let Err(payload) = outcome {
         // The Call was dropped while unwinding and has completed the call
         // already; this is only a fallback (complete is idempotent).
-        let text = LAST_PANIC.with(|p| p.borrow_mut().take()).unwrap_or_else(|| panic_text(&*payload));
-        complete_raw(id, retcode::PLUGIN_FAILURE, &format!("plugin panicked: {text}"), None);
+        let text = LAST_PANIC
+            .with(|p| p.borrow_mut().take())
+            .unwrap_or_else(|| panic_text(&*payload));
+        complete_raw(
+            id,
+            retcode::PLUGIN_FAILURE,
+            &format!("plugin panicked: {text}"),
+            None,
+        );
     }
 }
 
@@ -307,12 +326,25 @@ unsafe extern "C" fn fini_trampoline() {
 /// Exports a [`PluginSpec`] as the plugin's entry symbol
 /// `basicagent_plugin_v1`. Use once per plugin crate (a `cdylib`):
 ///
-/// ```ignore
+/// ```
+/// use basicagent_abi::sdk::{Call, PluginSpec};
+///
+/// fn hello(call: Call, _request: &[u8]) {
+///     call.success(r#"{"greeting":"hello"}"#);
+/// }
+///
 /// basicagent_abi::export_plugin!(PluginSpec {
-///     name: "getinfo_hello", version: env!("CARGO_PKG_VERSION"),
-///     description: "says hello", methods: &["getinfo.hello"],
-///     usage: "no arguments", init: None, call: hello, cancel: None, fini: None,
+///     name: "getinfo_hello",
+///     version: env!("CARGO_PKG_VERSION"),
+///     description: "says hello",
+///     methods: &["getinfo.hello"],
+///     usage: "no arguments",
+///     init: None,
+///     call: hello,
+///     cancel: None,
+///     fini: None,
 /// });
+/// # fn main() { assert!(!basicagent_plugin_v1().is_null()); }
 /// ```
 #[macro_export]
 macro_rules! export_plugin {

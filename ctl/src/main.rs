@@ -24,11 +24,35 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut opts = getopts::Options::new();
     opts.optopt("c", "call", "method to call, e.g. getinfo.kernel", "METHOD");
-    opts.optopt("a", "args", "getopt-style arguments for getinfo.* (the request's \"args\")", "ARGS");
-    opts.optopt("j", "json", "a JSON object of parameters merged into the request", "JSON");
+    opts.optopt(
+        "a",
+        "args",
+        "getopt-style arguments for getinfo.* (the request's \"args\")",
+        "ARGS",
+    );
+    opts.optopt(
+        "j",
+        "json",
+        "a JSON object of parameters merged into the request",
+        "JSON",
+    );
     opts.optopt("p", "plugin-dir", "plugin directory", "DIR");
-    opts.optflag("l", "list", "list the plugins found, with methods, versions and usage");
-    opts.optflagmulti("v", "verbose", "more log output on stderr (repeat for more)");
+    opts.optopt(
+        "t",
+        "wait",
+        "give up after SECS seconds without an answer (default: wait)",
+        "SECS",
+    );
+    opts.optflag(
+        "l",
+        "list",
+        "list the plugins found, with methods, versions and usage",
+    );
+    opts.optflagmulti(
+        "v",
+        "verbose",
+        "more log output on stderr (repeat for more)",
+    );
     opts.optflag("h", "help", "print this help");
     opts.optflag("V", "version", "print the version");
     let usage = || opts.usage(USAGE);
@@ -53,10 +77,17 @@ fn main() -> ExitCode {
         2 => log::LevelFilter::Debug,
         _ => log::LevelFilter::Trace,
     };
-    env_logger::Builder::new().filter_level(level).parse_env("BASICAGENT_LOG").init();
+    env_logger::Builder::new()
+        .filter_level(level)
+        .parse_env("BASICAGENT_LOG")
+        .init();
     let dir = basicagent_abi::plugin_dir(m.opt_str("p").map(PathBuf::from).as_deref());
     if !m.free.is_empty() {
-        eprintln!("BasicAgentCtl: unexpected argument {:?}\n\n{}", m.free[0], usage());
+        eprintln!(
+            "BasicAgentCtl: unexpected argument {:?}\n\n{}",
+            m.free[0],
+            usage()
+        );
         return ExitCode::from(2);
     }
     if m.opt_present("l") {
@@ -66,8 +97,21 @@ fn main() -> ExitCode {
         eprintln!("BasicAgentCtl: -c METHOD or -l is required\n\n{}", usage());
         return ExitCode::from(2);
     };
+    let wait = match m.opt_str("t").map(|t| t.parse::<f64>()) {
+        None => None,
+        Some(Ok(secs)) if secs > 0.0 && secs.is_finite() => {
+            Some(std::time::Duration::from_secs_f64(secs))
+        }
+        Some(_) => {
+            eprintln!(
+                "BasicAgentCtl: -t takes a positive number of seconds\n\n{}",
+                usage()
+            );
+            return ExitCode::from(2);
+        }
+    };
     match run::build_request(&method, m.opt_str("a"), m.opt_str("j")) {
-        Ok(request) => run::call(&dir, &method, &request),
+        Ok(request) => run::call(&dir, &method, &request, wait),
         Err(e) => {
             eprintln!("BasicAgentCtl: {e}");
             ExitCode::from(2)

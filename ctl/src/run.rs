@@ -4,8 +4,9 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::mpsc;
 use std::sync::Arc;
+use std::time::Duration;
 
-use basicagent_abi::{HostSettings, Plugin, PluginRegistry};
+use basicagent_abi::{Completion, HostSettings, Plugin, PluginRegistry};
 use basicagent_proto::{Response, Retcode};
 use serde_json::{Map, Value};
 
@@ -18,7 +19,11 @@ pub enum RequestError {
 
 /// `{"method": METHOD, "args": ARGS, ...JSON}`: `-j` keys are merged in;
 /// `method` always comes from `-c`.
-pub fn build_request(method: &str, args: Option<String>, json: Option<String>) -> Result<Vec<u8>, RequestError> {
+pub fn build_request(
+    method: &str,
+    args: Option<String>,
+    json: Option<String>,
+) -> Result<Vec<u8>, RequestError> {
     let mut obj = Map::new();
     if let Some(text) = json {
         match serde_json::from_str::<Value>(&text) {
@@ -48,14 +53,17 @@ fn print_response(mut response: Response) -> ExitCode {
 /// Loads the plugin for `method`, calls it, waits for its completion and
 /// prints the response. SIGINT/SIGTERM cancel the call (the plugin then
 /// answers `3028 Cancelled`, which is printed like any answer).
-pub fn call(dir: &Path, method: &str, request: &[u8]) -> ExitCode {
+pub fn call(dir: &Path, method: &str, request: &[u8], wait: Option<Duration>) -> ExitCode {
     let signals = block_stop_signals();
     let registry = PluginRegistry::new(dir, HostSettings::default());
     let plugin = match registry.get(method) {
         Ok(p) => p,
-        Err(e) => return print_response(Response::failed(None, Retcode(e.retcode()), e.to_string())),
+        Err(e) => {
+            return print_response(Response::failed(None, Retcode(e.retcode()), e.to_string()))
+        }
     };
     let (tx, rx) = mpsc::channel();
+    let on_signal = tx.clone();
     let id = plugin.call(
         request,
         Box::new(move |c| {
@@ -63,11 +71,22 @@ pub fn call(dir: &Path, method: &str, request: &[u8]) -> ExitCode {
         }),
     );
     if let Some(set) = signals {
-        forward_signals_as_cancel(set, Arc::clone(&plugin), id);
+        forward_signals_as_cancel(set, Arc::clone(&plugin), id, on_signal);
     }
-    let response = match rx.recv() {
-        Ok(c) => Response::from_plugin(None, c.retcode, &c.message, c.data.as_deref()),
-        Err(_) => Response::failed(None, Retcode::PLUGIN_FAILURE, "plugin lost the call"),
+    let received = match wait {
+        Some(limit) => rx.recv_timeout(limit).ok(),
+        None => rx.recv().ok(),
+    };
+    let response = match received {
+        Some(c) => Response::from_plugin(None, c.retcode, &c.message, c.data.as_deref()),
+        None => {
+            plugin.cancel(id);
+            Response::failed(
+                None,
+                Retcode::TIMEOUT,
+                "no answer from the plugin within the -t limit",
+            )
+        }
     };
     registry.fini_all();
     print_response(response)
@@ -90,16 +109,34 @@ fn block_stop_signals() -> Option<libc::sigset_t> {
     }
 }
 
-fn forward_signals_as_cancel(set: libc::sigset_t, plugin: Arc<Plugin>, id: u64) {
-    std::thread::spawn(move || loop {
+/// On SIGINT/SIGTERM: ask the plugin to cancel; if it has not answered
+/// after [`CANCEL_GRACE`], answer `3028` ourselves so the tool never hangs.
+fn forward_signals_as_cancel(
+    set: libc::sigset_t,
+    plugin: Arc<Plugin>,
+    id: u64,
+    done: mpsc::Sender<Completion>,
+) {
+    std::thread::spawn(move || {
         let mut sig: libc::c_int = 0;
         // SAFETY: `set` is an initialised sigset; sigwait writes `sig`.
-        if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
-            log::warn!("signal {sig}: cancelling the call");
-            plugin.cancel(id);
+        if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+            return;
         }
+        log::warn!("signal {sig}: cancelling the call");
+        plugin.cancel(id);
+        std::thread::sleep(CANCEL_GRACE);
+        let _ = done.send(Completion {
+            call: id,
+            retcode: Retcode::CANCELLED.0,
+            message: format!("interrupted by signal {sig}; the plugin did not answer the cancel"),
+            data: None,
+        });
     });
 }
+
+/// How long a cancelled call may take to answer before the tool gives up.
+const CANCEL_GRACE: Duration = Duration::from_secs(3);
 
 /// `-l`: every plugin in the directory with its methods, version and
 /// usage; refused files are listed with the reason (exit 1 if any).
@@ -121,7 +158,12 @@ pub fn list(dir: &Path) -> ExitCode {
         match entry {
             Ok(info) => {
                 println!();
-                println!("{}  ({} {})", info.methods.join(", "), info.name, info.version);
+                println!(
+                    "{}  ({} {})",
+                    info.methods.join(", "),
+                    info.name,
+                    info.version
+                );
                 println!("  {}", info.description);
                 println!("  file: {}", info.path.display());
                 for line in info.usage.lines() {
