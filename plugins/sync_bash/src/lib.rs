@@ -148,6 +148,7 @@ fn submit(msg: Msg) {
             }
         }
     }
+    drop(guard); // the host's completer may call us again
     if let Msg::Start(job) = msg {
         let Job { call, permit, .. } = *job;
         drop(permit);

@@ -9,17 +9,20 @@ use std::time::Duration;
 use basicagent_abi::{Completion, HostSettings, Plugin};
 use serde_json::Value;
 
-/// libsync_bash.so next to the test binary (target/<profile>/).
+/// The freshest libsync_bash.so near the test binary: cargo rebuilds the
+/// one in target/<profile>/deps/ for the tests (the lib's cdylib and rlib
+/// come from one rustc run), while target/<profile>/ may hold an older
+/// copy from the last `cargo build`.
 pub fn plugin_path() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let deps = exe.parent().unwrap();
-    for dir in [deps.parent().unwrap(), deps] {
-        let p = dir.join("libsync_bash.so");
-        if p.exists() {
-            return p;
-        }
-    }
-    panic!("libsync_bash.so not found near {}", exe.display());
+    [deps.to_owned(), deps.parent().unwrap().to_owned()]
+        .into_iter()
+        .map(|dir| dir.join("libsync_bash.so"))
+        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
+        .max()
+        .map(|(_, p)| p)
+        .unwrap_or_else(|| panic!("libsync_bash.so not found near {}", exe.display()))
 }
 
 /// The plugin, loaded once per test binary with `config`.
