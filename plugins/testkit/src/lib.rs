@@ -21,7 +21,11 @@ fn args_of(request: &[u8]) -> String {
     // A deliberately naive scan: this fixture must not depend on a JSON
     // parser so that its behaviour stays obvious.
     let text = String::from_utf8_lossy(request);
-    text.split("\"args\":\"").nth(1).and_then(|rest| rest.split('"').next()).unwrap_or("").to_owned()
+    text.split("\"args\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or("")
+        .to_owned()
 }
 
 fn call(call: Call, request: &[u8]) {
