@@ -209,14 +209,12 @@ pub fn collect(src: &Sources<'_>, sel: &Selection) -> Result<String, UsersError>
     let ctx = Context::new(src, only);
     match one {
         Some(entry) => render(std::iter::once(entry), &groups, &ctx, sel, 1024),
-        // Output is about 2x passwd (+ shadow and groups): one allocation.
-        None => render(
-            parse::passwd(src.passwd),
-            &groups,
-            &ctx,
-            sel,
-            512 + 3 * src.passwd.len(),
-        ),
+        // Each record grows by its keys, groups and shadow object: size
+        // the buffer once, generously (pages never written cost nothing).
+        None => {
+            let hint = 512 + 2 * src.passwd.len() + 320 * crate::hash::line_count(src.passwd);
+            render(parse::passwd(src.passwd), &groups, &ctx, sel, hint)
+        }
     }
 }
 
@@ -293,7 +291,7 @@ above:!:::::::\n";
 
     #[test]
     fn all_users_in_file_order() {
-        let v = run(&src(ShadowSource::Unavailable("n".into())), Selection::All);
+        let v = run(&src(ShadowSource::Unavailable("n")), Selection::All);
         assert_eq!(
             names(&v),
             ["root", "daemon", "bin", "sync", "nobody", "alice", "bob", "edge", "above", "lost"]
@@ -305,7 +303,7 @@ above:!:::::::\n";
 
     #[test]
     fn record_fields() {
-        let v = run(&src(ShadowSource::Unavailable("n".into())), Selection::All);
+        let v = run(&src(ShadowSource::Unavailable("n")), Selection::All);
         let alice = user(&v, "alice");
         assert_eq!(alice["uid"], 1000);
         assert_eq!(alice["gid"], 1000);
@@ -340,7 +338,7 @@ above:!:::::::\n";
 
     #[test]
     fn normal_and_system_partition_all() {
-        let s = src(ShadowSource::Unavailable("n".into()));
+        let s = src(ShadowSource::Unavailable("n"));
         let all = names(&run(&s, Selection::All));
         let normal = names(&run(&s, Selection::Normal));
         let system = names(&run(&s, Selection::System));
@@ -356,7 +354,7 @@ above:!:::::::\n";
 
     #[test]
     fn login_defs_moves_the_range() {
-        let mut s = src(ShadowSource::Unavailable("n".into()));
+        let mut s = src(ShadowSource::Unavailable("n"));
         s.login_defs = Some(b"UID_MIN 1001\nUID_MAX 1001\n");
         let v = run(&s, Selection::Normal);
         assert_eq!(names(&v), ["bob"]);
@@ -389,10 +387,7 @@ above:!:::::::\n";
 
     #[test]
     fn shadow_note_when_unavailable() {
-        let v = run(
-            &src(ShadowSource::Unavailable("not root".into())),
-            Selection::All,
-        );
+        let v = run(&src(ShadowSource::Unavailable("not root")), Selection::All);
         assert_eq!(v["shadow_note"], "not root");
         assert!(v["users"]
             .as_array()
@@ -473,7 +468,7 @@ above:!:::::::\n";
 
     #[test]
     fn default_shells_when_unreadable() {
-        let mut s = src(ShadowSource::Unavailable("n".into()));
+        let mut s = src(ShadowSource::Unavailable("n"));
         s.shells = None;
         let v = run(&s, Selection::All);
         assert_eq!(
