@@ -27,7 +27,7 @@ pub enum KernelError {
     #[error("request is not a JSON object: {0}")]
     Request(#[source] serde_json::Error),
     /// Arguments were given; the method takes none.
-    #[error("getinfo.kernel takes no arguments, got {0}; usage: {USAGE}")]
+    #[error("unexpected args {0}; usage: {USAGE}")]
     Args(String),
     /// `uname(2)` failed (it cannot on Linux, but it returns a status).
     #[error("uname(2) failed: {0}")]
