@@ -102,6 +102,16 @@ pub fn file_name_for(method: &str) -> Result<String, LoadError> {
     Ok(format!("lib{ns}_{name}.so"))
 }
 
+/// The method a plugin file name stands for: `libgetinfo_users.so` →
+/// `getinfo.users` (split at the first `_`); `None` for other names.
+pub fn method_for_file(file: &str) -> Option<String> {
+    let stem = file.strip_prefix("lib")?.strip_suffix(".so")?;
+    let (ns, name) = stem.split_once('_')?;
+    let method = format!("{ns}.{name}");
+    split_method(&method).ok()?;
+    Some(method)
+}
+
 /// A plugin's self-description, copied out of its descriptor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PluginInfo {
@@ -462,29 +472,27 @@ impl PluginRegistry {
     /// Every `lib*_*.so` in the directory, loaded (or refused), sorted by
     /// file name: what `BasicAgentCtl -l` shows.
     pub fn scan(&self) -> Result<Vec<Result<PluginInfo, LoadError>>, LoadError> {
+        Ok(self
+            .available_methods()?
+            .iter()
+            .map(|m| self.get(m).map(|p| p.info.clone()))
+            .collect())
+    }
+
+    /// The methods the directory's file names promise (`libns_name.so` →
+    /// `ns.name`), sorted, without loading anything: what `init` announces.
+    pub fn available_methods(&self) -> Result<Vec<String>, LoadError> {
         let rd = std::fs::read_dir(&self.dir).map_err(|source| LoadError::Io {
             path: self.dir.clone(),
             source,
         })?;
-        let mut files: Vec<String> = rd
+        let mut methods: Vec<String> = rd
             .filter_map(|e| e.ok())
             .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| n.starts_with("lib") && n.ends_with(".so"))
+            .filter_map(|file| method_for_file(&file))
             .collect();
-        files.sort();
-        let mut out = Vec::new();
-        for file in files {
-            let stem = &file[3..file.len() - 3];
-            let Some((ns, name)) = stem.split_once('_') else {
-                continue;
-            };
-            let method = format!("{ns}.{name}");
-            if split_method(&method).is_err() {
-                continue;
-            }
-            out.push(self.get(&method).map(|p| p.info.clone()));
-        }
-        Ok(out)
+        methods.sort();
+        Ok(methods)
     }
 
     /// Calls `fini` on every loaded plugin (orderly shutdown).

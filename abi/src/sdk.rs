@@ -33,7 +33,7 @@ pub struct PluginSpec {
     /// Arguments and output, shown by `BasicAgentCtl -l`.
     pub usage: &'static str,
     /// Called once before any call.
-    pub init: Option<fn(&Host) -> Result<(), InitError>>,
+    pub init: Option<InitFn>,
     /// Starts one call: must not block; complete `call` now or later.
     pub call: fn(Call, &[u8]),
     /// Asks a call in flight to stop.
@@ -41,6 +41,9 @@ pub struct PluginSpec {
     /// Orderly shutdown.
     pub fini: Option<fn()>,
 }
+
+/// A plugin's `init`: may refuse to run.
+pub type InitFn = fn(&Host) -> Result<(), InitError>;
 
 /// A plugin's refusal to run, with the reason for the host's log.
 #[derive(Debug)]

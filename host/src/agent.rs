@@ -1,0 +1,243 @@
+//! Start-up and shutdown of the daemon, in order: configuration and TLS
+//! (fail fast, on the terminal), detach and pid file, logging, signals,
+//! host id, then the reactor; the pid file goes when `run` returns.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use basicagent_abi::{HostSettings, PluginRegistry};
+use basicagent_proto::Init;
+use rustls::ClientConfig;
+
+use crate::config::Config;
+use crate::daemon::{self, LogHandle, PidFile};
+use crate::dispatch::{AgentFacts, Dispatcher};
+use crate::reactor::{self, Reactor, Reloader};
+use crate::resolve::Resolver;
+use crate::session::{Session, SessionConfig};
+use crate::{hostid, tls};
+
+/// The daemon's command line.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub config: Option<PathBuf>,
+    pub log_file: Option<PathBuf>,
+    pub pid_file: Option<PathBuf>,
+    pub foreground: bool,
+    pub level: log::LevelFilter,
+}
+
+/// Why the daemon could not start; printed on the terminal (or passed back
+/// to it by the detached daemon) and the exit status is 1.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    PidFile(#[from] daemon::PidFileError),
+    #[error(transparent)]
+    Log(#[from] daemon::LogError),
+    #[error(transparent)]
+    HostId(#[from] hostid::HostIdError),
+    #[error("{0}: {1}")]
+    Io(&'static str, std::io::Error),
+}
+
+/// The session settings a configuration gives.
+pub fn session_config(config: &Config) -> SessionConfig {
+    let s = &config.server;
+    SessionConfig {
+        name: s.name.clone(),
+        port: s.port,
+        connect_timeout: s.connect_timeout,
+        handshake_timeout: s.handshake_timeout,
+        max_redirects: s.max_redirects,
+        heartbeat: config.agent.heartbeat,
+        max_frame: s.max_frame,
+        backoff_min: Duration::from_secs(1),
+        backoff_max: Duration::from_secs(60),
+        seed: seed(),
+    }
+}
+
+fn seed() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    (t as u64) ^ (u64::from(std::process::id()) << 32)
+}
+
+/// TLS settings a configuration gives.
+pub fn tls_config(config: &Config) -> Result<Arc<ClientConfig>, tls::TlsError> {
+    let s = &config.server;
+    let client = match (&s.cert, &s.key) {
+        (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+        _ => None,
+    };
+    tls::client_config(&s.ca, client)
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        return p.to_owned();
+    }
+    std::env::current_dir()
+        .map(|d| d.join(p))
+        .unwrap_or_else(|_| p.to_owned())
+}
+
+struct AgentReloader {
+    config_path: Option<PathBuf>,
+    log: LogHandle,
+}
+
+impl Reloader for AgentReloader {
+    fn reopen_log(&mut self) {
+        if let Err(e) = self.log.reopen() {
+            eprintln!("BasicAgent: cannot reopen the log: {e}");
+        } else {
+            log::info!("log reopened");
+        }
+    }
+
+    fn reload_config(&mut self) -> Option<(SessionConfig, Arc<ClientConfig>)> {
+        let config = match Config::load(self.config_path.as_deref()) {
+            Ok(c) => c,
+            Err(e) => {
+                log::error!("reload: {e}; keeping the running configuration");
+                return None;
+            }
+        };
+        match tls_config(&config) {
+            Ok(tls) => Some((session_config(&config), tls)),
+            Err(e) => {
+                log::error!("reload: {e}; keeping the running configuration");
+                None
+            }
+        }
+    }
+}
+
+fn nodename() -> String {
+    // SAFETY: utsname is plain data; uname fills it with NUL-terminated strings.
+    unsafe {
+        let mut u: libc::utsname = std::mem::zeroed();
+        if libc::uname(&mut u) != 0 {
+            return String::new();
+        }
+        std::ffi::CStr::from_ptr(u.nodename.as_ptr())
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+/// Runs the daemon to completion.
+pub fn run(opts: Options) -> Result<(), StartError> {
+    let config_path = opts.config.as_deref().map(absolute);
+    let config = Config::load(config_path.as_deref())?;
+    let tls = tls_config(&config)?;
+    let log_file = opts.log_file.as_deref().map(absolute);
+    let pid_path = opts.pid_file.as_deref().map(absolute);
+
+    // Detach first (no thread may exist yet), then take the pid file in
+    // the daemon itself so the lock belongs to the right process.
+    let detached = if opts.foreground {
+        None
+    } else {
+        Some(daemon::daemonize().map_err(|e| StartError::Io("detach", e))?)
+    };
+    let started = (|| -> Result<_, StartError> {
+        let mut pid = match &pid_path {
+            Some(p) => Some(PidFile::acquire(p)?),
+            None => None,
+        };
+        if let Some(p) = pid.as_mut() {
+            p.write_pid()?;
+        }
+        let log = daemon::init_logging(log_file.as_deref(), opts.level)?;
+        let signals = reactor::block_signals().map_err(|e| StartError::Io("signalfd", e))?;
+        Ok((pid, log, signals))
+    })();
+    let (pid, log, signals) = match (started, detached) {
+        (Ok(parts), Some(d)) => {
+            let _ = d.ready();
+            parts
+        }
+        (Ok(parts), None) => parts,
+        (Err(e), Some(d)) => {
+            d.fail(&e.to_string());
+            return Err(e);
+        }
+        (Err(e), None) => return Err(e),
+    };
+
+    let host_id = hostid::host_id(
+        config.agent.host_id.as_deref(),
+        Path::new("/etc/machine-id"),
+        &config.agent.state_dir,
+    )?;
+    let name = nodename();
+    log::info!(
+        "BasicAgent {} starting: host id {host_id}, server {}:{}",
+        env!("CARGO_PKG_VERSION"),
+        config.server.name,
+        config.server.port
+    );
+
+    let poll = mio::Poll::new().map_err(|e| StartError::Io("poll", e))?;
+    let waker = Reactor::waker(&poll).map_err(|e| StartError::Io("waker", e))?;
+    let plugin_dir = basicagent_abi::plugin_dir(config.agent.plugin_dir.as_deref());
+    log::info!("plugin directory {}", plugin_dir.display());
+    let settings = HostSettings {
+        config_json: config.plugin_settings_json(),
+        max_log_level: log::max_level() as u32,
+    };
+    let registry = PluginRegistry::new(plugin_dir, settings);
+    let now = Instant::now();
+    let facts = AgentFacts {
+        host_id: host_id.clone(),
+        name: name.clone(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        started: now,
+    };
+    let dispatcher = Dispatcher::new(
+        registry,
+        config.agent.max_concurrent,
+        Arc::clone(&waker),
+        facts,
+    );
+    let init = Init {
+        hostname: host_id,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        name,
+        plugins: dispatcher.plugin_methods(),
+        extra: Default::default(),
+    };
+    let session = Session::new(session_config(&config), init, now);
+    let resolver = Resolver::spawn(
+        Arc::clone(&waker),
+        config.server.hosts_file.clone(),
+        config.server.nameservers.clone(),
+    )
+    .map_err(|e| StartError::Io("resolver", e))?;
+    let reactor = Reactor::new(
+        poll,
+        session,
+        dispatcher,
+        resolver,
+        tls,
+        &config.server.name,
+        signals,
+    )
+    .map_err(|e| StartError::Io("reactor", e))?;
+    let mut reloader = AgentReloader { config_path, log };
+    let result = reactor
+        .run(&mut reloader)
+        .map_err(|e| StartError::Io("event loop", e));
+    drop(pid);
+    result
+}

@@ -1,0 +1,490 @@
+//! The daemon's configuration file (`agent.toml`): parse it into typed
+//! values with their defaults and validate it once, at start-up.
+//!
+//! Key design decision: every key is optional, but an unknown key is an
+//! error naming it (`deny_unknown_fields`), so a typo never silently falls
+//! back to a default. Validation errors name the file and the key.
+
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+
+use crate::hostid;
+
+/// Where the daemon looks when no `-c` is given.
+pub const DEFAULT_PATH: &str = "/etc/basicagent/agent.toml";
+
+/// Port used for a nameserver entry written without one.
+pub const DNS_PORT: u16 = 53;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `[server]`: where and how to connect.
+    pub server: ServerConfig,
+    /// `[agent]`: identity, plugins and limits of this host.
+    pub agent: AgentConfig,
+}
+
+/// The `[server]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Server name: resolved via the hosts file then DNS; also the TLS name.
+    pub name: String,
+    /// TCP port of the server.
+    pub port: u16,
+    /// Trust anchors (PEM) for the server certificate.
+    pub ca: PathBuf,
+    /// Client certificate (PEM) for mutual TLS; set together with `key`.
+    pub cert: Option<PathBuf>,
+    /// Client private key (PEM); set together with `cert`.
+    pub key: Option<PathBuf>,
+    /// Time allowed for one TCP connect, per address.
+    #[serde(deserialize_with = "de_seconds")]
+    pub connect_timeout: Duration,
+    /// Time allowed for the TLS handshake plus the init exchange.
+    #[serde(deserialize_with = "de_seconds")]
+    pub handshake_timeout: Duration,
+    /// Redirects followed in a row before the attempt counts as failed.
+    pub max_redirects: u32,
+    /// File whose lines for `name` are used before DNS.
+    pub hosts_file: PathBuf,
+    /// DNS servers; empty means the system's (`/etc/resolv.conf`).
+    #[serde(deserialize_with = "de_nameservers")]
+    pub nameservers: Vec<SocketAddr>,
+    /// Largest frame accepted or sent, in bytes.
+    pub max_frame: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            name: "config.cargo.com".to_owned(),
+            port: 8443,
+            ca: PathBuf::from("/etc/basicagent/ca.pem"),
+            cert: None,
+            key: None,
+            connect_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            max_redirects: 3,
+            hosts_file: PathBuf::from("/etc/hosts"),
+            nameservers: Vec::new(),
+            max_frame: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// The `[agent]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Fixed host id (a UUID, stored lowercased); default: derived, see `hostid`.
+    pub host_id: Option<String>,
+    /// Plugin directory; default: the search order of the architecture page.
+    pub plugin_dir: Option<PathBuf>,
+    /// Directory for state kept across restarts (the generated host id).
+    pub state_dir: PathBuf,
+    /// Heartbeat interval (at least one second).
+    #[serde(deserialize_with = "de_seconds")]
+    pub heartbeat: Duration,
+    /// Requests executing at once (at least 1).
+    pub max_concurrent: usize,
+    /// Default bytes kept per stream per command.
+    pub max_output: u64,
+    /// Largest per-request `max_output` a request may ask for.
+    pub max_output_limit: u64,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            host_id: None,
+            plugin_dir: None,
+            state_dir: PathBuf::from("/var/lib/basicagent"),
+            heartbeat: Duration::from_secs(30),
+            max_concurrent: 64,
+            max_output: 1024 * 1024,
+            max_output_limit: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read (including: an explicitly named file is missing).
+    #[error("{}: {source}", .path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// Not TOML, a value of the wrong type, or an unknown key (named in the message).
+    #[error("{}: {source}", origin(.path))]
+    Parse {
+        /// The file, `None` for [`Config::from_toml_str`].
+        path: Option<PathBuf>,
+        /// The parser's error; its message names the key and the line.
+        #[source]
+        source: toml::de::Error,
+    },
+    /// A well-typed value that is out of range or inconsistent.
+    #[error("{}: `{key}`: {reason}", origin(.path))]
+    Invalid {
+        /// The file, `None` for [`Config::from_toml_str`].
+        path: Option<PathBuf>,
+        /// The key, as `table.key`.
+        key: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+fn origin(path: &Option<PathBuf>) -> String {
+    match path {
+        Some(p) => p.display().to_string(),
+        None => "configuration".to_owned(),
+    }
+}
+
+impl Config {
+    /// Loads the configuration.
+    ///
+    /// `None`: [`DEFAULT_PATH`] if it exists, else all defaults.
+    /// `Some(path)`: that file, which must exist.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let (path, must_exist) = match path {
+            Some(p) => (p, true),
+            None => (Path::new(DEFAULT_PATH), false),
+        };
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if !must_exist && e.kind() == io::ErrorKind::NotFound => {
+                return Ok(Config::default())
+            }
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })
+            }
+        };
+        Self::parse(&text, Some(path))
+    }
+
+    /// Parses and validates configuration text (errors carry no path).
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        Self::parse(text, None)
+    }
+
+    fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: path.map(Path::to_owned),
+            source,
+        })?;
+        config
+            .validate()
+            .map_err(|(key, reason)| ConfigError::Invalid {
+                path: path.map(Path::to_owned),
+                key,
+                reason,
+            })?;
+        Ok(config)
+    }
+
+    /// Checks ranges and consistency; normalizes `agent.host_id` to lowercase.
+    fn validate(&mut self) -> Result<(), (&'static str, String)> {
+        let s = &self.server;
+        if s.name.trim().is_empty() {
+            return Err(("server.name", "must not be empty".into()));
+        }
+        if s.port == 0 {
+            return Err(("server.port", "must be between 1 and 65535".into()));
+        }
+        match (&s.cert, &s.key) {
+            (Some(_), None) => {
+                return Err((
+                    "server.key",
+                    "`server.cert` is set but `server.key` is not".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err((
+                    "server.cert",
+                    "`server.key` is set but `server.cert` is not".into(),
+                ))
+            }
+            _ => {}
+        }
+        if s.connect_timeout.is_zero() {
+            return Err(("server.connect_timeout", "must be greater than 0".into()));
+        }
+        if s.handshake_timeout.is_zero() {
+            return Err(("server.handshake_timeout", "must be greater than 0".into()));
+        }
+        if s.max_frame < 1024 {
+            return Err(("server.max_frame", "must be at least 1024 bytes".into()));
+        }
+        let a = &mut self.agent;
+        if let Some(id) = &a.host_id {
+            match hostid::parse_uuid(id) {
+                Some(norm) => a.host_id = Some(norm),
+                None => {
+                    return Err((
+                        "agent.host_id",
+                        format!("{id:?} is not a UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)"),
+                    ))
+                }
+            }
+        }
+        if a.heartbeat < Duration::from_secs(1) {
+            return Err(("agent.heartbeat", "must be at least 1 second".into()));
+        }
+        if a.max_concurrent == 0 {
+            return Err(("agent.max_concurrent", "must be at least 1".into()));
+        }
+        if a.max_output_limit < a.max_output {
+            return Err((
+                "agent.max_output_limit",
+                format!(
+                    "{} is less than agent.max_output ({})",
+                    a.max_output_limit, a.max_output
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The host settings handed to plugins, as a JSON object:
+    /// `{"max_output":N,"max_output_limit":N,"max_concurrent":N}`.
+    pub fn plugin_settings_json(&self) -> String {
+        format!(
+            "{{\"max_output\":{},\"max_output_limit\":{},\"max_concurrent\":{}}}",
+            self.agent.max_output, self.agent.max_output_limit, self.agent.max_concurrent
+        )
+    }
+}
+
+/// Seconds as a TOML integer or float, into a `Duration`.
+fn de_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    struct Seconds;
+    impl Visitor<'_> for Seconds {
+        type Value = Duration;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a non-negative number of seconds")
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Duration, E> {
+            Ok(Duration::from_secs(v))
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Duration, E> {
+            u64::try_from(v)
+                .map(Duration::from_secs)
+                .map_err(|_| E::invalid_value(de::Unexpected::Signed(v), &self))
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<Duration, E> {
+            Duration::try_from_secs_f64(v)
+                .map_err(|_| E::invalid_value(de::Unexpected::Float(v), &self))
+        }
+    }
+    d.deserialize_any(Seconds)
+}
+
+/// Nameserver entries `"IP"`, `"IP:PORT"` or `"[IPv6]:PORT"`.
+fn de_nameservers<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+    let entries = Vec::<String>::deserialize(d)?;
+    entries
+        .iter()
+        .map(|e| {
+            parse_nameserver(e).ok_or_else(|| {
+                de::Error::invalid_value(
+                    de::Unexpected::Str(e),
+                    &"\"IP\", \"IP:PORT\" or \"[IPv6]:PORT\"",
+                )
+            })
+        })
+        .collect()
+}
+
+/// Parses one nameserver entry; the port defaults to [`DNS_PORT`].
+pub fn parse_nameserver(entry: &str) -> Option<SocketAddr> {
+    let entry = entry.trim();
+    if let Ok(ip) = entry.parse::<IpAddr>() {
+        return Some(SocketAddr::new(ip, DNS_PORT));
+    }
+    if let Some(inner) = entry.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+        return inner
+            .parse::<IpAddr>()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, DNS_PORT));
+    }
+    entry.parse::<SocketAddr>().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        match Config::from_toml_str(text) {
+            Ok(c) => panic!("accepted: {c:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn empty_is_all_defaults() {
+        assert_eq!(Config::from_toml_str("").unwrap(), Config::default());
+        let c = Config::default();
+        assert_eq!(c.server.name, "config.cargo.com");
+        assert_eq!(c.server.port, 8443);
+        assert_eq!(c.server.connect_timeout, Duration::from_secs(10));
+        assert_eq!(c.server.max_frame, 16 << 20);
+        assert_eq!(c.agent.heartbeat, Duration::from_secs(30));
+        assert_eq!(c.agent.max_output, 1048576);
+    }
+
+    #[test]
+    fn the_shipped_example_file_is_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/agent.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(Config::from_toml_str(&text).unwrap(), Config::default());
+        // Uncommenting every `key = value` line gives the defaults too
+        // (except the example-only cert/key/host_id/plugin_dir lines).
+        let uncommented: String = text
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest) if rest.contains(" = ") && !rest.starts_with(' ') => rest,
+                _ => l,
+            })
+            .filter(|l| {
+                !["cert", "key", "host_id", "plugin_dir"]
+                    .iter()
+                    .any(|k| l.starts_with(&format!("{k} =")))
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(
+            Config::from_toml_str(&uncommented).unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn full_file() {
+        let c = Config::from_toml_str(
+            r#"
+            [server]
+            name = "agents.example.net"
+            port = 9443
+            ca = "/tmp/ca.pem"
+            cert = "/tmp/a.pem"
+            key = "/tmp/a.key"
+            connect_timeout = 2
+            handshake_timeout = 1.5
+            max_redirects = 0
+            hosts_file = "/tmp/hosts"
+            nameservers = ["10.0.0.2", "10.0.0.3:5353", "::1", "[fe80::2]:54"]
+            max_frame = 65536
+
+            [agent]
+            host_id = "EDD6C192-52CB-4133-A17A-E7D8AEC03DE7"
+            plugin_dir = "/opt/p"
+            state_dir = "/tmp/state"
+            heartbeat = 5
+            max_concurrent = 2
+            max_output = 10
+            max_output_limit = 10
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.server.name, "agents.example.net");
+        assert_eq!(c.server.handshake_timeout, Duration::from_millis(1500));
+        assert_eq!(c.server.cert.as_deref(), Some(Path::new("/tmp/a.pem")));
+        assert_eq!(
+            c.server.nameservers,
+            vec![
+                "10.0.0.2:53".parse().unwrap(),
+                "10.0.0.3:5353".parse().unwrap(),
+                "[::1]:53".parse().unwrap(),
+                "[fe80::2]:54".parse().unwrap(),
+            ]
+        );
+        assert_eq!(
+            c.agent.host_id.as_deref(),
+            Some("edd6c192-52cb-4133-a17a-e7d8aec03de7")
+        );
+        assert_eq!(c.agent.max_concurrent, 2);
+        assert_eq!(
+            c.plugin_settings_json(),
+            r#"{"max_output":10,"max_output_limit":10,"max_concurrent":2}"#
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        assert!(err("[server]\nnmae = \"x\"\n").contains("nmae"));
+        assert!(err("[agent]\nheartbaet = 3\n").contains("heartbaet"));
+        assert!(err("[srever]\n").contains("srever"));
+        assert!(err("top = 1\n").contains("top"));
+    }
+
+    #[test]
+    fn invalid_values_name_the_key() {
+        assert!(err("[server]\ncert = \"/a\"\n").contains("server.key"));
+        assert!(err("[server]\nkey = \"/a\"\n").contains("server.cert"));
+        assert!(err("[server]\nport = 0\n").contains("server.port"));
+        assert!(err("[server]\nport = 70000\n").contains("port"));
+        assert!(err("[server]\nconnect_timeout = 0\n").contains("server.connect_timeout"));
+        assert!(err("[server]\nconnect_timeout = -1\n").contains("connect_timeout"));
+        assert!(err("[server]\nconnect_timeout = \"10s\"\n").contains("connect_timeout"));
+        assert!(err("[server]\nnameservers = [\"dns.example\"]\n").contains("dns.example"));
+        assert!(err("[agent]\nhost_id = \"web-01\"\n").contains("agent.host_id"));
+        assert!(err("[agent]\nheartbeat = 0\n").contains("agent.heartbeat"));
+        assert!(err("[agent]\nheartbeat = 0.5\n").contains("agent.heartbeat"));
+        assert!(err("[agent]\nmax_concurrent = 0\n").contains("agent.max_concurrent"));
+        assert!(err("[agent]\nmax_output = 100\nmax_output_limit = 99\n")
+            .contains("agent.max_output_limit"));
+    }
+
+    #[test]
+    fn load_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.toml");
+        let e = Config::load(Some(&missing)).unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::Read { source, .. } if source.kind() == io::ErrorKind::NotFound)
+        );
+        assert!(e.to_string().contains("nope.toml"));
+
+        let file = dir.path().join("agent.toml");
+        std::fs::write(&file, "[agent]\nheartbeat = 0\n").unwrap();
+        let e = Config::load(Some(&file)).unwrap_err().to_string();
+        assert!(
+            e.contains("agent.toml") && e.contains("agent.heartbeat"),
+            "{e}"
+        );
+
+        std::fs::write(&file, "[server]\nport = 1\n").unwrap();
+        assert_eq!(Config::load(Some(&file)).unwrap().server.port, 1);
+    }
+
+    #[test]
+    fn nameserver_forms() {
+        assert_eq!(
+            parse_nameserver("1.2.3.4"),
+            Some("1.2.3.4:53".parse().unwrap())
+        );
+        assert_eq!(parse_nameserver("[::1]"), Some("[::1]:53".parse().unwrap()));
+        assert_eq!(parse_nameserver("1.2.3.4:x"), None);
+        assert_eq!(parse_nameserver(""), None);
+    }
+}

@@ -1,0 +1,261 @@
+//! Requests in, responses out: validates the method, answers built-ins,
+//! starts plugin calls, and collects their completions from any thread.
+//!
+//! Every request gets exactly one answer: an immediate one (built-ins,
+//! errors, plugins that complete inside `call`) returned by
+//! [`Dispatcher::dispatch`], or a later one from
+//! [`Dispatcher::poll_finished`] after the plugin completes on its own
+//! thread and wakes the loop through the `mio::Waker`. No lock is held
+//! on the loop's side; completions cross in an mpsc channel.
+
+use std::collections::HashMap;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::ThreadId;
+use std::time::Instant;
+
+use basicagent_abi::{Plugin, PluginRegistry};
+use basicagent_proto::{Incoming, Response, Retcode};
+use serde_json::value::RawValue;
+
+/// A completed plugin call, ready to send.
+#[derive(Debug)]
+pub struct Finished {
+    /// The connection generation the request came in on: a response is
+    /// only sent on the connection that asked.
+    pub generation: u64,
+    pub call: u64,
+    /// The response frame, `\n` included.
+    pub frame: Vec<u8>,
+}
+
+/// Facts `agent.info` reports.
+#[derive(Debug, Clone)]
+pub struct AgentFacts {
+    pub host_id: String,
+    pub name: String,
+    pub version: String,
+    pub started: Instant,
+}
+
+struct InFlight {
+    plugin: Arc<Plugin>,
+    method: String,
+}
+
+/// The request router of the daemon.
+pub struct Dispatcher {
+    registry: PluginRegistry,
+    /// Method → plugin, so the hot path skips the registry's lock and
+    /// file-name formatting. Cleared on reload.
+    cache: HashMap<String, Arc<Plugin>>,
+    in_flight: HashMap<u64, InFlight>,
+    max_concurrent: usize,
+    tx: mpsc::Sender<Finished>,
+    rx: mpsc::Receiver<Finished>,
+    waker: Arc<mio::Waker>,
+    loop_thread: ThreadId,
+    facts: AgentFacts,
+    served: u64,
+}
+
+impl Dispatcher {
+    /// A dispatcher owned by the loop running on the current thread.
+    pub fn new(
+        registry: PluginRegistry,
+        max_concurrent: usize,
+        waker: Arc<mio::Waker>,
+        facts: AgentFacts,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel();
+        Dispatcher {
+            registry,
+            cache: HashMap::new(),
+            in_flight: HashMap::new(),
+            max_concurrent: max_concurrent.max(1),
+            tx,
+            rx,
+            waker,
+            loop_thread: std::thread::current().id(),
+            facts,
+            served: 0,
+        }
+    }
+
+    /// Plugin calls started and not yet finished.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// The methods the plugin directory offers (for `init`).
+    pub fn plugin_methods(&self) -> Vec<String> {
+        self.registry.available_methods().unwrap_or_else(|e| {
+            log::warn!("plugin directory: {e}");
+            Vec::new()
+        })
+    }
+
+    /// Handles one frame from the server. Returns the answer if it is
+    /// known at once; otherwise it arrives through [`Self::poll_finished`].
+    pub fn dispatch(&mut self, generation: u64, frame: &[u8], now: Instant) -> Option<Vec<u8>> {
+        let request = match Incoming::classify(frame) {
+            Ok(Incoming::Request(r)) => r,
+            Ok(Incoming::Response(r)) => {
+                log::trace!("response from the server: {}", r.retcode.0);
+                return None;
+            }
+            Ok(Incoming::TaskAck(ack)) => {
+                log::debug!("task.ack for {} (no task outbox yet)", ack.task);
+                return None;
+            }
+            Ok(Incoming::TaskDone(done)) => {
+                log::warn!("the server sent task.done ({}); ignored", done.task);
+                return None;
+            }
+            Err(e) => {
+                log::warn!("invalid request: {e}");
+                let message = format!("Invalid request: {e}");
+                return Some(frame_of(&Response::failed(
+                    e.id,
+                    Retcode::INVALID_REQUEST,
+                    message,
+                )));
+            }
+        };
+        let id = request.id;
+        let method = request.method;
+        self.served += 1;
+        match method.as_str() {
+            "ping" => return Some(frame_of(&Response::new(id, Retcode::SUCCESS))),
+            "agent.info" => return Some(frame_of(&self.agent_info(id, now))),
+            _ => {}
+        }
+        if method.starts_with("agent.")
+            || method.starts_with("task.")
+            || method.starts_with("async.")
+        {
+            return Some(frame_of(&Response::failed(
+                id,
+                Retcode::UNKNOWN_METHOD,
+                format!("Unknown method: {method}"),
+            )));
+        }
+        let plugin = match self.plugin(&method) {
+            Ok(p) => p,
+            Err(e) => {
+                log::debug!("{method}: {e}");
+                return Some(frame_of(&Response::failed(
+                    id,
+                    Retcode(e.retcode()),
+                    e.to_string(),
+                )));
+            }
+        };
+        if self.in_flight.len() >= self.max_concurrent {
+            return Some(frame_of(&Response::failed(
+                id,
+                Retcode::BUSY,
+                format!(
+                    "Busy: {} requests in flight (max_concurrent)",
+                    self.in_flight.len()
+                ),
+            )));
+        }
+        let tx = self.tx.clone();
+        let waker = Arc::clone(&self.waker);
+        let loop_thread = self.loop_thread;
+        let call = plugin.call(
+            frame,
+            Box::new(move |c| {
+                let response = Response::from_plugin(id, c.retcode, &c.message, c.data.as_deref());
+                let mut out = Vec::with_capacity(response.message.len() + 128);
+                response.write_frame(&mut out);
+                let _ = tx.send(Finished {
+                    generation,
+                    call: c.call,
+                    frame: out,
+                });
+                // The loop drains completions right after each dispatch:
+                // only a completion from another thread needs a wake-up.
+                if std::thread::current().id() != loop_thread {
+                    if let Err(e) = waker.wake() {
+                        log::error!("cannot wake the loop: {e}");
+                    }
+                }
+            }),
+        );
+        self.in_flight.insert(call, InFlight { plugin, method });
+        None
+    }
+
+    /// The next completed call, if any.
+    pub fn poll_finished(&mut self) -> Option<Finished> {
+        let done = self.rx.try_recv().ok()?;
+        if let Some(f) = self.in_flight.remove(&done.call) {
+            log::trace!("{} finished", f.method);
+        }
+        Some(done)
+    }
+
+    /// Asks every plugin call in flight to stop (shutdown).
+    pub fn cancel_all(&self) {
+        for (call, f) in &self.in_flight {
+            log::info!("cancelling {} (call {call})", f.method);
+            f.plugin.cancel(*call);
+        }
+    }
+
+    /// Loads anew plugins changed on disk (SIGHUP).
+    pub fn reload_plugins(&mut self) {
+        self.cache.clear();
+        for r in self.registry.reload_changed() {
+            match r {
+                Ok(info) => log::info!(
+                    "reloaded plugin {} {} from {}",
+                    info.name,
+                    info.version,
+                    info.path.display()
+                ),
+                Err(e) => log::error!("plugin reload refused, the old one stays: {e}"),
+            }
+        }
+    }
+
+    /// Orderly shutdown of the plugins.
+    pub fn fini(&self) {
+        self.registry.fini_all();
+    }
+
+    fn plugin(&mut self, method: &str) -> Result<Arc<Plugin>, basicagent_abi::LoadError> {
+        if let Some(p) = self.cache.get(method) {
+            return Ok(Arc::clone(p));
+        }
+        let p = self.registry.get(method)?;
+        self.cache.insert(method.to_owned(), Arc::clone(&p));
+        Ok(p)
+    }
+
+    fn agent_info(&self, id: Option<Box<RawValue>>, now: Instant) -> Response {
+        let loaded: Vec<&str> = self.cache.keys().map(String::as_str).collect();
+        let data = serde_json::json!({
+            "version": self.facts.version,
+            "host_id": self.facts.host_id,
+            "name": self.facts.name,
+            "pid": std::process::id(),
+            "uptime_seconds": now.saturating_duration_since(self.facts.started).as_secs(),
+            "plugin_dir": self.registry.dir(),
+            "plugins_loaded": loaded,
+            "plugins_available": self.plugin_methods(),
+            "in_flight": self.in_flight.len(),
+            "max_concurrent": self.max_concurrent,
+            "requests_served": self.served,
+        });
+        Response::new(id, Retcode::SUCCESS).with_data(&data)
+    }
+}
+
+fn frame_of(r: &Response) -> Vec<u8> {
+    let mut out = Vec::with_capacity(r.message.len() + 96);
+    r.write_frame(&mut out);
+    out
+}

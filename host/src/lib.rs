@@ -1,0 +1,16 @@
+//! The BasicAgent daemon: a sans-IO session state machine ([`session`])
+//! driven by a thin single-threaded mio reactor ([`reactor`]) that hands
+//! requests to the [`dispatch`]er and never blocks on a plugin, a child
+//! process or DNS ([`resolve`] runs on its own thread). Configuration,
+//! host identity, TLS and process plumbing are separate modules, each
+//! unit-tested on its own; `main.rs` only parses flags.
+
+pub mod agent;
+pub mod config;
+pub mod daemon;
+pub mod dispatch;
+pub mod hostid;
+pub mod reactor;
+pub mod resolve;
+pub mod session;
+pub mod tls;
