@@ -101,8 +101,14 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let req = br#"{"cmd":"true"}"#;
     if args.get(1).map(String::as_str) == Some("--once") {
+        let t0 = Instant::now();
         let p = load();
-        std::process::exit(if call(&p, req) == 2 { 0 } else { 1 });
+        let t1 = Instant::now();
+        let code = call(&p, req);
+        if std::env::var_os("BENCH_VERBOSE").is_some() {
+            eprintln!("load {:?} call {:?}", t1 - t0, t1.elapsed());
+        }
+        std::process::exit(if code == 2 { 0 } else { 1 });
     }
     if args.get(1).map(String::as_str) == Some("--rate") {
         // Only the 4-caller rate (for CPU accounting with `time`).

@@ -119,16 +119,23 @@ impl Handle {
         }
         Ok(())
     }
+}
 
-    /// Kills every command, answers every call, and stops the thread
-    /// (waits at most `wait`).
-    pub fn shutdown(mut self, wait: Duration) {
+/// Kills every command of every executor, answers every call, and stops
+/// the threads (waits at most `wait` in all).
+pub fn shutdown_all(handles: Vec<Handle>, wait: Duration) {
+    let deadline = Instant::now() + wait;
+    let mut stopping = Vec::new();
+    for handle in handles {
         let (done_tx, done_rx) = mpsc::channel();
-        if self.send(Msg::Shutdown(done_tx)).is_err() {
-            return;
+        if handle.send(Msg::Shutdown(done_tx)).is_ok() {
+            stopping.push((handle, done_rx));
         }
-        if done_rx.recv_timeout(wait).is_ok() {
-            if let Some(thread) = self.thread.take() {
+    }
+    for (mut handle, done_rx) in stopping {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if done_rx.recv_timeout(left).is_ok() {
+            if let Some(thread) = handle.thread.take() {
                 let _ = thread.join();
             }
         }

@@ -3,13 +3,14 @@
 //! captured, bounded stdout and stderr, the exit code or signal, and the
 //! identity applied.
 //!
-//! Key design decision: `call` only validates and never blocks; one
-//! executor thread per plugin (started on first use) runs a single
-//! `mio::Poll` over every command's pipes and a pidfd per command, so a
-//! command is answered the moment bash exits (even when a daemon it left
-//! in the background still holds stdout), and timeouts are deadlines in
-//! that loop rather than a thread or a `sleep` per command. The child is
-//! forked with everything prepared in the parent and makes only raw,
+//! Key design decision: `call` only validates and never blocks; a few
+//! executor threads (one per core, at most 4, started on first use) each
+//! run one `mio::Poll` over their commands' pipes and a pidfd per command,
+//! so a command is answered the moment bash exits (even when a daemon it
+//! left in the background still holds stdout), and timeouts are deadlines
+//! in that loop rather than a thread or a `sleep` per command. The child
+//! is started the way posix_spawn does it (`clone(CLONE_VM|CLONE_VFORK)`)
+//! with everything prepared in the parent, and makes only raw,
 //! async-signal-safe syscalls before `execve`.
 
 mod capture;
@@ -20,7 +21,7 @@ mod params;
 mod report;
 mod spawn;
 
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -82,8 +83,12 @@ basicagent_abi::export_plugin!(PluginSpec {
 /// The host's settings; the first `init` wins (the host's API table, and
 /// so its config, is process-wide too).
 static CONFIG: OnceLock<Config> = OnceLock::new();
-/// The executor, started on first use, taken by `fini`.
-static EXECUTOR: Mutex<Option<Handle>> = Mutex::new(None);
+/// The executors, started on first use, taken by `fini`. Several, so
+/// that starting commands (NSS lookups, clone until exec) runs on more
+/// than one core; each polls the commands it started.
+static EXECUTORS: Mutex<Vec<Option<Handle>>> = Mutex::new(Vec::new());
+/// Round-robin choice of executor.
+static NEXT: AtomicUsize = AtomicUsize::new(0);
 /// Commands admitted and not yet answered.
 static RUNNING: AtomicUsize = AtomicUsize::new(0);
 
@@ -91,9 +96,14 @@ fn config() -> &'static Config {
     CONFIG.get_or_init(Config::default)
 }
 
-fn executor() -> MutexGuard<'static, Option<Handle>> {
+fn executors() -> MutexGuard<'static, Vec<Option<Handle>>> {
     // The guarded value is replaced whole, never left half-updated.
-    EXECUTOR.lock().unwrap_or_else(|e| e.into_inner())
+    EXECUTORS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// How many executor threads: one per core, 1 to 4.
+fn executor_count() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4))
 }
 
 fn init(host: &Host) -> Result<(), InitError> {
@@ -125,26 +135,33 @@ fn call(call: Call, request: &[u8]) {
     })));
 }
 
-/// Sends to the executor, starting it (again, if it died) when needed.
+/// Sends a new command to the next executor, starting it (again, if it
+/// died) when needed.
 fn submit(msg: Msg) {
-    let mut guard = executor();
+    let mut guard = executors();
+    if guard.is_empty() {
+        guard.resize_with(executor_count(), || None);
+    }
+    let slot = NEXT.fetch_add(1, Ordering::Relaxed) % guard.len();
     let mut msg = msg;
     for _ in 0..2 {
-        if guard.is_none() {
+        if guard[slot].is_none() {
             match Handle::start(config().clone()) {
-                Ok(h) => *guard = Some(h),
+                Ok(h) => guard[slot] = Some(h),
                 Err(e) => {
-                    log::error!("sync.bash: cannot start the executor: {e}");
+                    log::error!("sync.bash: cannot start an executor: {e}");
                     break;
                 }
             }
         }
-        let Some(handle) = guard.as_ref() else { break };
+        let Some(handle) = guard[slot].as_ref() else {
+            break;
+        };
         match handle.send(msg) {
             Ok(()) => return,
             Err(back) => {
                 msg = back;
-                *guard = None;
+                guard[slot] = None;
             }
         }
     }
@@ -159,15 +176,15 @@ fn submit(msg: Msg) {
     }
 }
 
+/// Every executor hears the cancel; the one running the call acts on it,
+/// the others ignore an id they do not know.
 fn cancel(id: CallId) {
-    if let Some(handle) = executor().as_ref() {
+    for handle in executors().iter().flatten() {
         let _ = handle.send(Msg::Cancel(id));
     }
 }
 
 fn fini() {
-    let handle = executor().take();
-    if let Some(handle) = handle {
-        handle.shutdown(Duration::from_secs(5));
-    }
+    let handles: Vec<Handle> = executors().drain(..).flatten().collect();
+    executor::shutdown_all(handles, Duration::from_secs(5));
 }
