@@ -191,26 +191,6 @@ fn token(slot: usize, kind: usize) -> Token {
     Token(slot << 2 | kind)
 }
 
-fn read_fd(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: reading into a live buffer of buf.len() bytes.
-    let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
-}
-
-fn write_fd(fd: &OwnedFd, buf: &[u8]) -> io::Result<usize> {
-    // SAFETY: writing from a live buffer of buf.len() bytes.
-    let n = unsafe { libc::write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
-}
-
 fn deregister(poll: &Poll, fd: &OwnedFd) {
     // Deregister before close: a forked child may still hold a copy of the
     // descriptor, which would keep the epoll registration alive.
@@ -233,7 +213,7 @@ impl Stream {
             return false;
         }
         for _ in 0..reads {
-            match read_fd(fd, scratch) {
+            match spawn::read_fd(fd, scratch) {
                 Ok(0) => {
                     self.close(poll);
                     return false;
@@ -271,7 +251,7 @@ impl StdinFeed {
             return;
         }
         while self.written < self.data.len() {
-            match write_fd(fd, &self.data[self.written..]) {
+            match spawn::write_fd(fd, &self.data[self.written..]) {
                 Ok(n) => self.written += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -298,8 +278,7 @@ impl StdinFeed {
 
 impl Executor {
     fn new(poll: Poll, rx: Receiver<Msg>, config: Config) -> Self {
-        // SAFETY: geteuid/getegid cannot fail.
-        let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        let (euid, egid) = spawn::effective_ids();
         Executor {
             poll,
             rx,

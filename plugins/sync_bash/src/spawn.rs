@@ -517,6 +517,34 @@ pub fn read_failure(fd: &OwnedFd) -> Option<ChildFailure> {
     })
 }
 
+/// `read(2)` on a descriptor of ours.
+pub fn read_fd(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: reading into a live buffer of buf.len() bytes.
+    let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// `write(2)` on a descriptor of ours.
+pub fn write_fd(fd: &OwnedFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: writing from a live buffer of buf.len() bytes.
+    let n = unsafe { libc::write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// The agent's effective uid and gid.
+pub fn effective_ids() -> (libc::uid_t, libc::gid_t) {
+    // SAFETY: geteuid/getegid take no arguments and cannot fail.
+    unsafe { (libc::geteuid(), libc::getegid()) }
+}
+
 /// Sends `sig` to the whole process group `pgid` (errors ignored: the
 /// group may be gone already).
 pub fn signal_group(pgid: libc::pid_t, sig: libc::c_int) {
