@@ -10,6 +10,7 @@ mod admin;
 mod admin_client;
 mod conn;
 mod events;
+mod loadtest;
 mod policy;
 mod registry;
 mod serve;
@@ -44,9 +45,14 @@ Usage:
   BasicAgentServer tasks [--admin SOCK]
   BasicAgentServer call  [--admin SOCK] (--host ID | --all) [--timeout SECS] 'JSON-REQUEST'
   BasicAgentServer send  [--admin SOCK] --host ID [--timeout SECS] 'RAW LINE' | -   (- reads stdin)
+  BasicAgentServer loadtest --listen ADDR --cert PEM --key PEM --requests N --depth D
+                         [--json REQUEST] [--warmup N] [--timeout SECS]
+      accepts one agent, sends N requests (at most D in flight), prints one JSON line:
+      {\"requests\",\"depth\",\"seconds\",\"rate_per_s\",\"p50_us\",\"p99_us\",\"max_us\",\"errors\"}
 
 Defaults: --listen 127.0.0.1:8443, --admin /run/basicagent-server.sock,
-call --timeout 130, send --timeout 2, --handshake-timeout 10, --max-frame 16777216.
+call --timeout 130, send --timeout 2, --handshake-timeout 10, --max-frame 16777216;
+loadtest --json '{\"method\":\"getinfo.kernel\"}', --warmup 0, --timeout 120.
 Log level: RUST_LOG (default info).";
 
 /// Locks a mutex, taking the data even if another thread panicked with it.
@@ -102,6 +108,20 @@ fn dispatch(args: &[String]) -> Result<ExitCode, String> {
             }
         }
         "list" | "tasks" => {}
+        "loadtest" => {
+            for (name, hint) in [
+                ("listen", "ADDR"),
+                ("cert", "PEM"),
+                ("key", "PEM"),
+                ("requests", "N"),
+                ("depth", "D"),
+                ("json", "REQUEST"),
+                ("warmup", "N"),
+                ("timeout", "SECS"),
+            ] {
+                opts.optopt("", name, "", hint);
+            }
+        }
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
             return Ok(ExitCode::SUCCESS);
@@ -120,6 +140,11 @@ fn dispatch(args: &[String]) -> Result<ExitCode, String> {
     if command == "serve" {
         let options = serve_options(&m, admin)?;
         serve::run(options).map_err(|e| e.to_string())?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if command == "loadtest" {
+        let report = loadtest::run(&loadtest_options(&m)?).map_err(|e| e.to_string())?;
+        println!("{}", report.to_json());
         return Ok(ExitCode::SUCCESS);
     }
     let timeout = |default: f64| -> Result<f64, String> {
@@ -237,5 +262,40 @@ fn serve_options(m: &getopts::Matches, admin: PathBuf) -> Result<ServeOptions, S
             handshake_timeout: Duration::from_secs(handshake_timeout),
             max_frame,
         },
+    })
+}
+
+fn loadtest_options(m: &getopts::Matches) -> Result<loadtest::LoadOptions, String> {
+    let need = |name: &str| m.opt_str(name).ok_or(format!("loadtest needs --{name}"));
+    let number = |name: &str, default: Option<u64>| -> Result<u64, String> {
+        match m.opt_str(name) {
+            Some(v) => v.parse::<u64>().map_err(|_| format!("bad --{name} {v:?}")),
+            None => default.ok_or(format!("loadtest needs --{name}")),
+        }
+    };
+    let listen_text = need("listen")?;
+    let listen: SocketAddr = listen_text
+        .parse()
+        .map_err(|_| format!("bad --listen {listen_text:?} (want IP:PORT)"))?;
+    let timeout = match m.opt_str("timeout") {
+        None => 120.0,
+        Some(t) => t
+            .parse::<f64>()
+            .ok()
+            .filter(|t| t.is_finite() && *t > 0.0)
+            .ok_or(format!("bad --timeout {t:?}"))?,
+    };
+    Ok(loadtest::LoadOptions {
+        listen,
+        cert: need("cert")?.into(),
+        key: need("key")?.into(),
+        requests: number("requests", None)?,
+        depth: number("depth", None)?,
+        request: m
+            .opt_str("json")
+            .unwrap_or_else(|| r#"{"method":"getinfo.kernel"}"#.to_owned()),
+        warmup: number("warmup", Some(0))?,
+        timeout: Duration::try_from_secs_f64(timeout)
+            .map_err(|_| format!("bad --timeout {timeout}"))?,
     })
 }

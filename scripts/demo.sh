@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# demo.sh: build everything, start the reference server and the agent on
+# loopback, send a few requests through the server and print the answers.
+#
+# Everything lives in a temporary directory (certificates, a private hosts
+# file, the agent's configuration, state, log and pid file) that is removed
+# on exit, with both processes. Nothing outside it is touched: the agent
+# reads its own hosts file (server.hosts_file), not /etc/hosts.
+#
+#   scripts/demo.sh                  # a free port on 127.0.0.2
+#   DEMO_PORT=19443 scripts/demo.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+SERVER_ADDR=127.0.0.2     # the server; 127.0.0.1 is listed first with nothing listening
+
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+if ! command -v openssl >/dev/null 2>&1; then
+    say "installing openssl"
+    apt-get install -y openssl >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y openssl >/dev/null; }
+fi
+command -v python3 >/dev/null 2>&1 || { echo "demo.sh: python3 is needed to pretty-print JSON" >&2; exit 1; }
+# A port free on both 127.0.0.1 and 127.0.0.2, unless one is given.
+PORT=${DEMO_PORT:-$(python3 -c '
+import socket
+for _ in range(50):
+    a = socket.socket(); a.bind(("127.0.0.2", 0)); port = a.getsockname()[1]
+    b = socket.socket()
+    try:
+        b.bind(("127.0.0.1", port))
+    except OSError:
+        continue
+    print(port); break
+')}
+
+say "building (cargo build --release --workspace)"
+cargo build --release --workspace
+BIN=$ROOT/target/release
+
+D=$(mktemp -d /tmp/basicagent-demo.XXXXXX)
+SERVER_PID=
+AGENT_PID=
+cleanup() {
+    local status=$?
+    trap - EXIT INT TERM
+    for pid in $AGENT_PID $SERVER_PID; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in $AGENT_PID $SERVER_PID; do
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$D"
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+say "certificates (scripts/make-certs.sh)"
+scripts/make-certs.sh "$D" config.cargo.com
+
+# Two addresses for the server name: the agent tries them in file order.
+printf '127.0.0.1 config.cargo.com\n%s config.cargo.com\n' "$SERVER_ADDR" > "$D/hosts"
+cat > "$D/agent.toml" <<EOF
+[server]
+name = "config.cargo.com"
+port = $PORT
+ca = "$D/ca.pem"
+hosts_file = "$D/hosts"
+connect_timeout = 2
+
+[agent]
+state_dir = "$D/state"
+plugin_dir = "$BIN"
+EOF
+echo "hosts file $D/hosts:"; sed 's/^/    /' "$D/hosts"
+
+say "starting BasicAgentServer on $SERVER_ADDR:$PORT and BasicAgent"
+ADMIN=$D/admin.sock
+RUST_LOG=warn "$BIN/BasicAgentServer" serve --listen "$SERVER_ADDR:$PORT" \
+    --cert "$D/server.pem" --key "$D/server.key" \
+    --admin "$ADMIN" --events "$D/events.jsonl" 2>"$D/server.log" &
+SERVER_PID=$!
+for _ in $(seq 50); do [ -S "$ADMIN" ] && break; sleep 0.1; done
+[ -S "$ADMIN" ] || { echo "demo.sh: the server did not start:" >&2; cat "$D/server.log" >&2; exit 1; }
+
+"$BIN/BasicAgent" -c "$D/agent.toml" -f -L "$D/agent.log" -P "$D/agent.pid" &
+AGENT_PID=$!
+
+# Wait (at most 20 s) until the agent shows up in the server's list.
+HOST=
+for _ in $(seq 100); do
+    HOST=$("$BIN/BasicAgentServer" list --admin "$ADMIN" 2>/dev/null | python3 -c '
+import json, sys
+for line in sys.stdin:
+    print(json.loads(line).get("host", "")); break
+' || true)
+    [ -n "$HOST" ] && break
+    kill -0 "$AGENT_PID" 2>/dev/null || { echo "demo.sh: the agent exited:" >&2; cat "$D/agent.log" >&2; exit 1; }
+    sleep 0.2
+done
+[ -n "$HOST" ] || { echo "demo.sh: the agent did not connect within 20 s:" >&2; tail -n 20 "$D/agent.log" >&2; exit 1; }
+
+say "BasicAgentServer list"
+"$BIN/BasicAgentServer" list --admin "$ADMIN" | python3 -m json.tool --json-lines
+
+call() {
+    say "$1"
+    shift
+    echo "request: $1"
+    # A failed response makes `call` exit 1; the demo shows it anyway.
+    "$BIN/BasicAgentServer" call --admin "$ADMIN" --host "$HOST" --timeout 20 "$1" \
+        | python3 -m json.tool || true
+}
+call "getinfo.kernel" '{"method":"getinfo.kernel"}'
+call "getinfo.users -U root" '{"method":"getinfo.users","args":"-U root"}'
+call "sync.bash" '{"method":"sync.bash","cmd":"echo hello from $(id -un); uname -r","timeout":10}'
+call "agent.info (built in)" '{"method":"agent.info"}'
+call "an unknown method (3022)" '{"method":"getinfo.nosuchthing"}'
+
+say "agent log (last lines): 127.0.0.1 refused, then 127.0.0.2"
+tail -n 12 "$D/agent.log"
+
+say "done; stopping both and removing $D"
