@@ -215,6 +215,7 @@ impl Reactor {
                                 now,
                                 r.token,
                                 r.result.map_err(|e| e.to_string()),
+                                r.last,
                             );
                         }
                     }
@@ -443,6 +444,11 @@ impl Reactor {
                 }
                 pending = pending.saturating_sub(n);
                 self.session.handle_data(now, &self.read_buf[..n]);
+            }
+            if self.session.generation() != generation {
+                // The data moved the session elsewhere (a redirect): what
+                // happens to the old socket no longer matters.
+                return IoOutcome::Ok;
             }
             if eof || state.peer_has_closed() {
                 return IoOutcome::Failed("closed by the server".to_owned());

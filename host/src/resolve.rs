@@ -31,8 +31,13 @@ use tokio::sync::mpsc as async_mpsc;
 pub struct Resolved {
     /// The token given to [`Resolver::request`].
     pub token: u64,
-    /// The addresses in order (never empty on success), or why there are none.
+    /// Addresses in order, or why there are none. The hosts-file lines
+    /// come first in their own result (`last: false`) so that they can be
+    /// tried at once; the DNS answers follow (`last: true`, possibly empty,
+    /// duplicates of hosts lines removed) when DNS has answered or given up.
     pub result: Result<Vec<SocketAddr>, ResolveError>,
+    /// No more results for this token.
+    pub last: bool,
 }
 
 /// Why a name has no address.
@@ -127,16 +132,19 @@ impl Resolver {
                         let res_tx = res_tx.clone();
                         let waker = Arc::clone(&waker);
                         tokio::spawn(async move {
-                            let result = resolve(&hosts_file, &dns, &req.name, req.port).await;
-                            let done = Resolved {
-                                token: req.token,
-                                result,
-                            };
-                            if res_tx.send(done).is_ok() {
-                                if let Err(e) = waker.wake() {
-                                    log::error!("resolver: waking the event loop: {e}");
+                            let emit = |result, last| {
+                                let done = Resolved {
+                                    token: req.token,
+                                    result,
+                                    last,
+                                };
+                                if res_tx.send(done).is_ok() {
+                                    if let Err(e) = waker.wake() {
+                                        log::error!("resolver: waking the event loop: {e}");
+                                    }
                                 }
-                            }
+                            };
+                            resolve(&hosts_file, &dns, &req.name, req.port, emit).await;
                         });
                     }
                 });
@@ -208,11 +216,17 @@ async fn resolve(
     dns: &Dns,
     name: &str,
     port: u16,
-) -> Result<Vec<SocketAddr>, ResolveError> {
+    emit: impl Fn(Result<Vec<SocketAddr>, ResolveError>, bool),
+) {
+    let with_port = |ips: &[IpAddr]| {
+        ips.iter()
+            .map(|ip| SocketAddr::new(*ip, port))
+            .collect::<Vec<_>>()
+    };
     if let Some(ip) = ip_literal(name) {
-        return Ok(vec![SocketAddr::new(ip, port)]);
+        return emit(Ok(vec![SocketAddr::new(ip, port)]), true);
     }
-    let mut ips = match std::fs::read_to_string(hosts_file) {
+    let mut hosts = match std::fs::read_to_string(hosts_file) {
         Ok(text) => hosts_lookup(&text, name),
         Err(e) => {
             if e.kind() != io::ErrorKind::NotFound {
@@ -221,6 +235,12 @@ async fn resolve(
             Vec::new()
         }
     };
+    let mut seen = HashSet::new();
+    hosts.retain(|ip| seen.insert(*ip));
+    if !hosts.is_empty() {
+        // Usable now: a dead DNS server must not delay the hosts lines.
+        emit(Ok(with_port(&hosts)), false);
+    }
     let dns_ips = match dns {
         Ok(dns) => dns
             .lookup_ip(name)
@@ -242,16 +262,16 @@ async fn resolve(
         }),
     };
     match dns_ips {
-        Ok(found) => ips.extend(found),
-        Err(e) if !ips.is_empty() => log::debug!("{e} (using the hosts entries)"),
-        Err(e) => return Err(e),
+        Ok(mut found) => {
+            found.retain(|ip| seen.insert(*ip));
+            emit(Ok(with_port(&found)), true);
+        }
+        Err(e) if !hosts.is_empty() => {
+            log::debug!("{e} (using the hosts entries)");
+            emit(Ok(Vec::new()), true);
+        }
+        Err(e) => emit(Err(e), true),
     }
-    let mut seen = HashSet::new();
-    ips.retain(|ip| seen.insert(*ip));
-    Ok(ips
-        .into_iter()
-        .map(|ip| SocketAddr::new(ip, port))
-        .collect())
 }
 
 /// `name` as an IP address (`[v6]` accepted), if it is one.
@@ -333,10 +353,28 @@ fe80::1%eth0 config.cargo.com
 
     fn run(resolver: &Resolver, poll: &mut mio::Poll, token: u64) -> Resolved {
         let mut events = mio::Events::with_capacity(4);
+        let mut merged: Vec<SocketAddr> = Vec::new();
         loop {
-            if let Some(r) = resolver.try_result() {
+            while let Some(r) = resolver.try_result() {
                 assert_eq!(r.token, token);
-                return r;
+                match r.result {
+                    Ok(v) => merged.extend(v),
+                    Err(e) if merged.is_empty() => {
+                        return Resolved {
+                            token,
+                            result: Err(e),
+                            last: true,
+                        }
+                    }
+                    Err(_) => {}
+                }
+                if r.last {
+                    return Resolved {
+                        token,
+                        result: Ok(merged),
+                        last: true,
+                    };
+                }
             }
             poll.poll(&mut events, Some(Duration::from_secs(30)))
                 .unwrap();

@@ -112,6 +112,8 @@ pub struct Session {
     decoder: FrameDecoder,
     actions: VecDeque<Action>,
     next_token: u64,
+    /// A resolution whose later parts (DNS) may still add targets.
+    more: Option<u64>,
     ping_seq: u64,
     generation: u64,
     rng: u64,
@@ -132,6 +134,7 @@ impl Session {
             failures: 0,
             actions: VecDeque::new(),
             next_token: 0,
+            more: None,
             ping_seq: 0,
             generation: 0,
         };
@@ -197,30 +200,40 @@ impl Session {
         }
     }
 
-    /// A resolution finished. Addresses are tried in order, before the
-    /// rest of the round's targets.
+    /// Addresses for a name. A resolution may answer in parts (the
+    /// hosts-file lines at once, DNS later): the first part is tried at
+    /// once, before the rest of the round's targets; later parts (`last`
+    /// ends them) are appended, and an exhausted round waits for them
+    /// before it gives up.
     pub fn handle_resolved(
         &mut self,
         now: Instant,
         token: u64,
         result: Result<Vec<SocketAddr>, String>,
+        last: bool,
     ) {
-        let State::Resolving { token: want } = self.state else {
-            return;
-        };
-        if token != want {
+        let waiting = matches!(self.state, State::Resolving { token: t } if t == token);
+        let streaming = self.more == Some(token);
+        if !waiting && !streaming {
             return;
         }
+        self.more = if last { None } else { Some(token) };
         match result {
-            Ok(addrs) => {
+            Ok(addrs) if waiting => {
                 log::debug!("resolved to {} address(es): {addrs:?}", addrs.len());
                 for addr in addrs.into_iter().rev() {
                     self.targets.push_front(ServerAddr::Ip(addr));
                 }
             }
+            Ok(addrs) => {
+                log::debug!("{} more address(es) from DNS: {addrs:?}", addrs.len());
+                self.targets.extend(addrs.into_iter().map(ServerAddr::Ip));
+            }
             Err(e) => log::warn!("cannot resolve: {e}"),
         }
-        self.next_target(now);
+        if waiting && (last || !self.targets.is_empty()) {
+            self.next_target(now);
+        }
     }
 
     /// The TCP connection is up; the TLS handshake starts.
@@ -339,6 +352,7 @@ impl Session {
                 let shown: Vec<String> = list.iter().map(ToString::to_string).collect();
                 log::info!("{addr}: redirected to {}", shown.join(","));
                 self.targets = list.into();
+                self.more = None;
                 self.next_target(now);
             }
             Ok((InitReply::Rejected { retcode, message }, _)) => {
@@ -447,6 +461,7 @@ impl Session {
 
     fn start_round(&mut self, now: Instant) {
         self.targets.clear();
+        self.more = None;
         match parse_server_addr(&self.cfg.name, self.cfg.port) {
             Ok(addr) => self.targets.push_back(addr),
             Err(e) => log::error!("invalid server name {:?}: {e}", self.cfg.name),
@@ -457,6 +472,11 @@ impl Session {
     fn next_target(&mut self, now: Instant) {
         self.decoder = FrameDecoder::new(self.cfg.max_frame);
         match self.targets.pop_front() {
+            None if self.more.is_some() => {
+                let token = self.more.unwrap_or_default();
+                log::debug!("waiting for DNS before giving up");
+                self.state = State::Resolving { token };
+            }
             None => {
                 log::warn!("every address failed");
                 self.backoff(now);
@@ -487,6 +507,7 @@ impl Session {
         self.failures = self.failures.saturating_add(1);
         self.redirects = 0;
         self.targets.clear();
+        self.more = None;
         let delay = self.backoff_delay();
         log::info!("retrying in {:.1} s", delay.as_secs_f64());
         self.state = State::Backoff { until: now + delay };
@@ -556,7 +577,7 @@ mod tests {
             }] if name == "config.cargo.com" => *token,
             other => panic!("{other:?}"),
         };
-        s.handle_resolved(t, token, Ok(vec![a]));
+        s.handle_resolved(t, token, Ok(vec![a]), true);
         assert_eq!(drain(s), vec![Action::Connect(a)]);
         s.handle_tcp_connected(t);
         s.handle_tls_established(t);
@@ -585,6 +606,7 @@ mod tests {
             t,
             token,
             Ok(vec![addr("127.0.0.1:8443"), addr("127.0.0.2:8443")]),
+            true,
         );
         assert_eq!(drain(&mut s), vec![Action::Connect(addr("127.0.0.1:8443"))]);
         s.handle_transport_failed(t, "connection refused");
@@ -615,6 +637,7 @@ mod tests {
             t,
             token,
             Ok(vec![addr("127.0.0.1:8443"), addr("127.0.0.2:8443")]),
+            true,
         );
         drain(&mut s);
         assert_eq!(s.poll_timeout(), Some(t + Duration::from_secs(10)));
@@ -644,7 +667,7 @@ mod tests {
                 [Action::Resolve { token, .. }] => *token,
                 other => panic!("{other:?}"),
             };
-            s.handle_resolved(t, token, Ok(vec![addr("127.0.0.1:8443")]));
+            s.handle_resolved(t, token, Ok(vec![addr("127.0.0.1:8443")]), true);
             drain(&mut s);
             s.handle_transport_failed(t, "refused");
             assert_eq!(drain(&mut s), vec![Action::Close]);
@@ -681,9 +704,9 @@ mod tests {
             [Action::Resolve { token, .. }] => *token,
             other => panic!("{other:?}"),
         };
-        s.handle_resolved(t, token + 99, Ok(vec![addr("127.0.0.1:1")]));
+        s.handle_resolved(t, token + 99, Ok(vec![addr("127.0.0.1:1")]), true);
         assert!(drain(&mut s).is_empty(), "a stale token is ignored");
-        s.handle_resolved(t, token, Err("NXDOMAIN".into()));
+        s.handle_resolved(t, token, Err("NXDOMAIN".into()), true);
         assert_eq!(s.phase(), Phase::Backoff);
     }
 
@@ -695,7 +718,7 @@ mod tests {
             [Action::Resolve { token, .. }] => *token,
             other => panic!("{other:?}"),
         };
-        s.handle_resolved(t, token, Ok(vec![addr("127.0.0.1:8443")]));
+        s.handle_resolved(t, token, Ok(vec![addr("127.0.0.1:8443")]), true);
         drain(&mut s);
         let mut inits = Vec::new();
         for round in 0..4 {
@@ -739,7 +762,7 @@ mod tests {
             [Action::Resolve { token, .. }] => *token,
             other => panic!("{other:?}"),
         };
-        s.handle_resolved(t, token, Ok(vec![addr("127.0.0.1:8443")]));
+        s.handle_resolved(t, token, Ok(vec![addr("127.0.0.1:8443")]), true);
         drain(&mut s);
         s.handle_tcp_connected(t);
         s.handle_tls_established(t);
@@ -761,7 +784,7 @@ mod tests {
             }] if name == "node2.example" => *token,
             other => panic!("{other:?}"),
         };
-        s.handle_resolved(t, token, Ok(vec![addr("127.0.0.4:9000")]));
+        s.handle_resolved(t, token, Ok(vec![addr("127.0.0.4:9000")]), true);
         assert_eq!(drain(&mut s), vec![Action::Connect(addr("127.0.0.4:9000"))]);
         s.handle_transport_failed(t, "refused");
         assert_eq!(
@@ -786,6 +809,7 @@ mod tests {
                 addr("127.0.0.2:1"),
                 addr("127.0.0.3:1"),
             ]),
+            true,
         );
         drain(&mut s);
         s.handle_tcp_connected(t);
@@ -901,7 +925,7 @@ mod tests {
             Action::Resolve { token, .. } => *token,
             other => panic!("reconnects at once through resolution: {other:?}"),
         };
-        s.handle_resolved(t, token, Ok(vec![a]));
+        s.handle_resolved(t, token, Ok(vec![a]), true);
         assert_eq!(drain(&mut s), vec![Action::Connect(a)]);
         assert!(s.generation() > g, "a new connection is a new generation");
     }
@@ -915,6 +939,46 @@ mod tests {
         assert_eq!(drain(&mut s), vec![Action::Close, Action::Down]);
         assert_eq!(s.phase(), Phase::Closed);
         assert_eq!(s.poll_timeout(), None);
+    }
+
+    #[test]
+    fn hosts_lines_are_tried_before_dns_answers_and_a_round_waits_for_dns() {
+        let t = Instant::now();
+        let mut s = Session::new(cfg(), init(), t);
+        let token = match drain(&mut s).as_slice() {
+            [Action::Resolve { token, .. }] => *token,
+            other => panic!("{other:?}"),
+        };
+        s.handle_resolved(t, token, Ok(vec![addr("127.0.0.1:8443")]), false);
+        assert_eq!(drain(&mut s), vec![Action::Connect(addr("127.0.0.1:8443"))]);
+        s.handle_transport_failed(t, "refused");
+        assert_eq!(drain(&mut s), vec![Action::Close]);
+        assert_eq!(
+            s.phase(),
+            Phase::Resolving,
+            "waits for DNS instead of backing off"
+        );
+        s.handle_resolved(t, token, Ok(vec![addr("127.0.0.5:8443")]), true);
+        assert_eq!(drain(&mut s), vec![Action::Connect(addr("127.0.0.5:8443"))]);
+        s.handle_transport_failed(t, "refused");
+        drain(&mut s);
+        assert_eq!(s.phase(), Phase::Backoff);
+        // DNS answering while a hosts line is being tried: appended.
+        let until = s.poll_timeout().unwrap();
+        s.handle_timeout(until);
+        let token = match drain(&mut s).as_slice() {
+            [Action::Resolve { token, .. }] => *token,
+            other => panic!("{other:?}"),
+        };
+        s.handle_resolved(until, token, Ok(vec![addr("127.0.0.1:8443")]), false);
+        drain(&mut s);
+        s.handle_resolved(until, token, Ok(vec![addr("127.0.0.6:8443")]), true);
+        assert!(drain(&mut s).is_empty());
+        s.handle_transport_failed(until, "refused");
+        assert_eq!(
+            drain(&mut s),
+            vec![Action::Close, Action::Connect(addr("127.0.0.6:8443"))]
+        );
     }
 
     #[test]

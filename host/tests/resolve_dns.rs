@@ -127,10 +127,28 @@ impl Loop {
         self.resolver.request(token, name.to_owned(), port);
         let mut events = mio::Events::with_capacity(4);
         let deadline = Instant::now() + Duration::from_secs(30);
+        let mut merged: Vec<SocketAddr> = Vec::new();
         loop {
-            if let Some(r) = self.resolver.try_result() {
+            while let Some(r) = self.resolver.try_result() {
                 assert_eq!(r.token, token);
-                return r;
+                match r.result {
+                    Ok(v) => merged.extend(v),
+                    Err(e) if merged.is_empty() => {
+                        return Resolved {
+                            token,
+                            result: Err(e),
+                            last: true,
+                        }
+                    }
+                    Err(_) => {}
+                }
+                if r.last {
+                    return Resolved {
+                        token,
+                        result: Ok(merged),
+                        last: true,
+                    };
+                }
             }
             assert!(Instant::now() < deadline, "no result for {name}");
             self.poll

@@ -41,7 +41,10 @@ pub fn spawn(shared: Arc<Shared>, sock: TcpStream, peer: SocketAddr) -> io::Resu
     let local = sock.local_addr().unwrap_or(shared.settings.listen);
     let poll = Poll::new()?;
     let waker = Waker::new(poll.registry(), WAKE)?;
-    let tls = ServerConnection::new(shared.tls.clone()).map_err(io::Error::other)?;
+    let mut tls = ServerConnection::new(shared.tls.clone()).map_err(io::Error::other)?;
+    // The admin side may queue frames up to --max-frame (and tests send
+    // oversized ones on purpose): let rustls buffer them whole.
+    tls.set_buffer_limit(None);
     std::thread::Builder::new()
         .name(format!("agent {peer}"))
         .spawn(move || {
