@@ -1,0 +1,1 @@
+//! getinfo.cpu (being written).

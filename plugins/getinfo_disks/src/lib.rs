@@ -1,0 +1,1 @@
+//! getinfo.disks (being written).

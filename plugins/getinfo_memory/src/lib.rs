@@ -1,0 +1,1 @@
+//! getinfo.memory (being written).

@@ -1,0 +1,1 @@
+//! getinfo.os (being written).

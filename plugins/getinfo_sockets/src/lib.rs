@@ -1,0 +1,1 @@
+//! getinfo.sockets (being written).
