@@ -1,7 +1,7 @@
 //! The `#[repr(C)]` mirror of `include/basicagent_plugin.h`, field for field.
 //!
-//! The header is the contract; this file follows it. `tests/c_header.rs`
-//! compiles a C plugin against the header and loads it through these types,
+//! The header is the contract; this file follows it. `tests/loader.rs`
+//! compiles C plugins against the header and loads them through these types,
 //! and checks the sizes and offsets the C compiler computes against ours.
 
 use std::ffi::c_char;

@@ -62,6 +62,12 @@ pub enum LoadError {
     },
     #[error("{path}: plugin init failed (see the log)")]
     InitFailed { path: PathBuf },
+    #[error("{reason} (refused earlier; not retried until the file changes)")]
+    Refused {
+        path: PathBuf,
+        retcode: u32,
+        reason: String,
+    },
 }
 
 impl LoadError {
@@ -73,6 +79,7 @@ impl LoadError {
             LoadError::InvalidMethod(_)
             | LoadError::NotFound { .. }
             | LoadError::MethodNotServed { .. } => retcode::UNKNOWN_METHOD,
+            LoadError::Refused { retcode, .. } => *retcode,
             _ => retcode::PLUGIN_FAILURE,
         }
     }
@@ -386,7 +393,26 @@ fn read_info(path: &Path, desc: &PluginDescriptor) -> Result<PluginInfo, LoadErr
 pub struct PluginRegistry {
     dir: PathBuf,
     settings: HostSettings,
-    loaded: Mutex<HashMap<String, Arc<Plugin>>>,
+    /// Held while a file is loaded, so that a plugin's `init` never runs
+    /// twice for one file version, even with concurrent first calls.
+    state: Mutex<RegistryState>,
+}
+
+#[derive(Default)]
+struct RegistryState {
+    loaded: HashMap<String, Arc<Plugin>>,
+    /// Files refused, with the version refused: not tried again (no second
+    /// `dlopen`, no second `init`) until the file changes on disk.
+    refused: HashMap<String, Refusal>,
+    /// Files once handed to `dlopen` by their path: glibc would return the
+    /// old handle for that name, so a new version loads under a unique one.
+    opened: std::collections::HashSet<String>,
+}
+
+struct Refusal {
+    file_id: FileId,
+    retcode: u32,
+    reason: String,
 }
 
 impl PluginRegistry {
@@ -395,7 +421,7 @@ impl PluginRegistry {
         PluginRegistry {
             dir: dir.into(),
             settings,
-            loaded: Mutex::new(HashMap::new()),
+            state: Mutex::new(RegistryState::default()),
         }
     }
 
@@ -404,66 +430,120 @@ impl PluginRegistry {
         &self.dir
     }
 
-    fn loaded(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Plugin>>> {
-        self.loaded.lock().unwrap_or_else(|e| e.into_inner())
+    fn state(&self) -> std::sync::MutexGuard<'_, RegistryState> {
+        // Loading never panics while holding the lock in a way that leaves
+        // the maps inconsistent (inserts are single operations).
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The plugin serving `method`, loading its file on first use.
+    /// The plugin serving `method`, loading its file on first use. A file
+    /// refused once is refused again without being opened until it changes.
     pub fn get(&self, method: &str) -> Result<Arc<Plugin>, LoadError> {
         let file = file_name_for(method)?;
-        if let Some(p) = self.loaded().get(&file) {
+        let mut state = self.state();
+        if let Some(p) = state.loaded.get(&file) {
             return Ok(Arc::clone(p));
         }
         let path = self.dir.join(&file);
-        if !path.exists() {
-            return Err(LoadError::NotFound {
-                method: method.to_owned(),
+        let meta = match std::fs::metadata(&path) {
+            Ok(m) => m,
+            Err(_) => {
+                return Err(LoadError::NotFound {
+                    method: method.to_owned(),
+                    path,
+                })
+            }
+        };
+        let file_id = FileId::of(&meta);
+        if let Some(r) = state.refused.get(&file).filter(|r| r.file_id == file_id) {
+            return Err(LoadError::Refused {
                 path,
+                retcode: r.retcode,
+                reason: r.reason.clone(),
             });
         }
-        let plugin = Arc::new(Plugin::load(&path, &self.settings, false)?);
-        if !plugin.serves(method) {
-            return Err(LoadError::MethodNotServed {
-                path,
-                method: method.to_owned(),
-                served: plugin.info.methods.join(", "),
-            });
+        let unique = !state.opened.insert(file.clone());
+        let loaded = Plugin::load(&path, &self.settings, unique).and_then(|plugin| {
+            if plugin.serves(method) {
+                Ok(plugin)
+            } else {
+                Err(LoadError::MethodNotServed {
+                    path: path.clone(),
+                    method: method.to_owned(),
+                    served: plugin.info.methods.join(", "),
+                })
+            }
+        });
+        match loaded {
+            Ok(plugin) => {
+                log::info!(
+                    "loaded plugin {} {} from {}",
+                    plugin.info.name,
+                    plugin.info.version,
+                    path.display()
+                );
+                let plugin = Arc::new(plugin);
+                state.refused.remove(&file);
+                state.loaded.insert(file, Arc::clone(&plugin));
+                Ok(plugin)
+            }
+            Err(e) => {
+                log::error!("plugin refused: {e}");
+                state.refused.insert(
+                    file,
+                    Refusal {
+                        file_id,
+                        retcode: e.retcode(),
+                        reason: e.to_string(),
+                    },
+                );
+                Err(e)
+            }
         }
-        log::info!(
-            "loaded plugin {} {} from {}",
-            plugin.info.name,
-            plugin.info.version,
-            path.display()
-        );
-        let mut loaded = self.loaded();
-        let entry = loaded.entry(file).or_insert(plugin);
-        Ok(Arc::clone(entry))
     }
 
     /// Loads anew every loaded plugin whose file changed on disk (new
     /// calls go to the new one; calls in flight finish in the old one).
     /// Returns what was reloaded and what failed (the old one stays).
     pub fn reload_changed(&self) -> Vec<Result<PluginInfo, LoadError>> {
-        let current: Vec<(String, Arc<Plugin>)> = self
-            .loaded()
+        let mut state = self.state();
+        let current: Vec<(String, FileId)> = state
+            .loaded
             .iter()
-            .map(|(k, v)| (k.clone(), Arc::clone(v)))
+            .map(|(k, v)| (k.clone(), v.file_id))
             .collect();
         let mut out = Vec::new();
-        for (file, old) in current {
+        for (file, old_id) in current {
             let path = self.dir.join(&file);
             let Ok(meta) = std::fs::metadata(&path) else {
                 continue;
             };
-            if FileId::of(&meta) == old.file_id {
+            let file_id = FileId::of(&meta);
+            if file_id == old_id
+                || state
+                    .refused
+                    .get(&file)
+                    .is_some_and(|r| r.file_id == file_id)
+            {
                 continue;
             }
             match Plugin::load(&path, &self.settings, true) {
                 Ok(new) => {
                     out.push(Ok(new.info.clone()));
-                    self.loaded().insert(file, Arc::new(new));
+                    state.refused.remove(&file);
+                    state.loaded.insert(file, Arc::new(new));
                 }
-                Err(e) => out.push(Err(e)),
+                Err(e) => {
+                    state.refused.insert(
+                        file,
+                        Refusal {
+                            file_id,
+                            retcode: e.retcode(),
+                            reason: e.to_string(),
+                        },
+                    );
+                    out.push(Err(e));
+                }
             }
         }
         out
@@ -497,7 +577,8 @@ impl PluginRegistry {
 
     /// Calls `fini` on every loaded plugin (orderly shutdown).
     pub fn fini_all(&self) {
-        for p in self.loaded().values() {
+        let plugins: Vec<Arc<Plugin>> = self.state().loaded.values().cloned().collect();
+        for p in plugins {
             p.fini();
         }
     }

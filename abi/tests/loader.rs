@@ -306,6 +306,32 @@ fn the_registry_loads_on_first_use_and_reloads_a_replaced_file() {
 }
 
 #[test]
+fn a_refused_file_is_not_opened_again_until_it_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let staging = tempfile::tempdir().unwrap();
+    // init fails: the refusal is remembered, init does not run again.
+    let bad = compile(staging.path(), "bad.so", &["INIT_STATUS=BA_STATUS_FAILED"]);
+    std::fs::rename(&bad, dir.path().join("libgetinfo_fixture.so")).unwrap();
+    let reg = PluginRegistry::new(dir.path(), HostSettings::default());
+    assert!(matches!(
+        reg.get("getinfo.fixture").unwrap_err(),
+        LoadError::InitFailed { .. }
+    ));
+    let again = reg.get("getinfo.fixture").unwrap_err();
+    assert!(matches!(again, LoadError::Refused { .. }), "{again}");
+    assert_eq!(again.retcode(), retcode::PLUGIN_FAILURE);
+    assert!(again.to_string().contains("init failed"), "{again}");
+    // Fixed on disk (by rename): loaded, under a new name for glibc.
+    let good = compile(staging.path(), "good.so", &["VERSION=\"3.0.0\""]);
+    std::fs::rename(&good, dir.path().join("libgetinfo_fixture.so")).unwrap();
+    let c = call(
+        &reg.get("getinfo.fixture").unwrap(),
+        r#"{"method":"getinfo.fixture"}"#,
+    );
+    assert_eq!(c.data.as_deref(), Some(r#"{"version":"3.0.0"}"#));
+}
+
+#[test]
 fn the_scan_lists_good_plugins_and_refuses_broken_ones() {
     let dir = tempfile::tempdir().unwrap();
     compile(dir.path(), "libgetinfo_fixture.so", &[]);

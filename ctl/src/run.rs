@@ -78,8 +78,13 @@ pub fn call(dir: &Path, method: &str, request: &[u8], wait: Option<Duration>) ->
         None => rx.recv().ok(),
     };
     let response = match received {
-        Some(c) => Response::from_plugin(None, c.retcode, &c.message, c.data.as_deref()),
+        Some(c) => {
+            // The call is over: the plugin may shut down in order.
+            registry.fini_all();
+            Response::from_plugin(None, c.retcode, &c.message, c.data.as_deref())
+        }
         None => {
+            // Still in flight: fini would race it; the process exit ends it.
             plugin.cancel(id);
             Response::failed(
                 None,
@@ -88,7 +93,6 @@ pub fn call(dir: &Path, method: &str, request: &[u8], wait: Option<Duration>) ->
             )
         }
     };
-    registry.fini_all();
     print_response(response)
 }
 

@@ -4,7 +4,7 @@
  *
  *   BasicAgentCtl -c getinfo.hello -a "-n world"
  *   {"resp":"success","retcode":2,"message":"Normal termination",
- *    "data":{"greeting":"hello, world","calls":1}}
+ *    "data":{"greeting":"hello, world","calls":1,"language":"C"}}
  *
  * Build: cc -Wall -Wextra -Werror -pedantic -std=c11 -O2 -fPIC -shared \
  *          -I abi/include -o libgetinfo_hello.so getinfo_hello.c

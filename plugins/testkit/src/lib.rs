@@ -10,7 +10,7 @@ basicagent_abi::export_plugin!(PluginSpec {
     version: env!("CARGO_PKG_VERSION"),
     description: "test fixture: misbehaves on request (never installed)",
     methods: &["getinfo.testkit"],
-    usage: "args: -p panic now | -t panic in a thread | -d drop the call | -x complete twice\n      -b invalid JSON data | -e echo the request | -s MS complete after MS ms\n      -f fail with 3021",
+    usage: "args: -p panic now | -t panic in a thread | -d never complete (forget) | -x complete twice\n      -b invalid JSON data | -e echo the request | -s MS complete after MS ms\n      -f fail with 3021",
     init: None,
     call,
     cancel: None,
