@@ -1,0 +1,151 @@
+//! Loads the real `libgetinfo_cpu.so` through the host's loader and
+//! compares its answer with `os.cpu_count()` (python3) or `nproc`,
+//! sysconf(3) and /proc/loadavg.
+
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use basicagent_abi::{retcode, Completion, HostSettings, Plugin};
+use serde_json::Value;
+
+const NAME: &str = "getinfo_cpu";
+const METHOD: &str = "getinfo.cpu";
+
+/// The built cdylib, next to this test binary (target/debug/deps/) or one
+/// directory up (target/debug/).
+fn plugin_path() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let name = format!("lib{NAME}.so");
+    exe.ancestors()
+        .skip(1)
+        .take(3)
+        .map(|d| d.join(&name))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("{name} not found near {}", exe.display()))
+}
+
+fn load() -> Plugin {
+    let path = plugin_path();
+    Plugin::load(&path, &HostSettings::default(), false)
+        .unwrap_or_else(|e| panic!("load {}: {e}", path.display()))
+}
+
+/// Calls the plugin with raw request bytes and waits for its completion.
+fn call_raw(plugin: &Plugin, request: &[u8]) -> Completion {
+    let (tx, rx) = mpsc::channel();
+    plugin.call(
+        request,
+        Box::new(move |c| {
+            let _ = tx.send(c);
+        }),
+    );
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("no completion within 30 s")
+}
+
+/// Calls the plugin with `args` and returns the completion and its time.
+fn call(plugin: &Plugin, args: &str) -> (Completion, Duration) {
+    let request = serde_json::json!({"id": "1", "method": METHOD, "args": args}).to_string();
+    let start = Instant::now();
+    let c = call_raw(plugin, request.as_bytes());
+    (c, start.elapsed())
+}
+
+fn data(c: &Completion) -> Value {
+    assert_eq!(c.retcode, retcode::SUCCESS, "{}", c.message);
+    serde_json::from_str(c.data.as_deref().expect("data")).expect("json")
+}
+
+#[test]
+fn descriptor_usage_and_refusals() {
+    let p = load();
+    assert_eq!(p.info().name, NAME);
+    assert_eq!(p.info().methods, vec![METHOD.to_owned()]);
+    let c = call_raw(&p, b"[1,2]");
+    assert_eq!(c.retcode, retcode::INVALID_REQUEST, "{}", c.message);
+    let c = call_raw(&p, b"not json");
+    assert_eq!(c.retcode, retcode::INVALID_REQUEST, "{}", c.message);
+    for args in ["-Z", "'unterminated", "stray operand"] {
+        let (c, _) = call(&p, args);
+        assert_eq!(c.retcode, retcode::INVALID_PARAMS, "{args}: {}", c.message);
+        assert!(c.message.contains("usage"), "{}", c.message);
+        assert!(c.data.is_none());
+    }
+    let c = call_raw(
+        &p,
+        format!(r#"{{"method":"{METHOD}","args":5}}"#).as_bytes(),
+    );
+    assert_eq!(c.retcode, retcode::INVALID_PARAMS, "{}", c.message);
+}
+
+/// The logical cpu count from an independent source: python3's
+/// os.cpu_count(), else nproc, else sysconf(_SC_NPROCESSORS_ONLN).
+fn independent_cpu_count() -> u64 {
+    for (cmd, args) in [
+        ("python3", &["-c", "import os; print(os.cpu_count())"][..]),
+        ("nproc", &["--all"][..]),
+    ] {
+        if let Ok(out) = std::process::Command::new(cmd).args(args).output() {
+            if let Ok(n) = String::from_utf8_lossy(&out.stdout).trim().parse() {
+                return n;
+            }
+        }
+    }
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    u64::try_from(n).expect("sysconf")
+}
+
+#[test]
+fn matches_cpu_count_and_loadavg() {
+    let p = load();
+    let (c, took) = call(&p, "");
+    let d = data(&c);
+    assert!(took < Duration::from_millis(500), "took {took:?}");
+    let n = independent_cpu_count();
+    assert_eq!(d["logical"].as_u64(), Some(n), "{d}");
+    assert_eq!(d["online_count"].as_u64(), Some(n), "{d}");
+    let online = std::fs::read_to_string("/sys/devices/system/cpu/online").expect("online");
+    assert_eq!(d["online"].as_str(), Some(online.trim()));
+    let cores = d["cores"].as_u64().expect("cores");
+    let sockets = d["sockets"].as_u64().expect("sockets");
+    assert!(sockets >= 1 && sockets <= cores && cores <= n, "{d}");
+    assert_eq!(d["mhz"].as_array().map(Vec::len), Some(n as usize));
+    assert!(d.get("flags").is_none());
+    // /proc/loadavg: the totals move, so compare within a margin.
+    let text = std::fs::read_to_string("/proc/loadavg").expect("loadavg");
+    let f: Vec<&str> = text.split_whitespace().collect();
+    let avg15: f64 = f[2].parse().expect("avg15");
+    let got = d["load"]["avg15"].as_f64().expect("avg15");
+    assert!((got - avg15).abs() < 0.5, "{got} vs {avg15}");
+    let total: u64 = f[3]
+        .split('/')
+        .nth(1)
+        .and_then(|t| t.parse().ok())
+        .expect("total");
+    let got = d["load"]["total"].as_u64().expect("total");
+    assert!(got.abs_diff(total) < 200, "{got} vs {total}");
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .expect("cpuinfo")
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")?
+                .split_once(':')
+                .map(|x| x.1.trim().to_owned())
+        });
+    if let Some(model) = model {
+        assert_eq!(d["model"].as_str(), Some(model.as_str()));
+    }
+}
+
+#[test]
+fn flags_only_with_dash_f() {
+    let p = load();
+    let (c, _) = call(&p, "-f");
+    let d = data(&c);
+    let flags = d["flags"].as_array().expect("flags");
+    if cfg!(target_arch = "x86_64") {
+        assert!(flags.iter().any(|f| f == "sse2"), "{flags:?}");
+    }
+}
