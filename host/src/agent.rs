@@ -16,6 +16,7 @@ use crate::dispatch::{AgentFacts, Dispatcher};
 use crate::reactor::{self, Reactor, Reloader};
 use crate::resolve::Resolver;
 use crate::session::{Session, SessionConfig};
+use crate::tasks::{TaskLimits, TaskStore};
 use crate::{hostid, tls};
 
 /// The daemon's command line.
@@ -204,11 +205,21 @@ pub fn run(opts: Options) -> Result<(), StartError> {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         started: now,
     };
+    let tasks = TaskStore::open(
+        config.agent.state_dir.join("tasks"),
+        TaskLimits {
+            max_tasks: config.agent.max_tasks,
+            max_bytes: config.agent.max_outbox_bytes,
+            retention: config.agent.task_retention,
+        },
+    )
+    .map_err(|e| StartError::Io("task outbox", e))?;
     let dispatcher = Dispatcher::new(
         registry,
         config.agent.max_concurrent,
         Arc::clone(&waker),
         facts,
+        tasks,
     );
     let init = Init {
         hostname: host_id,

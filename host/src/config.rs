@@ -100,6 +100,15 @@ pub struct AgentConfig {
     pub max_output: u64,
     /// Largest per-request `max_output` a request may ask for.
     pub max_output_limit: u64,
+    /// Asynchronous tasks kept at once (running, and results not yet
+    /// acknowledged); past it `async.bash` answers `3026 Busy`.
+    pub max_tasks: usize,
+    /// Bytes of unacknowledged task results kept in the outbox.
+    pub max_outbox_bytes: u64,
+    /// Unacknowledged results older than this are dropped (logged) when
+    /// room is needed.
+    #[serde(deserialize_with = "de_seconds")]
+    pub task_retention: Duration,
 }
 
 impl Default for AgentConfig {
@@ -112,6 +121,9 @@ impl Default for AgentConfig {
             max_concurrent: 64,
             max_output: 1024 * 1024,
             max_output_limit: 16 * 1024 * 1024,
+            max_tasks: 1000,
+            max_outbox_bytes: 64 * 1024 * 1024,
+            task_retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }

@@ -7,26 +7,36 @@
 //! [`Dispatcher::poll_finished`] after the plugin completes on its own
 //! thread and wakes the loop through the `mio::Waker`. No lock is held
 //! on the loop's side; completions cross in an mpsc channel.
+//!
+//! `async.bash` runs through the same `sync.bash` plugin; its result is
+//! written to the durable outbox ([`crate::tasks`]) by the completing
+//! thread before the loop pushes it as `task.done`.
 
 use std::collections::HashMap;
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::ThreadId;
 use std::time::Instant;
 
-use basicagent_abi::{Plugin, PluginRegistry};
+use basicagent_abi::{Completion, Plugin, PluginRegistry};
 use basicagent_proto::{Incoming, Response, Retcode};
 use serde_json::value::RawValue;
+use serde_json::Value;
+
+use crate::tasks::{self, TaskStore};
 
 /// A completed plugin call, ready to send.
 #[derive(Debug)]
 pub struct Finished {
     /// The connection generation the request came in on: a response is
-    /// only sent on the connection that asked.
-    pub generation: u64,
+    /// only sent on the connection that asked. `None` for a task result,
+    /// which goes to whichever server the agent is connected to.
+    pub generation: Option<u64>,
     pub call: u64,
-    /// The response frame, `\n` included.
+    /// The response (or `task.done`) frame, `\n` included.
     pub frame: Vec<u8>,
+    /// For a task: its id and retcode (the result is already on disk).
+    pub task: Option<(String, u32)>,
 }
 
 /// Facts `agent.info` reports.
@@ -57,6 +67,7 @@ pub struct Dispatcher {
     loop_thread: ThreadId,
     facts: AgentFacts,
     served: u64,
+    tasks: TaskStore,
 }
 
 impl Dispatcher {
@@ -66,6 +77,7 @@ impl Dispatcher {
         max_concurrent: usize,
         waker: Arc<mio::Waker>,
         facts: AgentFacts,
+        tasks: TaskStore,
     ) -> Self {
         let (tx, rx) = mpsc::channel();
         Dispatcher {
@@ -79,6 +91,7 @@ impl Dispatcher {
             loop_thread: std::thread::current().id(),
             facts,
             served: 0,
+            tasks,
         }
     }
 
@@ -105,7 +118,11 @@ impl Dispatcher {
                 return None;
             }
             Ok(Incoming::TaskAck(ack)) => {
-                log::debug!("task.ack for {} (no task outbox yet)", ack.task);
+                if self.tasks.ack(&ack.task) {
+                    log::debug!("task {} acknowledged; result deleted", ack.task);
+                } else {
+                    log::warn!("task.ack for unknown or unfinished task {:?}", ack.task);
+                }
                 return None;
             }
             Ok(Incoming::TaskDone(done)) => {
@@ -128,6 +145,15 @@ impl Dispatcher {
         match method.as_str() {
             "ping" => return Some(frame_of(&Response::new(id, Retcode::SUCCESS))),
             "agent.info" => return Some(frame_of(&self.agent_info(id, now))),
+            "async.bash" => return Some(frame_of(&self.start_task(id, frame, now))),
+            "task.list" => {
+                return Some(frame_of(
+                    &Response::new(id, Retcode::SUCCESS).with_data(&self.tasks.list(now)),
+                ))
+            }
+            "task.status" | "task.cancel" => {
+                return Some(frame_of(&self.task_request(id, &method, frame, now)))
+            }
             _ => {}
         }
         if method.starts_with("agent.")
@@ -171,9 +197,10 @@ impl Dispatcher {
                 let mut out = Vec::with_capacity(response.message.len() + 128);
                 response.write_frame(&mut out);
                 let _ = tx.send(Finished {
-                    generation,
+                    generation: Some(generation),
                     call: c.call,
                     frame: out,
+                    task: None,
                 });
                 // The loop drains completions right after each dispatch:
                 // only a completion from another thread needs a wake-up.
@@ -194,7 +221,128 @@ impl Dispatcher {
         if let Some(f) = self.in_flight.remove(&done.call) {
             log::trace!("{} finished", f.method);
         }
+        if let Some((task, retcode)) = &done.task {
+            log::info!("task {task} finished with {retcode}");
+            self.tasks.finished(task, &done.frame, *retcode);
+        }
         Some(done)
+    }
+
+    /// Unacknowledged task results to push after an init.
+    pub fn outbox_frames(&self) -> Vec<Vec<u8>> {
+        self.tasks.outbox_frames()
+    }
+
+    /// `async.bash`: starts the command through the `sync.bash` plugin and
+    /// answers at once with the task id. A request the plugin refuses at
+    /// once (bad params, unknown user, busy) is answered with that refusal
+    /// and creates no task.
+    fn start_task(&mut self, id: Option<Box<RawValue>>, frame: &[u8], now: Instant) -> Response {
+        if let Err(e) = self.tasks.admit(tasks::unix_now()) {
+            log::warn!("async.bash refused: {e}");
+            return Response::failed(id, Retcode::BUSY, e.to_string());
+        }
+        if self.in_flight.len() >= self.max_concurrent {
+            let message = format!(
+                "Busy: {} requests in flight (max_concurrent)",
+                self.in_flight.len()
+            );
+            return Response::failed(id, Retcode::BUSY, message);
+        }
+        let plugin = match self.plugin("sync.bash") {
+            Ok(p) => p,
+            Err(e) => return Response::failed(id, Retcode(e.retcode()), e.to_string()),
+        };
+        let task = tasks::new_task_id();
+        let cmd = serde_json::from_slice::<Value>(frame)
+            .ok()
+            .and_then(|v| v.get("cmd").and_then(Value::as_str).map(str::to_owned))
+            .unwrap_or_default();
+        // A completion inside `call` (on this thread) is an immediate
+        // refusal: it answers the request itself.
+        let immediate: Arc<Mutex<Option<Completion>>> = Arc::default();
+        let (tx, waker, loop_thread) = (self.tx.clone(), Arc::clone(&self.waker), self.loop_thread);
+        let (slot, dir, task_id) = (
+            Arc::clone(&immediate),
+            self.tasks.dir().to_owned(),
+            task.clone(),
+        );
+        let call = plugin.call(
+            frame,
+            Box::new(move |c: Completion| {
+                if std::thread::current().id() == loop_thread {
+                    *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(c);
+                    return;
+                }
+                let frame = tasks::done_frame(&task_id, c.retcode, &c.message, c.data.as_deref());
+                if let Err(e) = tasks::write_result(&dir, &task_id, &frame) {
+                    log::error!("task {task_id}: cannot write the result durably: {e}; delivering it anyway");
+                }
+                let _ = tx.send(Finished { generation: None, call: c.call, frame, task: Some((task_id, c.retcode)) });
+                if let Err(e) = waker.wake() {
+                    log::error!("cannot wake the loop: {e}");
+                }
+            }),
+        );
+        let refused = immediate.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(c) = refused {
+            return Response::from_plugin(id, c.retcode, &c.message, c.data.as_deref());
+        }
+        self.tasks.start(&task, call, &cmd, now);
+        self.in_flight.insert(
+            call,
+            InFlight {
+                plugin,
+                method: format!("async.bash {task}"),
+            },
+        );
+        log::info!("task {task} started: {cmd}");
+        Response::new(id, Retcode::SUCCESS).with_data(&serde_json::json!({ "task": task }))
+    }
+
+    /// `task.status` and `task.cancel`, both `{"task": ID}`.
+    fn task_request(
+        &mut self,
+        id: Option<Box<RawValue>>,
+        method: &str,
+        frame: &[u8],
+        now: Instant,
+    ) -> Response {
+        let task = serde_json::from_slice::<Value>(frame)
+            .ok()
+            .and_then(|v| v.get("task").and_then(Value::as_str).map(str::to_owned));
+        let Some(task) = task.filter(|t| tasks::valid_task_id(t)) else {
+            return Response::failed(
+                id,
+                Retcode::INVALID_PARAMS,
+                "Invalid params: \"task\" must be a task id string",
+            );
+        };
+        if !self.tasks.contains(&task) {
+            return Response::failed(
+                id,
+                Retcode::INVALID_PARAMS,
+                format!("Invalid params: unknown task {task}"),
+            );
+        }
+        if method == "task.status" {
+            let data = self.tasks.status(&task, now).unwrap_or(Value::Null);
+            return Response::new(id, Retcode::SUCCESS).with_data(&data);
+        }
+        let Some(call) = self.tasks.running_call(&task) else {
+            return Response::failed(
+                id,
+                Retcode::INVALID_PARAMS,
+                format!("Invalid params: task {task} has finished"),
+            );
+        };
+        self.tasks.mark_cancelling(&task);
+        if let Some(f) = self.in_flight.get(&call) {
+            log::info!("cancelling task {task}");
+            f.plugin.cancel(call);
+        }
+        Response::new(id, Retcode::SUCCESS)
+            .with_data(&serde_json::json!({"task": task, "state": "cancelling"}))
     }
 
     /// Asks every plugin call in flight to stop (shutdown).

@@ -13,4 +13,5 @@ pub mod hostid;
 pub mod reactor;
 pub mod resolve;
 pub mod session;
+pub mod tasks;
 pub mod tls;

@@ -273,11 +273,22 @@ impl Reactor {
 
     fn deliver_finished(&mut self, now: Instant) {
         while let Some(f) = self.dispatcher.poll_finished() {
-            if f.generation != self.session.generation() || !self.session.send(now, f.frame) {
-                log::info!(
-                    "answer to call {} dropped: the connection that asked is gone",
-                    f.call
-                );
+            match f.generation {
+                // A task result: to whichever server is connected; if none,
+                // it waits in the outbox for the next init.
+                None => {
+                    if !self.session.send(now, f.frame) {
+                        log::info!("task result kept in the outbox until the next connection");
+                    }
+                }
+                Some(g) => {
+                    if g != self.session.generation() || !self.session.send(now, f.frame) {
+                        log::info!(
+                            "answer to call {} dropped: the connection that asked is gone",
+                            f.call
+                        );
+                    }
+                }
             }
         }
     }
@@ -300,7 +311,16 @@ impl Reactor {
                     // Plugins that completed inside `call` did not wake us.
                     self.deliver_finished(now);
                 }
-                Action::Up(addr) => log::info!("connected to {addr}"),
+                Action::Up(addr) => {
+                    log::info!("connected to {addr}");
+                    let frames = self.dispatcher.outbox_frames();
+                    if !frames.is_empty() {
+                        log::info!("pushing {} unacknowledged task result(s)", frames.len());
+                    }
+                    for frame in frames {
+                        self.session.send(now, frame);
+                    }
+                }
                 Action::Down => log::info!("disconnected"),
             }
         }
@@ -327,6 +347,9 @@ impl Reactor {
                 }
             };
         tls.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
+        if let Err(e) = stream.set_nodelay(true) {
+            log::debug!("TCP_NODELAY: {e}");
+        }
         let mut t = Transport {
             stream,
             tls,

@@ -1,0 +1,589 @@
+//! Asynchronous tasks and their durable outbox in `state_dir/tasks`.
+//!
+//! A task's result is written to `ID.done` (temp file, fsync, rename, fsync
+//! of the directory) by the thread that completes it, **before** the loop
+//! pushes it as `task.done`; it stays until the server's `task.ack`, and is
+//! pushed again after every init, whichever server that is. A running task
+//! leaves an `ID.running` marker: one found without a result at start-up
+//! means the agent died under it, and becomes a failed result. Files that
+//! do not parse are moved aside (`.corrupt`) with a log line, never a crash.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use basicagent_proto::{Response, Retcode, TaskDone};
+use serde_json::{json, Value};
+
+/// Bounds of the outbox (config keys `max_tasks`, `max_outbox_bytes`,
+/// `task_retention`).
+#[derive(Debug, Clone, Copy)]
+pub struct TaskLimits {
+    pub max_tasks: usize,
+    pub max_bytes: u64,
+    pub retention: Duration,
+}
+
+#[derive(Debug)]
+enum TaskState {
+    Running {
+        call: u64,
+        started: Instant,
+        started_unix: u64,
+        cmd: String,
+        cancelling: bool,
+    },
+    Done {
+        seq: u64,
+        bytes: u64,
+        finished_unix: u64,
+        retcode: u32,
+    },
+}
+
+/// Why a new task cannot be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum AdmitError {
+    #[error("Busy: {0} tasks kept (max_tasks); acknowledge results or retry later")]
+    TooMany(usize),
+    #[error("Busy: {0} bytes of unacknowledged results (max_outbox_bytes)")]
+    TooBig(u64),
+}
+
+/// The tasks this agent knows: running ones and unacknowledged results.
+pub struct TaskStore {
+    dir: PathBuf,
+    limits: TaskLimits,
+    tasks: HashMap<String, TaskState>,
+    seq: u64,
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A task id: a random version-4 UUID (unique across restarts and hosts).
+pub fn new_task_id() -> String {
+    let mut b = [0u8; 16];
+    // SAFETY: getrandom writes at most `b.len()` bytes into `b`.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != b.len() as isize {
+        // Practically unreachable; fall back to time and pid, still unique
+        // enough for one host's task ids.
+        let t = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        b.copy_from_slice(&(t ^ (u128::from(std::process::id()) << 96)).to_le_bytes());
+    }
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// A task id as the server may send it: only what [`new_task_id`] makes
+/// (hex and dashes), so that it can never name another file.
+pub fn valid_task_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|c| c.is_ascii_hexdigit() || c == b'-')
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// Writes a finished task's `task.done` frame durably, then removes its
+/// running marker. Called on the completing (plugin) thread, never on the
+/// loop.
+pub fn write_result(dir: &Path, id: &str, frame: &[u8]) -> io::Result<()> {
+    let tmp = dir.join(format!("{id}.done.tmp"));
+    let dst = dir.join(format!("{id}.done"));
+    {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(frame)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, &dst)?;
+    sync_dir(dir);
+    let _ = fs::remove_file(dir.join(format!("{id}.running")));
+    Ok(())
+}
+
+/// The `task.done` frame for a completion (`data` invalid JSON becomes a
+/// `3025` result, like any plugin answer).
+pub fn done_frame(id: &str, retcode: u32, message: &str, data: Option<&str>) -> Vec<u8> {
+    let response = Response::from_plugin(None, retcode, message, data);
+    let mut frame = Vec::new();
+    TaskDone::new(id, &response).write_frame(&mut frame);
+    frame
+}
+
+impl TaskStore {
+    /// Opens (creating) the outbox and recovers what a previous run left:
+    /// results are kept, torn or corrupt files set aside, and tasks that
+    /// were running when the agent died become failed results.
+    pub fn open(dir: PathBuf, limits: TaskLimits) -> io::Result<TaskStore> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)?;
+        let mut store = TaskStore {
+            dir,
+            limits,
+            tasks: HashMap::new(),
+            seq: 0,
+        };
+        let mut done: Vec<(SystemTime, String, u64)> = Vec::new();
+        let mut running: Vec<String> = Vec::new();
+        for entry in fs::read_dir(&store.dir)?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            if name.ends_with(".tmp") {
+                log::warn!("outbox: removing torn file {}", path.display());
+                let _ = fs::remove_file(&path);
+            } else if let Some(id) = name.strip_suffix(".done") {
+                let valid = valid_task_id(id)
+                    && fs::read(&path).ok().is_some_and(|b| {
+                        b.ends_with(b"\n")
+                            && TaskDone::parse(b.trim_ascii_end()).is_ok_and(|d| d.task == id)
+                    });
+                if valid {
+                    let meta = entry.metadata()?;
+                    done.push((
+                        meta.modified().unwrap_or(UNIX_EPOCH),
+                        id.to_owned(),
+                        meta.len(),
+                    ));
+                } else {
+                    log::error!(
+                        "outbox: {} is torn or corrupt; set aside as .corrupt",
+                        path.display()
+                    );
+                    let _ = fs::rename(&path, path.with_extension("corrupt"));
+                }
+            } else if let Some(id) = name.strip_suffix(".running") {
+                running.push(id.to_owned());
+            }
+        }
+        for id in running {
+            let marker = store.dir.join(format!("{id}.running"));
+            if !valid_task_id(&id) || done.iter().any(|(_, d, _)| *d == id) {
+                let _ = fs::remove_file(&marker);
+                continue;
+            }
+            let info: Value = fs::read(&marker)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or(Value::Null);
+            let data =
+                json!({"task": id, "cmd": info["cmd"], "started": info["started"]}).to_string();
+            let frame = done_frame(
+                &id,
+                Retcode::PLUGIN_FAILURE.0,
+                "Plugin failure: the agent stopped while the task was running (killed or crashed); its outcome is unknown",
+                Some(&data),
+            );
+            write_result(&store.dir, &id, &frame)?;
+            log::warn!("task {id} was running when the agent stopped; reported as failed");
+            done.push((SystemTime::now(), id, frame.len() as u64));
+        }
+        done.sort();
+        for (mtime, id, bytes) in done {
+            store.seq += 1;
+            let finished_unix = mtime
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let retcode = store.read_result(&id).map(|d| d.retcode.0).unwrap_or(0);
+            store.tasks.insert(
+                id,
+                TaskState::Done {
+                    seq: store.seq,
+                    bytes,
+                    finished_unix,
+                    retcode,
+                },
+            );
+        }
+        if !store.tasks.is_empty() {
+            log::info!(
+                "outbox: {} unacknowledged result(s) to deliver",
+                store.tasks.len()
+            );
+        }
+        Ok(store)
+    }
+
+    /// The outbox directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn outbox_bytes(&self) -> u64 {
+        self.tasks
+            .values()
+            .map(|t| {
+                if let TaskState::Done { bytes, .. } = t {
+                    *bytes
+                } else {
+                    0
+                }
+            })
+            .sum()
+    }
+
+    /// Makes room for one more task: drops results older than the
+    /// retention (logged); refuses when still full (never drops a result
+    /// that is not expired).
+    pub fn admit(&mut self, now_unix: u64) -> Result<(), AdmitError> {
+        let full = |s: &TaskStore| {
+            s.tasks.len() >= s.limits.max_tasks || s.outbox_bytes() >= s.limits.max_bytes
+        };
+        if full(self) {
+            let cutoff = now_unix.saturating_sub(self.limits.retention.as_secs());
+            let mut expired: Vec<(u64, String)> = self
+                .tasks
+                .iter()
+                .filter_map(|(id, t)| match t {
+                    TaskState::Done {
+                        seq, finished_unix, ..
+                    } if *finished_unix < cutoff => Some((*seq, id.clone())),
+                    _ => None,
+                })
+                .collect();
+            expired.sort();
+            for (_, id) in expired {
+                if !full(self) {
+                    break;
+                }
+                log::warn!(
+                    "outbox full: dropping result of task {id}, unacknowledged past the retention"
+                );
+                self.remove(&id);
+            }
+        }
+        if self.tasks.len() >= self.limits.max_tasks {
+            return Err(AdmitError::TooMany(self.tasks.len()));
+        }
+        let bytes = self.outbox_bytes();
+        if bytes >= self.limits.max_bytes {
+            return Err(AdmitError::TooBig(bytes));
+        }
+        Ok(())
+    }
+
+    /// Registers a started task and leaves its running marker.
+    pub fn start(&mut self, id: &str, call: u64, cmd: &str, now: Instant) {
+        let started_unix = unix_now();
+        let marker = json!({"task": id, "cmd": cmd, "started": started_unix}).to_string();
+        // No fsync: a lost marker only loses the "died while running"
+        // report, never a result.
+        if let Err(e) = fs::write(self.dir.join(format!("{id}.running")), marker) {
+            log::warn!("outbox: cannot write the running marker of task {id}: {e}");
+        }
+        self.tasks.insert(
+            id.to_owned(),
+            TaskState::Running {
+                call,
+                started: now,
+                started_unix,
+                cmd: cmd.to_owned(),
+                cancelling: false,
+            },
+        );
+    }
+
+    /// A task's result was written (by the completing thread).
+    pub fn finished(&mut self, id: &str, frame: &[u8], retcode: u32) {
+        self.seq += 1;
+        let _ = fs::remove_file(self.dir.join(format!("{id}.running")));
+        self.tasks.insert(
+            id.to_owned(),
+            TaskState::Done {
+                seq: self.seq,
+                bytes: frame.len() as u64,
+                finished_unix: unix_now(),
+                retcode,
+            },
+        );
+    }
+
+    /// The server acknowledged a result: delete it. False if unknown.
+    pub fn ack(&mut self, id: &str) -> bool {
+        match self.tasks.get(id) {
+            Some(TaskState::Done { .. }) => {
+                self.remove(id);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn remove(&mut self, id: &str) {
+        self.tasks.remove(id);
+        let _ = fs::remove_file(self.dir.join(format!("{id}.done")));
+    }
+
+    /// The plugin call of a running task.
+    pub fn running_call(&self, id: &str) -> Option<u64> {
+        match self.tasks.get(id) {
+            Some(TaskState::Running { call, .. }) => Some(*call),
+            _ => None,
+        }
+    }
+
+    /// Marks a running task as being cancelled. False if not running.
+    pub fn mark_cancelling(&mut self, id: &str) -> bool {
+        match self.tasks.get_mut(id) {
+            Some(TaskState::Running { cancelling, .. }) => {
+                *cancelling = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether the id is known at all.
+    pub fn contains(&self, id: &str) -> bool {
+        self.tasks.contains_key(id)
+    }
+
+    fn read_result(&self, id: &str) -> Option<TaskDone> {
+        let bytes = fs::read(self.dir.join(format!("{id}.done"))).ok()?;
+        TaskDone::parse(bytes.trim_ascii_end()).ok()
+    }
+
+    /// Every unacknowledged result, oldest first, as frames to push.
+    pub fn outbox_frames(&self) -> Vec<Vec<u8>> {
+        let mut done: Vec<(u64, &String)> = self
+            .tasks
+            .iter()
+            .filter_map(|(id, t)| match t {
+                TaskState::Done { seq, .. } => Some((*seq, id)),
+                _ => None,
+            })
+            .collect();
+        done.sort();
+        done.into_iter()
+            .filter_map(
+                |(_, id)| match fs::read(self.dir.join(format!("{id}.done"))) {
+                    Ok(frame) => Some(frame),
+                    Err(e) => {
+                        log::error!("outbox: cannot read the result of task {id}: {e}");
+                        None
+                    }
+                },
+            )
+            .collect()
+    }
+
+    fn describe(&self, id: &str, now: Instant, with_result: bool) -> Option<Value> {
+        Some(match self.tasks.get(id)? {
+            TaskState::Running {
+                started,
+                started_unix,
+                cmd,
+                cancelling,
+                ..
+            } => json!({
+                "task": id,
+                "state": if *cancelling { "cancelling" } else { "running" },
+                "cmd": cmd,
+                "started": started_unix,
+                "elapsed_ms": now.saturating_duration_since(*started).as_millis() as u64,
+            }),
+            TaskState::Done {
+                finished_unix,
+                retcode,
+                ..
+            } => {
+                let state = if *retcode == Retcode::CANCELLED.0 {
+                    "cancelled"
+                } else {
+                    "done"
+                };
+                let mut v = json!({"task": id, "state": state, "retcode": retcode, "finished": finished_unix});
+                if with_result {
+                    if let Some(d) = self.read_result(id) {
+                        v["result"] =
+                            serde_json::from_str(&d.to_response().to_json()).unwrap_or(Value::Null);
+                    }
+                }
+                v
+            }
+        })
+    }
+
+    /// `task.status` data, or `None` for an unknown task.
+    pub fn status(&self, id: &str, now: Instant) -> Option<Value> {
+        self.describe(id, now, true)
+    }
+
+    /// `task.list` data.
+    pub fn list(&self, now: Instant) -> Value {
+        let mut ids: Vec<&String> = self.tasks.keys().collect();
+        ids.sort();
+        let tasks: Vec<Value> = ids
+            .into_iter()
+            .filter_map(|id| self.describe(id, now, false))
+            .collect();
+        json!({"count": tasks.len(), "tasks": tasks, "outbox_bytes": self.outbox_bytes()})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> TaskLimits {
+        TaskLimits {
+            max_tasks: 3,
+            max_bytes: 1 << 20,
+            retention: Duration::from_secs(3600),
+        }
+    }
+
+    #[test]
+    fn ids_are_uuids_and_safe_as_file_names() {
+        let a = new_task_id();
+        assert_ne!(a, new_task_id());
+        assert_eq!(a.len(), 36);
+        assert!(valid_task_id(&a));
+        for bad in ["", "../x", "a/b", "x.done", &"a".repeat(65)] {
+            assert!(!valid_task_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_result_survives_a_restart_until_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = TaskStore::open(dir.path().join("tasks"), limits()).unwrap();
+        let id = new_task_id();
+        s.start(&id, 7, "echo one", Instant::now());
+        assert!(dir.path().join(format!("tasks/{id}.running")).exists());
+        let frame = done_frame(&id, 2, "", Some(r#"{"stdout":"one\n"}"#));
+        write_result(s.dir(), &id, &frame).unwrap();
+        s.finished(&id, &frame, 2);
+        drop(s);
+        let mut s = TaskStore::open(dir.path().join("tasks"), limits()).unwrap();
+        let frames = s.outbox_frames();
+        assert_eq!(frames, vec![frame]);
+        assert_eq!(s.status(&id, Instant::now()).unwrap()["state"], "done");
+        assert!(s.ack(&id));
+        assert!(!s.ack(&id));
+        assert!(s.outbox_frames().is_empty());
+        let s = TaskStore::open(dir.path().join("tasks"), limits()).unwrap();
+        assert!(
+            s.outbox_frames().is_empty(),
+            "never pushed again after the ack"
+        );
+    }
+
+    #[test]
+    fn a_task_running_when_the_agent_died_becomes_a_failed_result() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = TaskStore::open(dir.path().to_owned(), limits()).unwrap();
+        let id = new_task_id();
+        s.start(&id, 1, "sleep 100", Instant::now());
+        drop(s); // as after kill -9: the marker stays
+        let s = TaskStore::open(dir.path().to_owned(), limits()).unwrap();
+        let frames = s.outbox_frames();
+        assert_eq!(frames.len(), 1);
+        let done = TaskDone::parse(frames[0].trim_ascii_end()).unwrap();
+        assert_eq!(done.task, id);
+        assert_eq!(done.retcode, Retcode::PLUGIN_FAILURE);
+        assert!(
+            done.message
+                .contains("agent stopped while the task was running"),
+            "{}",
+            done.message
+        );
+        assert!(!dir.path().join(format!("{id}.running")).exists());
+    }
+
+    #[test]
+    fn torn_and_corrupt_files_are_set_aside_never_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = new_task_id();
+        std::fs::write(
+            dir.path().join(format!("{id}.done")),
+            b"{\"method\":\"task.done\",\"task\":\"",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("x.done.tmp"), b"partial").unwrap();
+        std::fs::write(dir.path().join("../../evil.done"), b"x").ok();
+        let other = new_task_id();
+        std::fs::write(
+            dir.path().join(format!("{other}.done")),
+            done_frame(&id, 2, "", None),
+        )
+        .unwrap();
+        let s = TaskStore::open(dir.path().to_owned(), limits()).unwrap();
+        assert!(s.outbox_frames().is_empty());
+        assert!(dir.path().join(format!("{id}.corrupt")).exists());
+        assert!(
+            dir.path().join(format!("{other}.corrupt")).exists(),
+            "a file naming another task is corrupt"
+        );
+        assert!(!dir.path().join("x.done.tmp").exists());
+    }
+
+    #[test]
+    fn bounds_refuse_new_tasks_rather_than_lose_results_and_expired_results_go_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = TaskStore::open(dir.path().to_owned(), limits()).unwrap();
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            s.admit(unix_now()).unwrap();
+            let id = new_task_id();
+            let frame = done_frame(&id, 2, "", None);
+            write_result(s.dir(), &id, &frame).unwrap();
+            s.finished(&id, &frame, 2);
+            ids.push(id);
+        }
+        assert!(matches!(s.admit(unix_now()), Err(AdmitError::TooMany(3))));
+        assert_eq!(s.outbox_frames().len(), 3, "nothing lost");
+        // Two hours later the results are past the retention: the oldest goes.
+        s.admit(unix_now() + 7200).unwrap();
+        assert_eq!(s.outbox_frames().len(), 2);
+        assert!(!s.contains(&ids[0]));
+        // Bytes bound.
+        let mut small = TaskStore::open(
+            dir.path().join("small"),
+            TaskLimits {
+                max_tasks: 100,
+                max_bytes: 10,
+                retention: Duration::from_secs(3600),
+            },
+        )
+        .unwrap();
+        let id = new_task_id();
+        let frame = done_frame(&id, 2, "", None);
+        write_result(small.dir(), &id, &frame).unwrap();
+        small.finished(&id, &frame, 2);
+        assert!(matches!(
+            small.admit(unix_now()),
+            Err(AdmitError::TooBig(_))
+        ));
+    }
+}
