@@ -5,6 +5,15 @@
 //! same loader and ABI as the daemon, so what it prints is what a server
 //! would receive (without the `id`).
 
+/// `println!` that treats a closed stdout (`BasicAgentCtl -l | head`) as
+/// the end of the output, not as a panic.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod run;
 
 use std::path::PathBuf;
@@ -64,11 +73,11 @@ fn main() -> ExitCode {
         }
     };
     if m.opt_present("h") {
-        println!("{}", usage());
+        out!("{}", usage());
         return ExitCode::SUCCESS;
     }
     if m.opt_present("V") {
-        println!("BasicAgentCtl {}", env!("CARGO_PKG_VERSION"));
+        out!("BasicAgentCtl {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
     let level = match m.opt_count("v") {

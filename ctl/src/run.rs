@@ -41,7 +41,7 @@ pub fn build_request(
 
 fn print_response(mut response: Response) -> ExitCode {
     response.omit_id = true;
-    println!("{}", response.to_json());
+    out!("{}", response.to_json());
     if response.retcode.is_success() {
         ExitCode::SUCCESS
     } else {
@@ -153,31 +153,31 @@ pub fn list(dir: &Path) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    println!("Plugins in {}:", dir.display());
+    out!("Plugins in {}:", dir.display());
     if found.is_empty() {
-        println!("  (none)");
+        out!("  (none)");
     }
     let mut refused = false;
     for entry in found {
         match entry {
             Ok(info) => {
-                println!();
-                println!(
+                out!();
+                out!(
                     "{}  ({} {})",
                     info.methods.join(", "),
                     info.name,
                     info.version
                 );
-                println!("  {}", info.description);
-                println!("  file: {}", info.path.display());
+                out!("  {}", info.description);
+                out!("  file: {}", info.path.display());
                 for line in info.usage.lines() {
-                    println!("    {line}");
+                    out!("    {line}");
                 }
             }
             Err(e) => {
                 refused = true;
-                println!();
-                println!("REFUSED: {e}");
+                out!();
+                out!("REFUSED: {e}");
             }
         }
     }

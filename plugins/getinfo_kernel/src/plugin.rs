@@ -1,5 +1,6 @@
 //! The thin glue: checks the request, makes the one `uname(2)` call, reads
-//! the three `/proc` files and completes the call synchronously.
+//! the boot-time facts once per process (`/proc/cmdline`, `btime`), the
+//! uptime from `CLOCK_BOOTTIME`, and completes the call synchronously.
 
 use std::borrow::Cow;
 use std::ffi::c_char;
@@ -18,7 +19,7 @@ Output data:
   sysname, nodename, release, version, machine, domainname  strings from uname(2)
   cmdline         string, /proc/cmdline trimmed (null if unreadable)
   boot_time       integer, unix seconds at boot (btime of /proc/stat; null if unreadable)
-  uptime_seconds  number, seconds since boot (/proc/uptime; null if unreadable)";
+  uptime_seconds  number, seconds since boot (CLOCK_BOOTTIME, the clock of /proc/uptime)";
 
 /// Why a `getinfo.kernel` call fails.
 #[derive(Debug, thiserror::Error)]
@@ -118,23 +119,55 @@ fn read_into(path: &str, buf: &mut Vec<u8>) -> bool {
     }
 }
 
-/// Collects everything and returns the `data` JSON text.
-pub fn collect() -> Result<String, KernelError> {
-    let uts = Uname::get()?;
-    let mut cmdline_buf = Vec::with_capacity(512);
-    let cmdline = read_into("/proc/cmdline", &mut cmdline_buf).then(|| parse_cmdline(&cmdline_buf));
-    // /proc/stat, then /proc/uptime, share one buffer: only numbers are kept.
-    let mut buf = Vec::with_capacity(8192);
-    let boot_time = if read_into("/proc/stat", &mut buf) {
-        parse_btime(&buf)
-    } else {
-        None
+/// Facts fixed at boot, read once per process: the kernel command line
+/// and the boot time cannot change while the system runs, so the hot path
+/// makes no file read at all.
+struct BootFacts {
+    cmdline: Option<String>,
+    boot_time: Option<u64>,
+}
+
+fn boot_facts() -> &'static BootFacts {
+    static FACTS: std::sync::OnceLock<BootFacts> = std::sync::OnceLock::new();
+    FACTS.get_or_init(|| {
+        let mut buf = Vec::with_capacity(8192);
+        let cmdline =
+            read_into("/proc/cmdline", &mut buf).then(|| parse_cmdline(&buf).into_owned());
+        let boot_time = if read_into("/proc/stat", &mut buf) {
+            parse_btime(&buf)
+        } else {
+            None
+        };
+        BootFacts { cmdline, boot_time }
+    })
+}
+
+/// Seconds since boot, suspend included: `CLOCK_BOOTTIME`, the clock
+/// `/proc/uptime` reports, read without opening the file. Falls back to the
+/// file if the clock is unavailable.
+fn uptime_seconds() -> Option<f64> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
     };
-    let uptime_seconds = if read_into("/proc/uptime", &mut buf) {
+    // SAFETY: `ts` is a valid, writable timespec for the call.
+    if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) } == 0 {
+        // Two decimals, like /proc/uptime.
+        let centis = ts.tv_sec as f64 * 100.0 + (ts.tv_nsec / 10_000_000) as f64;
+        return Some(centis / 100.0);
+    }
+    let mut buf = Vec::with_capacity(64);
+    if read_into("/proc/uptime", &mut buf) {
         parse_uptime(&buf)
     } else {
         None
-    };
+    }
+}
+
+/// Collects everything and returns the `data` JSON text.
+pub fn collect() -> Result<String, KernelError> {
+    let uts = Uname::get()?;
+    let boot = boot_facts();
     let info = KernelInfo {
         sysname: field(&uts.0.sysname),
         nodename: field(&uts.0.nodename),
@@ -142,9 +175,9 @@ pub fn collect() -> Result<String, KernelError> {
         version: field(&uts.0.version),
         machine: field(&uts.0.machine),
         domainname: field(&uts.0.domainname),
-        cmdline,
-        boot_time,
-        uptime_seconds,
+        cmdline: boot.cmdline.as_deref().map(Cow::Borrowed),
+        boot_time: boot.boot_time,
+        uptime_seconds: uptime_seconds(),
     };
     serde_json::to_string(&info).map_err(KernelError::Serialise)
 }
