@@ -1,0 +1,1138 @@
+//! Operations end to end, with the real artefacts on loopback: the install
+//! tree from `scripts/install.sh --destdir`, the LSB init script driving
+//! it, the Debian package from `scripts/package.sh` (dpkg -i / -r / -P),
+//! plugins dropped into a running daemon's directory and replaced under
+//! SIGHUP, and the log file renamed under SIGHUP and SIGUSR1.
+//!
+//! Needs the workspace built in debug (`scripts/test.sh` does) and root
+//! (CI runs as root). Every daemon and server is stopped and every
+//! temporary directory and the package are removed, also on failure
+//! (guards with `Drop`).
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+// ---------------------------------------------------------------- paths
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+/// target/debug (this test runs from target/debug/deps).
+fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap().to_owned();
+    for f in [
+        "BasicAgent",
+        "BasicAgentCtl",
+        "BasicAgentServer",
+        "libgetinfo_hello.so",
+        "libgetinfo_kernel.so",
+        "libsync_bash.so",
+    ] {
+        assert!(
+            dir.join(f).exists(),
+            "{} missing: run `cargo build --workspace` first (scripts/test.sh does)",
+            dir.join(f).display()
+        );
+    }
+    dir
+}
+
+fn script(name: &str) -> PathBuf {
+    workspace().join("scripts").join(name)
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd} >/dev/null 2>&1")])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{cmd:?} failed: {}", text(&out));
+    out
+}
+
+fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    // A zombie of ours counts as gone.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+fn kill(pid: i32, sig: libc::c_int) {
+    // SAFETY: kill(2) on a pid this test started.
+    unsafe { libc::kill(pid, sig) };
+}
+
+fn read_pid(path: &Path) -> Option<i32> {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+}
+
+/// Kills the daemon named by a pid file when dropped (detached daemons are
+/// not our children), if it still runs and is a BasicAgent.
+struct PidGuard(PathBuf);
+
+impl Drop for PidGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = read_pid(&self.0) {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if comm.trim() == "BasicAgent" {
+                kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- certificates, server
+
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "BasicAgent ops test CA");
+        let ca = params.self_signed(&ca_key).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["config.cargo.com".to_owned()]).unwrap();
+        let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+        std::fs::write(dir.path().join("server.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.path().join("server.key"), key.serialize_pem()).unwrap();
+        Pki { dir }
+    }
+
+    fn path(&self, file: &str) -> PathBuf {
+        self.dir.path().join(file)
+    }
+}
+
+/// A DNS server on loopback answering NXDOMAIN, so nothing leaves the host.
+fn nxdomain_server() -> SocketAddr {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = socket.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, peer)) = socket.recv_from(&mut buf) {
+            if n < 12 {
+                continue;
+            }
+            let mut reply = buf[..n].to_vec();
+            reply[2] |= 0x80;
+            reply[3] = (reply[3] & 0xf0) | 0x80 | 3;
+            let _ = socket.send_to(&reply, peer);
+        }
+    });
+    addr
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Server {
+    child: Child,
+    dir: tempfile::TempDir,
+    ip: String,
+    port: u16,
+}
+
+impl Server {
+    fn start(pki: &Pki, ip: &str) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let child = Command::new(bin_dir().join("BasicAgentServer"))
+            .arg("serve")
+            .args(["--listen", &format!("{ip}:{port}")])
+            .arg("--cert")
+            .arg(pki.path("server.pem"))
+            .arg("--key")
+            .arg(pki.path("server.key"))
+            .arg("--admin")
+            .arg(dir.path().join("admin.sock"))
+            .arg("--events")
+            .arg(dir.path().join("events.jsonl"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let s = Server {
+            child,
+            dir,
+            ip: ip.to_owned(),
+            port,
+        };
+        wait_for("the server to listen", Duration::from_secs(10), || {
+            std::fs::read_to_string(s.dir.path().join("events.jsonl"))
+                .unwrap_or_default()
+                .contains("\"listening\"")
+                .then_some(())
+        });
+        s
+    }
+
+    fn admin(&self) -> PathBuf {
+        self.dir.path().join("admin.sock")
+    }
+
+    fn hosts(&self) -> Vec<String> {
+        let out = Command::new(bin_dir().join("BasicAgentServer"))
+            .arg("list")
+            .arg("--admin")
+            .arg(self.admin())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter_map(|v| v["host"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    fn wait_agent(&self) -> String {
+        wait_for("the agent to connect", Duration::from_secs(20), || {
+            self.hosts().into_iter().next()
+        })
+    }
+
+    fn call(&self, host: &str, request: &str) -> Value {
+        let out = Command::new(bin_dir().join("BasicAgentServer"))
+            .arg("call")
+            .arg("--admin")
+            .arg(self.admin())
+            .args(["--host", host, "--timeout", "30", request])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        serde_json::from_str(stdout.trim())
+            .unwrap_or_else(|e| panic!("call {request}: {e}: {}", text(&out)))
+    }
+
+    /// Writes an agent configuration for this server into `dir/agent.toml`
+    /// (with a private hosts file); `plugin_dir` None leaves the default.
+    fn agent_config(&self, dir: &Path, plugin_dir: Option<&Path>, pki: &Pki) -> PathBuf {
+        std::fs::create_dir_all(dir).unwrap();
+        let hosts = dir.join("hosts");
+        std::fs::write(&hosts, format!("{} config.cargo.com\n", self.ip)).unwrap();
+        let plugin_line = plugin_dir
+            .map(|p| format!("plugin_dir = \"{}\"\n", p.display()))
+            .unwrap_or_default();
+        let config = format!(
+            "[server]\nname = \"config.cargo.com\"\nport = {port}\nca = \"{ca}\"\nhosts_file = \"{hosts}\"\n\
+             nameservers = [\"{dns}\"]\nconnect_timeout = 2\nhandshake_timeout = 3\n\n\
+             [agent]\nstate_dir = \"{state}\"\n{plugin_line}",
+            port = self.port,
+            ca = pki.path("ca.pem").display(),
+            hosts = hosts.display(),
+            dns = nxdomain_server(),
+            state = dir.join("state").display(),
+        );
+        let path = dir.join("agent.toml");
+        std::fs::write(&path, config).unwrap();
+        path
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A daemon started in the foreground by the test (its child).
+struct Daemon {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn start(exe: &Path, config: &Path, log: &Path) -> Daemon {
+        let child = Command::new(exe)
+            .arg("-c")
+            .arg(config)
+            .arg("-L")
+            .arg(log)
+            .args(["-f", "-l", "debug"])
+            .env_remove("BASICAGENT_PLUGIN_DIR")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Daemon {
+            child,
+            log: log.to_owned(),
+        }
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        kill(self.child.id() as i32, sig);
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn wait_log(&self, needle: &str) {
+        wait_for(
+            &format!("{needle:?} in the log"),
+            Duration::from_secs(10),
+            || self.log().contains(needle).then_some(()),
+        );
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Copies `src` into `dir/name` the way operators must: a temporary name
+/// in the same directory, then rename(2) over the target.
+fn install_plugin(src: &Path, dir: &Path, name: &str) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::copy(src, &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join(name)).unwrap();
+}
+
+// ---------------------------------------------------------------- the init script on an install tree
+
+fn init(defaults: &Path, action: &str) -> Output {
+    Command::new("sh")
+        .arg(script("basicagent.init"))
+        .arg(action)
+        .env("BASICAGENT_DEFAULTS", defaults)
+        .env_remove("BASICAGENT_DAEMON")
+        .env_remove("BASICAGENT_CONFIG")
+        .env_remove("BASICAGENT_LOGFILE")
+        .env_remove("BASICAGENT_PIDFILE")
+        .env_remove("BASICAGENT_OPTS")
+        .env_remove("BASICAGENT_PLUGIN_DIR")
+        .output()
+        .unwrap()
+}
+
+fn init_at(init_path: &Path, defaults: &Path, action: &str) -> Output {
+    Command::new(init_path)
+        .arg(action)
+        .env("BASICAGENT_DEFAULTS", defaults)
+        .env_remove("BASICAGENT_PLUGIN_DIR")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn install_tree_and_the_init_script_start_status_reload_stop() {
+    let bins = bin_dir();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    run_ok(
+        Command::new(script("install.sh"))
+            .arg("--destdir")
+            .arg(&root)
+            .arg("--build-dir")
+            .arg(&bins),
+    );
+    for f in [
+        "usr/sbin/BasicAgent",
+        "usr/bin/BasicAgentCtl",
+        "usr/lib/basicagent/plugins/libgetinfo_kernel.so",
+        "usr/lib/basicagent/plugins/libsync_bash.so",
+        "usr/lib/systemd/system/basicagent.service",
+        "etc/init.d/basicagent",
+        "etc/default/basicagent",
+        "etc/basicagent/agent.toml",
+        "etc/logrotate.d/basicagent",
+        "usr/lib/basicagent/install-manifest",
+    ] {
+        assert!(root.join(f).exists(), "{f} installed");
+    }
+    for f in ["libgetinfo_testkit.so", "libgetinfo_hello.so"] {
+        assert!(
+            !root.join("usr/lib/basicagent/plugins").join(f).exists(),
+            "{f} is not installed"
+        );
+    }
+    assert!(root.join("var/lib/basicagent").is_dir());
+    // The default configuration is the commented one, valid as it stands,
+    // and a second install keeps an edited one.
+    let shipped = std::fs::read_to_string(root.join("etc/basicagent/agent.toml")).unwrap();
+    assert_eq!(
+        shipped,
+        std::fs::read_to_string(script("agent.toml")).unwrap()
+    );
+    std::fs::write(
+        root.join("etc/basicagent/agent.toml"),
+        format!("{shipped}\n# edited\n"),
+    )
+    .unwrap();
+    let again = run_ok(
+        Command::new(script("install.sh"))
+            .arg("--destdir")
+            .arg(&root)
+            .arg("--build-dir")
+            .arg(&bins),
+    );
+    assert!(String::from_utf8_lossy(&again.stdout).contains("kept existing"));
+    assert!(
+        std::fs::read_to_string(root.join("etc/basicagent/agent.toml"))
+            .unwrap()
+            .ends_with("# edited\n")
+    );
+
+    // The installed configuration for this test: the server on 127.0.7.1,
+    // the installed plugins.
+    let pki = Pki::new();
+    let server = Server::start(&pki, "127.0.7.1");
+    let etc = root.join("etc/basicagent");
+    let config = server.agent_config(&etc, Some(&root.join("usr/lib/basicagent/plugins")), &pki);
+    let pid_file = root.join("run/basicagent.pid");
+    let log_file = root.join("var/log/basicagent/agent.log");
+    let defaults = root.join("etc/default/basicagent");
+    std::fs::write(
+        &defaults,
+        format!(
+            "DAEMON={}\nCONFIG={}\nLOGFILE={}\nPIDFILE={}\nDAEMON_OPTS=\"-l debug\"\n",
+            root.join("usr/sbin/BasicAgent").display(),
+            config.display(),
+            log_file.display(),
+            pid_file.display()
+        ),
+    )
+    .unwrap();
+    let _guard = PidGuard(pid_file.clone());
+    let init_script = root.join("etc/init.d/basicagent");
+
+    let out = init_at(&init_script, &defaults, "status");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "not running yet: {}",
+        text(&out)
+    );
+    let out = init_at(&init_script, &defaults, "start");
+    assert_eq!(out.status.code(), Some(0), "start: {}", text(&out));
+    // The starter returned after the daemon took the pid file.
+    let pid = read_pid(&pid_file).expect("the pid file is written when start returns");
+    assert!(alive(pid));
+    let out = init_at(&init_script, &defaults, "status");
+    assert_eq!(out.status.code(), Some(0), "status: {}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&pid.to_string()));
+
+    let host = server.wait_agent();
+    let kernel = server.call(&host, r#"{"method":"getinfo.kernel"}"#);
+    assert_eq!(kernel["retcode"], 2, "{kernel}");
+    let info = server.call(&host, r#"{"method":"agent.info"}"#);
+    assert_eq!(
+        info["data"]["plugin_dir"],
+        root.join("usr/lib/basicagent/plugins").to_str().unwrap()
+    );
+
+    // A second start is harmless: same daemon, exit 0.
+    let out = init_at(&init_script, &defaults, "start");
+    assert_eq!(out.status.code(), Some(0), "second start: {}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("already running"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(read_pid(&pid_file), Some(pid));
+    // And the daemon itself refuses a second instance on the same pid file.
+    let direct = Command::new(root.join("usr/sbin/BasicAgent"))
+        .arg("-c")
+        .arg(&config)
+        .arg("-P")
+        .arg(&pid_file)
+        .output()
+        .unwrap();
+    assert_eq!(direct.status.code(), Some(1), "{}", text(&direct));
+    assert!(String::from_utf8_lossy(&direct.stderr).contains("already running"));
+    assert_eq!(read_pid(&pid_file), Some(pid));
+
+    // reload → SIGHUP: the log is reopened, the daemon keeps serving.
+    let out = init_at(&init_script, &defaults, "reload");
+    assert_eq!(out.status.code(), Some(0), "reload: {}", text(&out));
+    wait_for("the reload in the log", Duration::from_secs(10), || {
+        std::fs::read_to_string(&log_file)
+            .unwrap_or_default()
+            .contains("log reopened")
+            .then_some(())
+    });
+    let out = init_at(&init_script, &defaults, "force-reload");
+    assert_eq!(out.status.code(), Some(0), "force-reload: {}", text(&out));
+    assert_eq!(server.call(&host, r#"{"method":"ping"}"#)["retcode"], 2);
+    assert_eq!(read_pid(&pid_file), Some(pid));
+
+    // stop waits for the process to end.
+    let out = init_at(&init_script, &defaults, "stop");
+    assert_eq!(out.status.code(), Some(0), "stop: {}", text(&out));
+    assert!(!alive(pid), "stop returned while pid {pid} still ran");
+    assert!(!pid_file.exists(), "the daemon removed its pid file");
+    let out = init_at(&init_script, &defaults, "status");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "status after stop: {}",
+        text(&out)
+    );
+    let out = init_at(&init_script, &defaults, "stop");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stop when stopped: {}",
+        text(&out)
+    );
+    let out = init_at(&init_script, &defaults, "reload");
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "reload when stopped: {}",
+        text(&out)
+    );
+    let out = init_at(&init_script, &defaults, "bogus");
+    assert_eq!(out.status.code(), Some(2));
+
+    // A stale pid file (a crash): status 1, and start still works.
+    std::fs::write(&pid_file, "999999999\n").unwrap();
+    let out = init_at(&init_script, &defaults, "status");
+    assert_eq!(out.status.code(), Some(1), "stale pid file: {}", text(&out));
+    let out = init_at(&init_script, &defaults, "restart");
+    assert_eq!(out.status.code(), Some(0), "restart: {}", text(&out));
+    let pid2 = read_pid(&pid_file).unwrap();
+    assert!(pid2 != pid && alive(pid2));
+    // The repository copy (environment overrides only) sees the same daemon.
+    let out = init(&defaults, "status");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = init_at(&init_script, &defaults, "stop");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(!alive(pid2));
+
+    // A configuration error: start fails with the daemon's message, status 3.
+    std::fs::write(&config, "[server]\nprot = 1\n").unwrap();
+    let out = init_at(&init_script, &defaults, "start");
+    assert_eq!(out.status.code(), Some(1), "bad config: {}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("prot"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        init_at(&init_script, &defaults, "status").status.code(),
+        Some(3)
+    );
+
+    // --uninstall removes what it installed and keeps configuration and state.
+    run_ok(
+        Command::new(script("install.sh"))
+            .arg("--uninstall")
+            .arg("--destdir")
+            .arg(&root),
+    );
+    for gone in [
+        "usr/sbin/BasicAgent",
+        "usr/bin/BasicAgentCtl",
+        "usr/lib/basicagent",
+        "usr/lib/systemd/system/basicagent.service",
+        "etc/init.d/basicagent",
+        "etc/logrotate.d/basicagent",
+    ] {
+        assert!(!root.join(gone).exists(), "{gone} removed");
+    }
+    for kept in [
+        "etc/basicagent/agent.toml",
+        "etc/default/basicagent",
+        "var/lib/basicagent",
+    ] {
+        assert!(root.join(kept).exists(), "{kept} kept");
+    }
+}
+
+// ---------------------------------------------------------------- the Debian package
+
+/// dpkg serialises on its lock; another dpkg (apt on the same machine)
+/// makes it fail at once, so retry for a while.
+fn dpkg(args: &[&str], envs: &[(&str, &Path)]) -> Output {
+    let start = Instant::now();
+    loop {
+        let mut cmd = Command::new("dpkg");
+        cmd.args(args).env_remove("BASICAGENT_PLUGIN_DIR");
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success()
+            && err.contains("lock")
+            && start.elapsed() < Duration::from_secs(120)
+        {
+            std::thread::sleep(Duration::from_secs(1));
+            continue;
+        }
+        return out;
+    }
+}
+
+struct PurgeGuard;
+
+impl Drop for PurgeGuard {
+    fn drop(&mut self) {
+        let _ = dpkg(&["-P", "basicagent"], &[]);
+    }
+}
+
+#[test]
+fn the_debian_package_installs_runs_and_removes_cleanly() {
+    if !have("dpkg") || !have("dpkg-deb") {
+        eprintln!(
+            "SKIP the_debian_package_installs_runs_and_removes_cleanly: dpkg or dpkg-deb not found"
+        );
+        return;
+    }
+    assert!(
+        is_root(),
+        "this test installs a package: run it as root (CI does)"
+    );
+    let status = Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", "basicagent"])
+        .output()
+        .unwrap();
+    if String::from_utf8_lossy(&status.stdout).contains("installed") {
+        eprintln!("SKIP the_debian_package_installs_runs_and_removes_cleanly: a basicagent package is already installed here; not touching it");
+        return;
+    }
+    let bins = bin_dir();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = run_ok(
+        Command::new(script("package.sh"))
+            .arg("--build-dir")
+            .arg(&bins)
+            .arg("--output")
+            .arg(tmp.path())
+            .args(["--compress", "none"]),
+    );
+    let deb = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().to_owned());
+    let name = deb.file_name().unwrap().to_str().unwrap().to_owned();
+    assert!(
+        name.starts_with(&format!("basicagent_{}_", env!("CARGO_PKG_VERSION")))
+            && name.ends_with(".deb"),
+        "{name}"
+    );
+    let info = run_ok(Command::new("dpkg-deb").arg("-f").arg(&deb).arg("Package"));
+    assert_eq!(String::from_utf8_lossy(&info.stdout).trim(), "basicagent");
+
+    let _purge = PurgeGuard;
+    let out = dpkg(&["-i", deb.to_str().unwrap()], &[]);
+    assert!(out.status.success(), "dpkg -i: {}", text(&out));
+    for f in [
+        "/usr/sbin/BasicAgent",
+        "/usr/bin/BasicAgentCtl",
+        "/usr/lib/basicagent/plugins/libgetinfo_kernel.so",
+        "/usr/lib/basicagent/plugins/libsync_bash.so",
+        "/usr/lib/systemd/system/basicagent.service",
+        "/etc/init.d/basicagent",
+        "/etc/basicagent/agent.toml",
+        "/etc/default/basicagent",
+        "/etc/logrotate.d/basicagent",
+    ] {
+        assert!(Path::new(f).exists(), "{f} installed by the package");
+    }
+    assert!(!Path::new("/usr/lib/basicagent/install-manifest").exists());
+    let conffiles =
+        run_ok(Command::new("dpkg-query").args(["-W", "-f=${Conffiles}", "basicagent"]));
+    let conffiles = String::from_utf8_lossy(&conffiles.stdout).into_owned();
+    for c in [
+        "/etc/basicagent/agent.toml",
+        "/etc/default/basicagent",
+        "/etc/init.d/basicagent",
+        "/etc/logrotate.d/basicagent",
+    ] {
+        assert!(conffiles.contains(c), "{c} is a conffile: {conffiles}");
+    }
+    // The ctl tool from the package finds the installed plugins.
+    let ctl = Command::new("/usr/bin/BasicAgentCtl")
+        .args(["-c", "getinfo.kernel"])
+        .env_remove("BASICAGENT_PLUGIN_DIR")
+        .output()
+        .unwrap();
+    assert!(ctl.status.success(), "{}", text(&ctl));
+
+    // The daemon from the package, started by the package's init script,
+    // against the reference server. Configuration, log and pid file are the
+    // test's (BASICAGENT_DEFAULTS); binary, plugins and init script are the
+    // package's.
+    let pki = Pki::new();
+    let server = Server::start(&pki, "127.0.7.2");
+    let run = tmp.path().join("run");
+    let config = server.agent_config(&run, None, &pki);
+    let pid_file = run.join("agent.pid");
+    let defaults = run.join("defaults");
+    std::fs::write(
+        &defaults,
+        format!(
+            "CONFIG={}\nLOGFILE={}\nPIDFILE={}\n",
+            config.display(),
+            run.join("agent.log").display(),
+            pid_file.display()
+        ),
+    )
+    .unwrap();
+    let _guard = PidGuard(pid_file.clone());
+    let init_script = Path::new("/etc/init.d/basicagent");
+    let out = init_at(init_script, &defaults, "start");
+    assert_eq!(out.status.code(), Some(0), "start: {}", text(&out));
+    let pid = read_pid(&pid_file).unwrap();
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{pid}/exe")).unwrap(),
+        Path::new("/usr/sbin/BasicAgent")
+    );
+    let host = server.wait_agent();
+    let info = server.call(&host, r#"{"method":"agent.info"}"#);
+    assert_eq!(
+        info["data"]["plugin_dir"], "/usr/lib/basicagent/plugins",
+        "{info}"
+    );
+    let bash = server.call(
+        &host,
+        r#"{"method":"sync.bash","cmd":"echo from the package"}"#,
+    );
+    assert_eq!(bash["data"]["stdout"], "from the package\n", "{bash}");
+    assert_eq!(
+        init_at(init_script, &defaults, "status").status.code(),
+        Some(0)
+    );
+
+    // dpkg -r: prerm stops the daemon (the same defaults reach it through
+    // dpkg's environment), files go, conffiles stay.
+    let out = dpkg(&["-r", "basicagent"], &[("BASICAGENT_DEFAULTS", &defaults)]);
+    assert!(out.status.success(), "dpkg -r: {}", text(&out));
+    assert!(!alive(pid), "prerm stopped the daemon");
+    for f in [
+        "/usr/sbin/BasicAgent",
+        "/usr/bin/BasicAgentCtl",
+        "/usr/lib/basicagent",
+        "/usr/lib/systemd/system/basicagent.service",
+        "/usr/share/doc/basicagent",
+    ] {
+        assert!(!Path::new(f).exists(), "{f} removed by dpkg -r");
+    }
+    for f in [
+        "/etc/basicagent/agent.toml",
+        "/etc/init.d/basicagent",
+        "/etc/default/basicagent",
+    ] {
+        assert!(Path::new(f).exists(), "conffile {f} kept by dpkg -r");
+    }
+    let status = run_ok(Command::new("dpkg-query").args(["-W", "-f=${Status}", "basicagent"]));
+    assert_eq!(
+        String::from_utf8_lossy(&status.stdout),
+        "deinstall ok config-files"
+    );
+    // The init script left behind (a conffile) is harmless without the binary.
+    let out = Command::new(init_script).arg("start").output().unwrap();
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "start without the daemon: {}",
+        text(&out)
+    );
+    assert!(!Path::new("/run/basicagent.pid").exists());
+
+    // dpkg -P: the conffiles and the state go too.
+    let out = dpkg(&["-P", "basicagent"], &[]);
+    assert!(out.status.success(), "dpkg -P: {}", text(&out));
+    for f in [
+        "/etc/basicagent",
+        "/etc/init.d/basicagent",
+        "/etc/default/basicagent",
+        "/etc/logrotate.d/basicagent",
+        "/var/lib/basicagent",
+    ] {
+        assert!(!Path::new(f).exists(), "{f} removed by dpkg -P");
+    }
+    for rc in [
+        "rc0.d", "rc1.d", "rc2.d", "rc3.d", "rc4.d", "rc5.d", "rc6.d",
+    ] {
+        let links: Vec<String> = std::fs::read_dir(Path::new("/etc").join(rc))
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.ends_with("basicagent"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(
+            links.is_empty(),
+            "/etc/{rc} links removed by dpkg -P: {links:?}"
+        );
+    }
+    let status = Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", "basicagent"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&status.stdout).contains("installed"),
+        "{}",
+        text(&status)
+    );
+}
+
+// ---------------------------------------------------------------- plugins
+
+/// Serialises the C compiler runs (cheap, but keep the machine calm).
+static CC: Mutex<()> = Mutex::new(());
+
+/// Compiles a tiny plugin serving `method` whose data is {"version": V}.
+/// `entry: false` leaves out the entry symbol (a shared object that is
+/// not a plugin).
+fn c_plugin(dir: &Path, method: &str, version: &str, entry: bool) -> PathBuf {
+    let _lock = CC.lock().unwrap_or_else(|e| e.into_inner());
+    let stem = method.replace('.', "_");
+    let src = dir.join(format!("{stem}_{version}.c"));
+    let out = dir.join(format!("lib{stem}_{version}.so"));
+    let entry_fn = if entry {
+        "const ba_plugin_descriptor *basicagent_plugin_v1(void) { return &desc; }"
+    } else {
+        "const ba_plugin_descriptor *not_the_entry(void) { return &desc; }"
+    };
+    std::fs::write(
+        &src,
+        format!(
+            r#"#include <string.h>
+#include "basicagent_plugin.h"
+static const ba_host_api *host;
+static ba_status p_init(const ba_host_api *api) {{ host = api; return BA_STATUS_OK; }}
+static void p_call(ba_call_id call, const char *req, size_t len) {{
+    static const char data[] = "{{\"version\":\"{version}\"}}";
+    (void)req; (void)len;
+    host->complete(call, BA_RETCODE_SUCCESS, NULL, 0, data, sizeof data - 1);
+}}
+static const char *const methods[] = {{"{method}", NULL}};
+static const ba_plugin_descriptor desc = {{
+    .abi_version = BA_ABI_VERSION, .size = sizeof(ba_plugin_descriptor),
+    .name = "{stem}", .version = "{version}", .description = "ops test plugin",
+    .methods = methods, .usage = "none", .init = p_init, .call = p_call,
+    .cancel = NULL, .fini = NULL,
+}};
+{entry_fn}
+"#
+        ),
+    )
+    .unwrap();
+    run_ok(
+        Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".to_owned()))
+            .args([
+                "-Wall", "-Werror", "-std=c11", "-O1", "-fPIC", "-shared", "-I",
+            ])
+            .arg(workspace().join("abi/include"))
+            .arg("-o")
+            .arg(&out)
+            .arg(&src),
+    );
+    out
+}
+
+#[test]
+fn plugins_dropped_into_a_running_daemon_are_served_and_replaced_on_sighup() {
+    let bins = bin_dir();
+    let pki = Pki::new();
+    let server = Server::start(&pki, "127.0.7.3");
+    let tmp = tempfile::tempdir().unwrap();
+    let plugins = tmp.path().join("plugins");
+    let build = tmp.path().join("build");
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::fs::create_dir_all(&build).unwrap();
+    install_plugin(&bins.join("libsync_bash.so"), &plugins, "libsync_bash.so");
+    let config = server.agent_config(tmp.path(), Some(&plugins), &pki);
+    let daemon = Daemon::start(
+        &bins.join("BasicAgent"),
+        &config,
+        &tmp.path().join("agent.log"),
+    );
+    let host = server.wait_agent();
+
+    // Not there yet: unknown method.
+    let v = server.call(&host, r#"{"method":"getinfo.hello"}"#);
+    assert_eq!(v["retcode"], 3022, "{v}");
+    // Dropped in: served at once, no restart, no signal.
+    install_plugin(
+        &bins.join("libgetinfo_hello.so"),
+        &plugins,
+        "libgetinfo_hello.so",
+    );
+    let v = server.call(&host, r#"{"method":"getinfo.hello","args":"-n ops"}"#);
+    assert_eq!(v["retcode"], 2, "{v}");
+    assert_eq!(v["data"]["greeting"], "hello, ops");
+
+    // Two builds of one plugin; the second replaces the first by rename.
+    let v1 = c_plugin(&build, "getinfo.opsver", "1", true);
+    let v2 = c_plugin(&build, "getinfo.opsver", "2", true);
+    install_plugin(&v1, &plugins, "libgetinfo_opsver.so");
+    let v = server.call(&host, r#"{"method":"getinfo.opsver"}"#);
+    assert_eq!(v["data"]["version"], "1", "{v}");
+    install_plugin(&v2, &plugins, "libgetinfo_opsver.so");
+    // Until SIGHUP the loaded copy keeps serving (documented).
+    let v = server.call(&host, r#"{"method":"getinfo.opsver"}"#);
+    assert_eq!(v["data"]["version"], "1", "{v}");
+
+    // A call in flight in a plugin that is replaced meanwhile finishes
+    // normally in the old copy.
+    let slow = {
+        let admin = server.admin();
+        let host = host.clone();
+        std::thread::spawn(move || {
+            Command::new(bin_dir().join("BasicAgentServer"))
+                .arg("call")
+                .arg("--admin")
+                .arg(admin)
+                .args([
+                    "--host",
+                    &host,
+                    "--timeout",
+                    "30",
+                    r#"{"method":"sync.bash","cmd":"sleep 1.5; echo survived"}"#,
+                ])
+                .output()
+                .unwrap()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    install_plugin(&bins.join("libsync_bash.so"), &plugins, "libsync_bash.so");
+
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_log("reloaded plugin getinfo_opsver 2");
+    let v = server.call(&host, r#"{"method":"getinfo.opsver"}"#);
+    assert_eq!(v["data"]["version"], "2", "the new build after SIGHUP: {v}");
+    let slow = slow.join().unwrap();
+    let slow_text = String::from_utf8_lossy(&slow.stdout);
+    assert!(slow_text.contains("survived"), "{}", text(&slow));
+    let v = server.call(&host, r#"{"method":"sync.bash","cmd":"echo new copy"}"#);
+    assert_eq!(v["data"]["stdout"], "new copy\n", "{v}");
+
+    // Broken files are refused with a log line naming them; the rest keep working.
+    std::fs::write(plugins.join("libgetinfo_garbage.so"), b"this is not ELF\n").unwrap();
+    let v = server.call(&host, r#"{"method":"getinfo.garbage"}"#);
+    assert_eq!(v["retcode"], 3025, "{v}");
+    let noentry = c_plugin(&build, "getinfo.noentry", "1", false);
+    install_plugin(&noentry, &plugins, "libgetinfo_noentry.so");
+    let v = server.call(&host, r#"{"method":"getinfo.noentry"}"#);
+    assert_eq!(v["retcode"], 3025, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("libgetinfo_noentry.so"),
+        "{v}"
+    );
+    // SIGHUP with broken files around: nothing breaks.
+    daemon.signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(300));
+    for (m, check) in [
+        (r#"{"method":"getinfo.hello"}"#, "greeting"),
+        (r#"{"method":"getinfo.opsver"}"#, "version"),
+    ] {
+        let v = server.call(&host, m);
+        assert_eq!(v["retcode"], 2, "{v}");
+        assert!(v["data"].get(check).is_some(), "{v}");
+    }
+    assert_eq!(server.call(&host, r#"{"method":"ping"}"#)["retcode"], 2);
+    // Refusals are logged with the file (at debug level for a call; the
+    // daemon runs with -l debug here).
+    let log = daemon.log();
+    for f in ["libgetinfo_garbage.so", "libgetinfo_noentry.so"] {
+        assert!(log.contains(f), "the log names {f}:\n{log}");
+    }
+}
+
+/// A file refused once (a shared object without the entry symbol) and then
+/// replaced by a good build of the same name is served: the refused copy
+/// does not stand in for the new file.
+#[test]
+fn a_refused_plugin_replaced_by_a_good_build_is_served() {
+    let bins = bin_dir();
+    let pki = Pki::new();
+    let server = Server::start(&pki, "127.0.7.5");
+    let tmp = tempfile::tempdir().unwrap();
+    let plugins = tmp.path().join("plugins");
+    let build = tmp.path().join("build");
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::fs::create_dir_all(&build).unwrap();
+    let config = server.agent_config(tmp.path(), Some(&plugins), &pki);
+    let daemon = Daemon::start(
+        &bins.join("BasicAgent"),
+        &config,
+        &tmp.path().join("agent.log"),
+    );
+    let host = server.wait_agent();
+    let bad = c_plugin(&build, "getinfo.fixme", "1", false);
+    install_plugin(&bad, &plugins, "libgetinfo_fixme.so");
+    let v = server.call(&host, r#"{"method":"getinfo.fixme"}"#);
+    assert_eq!(v["retcode"], 3025, "{v}");
+    let good = c_plugin(&build, "getinfo.fixme", "2", true);
+    install_plugin(&good, &plugins, "libgetinfo_fixme.so");
+    let v = server.call(&host, r#"{"method":"getinfo.fixme"}"#);
+    assert_eq!(v["data"]["version"], "2", "after replacing: {v}");
+    // And a SIGHUP afterwards changes nothing.
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_log("log reopened");
+    let v = server.call(&host, r#"{"method":"getinfo.fixme"}"#);
+    assert_eq!(v["data"]["version"], "2", "after SIGHUP: {v}");
+}
+
+// ---------------------------------------------------------------- log rotation
+
+#[test]
+fn a_renamed_log_is_replaced_by_a_fresh_file_on_sighup_and_sigusr1() {
+    let bins = bin_dir();
+    let pki = Pki::new();
+    let server = Server::start(&pki, "127.0.7.4");
+    let tmp = tempfile::tempdir().unwrap();
+    let config = server.agent_config(tmp.path(), Some(&bins), &pki);
+    let log = tmp.path().join("agent.log");
+    let daemon = Daemon::start(&bins.join("BasicAgent"), &config, &log);
+    let host = server.wait_agent();
+    daemon.wait_log("BasicAgent");
+
+    for (round, sig) in [(1, libc::SIGHUP), (2, libc::SIGUSR1)] {
+        let rotated = tmp.path().join(format!("agent.log.round{round}"));
+        std::fs::rename(&log, &rotated).unwrap();
+        // logrotate's create mode: a new empty file before the signal.
+        if round == 2 {
+            std::fs::write(&log, b"").unwrap();
+        }
+        daemon.signal(sig);
+        daemon.wait_log("log reopened");
+        // Requests after the reopen are logged in the fresh file only.
+        let before = std::fs::metadata(&rotated).unwrap().len();
+        for _ in 0..3 {
+            assert_eq!(
+                server.call(&host, r#"{"method":"nosuch.method"}"#)["retcode"],
+                3022
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(!daemon.log().is_empty());
+        assert_eq!(
+            std::fs::metadata(&rotated).unwrap().len(),
+            before,
+            "round {round}: the rotated file no longer grows"
+        );
+    }
+
+    // The shipped logrotate configuration, pointed at this log and pid file,
+    // if logrotate is installed.
+    if have("logrotate") {
+        let pid_file = tmp.path().join("agent.pid");
+        std::fs::write(&pid_file, format!("{}\n", daemon.child.id())).unwrap();
+        let conf = std::fs::read_to_string(script("basicagent.logrotate"))
+            .unwrap()
+            .replace("/var/log/basicagent/agent.log", log.to_str().unwrap())
+            .replace("/run/basicagent.pid", pid_file.to_str().unwrap())
+            .replace("create 0640 root adm", "create 0640 root root");
+        let conf_path = tmp.path().join("logrotate.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        run_ok(
+            Command::new("logrotate")
+                .arg("-f")
+                .arg("-s")
+                .arg(tmp.path().join("logrotate.state"))
+                .arg(&conf_path),
+        );
+        daemon.wait_log("log reopened");
+        assert!(tmp.path().join("agent.log.1").exists());
+    } else {
+        eprintln!("logrotate not installed: the shipped configuration was not run");
+    }
+}
+
+/// At the default log level (info, what the init script and the unit use)
+/// a plugin file that is refused must leave a line naming it in the log.
+#[test]
+fn a_refused_plugin_is_logged_at_the_default_level() {
+    let bins = bin_dir();
+    let pki = Pki::new();
+    let server = Server::start(&pki, "127.0.7.6");
+    let tmp = tempfile::tempdir().unwrap();
+    let plugins = tmp.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    let config = server.agent_config(tmp.path(), Some(&plugins), &pki);
+    let log = tmp.path().join("agent.log");
+    let child = Command::new(bins.join("BasicAgent"))
+        .arg("-c")
+        .arg(&config)
+        .arg("-L")
+        .arg(&log)
+        .arg("-f")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let daemon = Daemon { child, log };
+    let host = server.wait_agent();
+    std::fs::write(plugins.join("libgetinfo_junk.so"), b"not a plugin\n").unwrap();
+    let v = server.call(&host, r#"{"method":"getinfo.junk"}"#);
+    assert_eq!(v["retcode"], 3025, "{v}");
+    std::thread::sleep(Duration::from_millis(300));
+    let text = daemon.log();
+    assert!(
+        text.contains("libgetinfo_junk.so"),
+        "no log line names the refused file at level info:\n{text}"
+    );
+}
