@@ -193,12 +193,14 @@ impl Dispatcher {
         let call = plugin.call(
             frame,
             Box::new(move |c| {
-                let response = Response::from_plugin(id, c.retcode, &c.message, c.data.as_deref());
-                let mut out = Vec::with_capacity(response.message.len() + 128);
+                let (call, retcode) = (c.call, c.retcode);
+                let response = Response::from_plugin_owned(id, retcode, c.message, c.data);
+                let capacity = response.data.as_ref().map_or(0, |d| d.get().len());
+                let mut out = Vec::with_capacity(capacity + response.message.len() + 128);
                 response.write_frame(&mut out);
                 let _ = tx.send(Finished {
                     generation: Some(generation),
-                    call: c.call,
+                    call,
                     frame: out,
                     task: None,
                 });
@@ -274,7 +276,7 @@ impl Dispatcher {
                     *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(c);
                     return;
                 }
-                let frame = tasks::done_frame(&task_id, c.retcode, &c.message, c.data.as_deref());
+                let frame = tasks::done_frame(&task_id, c.retcode, &c.message, c.data);
                 if let Err(e) = tasks::write_result(&dir, &task_id, &frame) {
                     log::error!("task {task_id}: cannot write the result durably: {e}; delivering it anyway");
                 }

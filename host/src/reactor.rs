@@ -299,6 +299,9 @@ impl Reactor {
                 Action::Resolve { token, name, port } => self.resolver.request(token, name, port),
                 Action::Connect(addr) => self.connect(now, addr),
                 Action::Send(bytes) => match &mut self.transport {
+                    // Take the buffer over when nothing is queued (no copy
+                    // of a large answer).
+                    Some(t) if t.out.is_empty() => t.out = bytes,
                     Some(t) => t.out.extend_from_slice(&bytes),
                     None => log::debug!("send without a transport dropped"),
                 },

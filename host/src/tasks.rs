@@ -131,8 +131,8 @@ pub fn write_result(dir: &Path, id: &str, frame: &[u8]) -> io::Result<()> {
 
 /// The `task.done` frame for a completion (`data` invalid JSON becomes a
 /// `3025` result, like any plugin answer).
-pub fn done_frame(id: &str, retcode: u32, message: &str, data: Option<&str>) -> Vec<u8> {
-    let response = Response::from_plugin(None, retcode, message, data);
+pub fn done_frame(id: &str, retcode: u32, message: &str, data: Option<String>) -> Vec<u8> {
+    let response = Response::from_plugin_owned(None, retcode, message.to_owned(), data);
     let mut frame = Vec::new();
     TaskDone::new(id, &response).write_frame(&mut frame);
     frame
@@ -201,7 +201,7 @@ impl TaskStore {
                 &id,
                 Retcode::PLUGIN_FAILURE.0,
                 "Plugin failure: the agent stopped while the task was running (killed or crashed); its outcome is unknown",
-                Some(&data),
+                Some(data),
             );
             write_result(&store.dir, &id, &frame)?;
             log::warn!("task {id} was running when the agent stopped; reported as failed");
@@ -481,7 +481,7 @@ mod tests {
         let id = new_task_id();
         s.start(&id, 7, "echo one", Instant::now());
         assert!(dir.path().join(format!("tasks/{id}.running")).exists());
-        let frame = done_frame(&id, 2, "", Some(r#"{"stdout":"one\n"}"#));
+        let frame = done_frame(&id, 2, "", Some(r#"{"stdout":"one\n"}"#.to_owned()));
         write_result(s.dir(), &id, &frame).unwrap();
         s.finished(&id, &frame, 2);
         drop(s);

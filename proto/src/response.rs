@@ -95,24 +95,43 @@ impl Response {
         message: &str,
         data: Option<&str>,
     ) -> Self {
+        Self::from_plugin_owned(id, retcode, message.to_owned(), data.map(str::to_owned))
+    }
+
+    /// [`Response::from_plugin`] taking the texts by value, so that a large
+    /// `data` (a command's output) is checked in place, not copied.
+    pub fn from_plugin_owned(
+        id: Option<Box<RawValue>>,
+        retcode: u32,
+        message: String,
+        data: Option<String>,
+    ) -> Self {
         let retcode = Retcode(retcode);
         let data = match data {
             None => None,
-            Some(text) => match RawValue::from_string(text.trim().to_owned()) {
-                Ok(v) => Some(v),
-                Err(e) => {
-                    return Response::failed(
-                        id,
-                        Retcode::PLUGIN_FAILURE,
-                        format!("plugin returned invalid JSON data: {e}"),
-                    )
+            Some(mut text) => {
+                let end = text.trim_end().len();
+                text.truncate(end);
+                let start = text.len() - text.trim_start().len();
+                if start > 0 {
+                    text.drain(..start);
                 }
-            },
+                match RawValue::from_string(text) {
+                    Ok(v) => Some(v),
+                    Err(e) => {
+                        return Response::failed(
+                            id,
+                            Retcode::PLUGIN_FAILURE,
+                            format!("plugin returned invalid JSON data: {e}"),
+                        )
+                    }
+                }
+            }
         };
         let message = if message.is_empty() {
             retcode.message().to_owned()
         } else {
-            message.to_owned()
+            message
         };
         Response {
             id,
@@ -130,9 +149,8 @@ impl Response {
         self
     }
 
-    /// The response as one JSON object without the trailing newline.
-    pub fn to_json(&self) -> String {
-        let wire = Wire {
+    fn wire(&self) -> Wire<'_> {
+        Wire {
             method: self.method.as_deref(),
             id: if self.omit_id {
                 Skip::Omit
@@ -143,15 +161,24 @@ impl Response {
             retcode: self.retcode.0,
             message: &self.message,
             data: self.data.as_deref(),
-        };
-        // Serialising these types cannot fail: every field is a plain
-        // string, number or already-valid raw JSON.
-        serde_json::to_string(&wire).unwrap_or_else(|_| String::from("{}"))
+        }
     }
 
-    /// Appends the response and its `\n` to `out` (one frame).
+    /// The response as one JSON object without the trailing newline.
+    pub fn to_json(&self) -> String {
+        // Serialising these types cannot fail: every field is a plain
+        // string, number or already-valid raw JSON.
+        serde_json::to_string(&self.wire()).unwrap_or_else(|_| String::from("{}"))
+    }
+
+    /// Appends the response and its `\n` to `out` (one frame), serialised
+    /// straight into `out` (no intermediate copy of a large `data`).
     pub fn write_frame(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(self.to_json().as_bytes());
+        let start = out.len();
+        if serde_json::to_writer(&mut *out, &self.wire()).is_err() {
+            out.truncate(start);
+            out.extend_from_slice(b"{}");
+        }
         out.push(b'\n');
     }
 
