@@ -11,7 +11,6 @@
 
 pub mod parse;
 pub mod plugin;
-pub mod request;
 
 pub use parse::{parse_cpu_list, parse_cpuinfo, parse_loadavg, CpuInfo, LoadAvg};
 pub use plugin::{collect, CpuError, CpuPaths};

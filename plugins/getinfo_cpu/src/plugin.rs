@@ -9,19 +9,17 @@ use basicagent_abi::{retcode, Call};
 use crate::parse::{
     average, parse_cpu_list, parse_cpuinfo, parse_loadavg, topology_from_pairs, CpuInfo,
 };
-use crate::request::{args_words, RequestError};
+use basicagent_plugin_kit::{self as kit, Refusal};
+
 use crate::USAGE;
 
 /// Why a `getinfo.cpu` call fails.
 #[derive(Debug, thiserror::Error)]
 pub enum CpuError {
-    /// The request is not a JSON object (3020), or `args` is not a string
-    /// or badly quoted (3021).
-    #[error("{0}; usage: {USAGE}")]
-    Request(#[from] RequestError),
-    /// getopts refused the args, or an operand was given (3021).
-    #[error("{0}; usage: {USAGE}")]
-    Args(String),
+    /// The request is not a JSON object (3020), or its args are refused
+    /// (3021, with the usage).
+    #[error(transparent)]
+    Refused(#[from] Refusal),
     /// `/proc/cpuinfo` cannot be read (3025).
     #[error("cannot read {path}: {source}")]
     Read {
@@ -38,8 +36,7 @@ impl CpuError {
     /// The protocol retcode for this failure.
     pub fn retcode(&self) -> u32 {
         match self {
-            CpuError::Request(RequestError::NotObject(_)) => retcode::INVALID_REQUEST,
-            CpuError::Request(_) | CpuError::Args(_) => retcode::INVALID_PARAMS,
+            CpuError::Refused(r) => r.retcode(),
             CpuError::Read { .. } | CpuError::Serialise(_) => retcode::PLUGIN_FAILURE,
         }
     }
@@ -66,16 +63,11 @@ impl Default for CpuPaths {
 
 /// Parses the request: `Ok(true)` when `-f` (flags) was given.
 pub fn parse_request(request: &[u8]) -> Result<bool, CpuError> {
-    let words = args_words(request)?;
     let mut opts = getopts::Options::new();
     opts.optflagmulti("f", "", "report the feature flags");
-    let m = opts
-        .parse(&words)
-        .map_err(|e| CpuError::Args(e.to_string()))?;
-    if let Some(operand) = m.free.first() {
-        return Err(CpuError::Args(format!("unexpected operand {operand:?}")));
-    }
-    Ok(m.opt_present("f"))
+    Ok(kit::parse_request(request, USAGE, |words| {
+        kit::parse_opts(&opts, words).map(|m| m.opt_present("f"))
+    })?)
 }
 
 fn read_text(path: &std::path::Path, buf: &mut String) -> std::io::Result<()> {

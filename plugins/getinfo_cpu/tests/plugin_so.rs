@@ -2,77 +2,30 @@
 //! compares its answer with `os.cpu_count()` (python3) or `nproc`,
 //! sysconf(3) and /proc/loadavg.
 
-use std::path::PathBuf;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use basicagent_abi::{retcode, Completion, HostSettings, Plugin};
-use serde_json::Value;
+use basicagent_abi::retcode;
+use basicagent_plugin_kit::testing::{call, call_args, data, load_built};
 
 const NAME: &str = "getinfo_cpu";
 const METHOD: &str = "getinfo.cpu";
 
-/// The built cdylib, next to this test binary (target/debug/deps/) or one
-/// directory up (target/debug/).
-fn plugin_path() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let name = format!("lib{NAME}.so");
-    exe.ancestors()
-        .skip(1)
-        .take(3)
-        .map(|d| d.join(&name))
-        .find(|p| p.exists())
-        .unwrap_or_else(|| panic!("{name} not found near {}", exe.display()))
-}
-
-fn load() -> Plugin {
-    let path = plugin_path();
-    Plugin::load(&path, &HostSettings::default(), false)
-        .unwrap_or_else(|e| panic!("load {}: {e}", path.display()))
-}
-
-/// Calls the plugin with raw request bytes and waits for its completion.
-fn call_raw(plugin: &Plugin, request: &[u8]) -> Completion {
-    let (tx, rx) = mpsc::channel();
-    plugin.call(
-        request,
-        Box::new(move |c| {
-            let _ = tx.send(c);
-        }),
-    );
-    rx.recv_timeout(Duration::from_secs(30))
-        .expect("no completion within 30 s")
-}
-
-/// Calls the plugin with `args` and returns the completion and its time.
-fn call(plugin: &Plugin, args: &str) -> (Completion, Duration) {
-    let request = serde_json::json!({"id": "1", "method": METHOD, "args": args}).to_string();
-    let start = Instant::now();
-    let c = call_raw(plugin, request.as_bytes());
-    (c, start.elapsed())
-}
-
-fn data(c: &Completion) -> Value {
-    assert_eq!(c.retcode, retcode::SUCCESS, "{}", c.message);
-    serde_json::from_str(c.data.as_deref().expect("data")).expect("json")
-}
-
 #[test]
 fn descriptor_usage_and_refusals() {
-    let p = load();
+    let p = load_built(NAME);
     assert_eq!(p.info().name, NAME);
     assert_eq!(p.info().methods, vec![METHOD.to_owned()]);
-    let c = call_raw(&p, b"[1,2]");
+    let c = call(&p, b"[1,2]");
     assert_eq!(c.retcode, retcode::INVALID_REQUEST, "{}", c.message);
-    let c = call_raw(&p, b"not json");
+    let c = call(&p, b"not json");
     assert_eq!(c.retcode, retcode::INVALID_REQUEST, "{}", c.message);
     for args in ["-Z", "'unterminated", "stray operand"] {
-        let (c, _) = call(&p, args);
+        let c = call_args(&p, args);
         assert_eq!(c.retcode, retcode::INVALID_PARAMS, "{args}: {}", c.message);
         assert!(c.message.contains("usage"), "{}", c.message);
         assert!(c.data.is_none());
     }
-    let c = call_raw(
+    let c = call(
         &p,
         format!(r#"{{"method":"{METHOD}","args":5}}"#).as_bytes(),
     );
@@ -99,8 +52,10 @@ fn independent_cpu_count() -> u64 {
 
 #[test]
 fn matches_cpu_count_and_loadavg() {
-    let p = load();
-    let (c, took) = call(&p, "");
+    let p = load_built(NAME);
+    let start = Instant::now();
+    let c = call_args(&p, "");
+    let took = start.elapsed();
     let d = data(&c);
     assert!(took < Duration::from_millis(500), "took {took:?}");
     let n = independent_cpu_count();
@@ -141,8 +96,8 @@ fn matches_cpu_count_and_loadavg() {
 
 #[test]
 fn flags_only_with_dash_f() {
-    let p = load();
-    let (c, _) = call(&p, "-f");
+    let p = load_built(NAME);
+    let c = call_args(&p, "-f");
     let d = data(&c);
     let flags = d["flags"].as_array().expect("flags");
     if cfg!(target_arch = "x86_64") {

@@ -14,7 +14,6 @@
 
 pub mod parse;
 pub mod plugin;
-pub mod request;
 
 pub use parse::{decode_octal, parse_mountinfo, Mount};
 pub use plugin::{collect, DisksError, Options};

@@ -1,6 +1,7 @@
 //! The thin glue: request → [`Options`], read mountinfo (path injectable),
 //! select, statvfs each (network ones only with `-n`, bounded), complete.
 
+use std::error::Error;
 use std::ffi::CString;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -8,10 +9,10 @@ use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use basicagent_abi::{retcode, Call};
+use basicagent_plugin_kit::{self as kit, Refusal};
 use serde::Serialize;
 
 use crate::parse::{is_network, is_pseudo, parse_mountinfo, Mount, RawStat, Space};
-use crate::request::{args_words, RequestError};
 use crate::USAGE;
 
 /// How long `-n` waits for all network statvfs calls of one request.
@@ -26,13 +27,10 @@ static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 /// Why a `getinfo.disks` call fails.
 #[derive(Debug, thiserror::Error)]
 pub enum DisksError {
-    /// The request is not a JSON object (3020), or `args` is not a string
-    /// or badly quoted (3021).
-    #[error("{0}; usage: {USAGE}")]
-    Request(#[from] RequestError),
-    /// getopts refused the args, or an operand was given (3021).
-    #[error("{0}; usage: {USAGE}")]
-    Args(String),
+    /// The request is not a JSON object (3020), or its args are refused
+    /// (3021, with the usage).
+    #[error(transparent)]
+    Refused(#[from] Refusal),
     /// `-m MOUNTPOINT` names no mount point (3021).
     #[error("no filesystem is mounted at {0:?}; usage: {USAGE}")]
     NotMounted(String),
@@ -55,10 +53,8 @@ impl DisksError {
     /// The protocol retcode for this failure.
     pub fn retcode(&self) -> u32 {
         match self {
-            DisksError::Request(RequestError::NotObject(_)) => retcode::INVALID_REQUEST,
-            DisksError::Request(_) | DisksError::Args(_) | DisksError::NotMounted(_) => {
-                retcode::INVALID_PARAMS
-            }
+            DisksError::Refused(r) => r.retcode(),
+            DisksError::NotMounted(_) => retcode::INVALID_PARAMS,
             DisksError::Read { .. } | DisksError::Spawn(_) | DisksError::Serialise(_) => {
                 retcode::PLUGIN_FAILURE
             }
@@ -79,23 +75,24 @@ pub struct Options {
 
 /// Parses the request into [`Options`].
 pub fn parse_request(request: &[u8]) -> Result<Options, DisksError> {
-    let words = args_words(request)?;
     let mut opts = getopts::Options::new();
     opts.optflagmulti("a", "", "all mounts");
     opts.optflagmulti("n", "", "statvfs network filesystems");
     opts.optopt("m", "", "one mount point", "MOUNTPOINT");
-    let m = opts
-        .parse(&words)
-        .map_err(|e| DisksError::Args(e.to_string()))?;
-    if let Some(operand) = m.free.first() {
-        return Err(DisksError::Args(format!("unexpected operand {operand:?}")));
-    }
+    Ok(kit::parse_request(request, USAGE, |words| {
+        options(&opts, words)
+    })?)
+}
+
+fn options(
+    opts: &getopts::Options,
+    words: &[String],
+) -> Result<Options, Box<dyn Error + Send + Sync>> {
+    let m = kit::parse_opts(opts, words)?;
     let mount_point = match m.opt_str("m") {
         None => None,
         Some(p) if !p.starts_with('/') || p.contains('\0') => {
-            return Err(DisksError::Args(format!(
-                "-m wants an absolute mount point, got {p:?}"
-            )))
+            return Err(format!("-m wants an absolute mount point, got {p:?}").into())
         }
         Some(p) => {
             let trimmed = p.trim_end_matches('/');

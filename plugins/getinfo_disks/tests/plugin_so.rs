@@ -2,77 +2,30 @@
 //! compares its answer with statvfs("/") taken here (python3 os.statvfs,
 //! else libc) and with /proc/self/mountinfo read here.
 
-use std::path::PathBuf;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use basicagent_abi::{retcode, Completion, HostSettings, Plugin};
-use serde_json::Value;
+use basicagent_abi::retcode;
+use basicagent_plugin_kit::testing::{call, call_args, data, load_built};
 
 const NAME: &str = "getinfo_disks";
 const METHOD: &str = "getinfo.disks";
 
-/// The built cdylib, next to this test binary (target/debug/deps/) or one
-/// directory up (target/debug/).
-fn plugin_path() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let name = format!("lib{NAME}.so");
-    exe.ancestors()
-        .skip(1)
-        .take(3)
-        .map(|d| d.join(&name))
-        .find(|p| p.exists())
-        .unwrap_or_else(|| panic!("{name} not found near {}", exe.display()))
-}
-
-fn load() -> Plugin {
-    let path = plugin_path();
-    Plugin::load(&path, &HostSettings::default(), false)
-        .unwrap_or_else(|e| panic!("load {}: {e}", path.display()))
-}
-
-/// Calls the plugin with raw request bytes and waits for its completion.
-fn call_raw(plugin: &Plugin, request: &[u8]) -> Completion {
-    let (tx, rx) = mpsc::channel();
-    plugin.call(
-        request,
-        Box::new(move |c| {
-            let _ = tx.send(c);
-        }),
-    );
-    rx.recv_timeout(Duration::from_secs(30))
-        .expect("no completion within 30 s")
-}
-
-/// Calls the plugin with `args` and returns the completion and its time.
-fn call(plugin: &Plugin, args: &str) -> (Completion, Duration) {
-    let request = serde_json::json!({"id": "1", "method": METHOD, "args": args}).to_string();
-    let start = Instant::now();
-    let c = call_raw(plugin, request.as_bytes());
-    (c, start.elapsed())
-}
-
-fn data(c: &Completion) -> Value {
-    assert_eq!(c.retcode, retcode::SUCCESS, "{}", c.message);
-    serde_json::from_str(c.data.as_deref().expect("data")).expect("json")
-}
-
 #[test]
 fn descriptor_usage_and_refusals() {
-    let p = load();
+    let p = load_built(NAME);
     assert_eq!(p.info().name, NAME);
     assert_eq!(p.info().methods, vec![METHOD.to_owned()]);
-    let c = call_raw(&p, b"[1,2]");
+    let c = call(&p, b"[1,2]");
     assert_eq!(c.retcode, retcode::INVALID_REQUEST, "{}", c.message);
-    let c = call_raw(&p, b"not json");
+    let c = call(&p, b"not json");
     assert_eq!(c.retcode, retcode::INVALID_REQUEST, "{}", c.message);
     for args in ["-Z", "'unterminated", "stray operand"] {
-        let (c, _) = call(&p, args);
+        let c = call_args(&p, args);
         assert_eq!(c.retcode, retcode::INVALID_PARAMS, "{args}: {}", c.message);
         assert!(c.message.contains("usage"), "{}", c.message);
         assert!(c.data.is_none());
     }
-    let c = call_raw(
+    let c = call(
         &p,
         format!(r#"{{"method":"{METHOD}","args":5}}"#).as_bytes(),
     );
@@ -122,8 +75,10 @@ fn mount_points() -> Vec<String> {
 
 #[test]
 fn root_matches_statvfs() {
-    let p = load();
-    let (c, took) = call(&p, "-m /");
+    let p = load_built(NAME);
+    let start = Instant::now();
+    let c = call_args(&p, "-m /");
+    let took = start.elapsed();
     let d = data(&c);
     assert!(took < Duration::from_millis(500), "took {took:?}");
     assert_eq!(d["count"], 1);
@@ -143,8 +98,10 @@ fn root_matches_statvfs() {
 
 #[test]
 fn listing_matches_mountinfo() {
-    let p = load();
-    let (c, took) = call(&p, "-a");
+    let p = load_built(NAME);
+    let start = Instant::now();
+    let c = call_args(&p, "-a");
+    let took = start.elapsed();
     let all = data(&c);
     assert!(took < Duration::from_millis(1000), "took {took:?}");
     let got: Vec<&str> = all["filesystems"]
@@ -162,7 +119,7 @@ fn listing_matches_mountinfo() {
         assert!(f["stat"].is_string(), "{f}");
     }
     // The default leaves out exactly the pseudo ones.
-    let (c, _) = call(&p, "");
+    let c = call_args(&p, "");
     let default = data(&c);
     let fs = default["filesystems"].as_array().expect("filesystems");
     assert!(fs.iter().all(|f| f["pseudo"] == false));
@@ -174,8 +131,8 @@ fn listing_matches_mountinfo() {
 
 #[test]
 fn unknown_mount_point_is_3021() {
-    let p = load();
-    let (c, _) = call(&p, "-m /no/such/mount/point");
+    let p = load_built(NAME);
+    let c = call_args(&p, "-m /no/such/mount/point");
     assert_eq!(c.retcode, retcode::INVALID_PARAMS);
     assert!(
         c.message.contains("no filesystem is mounted"),
@@ -186,8 +143,10 @@ fn unknown_mount_point_is_3021() {
 
 #[test]
 fn dash_n_completes_from_a_thread() {
-    let p = load();
-    let (c, took) = call(&p, "-n -m /");
+    let p = load_built(NAME);
+    let start = Instant::now();
+    let c = call_args(&p, "-n -m /");
+    let took = start.elapsed();
     let d = data(&c);
     assert_eq!(d["filesystems"][0]["stat"], "ok");
     assert!(took < Duration::from_secs(3), "took {took:?}");

@@ -9,7 +9,6 @@
 
 pub mod parse;
 pub mod plugin;
-pub mod request;
 
 pub use parse::{parse_meminfo, MemInfo};
 pub use plugin::{collect, MemoryError};

@@ -5,21 +5,18 @@ use std::io::Read;
 use std::path::Path;
 
 use basicagent_abi::{retcode, Call};
+use basicagent_plugin_kit::{self as kit, Refusal};
 
 use crate::parse::parse_meminfo;
-use crate::request::{args_words, RequestError};
 use crate::USAGE;
 
 /// Why a `getinfo.memory` call fails.
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {
-    /// The request is not a JSON object (3020), or `args` is not a string
-    /// or badly quoted (3021).
-    #[error("{0}; usage: {USAGE}")]
-    Request(#[from] RequestError),
-    /// Arguments were given; the method takes none (3021).
-    #[error("unexpected args {0:?}; usage: {USAGE}")]
-    Args(Vec<String>),
+    /// The request is not a JSON object (3020), or its args are refused
+    /// (3021, with the usage).
+    #[error(transparent)]
+    Refused(#[from] Refusal),
     /// `/proc/meminfo` cannot be read (3025).
     #[error("cannot read {path}: {source}")]
     Read {
@@ -36,8 +33,7 @@ impl MemoryError {
     /// The protocol retcode for this failure.
     pub fn retcode(&self) -> u32 {
         match self {
-            MemoryError::Request(RequestError::NotObject(_)) => retcode::INVALID_REQUEST,
-            MemoryError::Request(_) | MemoryError::Args(_) => retcode::INVALID_PARAMS,
+            MemoryError::Refused(r) => r.retcode(),
             MemoryError::Read { .. } | MemoryError::Serialise(_) => retcode::PLUGIN_FAILURE,
         }
     }
@@ -45,12 +41,7 @@ impl MemoryError {
 
 /// Checks that the request carries no arguments.
 pub fn check_request(request: &[u8]) -> Result<(), MemoryError> {
-    let words = args_words(request)?;
-    if words.is_empty() {
-        Ok(())
-    } else {
-        Err(MemoryError::Args(words))
-    }
+    Ok(kit::no_args(request, USAGE)?)
 }
 
 /// Reads and parses `meminfo` (normally `/proc/meminfo`); the `data` JSON.

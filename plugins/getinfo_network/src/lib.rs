@@ -11,7 +11,6 @@
 
 pub mod parse;
 pub mod plugin;
-pub mod request;
 
 pub use parse::{flag_names, prefix_len, type_name, IfAddr};
 pub use plugin::{collect, getifaddrs, NetworkError};

@@ -1,29 +1,26 @@
 //! The thin glue: request → interface filter, getifaddrs(3), the sysfs
 //! reads (directory injectable) and the report; completes synchronously.
 
+use std::error::Error;
 use std::ffi::CStr;
 use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
 use basicagent_abi::{retcode, Call};
+use basicagent_plugin_kit::{self as kit, Refusal};
 use serde::Serialize;
 
 use crate::parse::{flag_names, parse_hex, type_name, IfAddr};
-use crate::request::{args_words, RequestError};
 use crate::USAGE;
 
 /// Why a `getinfo.network` call fails.
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
-    /// The request is not a JSON object (3020), or `args` is not a string
-    /// or badly quoted (3021).
-    #[error("{0}; usage: {USAGE}")]
-    Request(#[from] RequestError),
-    /// getopts refused the args, an operand was given, or the name is not
-    /// an interface name (3021).
-    #[error("{0}; usage: {USAGE}")]
-    Args(String),
+    /// The request is not a JSON object (3020), or its args are refused
+    /// (3021, with the usage).
+    #[error(transparent)]
+    Refused(#[from] Refusal),
     /// `-i IF` names no interface (3021).
     #[error("no interface {0:?}; usage: {USAGE}")]
     NoSuchInterface(String),
@@ -46,10 +43,8 @@ impl NetworkError {
     /// The protocol retcode for this failure.
     pub fn retcode(&self) -> u32 {
         match self {
-            NetworkError::Request(RequestError::NotObject(_)) => retcode::INVALID_REQUEST,
-            NetworkError::Request(_) | NetworkError::Args(_) | NetworkError::NoSuchInterface(_) => {
-                retcode::INVALID_PARAMS
-            }
+            NetworkError::Refused(r) => r.retcode(),
+            NetworkError::NoSuchInterface(_) => retcode::INVALID_PARAMS,
             NetworkError::List { .. }
             | NetworkError::Getifaddrs(_)
             | NetworkError::Serialise(_) => retcode::PLUGIN_FAILURE,
@@ -59,18 +54,18 @@ impl NetworkError {
 
 /// Parses the request: `Some(IF)` for `-i IF`.
 pub fn parse_request(request: &[u8]) -> Result<Option<String>, NetworkError> {
-    let words = args_words(request)?;
     let mut opts = getopts::Options::new();
     opts.optopt("i", "", "one interface", "IF");
-    let m = opts
-        .parse(&words)
-        .map_err(|e| NetworkError::Args(e.to_string()))?;
-    if let Some(operand) = m.free.first() {
-        return Err(NetworkError::Args(format!(
-            "unexpected operand {operand:?}"
-        )));
-    }
-    match m.opt_str("i") {
+    Ok(kit::parse_request(request, USAGE, |words| {
+        interface_name(&opts, words)
+    })?)
+}
+
+fn interface_name(
+    opts: &getopts::Options,
+    words: &[String],
+) -> Result<Option<String>, Box<dyn Error + Send + Sync>> {
+    match kit::parse_opts(opts, words)?.opt_str("i") {
         None => Ok(None),
         // IFNAMSIZ is 16 with the NUL; names never hold '/' or whitespace,
         // and "." or ".." would leave /sys/class/net.
@@ -83,9 +78,7 @@ pub fn parse_request(request: &[u8]) -> Result<Option<String>, NetworkError> {
                     .bytes()
                     .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0) =>
         {
-            Err(NetworkError::Args(format!(
-                "-i wants an interface name, got {name:?}"
-            )))
+            Err(format!("-i wants an interface name, got {name:?}").into())
         }
         Some(name) => Ok(Some(name)),
     }

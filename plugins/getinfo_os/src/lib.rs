@@ -11,7 +11,6 @@
 
 pub mod parse;
 pub mod plugin;
-pub mod request;
 
 pub use parse::{parse_os_release, OsInfo};
 pub use plugin::{collect, OsError, OsPaths};

@@ -5,25 +5,22 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use basicagent_abi::{retcode, Call};
+use basicagent_plugin_kit::{self as kit, Refusal};
 
 use crate::parse::{
     container_from_environ, cpuinfo_has_hypervisor_flag, hypervisor_from_dmi, parse_btime,
     parse_os_release, parse_uptime, zone_from_file, zone_from_link, Evidence, OsInfo,
     Virtualization,
 };
-use crate::request::{args_words, RequestError};
 use crate::USAGE;
 
 /// Why a `getinfo.os` call fails.
 #[derive(Debug, thiserror::Error)]
 pub enum OsError {
-    /// The request is not a JSON object (3020), or `args` is not a string
-    /// or badly quoted (3021).
-    #[error("{0}; usage: {USAGE}")]
-    Request(#[from] RequestError),
-    /// Arguments were given; the method takes none (3021).
-    #[error("unexpected args {0:?}; usage: {USAGE}")]
-    Args(Vec<String>),
+    /// The request is not a JSON object (3020), or its args are refused
+    /// (3021, with the usage).
+    #[error(transparent)]
+    Refused(#[from] Refusal),
     /// The data could not be serialised (3025).
     #[error("cannot serialise the data: {0}")]
     Serialise(#[source] serde_json::Error),
@@ -33,8 +30,7 @@ impl OsError {
     /// The protocol retcode for this failure.
     pub fn retcode(&self) -> u32 {
         match self {
-            OsError::Request(RequestError::NotObject(_)) => retcode::INVALID_REQUEST,
-            OsError::Request(_) | OsError::Args(_) => retcode::INVALID_PARAMS,
+            OsError::Refused(r) => r.retcode(),
             OsError::Serialise(_) => retcode::PLUGIN_FAILURE,
         }
     }
@@ -88,12 +84,7 @@ const SMALL: u64 = 64 * 1024;
 
 /// Checks that the request carries no arguments.
 pub fn check_request(request: &[u8]) -> Result<(), OsError> {
-    let words = args_words(request)?;
-    if words.is_empty() {
-        Ok(())
-    } else {
-        Err(OsError::Args(words))
-    }
+    Ok(kit::no_args(request, USAGE)?)
 }
 
 fn os_release(paths: &OsPaths) -> (Option<String>, Option<&'static str>) {
