@@ -3,19 +3,15 @@
 use std::path::PathBuf;
 
 use basicagent_abi::retcode;
-
-use crate::args::{ArgsError, RequestError};
-use crate::USAGE;
+use basicagent_plugin_kit::Refusal;
 
 /// Why a `getinfo.groups` call fails.
 #[derive(Debug, thiserror::Error)]
 pub enum GroupsError {
-    /// The request is not a JSON object (3020).
+    /// The request is not a JSON object (3020), or its args are refused
+    /// (3021, with the usage).
     #[error(transparent)]
-    Request(#[from] RequestError),
-    /// The `args` are refused (3021); the message carries the usage.
-    #[error("{0}\n{USAGE}")]
-    Args(#[from] ArgsError),
+    Refused(#[from] Refusal),
     /// `-G NAME` names no group (3024).
     #[error("unknown group {0:?}")]
     UnknownGroup(String),
@@ -35,8 +31,7 @@ impl GroupsError {
     /// The protocol retcode for this failure.
     pub fn retcode(&self) -> u32 {
         match self {
-            GroupsError::Request(_) => retcode::INVALID_REQUEST,
-            GroupsError::Args(_) => retcode::INVALID_PARAMS,
+            GroupsError::Refused(r) => r.retcode(),
             GroupsError::UnknownGroup(_) => retcode::UNKNOWN_USER,
             GroupsError::Read { .. } | GroupsError::Serialise(_) => retcode::PLUGIN_FAILURE,
         }

@@ -4,9 +4,10 @@
 use std::path::{Path, PathBuf};
 
 use basicagent_abi::Call;
+use basicagent_plugin_kit as kit;
 
-use crate::args::{parse_args, request_args, Selection};
-use crate::{collect, GroupsError};
+use crate::args::{parse_words, Selection};
+use crate::{collect, GroupsError, USAGE};
 
 /// Where the files are (the defaults are /etc's).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,10 +34,7 @@ fn read(path: &Path) -> Result<Vec<u8>, GroupsError> {
 
 /// The selection a request asks for.
 pub fn parse_request(request: &[u8]) -> Result<Selection, GroupsError> {
-    match request_args(request)?? {
-        None => Ok(Selection::All),
-        Some(args) => Ok(parse_args(&args)?),
-    }
+    Ok(kit::parse_request(request, USAGE, parse_words)?)
 }
 
 /// Request in, `data` JSON out.

@@ -2,54 +2,9 @@
 //! checks its answers against this host's /etc/group, /etc/passwd and
 //! `getent group root`.
 
-use std::path::PathBuf;
-use std::sync::mpsc;
-use std::time::Duration;
-
-use basicagent_abi::{retcode, Completion, HostSettings, Plugin};
+use basicagent_abi::retcode;
+use basicagent_plugin_kit::testing::{call, call_args, data, load_built};
 use serde_json::Value;
-
-/// The built cdylib, next to this test binary (target/debug/deps/) or one
-/// directory up (target/debug/).
-fn plugin_path() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let name = "libgetinfo_groups.so";
-    exe.ancestors()
-        .skip(1)
-        .take(3)
-        .map(|d| d.join(name))
-        .find(|p| p.exists())
-        .unwrap_or_else(|| panic!("{name} not found near {}", exe.display()))
-}
-
-fn load() -> Plugin {
-    let path = plugin_path();
-    Plugin::load(&path, &HostSettings::default(), false)
-        .unwrap_or_else(|e| panic!("load {}: {e}", path.display()))
-}
-
-fn call_raw(plugin: &Plugin, request: &str) -> Completion {
-    let (tx, rx) = mpsc::channel();
-    plugin.call(
-        request.as_bytes(),
-        Box::new(move |c| {
-            let _ = tx.send(c);
-        }),
-    );
-    rx.recv_timeout(Duration::from_secs(10))
-        .expect("no completion within 10 s")
-}
-
-fn call(plugin: &Plugin, args: &str) -> Completion {
-    let request =
-        serde_json::json!({"id": "1", "method": "getinfo.groups", "args": args}).to_string();
-    call_raw(plugin, &request)
-}
-
-fn data(c: &Completion) -> Value {
-    assert_eq!(c.retcode, retcode::SUCCESS, "{}", c.message);
-    serde_json::from_str(c.data.as_deref().expect("data")).expect("json")
-}
 
 /// (name, gid, members) of every well-formed line of /etc/group.
 fn etc_group() -> Vec<(String, u64, Vec<String>)> {
@@ -74,7 +29,7 @@ fn etc_group() -> Vec<(String, u64, Vec<String>)> {
 
 #[test]
 fn descriptor_and_usage() {
-    let p = load();
+    let p = load_built("getinfo_groups");
     assert_eq!(p.info().name, "getinfo_groups");
     assert_eq!(p.info().methods, vec!["getinfo.groups".to_owned()]);
     for word in ["-G NAME", "members", "primary_users", "gid", "3024"] {
@@ -84,8 +39,8 @@ fn descriptor_and_usage() {
 
 #[test]
 fn all_matches_etc_group() {
-    let p = load();
-    let v = data(&call(&p, ""));
+    let p = load_built("getinfo_groups");
+    let v = data(&call_args(&p, ""));
     let expected = etc_group();
     assert_eq!(v["count"].as_u64(), Some(expected.len() as u64));
     let groups = v["groups"].as_array().expect("groups");
@@ -105,8 +60,8 @@ fn all_matches_etc_group() {
 
 #[test]
 fn primary_users_match_etc_passwd() {
-    let p = load();
-    let v = data(&call(&p, ""));
+    let p = load_built("getinfo_groups");
+    let v = data(&call_args(&p, ""));
     let passwd = std::fs::read_to_string("/etc/passwd").expect("read /etc/passwd");
     for g in v["groups"].as_array().expect("groups") {
         let gid = g["gid"].as_u64().expect("gid").to_string();
@@ -136,9 +91,9 @@ fn root_matches_getent() {
     let line = String::from_utf8(out.stdout).expect("utf-8");
     let f: Vec<&str> = line.trim_end().split(':').collect();
     assert_eq!(f.len(), 4, "{line}");
-    let p = load();
+    let p = load_built("getinfo_groups");
     for args in ["-G root", "-G 0", "-G'root'"] {
-        let v = data(&call(&p, args));
+        let v = data(&call_args(&p, args));
         assert_eq!(v["count"], 1);
         let g = &v["groups"][0];
         assert_eq!(g["name"].as_str(), Some(f[0]));
@@ -157,12 +112,12 @@ fn root_matches_getent() {
 
 #[test]
 fn errors() {
-    let p = load();
-    let c = call(&p, "-G no-such-group-xyz");
+    let p = load_built("getinfo_groups");
+    let c = call_args(&p, "-G no-such-group-xyz");
     assert_eq!(c.retcode, retcode::UNKNOWN_USER, "{}", c.message);
     assert!(c.message.contains("no-such-group-xyz"));
     for bad in ["-x", "-G", "root", "-G 'a", "-G a -G b"] {
-        let c = call(&p, bad);
+        let c = call_args(&p, bad);
         assert_eq!(c.retcode, retcode::INVALID_PARAMS, "{bad}: {}", c.message);
         assert!(
             c.message.contains("primary_users"),
@@ -171,9 +126,9 @@ fn errors() {
         );
         assert!(c.data.is_none());
     }
-    let c = call_raw(&p, r#"{"method":"getinfo.groups","args":["-G","root"]}"#);
+    let c = call(&p, r#"{"method":"getinfo.groups","args":["-G","root"]}"#);
     assert_eq!(c.retcode, retcode::INVALID_PARAMS);
     for bad in ["[1]", "\"x\"", "{", "42"] {
-        assert_eq!(call_raw(&p, bad).retcode, retcode::INVALID_REQUEST, "{bad}");
+        assert_eq!(call(&p, bad).retcode, retcode::INVALID_REQUEST, "{bad}");
     }
 }

@@ -8,8 +8,7 @@ use std::fs::File;
 use std::io::Read;
 
 use basicagent_abi::{retcode, Call};
-use serde::Deserialize;
-use serde_json::value::RawValue;
+use basicagent_plugin_kit::{self as kit, Refusal};
 
 use crate::parse::{parse_btime, parse_cmdline, parse_uptime, KernelInfo};
 
@@ -24,12 +23,10 @@ Output data:
 /// Why a `getinfo.kernel` call fails.
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
-    /// The request is not a JSON object.
-    #[error("request is not a JSON object: {0}")]
-    Request(#[source] serde_json::Error),
-    /// Arguments were given; the method takes none.
-    #[error("unexpected args {0}; usage: {USAGE}")]
-    Args(String),
+    /// The request is not a JSON object (3020), or arguments were given
+    /// (3021, with the usage): the method takes none.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
     /// `uname(2)` failed (it cannot on Linux, but it returns a status).
     #[error("uname(2) failed: {0}")]
     Uname(#[source] std::io::Error),
@@ -42,43 +39,15 @@ impl KernelError {
     /// The protocol retcode for this failure.
     pub fn retcode(&self) -> u32 {
         match self {
-            KernelError::Request(_) => retcode::INVALID_REQUEST,
-            KernelError::Args(_) => retcode::INVALID_PARAMS,
+            KernelError::Refused(r) => r.retcode(),
             KernelError::Uname(_) | KernelError::Serialise(_) => retcode::PLUGIN_FAILURE,
         }
     }
 }
 
-#[derive(Deserialize)]
-struct Request<'a> {
-    #[serde(borrow, default)]
-    args: Option<&'a RawValue>,
-}
-
 /// Accepts a request whose `args` is absent, `null` or a blank string.
 pub fn check_request(request: &[u8]) -> Result<(), KernelError> {
-    match request.iter().find(|b| !b.is_ascii_whitespace()) {
-        None => return Ok(()),
-        // serde would also accept a struct written as an array.
-        Some(b'{') => {}
-        Some(_) => {
-            return Err(KernelError::Request(serde::de::Error::custom(
-                "expected an object",
-            )))
-        }
-    }
-    let req: Request<'_> = serde_json::from_slice(request).map_err(KernelError::Request)?;
-    let Some(raw) = req.args else { return Ok(()) };
-    let blank = match serde_json::from_str::<Option<String>>(raw.get()) {
-        Ok(None) => true,
-        Ok(Some(s)) => s.trim().is_empty(),
-        Err(_) => false,
-    };
-    if blank {
-        Ok(())
-    } else {
-        Err(KernelError::Args(raw.get().to_owned()))
-    }
+    Ok(kit::no_args(request, USAGE)?)
 }
 
 /// The fields of `uname(2)`, as the kernel filled them.
@@ -223,7 +192,7 @@ mod tests {
         ] {
             let e = check_request(req).err();
             assert!(
-                matches!(e, Some(KernelError::Args(_))),
+                matches!(e, Some(KernelError::Refused(Refusal::InvalidParams { .. }))),
                 "{}",
                 String::from_utf8_lossy(req)
             );

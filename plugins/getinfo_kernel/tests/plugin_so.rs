@@ -1,43 +1,8 @@
 //! Loads the real `libgetinfo_kernel.so` through the host's loader and
 //! checks its answer against `uname` and libc.
 
-use std::path::PathBuf;
-use std::sync::mpsc;
-use std::time::Duration;
-
-use basicagent_abi::{retcode, Completion, HostSettings, Plugin};
-
-/// The built cdylib, next to this test binary (target/debug/deps/) or one
-/// directory up (target/debug/).
-fn plugin_path() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let name = "libgetinfo_kernel.so";
-    exe.ancestors()
-        .skip(1)
-        .take(3)
-        .map(|d| d.join(name))
-        .find(|p| p.exists())
-        .unwrap_or_else(|| panic!("{name} not found near {}", exe.display()))
-}
-
-fn load() -> Plugin {
-    let path = plugin_path();
-    Plugin::load(&path, &HostSettings::default(), false)
-        .unwrap_or_else(|e| panic!("load {}: {e}", path.display()))
-}
-
-/// Calls the plugin and waits for its one completion.
-fn call(plugin: &Plugin, request: &str) -> Completion {
-    let (tx, rx) = mpsc::channel();
-    plugin.call(
-        request.as_bytes(),
-        Box::new(move |c| {
-            let _ = tx.send(c);
-        }),
-    );
-    rx.recv_timeout(Duration::from_secs(10))
-        .expect("no completion within 10 s")
-}
+use basicagent_abi::retcode;
+use basicagent_plugin_kit::testing::{call, data, load_built};
 
 fn uname(flag: &str) -> String {
     let out = std::process::Command::new("uname")
@@ -53,7 +18,7 @@ fn uname(flag: &str) -> String {
 
 #[test]
 fn descriptor_and_usage() {
-    let p = load();
+    let p = load_built("getinfo_kernel");
     assert_eq!(p.info().name, "getinfo_kernel");
     assert_eq!(p.info().methods, vec!["getinfo.kernel".to_owned()]);
     assert!(p.info().usage.contains("uptime_seconds"));
@@ -61,11 +26,8 @@ fn descriptor_and_usage() {
 
 #[test]
 fn matches_uname_and_proc() {
-    let p = load();
-    let c = call(&p, r#"{"method":"getinfo.kernel"}"#);
-    assert_eq!(c.retcode, retcode::SUCCESS, "{}", c.message);
-    let data: serde_json::Value =
-        serde_json::from_str(c.data.as_deref().expect("data")).expect("json");
+    let p = load_built("getinfo_kernel");
+    let data = data(&call(&p, r#"{"method":"getinfo.kernel"}"#));
     for (flag, key) in [
         ("-s", "sysname"),
         ("-n", "nodename"),
@@ -97,7 +59,7 @@ fn matches_uname_and_proc() {
 
 #[test]
 fn args_are_refused_with_usage() {
-    let p = load();
+    let p = load_built("getinfo_kernel");
     let c = call(&p, r#"{"method":"getinfo.kernel","args":"-A"}"#);
     assert_eq!(c.retcode, retcode::INVALID_PARAMS);
     assert!(c.message.contains("takes no arguments"), "{}", c.message);

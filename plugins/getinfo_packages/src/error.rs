@@ -3,19 +3,15 @@
 use std::path::PathBuf;
 
 use basicagent_abi::retcode;
-
-use crate::args::{ArgsError, RequestError};
-use crate::USAGE;
+use basicagent_plugin_kit::Refusal;
 
 /// Why a `getinfo.packages` call fails.
 #[derive(Debug, thiserror::Error)]
 pub enum PackagesError {
-    /// The request is not a JSON object (3020).
+    /// The request is not a JSON object (3020), or its args are refused
+    /// (3021, with the usage).
     #[error(transparent)]
-    Request(#[from] RequestError),
-    /// The `args` are refused (3021); the message carries the usage.
-    #[error("{0}\n{USAGE}")]
-    Args(#[from] ArgsError),
+    Refused(#[from] Refusal),
     /// The dpkg status file cannot be opened or read (3025).
     #[error("cannot read {}: {source}", path.display())]
     Read {
@@ -38,8 +34,7 @@ impl PackagesError {
     /// The protocol retcode for this failure.
     pub fn retcode(&self) -> u32 {
         match self {
-            PackagesError::Request(_) => retcode::INVALID_REQUEST,
-            PackagesError::Args(_) => retcode::INVALID_PARAMS,
+            PackagesError::Refused(r) => r.retcode(),
             PackagesError::Read { .. }
             | PackagesError::RpmUnsupported(_)
             | PackagesError::NoDatabase(_)

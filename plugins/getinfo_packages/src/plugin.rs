@@ -8,10 +8,11 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use basicagent_abi::Call;
+use basicagent_plugin_kit as kit;
 
-use crate::args::{parse_args, request_args, Selection};
+use crate::args::{parse_words, Selection};
 use crate::dpkg::{for_each_installed, matches};
-use crate::PackagesError;
+use crate::{PackagesError, USAGE};
 
 /// Where the package databases are.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,10 +43,7 @@ impl Default for Paths {
 
 /// The selection a request asks for.
 pub fn parse_request(request: &[u8]) -> Result<Selection, PackagesError> {
-    match request_args(request)?? {
-        None => Ok(Selection::default()),
-        Some(args) => Ok(parse_args(&args)?),
-    }
+    Ok(kit::parse_request(request, USAGE, parse_words)?)
 }
 
 /// Streams the installed packages of `status` (a dpkg status file) that

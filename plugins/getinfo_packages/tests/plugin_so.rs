@@ -2,55 +2,11 @@
 //! checks its answers against `dpkg-query` on this host.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::process::Command;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use basicagent_abi::{retcode, Completion, HostSettings, Plugin};
-use serde_json::Value;
-
-/// The built cdylib, next to this test binary (target/debug/deps/) or one
-/// directory up (target/debug/).
-fn plugin_path() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let name = "libgetinfo_packages.so";
-    exe.ancestors()
-        .skip(1)
-        .take(3)
-        .map(|d| d.join(name))
-        .find(|p| p.exists())
-        .unwrap_or_else(|| panic!("{name} not found near {}", exe.display()))
-}
-
-fn load() -> Plugin {
-    let path = plugin_path();
-    Plugin::load(&path, &HostSettings::default(), false)
-        .unwrap_or_else(|e| panic!("load {}: {e}", path.display()))
-}
-
-fn call_raw(plugin: &Plugin, request: &str) -> Completion {
-    let (tx, rx) = mpsc::channel();
-    plugin.call(
-        request.as_bytes(),
-        Box::new(move |c| {
-            let _ = tx.send(c);
-        }),
-    );
-    rx.recv_timeout(Duration::from_secs(10))
-        .expect("no completion within 10 s")
-}
-
-fn call(plugin: &Plugin, args: &str) -> Completion {
-    let request =
-        serde_json::json!({"id": "1", "method": "getinfo.packages", "args": args}).to_string();
-    call_raw(plugin, &request)
-}
-
-fn data(c: &Completion) -> Value {
-    assert_eq!(c.retcode, retcode::SUCCESS, "{}", c.message);
-    serde_json::from_str(c.data.as_deref().expect("data")).expect("json")
-}
+use basicagent_abi::retcode;
+use basicagent_plugin_kit::testing::{call, call_args, data, load_built};
 
 fn dpkg_query(format: &str, packages: &[&str]) -> String {
     let out = Command::new("dpkg-query")
@@ -69,7 +25,7 @@ fn have_dpkg() -> bool {
 
 #[test]
 fn descriptor_and_usage() {
-    let p = load();
+    let p = load_built("getinfo_packages");
     assert_eq!(p.info().name, "getinfo_packages");
     assert_eq!(p.info().methods, vec!["getinfo.packages".to_owned()]);
     for word in ["-n NAME", "-c", "installed_size", "architecture", "rpm"] {
@@ -87,8 +43,8 @@ fn bash_matches_dpkg_query() {
         "${Package} ${Version} ${Architecture} ${source:Package}\n",
         &["bash"],
     );
-    let p = load();
-    let v = data(&call(&p, "-n bash"));
+    let p = load_built("getinfo_packages");
+    let v = data(&call_args(&p, "-n bash"));
     assert_eq!(v["count"], 1);
     let b = &v["packages"][0];
     let got = format!(
@@ -123,8 +79,8 @@ fn installed_set_matches_dpkg_query() {
         .filter_map(|l| l.split_once('|').map(|(_, rest)| rest.to_owned()))
         .collect();
     let ii = listing.lines().filter(|l| l.starts_with("ii")).count();
-    let p = load();
-    let v = data(&call(&p, ""));
+    let p = load_built("getinfo_packages");
+    let v = data(&call_args(&p, ""));
     let got: BTreeSet<String> = v["packages"]
         .as_array()
         .expect("packages")
@@ -149,22 +105,22 @@ fn installed_set_matches_dpkg_query() {
         .filter(|l| l.as_bytes().get(1) == Some(&b'i') && !l.starts_with("ii"))
         .count();
     assert_eq!(count, ii + other);
-    assert_eq!(data(&call(&p, "-c"))["count"], count);
+    assert_eq!(data(&call_args(&p, "-c"))["count"], count);
 }
 
 #[test]
 fn not_installed_is_empty_success() {
-    let p = load();
-    let v = data(&call(&p, "-n no-such-package-xyz"));
+    let p = load_built("getinfo_packages");
+    let v = data(&call_args(&p, "-n no-such-package-xyz"));
     assert_eq!(v["count"], 0);
     assert_eq!(v["packages"], serde_json::json!([]));
 }
 
 #[test]
 fn fast_enough() {
-    let p = load();
+    let p = load_built("getinfo_packages");
     let started = Instant::now();
-    let c = call(&p, "");
+    let c = call_args(&p, "");
     let took = started.elapsed();
     assert_eq!(c.retcode, retcode::SUCCESS, "{}", c.message);
     // Milliseconds in release; generous for a debug build on a busy host.
@@ -173,9 +129,9 @@ fn fast_enough() {
 
 #[test]
 fn errors() {
-    let p = load();
+    let p = load_built("getinfo_packages");
     for bad in ["-x", "-n", "bash", "-n 'a", "-n a -n b"] {
-        let c = call(&p, bad);
+        let c = call_args(&p, bad);
         assert_eq!(c.retcode, retcode::INVALID_PARAMS, "{bad}: {}", c.message);
         assert!(
             c.message.contains("installed_size"),
@@ -185,6 +141,6 @@ fn errors() {
         assert!(c.data.is_none());
     }
     for bad in ["[1]", "\"x\"", "{", "42"] {
-        assert_eq!(call_raw(&p, bad).retcode, retcode::INVALID_REQUEST, "{bad}");
+        assert_eq!(call(&p, bad).retcode, retcode::INVALID_REQUEST, "{bad}");
     }
 }

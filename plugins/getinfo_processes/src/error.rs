@@ -3,19 +3,15 @@
 use std::path::PathBuf;
 
 use basicagent_abi::retcode;
-
-use crate::args::{ArgsError, RequestError};
-use crate::USAGE;
+use basicagent_plugin_kit::Refusal;
 
 /// Why a `getinfo.processes` call fails.
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessesError {
-    /// The request is not a JSON object (3020).
+    /// The request is not a JSON object (3020), or its args are refused
+    /// (3021, with the usage).
     #[error(transparent)]
-    Request(#[from] RequestError),
-    /// The `args` are refused (3021); the message carries the usage.
-    #[error("{0}\n{USAGE}")]
-    Args(#[from] ArgsError),
+    Refused(#[from] Refusal),
     /// `-U NAME` names no account of /etc/passwd (3024).
     #[error("unknown user {0:?}")]
     UnknownUser(String),
@@ -35,8 +31,7 @@ impl ProcessesError {
     /// The protocol retcode for this failure.
     pub fn retcode(&self) -> u32 {
         match self {
-            ProcessesError::Request(_) => retcode::INVALID_REQUEST,
-            ProcessesError::Args(_) => retcode::INVALID_PARAMS,
+            ProcessesError::Refused(r) => r.retcode(),
             ProcessesError::UnknownUser(_) => retcode::UNKNOWN_USER,
             ProcessesError::ListProc { .. } | ProcessesError::Serialise(_) => {
                 retcode::PLUGIN_FAILURE

@@ -5,11 +5,12 @@
 use std::path::{Path, PathBuf};
 
 use basicagent_abi::Call;
+use basicagent_plugin_kit as kit;
 
-use crate::args::{parse_args, request_args, Selection};
+use crate::args::{parse_words, Selection};
 use crate::parse::{parse_btime, Accounts};
 use crate::scan::{collect, Clock};
-use crate::ProcessesError;
+use crate::{ProcessesError, USAGE};
 
 /// Where the sources are.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,10 +31,7 @@ impl Default for Paths {
 
 /// The selection a request asks for.
 pub fn parse_request(request: &[u8]) -> Result<Selection, ProcessesError> {
-    match request_args(request)?? {
-        None => Ok(Selection::default()),
-        Some(args) => Ok(parse_args(&args)?),
-    }
+    Ok(kit::parse_request(request, USAGE, parse_words)?)
 }
 
 fn sysconf(name: libc::c_int, fallback: u64) -> u64 {

@@ -3,56 +3,14 @@
 //! pid, parent pid and argv, `id`, and children it spawns (and kills while
 //! the plugin walks /proc).
 
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::Duration;
 
-use basicagent_abi::{retcode, Completion, HostSettings, Plugin};
+use basicagent_abi::retcode;
+use basicagent_plugin_kit::testing::{call, call_args, data, load_built};
 use serde_json::Value;
-
-/// The built cdylib, next to this test binary (target/debug/deps/) or one
-/// directory up (target/debug/).
-fn plugin_path() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let name = "libgetinfo_processes.so";
-    exe.ancestors()
-        .skip(1)
-        .take(3)
-        .map(|d| d.join(name))
-        .find(|p| p.exists())
-        .unwrap_or_else(|| panic!("{name} not found near {}", exe.display()))
-}
-
-fn load() -> Plugin {
-    let path = plugin_path();
-    Plugin::load(&path, &HostSettings::default(), false)
-        .unwrap_or_else(|e| panic!("load {}: {e}", path.display()))
-}
-
-fn call_raw(plugin: &Plugin, request: &str) -> Completion {
-    let (tx, rx) = mpsc::channel();
-    plugin.call(
-        request.as_bytes(),
-        Box::new(move |c| {
-            let _ = tx.send(c);
-        }),
-    );
-    rx.recv_timeout(Duration::from_secs(10))
-        .expect("no completion within 10 s")
-}
-
-fn call(plugin: &Plugin, args: &str) -> Completion {
-    let request =
-        serde_json::json!({"id": "1", "method": "getinfo.processes", "args": args}).to_string();
-    call_raw(plugin, &request)
-}
-
-fn data(c: &Completion) -> Value {
-    assert_eq!(c.retcode, retcode::SUCCESS, "{}", c.message);
-    serde_json::from_str(c.data.as_deref().expect("data")).expect("json")
-}
 
 fn id(flag: &str) -> String {
     let out = Command::new("id").arg(flag).output().expect("run id");
@@ -75,7 +33,7 @@ impl Drop for Reaped {
 
 #[test]
 fn descriptor_and_usage() {
-    let p = load();
+    let p = load_built("getinfo_processes");
     assert_eq!(p.info().name, "getinfo_processes");
     assert_eq!(p.info().methods, vec!["getinfo.processes".to_owned()]);
     for word in [
@@ -98,9 +56,9 @@ fn descriptor_and_usage() {
 
 #[test]
 fn own_process() {
-    let p = load();
+    let p = load_built("getinfo_processes");
     let me = std::process::id();
-    let v = data(&call(&p, &format!("-p {me}")));
+    let v = data(&call_args(&p, &format!("-p {me}")));
     assert_eq!(v["count"], 1);
     let proc = &v["processes"][0];
     assert_eq!(proc["pid"], me);
@@ -123,7 +81,7 @@ fn own_process() {
         "started {start}, now {now}"
     );
     // The parent is there too, in the full list.
-    let all = data(&call(&p, ""));
+    let all = data(&call_args(&p, ""));
     let pids: Vec<u64> = all["processes"]
         .as_array()
         .expect("processes")
@@ -137,7 +95,7 @@ fn own_process() {
 
 #[test]
 fn spawned_child_found_with_cmdline_and_user() {
-    let p = load();
+    let p = load_built("getinfo_processes");
     let unique = format!("0.{}{}", std::process::id(), 7);
     let child = Reaped(
         Command::new("sleep")
@@ -151,7 +109,7 @@ fn spawned_child_found_with_cmdline_and_user() {
     // exec may not have happened yet: the cmdline is the test's until then.
     let mut found = Value::Null;
     for _ in 0..200 {
-        let v = data(&call(&p, &format!("-U {}", id("-u"))));
+        let v = data(&call_args(&p, &format!("-U {}", id("-u"))));
         if let Some(c) = v["processes"]
             .as_array()
             .expect("processes")
@@ -172,15 +130,15 @@ fn spawned_child_found_with_cmdline_and_user() {
 
 #[test]
 fn user_filter_sort_and_limit() {
-    let p = load();
+    let p = load_built("getinfo_processes");
     let uid: u64 = id("-u").parse().expect("uid");
     for args in [format!("-U {uid}"), format!("-U {}", id("-un"))] {
-        let v = data(&call(&p, &args));
+        let v = data(&call_args(&p, &args));
         let procs = v["processes"].as_array().expect("processes");
         assert!(!procs.is_empty());
         assert!(procs.iter().all(|p| p["uid"] == uid), "{args}");
     }
-    let v = data(&call(&p, "-s rss -n 3"));
+    let v = data(&call_args(&p, "-s rss -n 3"));
     let rss: Vec<u64> = v["processes"]
         .as_array()
         .expect("processes")
@@ -191,7 +149,7 @@ fn user_filter_sort_and_limit() {
     assert!(rss.windows(2).all(|w| w[0] >= w[1]), "{rss:?}");
     assert_eq!(v["count"], 3);
     assert!(v["total"].as_u64().is_some_and(|t| t >= 3));
-    let v = data(&call(&p, "-s cpu -n 5"));
+    let v = data(&call_args(&p, "-s cpu -n 5"));
     let cpu: Vec<f64> = v["processes"]
         .as_array()
         .expect("processes")
@@ -199,9 +157,9 @@ fn user_filter_sort_and_limit() {
         .filter_map(|p| p["cpu_seconds"].as_f64())
         .collect();
     assert!(cpu.windows(2).all(|w| w[0] >= w[1]), "{cpu:?}");
-    let v = data(&call(&p, "-p 1"));
+    let v = data(&call_args(&p, "-p 1"));
     assert_eq!(v["processes"][0]["ppid"], 0);
-    let v = data(&call(&p, "-p 4194304"));
+    let v = data(&call_args(&p, "-p 4194304"));
     assert_eq!(v["count"], 0, "a pid above pid_max is simply not there");
 }
 
@@ -209,7 +167,7 @@ fn user_filter_sort_and_limit() {
 /// walks /proc: every answer must be a success with valid data.
 #[test]
 fn churn_never_fails() {
-    let p = load();
+    let p = load_built("getinfo_processes");
     let stop = Arc::new(AtomicBool::new(false));
     let churners: Vec<_> = (0..2)
         .map(|_| {
@@ -234,7 +192,7 @@ fn churn_never_fails() {
         .collect();
     for i in 0..60 {
         let args = ["", "-s cpu", "-s rss -n 5", "-U 0"][i % 4];
-        let v = data(&call(&p, args));
+        let v = data(&call_args(&p, args));
         assert!(v["count"].as_u64().is_some());
     }
     stop.store(true, Ordering::Relaxed);
@@ -247,11 +205,11 @@ fn churn_never_fails() {
 
 #[test]
 fn errors() {
-    let p = load();
+    let p = load_built("getinfo_processes");
     for bad in [
         "-x", "-p", "-p abc", "-p 0", "-s mem", "-n 0", "-n x", "123", "-U 'a",
     ] {
-        let c = call(&p, bad);
+        let c = call_args(&p, bad);
         assert_eq!(c.retcode, retcode::INVALID_PARAMS, "{bad}: {}", c.message);
         assert!(
             c.message.contains("cpu_seconds"),
@@ -260,9 +218,9 @@ fn errors() {
         );
         assert!(c.data.is_none());
     }
-    let c = call(&p, "-U no-such-user-xyz");
+    let c = call_args(&p, "-U no-such-user-xyz");
     assert_eq!(c.retcode, retcode::UNKNOWN_USER, "{}", c.message);
     for bad in ["[1]", "\"x\"", "{", "42"] {
-        assert_eq!(call_raw(&p, bad).retcode, retcode::INVALID_REQUEST, "{bad}");
+        assert_eq!(call(&p, bad).retcode, retcode::INVALID_REQUEST, "{bad}");
     }
 }

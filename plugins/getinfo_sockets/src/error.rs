@@ -3,19 +3,15 @@
 use std::path::PathBuf;
 
 use basicagent_abi::retcode;
-
-use crate::args::{ArgsError, RequestError};
-use crate::USAGE;
+use basicagent_plugin_kit::Refusal;
 
 /// Why a `getinfo.sockets` call fails.
 #[derive(Debug, thiserror::Error)]
 pub enum SocketsError {
-    /// The request is not a JSON object (3020).
+    /// The request is not a JSON object (3020), or its args are refused
+    /// (3021, with the usage).
     #[error(transparent)]
-    Request(#[from] RequestError),
-    /// The `args` are refused (3021); the message carries the usage.
-    #[error("{0}\n{USAGE}")]
-    Args(#[from] ArgsError),
+    Refused(#[from] Refusal),
     /// None of the /proc/net tables asked for could be read (3025).
     #[error("cannot read {}: {source}", path.display())]
     Read {
@@ -32,8 +28,7 @@ impl SocketsError {
     /// The protocol retcode for this failure.
     pub fn retcode(&self) -> u32 {
         match self {
-            SocketsError::Request(_) => retcode::INVALID_REQUEST,
-            SocketsError::Args(_) => retcode::INVALID_PARAMS,
+            SocketsError::Refused(r) => r.retcode(),
             SocketsError::Read { .. } | SocketsError::Serialise(_) => retcode::PLUGIN_FAILURE,
         }
     }

@@ -7,12 +7,13 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use basicagent_abi::Call;
+use basicagent_plugin_kit as kit;
 use serde::Serialize;
 
-use crate::args::{parse_args, request_args, Selection};
+use crate::args::{parse_words, Selection};
 use crate::owners::find_owners;
 use crate::parse::{parse_table, state_name, Entry, Proto, TCP_ESTABLISHED, TCP_LISTEN};
-use crate::SocketsError;
+use crate::{SocketsError, USAGE};
 
 /// One socket as reported.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -38,10 +39,7 @@ pub struct Report<'a> {
 
 /// The selection a request asks for.
 pub fn parse_request(request: &[u8]) -> Result<Selection, SocketsError> {
-    match request_args(request)?? {
-        None => Ok(Selection::default()),
-        Some(args) => Ok(parse_args(&args)?),
-    }
+    Ok(kit::parse_request(request, USAGE, parse_words)?)
 }
 
 /// Whether `sel` keeps `e` of table `proto`.

@@ -3,50 +3,13 @@
 //! pid and name.
 
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::path::PathBuf;
-use std::sync::mpsc;
-use std::time::Duration;
 
-use basicagent_abi::{retcode, Completion, HostSettings, Plugin};
+use basicagent_abi::{retcode, Plugin};
+use basicagent_plugin_kit::testing::{self, call_args, data, load_built};
 use serde_json::Value;
 
-/// The built cdylib, next to this test binary (target/debug/deps/) or one
-/// directory up (target/debug/).
-fn plugin_path() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let name = "libgetinfo_sockets.so";
-    exe.ancestors()
-        .skip(1)
-        .take(3)
-        .map(|d| d.join(name))
-        .find(|p| p.exists())
-        .unwrap_or_else(|| panic!("{name} not found near {}", exe.display()))
-}
-
-fn load() -> Plugin {
-    let path = plugin_path();
-    Plugin::load(&path, &HostSettings::default(), false)
-        .unwrap_or_else(|e| panic!("load {}: {e}", path.display()))
-}
-
-fn call_raw(plugin: &Plugin, request: &str) -> Completion {
-    let (tx, rx) = mpsc::channel();
-    plugin.call(
-        request.as_bytes(),
-        Box::new(move |c| {
-            let _ = tx.send(c);
-        }),
-    );
-    rx.recv_timeout(Duration::from_secs(10))
-        .expect("no completion within 10 s")
-}
-
 fn call(plugin: &Plugin, args: &str) -> Vec<Value> {
-    let request =
-        serde_json::json!({"id": "1", "method": "getinfo.sockets", "args": args}).to_string();
-    let c = call_raw(plugin, &request);
-    assert_eq!(c.retcode, retcode::SUCCESS, "{}", c.message);
-    let v: Value = serde_json::from_str(c.data.as_deref().expect("data")).expect("json");
+    let v = data(&call_args(plugin, args));
     let sockets = v["sockets"].as_array().expect("sockets").clone();
     assert_eq!(v["count"].as_u64(), Some(sockets.len() as u64));
     sockets
@@ -76,7 +39,7 @@ fn assert_mine(s: &Value) {
 
 #[test]
 fn descriptor_and_usage() {
-    let p = load();
+    let p = load_built("getinfo_sockets");
     assert_eq!(p.info().name, "getinfo_sockets");
     assert_eq!(p.info().methods, vec!["getinfo.sockets".to_owned()]);
     for word in [
@@ -108,7 +71,7 @@ fn own_tcp_listener_and_udp_socket() {
         listener.local_addr().expect("addr"),
         udp.local_addr().expect("addr"),
     );
-    let p = load();
+    let p = load_built("getinfo_sockets");
     let all = call(&p, "");
     let l = find(&all, "tcp", l_addr).expect("listener found");
     assert_eq!(l["state"], "LISTEN");
@@ -146,7 +109,7 @@ fn established_pair_and_connected_udp() {
     let b = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
     a.connect(b.local_addr().expect("addr"))
         .expect("udp connect");
-    let p = load();
+    let p = load_built("getinfo_sockets");
     let all = call(&p, "");
     let c = find(&all, "tcp", client_addr).expect("client side");
     assert_eq!(c["state"], "ESTABLISHED");
@@ -180,7 +143,7 @@ fn ipv6_loopback() {
         return;
     };
     let udp = UdpSocket::bind("[::1]:0").expect("bind udp6");
-    let p = load();
+    let p = load_built("getinfo_sockets");
     let all = call(&p, "-l");
     let l = find(&all, "tcp6", listener.local_addr().expect("addr")).expect("tcp6 listener");
     assert_eq!(l["local_address"], "::1");
@@ -192,10 +155,10 @@ fn ipv6_loopback() {
 
 #[test]
 fn errors() {
-    let p = load();
+    let p = load_built("getinfo_sockets");
     for bad in ["-x", "-l -a", "tcp", "-t 'x", "--all"] {
         let request = serde_json::json!({"args": bad}).to_string();
-        let c = call_raw(&p, &request);
+        let c = testing::call(&p, &request);
         assert_eq!(c.retcode, retcode::INVALID_PARAMS, "{bad}: {}", c.message);
         assert!(
             c.message.contains("remote_address"),
@@ -205,6 +168,10 @@ fn errors() {
         assert!(c.data.is_none());
     }
     for bad in ["[1]", "\"x\"", "{", "42"] {
-        assert_eq!(call_raw(&p, bad).retcode, retcode::INVALID_REQUEST, "{bad}");
+        assert_eq!(
+            testing::call(&p, bad).retcode,
+            retcode::INVALID_REQUEST,
+            "{bad}"
+        );
     }
 }

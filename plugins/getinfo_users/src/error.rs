@@ -3,18 +3,15 @@
 use std::path::PathBuf;
 
 use basicagent_abi::retcode;
-
-use crate::args::{ArgsError, SYNOPSIS};
+use basicagent_plugin_kit::Refusal;
 
 /// Why a `getinfo.users` call fails.
 #[derive(Debug, thiserror::Error)]
 pub enum UsersError {
-    /// The request is not a JSON object (3020).
-    #[error("request is not a JSON object: {0}")]
-    Request(#[source] serde_json::Error),
-    /// The `args` string is refused (3021); the message carries the usage.
-    #[error("{0}; {SYNOPSIS}")]
-    Args(#[from] ArgsError),
+    /// The request is not a JSON object (3020), or its args are refused
+    /// (3021, with the usage).
+    #[error(transparent)]
+    Refused(#[from] Refusal),
     /// `-U NAME` names no account (3024).
     #[error("unknown user {0:?}")]
     UnknownUser(String),
@@ -37,8 +34,7 @@ impl UsersError {
     /// The protocol retcode for this failure.
     pub fn retcode(&self) -> u32 {
         match self {
-            UsersError::Request(_) => retcode::INVALID_REQUEST,
-            UsersError::Args(_) => retcode::INVALID_PARAMS,
+            UsersError::Refused(r) => r.retcode(),
             UsersError::UnknownUser(_) => retcode::UNKNOWN_USER,
             UsersError::Read { .. } | UsersError::Spawn(_) | UsersError::Serialise(_) => {
                 retcode::PLUGIN_FAILURE

@@ -7,10 +7,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use basicagent_abi::Call;
-use serde::Deserialize;
-use serde_json::value::RawValue;
+use basicagent_plugin_kit as kit;
 
-use crate::args::{parse_args, ArgsError, Selection};
+use crate::args::{parse_words, Selection, SYNOPSIS};
 use crate::report::{collect, ShadowSource, Sources};
 use crate::{nss, UsersError};
 
@@ -102,33 +101,9 @@ impl Files {
     }
 }
 
-#[derive(Deserialize)]
-struct Request<'a> {
-    #[serde(borrow, default)]
-    args: Option<&'a RawValue>,
-}
-
 /// The selection a request asks for: `args` absent, null or blank is -A.
 pub fn parse_request(request: &[u8]) -> Result<Selection, UsersError> {
-    match request.iter().find(|b| !b.is_ascii_whitespace()) {
-        None => return Ok(Selection::All),
-        // serde would also accept a struct written as an array.
-        Some(b'{') => {}
-        Some(_) => {
-            return Err(UsersError::Request(serde::de::Error::custom(
-                "expected an object",
-            )))
-        }
-    }
-    let req: Request<'_> = serde_json::from_slice(request).map_err(UsersError::Request)?;
-    let Some(raw) = req.args else {
-        return Ok(Selection::All);
-    };
-    match serde_json::from_str::<Option<String>>(raw.get()) {
-        Ok(None) => Ok(Selection::All),
-        Ok(Some(args)) => Ok(parse_args(&args)?),
-        Err(_) => Err(ArgsError::NotString(raw.get().to_owned()).into()),
-    }
+    Ok(kit::parse_request(request, SYNOPSIS, parse_words)?)
 }
 
 /// What to do with a call once the files were consulted.
