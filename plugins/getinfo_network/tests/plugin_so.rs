@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use basicagent_abi::retcode;
-use basicagent_plugin_kit::testing::{call, call_args, data, load_built};
+use basicagent_plugin_kit::testing::{assert_refusals, call_args, data, load_built};
 
 const NAME: &str = "getinfo_network";
 const METHOD: &str = "getinfo.network";
@@ -17,21 +17,7 @@ fn descriptor_usage_and_refusals() {
     let p = load_built(NAME);
     assert_eq!(p.info().name, NAME);
     assert_eq!(p.info().methods, vec![METHOD.to_owned()]);
-    let c = call(&p, b"[1,2]");
-    assert_eq!(c.retcode, retcode::INVALID_REQUEST, "{}", c.message);
-    let c = call(&p, b"not json");
-    assert_eq!(c.retcode, retcode::INVALID_REQUEST, "{}", c.message);
-    for args in ["-Z", "'unterminated", "stray operand"] {
-        let c = call_args(&p, args);
-        assert_eq!(c.retcode, retcode::INVALID_PARAMS, "{args}: {}", c.message);
-        assert!(c.message.contains("usage"), "{}", c.message);
-        assert!(c.data.is_none());
-    }
-    let c = call(
-        &p,
-        format!(r#"{{"method":"{METHOD}","args":5}}"#).as_bytes(),
-    );
-    assert_eq!(c.retcode, retcode::INVALID_PARAMS, "{}", c.message);
+    assert_refusals(&p, &["-Z", "'unterminated", "stray operand"]);
 }
 
 /// Removes the dummy interface when dropped, even if the test failed.

@@ -88,3 +88,28 @@ pub fn data(c: &Completion) -> Value {
     let text = c.data.as_deref().expect("a success carries data");
     serde_json::from_str(text).unwrap_or_else(|e| panic!("data is not JSON ({e}): {text}"))
 }
+
+/// Checks the refusals every collector shares: request bytes that are not
+/// a JSON object answer `3020`; each of `bad_args`, and an `args` that is
+/// not a string, answer `3021` with the usage in the message and no data.
+pub fn assert_refusals(plugin: &Plugin, bad_args: &[&str]) {
+    for request in [&b"[1,2]"[..], b"not json"] {
+        let c = call(plugin, request);
+        assert_eq!(c.retcode, retcode::INVALID_REQUEST, "{}", c.message);
+    }
+    let method = plugin
+        .info()
+        .methods
+        .first()
+        .expect("the plugin serves a method");
+    let not_a_string = serde_json::json!({ "method": method, "args": 5 }).to_string();
+    let refused = bad_args
+        .iter()
+        .map(|args| (args.to_string(), call_args(plugin, args)))
+        .chain([(not_a_string.clone(), call(plugin, &not_a_string))]);
+    for (what, c) in refused {
+        assert_eq!(c.retcode, retcode::INVALID_PARAMS, "{what}: {}", c.message);
+        assert!(c.message.contains("; usage: "), "{what}: {}", c.message);
+        assert!(c.data.is_none(), "{what}");
+    }
+}
