@@ -2,9 +2,11 @@
 //! compares its answer with `os.cpu_count()` (python3) or `nproc`,
 //! sysconf(3) and /proc/loadavg.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use basicagent_plugin_kit::testing::{assert_refusals, call_args, data, load_built};
+use basicagent_plugin_kit::testing::{
+    assert_refusals, call_args, call_args_timed, data, load_built,
+};
 
 const NAME: &str = "getinfo_cpu";
 const METHOD: &str = "getinfo.cpu";
@@ -38,9 +40,7 @@ fn independent_cpu_count() -> u64 {
 #[test]
 fn matches_cpu_count_and_loadavg() {
     let p = load_built(NAME);
-    let start = Instant::now();
-    let c = call_args(&p, "");
-    let took = start.elapsed();
+    let (c, took) = call_args_timed(&p, "");
     let d = data(&c);
     assert!(took < Duration::from_millis(500), "took {took:?}");
     let n = independent_cpu_count();

@@ -2,10 +2,12 @@
 //! compares its answer with statvfs("/") taken here (python3 os.statvfs,
 //! else libc) and with /proc/self/mountinfo read here.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use basicagent_abi::retcode;
-use basicagent_plugin_kit::testing::{assert_refusals, call_args, data, load_built};
+use basicagent_plugin_kit::testing::{
+    assert_refusals, call_args, call_args_timed, data, load_built,
+};
 
 const NAME: &str = "getinfo_disks";
 const METHOD: &str = "getinfo.disks";
@@ -62,9 +64,7 @@ fn mount_points() -> Vec<String> {
 #[test]
 fn root_matches_statvfs() {
     let p = load_built(NAME);
-    let start = Instant::now();
-    let c = call_args(&p, "-m /");
-    let took = start.elapsed();
+    let (c, took) = call_args_timed(&p, "-m /");
     let d = data(&c);
     assert!(took < Duration::from_millis(500), "took {took:?}");
     assert_eq!(d["count"], 1);
@@ -85,9 +85,7 @@ fn root_matches_statvfs() {
 #[test]
 fn listing_matches_mountinfo() {
     let p = load_built(NAME);
-    let start = Instant::now();
-    let c = call_args(&p, "-a");
-    let took = start.elapsed();
+    let (c, took) = call_args_timed(&p, "-a");
     let all = data(&c);
     assert!(took < Duration::from_millis(1000), "took {took:?}");
     let got: Vec<&str> = all["filesystems"]
@@ -130,9 +128,7 @@ fn unknown_mount_point_is_3021() {
 #[test]
 fn dash_n_completes_from_a_thread() {
     let p = load_built(NAME);
-    let start = Instant::now();
-    let c = call_args(&p, "-n -m /");
-    let took = start.elapsed();
+    let (c, took) = call_args_timed(&p, "-n -m /");
     let d = data(&c);
     assert_eq!(d["filesystems"][0]["stat"], "ok");
     assert!(took < Duration::from_secs(3), "took {took:?}");

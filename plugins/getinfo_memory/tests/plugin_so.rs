@@ -1,10 +1,12 @@
 //! Loads the real `libgetinfo_memory.so` through the host's loader and
 //! compares its answer with /proc/meminfo parsed here and libc sysinfo(2).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use basicagent_abi::retcode;
-use basicagent_plugin_kit::testing::{assert_refusals, call_args, data, load_built};
+use basicagent_plugin_kit::testing::{
+    assert_refusals, call_args, call_args_timed, data, load_built,
+};
 
 const NAME: &str = "getinfo_memory";
 const METHOD: &str = "getinfo.memory";
@@ -28,9 +30,7 @@ fn meminfo_kb(key: &str) -> u64 {
 #[test]
 fn matches_proc_meminfo_and_sysinfo() {
     let p = load_built(NAME);
-    let start = Instant::now();
-    let c = call_args(&p, "");
-    let took = start.elapsed();
+    let (c, took) = call_args_timed(&p, "");
     let d = data(&c);
     assert!(took < Duration::from_millis(500), "took {took:?}");
     let total = d["total"].as_u64().expect("total");

@@ -4,10 +4,12 @@
 //! one made here with `ip` (root only; skipped with a note if impossible)
 //! and any address-less interface the host already has.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use basicagent_abi::retcode;
-use basicagent_plugin_kit::testing::{assert_refusals, call_args, data, load_built};
+use basicagent_plugin_kit::testing::{
+    assert_refusals, call_args, call_args_timed, data, load_built,
+};
 
 const NAME: &str = "getinfo_network";
 const METHOD: &str = "getinfo.network";
@@ -67,9 +69,7 @@ fn sys_class_net() -> Vec<String> {
 #[test]
 fn matches_sys_class_net_and_loopback() {
     let p = load_built(NAME);
-    let start = Instant::now();
-    let c = call_args(&p, "");
-    let took = start.elapsed();
+    let (c, took) = call_args_timed(&p, "");
     let d = data(&c);
     assert!(took < Duration::from_millis(500), "took {took:?}");
     let mut got: Vec<String> = d["interfaces"]

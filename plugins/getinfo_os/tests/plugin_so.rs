@@ -2,10 +2,12 @@
 //! compares its answer with os-release parsed by python3 (or a shell),
 //! gethostname(2), /proc/stat and the /etc/localtime link.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use basicagent_abi::retcode;
-use basicagent_plugin_kit::testing::{assert_refusals, call_args, data, load_built};
+use basicagent_plugin_kit::testing::{
+    assert_refusals, call_args, call_args_timed, data, load_built,
+};
 
 const NAME: &str = "getinfo_os";
 const METHOD: &str = "getinfo.os";
@@ -52,9 +54,7 @@ for path in ("/etc/os-release", "/usr/lib/os-release"):
 #[test]
 fn matches_independent_sources() {
     let p = load_built(NAME);
-    let start = Instant::now();
-    let c = call_args(&p, "");
-    let took = start.elapsed();
+    let (c, took) = call_args_timed(&p, "");
     let d = data(&c);
     assert!(took < Duration::from_millis(500), "took {took:?}");
     match os_release_by_python() {

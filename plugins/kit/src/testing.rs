@@ -68,6 +68,13 @@ pub fn call_args(plugin: &Plugin, args: &str) -> Completion {
     call(plugin, args_request(plugin, args))
 }
 
+/// [`call_args`], and how long the completion took.
+pub fn call_args_timed(plugin: &Plugin, args: &str) -> (Completion, Duration) {
+    let start = std::time::Instant::now();
+    let c = call_args(plugin, args);
+    (c, start.elapsed())
+}
+
 /// Calls `plugin` and returns the retcode and the data (`Value::Null`
 /// when the completion has none); panics on data that is not JSON.
 pub fn call_json(plugin: &Plugin, request: impl AsRef<[u8]>) -> (u32, Value) {
