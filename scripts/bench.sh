@@ -8,6 +8,13 @@
 # Prints a table and writes bench/results.json. Needs root (unshare -m,
 # mount --bind, /proc/PID/clear_refs). Installs hyperfine if missing.
 #
+# The peer is the Zabbix agent (zabbix_agentd, Debian package zabbix-agent),
+# installed by this script if missing (its service kept from starting by a
+# temporary policy-rc.d) and run in the foreground with
+# scripts/zabbix_agentd.conf on 127.0.0.1 and a free port; every figure that
+# has a Zabbix counterpart is measured for both in the same run. Without
+# network access to the Debian mirrors the table says "peer unavailable".
+#
 #   scripts/bench.sh
 #   BENCH_RUNS=5 scripts/bench.sh
 #
@@ -30,6 +37,24 @@ need_pkg hyperfine hyperfine
 need_pkg openssl openssl
 need_pkg python3 python3
 need_pkg unshare util-linux
+
+# The peer. policy-rc.d keeps the package's own service (0.0.0.0:10050) from
+# starting on a machine with an init system; removed again at once.
+ZBX=
+if ! command -v zabbix_agentd >/dev/null 2>&1; then
+    log "installing zabbix-agent (the peer)"
+    made_policy=
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; made_policy=1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    timeout 600 apt-get install -y zabbix-agent >/dev/null 2>&1 \
+        || { timeout 300 apt-get update >/dev/null 2>&1 && timeout 600 apt-get install -y zabbix-agent >/dev/null 2>&1; } \
+        || log "zabbix-agent could not be installed: peer unavailable"
+    [ -n "$made_policy" ] && rm -f /usr/sbin/policy-rc.d
+fi
+command -v zabbix_agentd >/dev/null 2>&1 && ZBX=$(command -v zabbix_agentd)
+[ -n "$ZBX" ] && log "peer: $("$ZBX" -V | head -n 1)"
 
 log "building (cargo build --release --workspace)"
 cargo build --release --workspace >&2
@@ -79,10 +104,23 @@ def tree(root):
         p = todo.pop(); seen.append(p); todo += kids.get(p, [])
     return seen
 cmd, pid = sys.argv[1], int(sys.argv[2])
-if cmd == "rss":      # kB summed over the process tree, processes, threads of the root, anon kB
+if cmd == "rss":      # kB summed over the process tree, processes, threads of the root, anon kB, all threads
     procs = tree(pid)
     print(sum(int(status(p)["VmRSS"][0]) for p in procs), len(procs), status(pid)["Threads"][0],
-          sum(int(status(p)["RssAnon"][0]) for p in procs))
+          sum(int(status(p)["RssAnon"][0]) for p in procs),
+          sum(int(status(p)["Threads"][0]) for p in procs))
+elif cmd == "tree":   # the pids of the tree
+    print(" ".join(map(str, tree(pid))))
+elif cmd == "cputree":  # utime + stime + cutime + cstime summed over the tree, clock ticks
+    total = 0
+    for p in tree(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += sum(int(x) for x in fields[11:15])
+        except OSError:
+            pass
+    print(total)
 elif cmd == "cpu":    # utime + stime in clock ticks
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -112,16 +150,30 @@ EOF
 
 HF=(hyperfine -N --style none --warmup 20)
 
+ZPORT=$(python3 -c '
+import socket
+s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+ZCONF=$D/zabbix_agentd.conf
+sed -e "s|@PORT@|$ZPORT|" -e "s|@DIR@|$D|" scripts/zabbix_agentd.conf > "$ZCONF"
+ZQ=(); ZC=()
+if [ -n "$ZBX" ]; then
+    if "$ZBX" -c "$ZCONF" -t system.uname >/dev/null 2>&1; then
+        ZQ=("$ZBX -c $ZCONF -t system.uname"); ZC=("$ZBX -c $ZCONF -t system.run[true]")
+    else
+        log "zabbix_agentd -t fails with our configuration: peer unavailable"; ZBX=
+    fi
+fi
+
 # ---------------------------------------------------------------- one-shots
 # Each pair runs RUNS times in a row (A B A B ...) so that a burst of load
 # from elsewhere hits both sides; the figure is the median of the ratios.
 for i in $(seq "$RUNS"); do
     log "one-shot local query: BasicAgentCtl -c getinfo.kernel vs uname -a (round $i/$RUNS)"
     timeout 300 "${HF[@]}" --runs 100 --export-json "$D/hf_kernel_$i.json" \
-        "$CTL -c getinfo.kernel" "uname -a" >/dev/null
+        "$CTL -c getinfo.kernel" "uname -a" "${ZQ[@]}" >/dev/null
     log "one-shot command: BasicAgentCtl -c sync.bash -j '{\"cmd\":\"true\"}' vs bash -c true (round $i/$RUNS)"
     timeout 300 "${HF[@]}" --runs 100 --export-json "$D/hf_bash_$i.json" \
-        "$CTL -c sync.bash -j '{\"cmd\":\"true\"}'" "bash -c true" >/dev/null
+        "$CTL -c sync.bash -j '{\"cmd\":\"true\"}'" "bash -c true" "${ZC[@]}" >/dev/null
 done
 log "baseline: 2000 x bash -c true, 4 at a time (xargs -P 4)"
 python3 - "$D/spawn4.txt" <<'EOF2'
@@ -172,6 +224,15 @@ log "idle daemon after connect (reference server on $ADDR:$PORT)"
     --admin "$D/admin.sock" 2>"$D/server.log" &
 SERVE_PID=$!; PIDS+=("$SERVE_PID")
 for _ in $(seq 50); do [ -S "$D/admin.sock" ] && break; sleep 0.1; done
+# Time from daemon start to the first served request (a getinfo.kernel
+# call through the server answered), RUNS times, each a fresh daemon.
+stop_pid() { kill "$1" 2>/dev/null || true; for _ in $(seq 100); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.05; done; kill -9 "$1" 2>/dev/null || true; }
+for i in $(seq "$RUNS"); do
+    read -r pid secs < <(timeout 60 python3 scripts/benchpeer.py agent-start "$D/admin.sock" "$SERVER" -- \
+        "$BIN/BasicAgent" -c "$D/agent.toml" -f -L "$D/agent-start.log" -l warn)
+    PIDS+=("$pid"); echo "$secs" >> "$D/start_ours.txt"; stop_pid "$pid"
+done
+log "daemon start to first served request: $(tr '\n' ' ' < "$D/start_ours.txt")s"
 "$BIN/BasicAgent" -c "$D/agent.toml" -f -L "$D/agent.log" -l warn &
 AGENT=$!; PIDS+=("$AGENT")
 connected=
@@ -181,8 +242,18 @@ for _ in $(seq 100); do
 done
 [ -n "$connected" ] || { echo "bench.sh: the agent did not connect" >&2; tail "$D/agent.log" >&2; exit 1; }
 sleep 2
-read -r IDLE_RSS IDLE_PROCS IDLE_THREADS IDLE_ANON < <(proc rss "$AGENT")
+read -r IDLE_RSS IDLE_PROCS IDLE_THREADS IDLE_ANON _ < <(proc rss "$AGENT")
 log "idle: ${IDLE_RSS} kB in $IDLE_PROCS process(es), $IDLE_THREADS threads"
+# Server restart to reconnected: stop the server, start it again, time
+# until the daemon is listed (its backoff starts at 1 s with jitter).
+for i in $(seq "$RUNS"); do
+    kill "$SERVE_PID"; for _ in $(seq 100); do kill -0 "$SERVE_PID" 2>/dev/null || break; sleep 0.05; done
+    wait "$SERVE_PID" 2>/dev/null || true
+    read -r SERVE_PID secs < <(timeout 60 python3 scripts/benchpeer.py reconnect "$D/admin.sock" "$SERVER" -- \
+        "$SERVER" serve --listen "$ADDR:$PORT" --cert "$D/server.pem" --key "$D/server.key" --admin "$D/admin.sock")
+    PIDS+=("$SERVE_PID"); echo "$secs" >> "$D/reconnect_ours.txt"
+done
+log "server restart to reconnected: $(tr '\n' ' ' < "$D/reconnect_ours.txt")s"
 kill "$SERVE_PID"; wait "$SERVE_PID" 2>/dev/null || true
 
 # ------------------------------------------------ over one TLS connection
@@ -207,6 +278,10 @@ for i in $(seq "$RUNS"); do
     loadtest serial --requests 5000 --depth 1 --warmup 500
 done
 for i in $(seq "$RUNS"); do
+    log "sync.bash true one at a time, 500 requests (run $i/$RUNS)"
+    loadtest bash1 --requests 500 --depth 1 --warmup 20 --json '{"method":"sync.bash","cmd":"true"}'
+done
+for i in $(seq "$RUNS"); do
     log "sync.bash true, depth 4, 2000 requests (run $i/$RUNS)"
     loadtest bash4 --requests 2000 --depth 4 --warmup 40 --json '{"method":"sync.bash","cmd":"true"}'
 done
@@ -227,12 +302,53 @@ for i in $(seq "$RUNS"); do
     read -r hwm_after _ < <(proc hwm "$AGENT")
     echo "$rss_before $hwm_after" >> "$D/small.rss"
 done
-read -r AFTER_RSS AFTER_PROCS AFTER_THREADS AFTER_ANON < <(proc rss "$AGENT")
+read -r AFTER_RSS AFTER_PROCS AFTER_THREADS AFTER_ANON _ < <(proc rss "$AGENT")
+stop_pid "$AGENT"
 
 # --------------------------------------------------------------- Zabbix
-# ZABBIX PEER: the same figures for zabbix_agentd / zabbix_agent2 go here
-# (separate issue). Write them to $D/zabbix.json as
-# {"figure-name": value, ...}; the report puts them beside ours.
+# ZABBIX PEER: zabbix_agentd in the foreground with our configuration;
+# start-up time, idle memory of all its processes, then passive checks
+# (a fresh TCP connection per request, as Zabbix works) with the CPU time
+# of all its processes. Our daemon is stopped by now: the two never share
+# the CPUs during a measurement.
+zbx_stop() { # the main process stops its children on SIGTERM
+    local tree
+    tree=$(proc tree "$1" 2>/dev/null || true)
+    kill "$1" 2>/dev/null || true
+    for p in $tree; do
+        for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.05; done
+        kill -9 "$p" 2>/dev/null || true
+    done
+}
+if [ -n "$ZBX" ]; then
+    for i in $(seq "$RUNS"); do
+        read -r ZPID secs < <(timeout 60 python3 scripts/benchpeer.py zbx-start "$ZCONF" "$ZPORT")
+        PIDS+=("$ZPID"); echo "$secs" >> "$D/start_zbx.txt"
+        [ "$i" = "$RUNS" ] || zbx_stop "$ZPID"
+    done
+    log "zabbix_agentd start to first served request: $(tr '\n' ' ' < "$D/start_zbx.txt")s"
+    sleep 2
+    read -r Z_RSS Z_PROCS _ Z_ANON Z_THREADS < <(proc rss "$ZPID")
+    log "zabbix idle: ${Z_RSS} kB in $Z_PROCS processes, $Z_THREADS threads"
+    zrate() { # zrate NAME KEY REQUESTS CLIENTS
+        local before after
+        before=$(proc cputree "$ZPID")
+        timeout 300 python3 scripts/benchpeer.py zbx-rate "$ZPORT" "$2" "$3" "$4" >> "$D/zbx_$1.jsonl"
+        after=$(proc cputree "$ZPID")
+        echo $((after - before)) >> "$D/zbx_$1.cpu"
+    }
+    for i in $(seq "$RUNS"); do
+        log "zabbix passive system.uname, 1 client, 5000 requests (run $i/$RUNS)"
+        zrate uname1 system.uname 5000 1
+        log "zabbix passive system.run[true], 1 client, 500 requests (run $i/$RUNS)"
+        zrate run1 'system.run[true]' 500 1
+        log "zabbix passive system.run[true], 4 clients, 2000 requests (run $i/$RUNS)"
+        zrate run4 'system.run[true]' 2000 4
+    done
+    python3 -c "import json,sys; print(json.dumps({'rss_kb': int(sys.argv[1]), 'processes': int(sys.argv[2]), 'threads': int(sys.argv[3]), 'anon_kb': int(sys.argv[4]), 'version': sys.argv[5]}))" \
+        "$Z_RSS" "$Z_PROCS" "$Z_THREADS" "$Z_ANON" "$("$ZBX" -V | head -n 1)" > "$D/zabbix.json"
+    zbx_stop "$ZPID"
+fi
 
 # ---------------------------------------------------------------- report
 mkdir -p bench
@@ -259,43 +375,111 @@ def fig(key, label, value, unit, target, ok, detail=""):
     figs.append({"key": key, "figure": label, "value": value, "unit": unit,
                  "target": target, "pass": bool(ok), "detail": detail})
 
+zpath = f"{d}/zabbix.json"
+zabbix = json.load(open(zpath)) if os.path.exists(zpath) else None
+peer = {}   # key -> (peer value, ratio ours/peer)
+def with_peer(key, value, ratio_digits=2):
+    if value is None:
+        return
+    ours = next(f["value"] for f in figs if f["key"] == key)
+    peer[key] = (value, round(ours / value, ratio_digits) if value else None)
+def zjl(name):
+    p = f"{d}/zbx_{name}.jsonl"
+    if not os.path.exists(p):
+        return []
+    with open(p) as f:
+        return [json.loads(l) for l in f if l.strip()]
+def floats(name):
+    p = f"{d}/{name}"
+    if not os.path.exists(p):
+        return []
+    with open(p) as f:
+        return [float(l.split()[0]) for l in f if l.strip()]
+
 def pair(name):
     rounds = [hf(f"{name}_{i}") for i in range(1, runs + 1)]
-    ratios = [a / b for a, b in rounds]
-    return med(ratios), med([a for a, _ in rounds]), med([b for _, b in rounds]), ratios
-ratio, ctl, uname, rs = pair("hf_kernel")
+    ratios = [r[0] / r[1] for r in rounds]
+    zr = [r[2] / r[1] for r in rounds if len(r) > 2]
+    return (med(ratios), med([r[0] for r in rounds]), med([r[1] for r in rounds]), ratios,
+            med(zr) if zr else None, med([r[2] for r in rounds]) if zr else None)
+ratio, ctl, uname, rs, zratio, zt = pair("hf_kernel")
 fig("oneshot_query_ratio", "one-shot getinfo.kernel (ctl) / uname -a", round(ratio, 2), "x",
     "<= 1.5x", ratio <= 1.5,
-    f"{ctl*1e3:.2f} ms vs {uname*1e3:.2f} ms (hyperfine medians); rounds {[round(r, 2) for r in rs]}")
-ratio, ctlb, bash, rs = pair("hf_bash")
+    f"{ctl*1e3:.2f} ms vs {uname*1e3:.2f} ms (hyperfine medians); rounds {[round(r, 2) for r in rs]}"
+    + (f"; zabbix_agentd -t system.uname {zt*1e3:.2f} ms = {zratio:.2f}x uname -a" if zt else ""))
+with_peer("oneshot_query_ratio", round(zratio, 2) if zratio else None)
+ratio, ctlb, bash, rs, zratio, zt = pair("hf_bash")
 over = (ratio - 1) * 100
 fig("oneshot_command_overhead", "one-shot sync.bash true (ctl) vs bash -c true", round(over, 1), "%",
     "<= 30 %", over <= 30,
-    f"{ctlb*1e3:.2f} ms vs {bash*1e3:.2f} ms; rounds {[round((r - 1) * 100) for r in rs]} %")
+    f"{ctlb*1e3:.2f} ms vs {bash*1e3:.2f} ms; rounds {[round((r - 1) * 100) for r in rs]} %"
+    + (f"; zabbix_agentd -t system.run[true] {zt*1e3:.2f} ms" if zt else ""))
+if zratio:
+    peer["oneshot_command_overhead"] = (round((zratio - 1) * 100, 1), round(ratio / zratio, 2))
 fig("idle_rss", "idle daemon after connect: RSS", round(idle_rss / 1024, 2), "MiB",
-    "<= 4 MiB", idle_rss <= 4096, f"{idle_rss} kB, of which anonymous {idle_anon} kB (the rest is mapped files: the executable, libc)")
-fig("idle_processes", "idle daemon: processes (threads)", idle_procs, "",
+    "<= 4 MiB", idle_rss <= 4096, f"{idle_rss} kB, of which anonymous {idle_anon} kB (the rest is mapped files: the executable, libc)"
+    + (f"; zabbix_agentd {zabbix['rss_kb']} kB, anonymous {zabbix['anon_kb']} kB" if zabbix else ""))
+with_peer("idle_rss", round(zabbix["rss_kb"] / 1024, 2) if zabbix else None)
+fig("idle_processes", "idle daemon: processes", idle_procs, "",
     "1 process", idle_procs == 1, f"{idle_threads} threads")
+with_peer("idle_processes", zabbix["processes"] if zabbix else None)
+fig("idle_threads", "idle daemon: threads (all processes)", idle_threads, "", "(info)", True, "")
+with_peer("idle_threads", zabbix["threads"] if zabbix else None)
+so, sz = floats("start_ours.txt"), floats("start_zbx.txt")
+fig("start_to_first_request", "daemon start to first served request", round(med(so) * 1e3), "ms",
+    "(info)", True, f"runs {[round(x * 1e3) for x in so]} ms (ours: connect, TLS, init, one call via the server)"
+    + (f"; zabbix runs {[round(x * 1e3) for x in sz]} ms (listening, agent.ping answered)" if sz else ""))
+with_peer("start_to_first_request", round(med(sz) * 1e3) if sz else None)
+rc = floats("reconnect_ours.txt")
+fig("server_restart_reconnect", "server restart to reconnected", round(med(rc) * 1e3), "ms", "(info)", True,
+    f"runs {[round(x * 1e3) for x in rc]} ms; reconnect backoff starts at 1 s with jitter. "
+    "Zabbix passive checks have no session: nothing to reconnect")
 
 pipe = jl("pipelined")
 rate = med([r["rate_per_s"] for r in pipe])
 fig("pipelined_rate", "getinfo.kernel pipelined, depth 256", round(rate), "req/s",
     ">= 64000/s", rate >= 64000,
     f"runs {[round(r['rate_per_s']) for r in pipe]}, errors {sum(r['errors'] for r in pipe)}")
+zu = zjl("uname1")
+with_peer("pipelined_rate", round(med([r["rate_per_s"] for r in zu])) if zu else None)
 cpu = [c[0] / tck / (r["requests"] + 2000) * 10000 for c, r in zip(nums("pipelined.cpu"), pipe)]
 fig("cpu_per_10k", "daemon CPU per 10 000 getinfo.kernel", round(med(cpu), 3), "s",
     "<= 0.3 s", med(cpu) <= 0.3, f"runs {[round(c, 3) for c in cpu]} (utime+stime, {tck} ticks/s)")
+if zu:
+    zc = [c[0] / tck / r["requests"] * 10000 for c, r in zip(nums("zbx_uname1.cpu"), zu)]
+    with_peer("cpu_per_10k", round(med(zc), 3), 2)
 ser = jl("serial")
 p50, p99 = med([r["p50_us"] for r in ser]), med([r["p99_us"] for r in ser])
+fig("serial_rate", "getinfo.kernel one at a time: rate", round(med([r['rate_per_s'] for r in ser])),
+    "req/s", "(info)", True, "ours over one TLS session; Zabbix system.uname, a TCP connection per request")
+with_peer("serial_rate", round(med([r["rate_per_s"] for r in zu])) if zu else None)
 fig("serial_p50", "getinfo.kernel one at a time: p50", round(p50), "us", "(info)", True,
     f"rate {round(med([r['rate_per_s'] for r in ser]))}/s")
+with_peer("serial_p50", round(med([r["p50_us"] for r in zu])) if zu else None)
 fig("serial_p99", "getinfo.kernel one at a time: p99", round(p99), "us", "<= 1000 us", p99 <= 1000,
     f"max {round(max(r['max_us'] for r in ser))} us, errors {sum(r['errors'] for r in ser)}")
+with_peer("serial_p99", round(med([r["p99_us"] for r in zu])) if zu else None)
+b1 = jl("bash1")
+zr1 = zjl("run1")
+fig("bash_rate_serial", "sync.bash true one at a time: rate", round(med([r['rate_per_s'] for r in b1])), "cmd/s",
+    "(info)", True, f"p50 {round(med([r['p50_us'] for r in b1]))} us, p99 {round(med([r['p99_us'] for r in b1]))} us, "
+    f"errors {sum(r['errors'] for r in b1)}"
+    + (f"; zabbix system.run[true] p50 {round(med([r['p50_us'] for r in zr1]))} us, "
+       f"p99 {round(med([r['p99_us'] for r in zr1]))} us, errors {sum(r['errors'] for r in zr1)}" if zr1 else ""))
+with_peer("bash_rate_serial", round(med([r["rate_per_s"] for r in zr1])) if zr1 else None)
 b4 = jl("bash4")
 r4 = med([r["rate_per_s"] for r in b4])
 fig("bash_rate_depth4", "sync.bash true, 4 in flight", round(r4), "cmd/s", ">= 2200/s", r4 >= 2200,
     f"runs {[round(r['rate_per_s']) for r in b4]}, p50 {round(med([r['p50_us'] for r in b4]))} us, "
     f"errors {sum(r['errors'] for r in b4)}")
+zr4 = zjl("run4")
+if zr4:
+    z4 = med([r["rate_per_s"] for r in zr4])
+    with_peer("bash_rate_depth4", round(z4))
+    fig("bash_rate_vs_zabbix", "sync.bash true 4 in flight / Zabbix system.run[true] 4 clients",
+        round(r4 / z4, 2), "x", ">= 1.5x", r4 / z4 >= 1.5,
+        f"zabbix runs {[round(r['rate_per_s']) for r in zr4]}, p50 {round(med([r['p50_us'] for r in zr4]))} us, "
+        f"errors {sum(r['errors'] for r in zr4)}")
 with open(f"{d}/spawn4.txt") as f:
     spawn4 = float(f.read())
 fig("bash_rate_baseline", "baseline: bash -c true, 4 at a time (xargs)", round(spawn4), "cmd/s", "(info)", True,
@@ -331,28 +515,35 @@ def cpu_model():
     return "?"
 machine = {"nproc": os.cpu_count(), "cpu": cpu_model(), "kernel": platform.release(),
            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "runs": runs}
-zpath = f"{d}/zabbix.json"
-zabbix = json.load(open(zpath)) if os.path.exists(zpath) else None
+for f in figs:
+    if f["key"] in peer:
+        f["zabbix"], f["ratio"] = peer[f["key"]]
 
 w = max(len(f["figure"]) for f in figs)
 print(f"\nBasicAgent bench: {machine['nproc']} CPUs, {machine['cpu']}, kernel {machine['kernel']}, "
-      f"medians of {runs} loadtest runs\n")
-print(f"| {'figure':<{w}} | {'value':>14} | {'target':<20} | result |")
-print(f"|{'-'*(w+2)}|{'-'*16}|{'-'*22}|--------|")
+      f"medians of {runs} runs; peer: {zabbix['version'] if zabbix else 'peer unavailable'}\n")
+print(f"| {'figure':<{w}} | {'BasicAgent':>14} | {'Zabbix agentd':>14} | {'ours/peer':>9} | {'target':<20} | result |")
+print(f"|{'-'*(w+2)}|{'-'*16}|{'-'*16}|{'-'*11}|{'-'*22}|--------|")
 for f in figs:
     v = f"{f['value']} {f['unit']}".strip()
+    z = f"{f['zabbix']} {f['unit']}".strip() if "zabbix" in f else ("-" if zabbix or "peer" else "-")
+    r = f"{f['ratio']}x" if f.get("ratio") is not None else "-"
     res = "PASS" if f["pass"] else "MISS"
     if f["target"] == "(info)" or f["target"] == "(linearity)":
         res = "-"
-    print(f"| {f['figure']:<{w}} | {v:>14} | {f['target']:<20} | {res:<6} |")
+    print(f"| {f['figure']:<{w}} | {v:>14} | {z:>14} | {r:>9} | {f['target']:<20} | {res:<6} |")
+if not zabbix:
+    print("\nZabbix agent: peer unavailable (zabbix-agent could not be installed or run)")
 print()
 for f in figs:
     if f["detail"]:
         print(f"  {f['figure']}: {f['detail']}")
 with open("bench/results.json", "w") as out:
     json.dump({"machine": machine, "figures": figs,
-               "zabbix": zabbix,  # ZABBIX PEER: filled in by the Zabbix issue
-               "raw": {"pipelined": pipe, "serial": ser, "bash4": b4, "big_rss_kb": big,
+               "zabbix": zabbix,
+               "raw": {"pipelined": pipe, "serial": ser, "bash1": b1, "bash4": b4, "big_rss_kb": big,
+                       "zabbix_uname1": zu, "zabbix_run1": zr1, "zabbix_run4": zr4,
+                       "start_s": so, "zabbix_start_s": sz, "reconnect_s": rc,
                        "small_rss_kb": small, "spawn4_per_s": spawn4}},
               out, indent=2)
     out.write("\n")

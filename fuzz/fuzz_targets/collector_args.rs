@@ -1,16 +1,33 @@
-//! Fuzzes the getopt-style `args` string of the collectors
-//! (`getinfo_users::args`: the shell-like word splitter and the getopts
-//! parsing). Nothing may panic; a selected user name is never empty and
-//! never holds `:`, `\n` or NUL.
+//! Fuzzes the getopt-style `args` of the collectors: the shared parser in
+//! `basicagent_plugin_kit` (`request_args` on the raw request bytes,
+//! `split_args`, `parse_opts`), which every getinfo collector uses.
+//! Nothing may panic; words quoted back (`'...'`, `'\''` for a quote) and
+//! joined with spaces must split into the same words.
 #![no_main]
 
-use getinfo_users::args::{parse_args, split_words};
-use getinfo_users::Selection;
+use basicagent_plugin_kit::args::{parse_opts, split_args};
+use basicagent_plugin_kit::request::request_args;
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|text: &str| {
-    let _ = split_words(text);
-    if let Ok(Selection::One(name)) = parse_args(text) {
-        assert!(!name.is_empty() && !name.contains([':', '\n', '\0']), "bad name {name:?}");
+fn quote(word: &str) -> String {
+    format!("'{}'", word.replace('\'', r"'\''"))
+}
+
+fuzz_target!(|data: &[u8]| {
+    let _ = request_args(data);
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(words) = split_args(text) {
+        let joined: Vec<String> = words.iter().map(|w| quote(w)).collect();
+        let again = split_args(&joined.join(" "));
+        assert_eq!(again.as_ref(), Ok(&words), "quoted back: {joined:?}");
+        let mut opts = getopts::Options::new();
+        opts.optflag("a", "", "");
+        opts.optflagmulti("v", "", "");
+        opts.optopt("n", "", "", "N");
+        opts.optmulti("p", "", "", "P");
+        opts.optflagopt("f", "", "", "F");
+        let _ = parse_opts(&opts, &words);
     }
 });
