@@ -1,6 +1,8 @@
 //! Bounded capture of one output stream: keeps the first `cap` bytes,
 //! counts the rest, and turns the bytes into JSON-safe text.
 
+use std::borrow::Cow;
+
 /// One stream's captured bytes. Memory never exceeds `cap` bytes, however
 /// much the command prints.
 #[derive(Debug)]
@@ -73,6 +75,35 @@ impl Capture {
             total: self.total,
             truncated,
             lossy,
+        }
+    }
+}
+
+/// The output so far of a stream still being read (see
+/// [`Capture::peek`]); borrows the capture, so a peek copies the text
+/// once at most, into the answer.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Peeked<'a> {
+    pub text: Cow<'a, str>,
+    pub total: u64,
+    pub truncated: bool,
+    pub lossy: bool,
+}
+
+impl Capture {
+    /// The text so far, without consuming or changing the capture: the
+    /// rule of [`Capture::finish`], except that an incomplete UTF-8
+    /// sequence at the end is always left out (its remaining bytes may
+    /// not have been read yet; it shows in a later peek or the answer).
+    pub fn peek(&self) -> Peeked<'_> {
+        let cut = incomplete_tail(&self.kept);
+        let bytes = &self.kept[..self.kept.len() - cut];
+        let text = String::from_utf8_lossy(bytes);
+        Peeked {
+            lossy: matches!(text, Cow::Owned(_)),
+            text,
+            total: self.total,
+            truncated: self.total > self.kept.len() as u64,
         }
     }
 }
@@ -159,6 +190,37 @@ mod tests {
         let mut c = Capture::new(5);
         c.push("ab\u{20AC}x".as_bytes());
         assert_eq!(c.finish().text, "ab\u{20AC}");
+    }
+
+    #[test]
+    fn peek_leaves_the_capture_alone() {
+        let mut c = Capture::new(6);
+        c.push(b"ab\xe2\x82");
+        let p = c.peek();
+        assert_eq!(
+            (p.text.as_ref(), p.total, p.truncated, p.lossy),
+            ("ab", 4, false, false)
+        );
+        c.push(b"\xacxyz");
+        let p = c.peek();
+        assert_eq!(
+            (p.text.as_ref(), p.total, p.truncated, p.lossy),
+            ("ab\u{20AC}x", 8, true, false)
+        );
+        c.push(b"more");
+        assert_eq!(c.peek().total, 12);
+        assert_eq!(c.kept.len(), 6);
+        let done = c.finish();
+        assert_eq!((done.text.as_str(), done.total), ("ab\u{20AC}x", 12));
+
+        let mut c = Capture::new(10);
+        c.push(b"a\xffb");
+        let p = c.peek();
+        assert_eq!((p.text.as_ref(), p.lossy), ("a\u{FFFD}b", true));
+        assert_eq!(c.finish().text, "a\u{FFFD}b");
+        let empty = Capture::new(0);
+        let p = empty.peek();
+        assert_eq!((p.text.as_ref(), p.total, p.truncated), ("", 0, false));
     }
 
     #[test]

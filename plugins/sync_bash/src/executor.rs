@@ -11,7 +11,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -24,7 +24,7 @@ use crate::capture::Capture;
 use crate::identity::{self, Identity};
 use crate::job::{GroupSignal, Lifecycle, StopReason};
 use crate::params::{Config, Request};
-use crate::report::Finished;
+use crate::report::{self, Finished};
 use crate::spawn::{self, Child, Exit, Ids, Plan, Stage};
 
 const WAKER: Token = Token(usize::MAX);
@@ -72,10 +72,51 @@ pub struct Job {
     pub permit: Permit,
 }
 
+/// A peek (`{"peek":CALL_ID}`) on its way to every executor. The one
+/// running the target call answers it; when the last executor lets go
+/// of it unanswered (none runs that call, or the call has been answered),
+/// dropping it answers `3021`. No executor (none started, or all gone):
+/// `call`'s own drop answers at once.
+pub struct Peek {
+    target: CallId,
+    call: Mutex<Option<Call>>,
+}
+
+impl Peek {
+    pub fn new(call: Call, target: CallId) -> Self {
+        Peek {
+            target,
+            call: Mutex::new(Some(call)),
+        }
+    }
+
+    fn take(&self) -> Option<Call> {
+        self.call.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+impl Drop for Peek {
+    fn drop(&mut self) {
+        let call = self.call.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Some(call) = call.take() {
+            let code = retcode::INVALID_PARAMS;
+            call.fail(
+                code,
+                &format!(
+                    "{}: no running command with call id {}",
+                    retcode::message(code),
+                    self.target
+                ),
+            );
+        }
+    }
+}
+
 /// What other threads tell the executor.
 pub enum Msg {
     Start(Box<Job>),
     Cancel(CallId),
+    Peek(Arc<Peek>),
     /// Kill everything, answer every call, stop; then signal the sender.
     Shutdown(Sender<()>),
 }
@@ -315,6 +356,7 @@ impl Executor {
                 match self.rx.try_recv() {
                     Ok(Msg::Start(job)) => self.start(*job, Instant::now()),
                     Ok(Msg::Cancel(id)) => self.stop(id, StopReason::Cancelled, Instant::now()),
+                    Ok(Msg::Peek(peek)) => self.peek(&peek),
                     Ok(Msg::Shutdown(done)) => {
                         self.shutdown();
                         let _ = done.send(());
@@ -396,6 +438,38 @@ impl Executor {
                 send_signal(job.pid, signal);
             }
         }
+    }
+
+    /// Answers a peek if this executor runs its target; otherwise leaves
+    /// it (the last holder's drop answers `3021`). Never changes the
+    /// captures; reads what is already in the pipes first (bounded), so
+    /// the answer is as fresh as a turn of the loop.
+    fn peek(&mut self, peek: &Peek) {
+        let Some(&slot) = self.by_call.get(&peek.target) else {
+            return;
+        };
+        let Some(Some(job)) = self.slots.get_mut(slot) else {
+            return;
+        };
+        if job.exited {
+            // bash is gone: answer the command first; the peek then finds
+            // no running command.
+            return self.finish(slot);
+        }
+        job.stdout
+            .pump(&self.poll, &mut self.scratch, READS_PER_TURN);
+        job.stderr
+            .pump(&self.poll, &mut self.scratch, READS_PER_TURN);
+        let Some(call) = peek.take() else {
+            return;
+        };
+        let data = report::peek_data(
+            job.pid,
+            job.started.elapsed().as_millis() as u64,
+            &job.stdout.capture.peek(),
+            &job.stderr.capture.peek(),
+        );
+        call.success(&data);
     }
 
     fn start(&mut self, job: Job, now: Instant) {

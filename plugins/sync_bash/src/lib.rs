@@ -22,14 +22,14 @@ mod report;
 mod spawn;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use basicagent_abi::ffi::CallId;
 use basicagent_abi::{retcode, Call, Host, InitError, PluginSpec};
 
-use crate::executor::{Handle, Job, Msg, Permit};
-use crate::params::{Config, Request};
+use crate::executor::{Handle, Job, Msg, Peek, Permit};
+use crate::params::{Command, Config};
 
 /// Shown by `BasicAgentCtl -l`.
 const USAGE: &str = r#"sync.bash: run /bin/bash -c CMD and answer when bash exits.
@@ -64,6 +64,16 @@ commands. data:
 Text rule: the first max_output bytes of each stream are decoded as UTF-8;
 invalid bytes become U+FFFD and set *_lossy; a multi-byte character cut by
 the cap is dropped, not replaced.
+
+Peek: {"peek":CALL_ID} (the host's call id of a sync.bash call still
+running; every other key is ignored) answers at once with the output so
+far, without changing it; takes no max_concurrent slot, starts nothing.
+  {"running":true, "pid":INT, "elapsed_ms":INT, "stdout":STR, "stderr":STR,
+   "stdout_bytes":INT, "stderr_bytes":INT, "stdout_truncated":BOOL,
+   "stderr_truncated":BOOL, "stdout_lossy":BOOL, "stderr_lossy":BOOL}
+Same cap and text rule; a character whose bytes have not all arrived yet
+is left out (it shows later). 3021 if peek is not an unsigned integer, or
+"no running command with call id N" (unknown, or already answered).
 
 Host config: max_output (1048576), max_output_limit (16777216),
 max_concurrent (64), kill_grace_ms (2000)."#;
@@ -114,8 +124,9 @@ fn init(host: &Host) -> Result<(), InitError> {
 
 fn call(call: Call, request: &[u8]) {
     let config = config();
-    let request = match Request::parse(request, config) {
-        Ok(r) => r,
+    let request = match Command::parse(request, config) {
+        Ok(Command::Run(r)) => r,
+        Ok(Command::Peek(target)) => return peek(call, target),
         Err(e) => {
             let code = e.retcode();
             return call.fail(code, &format!("{}: {e}", retcode::message(code)));
@@ -174,6 +185,21 @@ fn submit(msg: Msg) {
             "Plugin failure: the command executor is not running",
         );
     }
+}
+
+/// Every executor hears the peek; the one running the target answers it,
+/// and if none does, the last one to let go answers `3021`. Takes no
+/// slot of `max_concurrent`, never waits for an executor.
+fn peek(call: Call, target: CallId) {
+    let peek = Arc::new(Peek::new(call, target));
+    let guard = executors();
+    for handle in guard.iter().flatten() {
+        // A message given back (executor gone) is dropped at once; ours
+        // is still held, so no answer is sent under the lock.
+        let _ = handle.send(Msg::Peek(Arc::clone(&peek)));
+    }
+    drop(guard); // the host's completer may call us again
+    drop(peek);
 }
 
 /// Every executor hears the cancel; the one running the call acts on it,

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use basicagent_abi::ffi::CallId;
 use basicagent_abi::retcode;
 use serde_json::{Map, Value};
 
@@ -142,6 +143,8 @@ pub enum ParamError {
     MaxOutputType,
     #[error("max_output must be <= {0}")]
     MaxOutputTooLarge(usize),
+    #[error("peek must be a call id (an unsigned integer)")]
+    Peek,
 }
 
 impl ParamError {
@@ -173,22 +176,46 @@ fn name(map: &Map<String, Value>, key: &'static str) -> Result<Option<String>, P
     }
 }
 
+/// What a `sync.bash` call asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Run a command.
+    Run(Request),
+    /// Report the output so far of the running call with this id.
+    Peek(CallId),
+}
+
+fn object(json: &[u8]) -> Result<Map<String, Value>, ParamError> {
+    match serde_json::from_slice(json) {
+        Ok(Value::Object(map)) => Ok(map),
+        _ => Err(ParamError::NotObject),
+    }
+}
+
+impl Command {
+    /// Parses the request object: with a `peek` key (not `null`) it is a
+    /// peek and every other key is ignored; otherwise a command to run.
+    pub fn parse(json: &[u8], config: &Config) -> Result<Command, ParamError> {
+        let map = object(json)?;
+        match field(&map, "peek") {
+            Some(v) => v.as_u64().map(Command::Peek).ok_or(ParamError::Peek),
+            None => Request::from_map(&map, config).map(Command::Run),
+        }
+    }
+}
+
 impl Request {
-    /// Parses and validates the whole request object (`id`, `method` and
-    /// unknown keys are ignored).
-    pub fn parse(json: &[u8], config: &Config) -> Result<Request, ParamError> {
-        let value: Value = serde_json::from_slice(json).map_err(|_| ParamError::NotObject)?;
-        let Value::Object(map) = value else {
-            return Err(ParamError::NotObject);
-        };
-        let cmd = match field(&map, "cmd") {
+    /// Validates the request object of a command to run (`id`, `method`
+    /// and unknown keys are ignored).
+    fn from_map(map: &Map<String, Value>, config: &Config) -> Result<Request, ParamError> {
+        let cmd = match field(map, "cmd") {
             Some(Value::String(s)) if !s.is_empty() => s.clone(),
             _ => return Err(ParamError::Cmd),
         };
         if cmd.contains('\0') {
             return Err(ParamError::Nul("cmd"));
         }
-        let timeout = match field(&map, "timeout") {
+        let timeout = match field(map, "timeout") {
             None => DEFAULT_TIMEOUT_S,
             Some(Value::Number(n)) => match (n.as_u64(), n.as_i64()) {
                 (Some(t), _) if t < MIN_TIMEOUT_S => return Err(ParamError::TimeoutTooSmall),
@@ -199,9 +226,9 @@ impl Request {
             },
             Some(_) => return Err(ParamError::TimeoutType),
         };
-        let user = name(&map, "user")?.unwrap_or_else(|| "root".to_owned());
-        let group = name(&map, "group")?;
-        let cwd = match field(&map, "cwd") {
+        let user = name(map, "user")?.unwrap_or_else(|| "root".to_owned());
+        let group = name(map, "group")?;
+        let cwd = match field(map, "cwd") {
             None => None,
             Some(Value::String(s)) if s.starts_with('/') => {
                 if s.contains('\0') {
@@ -212,7 +239,7 @@ impl Request {
             Some(_) => return Err(ParamError::Cwd),
         };
         let mut env = Vec::new();
-        match field(&map, "env") {
+        match field(map, "env") {
             None => {}
             Some(Value::Object(vars)) => {
                 for (k, v) in vars {
@@ -230,12 +257,12 @@ impl Request {
             }
             Some(_) => return Err(ParamError::EnvType),
         }
-        let stdin = match field(&map, "stdin") {
+        let stdin = match field(map, "stdin") {
             None => Vec::new(),
             Some(Value::String(s)) => s.as_bytes().to_vec(),
             Some(_) => return Err(ParamError::Stdin),
         };
-        let max_output = match field(&map, "max_output") {
+        let max_output = match field(map, "max_output") {
             None => config.max_output,
             Some(v) => {
                 let n = v.as_u64().ok_or(ParamError::MaxOutputType)?;
@@ -263,7 +290,7 @@ mod tests {
     use super::*;
 
     fn parse(json: &str) -> Result<Request, ParamError> {
-        Request::parse(json.as_bytes(), &Config::default())
+        Request::from_map(&object(json.as_bytes())?, &Config::default())
     }
 
     fn message(json: &str) -> String {
@@ -406,6 +433,39 @@ mod tests {
             );
         }
         assert_eq!(ParamError::Cmd.retcode(), retcode::INVALID_PARAMS);
+    }
+
+    #[test]
+    fn peek() {
+        let c = Config::default();
+        let cmd = |json: &str| Command::parse(json.as_bytes(), &c);
+        assert_eq!(
+            cmd(r#"{"method":"sync.bash","peek":42}"#),
+            Ok(Command::Peek(42))
+        );
+        // Every other key is ignored, even an invalid one.
+        assert_eq!(
+            cmd(r#"{"peek":18446744073709551615,"cmd":"","timeout":-1}"#),
+            Ok(Command::Peek(u64::MAX))
+        );
+        for bad in [r#""x""#, "-1", "1.5", "true", "[1]", "{}", r#""7""#] {
+            let e = cmd(&format!(r#"{{"peek":{bad}}}"#)).unwrap_err();
+            assert_eq!(
+                (e.clone(), e.retcode()),
+                (ParamError::Peek, retcode::INVALID_PARAMS)
+            );
+        }
+        assert_eq!(
+            ParamError::Peek.to_string(),
+            "peek must be a call id (an unsigned integer)"
+        );
+        // null reads as absent, like every other key.
+        assert!(matches!(
+            cmd(r#"{"peek":null,"cmd":"ls"}"#),
+            Ok(Command::Run(r)) if r.cmd == "ls"
+        ));
+        assert_eq!(cmd(r#"{"peek":null}"#), Err(ParamError::Cmd));
+        assert_eq!(cmd("[]"), Err(ParamError::NotObject));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use basicagent_abi::retcode;
 use serde::Serialize;
 
-use crate::capture::Captured;
+use crate::capture::{Captured, Peeked};
 use crate::identity::Identity;
 use crate::job::StopReason;
 use crate::spawn::{signal_name, Exit};
@@ -129,6 +129,40 @@ impl Finished<'_> {
     }
 }
 
+#[derive(Serialize)]
+struct PeekData<'a> {
+    running: bool,
+    pid: i32,
+    elapsed_ms: u64,
+    stdout: &'a str,
+    stderr: &'a str,
+    stdout_bytes: u64,
+    stderr_bytes: u64,
+    stdout_truncated: bool,
+    stderr_truncated: bool,
+    stdout_lossy: bool,
+    stderr_lossy: bool,
+}
+
+/// The `data` of a peek: a running command's output so far.
+pub fn peek_data(pid: i32, elapsed_ms: u64, stdout: &Peeked<'_>, stderr: &Peeked<'_>) -> String {
+    let data = PeekData {
+        running: true,
+        pid,
+        elapsed_ms,
+        stdout: &stdout.text,
+        stderr: &stderr.text,
+        stdout_bytes: stdout.total,
+        stderr_bytes: stderr.total,
+        stdout_truncated: stdout.truncated,
+        stderr_truncated: stderr.truncated,
+        stdout_lossy: stdout.lossy,
+        stderr_lossy: stderr.lossy,
+    };
+    // Serialising plain strings, numbers and bools cannot fail.
+    serde_json::to_string(&data).unwrap_or_else(|_| "null".to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,5 +262,22 @@ mod tests {
         );
         let v = finished(Exit::Code(0), Some(StopReason::Cancelled), b"");
         assert_eq!(v["_retcode"], 3028);
+    }
+
+    #[test]
+    fn peek_shape() {
+        let mut out = Capture::new(4);
+        out.push(b"ab\xffcd");
+        let mut err = Capture::new(4);
+        err.push(b"e");
+        let v: serde_json::Value =
+            serde_json::from_str(&peek_data(9, 5, &out.peek(), &err.peek())).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"running":true,"pid":9,"elapsed_ms":5,
+                "stdout":"ab\u{FFFD}c","stderr":"e","stdout_bytes":5,"stderr_bytes":1,
+                "stdout_truncated":true,"stderr_truncated":false,
+                "stdout_lossy":true,"stderr_lossy":false})
+        );
     }
 }
