@@ -152,7 +152,9 @@ impl Dispatcher {
                 ))
             }
             "task.status" | "task.cancel" => {
-                return Some(frame_of(&self.task_request(id, &method, frame, now)))
+                return self
+                    .task_request(id, generation, &method, frame, now)
+                    .map(|r| frame_of(&r))
             }
             _ => {}
         }
@@ -187,34 +189,44 @@ impl Dispatcher {
                 ),
             )));
         }
-        let tx = self.tx.clone();
-        let waker = Arc::clone(&self.waker);
-        let loop_thread = self.loop_thread;
         let call = plugin.call(
             frame,
-            Box::new(move |c| {
-                let (call, retcode) = (c.call, c.retcode);
-                let response = Response::from_plugin_owned(id, retcode, c.message, c.data);
-                let capacity = response.data.as_ref().map_or(0, |d| d.get().len());
-                let mut out = Vec::with_capacity(capacity + response.message.len() + 128);
-                response.write_frame(&mut out);
-                let _ = tx.send(Finished {
-                    generation: Some(generation),
-                    call,
-                    frame: out,
-                    task: None,
-                });
-                // The loop drains completions right after each dispatch:
-                // only a completion from another thread needs a wake-up.
-                if std::thread::current().id() != loop_thread {
-                    if let Err(e) = waker.wake() {
-                        log::error!("cannot wake the loop: {e}");
-                    }
-                }
+            self.answer_with(generation, move |c| {
+                Response::from_plugin_owned(id, c.retcode, c.message, c.data)
             }),
         );
         self.in_flight.insert(call, InFlight { plugin, method });
         None
+    }
+
+    /// A completer that turns the plugin's completion into a response
+    /// (`respond`, run on the completing thread) and hands it to the loop.
+    fn answer_with(
+        &self,
+        generation: u64,
+        respond: impl FnOnce(Completion) -> Response + Send + 'static,
+    ) -> basicagent_abi::host::Completer {
+        let (tx, waker, loop_thread) = (self.tx.clone(), Arc::clone(&self.waker), self.loop_thread);
+        Box::new(move |c: Completion| {
+            let call = c.call;
+            let response = respond(c);
+            let capacity = response.data.as_ref().map_or(0, |d| d.get().len());
+            let mut out = Vec::with_capacity(capacity + response.message.len() + 128);
+            response.write_frame(&mut out);
+            let _ = tx.send(Finished {
+                generation: Some(generation),
+                call,
+                frame: out,
+                task: None,
+            });
+            // The loop drains completions right after each dispatch: only a
+            // completion from another thread needs a wake-up.
+            if std::thread::current().id() != loop_thread {
+                if let Err(e) = waker.wake() {
+                    log::error!("cannot wake the loop: {e}");
+                }
+            }
+        })
     }
 
     /// The next completed call, if any.
@@ -306,45 +318,71 @@ impl Dispatcher {
     fn task_request(
         &mut self,
         id: Option<Box<RawValue>>,
+        generation: u64,
         method: &str,
         frame: &[u8],
         now: Instant,
-    ) -> Response {
+    ) -> Option<Response> {
         let task = serde_json::from_slice::<Value>(frame)
             .ok()
             .and_then(|v| v.get("task").and_then(Value::as_str).map(str::to_owned));
         let Some(task) = task.filter(|t| tasks::valid_task_id(t)) else {
-            return Response::failed(
+            return Some(Response::failed(
                 id,
                 Retcode::INVALID_PARAMS,
                 "Invalid params: \"task\" must be a task id string",
-            );
+            ));
         };
         if !self.tasks.contains(&task) {
-            return Response::failed(
+            return Some(Response::failed(
                 id,
                 Retcode::INVALID_PARAMS,
                 format!("Invalid params: unknown task {task}"),
-            );
+            ));
         }
         if method == "task.status" {
-            let data = self.tasks.status(&task, now).unwrap_or(Value::Null);
-            return Response::new(id, Retcode::SUCCESS).with_data(&data);
+            let mut data = self.tasks.status(&task, now).unwrap_or(Value::Null);
+            let running = self.tasks.running_call(&task).and_then(|call| {
+                self.in_flight
+                    .get(&call)
+                    .map(|f| (call, Arc::clone(&f.plugin)))
+            });
+            let Some((call, plugin)) = running else {
+                return Some(Response::new(id, Retcode::SUCCESS).with_data(&data));
+            };
+            // Output so far: ask the plugin (answered from its own thread).
+            let peek = format!("{{\"method\":\"sync.bash\",\"peek\":{call}}}");
+            plugin.call(
+                peek.as_bytes(),
+                self.answer_with(generation, move |c| {
+                    data["output"] = if c.retcode == Retcode::SUCCESS.0 {
+                        c.data
+                            .and_then(|d| serde_json::from_str(&d).ok())
+                            .unwrap_or(Value::Null)
+                    } else {
+                        Value::Null
+                    };
+                    Response::new(id, Retcode::SUCCESS).with_data(&data)
+                }),
+            );
+            return None;
         }
         let Some(call) = self.tasks.running_call(&task) else {
-            return Response::failed(
+            return Some(Response::failed(
                 id,
                 Retcode::INVALID_PARAMS,
                 format!("Invalid params: task {task} has finished"),
-            );
+            ));
         };
         self.tasks.mark_cancelling(&task);
         if let Some(f) = self.in_flight.get(&call) {
             log::info!("cancelling task {task}");
             f.plugin.cancel(call);
         }
-        Response::new(id, Retcode::SUCCESS)
-            .with_data(&serde_json::json!({"task": task, "state": "cancelling"}))
+        Some(
+            Response::new(id, Retcode::SUCCESS)
+                .with_data(&serde_json::json!({"task": task, "state": "cancelling"})),
+        )
     }
 
     /// Asks every plugin call in flight to stop (shutdown).

@@ -54,12 +54,17 @@ fn a_result_is_delivered_after_the_connection_was_lost_while_it_ran() {
     let server = Server::start(&pki, &listen, "server", &[]);
     let _agent = Agent::start(&pki, port, &["127.0.0.2"], "", "", &["-f"]);
     let host = server.wait_agent(Duration::from_secs(15));
-    let task = start_task(&server, &host, "sleep 2; echo one");
-    let status = server.call(
-        &host,
-        &format!(r#"{{"method":"task.status","task":"{task}"}}"#),
-    );
+    let task = start_task(&server, &host, "echo zero; sleep 2; echo one");
+    // task.status reports the output so far.
+    let status = wait_for("the first line", Duration::from_secs(5), || {
+        let s = server.call(
+            &host,
+            &format!(r#"{{"method":"task.status","task":"{task}"}}"#),
+        );
+        (s["data"]["output"]["stdout"] == "zero\n").then_some(s)
+    });
     assert_eq!(status["data"]["state"], "running", "{status}");
+    assert!(status["data"]["elapsed_ms"].as_u64().is_some(), "{status}");
     server.stop();
     std::thread::sleep(Duration::from_millis(2500));
     let server = Server::start(&pki, &listen, "server", &[]);
@@ -70,7 +75,7 @@ fn a_result_is_delivered_after_the_connection_was_lost_while_it_ran() {
         || result(&server, &task),
     );
     assert_eq!(r["retcode"], 2, "{r}");
-    assert_eq!(r["data"]["stdout"], "one\n");
+    assert_eq!(r["data"]["stdout"], "zero\none\n");
 }
 
 #[test]
