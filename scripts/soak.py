@@ -312,7 +312,8 @@ class Soak:
                         kids.append(int(p))
                 except OSError:
                     pass
-        return {"rss_kb": rss, "fds": fds, "threads": threads, "children": kids}
+        return {"rss_kb": rss, "hwm_kb": int(st["VmHWM"].split()[0]), "fds": fds,
+                "threads": threads, "children": kids}
 
     def quiesce(self, timeout=30.0):
         """Waits until the daemon runs no task and no child."""
@@ -389,6 +390,10 @@ class Soak:
             if not missing:
                 break
             time.sleep(0.5)
+        # Cool-down: ordinary traffic, so that buffers sized by the last
+        # big frame or output are released the way they are in service.
+        for i in range(100):
+            self.call({"method": self.methods[i % len(self.methods)]})
         time.sleep(2)
         end = self.daemon_state()
         log(f"daemon at the end: {end}")
@@ -470,7 +475,7 @@ class Soak:
             "task_done_redelivered": sum(n - 1 for n in task_done.values()),
             "server_kills": kills,
             "reconnect_s": [round(x, 2) for x in self.reconnects],
-            "rss_kb": [start["rss_kb"], end["rss_kb"]], "fds": [start["fds"], end["fds"]],
+            "rss_kb": [start["rss_kb"], end["rss_kb"]], "rss_peak_kb": end["hwm_kb"], "fds": [start["fds"], end["fds"]],
             "threads": [start["threads"], end["threads"]], "children_end": end["children"],
             "checks": [{"check": n, "pass": bool(ok), "detail": d} for n, ok, d in checks],
         }
@@ -484,7 +489,7 @@ class Soak:
         print(f"  async tasks          {len(self.tasks)} (task.done events {summary['task_done_events']}, "
               f"redelivered {summary['task_done_redelivered']})")
         print(f"  reconnect times      {summary['reconnect_s']} s")
-        print(f"  RSS start/end        {start['rss_kb']} / {end['rss_kb']} kB")
+        print(f"  RSS start/end        {start['rss_kb']} / {end['rss_kb']} kB (peak {end['hwm_kb']} kB)")
         print(f"  fds start/end        {start['fds']} / {end['fds']}")
         print(f"  threads start/end    {start['threads']} / {end['threads']}")
         ok_all = True
