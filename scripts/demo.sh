@@ -120,6 +120,22 @@ call "getinfo.users -U root" '{"method":"getinfo.users","args":"-U root"}'
 call "sync.bash" '{"method":"sync.bash","cmd":"echo hello from $(id -un); uname -r","timeout":10}'
 call "agent.info (built in)" '{"method":"agent.info"}'
 call "an unknown method (3022)" '{"method":"getinfo.nosuchthing"}'
+call "getinfo.memory" '{"method":"getinfo.memory"}'
+
+say "async.bash: answered at once with a task id; the result is pushed as task.done"
+echo 'request: {"method":"async.bash","cmd":"echo started; sleep 1; echo finished"}'
+ANSWER=$("$BIN/BasicAgentServer" call --admin "$ADMIN" --host "$HOST" --timeout 20 \
+    '{"method":"async.bash","cmd":"echo started; sleep 1; echo finished"}')
+echo "$ANSWER" | python3 -m json.tool
+TASK=$(echo "$ANSWER" | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["task"])')
+sleep 0.3
+call "task.status while it runs (output so far)" "{\"method\":\"task.status\",\"task\":\"$TASK\"}"
+for _ in $(seq 50); do
+    "$BIN/BasicAgentServer" tasks --admin "$ADMIN" | grep -q "$TASK" && break
+    sleep 0.1
+done
+say "task.done received by the server (BasicAgentServer tasks)"
+"$BIN/BasicAgentServer" tasks --admin "$ADMIN" | python3 -m json.tool --json-lines
 
 say "agent log (last lines): 127.0.0.1 refused, then 127.0.0.2"
 tail -n 12 "$D/agent.log"
