@@ -25,7 +25,9 @@ fuzz_target!(|input: (u16, Vec<u8>, Vec<u8>)| {
     let mut rest = &data[..];
     let mut cut = cuts.iter().cycle();
     while !rest.is_empty() {
-        let n = usize::from(cut.next().copied().unwrap_or(255)).max(1).min(rest.len());
+        let n = usize::from(cut.next().copied().unwrap_or(255))
+            .max(1)
+            .min(rest.len());
         chunked.push(&rest[..n]);
         rest = &rest[n..];
         assert!(
@@ -40,6 +42,10 @@ fuzz_target!(|input: (u16, Vec<u8>, Vec<u8>)| {
     assert_eq!(expected, got, "chunking changed the frames");
     for frame in got.iter().flatten() {
         assert!(!frame.contains(&b'\n'), "frame holds a newline");
-        assert!(frame.len() <= max + 1, "frame of {} bytes with max {max}", frame.len());
+        assert!(
+            frame.len() <= max + 1,
+            "frame of {} bytes with max {max}",
+            frame.len()
+        );
     }
 });

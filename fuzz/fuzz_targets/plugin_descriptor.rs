@@ -85,7 +85,10 @@ fuzz_target!(|input: Input| {
         }
     }
     method_strings.truncate(300);
-    let mut methods: Vec<StaticStr> = method_strings.iter().map(|m| StaticStr(m.as_ptr())).collect();
+    let mut methods: Vec<StaticStr> = method_strings
+        .iter()
+        .map(|m| StaticStr(m.as_ptr()))
+        .collect();
     // A list shorter than 256 entries is always terminated (the loader
     // reads at most 256 entries; reading past our array would be our bug).
     methods.push(StaticStr(std::ptr::null()));
@@ -96,7 +99,11 @@ fuzz_target!(|input: Input| {
         name: ptr(&name),
         version: ptr(&version),
         description: ptr(&description),
-        methods: if input.init == 255 { std::ptr::null() } else { methods.as_ptr() },
+        methods: if input.init == 255 {
+            std::ptr::null()
+        } else {
+            methods.as_ptr()
+        },
         usage: ptr(&usage),
         init: match input.init % 3 {
             0 => None,

@@ -57,7 +57,9 @@ fn decode(c: &mut Criterion) {
         b.iter(|| black_box(Request::parse(black_box(REQUEST)).is_ok()))
     });
     g.bench_function("baseline: serde_json::from_slice::<Value>", |b| {
-        b.iter(|| black_box(serde_json::from_slice::<serde_json::Value>(black_box(REQUEST)).is_ok()))
+        b.iter(|| {
+            black_box(serde_json::from_slice::<serde_json::Value>(black_box(REQUEST)).is_ok())
+        })
     });
     g.finish();
 }
