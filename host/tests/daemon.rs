@@ -366,6 +366,30 @@ fn pid_file_second_instance_sigterm_and_sighup() {
         (!agent.log().is_empty()).then_some(())
     });
 
+    // SIGHUP with a broken configuration: logged, the running one kept.
+    let config = agent.path("agent.toml");
+    let good = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{good}\n[server]\nbogus = 1\n")).unwrap();
+    agent.signal(libc::SIGHUP);
+    wait_for(
+        "the refused reload in the log",
+        Duration::from_secs(5),
+        || {
+            agent
+                .log()
+                .contains("keeping the running configuration")
+                .then_some(())
+        },
+    );
+    assert_eq!(server.call(&host, r#"{"method":"ping"}"#)["retcode"], 2);
+    std::fs::write(&config, good).unwrap();
+    agent.signal(libc::SIGHUP);
+    wait_for(
+        "the accepted reload in the log",
+        Duration::from_secs(5),
+        || agent.log().contains("configuration reloaded").then_some(()),
+    );
+
     // SIGTERM: clean exit within 2 s, pid file removed, TLS closed.
     let start = Instant::now();
     agent.signal(libc::SIGTERM);
