@@ -151,8 +151,12 @@ EOF
 HF=(hyperfine -N --style none --warmup 20)
 
 ZPORT=$(python3 -c '
-import socket
-s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+import random, socket   # ListenPort must be 1024..32767: below the ephemeral range
+for port in random.sample(range(20000, 32000), 200):
+    try:
+        s = socket.socket(); s.bind(("127.0.0.1", port)); print(port); break
+    except OSError:
+        pass')
 ZCONF=$D/zabbix_agentd.conf
 sed -e "s|@PORT@|$ZPORT|" -e "s|@DIR@|$D|" scripts/zabbix_agentd.conf > "$ZCONF"
 ZQ=(); ZC=()
