@@ -99,7 +99,9 @@ impl FrameDecoder {
     }
 
     fn too_long(&mut self, line_complete: bool) {
-        self.partial.clear();
+        // Give the memory back: a connection that once received an
+        // oversized line must not keep `max` bytes for good.
+        self.partial = Vec::new();
         self.skipping = !line_complete;
         self.ready
             .push_back(Err(FrameError::TooLong { limit: self.max }));
@@ -122,6 +124,26 @@ impl FrameDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_oversized_line_gives_its_memory_back() {
+        let mut d = FrameDecoder::new(1 << 20);
+        let chunk = vec![b'x'; 64 << 10];
+        for _ in 0..20 {
+            d.push(&chunk);
+        }
+        assert!(matches!(
+            d.next_frame(),
+            Some(Err(FrameError::TooLong { .. }))
+        ));
+        assert_eq!(
+            d.partial.capacity(),
+            0,
+            "the partial line's buffer is freed"
+        );
+        d.push(b"\n{\"a\":1}\n");
+        assert_eq!(d.next_frame(), Some(Ok(b"{\"a\":1}".to_vec())));
+    }
 
     fn drain(d: &mut FrameDecoder) -> Vec<Result<Vec<u8>, FrameError>> {
         std::iter::from_fn(|| d.next_frame()).collect()
