@@ -1,8 +1,8 @@
-//! Regression test for a soak-test finding (reported, not yet fixed in
-//! proto/): after a line longer than the maximum, `FrameDecoder` keeps the
-//! capacity of its partial-line buffer (`partial.clear()` in `too_long`),
-//! so every connection that once received an oversized line holds about
-//! `max_frame` bytes (16 MiB by default) until its next complete line.
+//! Regression test for a soak-test finding, fixed in proto/src/frame.rs:
+//! after a line longer than the maximum, `FrameDecoder` kept the capacity
+//! of its partial-line buffer (`partial.clear()` in `too_long`), so every
+//! connection that once received an oversized line held about `max_frame`
+//! bytes (16 MiB by default) until its next complete line.
 //! Run with `cargo test --manifest-path fuzz/Cargo.toml`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
