@@ -567,6 +567,14 @@ mod tests {
         std::iter::from_fn(|| s.poll_action()).collect()
     }
 
+    /// The one action must be a resolution; its token.
+    fn expect_resolve(s: &mut Session) -> u64 {
+        match drain(s).as_slice() {
+            [Action::Resolve { token, .. }] => *token,
+            other => panic!("{other:?}"),
+        }
+    }
+
     /// Drives the session from its start to Ready on `a`.
     fn to_ready(s: &mut Session, t: Instant, a: SocketAddr) {
         let token = match drain(s).as_slice() {
@@ -598,10 +606,7 @@ mod tests {
     fn addresses_are_tried_in_turn_then_ready() {
         let t = Instant::now();
         let mut s = Session::new(cfg(), init(), t);
-        let token = match drain(&mut s).as_slice() {
-            [Action::Resolve { token, .. }] => *token,
-            other => panic!("{other:?}"),
-        };
+        let token = expect_resolve(&mut s);
         s.handle_resolved(
             t,
             token,
@@ -629,10 +634,7 @@ mod tests {
     fn a_silent_address_times_out_and_the_next_is_tried() {
         let t = Instant::now();
         let mut s = Session::new(cfg(), init(), t);
-        let token = match drain(&mut s).as_slice() {
-            [Action::Resolve { token, .. }] => *token,
-            other => panic!("{other:?}"),
-        };
+        let token = expect_resolve(&mut s);
         s.handle_resolved(
             t,
             token,
@@ -663,10 +665,7 @@ mod tests {
         let mut s = Session::new(cfg(), init(), t);
         let mut delays = Vec::new();
         for _ in 0..9 {
-            let token = match drain(&mut s).as_slice() {
-                [Action::Resolve { token, .. }] => *token,
-                other => panic!("{other:?}"),
-            };
+            let token = expect_resolve(&mut s);
             s.handle_resolved(t, token, Ok(vec![addr("127.0.0.1:8443")]), true);
             drain(&mut s);
             s.handle_transport_failed(t, "refused");
@@ -700,10 +699,7 @@ mod tests {
     fn a_resolution_failure_backs_off() {
         let t = Instant::now();
         let mut s = Session::new(cfg(), init(), t);
-        let token = match drain(&mut s).as_slice() {
-            [Action::Resolve { token, .. }] => *token,
-            other => panic!("{other:?}"),
-        };
+        let token = expect_resolve(&mut s);
         s.handle_resolved(t, token + 99, Ok(vec![addr("127.0.0.1:1")]), true);
         assert!(drain(&mut s).is_empty(), "a stale token is ignored");
         s.handle_resolved(t, token, Err("NXDOMAIN".into()), true);
@@ -714,10 +710,7 @@ mod tests {
     fn a_redirect_is_followed_with_the_same_init_and_loops_are_bounded() {
         let t = Instant::now();
         let mut s = Session::new(cfg(), init(), t);
-        let token = match drain(&mut s).as_slice() {
-            [Action::Resolve { token, .. }] => *token,
-            other => panic!("{other:?}"),
-        };
+        let token = expect_resolve(&mut s);
         s.handle_resolved(t, token, Ok(vec![addr("127.0.0.1:8443")]), true);
         drain(&mut s);
         let mut inits = Vec::new();
@@ -758,10 +751,7 @@ mod tests {
     fn a_redirect_to_a_name_resolves_it_and_the_list_is_tried_in_turn() {
         let t = Instant::now();
         let mut s = Session::new(cfg(), init(), t);
-        let token = match drain(&mut s).as_slice() {
-            [Action::Resolve { token, .. }] => *token,
-            other => panic!("{other:?}"),
-        };
+        let token = expect_resolve(&mut s);
         s.handle_resolved(t, token, Ok(vec![addr("127.0.0.1:8443")]), true);
         drain(&mut s);
         s.handle_tcp_connected(t);
@@ -797,10 +787,7 @@ mod tests {
     fn a_rejected_init_backs_off_and_garbage_init_tries_the_next() {
         let t = Instant::now();
         let mut s = Session::new(cfg(), init(), t);
-        let token = match drain(&mut s).as_slice() {
-            [Action::Resolve { token, .. }] => *token,
-            other => panic!("{other:?}"),
-        };
+        let token = expect_resolve(&mut s);
         s.handle_resolved(
             t,
             token,
@@ -945,10 +932,7 @@ mod tests {
     fn hosts_lines_are_tried_before_dns_answers_and_a_round_waits_for_dns() {
         let t = Instant::now();
         let mut s = Session::new(cfg(), init(), t);
-        let token = match drain(&mut s).as_slice() {
-            [Action::Resolve { token, .. }] => *token,
-            other => panic!("{other:?}"),
-        };
+        let token = expect_resolve(&mut s);
         s.handle_resolved(t, token, Ok(vec![addr("127.0.0.1:8443")]), false);
         assert_eq!(drain(&mut s), vec![Action::Connect(addr("127.0.0.1:8443"))]);
         s.handle_transport_failed(t, "refused");
@@ -966,10 +950,7 @@ mod tests {
         // DNS answering while a hosts line is being tried: appended.
         let until = s.poll_timeout().unwrap();
         s.handle_timeout(until);
-        let token = match drain(&mut s).as_slice() {
-            [Action::Resolve { token, .. }] => *token,
-            other => panic!("{other:?}"),
-        };
+        let token = expect_resolve(&mut s);
         s.handle_resolved(until, token, Ok(vec![addr("127.0.0.1:8443")]), false);
         drain(&mut s);
         s.handle_resolved(until, token, Ok(vec![addr("127.0.0.6:8443")]), true);
