@@ -121,6 +121,8 @@ unsafe fn copy_text(ptr: *const c_char, len: usize) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// # Safety
+/// `msg` must be null or valid for `msg_len` bytes until return.
 unsafe extern "C" fn host_log(level: u32, msg: *const c_char, msg_len: usize) {
     let _ = std::panic::catch_unwind(|| {
         // SAFETY: the plugin passes a live (pointer, length) pair (header).
@@ -136,6 +138,9 @@ unsafe extern "C" fn host_log(level: u32, msg: *const c_char, msg_len: usize) {
     });
 }
 
+/// # Safety
+/// `message` and `data` must each be null or valid for their length until
+/// return (header contract: the host copies before returning).
 unsafe extern "C" fn host_complete(
     call: CallId,
     retcode: u32,

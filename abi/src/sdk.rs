@@ -245,6 +245,9 @@ fn spec() -> Option<&'static PluginSpec> {
     SPEC.get().map(|e| &e.spec)
 }
 
+/// # Safety
+/// Called by the host with a pointer to its API table (or null, refused),
+/// which stays valid for the life of the process (header contract).
 unsafe extern "C" fn init_trampoline(host: *const HostApi) -> Status {
     if host.is_null() {
         return ffi::STATUS_INVALID_ARGUMENT;
@@ -283,6 +286,8 @@ unsafe extern "C" fn init_trampoline(host: *const HostApi) -> Status {
     result.unwrap_or(ffi::STATUS_FAILED)
 }
 
+/// # Safety
+/// `request` must be null or valid for `request_len` bytes until return.
 unsafe extern "C" fn call_trampoline(id: CallId, request: *const c_char, request_len: usize) {
     let bytes: &[u8] = if request.is_null() || request_len == 0 {
         &[]
@@ -310,6 +315,8 @@ unsafe extern "C" fn call_trampoline(id: CallId, request: *const c_char, request
     }
 }
 
+/// # Safety
+/// No pointer crosses; `unsafe` only because the ABI type says so.
 unsafe extern "C" fn cancel_trampoline(id: CallId) {
     let _ = panic::catch_unwind(|| {
         if let Some(cancel) = spec().and_then(|s| s.cancel) {
@@ -318,6 +325,8 @@ unsafe extern "C" fn cancel_trampoline(id: CallId) {
     });
 }
 
+/// # Safety
+/// No pointer crosses; `unsafe` only because the ABI type says so.
 unsafe extern "C" fn fini_trampoline() {
     let _ = panic::catch_unwind(|| {
         if let Some(fini) = spec().and_then(|s| s.fini) {

@@ -13,6 +13,8 @@ use basicagent_proto::FrameDecoder;
 struct Counting;
 static LIVE: AtomicIsize = AtomicIsize::new(0);
 
+// SAFETY: every method forwards to the system allocator with the same
+// arguments; the counter is only bookkeeping.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
         LIVE.fetch_add(l.size() as isize, Ordering::SeqCst);

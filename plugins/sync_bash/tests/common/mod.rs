@@ -119,6 +119,7 @@ impl Drop for Reap {
     fn drop(&mut self) {
         for argv in &self.0 {
             for pid in live(argv) {
+                // SAFETY: kill(2) takes no pointer; the pid is a child this test started.
                 unsafe { libc::kill(pid as i32, libc::SIGKILL) };
             }
         }
