@@ -70,6 +70,8 @@ name = "config.cargo.com"
 port = $PORT
 ca = "$D/ca.pem"
 hosts_file = "$D/hosts"
+# The hosts file only: no DNS query leaves this machine.
+dns = false
 connect_timeout = 2
 
 [agent]

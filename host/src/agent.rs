@@ -245,11 +245,15 @@ pub fn run(opts: Options) -> Result<(), StartError> {
         extra: Default::default(),
     };
     let session = Session::new(session_config(&config), init, now);
-    let resolver = Resolver::spawn(
-        Arc::clone(&waker),
-        config.server.hosts_file.clone(),
-        config.server.nameservers.clone(),
-    )
+    let resolver = if config.server.dns {
+        Resolver::spawn(
+            Arc::clone(&waker),
+            config.server.hosts_file.clone(),
+            config.server.nameservers.clone(),
+        )
+    } else {
+        Resolver::spawn_hosts_only(Arc::clone(&waker), config.server.hosts_file.clone())
+    }
     .map_err(|e| StartError::Io("resolver", e))?;
     let reactor = Reactor::new(
         poll,

@@ -61,6 +61,9 @@ pub struct ServerConfig {
     pub nameservers: Vec<SocketAddr>,
     /// Largest frame accepted or sent, in bytes.
     pub max_frame: usize,
+    /// Ask DNS after the hosts file (default true); false: the hosts file
+    /// only, no query ever leaves the machine.
+    pub dns: bool,
 }
 
 impl Default for ServerConfig {
@@ -77,6 +80,7 @@ impl Default for ServerConfig {
             hosts_file: PathBuf::from("/etc/hosts"),
             nameservers: Vec::new(),
             max_frame: 16 * 1024 * 1024,
+            dns: true,
         }
     }
 }

@@ -114,6 +114,21 @@ impl Resolver {
         nameservers: Vec<SocketAddr>,
         limits: DnsLimits,
     ) -> io::Result<Resolver> {
+        Self::start(waker, hosts_file, nameservers, Some(limits))
+    }
+
+    /// Starts a resolver that reads the hosts file only and never sends a
+    /// DNS query (`server.dns = false`: closed networks, tests, demos).
+    pub fn spawn_hosts_only(waker: Arc<mio::Waker>, hosts_file: PathBuf) -> io::Result<Resolver> {
+        Self::start(waker, hosts_file, Vec::new(), None)
+    }
+
+    fn start(
+        waker: Arc<mio::Waker>,
+        hosts_file: PathBuf,
+        nameservers: Vec<SocketAddr>,
+        limits: Option<DnsLimits>,
+    ) -> io::Result<Resolver> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -123,7 +138,12 @@ impl Resolver {
             .name("resolver".into())
             .spawn(move || {
                 // hickory's constructors need the runtime context (they may spawn).
-                let dns = runtime.block_on(async { build_dns(&nameservers, limits) });
+                let dns = match limits {
+                    Some(limits) => runtime.block_on(async { build_dns(&nameservers, limits) }),
+                    None => {
+                        Err("DNS disabled by the configuration (server.dns = false)".to_owned())
+                    }
+                };
                 let dns = Arc::new(dns);
                 runtime.block_on(async move {
                     while let Some(req) = req_rx.recv().await {
@@ -341,6 +361,25 @@ fe80::1%eth0 config.cargo.com
         assert_eq!(hosts_lookup(HOSTS, "second"), ips(&[]));
         assert_eq!(hosts_lookup(HOSTS, "missing"), ips(&[]));
         assert_eq!(hosts_lookup("", "x"), ips(&[]));
+    }
+
+    #[test]
+    fn hosts_only_never_asks_dns() {
+        let dir = tempfile::tempdir().unwrap();
+        let hosts = dir.path().join("hosts");
+        std::fs::write(&hosts, "127.0.0.7 only.example\n").unwrap();
+        let mut poll = mio::Poll::new().unwrap();
+        let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(0)).unwrap());
+        let resolver = Resolver::spawn_hosts_only(waker, hosts).unwrap();
+        resolver.request(1, "only.example".into(), 9);
+        let r = run(&resolver, &mut poll, 1);
+        assert_eq!(
+            r.result.unwrap(),
+            vec!["127.0.0.7:9".parse::<SocketAddr>().unwrap()]
+        );
+        resolver.request(2, "missing.example".into(), 9);
+        let e = run(&resolver, &mut poll, 2).result.unwrap_err();
+        assert!(e.to_string().contains("DNS disabled"), "{e}");
     }
 
     #[test]

@@ -121,7 +121,8 @@ fn a_slow_command_does_not_delay_a_fast_request() {
     let pki = Pki::new();
     let port = free_port();
     let server = Server::start(&pki, &format!("127.0.0.2:{port}"), "server", &[]);
-    let _agent = Agent::start(&pki, port, &["127.0.0.2"], "", "", &["-f"]);
+    // The hosts file only (server.dns = false).
+    let _agent = Agent::start(&pki, port, &["127.0.0.2"], "dns = false", "", &["-f"]);
     let host = server.wait_agent(Duration::from_secs(15));
     let slow = {
         let admin = server.admin();
