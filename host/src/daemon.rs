@@ -426,6 +426,50 @@ pub fn init_logging(path: Option<&Path>, level: LevelFilter) -> Result<LogHandle
     Ok(handle)
 }
 
+/// Gives back the pages of the daemon's own executable that start-up used
+/// (configuration, certificates, DNS set-up) once the first session is up:
+/// `MADV_PAGEOUT` on its file-backed mappings. The kernel reclaims the
+/// pages no one else maps; code the request path needs faults back in from
+/// the page cache on first use. Best effort: errors are only logged.
+pub fn release_startup_pages() {
+    let Ok(exe) = std::fs::read_link("/proc/self/exe") else {
+        return;
+    };
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        return;
+    };
+    let exe = exe.to_string_lossy().into_owned();
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        if !line.ends_with(exe.as_str()) || perms.contains('w') {
+            continue;
+        }
+        let Some((start, end)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(start), Ok(end)) = (
+            usize::from_str_radix(start, 16),
+            usize::from_str_radix(end, 16),
+        ) else {
+            continue;
+        };
+        // SAFETY: the range is a whole read-only, file-backed mapping of
+        // our own executable as the kernel lists it; MADV_PAGEOUT only drops
+        // resident pages (they fault back in unchanged), never the mapping.
+        let rc =
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_PAGEOUT) };
+        if rc != 0 {
+            log::debug!(
+                "madvise(MADV_PAGEOUT) {range}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

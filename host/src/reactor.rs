@@ -138,6 +138,8 @@ pub struct Reactor {
     transport: Option<Transport>,
     signals: OwnedFd,
     read_buf: Vec<u8>,
+    /// Start-up code pages were given back (after the first session).
+    startup_released: bool,
 }
 
 impl Reactor {
@@ -167,6 +169,7 @@ impl Reactor {
             transport: None,
             signals,
             read_buf: vec![0; 64 << 10],
+            startup_released: false,
         })
     }
 
@@ -316,6 +319,10 @@ impl Reactor {
                 }
                 Action::Up(addr) => {
                     log::info!("connected to {addr}");
+                    if !self.startup_released {
+                        self.startup_released = true;
+                        crate::daemon::release_startup_pages();
+                    }
                     let frames = self.dispatcher.outbox_frames();
                     if !frames.is_empty() {
                         log::info!("pushing {} unacknowledged task result(s)", frames.len());
