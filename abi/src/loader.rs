@@ -1,20 +1,27 @@
 //! Finding, checking and loading plugin files: method `ns.name` → file
 //! `libns_name.so` in the plugin directory.
 //!
-//! The method name is validated before any path is built. Files are opened
-//! with `RTLD_NOW | RTLD_LOCAL` and never closed (`dlclose` of a Rust cdylib
-//! with thread-local destructors crashes); a changed file is loaded beside
-//! the old one under a unique `/proc/self/fd/N` name, because glibc hands
-//! back the old handle for a path or inode it already has.
+//! The method name is validated before any path is built. Every file is
+//! first opened by the file-trust rule ([`basicagent_fstrust`]: no symbolic
+//! link, owner root or the effective uid, no write for others on the file,
+//! its directory and each directory above), checked with `fstat` on that
+//! descriptor, and only then handed to `dlopen` as `/proc/self/fd/N` of the
+//! very descriptor checked: no code of a refused file ever runs. Files are
+//! opened with `RTLD_NOW | RTLD_LOCAL` and never closed (`dlclose` of a Rust
+//! cdylib with thread-local destructors crashes); the descriptor stays open
+//! so its `/proc/self/fd/N` name is never reused, which also lets a changed
+//! file load beside the old one (glibc hands back the old handle for a name
+//! or inode it already has).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{c_char, CStr};
-use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+
+use basicagent_fstrust::{Follow, TrustError, TrustedFile};
 
 use crate::ffi::{self, CallId, HostApi, PluginDescriptor, VersionHeader};
 use crate::host::{self, Completer, Completion, HostSettings};
@@ -62,6 +69,10 @@ pub enum LoadError {
     },
     #[error("{path}: plugin init failed (see the log)")]
     InitFailed { path: PathBuf },
+    /// The file-trust rule refused the file (or a directory on its path)
+    /// before any byte of it was mapped.
+    #[error("{0}")]
+    Untrusted(TrustError),
     #[error("{reason} (refused earlier; not retried until the file changes)")]
     Refused {
         path: PathBuf,
@@ -166,35 +177,41 @@ impl std::fmt::Debug for Plugin {
 }
 
 impl Plugin {
-    /// Loads, checks and initialises the plugin in `path`.
+    /// Opens `path` by the file-trust rule, then loads, checks and
+    /// initialises the plugin in it.
     ///
-    /// `unique` loads it under `/proc/self/fd/N` (N kept open for ever) so
-    /// that a file replaced on disk is mapped anew beside the old one.
-    pub fn load(path: &Path, settings: &HostSettings, unique: bool) -> Result<Plugin, LoadError> {
-        let io = |source| LoadError::Io {
-            path: path.to_owned(),
-            source,
-        };
-        let mut file = File::open(path).map_err(io)?;
-        let file_id = FileId::of(&file.metadata().map_err(io)?);
+    /// Every load goes through `/proc/self/fd/N` of the checked descriptor
+    /// (N kept open for ever), so a file replaced on disk is mapped anew
+    /// beside the old one; `_unique` is kept for API compatibility.
+    pub fn load(path: &Path, settings: &HostSettings, _unique: bool) -> Result<Plugin, LoadError> {
+        let opened =
+            basicagent_fstrust::open_file(path, Follow::No).map_err(LoadError::Untrusted)?;
+        Plugin::load_opened(path, opened, settings)
+    }
+
+    /// Loads the plugin from a file already opened by the trust rule.
+    fn load_opened(
+        path: &Path,
+        opened: TrustedFile,
+        settings: &HostSettings,
+    ) -> Result<Plugin, LoadError> {
+        let TrustedFile { mut file, meta, .. } = opened;
+        let file_id = FileId::of(&meta);
         let mut magic = [0u8; 4];
         if file.read_exact(&mut magic).is_err() || magic != *b"\x7fELF" {
             return Err(LoadError::NotElf {
                 path: path.to_owned(),
             });
         }
-        let open_path = if unique {
-            let fd = file.as_raw_fd();
-            // The fd stays open (leaked) so that its number, and therefore
-            // the name glibc records, is never reused in this process.
-            std::mem::forget(file);
-            PathBuf::from(format!("/proc/self/fd/{fd}"))
-        } else {
-            path.to_owned()
-        };
+        let fd = file.as_raw_fd();
+        // The fd stays open (leaked) so that its number, and therefore the
+        // name glibc records, is never reused in this process.
+        std::mem::forget(file);
+        let open_path = PathBuf::from(format!("/proc/self/fd/{fd}"));
         // SAFETY: loading a shared object runs its initialisers. That is the
-        // point of a plugin: the operator put this file in the plugin
-        // directory (root-owned) and we checked it is ELF.
+        // point of a plugin: the file passed the trust rule on this very
+        // descriptor (root-owned, not writable by others, nor its
+        // directories) and starts with the ELF magic.
         let lib = unsafe {
             libloading::os::unix::Library::open(
                 Some(&open_path),
@@ -401,18 +418,24 @@ pub struct PluginRegistry {
 #[derive(Default)]
 struct RegistryState {
     loaded: HashMap<String, Arc<Plugin>>,
+    /// Copies replaced by a reload: still mapped, their calls in flight
+    /// finish there, and [`PluginRegistry::fini_all`] reaches them too.
+    retired: Vec<Arc<Plugin>>,
     /// Files refused, with the version refused: not tried again (no second
-    /// `dlopen`, no second `init`) until the file changes on disk.
+    /// `dlopen`, no second `init`) until the file changes on disk. A trust
+    /// refusal is checked again on every call (it costs no `dlopen`) and
+    /// logged once per file version and reason.
     refused: HashMap<String, Refusal>,
-    /// Files once handed to `dlopen` by their path: glibc would return the
-    /// old handle for that name, so a new version loads under a unique one.
-    opened: std::collections::HashSet<String>,
+    /// `fini_all` ran: plugins are not finished twice.
+    finished: bool,
 }
 
 struct Refusal {
     file_id: FileId,
     retcode: u32,
     reason: String,
+    /// Refused by the trust rule (re-checked each time), not by loading.
+    untrusted: bool,
 }
 
 impl PluginRegistry {
@@ -445,7 +468,7 @@ impl PluginRegistry {
             return Ok(Arc::clone(p));
         }
         let path = self.dir.join(&file);
-        let meta = match std::fs::metadata(&path) {
+        let meta = match std::fs::symlink_metadata(&path) {
             Ok(m) => m,
             Err(_) => {
                 return Err(LoadError::NotFound {
@@ -455,15 +478,22 @@ impl PluginRegistry {
             }
         };
         let file_id = FileId::of(&meta);
-        if let Some(r) = state.refused.get(&file).filter(|r| r.file_id == file_id) {
+        let opened = match basicagent_fstrust::open_file(&path, Follow::No) {
+            Ok(opened) => opened,
+            Err(e) => return Err(note_untrusted(&mut state, file, file_id, e)),
+        };
+        if let Some(r) = state
+            .refused
+            .get(&file)
+            .filter(|r| r.file_id == file_id && !r.untrusted)
+        {
             return Err(LoadError::Refused {
                 path,
                 retcode: r.retcode,
                 reason: r.reason.clone(),
             });
         }
-        let unique = !state.opened.insert(file.clone());
-        let loaded = Plugin::load(&path, &self.settings, unique).and_then(|plugin| {
+        let loaded = Plugin::load_opened(&path, opened, &self.settings).and_then(|plugin| {
             if plugin.serves(method) {
                 Ok(plugin)
             } else {
@@ -495,6 +525,7 @@ impl PluginRegistry {
                         file_id,
                         retcode: e.retcode(),
                         reason: e.to_string(),
+                        untrusted: false,
                     },
                 );
                 Err(e)
@@ -515,7 +546,7 @@ impl PluginRegistry {
         let mut out = Vec::new();
         for (file, old_id) in current {
             let path = self.dir.join(&file);
-            let Ok(meta) = std::fs::metadata(&path) else {
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
                 continue;
             };
             let file_id = FileId::of(&meta);
@@ -523,15 +554,31 @@ impl PluginRegistry {
                 || state
                     .refused
                     .get(&file)
-                    .is_some_and(|r| r.file_id == file_id)
+                    .is_some_and(|r| r.file_id == file_id && !r.untrusted)
             {
                 continue;
             }
-            match Plugin::load(&path, &self.settings, true) {
+            let opened = match basicagent_fstrust::open_file(&path, Follow::No) {
+                Ok(opened) => opened,
+                Err(e) => {
+                    let logged_before = state
+                        .refused
+                        .get(&file)
+                        .is_some_and(|r| r.untrusted && r.file_id == file_id);
+                    let e = note_untrusted(&mut state, file, file_id, e);
+                    if !logged_before {
+                        out.push(Err(e));
+                    }
+                    continue;
+                }
+            };
+            match Plugin::load_opened(&path, opened, &self.settings) {
                 Ok(new) => {
                     out.push(Ok(new.info.clone()));
                     state.refused.remove(&file);
-                    state.loaded.insert(file, Arc::new(new));
+                    if let Some(old) = state.loaded.insert(file, Arc::new(new)) {
+                        state.retired.push(old);
+                    }
                 }
                 Err(e) => {
                     state.refused.insert(
@@ -540,6 +587,7 @@ impl PluginRegistry {
                             file_id,
                             retcode: e.retcode(),
                             reason: e.to_string(),
+                            untrusted: false,
                         },
                     );
                     out.push(Err(e));
@@ -575,13 +623,73 @@ impl PluginRegistry {
         Ok(methods)
     }
 
-    /// Calls `fini` on every loaded plugin (orderly shutdown).
+    /// Calls `fini` once on every copy ever loaded, the copies replaced by
+    /// a reload included (their commands in flight are stopped too), each
+    /// mapped library once (a reload of the same inode gets glibc's old
+    /// handle back). A second call does nothing.
     pub fn fini_all(&self) {
-        let plugins: Vec<Arc<Plugin>> = self.state().loaded.values().cloned().collect();
+        let plugins: Vec<Arc<Plugin>> = {
+            let mut state = self.state();
+            if state.finished {
+                return;
+            }
+            state.finished = true;
+            state
+                .retired
+                .iter()
+                .chain(state.loaded.values())
+                .cloned()
+                .collect()
+        };
+        let mut seen = HashSet::new();
         for p in plugins {
-            p.fini();
+            if seen.insert(std::ptr::from_ref(p.desc) as usize) {
+                p.fini();
+            }
         }
     }
+
+    /// How many copies `fini_all` would reach (loaded and retired, each
+    /// mapped library once): for tests and `agent.info`.
+    pub fn loaded_copies(&self) -> usize {
+        let state = self.state();
+        state
+            .retired
+            .iter()
+            .chain(state.loaded.values())
+            .map(|p| std::ptr::from_ref(p.desc) as usize)
+            .collect::<HashSet<_>>()
+            .len()
+    }
+}
+
+/// Records a trust refusal and logs it once per file version and reason:
+/// `refusing plugin PATH: RULE`.
+fn note_untrusted(
+    state: &mut RegistryState,
+    file: String,
+    file_id: FileId,
+    e: TrustError,
+) -> LoadError {
+    let err = LoadError::Untrusted(e);
+    let reason = err.to_string();
+    let seen = state
+        .refused
+        .get(&file)
+        .is_some_and(|r| r.untrusted && r.file_id == file_id && r.reason == reason);
+    if !seen {
+        log::error!("refusing plugin {reason}");
+        state.refused.insert(
+            file,
+            Refusal {
+                file_id,
+                retcode: err.retcode(),
+                reason,
+                untrusted: true,
+            },
+        );
+    }
+    err
 }
 
 /// Where plugins are looked for when no directory is configured: the
