@@ -1,0 +1,190 @@
+//! `BasicAgentCtl` (the real binary, as root) never runs the code of a file
+//! the trust rule refuses: `-c` through `$BASICAGENT_PLUGIN_DIR` and `-l`
+//! over an attacker's directory print the reason, and the fixture's ELF
+//! constructor, which writes a marker file, never ran.
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const CTOR_PLUGIN: &str = r#"
+#include <stdio.h>
+#include "basicagent_plugin.h"
+__attribute__((constructor)) static void write_marker(void) {
+    FILE *f = fopen(MARKER, "w");
+    if (f) { fputs("constructor ran\n", f); fclose(f); }
+}
+static const ba_host_api *host;
+static ba_status fx_init(const ba_host_api *api) { host = api; return BA_STATUS_OK; }
+static void fx_call(ba_call_id call, const char *req, size_t len) {
+    (void)req; (void)len;
+    static const char data[] = "{\"ok\":true}";
+    host->complete(call, BA_RETCODE_SUCCESS, NULL, 0, data, sizeof data - 1);
+}
+static const char *const fx_methods[] = {"getinfo.ctor", NULL};
+static const ba_plugin_descriptor fx = {
+    BA_ABI_VERSION, sizeof(ba_plugin_descriptor), "getinfo_ctor", "1.0.0",
+    "constructor fixture", fx_methods, "no arguments", fx_init, fx_call, NULL, NULL,
+};
+const ba_plugin_descriptor *basicagent_plugin_v1(void) { return &fx; }
+"#;
+
+const NOBODY: u32 = 65534;
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn chmod(p: &Path, mode: u32) {
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// base (0755) / staging / libgetinfo_ctor.so (0644), and its marker.
+fn fixture(base: &Path) -> (PathBuf, PathBuf) {
+    chmod(base, 0o755);
+    let staging = base.join("staging");
+    std::fs::create_dir(&staging).unwrap();
+    chmod(&staging, 0o755);
+    let marker = base.join("constructor-ran");
+    let src = staging.join("ctor.c");
+    std::fs::write(&src, CTOR_PLUGIN).unwrap();
+    let so = staging.join("libgetinfo_ctor.so");
+    let include = Path::new(basicagent_abi::HEADER_PATH).parent().unwrap();
+    let ok = Command::new("cc")
+        .args([
+            "-Wall", "-Wextra", "-Werror", "-std=c11", "-fPIC", "-shared",
+        ])
+        .arg("-I")
+        .arg(include)
+        .arg(format!("-DMARKER=\"{}\"", marker.display()))
+        .arg("-o")
+        .arg(&so)
+        .arg(&src)
+        .status()
+        .expect("the C compiler runs")
+        .success();
+    assert!(ok, "cc failed");
+    chmod(&so, 0o644);
+    (so, marker)
+}
+
+fn ctl(args: &[&str], env_dir: Option<&Path>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_BasicAgentCtl"));
+    cmd.args(args).env_remove("BASICAGENT_PLUGIN_DIR");
+    if let Some(dir) = env_dir {
+        cmd.env("BASICAGENT_PLUGIN_DIR", dir);
+    }
+    cmd.output().expect("BasicAgentCtl runs")
+}
+
+#[test]
+fn a_user_owned_basicagent_plugin_dir_is_refused_and_never_run() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (so, marker) = fixture(tmp.path());
+    let dir = tmp.path().join("nobodys-plugins");
+    std::fs::create_dir(&dir).unwrap();
+    chmod(&dir, 0o755);
+    std::fs::copy(&so, dir.join("libgetinfo_ctor.so")).unwrap();
+    std::os::unix::fs::chown(&dir, Some(NOBODY), Some(NOBODY)).unwrap();
+    let out = ctl(&["-c", "getinfo.ctor"], Some(&dir));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    let reason = format!(
+        "{}: directory {}: owned by uid 65534, not by root",
+        dir.join("libgetinfo_ctor.so").display(),
+        dir.display()
+    );
+    assert!(stdout.contains("3025"), "{stdout}");
+    assert!(stdout.contains(&reason), "{stdout}");
+    assert!(
+        stderr.contains(&format!("refusing plugin {reason}")),
+        "{stderr}"
+    );
+    assert!(!marker.exists(), "the constructor ran");
+}
+
+#[test]
+fn list_over_an_attackers_directory_loads_nothing_and_gives_reasons() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (so, marker) = fixture(tmp.path());
+    let dir = tmp.path().join("dropbox");
+    std::fs::create_dir(&dir).unwrap();
+    chmod(&dir, 0o777);
+    // Dropped by nobody, as an attacker would; plus a 0666 copy and a
+    // symlink, each under its own name.
+    for name in ["libgetinfo_ctor.so", "libgetinfo_wide.so"] {
+        let ok = Command::new("cp")
+            .arg(&so)
+            .arg(dir.join(name))
+            .uid(NOBODY)
+            .gid(NOBODY)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+    chmod(&dir.join("libgetinfo_wide.so"), 0o666);
+    std::os::unix::fs::symlink(&so, dir.join("libgetinfo_link.so")).unwrap();
+    let list = |dir: &Path| ctl(&["-l", "-p", dir.to_str().unwrap()], None);
+
+    let out = list(&dir);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert_eq!(stdout.matches("REFUSED: ").count(), 3, "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "directory {}: group- or world-writable (mode 0777)",
+            dir.display()
+        )),
+        "{stdout}"
+    );
+    assert!(!marker.exists(), "-l ran a refused file's constructor");
+
+    // The directory closed: each file still gives its own reason.
+    chmod(&dir, 0o755);
+    let out = list(&dir);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    for reason in [
+        format!(
+            "REFUSED: {}: owned by uid 65534, not by root",
+            dir.join("libgetinfo_ctor.so").display()
+        ),
+        format!(
+            "REFUSED: {}: a symbolic link (not followed)",
+            dir.join("libgetinfo_link.so").display()
+        ),
+        format!(
+            "REFUSED: {}: owned by uid 65534, not by root",
+            dir.join("libgetinfo_wide.so").display()
+        ),
+    ] {
+        assert!(stdout.contains(&reason), "{reason} in {stdout}");
+    }
+    assert!(!marker.exists(), "-l ran a refused file's constructor");
+
+    // A good directory: listed, loaded (the constructor runs), exit 0.
+    let good = tmp.path().join("good");
+    std::fs::create_dir(&good).unwrap();
+    chmod(&good, 0o755);
+    std::fs::copy(&so, good.join("libgetinfo_ctor.so")).unwrap();
+    let out = list(&good);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("getinfo.ctor  (getinfo_ctor 1.0.0)"),
+        "{stdout}"
+    );
+    assert!(marker.exists(), "the good file was loaded");
+}
