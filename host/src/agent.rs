@@ -72,14 +72,23 @@ fn seed() -> u64 {
     (t as u64) ^ (u64::from(std::process::id()) << 32)
 }
 
-/// TLS settings a configuration gives.
+/// TLS settings a configuration gives (warnings logged).
 pub fn tls_config(config: &Config) -> Result<Arc<ClientConfig>, tls::TlsError> {
+    let setup = tls_setup(config)?;
+    for w in &setup.warnings {
+        log::warn!("{w}");
+    }
+    Ok(setup.config)
+}
+
+/// TLS settings a configuration gives, with the warnings to log.
+pub fn tls_setup(config: &Config) -> Result<tls::TlsSetup, tls::TlsError> {
     let s = &config.server;
     let client = match (&s.cert, &s.key) {
         (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
         _ => None,
     };
-    tls::client_config(&s.ca, client)
+    tls::client_setup(&s.ca, client)
 }
 
 fn absolute(p: &Path) -> PathBuf {
@@ -156,7 +165,12 @@ pub fn run(opts: Options) -> Result<(), StartError> {
     tune_malloc();
     let config_path = opts.config.as_deref().map(absolute);
     let config = Config::load(config_path.as_deref())?;
-    let tls = tls_config(&config)?;
+    // Checked before detaching (a refused CA fails on the terminal); the
+    // warnings are logged once the log is open.
+    let tls::TlsSetup {
+        config: tls,
+        warnings: tls_warnings,
+    } = tls_setup(&config)?;
     let log_file = opts.log_file.as_deref().map(absolute);
     let pid_path = opts.pid_file.as_deref().map(absolute);
 
@@ -191,6 +205,9 @@ pub fn run(opts: Options) -> Result<(), StartError> {
         }
         (Err(e), None) => return Err(e),
     };
+    for w in &tls_warnings {
+        log::warn!("{w}");
+    }
 
     let host_id = hostid::host_id(
         config.agent.host_id.as_deref(),

@@ -11,11 +11,18 @@
 //!   non-zero exit when another instance is running.
 //! * The log target is a shared, reopenable file handle: `reopen()` on
 //!   SIGHUP/SIGUSR1 opens the path again, which is all logrotate needs.
+//! * Pid and log files are opened by the file-trust rule
+//!   ([`basicagent_fstrust::create_file`]): `O_NOFOLLOW` (a symbolic link
+//!   is refused and its target never truncated or appended to), and a
+//!   directory writable by group or others (sticky `/tmp` included) is
+//!   refused; the pid file is truncated only through its own descriptor.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
+
+use basicagent_fstrust::{CreateHow, TrustError, Violation};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -44,6 +51,19 @@ pub enum PidFileError {
         #[source]
         source: io::Error,
     },
+    /// The path breaks the file-trust rule (a symbolic link, a directory
+    /// writable by others, another owner): nothing was written.
+    #[error("refusing pid file {0}")]
+    Untrusted(TrustError),
+}
+
+impl PidFileError {
+    fn from_trust(e: TrustError) -> PidFileError {
+        match e.violation {
+            Violation::Io(source) => PidFileError::Io { path: e.at, source },
+            _ => PidFileError::Untrusted(e),
+        }
+    }
 }
 
 /// An exclusively locked pid file; removed on drop by the process that
@@ -71,22 +91,20 @@ impl PidFile {
         // A file unlinked by an exiting holder between our open and our lock
         // would be locked in vain: retry until the path names the locked file.
         for _ in 0..8 {
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o644)
-                .open(&path)
-                .map_err(io_err)?;
+            // Never truncated here, never through a symbolic link.
+            let (file, _) = basicagent_fstrust::create_file(&path, 0o644, CreateHow::ReadWrite)
+                .map_err(PidFileError::from_trust)?;
             // SAFETY: `file` owns a valid open descriptor for this call's duration.
             let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
             if rc != 0 {
                 let e = io::Error::last_os_error();
                 if e.kind() == io::ErrorKind::WouldBlock {
-                    let pid = fs::read_to_string(&path)
+                    let mut text = String::new();
+                    let pid = (&file)
+                        .take(64)
+                        .read_to_string(&mut text)
                         .ok()
-                        .and_then(|t| t.trim().parse::<u32>().ok());
+                        .and_then(|_| text.trim().parse::<u32>().ok());
                     return Err(PidFileError::AlreadyRunning { path, pid });
                 }
                 return Err(io_err(e));
@@ -137,7 +155,8 @@ impl Drop for PidFile {
 }
 
 fn same_file(file: &File, path: &Path) -> bool {
-    match (file.metadata(), fs::metadata(path)) {
+    // lstat: a symbolic link put at the path is not our file.
+    match (file.metadata(), fs::symlink_metadata(path)) {
         (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
         _ => false,
     }
@@ -294,6 +313,10 @@ pub enum LogError {
         #[source]
         source: io::Error,
     },
+    /// The path breaks the file-trust rule (a symbolic link, a directory
+    /// writable by others, another owner): nothing was written.
+    #[error("refusing log file {0}")]
+    Untrusted(TrustError),
     /// A logger was already installed in this process.
     #[error("a logger is already installed: {0}")]
     AlreadyInstalled(#[from] log::SetLoggerError),
@@ -337,14 +360,11 @@ impl LogFile {
 }
 
 fn open_append(path: &Path) -> Result<File, LogError> {
-    OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o640)
-        .open(path)
-        .map_err(|source| LogError::Open {
-            path: path.to_owned(),
-            source,
+    basicagent_fstrust::create_file(path, 0o640, CreateHow::Append)
+        .map(|(file, _)| file)
+        .map_err(|e| match e.violation {
+            Violation::Io(source) => LogError::Open { path: e.at, source },
+            _ => LogError::Untrusted(e),
         })
 }
 
