@@ -441,9 +441,9 @@ fn fini_all_kills_the_commands_of_a_copy_replaced_by_a_reload() {
         }
     };
     if !gone {
-        for pid in &pids {
+        for pid in pids.into_iter().chain(pids_of(&marker)) {
             // SAFETY: kill(2) on the command this test started.
-            unsafe { libc::kill(*pid, libc::SIGKILL) };
+            unsafe { libc::kill(pid, libc::SIGKILL) };
         }
     }
     assert!(gone, "the old copy's command survived fini_all");
