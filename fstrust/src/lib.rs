@@ -20,6 +20,10 @@
 //! * the **file** is a regular file owned by root or the effective uid,
 //!   not writable by others.
 //!
+//! Files opened for writing ([`Policy::create_file`]: pid and log files)
+//! get the rule for the file and its own directory only; the directories
+//! above it are resolved but not checked.
+//!
 //! "Writable by others" is group- or world-writable (`mode & 022`) when the
 //! process runs as root. Run as another user it is world-writable only
 //! (`mode & 002`): with per-user groups `umask 002` is common, and such an
@@ -236,7 +240,11 @@ impl Policy {
 
     /// Opens the directory `path` by the rule.
     pub fn open_dir(&self, path: &Path) -> Result<TrustedDir, TrustError> {
-        match self.resolve(path, Last::Dir)? {
+        self.open_dir_scoped(path, Ancestors::Checked)
+    }
+
+    fn open_dir_scoped(&self, path: &Path, scope: Ancestors) -> Result<TrustedDir, TrustError> {
+        match self.resolve(path, Last::Dir, scope)? {
             Resolved::Dir(node) => Ok(TrustedDir {
                 fd: node.fd,
                 path: node.path,
@@ -259,7 +267,7 @@ impl Policy {
             fd,
             st,
             path: resolved,
-        } = self.resolve(path, Last::File { follow })?
+        } = self.resolve(path, Last::File { follow }, Ancestors::Checked)?
         else {
             return Err(TrustError {
                 path: asked.clone(),
@@ -304,12 +312,19 @@ impl Policy {
         })
     }
 
-    /// Opens or creates the file `path` for writing by the rule: its
-    /// directory must pass [`Policy::open_dir`], the file is opened with
+    /// Opens or creates the file `path` for writing by the rule: its own
+    /// directory must be owned by root or the effective uid and not
+    /// writable by others (sticky or not), the file is opened with
     /// `O_NOFOLLOW` (a symbolic link is refused, its target untouched),
     /// never truncated here, and must be a regular file owned by root or
     /// the effective uid. Write permission for others on an existing file
     /// is removed (`fchmod`), not refused: the directory is ours.
+    ///
+    /// Unlike [`Policy::open_file`], the directories *above* the file's
+    /// directory are not checked (symbolic links there are followed): what
+    /// is at stake is where bytes are written, not which code runs, and
+    /// stock systems have group-writable ancestors such as Ubuntu's
+    /// `/var/log` (`root:syslog 0775`).
     pub fn create_file(
         &self,
         path: &Path,
@@ -326,10 +341,12 @@ impl Policy {
         let (Some(parent), Some(name)) = (asked.parent(), asked.file_name()) else {
             return Err(fail(Violation::NotRegular));
         };
-        let dir = self.open_dir(parent).map_err(|mut e| {
-            e.path = asked.clone();
-            e
-        })?;
+        let dir = self
+            .open_dir_scoped(parent, Ancestors::Unchecked)
+            .map_err(|mut e| {
+                e.path = asked.clone();
+                e
+            })?;
         let resolved = dir.path.join(name);
         let fail = |violation| TrustError {
             path: asked.clone(),
@@ -429,6 +446,13 @@ pub fn create_file(path: &Path, mode: u32, how: CreateHow) -> Result<(File, Path
 
 const MAX_LINKS: usize = 40;
 const MAX_STEPS: usize = 4096;
+
+/// Whether directories above the last one are checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ancestors {
+    Checked,
+    Unchecked,
+}
 
 #[derive(Debug, Clone, Copy)]
 enum Last {
@@ -581,7 +605,8 @@ fn readlink(fd: BorrowedFd<'_>) -> io::Result<OsString> {
 }
 
 impl Policy {
-    fn resolve(&self, path: &Path, last: Last) -> Result<Resolved, TrustError> {
+    fn resolve(&self, path: &Path, last: Last, scope: Ancestors) -> Result<Resolved, TrustError> {
+        let checked = scope == Ancestors::Checked;
         let asked = absolute(path);
         let err = |at: &Path, object: Object, violation: Violation| TrustError {
             path: asked.clone(),
@@ -593,8 +618,10 @@ impl Policy {
         let root = open_root().map_err(|e| err(&root_path, Object::Directory, Violation::Io(e)))?;
         let root_st = Stat::fstat(root.as_fd())
             .map_err(|e| err(&root_path, Object::Directory, Violation::Io(e)))?;
-        self.check(&root_st, true)
-            .map_err(|v| err(&root_path, Object::Directory, v))?;
+        if checked {
+            self.check(&root_st, true)
+                .map_err(|v| err(&root_path, Object::Directory, v))?;
+        }
         let mut stack = vec![Node {
             fd: root,
             path: root_path,
@@ -627,7 +654,7 @@ impl Policy {
                     if is_last && matches!(last, Last::File { follow: Follow::No }) {
                         return Err(err(&here, Object::File, Violation::Symlink));
                     }
-                    if !self.owner_ok(st.uid) {
+                    if checked && !self.owner_ok(st.uid) {
                         return Err(err(
                             &here,
                             Object::Symlink,
@@ -662,8 +689,10 @@ impl Policy {
                     if is_last && matches!(last, Last::File { .. }) {
                         return Err(err(&here, Object::File, Violation::NotRegular));
                     }
-                    self.check(&st, true)
-                        .map_err(|v| err(&here, Object::Directory, v))?;
+                    if checked {
+                        self.check(&st, true)
+                            .map_err(|v| err(&here, Object::Directory, v))?;
+                    }
                     stack.push(Node { fd, path: here });
                 }
                 _ => {
@@ -931,6 +960,22 @@ mod tests {
             .unwrap();
         let mode = std::fs::metadata(&new).unwrap().mode() & 0o777;
         assert_eq!(mode & Policy::current().forbidden_write_bits(), 0);
+    }
+
+    #[test]
+    fn create_checks_only_the_files_own_directory() {
+        // Ubuntu's /var/log is root:syslog 0775: a log below it is fine.
+        let (t, d, _f) = tree();
+        chmod(t.path(), 0o777);
+        let (_, path) = Policy::current()
+            .create_file(&d.join("agent.log"), 0o640, CreateHow::Append)
+            .unwrap();
+        assert_eq!(path, d.join("agent.log"));
+        // While code is never loaded from there.
+        assert!(Policy::current()
+            .open_file(&d.join("agent.log"), Follow::No)
+            .is_err());
+        chmod(t.path(), 0o700);
     }
 
     #[test]
