@@ -321,3 +321,53 @@ fn shutdown_kills_a_command_of_a_plugin_copy_replaced_by_a_reload() {
     assert!(gone, "the old copy's command survived the shutdown");
     let _ = call.join();
 }
+
+#[test]
+fn a_ca_made_writable_is_refused_at_sighup_and_the_agent_keeps_serving() {
+    let pki = Pki::new();
+    let port = free_port();
+    let server = Server::start(&pki, &format!("127.0.41.7:{port}"), "server", &[]);
+    let mut agent = agent_with(&pki, port, "127.0.41.7", &bin_dir(), "");
+    agent.spawn(&["-f"]);
+    let host = server.wait_agent(Duration::from_secs(15));
+    let ca = pki.path("ca.pem");
+    chmod(&ca, 0o666);
+    agent.signal(libc::SIGHUP);
+    let line = format!(
+        "reload: refusing server.ca {}: group- or world-writable (mode 0666); keeping the running configuration",
+        ca.display()
+    );
+    wait_for("the refused reload", Duration::from_secs(10), || {
+        agent.log().contains(&line).then_some(())
+    });
+    assert_eq!(server.call(&host, r#"{"method":"ping"}"#)["retcode"], 2);
+}
+
+#[test]
+fn a_refused_pid_file_fails_a_detaching_start_with_the_reason() {
+    let pki = Pki::new();
+    let agent = agent_with(&pki, free_port(), "127.0.41.8", &bin_dir(), "");
+    let dir = agent.path("sticky");
+    std::fs::create_dir(&dir).unwrap();
+    chmod(&dir, 0o1777);
+    let pid = dir.join("agent.pid");
+    // No -f: the starter waits for the detached daemon's report.
+    let out = Command::new(env!("CARGO_BIN_EXE_BasicAgent"))
+        .arg("-c")
+        .arg(agent.path("agent.toml"))
+        .arg("-P")
+        .arg(&pid)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "refusing pid file {}: directory {}: ",
+            pid.display(),
+            dir.display()
+        )) && err.contains("(mode 1777)"),
+        "{err}"
+    );
+    assert!(!pid.exists());
+}
