@@ -480,7 +480,7 @@ impl PluginRegistry {
         let file_id = FileId::of(&meta);
         let opened = match basicagent_fstrust::open_file(&path, Follow::No) {
             Ok(opened) => opened,
-            Err(e) => return Err(note_untrusted(&mut state, file, file_id, e)),
+            Err(e) => return Err(note_untrusted(&mut state, file, file_id, e).0),
         };
         if let Some(r) = state
             .refused
@@ -561,12 +561,9 @@ impl PluginRegistry {
             let opened = match basicagent_fstrust::open_file(&path, Follow::No) {
                 Ok(opened) => opened,
                 Err(e) => {
-                    let logged_before = state
-                        .refused
-                        .get(&file)
-                        .is_some_and(|r| r.untrusted && r.file_id == file_id);
-                    let e = note_untrusted(&mut state, file, file_id, e);
-                    if !logged_before {
+                    // Reported once per version and reason, like the log.
+                    let (e, fresh) = note_untrusted(&mut state, file, file_id, e);
+                    if fresh {
                         out.push(Err(e));
                     }
                     continue;
@@ -664,13 +661,13 @@ impl PluginRegistry {
 }
 
 /// Records a trust refusal and logs it once per file version and reason:
-/// `refusing plugin PATH: RULE`.
+/// `refusing plugin PATH: RULE`. Returns the error and whether it was new.
 fn note_untrusted(
     state: &mut RegistryState,
     file: String,
     file_id: FileId,
     e: TrustError,
-) -> LoadError {
+) -> (LoadError, bool) {
     let err = LoadError::Untrusted(e);
     let reason = err.to_string();
     let seen = state
@@ -689,7 +686,7 @@ fn note_untrusted(
             },
         );
     }
-    err
+    (err, !seen)
 }
 
 /// Where plugins are looked for when no directory is configured: the

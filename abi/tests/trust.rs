@@ -474,3 +474,47 @@ fn fini_all_reaches_a_touched_copy_once() {
     reg.fini_all();
     reg.fini_all();
 }
+
+#[test]
+fn a_reload_never_runs_an_untrusted_replacement_and_the_old_copy_serves() {
+    needs_root!();
+    let good = Scratch::new();
+    let evil = Scratch::new();
+    let dir = good.dir("plugins", 0o755);
+    let file = dir.join("libgetinfo_ctor.so");
+    std::fs::copy(&good.so, &file).unwrap();
+    chmod(&file, 0o644);
+    let reg = registry(&dir);
+    reg.get("getinfo.ctor").unwrap();
+    assert!(good.ran());
+    // Replaced by a symlink to another build, then by a 0666 copy of it.
+    let link = dir.join(".link");
+    std::os::unix::fs::symlink(&evil.so, &link).unwrap();
+    std::fs::rename(&link, &file).unwrap();
+    let reloaded = reg.reload_changed();
+    assert_eq!(reloaded.len(), 1);
+    let err = reloaded[0].as_ref().unwrap_err();
+    assert!(matches!(err, LoadError::Untrusted(_)), "{err}");
+    assert!(err.to_string().contains("a symbolic link"), "{err}");
+    assert!(reg.reload_changed().is_empty(), "reported once");
+    let loose = dir.join(".loose");
+    std::fs::copy(&evil.so, &loose).unwrap();
+    chmod(&loose, 0o666);
+    std::fs::rename(&loose, &file).unwrap();
+    let reloaded = reg.reload_changed();
+    assert!(
+        reloaded[0]
+            .as_ref()
+            .unwrap_err()
+            .to_string()
+            .contains("group- or world-writable (mode 0666)"),
+        "{reloaded:?}"
+    );
+    assert!(!evil.ran(), "the replacement's constructor ran");
+    // The old copy keeps serving.
+    let plugin = reg.get("getinfo.ctor").unwrap();
+    assert_eq!(
+        call(&plugin, r#"{"method":"getinfo.ctor"}"#).retcode,
+        retcode::SUCCESS
+    );
+}
