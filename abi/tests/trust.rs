@@ -463,7 +463,18 @@ fn fini_all_reaches_a_touched_copy_once() {
     std::fs::copy(built_sync_bash(), &target).unwrap();
     chmod(&target, 0o644);
     let reg = registry(&dir);
-    reg.get("sync.bash").unwrap();
+    let plugin = reg.get("sync.bash").unwrap();
+    let marker = format!("sleep 5{}.9", std::process::id());
+    let request =
+        format!(r#"{{"method":"sync.bash","cmd":"trap '' TERM; {marker}","timeout":3600}}"#);
+    let (tx, rx) = mpsc::channel();
+    plugin.call(
+        request.as_bytes(),
+        Box::new(move |c| {
+            let _ = tx.send(c);
+        }),
+    );
+    wait_until("the command to run", || !pids_of(&marker).is_empty());
     let f = std::fs::File::options().append(true).open(&target).unwrap();
     f.set_modified(std::time::SystemTime::now() + Duration::from_secs(5))
         .unwrap();
@@ -473,6 +484,20 @@ fn fini_all_reaches_a_touched_copy_once() {
     assert_eq!(reg.loaded_copies(), 1);
     reg.fini_all();
     reg.fini_all();
+    let answer = rx.recv_timeout(Duration::from_secs(30));
+    let gone = pids_of(&marker).is_empty()
+        || (0..300).any(|_| {
+            std::thread::sleep(Duration::from_millis(50));
+            pids_of(&marker).is_empty()
+        });
+    if !gone {
+        for pid in pids_of(&marker) {
+            // SAFETY: kill(2) on the command this test started.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+    assert!(gone, "the command survived fini_all");
+    assert!(answer.is_ok(), "the call was answered at shutdown");
 }
 
 #[test]
