@@ -43,11 +43,16 @@ fn chmod(p: &Path, mode: u32) {
 
 /// base (0755) / staging / libgetinfo_ctor.so (0644), and its marker.
 fn fixture(base: &Path) -> (PathBuf, PathBuf) {
+    fixture_marking(base, base)
+}
+
+/// Like [`fixture`], the marker written in `marks`.
+fn fixture_marking(base: &Path, marks: &Path) -> (PathBuf, PathBuf) {
     chmod(base, 0o755);
     let staging = base.join("staging");
     std::fs::create_dir(&staging).unwrap();
     chmod(&staging, 0o755);
-    let marker = base.join("constructor-ran");
+    let marker = marks.join("constructor-ran");
     let src = staging.join("ctor.c");
     std::fs::write(&src, CTOR_PLUGIN).unwrap();
     let so = staging.join("libgetinfo_ctor.so");
@@ -187,4 +192,71 @@ fn list_over_an_attackers_directory_loads_nothing_and_gives_reasons() {
         "{stdout}"
     );
     assert!(marker.exists(), "the good file was loaded");
+}
+
+#[test]
+fn run_as_a_user_the_rule_is_root_or_me_and_not_world_writable() {
+    if !is_root() {
+        eprintln!("skipped: needs root to switch to nobody");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    chmod(tmp.path(), 0o755);
+    let mine = tmp.path().join("nobodys");
+    std::fs::create_dir(&mine).unwrap();
+    std::os::unix::fs::chown(&mine, Some(NOBODY), Some(NOBODY)).unwrap();
+    let (so, marker) = fixture_marking(tmp.path(), &mine);
+    let dir = mine.join("plugins");
+    let as_nobody = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_BasicAgentCtl"))
+            .args(args)
+            .env_remove("BASICAGENT_PLUGIN_DIR")
+            .uid(NOBODY)
+            .gid(NOBODY)
+            .output()
+            .unwrap()
+    };
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "umask 002 && mkdir {d} && cp {so} {d}/libgetinfo_ctor.so",
+            d = dir.display(),
+            so = so.display()
+        ))
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    // nobody's own files, group-writable (umask 002): loaded for nobody.
+    let out = as_nobody(&["-l", "-p", dir.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("getinfo.ctor"), "{stdout}");
+    assert!(marker.exists(), "loaded as nobody");
+    std::fs::remove_file(&marker).unwrap();
+    // World-writable: refused for nobody too, the constructor not run.
+    chmod(&dir.join("libgetinfo_ctor.so"), 0o646);
+    let out = as_nobody(&["-l", "-p", dir.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "REFUSED: {}: world-writable (mode 0646)",
+            dir.join("libgetinfo_ctor.so").display()
+        )),
+        "{stdout}"
+    );
+    assert!(!marker.exists());
+    // And nobody's directory is refused for root (another owner).
+    chmod(&dir.join("libgetinfo_ctor.so"), 0o644);
+    let out = ctl(&["-l", "-p", dir.to_str().unwrap()], None);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("owned by uid 65534, not by root"),
+        "{stdout}"
+    );
+    assert!(!marker.exists());
 }
