@@ -310,7 +310,9 @@ fn pid_file_second_instance_sigterm_and_sighup() {
     let pki = Pki::new();
     let port = free_port();
     let server = Server::start(&pki, &format!("127.0.0.2:{port}"), "server", &[]);
-    let mut agent = Agent::start(&pki, port, &["127.0.0.2"], "", "", &[]);
+    // In the foreground: a detached first daemon would survive the SIGTERM
+    // sent to its starter and then fight the restart for the host id.
+    let mut agent = Agent::start(&pki, port, &["127.0.0.2"], "", "", &["-f"]);
     let pid_file = agent.path("agent.pid");
     // Restart it with the pid file (the first start had none).
     agent.signal(libc::SIGTERM);
