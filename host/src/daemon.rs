@@ -19,12 +19,12 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-
-use basicagent_fstrust::{CreateHow, TrustError, Violation};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+
+use basicagent_fstrust::{CreateHow, TrustError, Violation};
 
 use log::LevelFilter;
 
