@@ -138,6 +138,20 @@ impl Default for SqliteOptions {
     }
 }
 
+/// What [`SqliteStore::info`] reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreInfo {
+    pub schema_version: i64,
+    /// `wal`.
+    pub journal_mode: String,
+    /// `full` unless opened with [`Synchronous::Normal`].
+    pub synchronous: &'static str,
+    pub foreign_keys: bool,
+    /// Size of the database file's pages (without the WAL).
+    pub db_bytes: u64,
+    pub wal_bytes: u64,
+}
+
 /// The embedded store: one SQLite file.
 pub struct SqliteStore {
     path: PathBuf,
@@ -212,14 +226,18 @@ fn check_file(path: &Path, create: bool) -> Result<(), StoreError> {
     match fs::symlink_metadata(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             if create {
-                fs::OpenOptions::new()
+                match fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
                     .mode(0o600)
                     .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
                     .open(path)
-                    .map(drop)
-                    .map_err(|e| open_err(path, e))
+                {
+                    Ok(_) => Ok(()),
+                    // Another opener created it meanwhile: check theirs.
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => check_file(path, false),
+                    Err(e) => Err(open_err(path, e)),
+                }
             } else {
                 Ok(())
             }
@@ -266,9 +284,9 @@ fn now_millis() -> Millis {
         .unwrap_or(0)
 }
 
-/// Bring the schema up to [`SCHEMA_VERSION`], or refuse a file that is not
-/// ours or is newer than this code.
-fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+/// Refuse, before anything is written, a file that is not ours or whose
+/// schema is newer than this code.
+fn check_identity(conn: &Connection, path: &Path) -> Result<(), StoreError> {
     let app_id: i64 = conn.pragma_query_value(None, "application_id", |r| r.get(0))?;
     let objects: i64 = conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))?;
     if app_id != APPLICATION_ID && !(app_id == 0 && objects == 0) {
@@ -280,9 +298,25 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
             ),
         });
     }
+    let current = current_version(conn)?;
+    if current > SCHEMA_VERSION {
+        return Err(StoreError::FutureSchema {
+            path: path.to_owned(),
+            found: current,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    Ok(())
+}
+
+/// Bring the schema up to [`SCHEMA_VERSION`], one transaction per migration.
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     for (i, (description, sql)) in MIGRATIONS.iter().enumerate() {
         let version = i as i64 + 1;
-        let failed = |source| StoreError::Migrate { version, source };
+        let failed = |source: rusqlite::Error| match StoreError::from(source) {
+            StoreError::Sql(source) => StoreError::Migrate { version, source },
+            corrupt => corrupt,
+        };
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(failed)?;
@@ -314,16 +348,6 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
             "store {}: schema migrated to version {version} ({description})",
             path.display()
         );
-    }
-    // The loop above found nothing to do for a current or an empty
-    // MIGRATIONS; check once more so a future file is refused in any case.
-    let current = current_version(conn)?;
-    if current > SCHEMA_VERSION {
-        return Err(StoreError::FutureSchema {
-            path: path.to_owned(),
-            found: current,
-            supported: SCHEMA_VERSION,
-        });
     }
     Ok(())
 }
@@ -442,6 +466,7 @@ impl SqliteStore {
             base | OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
         )?;
         configure(&writer)?;
+        check_identity(&writer, path)?;
         let mode: String =
             writer.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
@@ -485,6 +510,31 @@ impl SqliteStore {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// What the file is and how it is configured (for logs and `/metrics`).
+    pub fn info(&self) -> Result<StoreInfo, StoreError> {
+        let conn = lock(&self.writer);
+        let page_size: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
+        let page_count: i64 = conn.pragma_query_value(None, "page_count", |r| r.get(0))?;
+        let wal_bytes = fs::metadata(sidecar(&self.path, "-wal"))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        Ok(StoreInfo {
+            schema_version: current_version(&conn)?,
+            journal_mode: conn.pragma_query_value(None, "journal_mode", |r| r.get(0))?,
+            synchronous: match conn
+                .pragma_query_value(None, "synchronous", |r| r.get::<_, i64>(0))?
+            {
+                0 => "off",
+                1 => "normal",
+                2 => "full",
+                _ => "extra",
+            },
+            foreign_keys: conn.pragma_query_value(None, "foreign_keys", |r| r.get(0))?,
+            db_bytes: u64::try_from(page_size.saturating_mul(page_count)).unwrap_or(0),
+            wal_bytes,
+        })
     }
 
     /// `PRAGMA quick_check`: reads every page (slow on a big file); an
