@@ -35,7 +35,7 @@ mod sqlite;
 use std::time::Duration;
 
 pub use memory::MemoryStore;
-pub use sqlite::{SqliteOptions, SqliteStore, StoreInfo, Synchronous, SCHEMA_VERSION};
+pub use sqlite::{SqliteOptions, SqliteStore, StoreInfo, Synchronous, FILE_NAME, SCHEMA_VERSION};
 
 /// Unix time in milliseconds (UTC).
 pub type Millis = i64;

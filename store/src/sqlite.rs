@@ -35,6 +35,9 @@ use crate::{
 /// The schema version this code writes; a file with a newer one is refused.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
+/// The store's file name in the server's `--state-dir`.
+pub const FILE_NAME: &str = "store.db";
+
 /// `PRAGMA application_id` of a BasicAgent store ("BAst").
 const APPLICATION_ID: i64 = 0x4241_7374;
 
@@ -127,6 +130,10 @@ pub struct SqliteOptions {
     /// Read-only connections for the query methods (0: the writer serves
     /// reads too). Each costs two or three file descriptors.
     pub readers: usize,
+    /// Rows (call results or tasks) that `prune` removes per transaction,
+    /// so a large prune never holds the writer long: task acks wait behind
+    /// it. At least one call is removed per transaction whatever its size.
+    pub prune_chunk: u64,
 }
 
 impl Default for SqliteOptions {
@@ -134,6 +141,7 @@ impl Default for SqliteOptions {
         SqliteOptions {
             synchronous: Synchronous::Full,
             readers: 2,
+            prune_chunk: 20_000,
         }
     }
 }
@@ -158,11 +166,8 @@ pub struct SqliteStore {
     writer: Mutex<Connection>,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
+    prune_chunk: u64,
 }
-
-/// Rows of call results or tasks removed by prune per transaction, so that
-/// a large prune never holds the writer long (task acks wait behind it).
-const PRUNE_CHUNK: u64 = 20_000;
 
 fn lock(m: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
     // A connection is left consistent by a panic in a caller (an open
@@ -445,6 +450,12 @@ impl SqliteStore {
         Self::open_with(path, &SqliteOptions::default())
     }
 
+    /// Open (creating if missing) [`FILE_NAME`] in the server's state
+    /// directory, with the defaults.
+    pub fn open_in(state_dir: &Path) -> Result<Self, StoreError> {
+        Self::open(&state_dir.join(FILE_NAME))
+    }
+
     /// Open with explicit options.
     pub fn open_with(path: &Path, options: &SqliteOptions) -> Result<Self, StoreError> {
         let dir = match path.parent() {
@@ -504,6 +515,7 @@ impl SqliteStore {
             writer: Mutex::new(writer),
             readers,
             next_reader: AtomicUsize::new(0),
+            prune_chunk: options.prune_chunk.max(1),
         })
     }
 
@@ -846,6 +858,7 @@ impl Store for SqliteStore {
 
     fn prune(&self, now: Millis, retention: &Retention) -> Result<Pruned, StoreError> {
         let mut pruned = Pruned::default();
+        let chunk_rows = self.prune_chunk;
         let calls: Vec<CallSize> = {
             let conn = self.reader();
             let mut stmt = conn.prepare_cached("SELECT id, at, results FROM calls ORDER BY id")?;
@@ -858,15 +871,14 @@ impl Store for SqliteStore {
             })?;
             rows.collect::<Result<_, _>>()?
         };
-        // Delete the victims in transactions of about PRUNE_CHUNK result
+        // Delete the victims in transactions of about chunk_rows result
         // rows (at least one call each), releasing the writer in between.
         let victims = call_victims(&calls, now, retention);
         let mut rest = victims.as_slice();
         while !rest.is_empty() {
             let mut rows = 0u64;
             let mut n = 0;
-            while n < rest.len() && (n == 0 || rows.saturating_add(rest[n].results) <= PRUNE_CHUNK)
-            {
+            while n < rest.len() && (n == 0 || rows.saturating_add(rest[n].results) <= chunk_rows) {
                 rows = rows.saturating_add(rest[n].results);
                 n += 1;
             }
@@ -898,10 +910,10 @@ impl Store for SqliteStore {
                         "DELETE FROM tasks WHERE seq IN
                          (SELECT seq FROM tasks WHERE received_at < ?1 LIMIT ?2)",
                     )?
-                    .execute(params![old, PRUNE_CHUNK as i64])?)
+                    .execute(params![old, i64::try_from(chunk_rows).unwrap_or(i64::MAX)])?)
             })?;
             pruned.tasks += n as u64;
-            if (n as u64) < PRUNE_CHUNK {
+            if (n as u64) < chunk_rows {
                 break;
             }
         }
@@ -912,7 +924,7 @@ impl Store for SqliteStore {
                     .query_row([], |r| r.get(0))?;
                 let excess = (total.max(0) as u64)
                     .saturating_sub(retention.max_tasks)
-                    .min(PRUNE_CHUNK);
+                    .min(chunk_rows);
                 if excess == 0 {
                     return Ok(0);
                 }

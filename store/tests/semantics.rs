@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use basicagent_store::{
-    AgentRecord, CallRecord, HostResult, MemoryStore, Pruned, Retention, SqliteStore, Store,
-    StoreError, TaskResult,
+    AgentRecord, CallRecord, HostResult, MemoryStore, Pruned, Retention, SqliteOptions,
+    SqliteStore, Store, StoreError, TaskResult,
 };
 
 fn agent(host: &str, at: i64) -> AgentRecord {
@@ -527,6 +527,52 @@ fn concurrent_writers_and_readers(s: Arc<dyn Store>) {
     assert_eq!(s.agents().unwrap().len(), 4);
 }
 
+/// The SQLite variants: the defaults, and one with the writer serving
+/// reads and prune deleting two rows per transaction (every chunk boundary).
+fn sqlite_options(variant: &str) -> SqliteOptions {
+    match variant {
+        "default" => SqliteOptions::default(),
+        _ => SqliteOptions {
+            readers: 0,
+            prune_chunk: 2,
+            ..SqliteOptions::default()
+        },
+    }
+}
+
+macro_rules! sqlite_backend {
+    ($module:ident, $variant:literal, $($name:ident),*) => {
+        mod $module {
+            use super::*;
+            fn open(dir: &tempfile::TempDir) -> SqliteStore {
+                SqliteStore::open_with(&dir.path().join("store.db"), &sqlite_options($variant))
+                    .unwrap()
+            }
+            $(
+                #[test]
+                fn $name() {
+                    let dir = tempfile::tempdir().unwrap();
+                    let store = open(&dir);
+                    super::$name(&store);
+                    // Everything the test left is still there after a reopen.
+                    let before = (store.agents().unwrap(), store.calls(1000, None).unwrap(),
+                                  store.tasks(None, 1000).unwrap());
+                    drop(store);
+                    let store = open(&dir);
+                    let after = (store.agents().unwrap(), store.calls(1000, None).unwrap(),
+                                 store.tasks(None, 1000).unwrap());
+                    assert_eq!(before, after);
+                }
+            )*
+            #[test]
+            fn concurrent_writers_and_readers() {
+                let dir = tempfile::tempdir().unwrap();
+                super::concurrent_writers_and_readers(Arc::new(open(&dir)));
+            }
+        }
+    };
+}
+
 macro_rules! both_backends {
     ($($name:ident),* $(,)?) => {
         mod memory {
@@ -537,34 +583,8 @@ macro_rules! both_backends {
                 super::concurrent_writers_and_readers(Arc::new(MemoryStore::new()));
             }
         }
-        mod sqlite {
-            use super::*;
-            fn open() -> (tempfile::TempDir, SqliteStore) {
-                let dir = tempfile::tempdir().unwrap();
-                let store = SqliteStore::open(&dir.path().join("store.db")).unwrap();
-                (dir, store)
-            }
-            $(
-                #[test]
-                fn $name() {
-                    let (dir, store) = open();
-                    super::$name(&store);
-                    // Everything the test left is still there after a reopen.
-                    let before = (store.agents().unwrap(), store.calls(1000, None).unwrap(),
-                                  store.tasks(None, 1000).unwrap());
-                    drop(store);
-                    let store = SqliteStore::open(&dir.path().join("store.db")).unwrap();
-                    let after = (store.agents().unwrap(), store.calls(1000, None).unwrap(),
-                                 store.tasks(None, 1000).unwrap());
-                    assert_eq!(before, after);
-                }
-            )*
-            #[test]
-            fn concurrent_writers_and_readers() {
-                let (_dir, store) = open();
-                super::concurrent_writers_and_readers(Arc::new(store));
-            }
-        }
+        sqlite_backend!(sqlite, "default", $($name),*);
+        sqlite_backend!(sqlite_small_chunks, "small", $($name),*);
     };
 }
 

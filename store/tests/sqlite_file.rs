@@ -270,6 +270,7 @@ fn options_normal_sync_and_no_readers_work() {
         &SqliteOptions {
             synchronous: Synchronous::Normal,
             readers: 0,
+            ..SqliteOptions::default()
         },
     )
     .unwrap();
@@ -298,4 +299,23 @@ fn concurrent_opens_of_a_new_file_all_succeed_and_share_it() {
     for s in &stores {
         assert_eq!(s.tasks(None, 10).unwrap().len(), 4);
     }
+}
+
+#[test]
+fn open_in_uses_store_db_in_the_state_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open_in(dir.path()).unwrap();
+    assert_eq!(store.path(), dir.path().join(basicagent_store::FILE_NAME));
+    assert!(dir.path().join("store.db").exists());
+}
+
+#[test]
+fn default_retention_is_30_days_and_bounded() {
+    let r = basicagent_store::Retention::default();
+    let day = std::time::Duration::from_secs(86_400);
+    assert_eq!((r.calls, r.tasks), (day * 30, day * 30));
+    assert_eq!(
+        (r.max_calls, r.max_results, r.max_tasks),
+        (100_000, 5_000_000, 1_000_000)
+    );
 }
