@@ -292,8 +292,11 @@ fn now_millis() -> Millis {
 /// Refuse, before anything is written, a file that is not ours or whose
 /// schema is newer than this code.
 fn check_identity(conn: &Connection, path: &Path) -> Result<(), StoreError> {
-    let app_id: i64 = conn.pragma_query_value(None, "application_id", |r| r.get(0))?;
-    let objects: i64 = conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))?;
+    // One read transaction: the three reads see the same snapshot even while
+    // another opener commits the first migration.
+    let tx = conn.unchecked_transaction()?;
+    let app_id: i64 = tx.pragma_query_value(None, "application_id", |r| r.get(0))?;
+    let objects: i64 = tx.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))?;
     if app_id != APPLICATION_ID && !(app_id == 0 && objects == 0) {
         return Err(StoreError::NotOurs {
             path: path.to_owned(),
@@ -303,7 +306,7 @@ fn check_identity(conn: &Connection, path: &Path) -> Result<(), StoreError> {
             ),
         });
     }
-    let current = current_version(conn)?;
+    let current = current_version(&tx)?;
     if current > SCHEMA_VERSION {
         return Err(StoreError::FutureSchema {
             path: path.to_owned(),
@@ -371,6 +374,26 @@ fn current_version(conn: &Connection) -> rusqlite::Result<i64> {
         [],
         |r| r.get(0),
     )
+}
+
+/// Run `f` again while SQLite answers BUSY without waiting: switching a new
+/// file to WAL needs the exclusive lock, and SQLite skips the busy handler
+/// where waiting could deadlock (two openers both upgrading their shared
+/// lock). Bounded: about 10 s, then the BUSY error is returned.
+fn retry_busy<T>(mut f: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    let mut tries = 0u32;
+    loop {
+        match f() {
+            Err(e)
+                if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
+                    && tries < 1000 =>
+            {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
 }
 
 fn configure(conn: &Connection) -> Result<(), StoreError> {
@@ -478,8 +501,9 @@ impl SqliteStore {
         )?;
         configure(&writer)?;
         check_identity(&writer, path)?;
-        let mode: String =
-            writer.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+        let mode: String = retry_busy(|| {
+            writer.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+        })?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(StoreError::Open {
                 path: path.to_owned(),

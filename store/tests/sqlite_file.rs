@@ -284,7 +284,7 @@ fn concurrent_opens_of_a_new_file_all_succeed_and_share_it() {
     let dir = tempfile::tempdir().unwrap();
     let path = db(&dir);
     let stores: Vec<SqliteStore> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..4)
+        let handles: Vec<_> = (0..12)
             .map(|_| s.spawn(|| SqliteStore::open(&path)))
             .collect();
         handles
@@ -297,7 +297,7 @@ fn concurrent_opens_of_a_new_file_all_succeed_and_share_it() {
             .unwrap();
     }
     for s in &stores {
-        assert_eq!(s.tasks(None, 10).unwrap().len(), 4);
+        assert_eq!(s.tasks(None, 100).unwrap().len(), 12);
     }
 }
 
