@@ -3,7 +3,7 @@
 //! one batch, agents_seen of 19 000 agents, agents() at 19 000 rows, and a
 //! few reads and a prune. Bounded: a few seconds in release mode.
 //!
-//! `cargo run --release -p basicagent-store --example store_bench [DIR]`
+//! `cargo run --release -p basicagent-store --example store_bench [DIR [full|normal|memory|all]]`
 //! (DIR: where the database files go, on the disk to measure; default: a
 //! temporary directory under the system's temp dir).
 
@@ -232,10 +232,14 @@ fn main() {
         }
     };
     println!("database files in {}", dir.display());
+    let which = std::env::args().nth(2).unwrap_or_else(|| "all".into());
     for (sync, label) in [
         (Synchronous::Full, "sqlite FULL"),
         (Synchronous::Normal, "sqlite NORMAL"),
     ] {
+        if which != "all" && !label.to_lowercase().ends_with(&which) {
+            continue;
+        }
         let path = dir.join(format!("{label}.db").replace(' ', "-"));
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
@@ -260,6 +264,9 @@ fn main() {
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
         }
+    }
+    if which != "all" && which != "memory" {
+        return;
     }
     let memory = MemoryStore::new();
     put_tasks_throughput(&memory, "memory");
