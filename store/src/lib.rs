@@ -211,6 +211,10 @@ pub enum StoreError {
     },
     #[error("the store's file is corrupt or not a database: {0}")]
     Corrupt(String),
+    /// The file system (or the store's size limit) is full: nothing of the
+    /// failed call was stored; what was committed before is intact.
+    #[error("the store's disk is full: {0}")]
+    DiskFull(String),
     #[error("{field} is not valid JSON: {reason}")]
     InvalidJson { field: &'static str, reason: String },
     #[error("no call with id {0}")]
@@ -226,6 +230,7 @@ impl From<rusqlite::Error> for StoreError {
             Some(ErrorCode::DatabaseCorrupt) | Some(ErrorCode::NotADatabase) => {
                 StoreError::Corrupt(e.to_string())
             }
+            Some(ErrorCode::DiskFull) => StoreError::DiskFull(e.to_string()),
             _ => StoreError::Sql(e),
         }
     }
