@@ -128,7 +128,7 @@ pub enum Synchronous {
 pub struct SqliteOptions {
     pub synchronous: Synchronous,
     /// Read-only connections for the query methods (0: the writer serves
-    /// reads too). Each costs two or three file descriptors.
+    /// reads too). Each costs two file descriptors (the writer: three).
     pub readers: usize,
     /// Rows (call results or tasks) that `prune` removes per transaction,
     /// so a large prune never holds the writer long: task acks wait behind

@@ -352,3 +352,32 @@ fn an_online_backup_taken_while_writing_is_a_valid_store() {
         assert_eq!(copy.task(&format!("t{i}")).unwrap().len(), 1, "t{i}");
     }
 }
+
+#[test]
+fn a_failing_migration_is_rolled_back_whole_and_reported_with_its_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db(&dir);
+    {
+        // Ours by application_id, but with a table in the way of migration 1.
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch("PRAGMA application_id = 0x42417374; CREATE TABLE tasks (x INTEGER);")
+            .unwrap();
+    }
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+    let err = SqliteStore::open(&path).err().expect("migration must fail");
+    match &err {
+        StoreError::Migrate { version, .. } => assert_eq!(*version, 1),
+        other => panic!("expected Migrate, got {other:?}"),
+    }
+    assert!(err.to_string().contains("version 1"), "{err}");
+    // Nothing of migration 1 was left behind.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(tables, ["tasks"]);
+}
