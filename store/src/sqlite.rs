@@ -27,6 +27,11 @@ use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
 
+mod schema;
+mod sql;
+
+use schema::MIGRATIONS;
+
 use crate::{
     call_victims, check_json, cutoff, sql_limit, AgentRecord, AgentRow, CallId, CallRecord,
     CallRow, CallSize, Fact, HostResult, Millis, Pruned, Retention, Store, StoreError, TaskResult,
@@ -40,79 +45,6 @@ pub const FILE_NAME: &str = "store.db";
 
 /// `PRAGMA application_id` of a BasicAgent store ("BAst").
 const APPLICATION_ID: i64 = 0x4241_7374;
-
-/// Numbered migrations; migration `i + 1` is `MIGRATIONS[i]`. Each runs in
-/// its own transaction together with its row in `schema_migrations`.
-/// Append only: never edit a migration that has shipped.
-const MIGRATIONS: &[(&str, &str)] = &[(
-    "agents, facts, calls, call results, task results",
-    r#"
-CREATE TABLE schema_migrations (
-    version     INTEGER PRIMARY KEY,
-    applied_at  INTEGER NOT NULL,
-    description TEXT NOT NULL
-) STRICT;
-
-CREATE TABLE agents (
-    host         TEXT PRIMARY KEY NOT NULL,
-    name         TEXT NOT NULL,
-    addr         TEXT NOT NULL,
-    version      TEXT NOT NULL,
-    plugins      TEXT NOT NULL,          -- JSON array of method names
-    node         TEXT,
-    first_seen   INTEGER NOT NULL,
-    last_seen    INTEGER NOT NULL,
-    connected_at INTEGER
-) STRICT, WITHOUT ROWID;
-
-CREATE TABLE facts (
-    host   TEXT NOT NULL,
-    method TEXT NOT NULL,
-    data   TEXT NOT NULL,                -- JSON
-    at     INTEGER NOT NULL,
-    PRIMARY KEY (host, method)
-) STRICT, WITHOUT ROWID;
-
--- AUTOINCREMENT: a call id is never reused, even after prune removed the newest.
-CREATE TABLE calls (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    who         TEXT NOT NULL,
-    at          INTEGER NOT NULL,
-    target      TEXT NOT NULL,           -- JSON
-    request     TEXT NOT NULL,           -- JSON
-    finished_at INTEGER,
-    summary     TEXT,                    -- JSON
-    results     INTEGER NOT NULL DEFAULT 0  -- rows in call_results, for prune
-) STRICT;
-
--- seq: arrival order. UNIQUE (call, host) also serves call() and the cascade.
-CREATE TABLE call_results (
-    seq      INTEGER PRIMARY KEY,
-    call     INTEGER NOT NULL REFERENCES calls (id) ON DELETE CASCADE,
-    host     TEXT NOT NULL,
-    at       INTEGER NOT NULL,
-    retcode  INTEGER NOT NULL,
-    response TEXT NOT NULL,              -- JSON
-    UNIQUE (call, host)
-) STRICT;
-CREATE INDEX call_results_by_host ON call_results (host, call);
-
-CREATE TABLE tasks (
-    seq         INTEGER PRIMARY KEY,
-    host        TEXT NOT NULL,
-    task        TEXT NOT NULL,
-    received_at INTEGER NOT NULL,
-    retcode     INTEGER NOT NULL,
-    message     TEXT NOT NULL,
-    frame       TEXT NOT NULL,           -- JSON: the task.done frame
-    schedule    TEXT,
-    UNIQUE (host, task)
-) STRICT;
-CREATE INDEX tasks_by_host ON tasks (host, received_at);
-CREATE INDEX tasks_by_time ON tasks (received_at);
-CREATE INDEX tasks_by_id ON tasks (task);
-"#,
-)];
 
 /// `PRAGMA synchronous` for the writer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -402,11 +334,6 @@ fn configure(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-const AGENT_COLUMNS: &str =
-    "host, name, addr, version, plugins, node, first_seen, last_seen, connected_at";
-const CALL_COLUMNS: &str = "id, who, at, target, request, finished_at, summary";
-const TASK_COLUMNS: &str = "host, task, received_at, retcode, message, frame, schedule";
-
 fn agent_row(r: &Row<'_>) -> rusqlite::Result<(AgentRow, String)> {
     Ok((
         AgentRow {
@@ -431,7 +358,8 @@ fn with_plugins((mut row, plugins): (AgentRow, String)) -> Result<AgentRow, Stor
     Ok(row)
 }
 
-/// A call row from columns `offset..offset + 7` in [`CALL_COLUMNS`] order.
+/// A call row from columns `offset..offset + 7`: id, who, at, target,
+/// request, finished_at, summary.
 fn call_row(r: &Row<'_>, offset: usize) -> rusqlite::Result<CallRow> {
     Ok(CallRow {
         id: r.get(offset)?,
@@ -629,15 +557,7 @@ impl Store for SqliteStore {
             })
             .collect::<Result<Vec<String>, _>>()?;
         self.write(|tx| {
-            let mut stmt = tx.prepare_cached(
-                "INSERT INTO agents (host, name, addr, version, plugins, node, first_seen, last_seen, connected_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?7)
-                 ON CONFLICT (host) DO UPDATE SET
-                    name = excluded.name, addr = excluded.addr, version = excluded.version,
-                    plugins = excluded.plugins, node = excluded.node,
-                    last_seen = max(last_seen, excluded.last_seen),
-                    connected_at = excluded.connected_at",
-            )?;
+            let mut stmt = tx.prepare_cached(sql::AGENT_UPSERT)?;
             for (a, plugins) in batch.iter().zip(&plugins) {
                 stmt.execute(params![
                     a.host,
@@ -655,11 +575,7 @@ impl Store for SqliteStore {
 
     fn agents_gone(&self, hosts: &[String], at: Millis) -> Result<(), StoreError> {
         self.write(|tx| {
-            let mut stmt = tx.prepare_cached(
-                "UPDATE agents SET last_seen = max(last_seen, ?2),
-                    connected_at = CASE WHEN connected_at <= ?2 THEN NULL ELSE connected_at END
-                 WHERE host = ?1",
-            )?;
+            let mut stmt = tx.prepare_cached(sql::AGENT_GONE)?;
             for h in hosts {
                 stmt.execute(params![h, at])?;
             }
@@ -676,12 +592,8 @@ impl Store for SqliteStore {
     ) -> Result<(), StoreError> {
         check_json("fact data", data)?;
         self.write(|tx| {
-            tx.prepare_cached(
-                "INSERT INTO facts (host, method, data, at) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (host, method) DO UPDATE SET data = excluded.data, at = excluded.at
-                 WHERE excluded.at >= facts.at",
-            )?
-            .execute(params![host, method, data, at])?;
+            tx.prepare_cached(sql::FACT_UPSERT)?
+                .execute(params![host, method, data, at])?;
             Ok(())
         })
     }
@@ -691,9 +603,7 @@ impl Store for SqliteStore {
         // One read transaction, so the agent and its facts agree.
         let tx = conn.unchecked_transaction()?;
         let row = tx
-            .prepare_cached(&format!(
-                "SELECT {AGENT_COLUMNS} FROM agents WHERE host = ?1"
-            ))?
+            .prepare_cached(sql::AGENT)?
             .query_row([host], agent_row)
             .optional()?;
         let Some(row) = row else {
@@ -701,7 +611,7 @@ impl Store for SqliteStore {
         };
         let mut row = with_plugins(row)?;
         row.facts = tx
-            .prepare_cached("SELECT method, data, at FROM facts WHERE host = ?1 ORDER BY method")?
+            .prepare_cached(sql::FACTS_OF)?
             .query_map([host], |r| {
                 Ok(Fact {
                     method: r.get(0)?,
@@ -715,8 +625,7 @@ impl Store for SqliteStore {
 
     fn agents(&self) -> Result<Vec<AgentRow>, StoreError> {
         let conn = self.reader();
-        let mut stmt =
-            conn.prepare_cached(&format!("SELECT {AGENT_COLUMNS} FROM agents ORDER BY host"))?;
+        let mut stmt = conn.prepare_cached(sql::AGENTS)?;
         let rows = stmt.query_map([], agent_row)?;
         let mut out = Vec::new();
         for row in rows {
@@ -729,10 +638,12 @@ impl Store for SqliteStore {
         check_json("call target", &call.target)?;
         check_json("call request", &call.request)?;
         self.write(|tx| {
-            tx.prepare_cached(
-                "INSERT INTO calls (who, at, target, request) VALUES (?1, ?2, ?3, ?4)",
-            )?
-            .execute(params![call.who, call.at, call.target, call.request])?;
+            tx.prepare_cached(sql::CALL_INSERT)?.execute(params![
+                call.who,
+                call.at,
+                call.target,
+                call.request
+            ])?;
             Ok(tx.last_insert_rowid())
         })
     }
@@ -742,22 +653,17 @@ impl Store for SqliteStore {
             check_json("host result response", &r.response)?;
         }
         self.write(|tx| {
-            let exists = tx
-                .prepare_cached("SELECT 1 FROM calls WHERE id = ?1")?
-                .exists([call])?;
+            let exists = tx.prepare_cached(sql::CALL_EXISTS)?.exists([call])?;
             if !exists {
                 return Err(StoreError::UnknownCall(call));
             }
-            let mut stmt = tx.prepare_cached(
-                "INSERT INTO call_results (call, host, at, retcode, response)
-                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (call, host) DO NOTHING",
-            )?;
+            let mut stmt = tx.prepare_cached(sql::RESULT_INSERT)?;
             let mut new: i64 = 0;
             for r in results {
                 let n = stmt.execute(params![call, r.host, r.at, r.retcode, r.response])?;
                 new = new.saturating_add(n as i64);
             }
-            tx.prepare_cached("UPDATE calls SET results = results + ?2 WHERE id = ?1")?
+            tx.prepare_cached(sql::CALL_COUNT_RESULTS)?
                 .execute(params![call, new])?;
             Ok(())
         })
@@ -767,7 +673,7 @@ impl Store for SqliteStore {
         check_json("call summary", summary)?;
         self.write(|tx| {
             let n = tx
-                .prepare_cached("UPDATE calls SET finished_at = ?2, summary = ?3 WHERE id = ?1")?
+                .prepare_cached(sql::CALL_END)?
                 .execute(params![call, at, summary])?;
             if n == 0 {
                 return Err(StoreError::UnknownCall(call));
@@ -778,9 +684,7 @@ impl Store for SqliteStore {
 
     fn calls(&self, limit: usize, before: Option<CallId>) -> Result<Vec<CallRow>, StoreError> {
         let conn = self.reader();
-        let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {CALL_COLUMNS} FROM calls WHERE id < ?1 ORDER BY id DESC LIMIT ?2"
-        ))?;
+        let mut stmt = conn.prepare_cached(sql::CALLS_BEFORE)?;
         let rows = stmt.query_map(
             params![before.unwrap_or(CallId::MAX), sql_limit(limit)],
             |r| call_row(r, 0),
@@ -792,16 +696,14 @@ impl Store for SqliteStore {
         let conn = self.reader();
         let tx = conn.unchecked_transaction()?;
         let row = tx
-            .prepare_cached(&format!("SELECT {CALL_COLUMNS} FROM calls WHERE id = ?1"))?
+            .prepare_cached(sql::CALL)?
             .query_row([id], |r| call_row(r, 0))
             .optional()?;
         let Some(row) = row else {
             return Ok(None);
         };
         let results = tx
-            .prepare_cached(
-                "SELECT host, at, retcode, response FROM call_results WHERE call = ?1 ORDER BY seq",
-            )?
+            .prepare_cached(sql::RESULTS_OF)?
             .query_map([id], |r| host_result(r, 0))?
             .collect::<Result<_, _>>()?;
         Ok(Some((row, results)))
@@ -813,12 +715,7 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> Result<Vec<(CallRow, HostResult)>, StoreError> {
         let conn = self.reader();
-        let mut stmt = conn.prepare_cached(
-            "SELECT c.id, c.who, c.at, c.target, c.request, c.finished_at, c.summary,
-                    r.host, r.at, r.retcode, r.response
-             FROM call_results r JOIN calls c ON c.id = r.call
-             WHERE r.host = ?1 ORDER BY r.call DESC LIMIT ?2",
-        )?;
+        let mut stmt = conn.prepare_cached(sql::HOST_CALLS)?;
         let rows = stmt.query_map(params![host, sql_limit(limit)], |r| {
             Ok((call_row(r, 0)?, host_result(r, 7)?))
         })?;
@@ -830,10 +727,7 @@ impl Store for SqliteStore {
             check_json("task frame", &t.frame)?;
         }
         self.write(|tx| {
-            let mut stmt = tx.prepare_cached(
-                "INSERT INTO tasks (host, task, received_at, retcode, message, frame, schedule)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (host, task) DO NOTHING",
-            )?;
+            let mut stmt = tx.prepare_cached(sql::TASK_INSERT)?;
             let mut new = 0usize;
             for t in results {
                 new += stmt.execute(params![
@@ -855,16 +749,11 @@ impl Store for SqliteStore {
         let limit = sql_limit(limit);
         let rows = match host {
             Some(h) => conn
-                .prepare_cached(&format!(
-                    "SELECT {TASK_COLUMNS} FROM tasks WHERE host = ?1
-                     ORDER BY received_at DESC, seq DESC LIMIT ?2"
-                ))?
+                .prepare_cached(sql::TASKS_OF_HOST)?
                 .query_map(params![h, limit], task_row)?
                 .collect::<Result<_, _>>()?,
             None => conn
-                .prepare_cached(&format!(
-                    "SELECT {TASK_COLUMNS} FROM tasks ORDER BY received_at DESC, seq DESC LIMIT ?1"
-                ))?
+                .prepare_cached(sql::TASKS)?
                 .query_map([limit], task_row)?
                 .collect::<Result<_, _>>()?,
         };
@@ -873,9 +762,7 @@ impl Store for SqliteStore {
 
     fn task(&self, task: &str) -> Result<Vec<TaskResult>, StoreError> {
         let conn = self.reader();
-        let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {TASK_COLUMNS} FROM tasks WHERE task = ?1 ORDER BY seq"
-        ))?;
+        let mut stmt = conn.prepare_cached(sql::TASK)?;
         let rows = stmt.query_map([task], task_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -885,7 +772,7 @@ impl Store for SqliteStore {
         let chunk_rows = self.prune_chunk;
         let calls: Vec<CallSize> = {
             let conn = self.reader();
-            let mut stmt = conn.prepare_cached("SELECT id, at, results FROM calls ORDER BY id")?;
+            let mut stmt = conn.prepare_cached(sql::PRUNE_CALL_SIZES)?;
             let rows = stmt.query_map([], |r| {
                 Ok(CallSize {
                     id: r.get(0)?,
@@ -909,9 +796,8 @@ impl Store for SqliteStore {
             let (chunk, tail) = rest.split_at(n);
             rest = tail;
             let (calls, results) = self.write(|tx| {
-                let mut del = tx.prepare_cached("DELETE FROM calls WHERE id = ?1")?;
-                let mut count =
-                    tx.prepare_cached("SELECT count(*) FROM call_results WHERE call = ?1")?;
+                let mut del = tx.prepare_cached(sql::PRUNE_CALL)?;
+                let mut count = tx.prepare_cached(sql::PRUNE_COUNT_RESULTS)?;
                 let (mut calls, mut results) = (0u64, 0u64);
                 for c in chunk {
                     let r: i64 = count.query_row([c.id], |r| r.get(0))?;
@@ -930,10 +816,7 @@ impl Store for SqliteStore {
         loop {
             let n = self.write(|tx| {
                 Ok(tx
-                    .prepare_cached(
-                        "DELETE FROM tasks WHERE seq IN
-                         (SELECT seq FROM tasks WHERE received_at < ?1 LIMIT ?2)",
-                    )?
+                    .prepare_cached(sql::PRUNE_OLD_TASKS)?
                     .execute(params![old, i64::try_from(chunk_rows).unwrap_or(i64::MAX)])?)
             })?;
             pruned.tasks += n as u64;
@@ -944,7 +827,7 @@ impl Store for SqliteStore {
         loop {
             let n = self.write(|tx| {
                 let total: i64 = tx
-                    .prepare_cached("SELECT count(*) FROM tasks")?
+                    .prepare_cached(sql::COUNT_TASKS)?
                     .query_row([], |r| r.get(0))?;
                 let excess = (total.max(0) as u64)
                     .saturating_sub(retention.max_tasks)
@@ -953,10 +836,7 @@ impl Store for SqliteStore {
                     return Ok(0);
                 }
                 Ok(tx
-                    .prepare_cached(
-                        "DELETE FROM tasks WHERE seq IN
-                         (SELECT seq FROM tasks ORDER BY received_at, seq LIMIT ?1)",
-                    )?
+                    .prepare_cached(sql::PRUNE_OLDEST_TASKS)?
                     .execute([excess as i64])?)
             })?;
             pruned.tasks += n as u64;
@@ -965,5 +845,39 @@ impl Store for SqliteStore {
             }
         }
         Ok(pruned)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every statement finds its rows through an index: no full scan and no
+    /// sort beyond the few each entry of `sql::ALL` names.
+    #[test]
+    fn every_statement_uses_the_indexes() {
+        let conn = Connection::open_in_memory().unwrap();
+        for (_, migration) in MIGRATIONS {
+            conn.execute_batch(migration).unwrap();
+        }
+        for (name, statement, allowed) in sql::ALL {
+            let mut stmt = conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {statement}"))
+                .unwrap();
+            let params = stmt.parameter_count();
+            let nulls: Vec<rusqlite::types::Null> = vec![rusqlite::types::Null; params];
+            let plan: Vec<String> = stmt
+                .query_map(rusqlite::params_from_iter(nulls), |r| r.get::<_, String>(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            for step in &plan {
+                let full_scan = step.starts_with("SCAN") && !step.contains("USING");
+                let sort = step.contains("TEMP B-TREE");
+                if (full_scan || sort) && !allowed.iter().any(|a| step.contains(a)) {
+                    panic!("{name}: plan step {step:?} (plan {plan:?})");
+                }
+            }
+        }
     }
 }
