@@ -249,9 +249,15 @@ fn check_identity(conn: &Connection, path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Bring the schema up to [`SCHEMA_VERSION`], one transaction per migration.
-fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
-    for (i, (description, sql)) in MIGRATIONS.iter().enumerate() {
+/// Bring the schema up to `migrations.len()` (in the store: [`MIGRATIONS`],
+/// i.e. [`SCHEMA_VERSION`]), one transaction per migration.
+fn migrate(
+    conn: &mut Connection,
+    path: &Path,
+    migrations: &[(&str, &str)],
+) -> Result<(), StoreError> {
+    let supported = migrations.len() as i64;
+    for (i, (description, sql)) in migrations.iter().enumerate() {
         let version = i as i64 + 1;
         let failed = |source: rusqlite::Error| match StoreError::from(source) {
             StoreError::Sql(source) => StoreError::Migrate { version, source },
@@ -263,11 +269,11 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
         // Read inside the write transaction: another process may have
         // migrated meanwhile.
         let current = current_version(&tx).map_err(failed)?;
-        if current > SCHEMA_VERSION {
+        if current > supported {
             return Err(StoreError::FutureSchema {
                 path: path.to_owned(),
                 found: current,
-                supported: SCHEMA_VERSION,
+                supported,
             });
         }
         if current >= version {
@@ -450,7 +456,7 @@ impl SqliteStore {
         writer.pragma_update(None, "temp_store", "MEMORY")?;
         // Truncate the WAL back to 64 MiB after a checkpoint that emptied it.
         writer.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
-        migrate(&mut writer, path)?;
+        migrate(&mut writer, path, MIGRATIONS)?;
         // SQLite creates the sidecars with the database's mode; make sure.
         check_file(&wal, false)?;
         check_file(&shm, false)?;
@@ -851,6 +857,85 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn versions(conn: &Connection) -> Vec<i64> {
+        conn.prepare("SELECT version FROM schema_migrations ORDER BY version")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    fn tables(conn: &Connection) -> Vec<String> {
+        conn.prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    /// An older file gets exactly the migrations it lacks, in order, each in
+    /// its own transaction: a failing one leaves the ones before it applied
+    /// and nothing of itself.
+    #[test]
+    fn migrations_apply_in_order_once_each_and_a_failing_one_rolls_back_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.db");
+        let mut conn = Connection::open(&path).unwrap();
+        let v1 = MIGRATIONS[0];
+        let v2 = (
+            "add a",
+            "CREATE TABLE a (x INTEGER); INSERT INTO a VALUES (2);",
+        );
+        let v3 = (
+            "add b",
+            "CREATE TABLE b (x INTEGER); INSERT INTO a VALUES (3);",
+        );
+        let bad = (
+            "fails halfway",
+            "CREATE TABLE c (x INTEGER); INSERT INTO nowhere VALUES (1);",
+        );
+
+        migrate(&mut conn, &path, &[v1]).unwrap();
+        assert_eq!(versions(&conn), [1]);
+        migrate(&mut conn, &path, &[v1, v2]).unwrap();
+        assert_eq!(versions(&conn), [1, 2]);
+        // Already at 2: only 3 runs (v2's INSERT does not run twice).
+        migrate(&mut conn, &path, &[v1, v2, v3]).unwrap();
+        assert_eq!(versions(&conn), [1, 2, 3]);
+        let a: Vec<i64> = conn
+            .prepare("SELECT x FROM a ORDER BY x")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(a, [2, 3]);
+
+        let err = migrate(&mut conn, &path, &[v1, v2, v3, bad]).unwrap_err();
+        assert!(
+            matches!(err, StoreError::Migrate { version: 4, .. }),
+            "{err:?}"
+        );
+        assert_eq!(versions(&conn), [1, 2, 3]);
+        assert!(!tables(&conn).contains(&"c".to_string()));
+
+        // This code knows 2 versions; the file has 3.
+        let err = migrate(&mut conn, &path, &[v1, v2]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::FutureSchema {
+                    found: 3,
+                    supported: 2,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
 
     /// Every statement finds its rows through an index: no full scan and no
     /// sort beyond the few each entry of `sql::ALL` names.
