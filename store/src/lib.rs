@@ -173,9 +173,10 @@ pub struct Pruned {
     pub tasks: u64,
 }
 
-/// Errors of the store. The store stays usable after any of them except
-/// `Open`, `Migrate`, `FutureSchema`, `NotOurs` and `Insecure`, which come
-/// only from opening.
+/// Errors of the store. `Open`, `Insecure`, `NotOurs`, `FutureSchema` and
+/// `Migrate` come only from opening; `Corrupt` from opening or from any call
+/// that read a damaged page. After an error from a call the store stays
+/// usable, and nothing of the failed call was stored.
 #[derive(thiserror::Error, Debug)]
 pub enum StoreError {
     #[error("cannot open the store {path}: {source}")]
