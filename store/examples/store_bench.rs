@@ -82,14 +82,22 @@ fn put_tasks_throughput(store: &dyn Store, label: &str) {
         n += size * batches;
         let t = Timer::start();
         let wall = Instant::now();
+        let mut each = Vec::with_capacity(batches);
         for batch in &batches_of {
+            let one = Instant::now();
             store.put_tasks(batch).expect("put_tasks");
+            each.push(one.elapsed());
         }
         let d = wall.elapsed();
+        each.sort_unstable();
+        let at = |q: f64| ms(each[((each.len() - 1) as f64 * q) as usize]);
         println!(
-            "{label:<14} put_tasks batch {size:>4}: {:>7.0} results/s; per batch {}",
+            "{label:<14} put_tasks batch {size:>4}: {:>7.0} results/s; per batch {}; p50 {:.3} p99 {:.3} max {:.3} ms",
             per_sec(size * batches, d),
-            t.per(batches)
+            t.per(batches),
+            at(0.5),
+            at(0.99),
+            at(1.0)
         );
     }
 }
