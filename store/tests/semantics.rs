@@ -313,6 +313,42 @@ fn invalid_json_is_refused_and_nothing_of_the_batch_stored(s: &dyn Store) {
     assert!(s.tasks(None, 10).unwrap().is_empty());
 }
 
+fn hostile_json_is_a_typed_error_not_a_crash(s: &dyn Store) {
+    // 100 000 levels of nesting: refused (serde_json's depth limit, the
+    // same as proto's), without exhausting the stack.
+    let deep = "[".repeat(100_000);
+    let mut t = task("h1", "deep", 1);
+    t.frame = deep.clone();
+    assert!(matches!(
+        s.put_tasks(&[t]),
+        Err(StoreError::InvalidJson { .. })
+    ));
+    // 100 levels (what a real nested answer might have) is fine.
+    let mut t = task("h1", "nested", 1);
+    t.frame = format!("{}{}", "[".repeat(100), "]".repeat(100));
+    assert_eq!(s.put_tasks(&[t]).unwrap(), 1);
+    // Not JSON at all, or two values, or not quite JSON. (A lone surrogate
+    // escape such as "\ud800" is valid JSON grammar and is kept as sent.)
+    for bad in [
+        "",
+        " ",
+        "{}{}",
+        "\"\\x\"",
+        "NaN",
+        "[1,]",
+        "{\"a\" 1}",
+        "'a'",
+    ] {
+        let mut t = task("h1", "bad", 1);
+        t.frame = bad.to_string();
+        assert!(
+            matches!(s.put_tasks(&[t]), Err(StoreError::InvalidJson { .. })),
+            "{bad:?} accepted"
+        );
+    }
+    assert_eq!(s.tasks(None, 10).unwrap().len(), 1);
+}
+
 // ---------------------------------------------------------------- tasks
 
 fn put_tasks_is_idempotent_on_host_and_task(s: &dyn Store) {
@@ -601,6 +637,7 @@ both_backends!(
     call_results_and_end_of_an_unknown_call_are_errors,
     host_calls_newest_first_with_that_hosts_result,
     invalid_json_is_refused_and_nothing_of_the_batch_stored,
+    hostile_json_is_a_typed_error_not_a_crash,
     put_tasks_is_idempotent_on_host_and_task,
     tasks_newest_first_by_received_then_arrival,
     prune_nothing_when_within_retention,
