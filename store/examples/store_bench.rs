@@ -3,7 +3,7 @@
 //! one batch, agents_seen of 19 000 agents, agents() at 19 000 rows, and a
 //! few reads and a prune. Bounded: a few seconds in release mode.
 //!
-//! `cargo run --release -p basicagent-store --example store_bench [DIR [full|normal|memory|all]]`
+//! `cargo run --release -p basicagent-store --example store_bench [DIR [full|normal|prune|memory|all]]`
 //! (DIR: where the database files go, on the disk to measure; default: a
 //! temporary directory under the system's temp dir).
 
@@ -267,6 +267,40 @@ fn main() {
             "{label:<14} file {:.1} MiB, wal {:.1} MiB",
             info.db_bytes as f64 / 1048576.0,
             info.wal_bytes as f64 / 1048576.0
+        );
+        drop(store);
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    }
+    if which == "all" || which == "prune" {
+        // A prune with nothing to remove, at 10 000 calls (it reads one small
+        // row per call; the cost does not depend on the sync mode).
+        let path = dir.join("prune.db");
+        let store = SqliteStore::open_with(
+            &path,
+            &SqliteOptions {
+                synchronous: Synchronous::Normal,
+                ..SqliteOptions::default()
+            },
+        )
+        .expect("open");
+        for c in 0..10_000 {
+            store
+                .call_begin(&CallRecord {
+                    who: "bench".into(),
+                    at: c,
+                    target: "{}".into(),
+                    request: "{}".into(),
+                })
+                .expect("call_begin");
+        }
+        let t = Timer::start();
+        let pruned = store.prune(10_000, &Retention::default()).expect("prune");
+        assert_eq!(pruned.calls, 0);
+        println!(
+            "sqlite         prune, nothing to remove, 10 000 calls: {}",
+            t.per(1)
         );
         drop(store);
         for suffix in ["", "-wal", "-shm"] {
