@@ -3,7 +3,9 @@
 //! (host, task) after `put_tasks` returned; the parent SIGKILLs it at a
 //! random moment, reopens the file and checks that every acked result is
 //! there exactly once. Several rounds on the same file, each re-delivering
-//! results acked before, as an agent does after a lost ack.
+//! results acked before, as an agent does after a lost ack. The child also
+//! stores calls and prunes, so kills land in those transactions too; the
+//! parent checks the file's integrity and the call bookkeeping after each.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
@@ -12,7 +14,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use basicagent_store::{SqliteStore, Store, TaskResult};
+use basicagent_store::{CallRecord, HostResult, Retention, SqliteStore, Store, TaskResult};
 
 const CHILD_ENV: &str = "BASICAGENT_STORE_DURABILITY_CHILD";
 
@@ -60,6 +62,36 @@ fn child_writer() {
             return;
         }
         previous = batch;
+        // Calls and prunes in between, so kills land in those transactions too.
+        if batch_no % 7 == 0 {
+            let id = store
+                .call_begin(&CallRecord {
+                    who: "child".into(),
+                    at: 1,
+                    target: r#"{"all":true}"#.into(),
+                    request: r#"{"method":"ping"}"#.into(),
+                })
+                .expect("call_begin");
+            let results: Vec<HostResult> = (0..30)
+                .map(|h| HostResult {
+                    host: format!("host-{h}"),
+                    at: 1,
+                    retcode: 0,
+                    response: r#"{"retcode":0}"#.into(),
+                })
+                .collect();
+            store.call_results(id, &results).expect("call_results");
+            store
+                .call_end(id, r#"{"answered":30}"#, 2)
+                .expect("call_end");
+        }
+        if batch_no % 50 == 49 {
+            let keep_20_calls = Retention {
+                max_calls: 20,
+                ..Retention::default()
+            };
+            store.prune(1_000, &keep_20_calls).expect("prune");
+        }
     }
 }
 
@@ -137,6 +169,28 @@ fn acked_task_results_survive_kill_9_exactly_once() {
 
         let store = SqliteStore::open(&path).unwrap();
         store.quick_check().unwrap();
+        // Every call's stored result count (what prune sizes calls by)
+        // matches its rows: call_results and its counter commit together.
+        {
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            let wrong: i64 = conn
+                .query_row(
+                    "SELECT count(*) FROM calls c
+                     WHERE results != (SELECT count(*) FROM call_results r WHERE r.call = c.id)",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(wrong, 0, "round {round}: calls with a wrong result count");
+            let orphans: i64 = conn
+                .query_row(
+                    "SELECT count(*) FROM call_results WHERE call NOT IN (SELECT id FROM calls)",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(orphans, 0, "round {round}: results of pruned calls left");
+        }
         let stored = store.tasks(None, usize::MAX).unwrap();
         let mut count: HashMap<(String, String), usize> = HashMap::new();
         for t in &stored {
