@@ -381,3 +381,77 @@ fn a_failing_migration_is_rolled_back_whole_and_reported_with_its_version() {
         .unwrap();
     assert_eq!(tables, ["tasks"]);
 }
+
+fn schema_of(path: &Path) -> Vec<(String, String, Option<String>)> {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    let rows = conn
+        .prepare("SELECT type, name, sql FROM sqlite_schema ORDER BY type, name")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    rows
+}
+
+#[test]
+fn a_file_written_by_schema_1_opens_reads_and_matches_a_fresh_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("v1.db");
+    {
+        let conn = rusqlite::Connection::open(&old).unwrap();
+        conn.execute_batch(include_str!("fixtures/schema-v1.sql"))
+            .unwrap();
+    }
+    fs::set_permissions(&old, fs::Permissions::from_mode(0o600)).unwrap();
+    let store = SqliteStore::open(&old).unwrap();
+    assert_eq!(store.info().unwrap().schema_version, SCHEMA_VERSION);
+
+    let h1 = "0b9f1c3e-0000-4000-8000-000000000001";
+    let h2 = "0b9f1c3e-0000-4000-8000-000000000002";
+    let a1 = store.agent(h1).unwrap().unwrap();
+    assert_eq!(a1.name, "web-1");
+    assert_eq!(a1.plugins, ["getinfo.kernel", "sync.bash"]);
+    assert_eq!(
+        (a1.first_seen, a1.last_seen, a1.connected_at),
+        (1000, 2000, None)
+    );
+    assert_eq!(a1.facts.len(), 1);
+    assert_eq!(a1.facts[0].data, r#"{"release":"6.1.0"}"#);
+    let a2 = store.agent(h2).unwrap().unwrap();
+    assert_eq!(
+        (a2.node.as_deref(), a2.connected_at),
+        (Some("node-a"), Some(1500))
+    );
+    let (call, results) = store.call(1).unwrap().unwrap();
+    assert_eq!(
+        call.summary.as_deref(),
+        Some(r#"{"targeted":2,"answered":1,"offline":1}"#)
+    );
+    let hosts: Vec<&str> = results.iter().map(|r| r.host.as_str()).collect();
+    assert_eq!(hosts, [h1, h2]);
+    assert_eq!(store.host_calls(h2, 10).unwrap()[0].1.retcode, 255);
+    let t = store.task("t-1").unwrap();
+    assert_eq!(t.len(), 2);
+    assert_eq!(t[1].schedule.as_deref(), Some("hourly"));
+    // It keeps working: a new call gets a new id, a re-delivered task is not new.
+    let id = store
+        .call_begin(&basicagent_store::CallRecord {
+            who: "op".into(),
+            at: 3000,
+            target: "{}".into(),
+            request: "{}".into(),
+        })
+        .unwrap();
+    assert!(id > 1);
+    let mut again = t[0].clone();
+    again.received_at = 9999;
+    assert_eq!(store.put_tasks(&[again]).unwrap(), 0);
+    drop(store);
+
+    // Migrated, the old file has exactly the schema a new file gets (no
+    // migration was edited after it shipped, none is missing).
+    let fresh = dir.path().join("fresh.db");
+    drop(SqliteStore::open(&fresh).unwrap());
+    assert_eq!(schema_of(&old), schema_of(&fresh));
+}
