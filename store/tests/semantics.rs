@@ -349,6 +349,13 @@ fn hostile_json_is_a_typed_error_not_a_crash(s: &dyn Store) {
     assert_eq!(s.tasks(None, 10).unwrap().len(), 1);
 }
 
+fn a_large_frame_round_trips(s: &dyn Store) {
+    let mut t = task("h1", "big", 1);
+    t.frame = format!("{{\"stdout\":\"{}\"}}", "x".repeat(4 << 20));
+    assert_eq!(s.put_tasks(std::slice::from_ref(&t)).unwrap(), 1);
+    assert_eq!(s.task("big").unwrap(), vec![t]);
+}
+
 // ---------------------------------------------------------------- tasks
 
 fn put_tasks_is_idempotent_on_host_and_task(s: &dyn Store) {
@@ -638,6 +645,7 @@ both_backends!(
     host_calls_newest_first_with_that_hosts_result,
     invalid_json_is_refused_and_nothing_of_the_batch_stored,
     hostile_json_is_a_typed_error_not_a_crash,
+    a_large_frame_round_trips,
     put_tasks_is_idempotent_on_host_and_task,
     tasks_newest_first_by_received_then_arrival,
     prune_nothing_when_within_retention,
