@@ -14,9 +14,10 @@
 //! * At most [`answer_bound`] bytes of answers are queued. Past it new
 //!   requests (except `ping`) get `3026 Busy` at once, an answer completing
 //!   meanwhile is replaced by a small `3026` saying it was dropped, and task
-//!   results wait in the outbox (pushed when there is room). Reading stops
-//!   [`READ_STOP_SLACK`] bytes past the bound, so even the `3026`s are
-//!   bounded.
+//!   results wait in the outbox (pushed when there is room). Reading goes
+//!   on, so the server hears `3026` at once, and stops only
+//!   [`READ_STOP_SLACK`] bytes past the most admitted answers can take
+//!   (the bound plus one `max_frame`), so even the `3026`s are bounded.
 //! * Each turn moves at most [`WRITE_BUDGET`] bytes into TLS and reads at
 //!   most [`READ_BUDGET`] bytes; with more to do, the next poll does not
 //!   sleep. Timers, pings and signals are served between turns, however
@@ -47,8 +48,10 @@ const SIGNALS: Token = Token(2);
 /// The smallest bound on queued answer bytes; the bound is this or
 /// `max_frame`, whichever is larger (see [`answer_bound`]).
 const ANSWER_BOUND_MIN: usize = 8 << 20;
-/// Bytes past the answer bound at which the loop stops reading requests
-/// (what the `3026` answers to requests read meanwhile may take).
+/// Bytes past the answer bound plus one largest frame (what the queue
+/// may hold of answers admitted under the bound) at which the loop stops
+/// reading requests: what the `3026` answers to requests read meanwhile
+/// may take.
 pub const READ_STOP_SLACK: usize = 1 << 20;
 /// Plaintext handed to rustls per turn before the loop serves the rest.
 pub const WRITE_BUDGET: usize = 1 << 20;
@@ -56,6 +59,12 @@ pub const WRITE_BUDGET: usize = 1 << 20;
 pub const READ_BUDGET: usize = 4 << 20;
 /// Frames handed to rustls in one vectored write.
 const MAX_IOV: usize = 64;
+
+fn read_stop(max_frame: usize) -> usize {
+    answer_bound(max_frame)
+        .saturating_add(max_frame)
+        .saturating_add(READ_STOP_SLACK)
+}
 
 /// The bound on queued answer bytes for a frame limit: one largest frame
 /// always fits, and never less than 8 MiB.
@@ -238,6 +247,9 @@ pub struct Reactor {
     /// Queued answer bytes past which requests are refused (see
     /// [`answer_bound`]).
     bound: usize,
+    /// Queued bytes past which the socket is not read (see
+    /// [`READ_STOP_SLACK`]).
+    read_stop: usize,
     /// Task results to push when the queue has room, oldest first.
     deferred: VecDeque<String>,
     /// A budget ran out with work left: the next poll must not sleep.
@@ -276,6 +288,7 @@ impl Reactor {
             read_buf: vec![0; 64 << 10],
             startup_released: false,
             bound: answer_bound(basicagent_proto::DEFAULT_MAX_FRAME),
+            read_stop: read_stop(basicagent_proto::DEFAULT_MAX_FRAME),
             deferred: VecDeque::new(),
             more_io: false,
             dropped: 0,
@@ -285,6 +298,7 @@ impl Reactor {
     /// Sets the frame limit the answer bound derives from.
     pub fn set_max_frame(&mut self, max_frame: usize) {
         self.bound = answer_bound(max_frame);
+        self.read_stop = read_stop(max_frame);
         self.dispatcher.set_max_frame(max_frame);
     }
 
@@ -642,7 +656,7 @@ impl Reactor {
             let Some(t) = self.transport.as_mut() else {
                 return IoOutcome::Ok;
             };
-            if t.out.len() > self.bound + READ_STOP_SLACK {
+            if t.out.len() > self.read_stop {
                 // Resumed by update_interest once the server has read.
                 return IoOutcome::Ok;
             }
@@ -768,7 +782,7 @@ impl Reactor {
             return Ok(());
         };
         let write = !t.tcp_up || t.tls.wants_write() || (t.tls_up && !t.out.is_empty());
-        let read = t.out.len() <= self.bound + READ_STOP_SLACK;
+        let read = t.out.len() <= self.read_stop;
         let interest = match (read, write) {
             (true, true) => Interest::READABLE | Interest::WRITABLE,
             (false, true) => Interest::WRITABLE,
