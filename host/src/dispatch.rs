@@ -547,3 +547,43 @@ pub fn bounded_frame(r: &Response, max_frame: usize) -> Vec<u8> {
     Response::failed(None, Retcode::PLUGIN_FAILURE, message).write_frame(&mut out);
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(s: &str) -> Option<Box<RawValue>> {
+        Some(RawValue::from_string(s.to_owned()).unwrap())
+    }
+
+    #[test]
+    fn an_answer_over_the_frame_limit_becomes_a_3025_that_fits() {
+        let data = format!("{{\"s\":\"{}\"}}", "\\u0001".repeat(2000));
+        let r = Response::from_plugin(raw("\"q-1\""), 2, "", Some(&data));
+        let small = bounded_frame(&r, 1 << 20);
+        assert_eq!(small.last(), Some(&b'\n'));
+        assert!(Response::parse(small.trim_ascii_end()).unwrap().retcode == Retcode::SUCCESS);
+        let f = bounded_frame(&r, 4096);
+        assert!(f.len() <= 4097);
+        let v: Value = serde_json::from_slice(&f).unwrap();
+        assert_eq!(v["id"], "q-1");
+        assert_eq!(v["retcode"], 3025);
+        assert!(v["message"]
+            .as_str()
+            .unwrap()
+            .contains("frame limit of 4096 bytes"));
+        // An id that alone nearly fills the frame: the failure goes with null.
+        let id = format!("\"{}\"", "i".repeat(4000));
+        let r = Response::from_plugin(raw(&id), 2, "", Some(&data));
+        let f = bounded_frame(&r, 4096);
+        assert!(f.len() <= 4097);
+        let v: Value = serde_json::from_slice(&f).unwrap();
+        assert_eq!(v["id"], Value::Null);
+        assert_eq!(v["retcode"], 3025);
+    }
+
+    #[test]
+    fn the_digest_is_the_sha256_prefix() {
+        assert_eq!(digest12("abc"), "ba7816bf8f01");
+    }
+}

@@ -806,3 +806,42 @@ fn parse_server_name(name: &str) -> io::Result<ServerName<'static>> {
         )
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_out_queue_sends_frames_in_order_from_an_offset() {
+        let mut q = OutQueue::default();
+        q.push(b"abc".to_vec());
+        q.push(Vec::new());
+        q.push(b"defg".to_vec());
+        assert_eq!(q.len(), 7);
+        let joined = |q: &OutQueue| -> Vec<u8> {
+            q.slices(MAX_IOV)
+                .iter()
+                .flat_map(|s| s.iter().copied())
+                .collect()
+        };
+        assert_eq!(joined(&q), b"abcdefg");
+        q.consume(2);
+        assert_eq!(joined(&q), b"cdefg");
+        q.consume(1);
+        assert_eq!(q.frames.len(), 1, "a finished frame is freed");
+        q.consume(3);
+        assert_eq!(joined(&q), b"g");
+        q.consume(10);
+        assert!(q.is_empty());
+        assert!(q.frames.is_empty());
+        assert_eq!(q.slices(4).len(), 0);
+    }
+
+    #[test]
+    fn the_bounds_follow_the_frame_limit() {
+        assert_eq!(answer_bound(1024), 8 << 20);
+        assert_eq!(answer_bound(64 << 20), 64 << 20);
+        assert_eq!(read_stop(16 << 20), (32 << 20) + READ_STOP_SLACK);
+        assert_eq!(read_stop(usize::MAX), usize::MAX);
+    }
+}

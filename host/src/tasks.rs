@@ -851,4 +851,140 @@ mod tests {
             Err(AdmitError::TooBig(_))
         ));
     }
+
+    fn finish(s: &mut TaskStore) -> String {
+        let id = new_task_id();
+        let frame = done_frame(&id, 2, "", None, 1 << 20);
+        write_result(s.dir(), &id, &frame).unwrap();
+        s.finished(&id, &frame, 2, true);
+        id
+    }
+
+    #[test]
+    fn results_pushed_three_times_without_an_ack_make_room_when_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = TaskStore::open(
+            dir.path().to_owned(),
+            TaskLimits {
+                max_tasks: 2,
+                ..limits()
+            },
+        )
+        .unwrap();
+        let a = finish(&mut s);
+        let b = finish(&mut s);
+        assert!(matches!(s.admit(unix_now()), Err(AdmitError::TooMany(2))));
+        s.outbox_frames();
+        s.outbox_frames();
+        assert!(
+            s.admit(unix_now()).is_err(),
+            "two pushes: maybe not seen yet"
+        );
+        // A third push of `a` only (the live push counts too).
+        s.pushed(&a);
+        s.admit(unix_now()).unwrap();
+        assert!(!s.contains(&a), "the rejected one went");
+        assert!(s.contains(&b), "the other was kept");
+        assert!(!dir.path().join(format!("{a}.done")).exists());
+    }
+
+    #[test]
+    fn a_result_too_large_for_the_frame_limit_is_stored_as_a_3025_that_fits() {
+        let id = new_task_id();
+        let data = format!("{{\"stdout\":\"{}\"}}", "\\u0001".repeat(5000));
+        let frame = done_frame(&id, 2, "", Some(data), 4096);
+        assert!(frame.len() <= 4097, "{}", frame.len());
+        let d = TaskDone::parse(frame.trim_ascii_end()).unwrap();
+        assert_eq!(d.task, id);
+        assert_eq!(d.retcode, Retcode::PLUGIN_FAILURE);
+        assert!(
+            d.message.contains("frame limit of 4096 bytes"),
+            "{}",
+            d.message
+        );
+        // A file left by an older version that does not fit is replaced.
+        let dir = tempfile::tempdir().unwrap();
+        let big = done_frame(
+            &id,
+            2,
+            "",
+            Some(format!("\"{}\"", "x".repeat(9000))),
+            1 << 20,
+        );
+        std::fs::write(dir.path().join(format!("{id}.done")), &big).unwrap();
+        let mut s = TaskStore::open(
+            dir.path().to_owned(),
+            TaskLimits {
+                max_frame: 4096,
+                ..limits()
+            },
+        )
+        .unwrap();
+        let frames = s.outbox_frames();
+        assert_eq!(frames.len(), 1);
+        assert!(frames[0].len() <= 4097);
+        let d = TaskDone::parse(frames[0].trim_ascii_end()).unwrap();
+        assert_eq!(d.retcode, Retcode::PLUGIN_FAILURE);
+    }
+
+    #[test]
+    fn a_result_that_could_not_be_stored_is_served_from_memory_until_acked() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = TaskStore::open(dir.path().to_owned(), limits()).unwrap();
+        let id = new_task_id();
+        s.start(&id, 3, "echo x", Instant::now());
+        let frame = done_frame(&id, 2, "", Some("{\"stdout\":\"x\\n\"}".into()), 1 << 20);
+        s.finished(&id, &frame, 2, false);
+        let marker = dir.path().join(format!("{id}.running"));
+        assert!(marker.exists(), "kept for the next start");
+        assert_eq!(s.outbox_frames(), vec![frame]);
+        assert_eq!(
+            s.status(&id, Instant::now()).unwrap()["result"]["data"]["stdout"],
+            "x\n"
+        );
+        assert!(s.ack(&id));
+        assert!(!marker.exists(), "the ack ends the marker too");
+    }
+
+    #[test]
+    fn prepare_dir_fixes_modes_and_refuses_foreign_or_shared_directories() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let d = root.path().join("state");
+        prepare_dir(&d).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&d), 0o700);
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o755)).unwrap();
+        prepare_dir(&d).unwrap();
+        assert_eq!(mode(&d), 0o700, "an existing directory is forced to 0700");
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o1777)).unwrap();
+        assert!(matches!(prepare_dir(&d), Err(DirError::Shared { .. })));
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o700)).unwrap();
+        if euid() == 0 {
+            std::os::unix::fs::chown(&d, Some(65534), None).unwrap();
+            let e = prepare_dir(&d).unwrap_err();
+            assert!(e.to_string().contains("owned by uid 65534"), "{e}");
+        }
+        // A symlink is not followed.
+        let link = root.path().join("link");
+        std::os::unix::fs::symlink(&d, &link).unwrap();
+        assert!(matches!(prepare_dir(&link), Err(DirError::Io { .. })));
+    }
+
+    #[test]
+    fn running_markers_are_0600_even_under_umask_000() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = TaskStore::open(dir.path().to_owned(), limits()).unwrap();
+        let id = new_task_id();
+        // The umask is process-wide: this only makes the marker looser
+        // on the old code (fs::write, 0666 & !umask).
+        // SAFETY: umask only changes this process's file creation mask.
+        let old = unsafe { libc::umask(0o022) };
+        s.start(&id, 1, "echo secret", Instant::now());
+        // SAFETY: as above, restoring the previous mask.
+        unsafe { libc::umask(old) };
+        let m = fs::metadata(dir.path().join(format!("{id}.running"))).unwrap();
+        assert_eq!(m.permissions().mode() & 0o777, 0o600);
+    }
 }

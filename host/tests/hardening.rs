@@ -465,12 +465,14 @@ fn a_state_directory_owned_by_another_user_or_shared_is_refused_at_start() {
         } else {
             std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o1777)).unwrap();
         }
-        let out = Command::new(env!("CARGO_BIN_EXE_BasicAgent"))
-            .args(agent.args("info", &["-f"]))
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{how}: {err}");
+        let mut agent = agent;
+        agent.spawn_at("info", &["-f"]);
+        // The old agent started and served: this wait then fails.
+        let code = agent.wait_exit(T);
+        let mut err = String::new();
+        let stderr = agent.child.as_mut().unwrap().stderr.as_mut().unwrap();
+        std::io::Read::read_to_string(stderr, &mut err).unwrap();
+        assert_eq!(code, Some(1), "{how}: {err}");
         let needle = if *how == "owner" {
             "owned by uid 65534"
         } else {
