@@ -19,6 +19,7 @@
 //! requests (except `ping`) are answered `3026 Busy` without running.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::ThreadId;
@@ -46,6 +47,43 @@ pub struct Finished {
     pub id: Option<Box<RawValue>>,
     /// For a task: how it ended.
     pub task: Option<TaskEnd>,
+}
+
+/// Answer bytes between the plugins' threads and the socket, shared with
+/// the completers: a completion that finds the backlog at its bound is
+/// answered with a small `3026` on its own thread instead of serialising a
+/// large answer that the loop would only drop.
+#[derive(Debug, Default)]
+pub struct Backlog {
+    /// Bytes queued by the loop (published each turn).
+    queued: AtomicUsize,
+    /// Bytes of frames in the completion channel.
+    channel: AtomicUsize,
+    /// The bound (the reactor's answer bound); 0: none yet.
+    bound: AtomicUsize,
+    /// Answers replaced by a `3026` so far (logged at 1, 2, 4, 8 …).
+    dropped: AtomicU64,
+}
+
+impl Backlog {
+    fn full(&self) -> Option<usize> {
+        let bound = self.bound.load(Ordering::Relaxed);
+        let held = self
+            .queued
+            .load(Ordering::Relaxed)
+            .saturating_add(self.channel.load(Ordering::Relaxed));
+        (bound > 0 && held >= bound).then_some(held)
+    }
+
+    /// Counts one answer replaced by a `3026`; logs in batches.
+    pub fn note_dropped(&self, held: usize) {
+        let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        if n.is_power_of_two() {
+            log::warn!(
+                "{n} answer(s) replaced by 3026 so far: {held} bytes wait for the server to read them"
+            );
+        }
+    }
 }
 
 /// How an `async.bash` task ended (its result frame is [`Finished::frame`]).
@@ -89,6 +127,7 @@ pub struct Dispatcher {
     max_frame: usize,
     /// Why new requests are refused for now (the send queue is full).
     congested: Option<String>,
+    backlog: Arc<Backlog>,
 }
 
 impl Dispatcher {
@@ -115,7 +154,20 @@ impl Dispatcher {
             tasks,
             max_frame: DEFAULT_MAX_FRAME,
             congested: None,
+            backlog: Arc::default(),
         }
+    }
+
+    /// Counts an answer the loop replaced by a `3026` (logged in batches).
+    pub fn note_dropped(&self, held: usize) {
+        self.backlog.note_dropped(held);
+    }
+
+    /// The reactor's answer bound and its queued bytes, for the completers
+    /// (see [`Backlog`]).
+    pub fn publish_queue(&self, queued: usize, bound: usize) {
+        self.backlog.queued.store(queued, Ordering::Relaxed);
+        self.backlog.bound.store(bound, Ordering::Relaxed);
     }
 
     /// The frame bound (`server.max_frame`) every answer must fit.
@@ -234,7 +286,7 @@ impl Dispatcher {
         }
         let call = plugin.call(
             frame,
-            self.answer_with(generation, move |c| {
+            self.answer_with(generation, id, move |id, c| {
                 Response::from_plugin_owned(id, c.retcode, c.message, c.data)
             }),
         );
@@ -247,14 +299,29 @@ impl Dispatcher {
     fn answer_with(
         &self,
         generation: u64,
-        respond: impl FnOnce(Completion) -> Response + Send + 'static,
+        id: Option<Box<RawValue>>,
+        respond: impl FnOnce(Option<Box<RawValue>>, Completion) -> Response + Send + 'static,
     ) -> basicagent_abi::host::Completer {
         let (tx, waker, loop_thread) = (self.tx.clone(), Arc::clone(&self.waker), self.loop_thread);
         let max_frame = self.max_frame;
+        let backlog = Arc::clone(&self.backlog);
         Box::new(move |c: Completion| {
             let call = c.call;
-            let response = respond(c);
+            let response = match backlog.full() {
+                Some(held) => {
+                    let size = c.data.as_ref().map_or(0, String::len);
+                    drop(c);
+                    backlog.note_dropped(held);
+                    Response::failed(
+                        id,
+                        Retcode::BUSY,
+                        format!("Busy: the answer ({size} bytes of data) was dropped: {held} bytes of answers wait for the server to read them"),
+                    )
+                }
+                None => respond(id, c),
+            };
             let out = bounded_frame(&response, max_frame);
+            backlog.channel.fetch_add(out.len(), Ordering::Relaxed);
             let _ = tx.send(Finished {
                 generation: Some(generation),
                 call,
@@ -275,6 +342,14 @@ impl Dispatcher {
     /// The next completed call, if any.
     pub fn poll_finished(&mut self) -> Option<Finished> {
         let done = self.rx.try_recv().ok()?;
+        if done.generation.is_some() {
+            let _ = self
+                .backlog
+                .channel
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    Some(n.saturating_sub(done.frame.len()))
+                });
+        }
         if let Some(f) = self.in_flight.remove(&done.call) {
             log::trace!("{} finished", f.method);
         }
@@ -419,7 +494,7 @@ impl Dispatcher {
             let peek = format!("{{\"method\":\"sync.bash\",\"peek\":{call}}}");
             plugin.call(
                 peek.as_bytes(),
-                self.answer_with(generation, move |c| {
+                self.answer_with(generation, id, move |id, c| {
                     data["output"] = if c.retcode == Retcode::SUCCESS.0 {
                         c.data
                             .and_then(|d| serde_json::from_str(&d).ok())

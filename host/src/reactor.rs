@@ -13,7 +13,9 @@
 //!   (never `drain` of one big buffer: sending stays linear).
 //! * At most [`answer_bound`] bytes of answers are queued. Past it new
 //!   requests (except `ping`) get `3026 Busy` at once, an answer completing
-//!   meanwhile is replaced by a small `3026` saying it was dropped, and task
+//!   meanwhile is replaced by a small `3026` saying it was dropped (on the
+//!   completing thread already, see `dispatch::Backlog`, so the large
+//!   answer is never serialised), and task
 //!   results wait in the outbox (pushed when there is room). Reading goes
 //!   on, so the server hears `3026` at once, and stops only
 //!   [`READ_STOP_SLACK`] bytes past the most admitted answers can take
@@ -254,9 +256,6 @@ pub struct Reactor {
     deferred: VecDeque<String>,
     /// A budget ran out with work left: the next poll must not sleep.
     more_io: bool,
-    /// Answers replaced by a `3026` because the queue was full (logged
-    /// in batches).
-    dropped: u64,
 }
 
 impl Reactor {
@@ -291,7 +290,6 @@ impl Reactor {
             read_stop: read_stop(basicagent_proto::DEFAULT_MAX_FRAME),
             deferred: VecDeque::new(),
             more_io: false,
-            dropped: 0,
         })
     }
 
@@ -335,6 +333,7 @@ impl Reactor {
                 }
             }
             self.update_interest()?;
+            self.dispatcher.publish_queue(self.queued(), self.bound);
             let mut timeout = self
                 .session
                 .poll_timeout()
@@ -452,14 +451,7 @@ impl Reactor {
                         continue;
                     }
                     let frame = if self.congested() {
-                        self.dropped += 1;
-                        if self.dropped.is_power_of_two() {
-                            log::warn!(
-                                "{} answer(s) replaced by 3026 so far: {} bytes wait for the server to read them",
-                                self.dropped,
-                                self.queued()
-                            );
-                        }
+                        self.dispatcher.note_dropped(self.queued());
                         let r = basicagent_proto::Response::failed(
                             f.id,
                             basicagent_proto::Retcode::BUSY,
@@ -522,6 +514,7 @@ impl Reactor {
                         )
                     });
                     self.dispatcher.set_congested(congestion);
+                    self.dispatcher.publish_queue(self.queued(), self.bound);
                     if let Some(answer) = self.dispatcher.dispatch(generation, &frame, now) {
                         self.session.send(now, answer);
                     }

@@ -359,7 +359,7 @@ fn a_server_that_stops_reading_keeps_the_agent_bounded_and_new_requests_get_3026
     );
     assert!(busy >= 32, "{busy}");
     assert!(
-        hwm < 160 * 1024,
+        hwm < 200 * 1024,
         "peak RSS {hwm} KiB: the queue is bounded (the old agent held 288 MB)"
     );
     // Drained: served normally again.
