@@ -303,15 +303,17 @@ impl TaskStore {
                 log::warn!("outbox: removing torn file {}", path.display());
                 let _ = fs::remove_file(&path);
             } else if let Some(id) = name.strip_suffix(".done") {
-                let valid = valid_task_id(id)
-                    && fs::read(&path).ok().is_some_and(|b| {
-                        b.ends_with(b"\n")
-                            && TaskDone::parse(b.trim_ascii_end()).is_ok_and(|d| d.task == id)
-                    });
+                // The size first: an oversized file is never read whole.
                 let meta = entry.metadata();
                 let too_long = meta
                     .as_ref()
                     .is_ok_and(|m| m.len() > store.limits.max_frame as u64 + 1);
+                let valid = valid_task_id(id)
+                    && (too_long
+                        || fs::read(&path).ok().is_some_and(|b| {
+                            b.ends_with(b"\n")
+                                && TaskDone::parse(b.trim_ascii_end()).is_ok_and(|d| d.task == id)
+                        }));
                 if valid && too_long {
                     // From before frames were bounded: it would never be
                     // accepted. Replace it by a result that says so.
