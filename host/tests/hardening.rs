@@ -124,6 +124,37 @@ fn a_duration_past_its_range_in_the_configuration_is_a_clear_error_at_start() {
     }
 }
 
+#[test]
+fn a_reload_with_a_duration_past_its_range_is_refused_and_the_agent_keeps_serving() {
+    let (_pki, server, mut agent) = setup(ACCEPTED, 21, "", "");
+    agent.spawn(&["-f"]);
+    let conn = server.accept(T);
+    let path = agent.path("agent.toml");
+    let good = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        good.replace("[agent]\n", "[agent]\nheartbeat = 1e19\n"),
+    )
+    .unwrap();
+    agent.signal(libc::SIGHUP);
+    wait_for("the refused reload", T, || {
+        agent
+            .log()
+            .contains("keeping the running configuration")
+            .then_some(())
+    });
+    // The next connection still uses sane durations.
+    conn.close();
+    let mut conn = server.accept(T);
+    assert_eq!(conn.call(r#"{"method":"ping"}"#, T)["retcode"], 2);
+    assert!(agent.running());
+    let log = agent.log();
+    assert!(
+        log.contains("agent.heartbeat") && log.contains("maximum"),
+        "{log}"
+    );
+}
+
 // ---------------------------------------------------------------- item 4
 
 #[test]
