@@ -52,6 +52,7 @@ fn dispatch(c: &mut Criterion) {
             max_tasks: 1000,
             max_bytes: 64 << 20,
             retention: Duration::from_secs(7 * 86400),
+            max_frame: 16 << 20,
         },
     )
     .unwrap();

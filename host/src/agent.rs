@@ -1,6 +1,9 @@
 //! Start-up and shutdown of the daemon, in order: configuration and TLS
 //! (fail fast, on the terminal), detach and pid file, logging, signals,
-//! host id, then the reactor; the pid file goes when `run` returns.
+//! state directory, host id and task outbox, then the reactor; the pid
+//! file goes when `run` returns. A detached daemon reports success to the
+//! starting process only once the host id and the outbox are open, so an
+//! init script sees every start-up failure.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -43,6 +46,8 @@ pub enum StartError {
     Log(#[from] daemon::LogError),
     #[error(transparent)]
     HostId(#[from] hostid::HostIdError),
+    #[error("state directory: {0}")]
+    StateDir(#[from] crate::tasks::DirError),
     #[error("{0}: {1}")]
     Io(&'static str, std::io::Error),
 }
@@ -191,9 +196,26 @@ pub fn run(opts: Options) -> Result<(), StartError> {
         }
         let log = daemon::init_logging(log_file.as_deref(), opts.level)?;
         let signals = reactor::block_signals().map_err(|e| StartError::Io("signalfd", e))?;
-        Ok((pid, log, signals))
+        // The state directory is private (0700, ours, not shared), then
+        // the host id and the outbox: all before reporting success.
+        crate::tasks::prepare_dir(&config.agent.state_dir)?;
+        let host_id = hostid::host_id(
+            config.agent.host_id.as_deref(),
+            Path::new("/etc/machine-id"),
+            &config.agent.state_dir,
+        )?;
+        let tasks = TaskStore::open(
+            config.agent.state_dir.join("tasks"),
+            TaskLimits {
+                max_tasks: config.agent.max_tasks,
+                max_bytes: config.agent.max_outbox_bytes,
+                retention: config.agent.task_retention,
+                max_frame: config.server.max_frame,
+            },
+        )?;
+        Ok((pid, log, signals, host_id, tasks))
     })();
-    let (pid, log, signals) = match (started, detached) {
+    let (pid, log, signals, host_id, tasks) = match (started, detached) {
         (Ok(parts), Some(d)) => {
             let _ = d.ready();
             parts
@@ -209,11 +231,6 @@ pub fn run(opts: Options) -> Result<(), StartError> {
         log::warn!("{w}");
     }
 
-    let host_id = hostid::host_id(
-        config.agent.host_id.as_deref(),
-        Path::new("/etc/machine-id"),
-        &config.agent.state_dir,
-    )?;
     let name = nodename();
     log::info!(
         "BasicAgent {} starting: host id {host_id}, server {}:{}",
@@ -238,22 +255,14 @@ pub fn run(opts: Options) -> Result<(), StartError> {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         started: now,
     };
-    let tasks = TaskStore::open(
-        config.agent.state_dir.join("tasks"),
-        TaskLimits {
-            max_tasks: config.agent.max_tasks,
-            max_bytes: config.agent.max_outbox_bytes,
-            retention: config.agent.task_retention,
-        },
-    )
-    .map_err(|e| StartError::Io("task outbox", e))?;
-    let dispatcher = Dispatcher::new(
+    let mut dispatcher = Dispatcher::new(
         registry,
         config.agent.max_concurrent,
         Arc::clone(&waker),
         facts,
         tasks,
     );
+    dispatcher.set_max_frame(config.server.max_frame);
     let init = Init {
         hostname: host_id,
         version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -272,7 +281,7 @@ pub fn run(opts: Options) -> Result<(), StartError> {
         Resolver::spawn_hosts_only(Arc::clone(&waker), config.server.hosts_file.clone())
     }
     .map_err(|e| StartError::Io("resolver", e))?;
-    let reactor = Reactor::new(
+    let mut reactor = Reactor::new(
         poll,
         session,
         dispatcher,
@@ -282,6 +291,7 @@ pub fn run(opts: Options) -> Result<(), StartError> {
         signals,
     )
     .map_err(|e| StartError::Io("reactor", e))?;
+    reactor.set_max_frame(config.server.max_frame);
     let mut reloader = AgentReloader { config_path, log };
     let result = reactor
         .run(&mut reloader)

@@ -22,6 +22,18 @@ pub const DEFAULT_PATH: &str = "/etc/basicagent/agent.toml";
 /// Port used for a nameserver entry written without one.
 pub const DNS_PORT: u16 = 53;
 
+/// The heartbeat range, for `agent.heartbeat` (an error outside it) and
+/// the server's `heartbeat` in the init reply (clamped into it, logged).
+pub const HEARTBEAT_MIN: Duration = Duration::from_secs(1);
+/// One day.
+pub const HEARTBEAT_MAX: Duration = Duration::from_secs(24 * 3600);
+/// Longest `server.connect_timeout` and `server.handshake_timeout`: one hour.
+pub const TIMEOUT_MAX: Duration = Duration::from_secs(3600);
+/// Longest `agent.task_retention`: ten years.
+pub const RETENTION_MAX: Duration = Duration::from_secs(3650 * 24 * 3600);
+/// Largest `server.max_frame`: 256 MiB.
+pub const MAX_FRAME_MAX: usize = 256 << 20;
+
 /// The whole configuration file.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -241,14 +253,22 @@ impl Config {
             }
             _ => {}
         }
-        if s.connect_timeout.is_zero() {
-            return Err(("server.connect_timeout", "must be greater than 0".into()));
+        for (key, value) in [
+            ("server.connect_timeout", s.connect_timeout),
+            ("server.handshake_timeout", s.handshake_timeout),
+        ] {
+            if value.is_zero() {
+                return Err((key, "must be greater than 0".into()));
+            }
+            if value > TIMEOUT_MAX {
+                return Err((key, too_long(value, TIMEOUT_MAX)));
+            }
         }
-        if s.handshake_timeout.is_zero() {
-            return Err(("server.handshake_timeout", "must be greater than 0".into()));
-        }
-        if s.max_frame < 1024 {
-            return Err(("server.max_frame", "must be at least 1024 bytes".into()));
+        if !(1024..=MAX_FRAME_MAX).contains(&s.max_frame) {
+            return Err((
+                "server.max_frame",
+                format!("{} is outside 1024..={MAX_FRAME_MAX} bytes", s.max_frame),
+            ));
         }
         let a = &mut self.agent;
         if let Some(id) = &a.host_id {
@@ -262,8 +282,17 @@ impl Config {
                 }
             }
         }
-        if a.heartbeat < Duration::from_secs(1) {
+        if a.heartbeat < HEARTBEAT_MIN {
             return Err(("agent.heartbeat", "must be at least 1 second".into()));
+        }
+        if a.heartbeat > HEARTBEAT_MAX {
+            return Err(("agent.heartbeat", too_long(a.heartbeat, HEARTBEAT_MAX)));
+        }
+        if a.task_retention > RETENTION_MAX {
+            return Err((
+                "agent.task_retention",
+                too_long(a.task_retention, RETENTION_MAX),
+            ));
         }
         if a.max_concurrent == 0 {
             return Err(("agent.max_concurrent", "must be at least 1".into()));
@@ -288,6 +317,14 @@ impl Config {
             self.agent.max_output, self.agent.max_output_limit, self.agent.max_concurrent
         )
     }
+}
+
+fn too_long(value: Duration, max: Duration) -> String {
+    format!(
+        "{} seconds is more than the maximum of {} seconds",
+        value.as_secs_f64(),
+        max.as_secs()
+    )
 }
 
 /// Seconds as a TOML integer or float, into a `Duration`.
@@ -467,8 +504,35 @@ mod tests {
         assert!(err("[agent]\nheartbeat = 0\n").contains("agent.heartbeat"));
         assert!(err("[agent]\nheartbeat = 0.5\n").contains("agent.heartbeat"));
         assert!(err("[agent]\nmax_concurrent = 0\n").contains("agent.max_concurrent"));
+        assert!(err("[server]\nmax_frame = 1000\n").contains("server.max_frame"));
+        assert!(err("[server]\nmax_frame = 1000000000000\n").contains("server.max_frame"));
         assert!(err("[agent]\nmax_output = 100\nmax_output_limit = 99\n")
             .contains("agent.max_output_limit"));
+    }
+
+    #[test]
+    fn durations_past_their_range_are_refused_naming_the_key_and_the_maximum() {
+        for (table, key, max) in [
+            ("server", "connect_timeout", 3600u64),
+            ("server", "handshake_timeout", 3600),
+            ("agent", "heartbeat", 86400),
+            ("agent", "task_retention", 3650 * 86400),
+        ] {
+            for value in ["1e19", "6148914691236517206", "4e9"] {
+                let e = err(&format!("[{table}]\n{key} = {value}\n"));
+                assert!(
+                    e.contains(&format!("{table}.{key}")) && e.contains(&max.to_string()),
+                    "{table}.{key} = {value}: {e}"
+                );
+            }
+            // The maximum itself is accepted.
+            Config::from_toml_str(&format!("[{table}]\n{key} = {max}\n")).unwrap();
+        }
+        // Beyond what a Duration holds, or not a number at all.
+        for value in ["1e300", "inf", "nan", "-1e19", "18446744073709551615"] {
+            let e = err(&format!("[server]\nconnect_timeout = {value}\n"));
+            assert!(e.contains("connect_timeout"), "{value}: {e}");
+        }
     }
 
     #[test]

@@ -11,15 +11,22 @@
 //! `async.bash` runs through the same `sync.bash` plugin; its result is
 //! written to the durable outbox ([`crate::tasks`]) by the completing
 //! thread before the loop pushes it as `task.done`.
+//!
+//! Every frame this module builds fits `server.max_frame` by construction:
+//! an answer that would not is replaced by a `3025` failure saying so
+//! (serialisation stops at the limit, so the oversized text is never held
+//! whole). While the reactor reports its send queue congested, new
+//! requests (except `ping`) are answered `3026 Busy` without running.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::ThreadId;
 use std::time::Instant;
 
 use basicagent_abi::{Completion, Plugin, PluginRegistry};
-use basicagent_proto::{Incoming, Response, Retcode};
+use basicagent_proto::{Incoming, Response, Retcode, DEFAULT_MAX_FRAME};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
@@ -35,8 +42,57 @@ pub struct Finished {
     pub call: u64,
     /// The response (or `task.done`) frame, `\n` included.
     pub frame: Vec<u8>,
-    /// For a task: its id and retcode (the result is already on disk).
-    pub task: Option<(String, u32)>,
+    /// The request's id (for a `3026` that replaces an answer the loop
+    /// cannot queue); `None` for a task result.
+    pub id: Option<Box<RawValue>>,
+    /// For a task: how it ended.
+    pub task: Option<TaskEnd>,
+}
+
+/// Answer bytes between the plugins' threads and the socket, shared with
+/// the completers: a completion that finds the backlog at its bound is
+/// answered with a small `3026` on its own thread instead of serialising a
+/// large answer that the loop would only drop.
+#[derive(Debug, Default)]
+pub struct Backlog {
+    /// Bytes queued by the loop (published each turn).
+    queued: AtomicUsize,
+    /// Bytes of frames in the completion channel.
+    channel: AtomicUsize,
+    /// The bound (the reactor's answer bound); 0: none yet.
+    bound: AtomicUsize,
+    /// Answers replaced by a `3026` so far (logged at 1, 2, 4, 8 …).
+    dropped: AtomicU64,
+}
+
+impl Backlog {
+    fn full(&self) -> Option<usize> {
+        let bound = self.bound.load(Ordering::Relaxed);
+        let held = self
+            .queued
+            .load(Ordering::Relaxed)
+            .saturating_add(self.channel.load(Ordering::Relaxed));
+        (bound > 0 && held >= bound).then_some(held)
+    }
+
+    /// Counts one answer replaced by a `3026`; logs in batches.
+    pub fn note_dropped(&self, held: usize) {
+        let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        if n.is_power_of_two() {
+            log::warn!(
+                "{n} answer(s) replaced by 3026 so far: {held} bytes wait for the server to read them"
+            );
+        }
+    }
+}
+
+/// How an `async.bash` task ended (its result frame is [`Finished::frame`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskEnd {
+    pub id: String,
+    pub retcode: u32,
+    /// The result was written to the outbox (else it is kept in memory).
+    pub stored: bool,
 }
 
 /// Facts `agent.info` reports.
@@ -68,6 +124,10 @@ pub struct Dispatcher {
     facts: AgentFacts,
     served: u64,
     tasks: TaskStore,
+    max_frame: usize,
+    /// Why new requests are refused for now (the send queue is full).
+    congested: Option<String>,
+    backlog: Arc<Backlog>,
 }
 
 impl Dispatcher {
@@ -92,7 +152,33 @@ impl Dispatcher {
             facts,
             served: 0,
             tasks,
+            max_frame: DEFAULT_MAX_FRAME,
+            congested: None,
+            backlog: Arc::default(),
         }
+    }
+
+    /// Counts an answer the loop replaced by a `3026` (logged in batches).
+    pub fn note_dropped(&self, held: usize) {
+        self.backlog.note_dropped(held);
+    }
+
+    /// The reactor's answer bound and its queued bytes, for the completers
+    /// (see [`Backlog`]).
+    pub fn publish_queue(&self, queued: usize, bound: usize) {
+        self.backlog.queued.store(queued, Ordering::Relaxed);
+        self.backlog.bound.store(bound, Ordering::Relaxed);
+    }
+
+    /// The frame bound (`server.max_frame`) every answer must fit.
+    pub fn set_max_frame(&mut self, max_frame: usize) {
+        self.max_frame = max_frame.max(1024);
+    }
+
+    /// While `Some(reason)`, new requests other than `ping` are answered
+    /// `3026 Busy: REASON` at once (the reactor's send queue is full).
+    pub fn set_congested(&mut self, reason: Option<String>) {
+        self.congested = reason;
     }
 
     /// Plugin calls started and not yet finished.
@@ -132,7 +218,7 @@ impl Dispatcher {
             Err(e) => {
                 log::warn!("invalid request: {e}");
                 let message = format!("Invalid request: {e}");
-                return Some(frame_of(&Response::failed(
+                return Some(self.frame_of(&Response::failed(
                     e.id,
                     Retcode::INVALID_REQUEST,
                     message,
@@ -142,19 +228,28 @@ impl Dispatcher {
         let id = request.id;
         let method = request.method;
         self.served += 1;
+        if let Some(reason) = &self.congested {
+            if method != "ping" {
+                let r = Response::failed(id, Retcode::BUSY, format!("Busy: {reason}"));
+                return Some(self.frame_of(&r));
+            }
+        }
         match method.as_str() {
-            "ping" => return Some(frame_of(&Response::new(id, Retcode::SUCCESS))),
-            "agent.info" => return Some(frame_of(&self.agent_info(id, now))),
-            "async.bash" => return Some(frame_of(&self.start_task(id, frame, now))),
+            "ping" => return Some(self.frame_of(&Response::new(id, Retcode::SUCCESS))),
+            "agent.info" => return Some(self.frame_of(&self.agent_info(id, now))),
+            "async.bash" => {
+                let r = self.start_task(id, frame, now);
+                return Some(self.frame_of(&r));
+            }
             "task.list" => {
-                return Some(frame_of(
+                return Some(self.frame_of(
                     &Response::new(id, Retcode::SUCCESS).with_data(&self.tasks.list(now)),
                 ))
             }
             "task.status" | "task.cancel" => {
                 return self
                     .task_request(id, generation, &method, frame, now)
-                    .map(|r| frame_of(&r))
+                    .map(|r| self.frame_of(&r))
             }
             _ => {}
         }
@@ -162,7 +257,7 @@ impl Dispatcher {
             || method.starts_with("task.")
             || method.starts_with("async.")
         {
-            return Some(frame_of(&Response::failed(
+            return Some(self.frame_of(&Response::failed(
                 id,
                 Retcode::UNKNOWN_METHOD,
                 format!("Unknown method: {method}"),
@@ -172,7 +267,7 @@ impl Dispatcher {
             Ok(p) => p,
             Err(e) => {
                 log::debug!("{method}: {e}");
-                return Some(frame_of(&Response::failed(
+                return Some(self.frame_of(&Response::failed(
                     id,
                     Retcode(e.retcode()),
                     e.to_string(),
@@ -180,7 +275,7 @@ impl Dispatcher {
             }
         };
         if self.in_flight.len() >= self.max_concurrent {
-            return Some(frame_of(&Response::failed(
+            return Some(self.frame_of(&Response::failed(
                 id,
                 Retcode::BUSY,
                 format!(
@@ -191,7 +286,7 @@ impl Dispatcher {
         }
         let call = plugin.call(
             frame,
-            self.answer_with(generation, move |c| {
+            self.answer_with(generation, id, move |id, c| {
                 Response::from_plugin_owned(id, c.retcode, c.message, c.data)
             }),
         );
@@ -204,19 +299,34 @@ impl Dispatcher {
     fn answer_with(
         &self,
         generation: u64,
-        respond: impl FnOnce(Completion) -> Response + Send + 'static,
+        id: Option<Box<RawValue>>,
+        respond: impl FnOnce(Option<Box<RawValue>>, Completion) -> Response + Send + 'static,
     ) -> basicagent_abi::host::Completer {
         let (tx, waker, loop_thread) = (self.tx.clone(), Arc::clone(&self.waker), self.loop_thread);
+        let max_frame = self.max_frame;
+        let backlog = Arc::clone(&self.backlog);
         Box::new(move |c: Completion| {
             let call = c.call;
-            let response = respond(c);
-            let capacity = response.data.as_ref().map_or(0, |d| d.get().len());
-            let mut out = Vec::with_capacity(capacity + response.message.len() + 128);
-            response.write_frame(&mut out);
+            let response = match backlog.full() {
+                Some(held) => {
+                    let size = c.data.as_ref().map_or(0, String::len);
+                    drop(c);
+                    backlog.note_dropped(held);
+                    Response::failed(
+                        id,
+                        Retcode::BUSY,
+                        format!("Busy: the answer ({size} bytes of data) was dropped: {held} bytes of answers wait for the server to read them"),
+                    )
+                }
+                None => respond(id, c),
+            };
+            let out = bounded_frame(&response, max_frame);
+            backlog.channel.fetch_add(out.len(), Ordering::Relaxed);
             let _ = tx.send(Finished {
                 generation: Some(generation),
                 call,
                 frame: out,
+                id: response.id,
                 task: None,
             });
             // The loop drains completions right after each dispatch: only a
@@ -232,19 +342,40 @@ impl Dispatcher {
     /// The next completed call, if any.
     pub fn poll_finished(&mut self) -> Option<Finished> {
         let done = self.rx.try_recv().ok()?;
+        if done.generation.is_some() {
+            let _ = self
+                .backlog
+                .channel
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    Some(n.saturating_sub(done.frame.len()))
+                });
+        }
         if let Some(f) = self.in_flight.remove(&done.call) {
             log::trace!("{} finished", f.method);
         }
-        if let Some((task, retcode)) = &done.task {
-            log::info!("task {task} finished with {retcode}");
-            self.tasks.finished(task, &done.frame, *retcode);
+        if let Some(t) = &done.task {
+            log::info!("task {} finished with {}", t.id, t.retcode);
+            self.tasks.finished(&t.id, &done.frame, t.retcode, t.stored);
         }
         Some(done)
     }
 
-    /// Unacknowledged task results to push after an init.
-    pub fn outbox_frames(&self) -> Vec<Vec<u8>> {
-        self.tasks.outbox_frames()
+    /// Unacknowledged task results to push after an init, oldest first.
+    pub fn outbox_ids(&self) -> Vec<String> {
+        self.tasks.outbox_ids()
+    }
+
+    /// One unacknowledged result to push now (counted as a push), if the
+    /// task is still unacknowledged.
+    pub fn push_task(&mut self, id: &str) -> Option<Vec<u8>> {
+        let frame = self.tasks.frame(id)?;
+        self.tasks.pushed(id);
+        Some(frame)
+    }
+
+    /// A result sent live, as its task ended (counted as a push).
+    pub fn task_pushed(&mut self, id: &str) {
+        self.tasks.pushed(id);
     }
 
     /// `async.bash`: starts the command through the `sync.bash` plugin and
@@ -276,10 +407,11 @@ impl Dispatcher {
         // refusal: it answers the request itself.
         let immediate: Arc<Mutex<Option<Completion>>> = Arc::default();
         let (tx, waker, loop_thread) = (self.tx.clone(), Arc::clone(&self.waker), self.loop_thread);
-        let (slot, dir, task_id) = (
+        let (slot, dir, task_id, max_frame) = (
             Arc::clone(&immediate),
             self.tasks.dir().to_owned(),
             task.clone(),
+            self.max_frame,
         );
         let call = plugin.call(
             frame,
@@ -288,11 +420,16 @@ impl Dispatcher {
                     *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(c);
                     return;
                 }
-                let frame = tasks::done_frame(&task_id, c.retcode, &c.message, c.data);
-                if let Err(e) = tasks::write_result(&dir, &task_id, &frame) {
-                    log::error!("task {task_id}: cannot write the result durably: {e}; delivering it anyway");
-                }
-                let _ = tx.send(Finished { generation: None, call: c.call, frame, task: Some((task_id, c.retcode)) });
+                let frame = tasks::done_frame(&task_id, c.retcode, &c.message, c.data, max_frame);
+                let stored = match tasks::write_result(&dir, &task_id, &frame) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        log::error!("task {task_id}: cannot write the result durably: {e}; kept in memory and delivered");
+                        false
+                    }
+                };
+                let task = TaskEnd { id: task_id, retcode: c.retcode, stored };
+                let _ = tx.send(Finished { generation: None, call: c.call, frame, id: None, task: Some(task) });
                 if let Err(e) = waker.wake() {
                     log::error!("cannot wake the loop: {e}");
                 }
@@ -310,7 +447,10 @@ impl Dispatcher {
                 method: format!("async.bash {task}"),
             },
         );
-        log::info!("task {task} started: {cmd}");
+        // Command lines carry secrets (`mysql -pS3cret`): the full text at
+        // debug only; info shows a digest to match against the server's.
+        log::info!("task {task} started (command sha256 {})", digest12(&cmd));
+        log::debug!("task {task} command: {cmd}");
         Response::new(id, Retcode::SUCCESS).with_data(&serde_json::json!({ "task": task }))
     }
 
@@ -354,7 +494,7 @@ impl Dispatcher {
             let peek = format!("{{\"method\":\"sync.bash\",\"peek\":{call}}}");
             plugin.call(
                 peek.as_bytes(),
-                self.answer_with(generation, move |c| {
+                self.answer_with(generation, id, move |id, c| {
                     data["output"] = if c.retcode == Retcode::SUCCESS.0 {
                         c.data
                             .and_then(|d| serde_json::from_str(&d).ok())
@@ -442,8 +582,83 @@ impl Dispatcher {
     }
 }
 
-fn frame_of(r: &Response) -> Vec<u8> {
-    let mut out = Vec::with_capacity(r.message.len() + 96);
-    r.write_frame(&mut out);
+impl Dispatcher {
+    fn frame_of(&self, r: &Response) -> Vec<u8> {
+        bounded_frame(r, self.max_frame)
+    }
+}
+
+/// The first 12 hex digits of the SHA-256 of `text`: enough to tell
+/// commands apart in a log without showing them.
+pub fn digest12(text: &str) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    d.as_ref()[..6].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The response as one frame of at most `max_frame` bytes (before its
+/// `\n`). One that does not fit becomes a `3025` failure with the same id
+/// saying so; if even that does not fit (an id near the limit), the
+/// failure goes out with `"id": null`.
+pub fn bounded_frame(r: &Response, max_frame: usize) -> Vec<u8> {
+    let capacity = r.data.as_ref().map_or(0, |d| d.get().len()) + r.message.len() + 128;
+    let mut out = Vec::with_capacity(capacity.min(max_frame.saturating_add(1)));
+    if r.write_frame_limited(&mut out, max_frame).is_ok() {
+        return out;
+    }
+    log::warn!(
+        "an answer with retcode {} is larger than the frame limit ({max_frame} bytes); sent as 3025 instead",
+        r.retcode.0
+    );
+    let message = format!(
+        "Plugin failure: the answer is larger than the frame limit of {max_frame} bytes (server.max_frame); it was not sent"
+    );
+    let failed = Response::failed(r.id.clone(), Retcode::PLUGIN_FAILURE, message.clone());
+    out.clear();
+    out.shrink_to(4096);
+    if failed.write_frame_limited(&mut out, max_frame).is_ok() {
+        return out;
+    }
+    out.clear();
+    Response::failed(None, Retcode::PLUGIN_FAILURE, message).write_frame(&mut out);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(s: &str) -> Option<Box<RawValue>> {
+        Some(RawValue::from_string(s.to_owned()).unwrap())
+    }
+
+    #[test]
+    fn an_answer_over_the_frame_limit_becomes_a_3025_that_fits() {
+        let data = format!("{{\"s\":\"{}\"}}", "\\u0001".repeat(2000));
+        let r = Response::from_plugin(raw("\"q-1\""), 2, "", Some(&data));
+        let small = bounded_frame(&r, 1 << 20);
+        assert_eq!(small.last(), Some(&b'\n'));
+        assert!(Response::parse(small.trim_ascii_end()).unwrap().retcode == Retcode::SUCCESS);
+        let f = bounded_frame(&r, 4096);
+        assert!(f.len() <= 4097);
+        let v: Value = serde_json::from_slice(&f).unwrap();
+        assert_eq!(v["id"], "q-1");
+        assert_eq!(v["retcode"], 3025);
+        assert!(v["message"]
+            .as_str()
+            .unwrap()
+            .contains("frame limit of 4096 bytes"));
+        // An id that alone nearly fills the frame: the failure goes with null.
+        let id = format!("\"{}\"", "i".repeat(4000));
+        let r = Response::from_plugin(raw(&id), 2, "", Some(&data));
+        let f = bounded_frame(&r, 4096);
+        assert!(f.len() <= 4097);
+        let v: Value = serde_json::from_slice(&f).unwrap();
+        assert_eq!(v["id"], Value::Null);
+        assert_eq!(v["retcode"], 3025);
+    }
+
+    #[test]
+    fn the_digest_is_the_sha256_prefix() {
+        assert_eq!(digest12("abc"), "ba7816bf8f01");
+    }
 }

@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod config;
 pub mod daemon;
+pub mod deadline;
 pub mod dispatch;
 pub mod hostid;
 pub mod reactor;

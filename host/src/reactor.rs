@@ -7,7 +7,25 @@
 //! session's actions, and hands request frames to the [`Dispatcher`]. It
 //! follows mio's rules: drain to `WouldBlock`, retry `Interrupted`, treat
 //! events as hints; interest is derived once per turn from state.
+//!
+//! Key design decisions (bounded memory, a loop that always turns):
+//! * Answers wait in an [`OutQueue`] of whole frames sent from an offset
+//!   (never `drain` of one big buffer: sending stays linear).
+//! * At most [`answer_bound`] bytes of answers are queued. Past it new
+//!   requests (except `ping`) get `3026 Busy` at once, an answer completing
+//!   meanwhile is replaced by a small `3026` saying it was dropped (on the
+//!   completing thread already, see `dispatch::Backlog`, so the large
+//!   answer is never serialised), and task
+//!   results wait in the outbox (pushed when there is room). Reading goes
+//!   on, so the server hears `3026` at once, and stops only
+//!   [`READ_STOP_SLACK`] bytes past the most admitted answers can take
+//!   (the bound plus one `max_frame`), so even the `3026`s are bounded.
+//! * Each turn moves at most [`WRITE_BUDGET`] bytes into TLS and reads at
+//!   most [`READ_BUDGET`] bytes; with more to do, the next poll does not
+//!   sleep. Timers, pings and signals are served between turns, however
+//!   large the answer being sent.
 
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -20,6 +38,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection};
 
+use crate::deadline::after;
 use crate::dispatch::Dispatcher;
 use crate::resolve::Resolver;
 use crate::session::{Action, Session, SessionConfig};
@@ -28,9 +47,32 @@ const UPSTREAM: Token = Token(0);
 const WAKER: Token = Token(1);
 const SIGNALS: Token = Token(2);
 
-/// Plaintext queued for rustls beyond which the loop stops reading new
-/// requests until the server has taken the answers (back-pressure).
-const OUT_HIGH_WATER: usize = 8 << 20;
+/// The smallest bound on queued answer bytes; the bound is this or
+/// `max_frame`, whichever is larger (see [`answer_bound`]).
+const ANSWER_BOUND_MIN: usize = 8 << 20;
+/// Bytes past the answer bound plus one largest frame (what the queue
+/// may hold of answers admitted under the bound) at which the loop stops
+/// reading requests: what the `3026` answers to requests read meanwhile
+/// may take.
+pub const READ_STOP_SLACK: usize = 1 << 20;
+/// Plaintext handed to rustls per turn before the loop serves the rest.
+pub const WRITE_BUDGET: usize = 1 << 20;
+/// Bytes read from the socket per turn before the loop serves the rest.
+pub const READ_BUDGET: usize = 4 << 20;
+/// Frames handed to rustls in one vectored write.
+const MAX_IOV: usize = 64;
+
+fn read_stop(max_frame: usize) -> usize {
+    answer_bound(max_frame)
+        .saturating_add(max_frame)
+        .saturating_add(READ_STOP_SLACK)
+}
+
+/// The bound on queued answer bytes for a frame limit: one largest frame
+/// always fits, and never less than 8 MiB.
+pub fn answer_bound(max_frame: usize) -> usize {
+    max_frame.max(ANSWER_BOUND_MIN)
+}
 /// rustls' own buffer of outgoing TLS records.
 const TLS_BUFFER_LIMIT: usize = 256 << 10;
 /// How long shutdown waits for cancelled calls to answer.
@@ -109,6 +151,70 @@ fn read_signals(fd: &OwnedFd) -> Vec<Control> {
     }
 }
 
+/// Frames waiting for rustls, sent in order from an offset into the
+/// first: taking `n` bytes never moves the rest.
+#[derive(Debug, Default)]
+pub struct OutQueue {
+    frames: VecDeque<Vec<u8>>,
+    /// Bytes of the first frame already taken.
+    offset: usize,
+    /// Bytes not yet taken, in all frames.
+    bytes: usize,
+}
+
+impl OutQueue {
+    /// Appends one frame (an empty one is ignored).
+    pub fn push(&mut self, frame: Vec<u8>) {
+        if !frame.is_empty() {
+            self.bytes += frame.len();
+            self.frames.push_back(frame);
+        }
+    }
+
+    /// Bytes not yet taken.
+    pub fn len(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes == 0
+    }
+
+    /// Up to `max` slices of what is left, in order.
+    pub fn slices(&self, max: usize) -> Vec<io::IoSlice<'_>> {
+        self.frames
+            .iter()
+            .take(max)
+            .enumerate()
+            .map(|(i, f)| io::IoSlice::new(if i == 0 { &f[self.offset..] } else { f }))
+            .collect()
+    }
+
+    /// Marks `n` bytes (at most [`OutQueue::len`]) as taken; finished
+    /// frames are freed.
+    pub fn consume(&mut self, mut n: usize) {
+        n = n.min(self.bytes);
+        self.bytes -= n;
+        while n > 0 {
+            let Some(front) = self.frames.front() else {
+                break;
+            };
+            let left = front.len() - self.offset;
+            if n < left {
+                self.offset += n;
+                return;
+            }
+            n -= left;
+            self.offset = 0;
+            self.frames.pop_front();
+        }
+        if self.frames.front().is_some_and(|f| f.len() == self.offset) {
+            self.frames.pop_front();
+            self.offset = 0;
+        }
+    }
+}
+
 /// The upstream connection: a TCP socket and its TLS state.
 struct Transport {
     stream: TcpStream,
@@ -117,7 +223,7 @@ struct Transport {
     tcp_up: bool,
     tls_up: bool,
     /// Plaintext not yet accepted by rustls.
-    out: Vec<u8>,
+    out: OutQueue,
     interest: Interest,
 }
 
@@ -140,6 +246,16 @@ pub struct Reactor {
     read_buf: Vec<u8>,
     /// Start-up code pages were given back (after the first session).
     startup_released: bool,
+    /// Queued answer bytes past which requests are refused (see
+    /// [`answer_bound`]).
+    bound: usize,
+    /// Queued bytes past which the socket is not read (see
+    /// [`READ_STOP_SLACK`]).
+    read_stop: usize,
+    /// Task results to push when the queue has room, oldest first.
+    deferred: VecDeque<String>,
+    /// A budget ran out with work left: the next poll must not sleep.
+    more_io: bool,
 }
 
 impl Reactor {
@@ -170,7 +286,27 @@ impl Reactor {
             signals,
             read_buf: vec![0; 64 << 10],
             startup_released: false,
+            bound: answer_bound(basicagent_proto::DEFAULT_MAX_FRAME),
+            read_stop: read_stop(basicagent_proto::DEFAULT_MAX_FRAME),
+            deferred: VecDeque::new(),
+            more_io: false,
         })
+    }
+
+    /// Sets the frame limit the answer bound derives from.
+    pub fn set_max_frame(&mut self, max_frame: usize) {
+        self.bound = answer_bound(max_frame);
+        self.read_stop = read_stop(max_frame);
+        self.dispatcher.set_max_frame(max_frame);
+    }
+
+    /// Answer bytes queued and not yet accepted by rustls.
+    fn queued(&self) -> usize {
+        self.transport.as_ref().map_or(0, |t| t.out.len()) + self.session.unsent_bytes()
+    }
+
+    fn congested(&self) -> bool {
+        self.queued() >= self.bound
     }
 
     /// The waker every helper thread uses to reach the loop.
@@ -188,6 +324,8 @@ impl Reactor {
             self.run_actions(now);
             self.deliver_finished(now);
             self.run_actions(now);
+            self.pump_deferred(now);
+            self.run_actions(now);
             self.flush();
             if let Some(deadline) = stopping {
                 if self.dispatcher.in_flight() == 0 || now >= deadline {
@@ -195,6 +333,7 @@ impl Reactor {
                 }
             }
             self.update_interest()?;
+            self.dispatcher.publish_queue(self.queued(), self.bound);
             let mut timeout = self
                 .session
                 .poll_timeout()
@@ -203,15 +342,24 @@ impl Reactor {
                 let left = deadline.saturating_duration_since(now);
                 timeout = Some(timeout.map_or(left, |t| t.min(left)));
             }
+            let more_io = std::mem::take(&mut self.more_io);
+            if more_io {
+                timeout = Some(Duration::ZERO);
+            }
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
             let now = Instant::now();
+            let mut upstream_done = false;
             for event in events.iter() {
                 match event.token() {
-                    UPSTREAM => self.on_upstream(now),
+                    UPSTREAM if !upstream_done => {
+                        upstream_done = true;
+                        self.on_upstream(now);
+                    }
+                    UPSTREAM => {}
                     WAKER => {
                         while let Some(r) = self.resolver.try_result() {
                             self.session.handle_resolved(
@@ -231,7 +379,7 @@ impl Reactor {
                                         self.dispatcher.in_flight()
                                     );
                                     self.dispatcher.cancel_all();
-                                    stopping = Some(now + SHUTDOWN_GRACE);
+                                    stopping = Some(after(now, SHUTDOWN_GRACE));
                                 }
                                 Control::Stop => {}
                                 Control::ReopenLog => reloader.reopen_log(),
@@ -242,6 +390,7 @@ impl Reactor {
                                             Ok(name) => {
                                                 self.server_name = name;
                                                 self.tls_config = tls;
+                                                self.set_max_frame(cfg.max_frame);
                                                 self.session.set_config(cfg);
                                                 log::info!("configuration reloaded; used from the next connection");
                                             }
@@ -255,6 +404,10 @@ impl Reactor {
                     }
                     _ => {}
                 }
+            }
+            if more_io && !upstream_done {
+                // A budget ran out last turn: go on without a new edge.
+                self.on_upstream(now);
             }
             let now = Instant::now();
             if self.session.poll_timeout().is_some_and(|t| t <= now) {
@@ -276,16 +429,46 @@ impl Reactor {
 
     fn deliver_finished(&mut self, now: Instant) {
         while let Some(f) = self.dispatcher.poll_finished() {
-            match f.generation {
-                // A task result: to whichever server is connected; if none,
-                // it waits in the outbox for the next init.
-                None => {
-                    if !self.session.send(now, f.frame) {
+            match (f.generation, f.task) {
+                // A task result: to whichever server is connected, when the
+                // queue has room; else it waits in the outbox.
+                (None, Some(task)) => {
+                    if self.session.phase() != crate::session::Phase::Ready {
                         log::info!("task result kept in the outbox until the next connection");
+                    } else if self.congested() || !self.deferred.is_empty() {
+                        self.deferred.push_back(task.id);
+                    } else if self.session.send(now, f.frame) {
+                        self.dispatcher.task_pushed(&task.id);
                     }
                 }
-                Some(g) => {
-                    if g != self.session.generation() || !self.session.send(now, f.frame) {
+                (None, None) => {}
+                (Some(g), _) => {
+                    if g != self.session.generation() {
+                        log::info!(
+                            "answer to call {} dropped: the connection that asked is gone",
+                            f.call
+                        );
+                        continue;
+                    }
+                    let frame = if self.congested() {
+                        self.dispatcher.note_dropped(self.queued());
+                        let r = basicagent_proto::Response::failed(
+                            f.id,
+                            basicagent_proto::Retcode::BUSY,
+                            format!(
+                                "Busy: the answer ({} bytes) was dropped: {} bytes of answers wait for the server to read them",
+                                f.frame.len(),
+                                self.queued()
+                            ),
+                        );
+                        drop(f.frame);
+                        let mut out = Vec::new();
+                        r.write_frame(&mut out);
+                        out
+                    } else {
+                        f.frame
+                    };
+                    if !self.session.send(now, frame) {
                         log::info!(
                             "answer to call {} dropped: the connection that asked is gone",
                             f.call
@@ -296,21 +479,42 @@ impl Reactor {
         }
     }
 
+    /// Pushes waiting task results while the queue has room.
+    fn pump_deferred(&mut self, now: Instant) {
+        while !self.deferred.is_empty() && !self.congested() {
+            if self.session.phase() != crate::session::Phase::Ready {
+                self.deferred.clear();
+                return;
+            }
+            let Some(id) = self.deferred.pop_front() else {
+                return;
+            };
+            if let Some(frame) = self.dispatcher.push_task(&id) {
+                self.session.send(now, frame);
+            }
+        }
+    }
+
     fn run_actions(&mut self, now: Instant) {
         while let Some(action) = self.session.poll_action() {
             match action {
                 Action::Resolve { token, name, port } => self.resolver.request(token, name, port),
                 Action::Connect(addr) => self.connect(now, addr),
                 Action::Send(bytes) => match &mut self.transport {
-                    // Take the buffer over when nothing is queued (no copy
-                    // of a large answer).
-                    Some(t) if t.out.is_empty() => t.out = bytes,
-                    Some(t) => t.out.extend_from_slice(&bytes),
+                    Some(t) => t.out.push(bytes),
                     None => log::debug!("send without a transport dropped"),
                 },
                 Action::Close => self.close(),
                 Action::Dispatch(frame) => {
                     let generation = self.session.generation();
+                    let congestion = self.congested().then(|| {
+                        format!(
+                            "{} bytes of answers wait for the server to read them",
+                            self.queued()
+                        )
+                    });
+                    self.dispatcher.set_congested(congestion);
+                    self.dispatcher.publish_queue(self.queued(), self.bound);
                     if let Some(answer) = self.dispatcher.dispatch(generation, &frame, now) {
                         self.session.send(now, answer);
                     }
@@ -323,15 +527,19 @@ impl Reactor {
                         self.startup_released = true;
                         crate::daemon::release_startup_pages();
                     }
-                    let frames = self.dispatcher.outbox_frames();
-                    if !frames.is_empty() {
-                        log::info!("pushing {} unacknowledged task result(s)", frames.len());
-                    }
-                    for frame in frames {
-                        self.session.send(now, frame);
+                    // Pushed as the queue has room (pump_deferred).
+                    self.deferred = self.dispatcher.outbox_ids().into();
+                    if !self.deferred.is_empty() {
+                        log::info!(
+                            "pushing {} unacknowledged task result(s)",
+                            self.deferred.len()
+                        );
                     }
                 }
-                Action::Down => log::info!("disconnected"),
+                Action::Down => {
+                    self.deferred.clear();
+                    log::info!("disconnected");
+                }
             }
         }
     }
@@ -366,7 +574,7 @@ impl Reactor {
             addr,
             tcp_up: false,
             tls_up: false,
-            out: Vec::new(),
+            out: OutQueue::default(),
             interest: Interest::WRITABLE,
         };
         let interest = Interest::READABLE | Interest::WRITABLE;
@@ -432,6 +640,7 @@ impl Reactor {
     /// Reads what the socket has, through rustls, into the session.
     fn read_upstream(&mut self, now: Instant) -> IoOutcome {
         let generation = self.session.generation();
+        let mut budget = READ_BUDGET;
         loop {
             if self.session.generation() != generation {
                 // A redirect replaced the transport: its events come later.
@@ -440,12 +649,20 @@ impl Reactor {
             let Some(t) = self.transport.as_mut() else {
                 return IoOutcome::Ok;
             };
-            if t.out.len() > OUT_HIGH_WATER {
+            if t.out.len() > self.read_stop {
+                // Resumed by update_interest once the server has read.
+                return IoOutcome::Ok;
+            }
+            if budget == 0 {
+                self.more_io = true;
                 return IoOutcome::Ok;
             }
             let eof = match t.tls.read_tls(&mut t.stream) {
                 Ok(0) => true,
-                Ok(_) => false,
+                Ok(n) => {
+                    budget = budget.saturating_sub(n);
+                    false
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return IoOutcome::Ok,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return IoOutcome::Failed(format!("read: {e}")),
@@ -492,7 +709,9 @@ impl Reactor {
         }
     }
 
-    /// Moves queued plaintext into rustls and TLS records to the socket.
+    /// Moves queued plaintext into rustls and TLS records to the socket,
+    /// at most [`WRITE_BUDGET`] bytes of plaintext per call (then the next
+    /// poll does not sleep).
     fn flush(&mut self) {
         let now = Instant::now();
         let Some(t) = self.transport.as_mut() else {
@@ -502,12 +721,16 @@ impl Reactor {
             return;
         }
         let mut failed = None;
+        let mut budget = WRITE_BUDGET;
         loop {
             let mut progressed = false;
-            if t.tls_up && !t.out.is_empty() {
-                match t.tls.writer().write(&t.out) {
+            if t.tls_up && !t.out.is_empty() && budget > 0 {
+                let slices = t.out.slices(MAX_IOV);
+                match t.tls.writer().write_vectored(&slices) {
                     Ok(n) if n > 0 => {
-                        t.out.drain(..n);
+                        drop(slices);
+                        t.out.consume(n);
+                        budget = budget.saturating_sub(n);
                         progressed = true;
                     }
                     Ok(_) => {}
@@ -517,19 +740,28 @@ impl Reactor {
                     }
                 }
             }
+            let mut blocked = false;
             while t.tls.wants_write() {
                 match t.tls.write_tls(&mut t.stream) {
                     Ok(0) => break,
                     Ok(_) => progressed = true,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        blocked = true;
+                        break;
+                    }
                     Err(e) => {
                         failed = Some(format!("write: {e}"));
                         break;
                     }
                 }
             }
-            if failed.is_some() || !progressed || t.out.is_empty() {
+            if failed.is_some() || blocked || !progressed || t.out.is_empty() {
+                break;
+            }
+            if budget == 0 {
+                // More to send and the socket takes it: later this turn.
+                self.more_io = true;
                 break;
             }
         }
@@ -543,7 +775,7 @@ impl Reactor {
             return Ok(());
         };
         let write = !t.tcp_up || t.tls.wants_write() || (t.tls_up && !t.out.is_empty());
-        let read = t.out.len() <= OUT_HIGH_WATER;
+        let read = t.out.len() <= self.read_stop;
         let interest = match (read, write) {
             (true, true) => Interest::READABLE | Interest::WRITABLE,
             (false, true) => Interest::WRITABLE,
@@ -566,4 +798,43 @@ fn parse_server_name(name: &str) -> io::Result<ServerName<'static>> {
             format!("invalid server name {name:?}: {e}"),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_out_queue_sends_frames_in_order_from_an_offset() {
+        let mut q = OutQueue::default();
+        q.push(b"abc".to_vec());
+        q.push(Vec::new());
+        q.push(b"defg".to_vec());
+        assert_eq!(q.len(), 7);
+        let joined = |q: &OutQueue| -> Vec<u8> {
+            q.slices(MAX_IOV)
+                .iter()
+                .flat_map(|s| s.iter().copied())
+                .collect()
+        };
+        assert_eq!(joined(&q), b"abcdefg");
+        q.consume(2);
+        assert_eq!(joined(&q), b"cdefg");
+        q.consume(1);
+        assert_eq!(q.frames.len(), 1, "a finished frame is freed");
+        q.consume(3);
+        assert_eq!(joined(&q), b"g");
+        q.consume(10);
+        assert!(q.is_empty());
+        assert!(q.frames.is_empty());
+        assert_eq!(q.slices(4).len(), 0);
+    }
+
+    #[test]
+    fn the_bounds_follow_the_frame_limit() {
+        assert_eq!(answer_bound(1024), 8 << 20);
+        assert_eq!(answer_bound(64 << 20), 64 << 20);
+        assert_eq!(read_stop(16 << 20), (32 << 20) + READ_STOP_SLACK);
+        assert_eq!(read_stop(usize::MAX), usize::MAX);
+    }
 }

@@ -16,6 +16,9 @@ use basicagent_proto::{
     parse_server_addr, FrameDecoder, FrameError, Init, InitReply, Response, Retcode, ServerAddr,
 };
 
+use crate::config::{HEARTBEAT_MAX, HEARTBEAT_MIN};
+use crate::deadline::{after, times};
+
 /// What the session needs to know; fixed for its life.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
@@ -117,6 +120,8 @@ pub struct Session {
     ping_seq: u64,
     generation: u64,
     rng: u64,
+    /// Bytes of the `Send` actions in `actions`.
+    unsent: usize,
 }
 
 impl Session {
@@ -137,6 +142,7 @@ impl Session {
             more: None,
             ping_seq: 0,
             generation: 0,
+            unsent: 0,
         };
         s.start_round(now);
         s
@@ -179,7 +185,22 @@ impl Session {
 
     /// The next thing the reactor must do.
     pub fn poll_action(&mut self) -> Option<Action> {
-        self.actions.pop_front()
+        let action = self.actions.pop_front();
+        if let Some(Action::Send(frame)) = &action {
+            self.unsent = self.unsent.saturating_sub(frame.len());
+        }
+        action
+    }
+
+    /// Bytes in `Send` actions not yet taken by [`Session::poll_action`]
+    /// (the reactor counts them as queued).
+    pub fn unsent_bytes(&self) -> usize {
+        self.unsent
+    }
+
+    fn push_send(&mut self, frame: Vec<u8>) {
+        self.unsent = self.unsent.saturating_add(frame.len());
+        self.actions.push_back(Action::Send(frame));
     }
 
     /// When [`Session::handle_timeout`] must be called next.
@@ -193,8 +214,8 @@ impl Session {
             State::Ready {
                 last_rx, last_tx, ..
             } => {
-                let ping_at = (*last_rx).max(*last_tx) + self.heartbeat;
-                let dead_at = *last_rx + self.heartbeat * 3;
+                let ping_at = after((*last_rx).max(*last_tx), self.heartbeat);
+                let dead_at = after(*last_rx, times(self.heartbeat, 3));
                 Some(ping_at.min(dead_at))
             }
         }
@@ -241,7 +262,7 @@ impl Session {
         if let State::Connecting { addr, .. } = self.state {
             self.state = State::Handshaking {
                 addr,
-                deadline: now + self.cfg.handshake_timeout,
+                deadline: after(now, self.cfg.handshake_timeout),
             };
         }
     }
@@ -254,7 +275,7 @@ impl Session {
             let mut frame = Vec::with_capacity(256);
             self.init.write_frame(&mut frame);
             log::debug!("TLS up with {addr}; sending init");
-            self.actions.push_back(Action::Send(frame));
+            self.push_send(frame);
             self.state = State::AwaitingInit { addr, deadline };
         }
     }
@@ -317,9 +338,10 @@ impl Session {
         };
         match reply {
             Ok((InitReply::Accepted { heartbeat }, _)) => {
-                self.heartbeat = heartbeat
-                    .map(Duration::from_secs)
-                    .unwrap_or(self.cfg.heartbeat);
+                self.heartbeat = match heartbeat {
+                    None => self.cfg.heartbeat,
+                    Some(secs) => clamp_heartbeat(addr, secs),
+                };
                 log::info!(
                     "session up with {addr} (heartbeat {} s)",
                     self.heartbeat.as_secs()
@@ -398,17 +420,15 @@ impl Session {
                 last_rx,
                 last_tx,
             } => {
-                if now >= last_rx + self.heartbeat * 3 {
-                    log::warn!(
-                        "{addr}: nothing received for {:?}; reconnecting",
-                        self.heartbeat * 3
-                    );
+                let silence = times(self.heartbeat, 3);
+                if now >= after(last_rx, silence) {
+                    log::warn!("{addr}: nothing received for {silence:?}; reconnecting");
                     self.handle_transport_failed(now, "heartbeat lost");
-                } else if now >= last_rx.max(last_tx) + self.heartbeat {
+                } else if now >= after(last_rx.max(last_tx), self.heartbeat) {
                     self.ping_seq += 1;
                     let frame =
                         format!("{{\"id\":\"hb-{}\",\"method\":\"ping\"}}\n", self.ping_seq);
-                    self.actions.push_back(Action::Send(frame.into_bytes()));
+                    self.push_send(frame.into_bytes());
                     self.state = State::Ready {
                         addr,
                         last_rx,
@@ -425,7 +445,7 @@ impl Session {
     pub fn send(&mut self, now: Instant, frame: Vec<u8>) -> bool {
         if let State::Ready { last_tx, .. } = &mut self.state {
             *last_tx = now;
-            self.actions.push_back(Action::Send(frame));
+            self.push_send(frame);
             true
         } else {
             false
@@ -485,7 +505,7 @@ impl Session {
                 self.generation += 1;
                 self.state = State::Connecting {
                     addr,
-                    deadline: now + self.cfg.connect_timeout,
+                    deadline: after(now, self.cfg.connect_timeout),
                 };
                 self.actions.push_back(Action::Connect(addr));
             }
@@ -510,7 +530,9 @@ impl Session {
         self.more = None;
         let delay = self.backoff_delay();
         log::info!("retrying in {:.1} s", delay.as_secs_f64());
-        self.state = State::Backoff { until: now + delay };
+        self.state = State::Backoff {
+            until: after(now, delay),
+        };
     }
 
     /// Exponential from `backoff_min` to `backoff_max`, with "equal
@@ -528,8 +550,25 @@ impl Session {
         self.rng ^= self.rng << 17;
         let half = step / 2;
         let frac = (self.rng % 1_000_001) as f64 / 1_000_000.0;
-        half + half.mul_f64(frac)
+        half.saturating_add(half.mul_f64(frac))
     }
+}
+
+/// The server's heartbeat wish, clamped to
+/// [`HEARTBEAT_MIN`]..=[`HEARTBEAT_MAX`] (logged when clamped): a peer's
+/// number never reaches deadline arithmetic unchecked.
+fn clamp_heartbeat(addr: SocketAddr, secs: u64) -> Duration {
+    let wished = Duration::from_secs(secs);
+    let used = wished.clamp(HEARTBEAT_MIN, HEARTBEAT_MAX);
+    if used != wished {
+        log::warn!(
+            "{addr}: init reply heartbeat {secs} s is outside {}..={} s; using {} s",
+            HEARTBEAT_MIN.as_secs(),
+            HEARTBEAT_MAX.as_secs(),
+            used.as_secs()
+        );
+    }
+    used
 }
 
 #[cfg(test)]
@@ -893,6 +932,81 @@ mod tests {
         let actions = drain(&mut s);
         assert_eq!(&actions[..2], &[Action::Close, Action::Down]);
         assert!(matches!(actions[2], Action::Resolve { .. }));
+    }
+
+    /// Up with the server's init reply `reply` (one line, `\n` included).
+    fn ready_with_reply(s: &mut Session, t: Instant, a: SocketAddr, reply: &[u8]) {
+        let token = expect_resolve(s);
+        s.handle_resolved(t, token, Ok(vec![a]), true);
+        drain(s);
+        s.handle_tcp_connected(t);
+        s.handle_tls_established(t);
+        drain(s);
+        s.handle_data(t, reply);
+        assert_eq!(drain(s), vec![Action::Up(a)]);
+    }
+
+    #[test]
+    fn a_huge_heartbeat_from_the_server_is_clamped_and_the_session_keeps_serving() {
+        for secs in [u64::MAX, 6_148_914_691_236_517_206, 86_401] {
+            let t = Instant::now();
+            let mut s = Session::new(cfg(), init(), t);
+            let a = addr("127.0.0.2:8443");
+            let reply = format!(
+                "{{\"method\":\"init\",\"resp\":\"success\",\"retcode\":2,\"heartbeat\":{secs}}}\n"
+            );
+            ready_with_reply(&mut s, t, a, reply.as_bytes());
+            assert_eq!(s.heartbeat(), HEARTBEAT_MAX, "{secs}");
+            // Deadlines are computable and sane.
+            assert_eq!(s.poll_timeout(), Some(t + HEARTBEAT_MAX));
+            s.handle_timeout(t + Duration::from_secs(5));
+            assert_eq!(s.phase(), Phase::Ready);
+            // Requests are still dispatched, answers still sent.
+            s.handle_data(t, b"{\"id\":1,\"method\":\"ping\"}\n");
+            assert_eq!(
+                drain(&mut s),
+                vec![Action::Dispatch(b"{\"id\":1,\"method\":\"ping\"}".to_vec())]
+            );
+            assert!(s.send(t, b"{}\n".to_vec()));
+            // The heartbeat ping comes at the clamped period.
+            s.handle_timeout(t + HEARTBEAT_MAX);
+            assert!(
+                matches!(drain(&mut s).as_slice(), [Action::Send(_), Action::Send(f)] if f.starts_with(b"{\"id\":\"hb-1\""))
+            );
+        }
+    }
+
+    #[test]
+    fn a_heartbeat_below_one_second_cannot_come_from_the_wire_and_huge_config_values_saturate() {
+        // Integers only on the wire; 0 means "the agent's own".
+        let t = Instant::now();
+        let mut s = Session::new(cfg(), init(), t);
+        ready_with_reply(
+            &mut s,
+            t,
+            addr("127.0.0.2:8443"),
+            b"{\"method\":\"init\",\"resp\":\"success\",\"retcode\":2,\"heartbeat\":0}\n",
+        );
+        assert_eq!(s.heartbeat(), Duration::from_secs(30));
+        // A session built with absurd durations (config validation is the
+        // first defence) still never panics on its deadlines.
+        let mut c = cfg();
+        c.connect_timeout = Duration::MAX;
+        c.handshake_timeout = Duration::from_secs(u64::MAX);
+        c.heartbeat = Duration::MAX;
+        c.backoff_min = Duration::MAX;
+        c.backoff_max = Duration::MAX;
+        let mut s = Session::new(c, init(), t);
+        let token = expect_resolve(&mut s);
+        s.handle_resolved(t, token, Ok(vec![addr("127.0.0.1:1")]), true);
+        drain(&mut s);
+        assert!(s.poll_timeout().unwrap() > t);
+        s.handle_tcp_connected(t);
+        assert!(s.poll_timeout().unwrap() > t);
+        s.handle_transport_failed(t, "refused");
+        assert_eq!(s.phase(), Phase::Backoff);
+        assert!(s.poll_timeout().unwrap() > t);
+        s.handle_timeout(t + Duration::from_secs(1));
     }
 
     #[test]

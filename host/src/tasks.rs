@@ -7,16 +7,37 @@
 //! leaves an `ID.running` marker: one found without a result at start-up
 //! means the agent died under it, and becomes a failed result. Files that
 //! do not parse are moved aside (`.corrupt`) with a log line, never a crash.
+//!
+//! Key design decisions:
+//! * Start-up is best effort: a result that cannot be written (a full
+//!   disk) is kept in memory and delivered from there, its marker kept so
+//!   that a later start tries again; only a directory that cannot be made
+//!   or is unsafe stops the agent.
+//! * Every frame kept fits `max_frame` by construction ([`done_frame`]); a
+//!   result file from an older version that does not is replaced by a
+//!   `3025` result saying so.
+//! * A result pushed [`REJECTED_AFTER_PUSHES`] times without a `task.ack`
+//!   counts as rejected by the server: when the outbox is full, rejected
+//!   results are dropped (oldest first, with a logged count) before a new
+//!   task is refused, so one poisonous result cannot block `async.bash`.
+//! * The directory is forced to `0700` and must belong to the agent's
+//!   uid; files are created `0600` whatever the umask, never through a
+//!   symlink.
 
 use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use basicagent_proto::{Response, Retcode, TaskDone};
+use basicagent_proto::{FrameTooLong, Response, Retcode, TaskDone};
 use serde_json::{json, Value};
+
+fn parse_frame(bytes: &[u8]) -> Option<TaskDone> {
+    TaskDone::parse(bytes.trim_ascii_end()).ok()
+}
 
 /// Bounds of the outbox (config keys `max_tasks`, `max_outbox_bytes`,
 /// `task_retention`).
@@ -25,7 +46,14 @@ pub struct TaskLimits {
     pub max_tasks: usize,
     pub max_bytes: u64,
     pub retention: Duration,
+    /// `server.max_frame`: every frame kept and pushed fits it.
+    pub max_frame: usize,
 }
+
+/// Pushes (after an init, or live when the task ended) without an ack after
+/// which a result counts as rejected by the server and may be dropped when
+/// the outbox is full.
+pub const REJECTED_AFTER_PUSHES: u32 = 3;
 
 #[derive(Debug)]
 enum TaskState {
@@ -41,6 +69,10 @@ enum TaskState {
         bytes: u64,
         finished_unix: u64,
         retcode: u32,
+        /// Times pushed without an ack (this run only).
+        pushes: u32,
+        /// The frame, when it could not be stored on disk.
+        memory: Option<Vec<u8>>,
     },
 }
 
@@ -119,6 +151,7 @@ pub fn write_result(dir: &Path, id: &str, frame: &[u8]) -> io::Result<()> {
             .create(true)
             .truncate(true)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&tmp)?;
         f.write_all(frame)?;
         f.sync_all()?;
@@ -130,50 +163,178 @@ pub fn write_result(dir: &Path, id: &str, frame: &[u8]) -> io::Result<()> {
 }
 
 /// The `task.done` frame for a completion (`data` invalid JSON becomes a
-/// `3025` result, like any plugin answer).
-pub fn done_frame(id: &str, retcode: u32, message: &str, data: Option<String>) -> Vec<u8> {
+/// `3025` result, like any plugin answer), at most `max_frame` bytes
+/// before its `\n`: a result that does not fit becomes a `3025` result
+/// saying so.
+pub fn done_frame(
+    id: &str,
+    retcode: u32,
+    message: &str,
+    data: Option<String>,
+    max_frame: usize,
+) -> Vec<u8> {
     let response = Response::from_plugin_owned(None, retcode, message.to_owned(), data);
+    // Moved, not cloned: `data` may be a command's whole output.
+    let done = TaskDone {
+        task: id.to_owned(),
+        retcode: response.retcode,
+        message: response.message,
+        data: response.data,
+    };
+    let mut frame = Vec::new();
+    match done.write_frame_limited(&mut frame, max_frame) {
+        Ok(()) => frame,
+        Err(FrameTooLong { limit }) => {
+            log::warn!("task {id}: result larger than the frame limit ({limit} bytes); stored as a 3025 failure");
+            too_long_frame(id, limit)
+        }
+    }
+}
+
+/// The `3025` result that replaces one larger than the frame limit.
+fn too_long_frame(id: &str, limit: usize) -> Vec<u8> {
+    let response = Response::failed(
+        None,
+        Retcode::PLUGIN_FAILURE,
+        format!("Plugin failure: the result is larger than the frame limit of {limit} bytes (server.max_frame); it was not kept"),
+    );
     let mut frame = Vec::new();
     TaskDone::new(id, &response).write_frame(&mut frame);
     frame
 }
 
+/// The effective uid (file ownership checks).
+fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Why a state directory cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DirError {
+    #[error("{}: {source}", .path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{}: owned by uid {owner}, not by the agent's uid {euid}; refusing to keep state there", .path.display())]
+    Owner {
+        path: PathBuf,
+        owner: u32,
+        euid: u32,
+    },
+    #[error("{}: a shared directory (sticky bit set); state_dir must be private to the agent", .path.display())]
+    Shared { path: PathBuf },
+}
+
+/// Creates `dir` (and its parents) `0700` if missing, then checks the
+/// opened directory (no symlink followed at its last component): it must
+/// belong to the agent's uid and not be sticky (a shared directory such
+/// as `/tmp`); group and other bits are removed (logged) so that an
+/// existing directory is `0700` too.
+pub fn prepare_dir(dir: &Path) -> Result<(), DirError> {
+    let io_err = |source| DirError::Io {
+        path: dir.to_owned(),
+        source,
+    };
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io_err)?;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(dir)
+        .map_err(io_err)?;
+    let meta = f.metadata().map_err(io_err)?;
+    if meta.uid() != euid() {
+        return Err(DirError::Owner {
+            path: dir.to_owned(),
+            owner: meta.uid(),
+            euid: euid(),
+        });
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & libc::S_ISVTX != 0 {
+        return Err(DirError::Shared {
+            path: dir.to_owned(),
+        });
+    }
+    if mode != 0o700 {
+        // SAFETY: fchmod on a descriptor we own.
+        if unsafe { libc::fchmod(f.as_raw_fd(), 0o700) } != 0 {
+            return Err(io_err(io::Error::last_os_error()));
+        }
+        log::warn!(
+            "{}: mode was {mode:04o}; set to 0700 (it holds commands and their output)",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 impl TaskStore {
-    /// Opens (creating) the outbox and recovers what a previous run left:
-    /// results are kept, torn or corrupt files set aside, and tasks that
-    /// were running when the agent died become failed results.
-    pub fn open(dir: PathBuf, limits: TaskLimits) -> io::Result<TaskStore> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)?;
+    /// Opens (creating, see [`prepare_dir`]) the outbox and recovers what a
+    /// previous run left: results are kept, torn or corrupt files set
+    /// aside, and tasks that were running when the agent died become failed
+    /// results — in memory if they cannot be written (logged, the marker
+    /// kept). Only an unusable directory is an error.
+    pub fn open(dir: PathBuf, limits: TaskLimits) -> Result<TaskStore, DirError> {
+        prepare_dir(&dir)?;
+        let read_err = |source| DirError::Io {
+            path: dir.clone(),
+            source,
+        };
+        let entries = fs::read_dir(&dir).map_err(read_err)?;
         let mut store = TaskStore {
             dir,
             limits,
             tasks: HashMap::new(),
             seq: 0,
         };
-        let mut done: Vec<(SystemTime, String, u64)> = Vec::new();
+        let mut done: Vec<(SystemTime, String, u64, Option<Vec<u8>>)> = Vec::new();
         let mut running: Vec<String> = Vec::new();
-        for entry in fs::read_dir(&store.dir)?.flatten() {
+        for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             let path = entry.path();
             if name.ends_with(".tmp") {
                 log::warn!("outbox: removing torn file {}", path.display());
                 let _ = fs::remove_file(&path);
             } else if let Some(id) = name.strip_suffix(".done") {
+                // The size first: an oversized file is never read whole.
+                let meta = entry.metadata();
+                let too_long = meta
+                    .as_ref()
+                    .is_ok_and(|m| m.len() > store.limits.max_frame as u64 + 1);
                 let valid = valid_task_id(id)
-                    && fs::read(&path).ok().is_some_and(|b| {
-                        b.ends_with(b"\n")
-                            && TaskDone::parse(b.trim_ascii_end()).is_ok_and(|d| d.task == id)
-                    });
-                if valid {
-                    let meta = entry.metadata()?;
-                    done.push((
-                        meta.modified().unwrap_or(UNIX_EPOCH),
-                        id.to_owned(),
-                        meta.len(),
-                    ));
+                    && (too_long
+                        || fs::read(&path).ok().is_some_and(|b| {
+                            b.ends_with(b"\n")
+                                && TaskDone::parse(b.trim_ascii_end()).is_ok_and(|d| d.task == id)
+                        }));
+                if valid && too_long {
+                    // From before frames were bounded: it would never be
+                    // accepted. Replace it by a result that says so.
+                    log::error!(
+                        "outbox: the result of task {id} is larger than the frame limit; replaced by a 3025 failure"
+                    );
+                    let frame = too_long_frame(id, store.limits.max_frame);
+                    let memory = match write_result(&store.dir, id, &frame) {
+                        Ok(()) => None,
+                        Err(e) => {
+                            log::error!("outbox: cannot rewrite the result of task {id}: {e}; delivering the failure from memory");
+                            Some(frame.clone())
+                        }
+                    };
+                    done.push((SystemTime::now(), id.to_owned(), frame.len() as u64, memory));
+                } else if valid {
+                    let (mtime, len) = match &meta {
+                        Ok(m) => (m.modified().unwrap_or(UNIX_EPOCH), m.len()),
+                        Err(_) => (UNIX_EPOCH, 0),
+                    };
+                    done.push((mtime, id.to_owned(), len, None));
                 } else {
                     log::error!(
                         "outbox: {} is torn or corrupt; set aside as .corrupt",
@@ -187,7 +348,7 @@ impl TaskStore {
         }
         for id in running {
             let marker = store.dir.join(format!("{id}.running"));
-            if !valid_task_id(&id) || done.iter().any(|(_, d, _)| *d == id) {
+            if !valid_task_id(&id) || done.iter().any(|(_, d, _, _)| *d == id) {
                 let _ = fs::remove_file(&marker);
                 continue;
             }
@@ -202,19 +363,34 @@ impl TaskStore {
                 Retcode::PLUGIN_FAILURE.0,
                 "Plugin failure: the agent stopped while the task was running (killed or crashed); its outcome is unknown",
                 Some(data),
+                store.limits.max_frame,
             );
-            write_result(&store.dir, &id, &frame)?;
             log::warn!("task {id} was running when the agent stopped; reported as failed");
-            done.push((SystemTime::now(), id, frame.len() as u64));
+            // Best effort: a full disk must not keep the agent from
+            // starting. The marker stays, so a later start writes it.
+            let memory = match write_result(&store.dir, &id, &frame) {
+                Ok(()) => None,
+                Err(e) => {
+                    log::error!(
+                        "outbox: cannot store the failed result of task {id}: {e}; marker kept, the result is delivered from memory"
+                    );
+                    Some(frame.clone())
+                }
+            };
+            done.push((SystemTime::now(), id, frame.len() as u64, memory));
         }
-        done.sort();
-        for (mtime, id, bytes) in done {
+        done.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        for (mtime, id, bytes, memory) in done {
             store.seq += 1;
             let finished_unix = mtime
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0);
-            let retcode = store.read_result(&id).map(|d| d.retcode.0).unwrap_or(0);
+            let retcode = match &memory {
+                Some(frame) => parse_frame(frame).map(|d| d.retcode.0),
+                None => store.read_result(&id).map(|d| d.retcode.0),
+            }
+            .unwrap_or(0);
             store.tasks.insert(
                 id,
                 TaskState::Done {
@@ -222,6 +398,8 @@ impl TaskStore {
                     bytes,
                     finished_unix,
                     retcode,
+                    pushes: 0,
+                    memory,
                 },
             );
         }
@@ -253,8 +431,10 @@ impl TaskStore {
     }
 
     /// Makes room for one more task: drops results older than the
-    /// retention (logged); refuses when still full (never drops a result
-    /// that is not expired).
+    /// retention, then results the server rejected (pushed
+    /// [`REJECTED_AFTER_PUSHES`] times without an ack), oldest first, both
+    /// logged; refuses when still full (never drops a result the server
+    /// may not have seen).
     pub fn admit(&mut self, now_unix: u64) -> Result<(), AdmitError> {
         let full = |s: &TaskStore| {
             s.tasks.len() >= s.limits.max_tasks || s.outbox_bytes() >= s.limits.max_bytes
@@ -282,6 +462,31 @@ impl TaskStore {
                 self.remove(&id);
             }
         }
+        if full(self) {
+            let mut rejected: Vec<(u64, String)> = self
+                .tasks
+                .iter()
+                .filter_map(|(id, t)| match t {
+                    TaskState::Done { seq, pushes, .. } if *pushes >= REJECTED_AFTER_PUSHES => {
+                        Some((*seq, id.clone()))
+                    }
+                    _ => None,
+                })
+                .collect();
+            rejected.sort();
+            let mut dropped = 0usize;
+            for (_, id) in rejected {
+                if !full(self) {
+                    break;
+                }
+                log::warn!("outbox full: dropping result of task {id}, pushed {REJECTED_AFTER_PUSHES} times without an ack (rejected by the server?)");
+                self.remove(&id);
+                dropped += 1;
+            }
+            if dropped > 0 {
+                log::warn!("outbox full: dropped {dropped} rejected result(s) to make room");
+            }
+        }
         if self.tasks.len() >= self.limits.max_tasks {
             return Err(AdmitError::TooMany(self.tasks.len()));
         }
@@ -292,13 +497,21 @@ impl TaskStore {
         Ok(())
     }
 
-    /// Registers a started task and leaves its running marker.
+    /// Registers a started task and leaves its running marker (`0600`
+    /// whatever the umask: it holds the command line).
     pub fn start(&mut self, id: &str, call: u64, cmd: &str, now: Instant) {
         let started_unix = unix_now();
         let marker = json!({"task": id, "cmd": cmd, "started": started_unix}).to_string();
         // No fsync: a lost marker only loses the "died while running"
         // report, never a result.
-        if let Err(e) = fs::write(self.dir.join(format!("{id}.running")), marker) {
+        let written = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(self.dir.join(format!("{id}.running")))
+            .and_then(|mut f| f.write_all(marker.as_bytes()));
+        if let Err(e) = written {
             log::warn!("outbox: cannot write the running marker of task {id}: {e}");
         }
         self.tasks.insert(
@@ -313,10 +526,14 @@ impl TaskStore {
         );
     }
 
-    /// A task's result was written (by the completing thread).
-    pub fn finished(&mut self, id: &str, frame: &[u8], retcode: u32) {
+    /// A task ended; its result was written by the completing thread
+    /// (`stored`), or could not be and is kept in memory (its marker then
+    /// stays, so a restart still reports the task).
+    pub fn finished(&mut self, id: &str, frame: &[u8], retcode: u32, stored: bool) {
         self.seq += 1;
-        let _ = fs::remove_file(self.dir.join(format!("{id}.running")));
+        if stored {
+            let _ = fs::remove_file(self.dir.join(format!("{id}.running")));
+        }
         self.tasks.insert(
             id.to_owned(),
             TaskState::Done {
@@ -324,8 +541,35 @@ impl TaskStore {
                 bytes: frame.len() as u64,
                 finished_unix: unix_now(),
                 retcode,
+                pushes: 0,
+                memory: (!stored).then(|| frame.to_vec()),
             },
         );
+    }
+
+    /// A result was pushed to the server (live, as the task ended).
+    pub fn pushed(&mut self, id: &str) {
+        if let Some(TaskState::Done { pushes, .. }) = self.tasks.get_mut(id) {
+            *pushes = pushes.saturating_add(1);
+        }
+    }
+
+    /// One unacknowledged result's frame, if the task is done.
+    pub fn frame(&self, id: &str) -> Option<Vec<u8>> {
+        match self.tasks.get(id)? {
+            TaskState::Done {
+                memory: Some(frame),
+                ..
+            } => Some(frame.clone()),
+            TaskState::Done { .. } => match fs::read(self.dir.join(format!("{id}.done"))) {
+                Ok(frame) => Some(frame),
+                Err(e) => {
+                    log::error!("outbox: cannot read the result of task {id}: {e}");
+                    None
+                }
+            },
+            TaskState::Running { .. } => None,
+        }
     }
 
     /// The server acknowledged a result: delete it. False if unknown.
@@ -340,8 +584,13 @@ impl TaskStore {
     }
 
     fn remove(&mut self, id: &str) {
-        self.tasks.remove(id);
-        let _ = fs::remove_file(self.dir.join(format!("{id}.done")));
+        if let Some(TaskState::Done { memory, .. }) = self.tasks.remove(id) {
+            let _ = fs::remove_file(self.dir.join(format!("{id}.done")));
+            if memory.is_some() {
+                // Never stored: the marker was kept for the next start.
+                let _ = fs::remove_file(self.dir.join(format!("{id}.running")));
+            }
+        }
     }
 
     /// The plugin call of a running task.
@@ -369,12 +618,19 @@ impl TaskStore {
     }
 
     fn read_result(&self, id: &str) -> Option<TaskDone> {
+        if let Some(TaskState::Done {
+            memory: Some(frame),
+            ..
+        }) = self.tasks.get(id)
+        {
+            return parse_frame(frame);
+        }
         let bytes = fs::read(self.dir.join(format!("{id}.done"))).ok()?;
-        TaskDone::parse(bytes.trim_ascii_end()).ok()
+        parse_frame(&bytes)
     }
 
-    /// Every unacknowledged result, oldest first, as frames to push.
-    pub fn outbox_frames(&self) -> Vec<Vec<u8>> {
+    /// The ids of every unacknowledged result, oldest first.
+    pub fn outbox_ids(&self) -> Vec<String> {
         let mut done: Vec<(u64, &String)> = self
             .tasks
             .iter()
@@ -384,16 +640,19 @@ impl TaskStore {
             })
             .collect();
         done.sort();
-        done.into_iter()
-            .filter_map(
-                |(_, id)| match fs::read(self.dir.join(format!("{id}.done"))) {
-                    Ok(frame) => Some(frame),
-                    Err(e) => {
-                        log::error!("outbox: cannot read the result of task {id}: {e}");
-                        None
-                    }
-                },
-            )
+        done.into_iter().map(|(_, id)| id.clone()).collect()
+    }
+
+    /// Every unacknowledged result, oldest first, as frames to push; each
+    /// counts as one push.
+    pub fn outbox_frames(&mut self) -> Vec<Vec<u8>> {
+        let ids = self.outbox_ids();
+        ids.into_iter()
+            .filter_map(|id| {
+                let frame = self.frame(&id)?;
+                self.pushed(&id);
+                Some(frame)
+            })
             .collect()
     }
 
@@ -460,6 +719,7 @@ mod tests {
             max_tasks: 3,
             max_bytes: 1 << 20,
             retention: Duration::from_secs(3600),
+            max_frame: 1 << 20,
         }
     }
 
@@ -481,9 +741,15 @@ mod tests {
         let id = new_task_id();
         s.start(&id, 7, "echo one", Instant::now());
         assert!(dir.path().join(format!("tasks/{id}.running")).exists());
-        let frame = done_frame(&id, 2, "", Some(r#"{"stdout":"one\n"}"#.to_owned()));
+        let frame = done_frame(
+            &id,
+            2,
+            "",
+            Some(r#"{"stdout":"one\n"}"#.to_owned()),
+            1 << 20,
+        );
         write_result(s.dir(), &id, &frame).unwrap();
-        s.finished(&id, &frame, 2);
+        s.finished(&id, &frame, 2, true);
         drop(s);
         let mut s = TaskStore::open(dir.path().join("tasks"), limits()).unwrap();
         let frames = s.outbox_frames();
@@ -492,7 +758,7 @@ mod tests {
         assert!(s.ack(&id));
         assert!(!s.ack(&id));
         assert!(s.outbox_frames().is_empty());
-        let s = TaskStore::open(dir.path().join("tasks"), limits()).unwrap();
+        let mut s = TaskStore::open(dir.path().join("tasks"), limits()).unwrap();
         assert!(
             s.outbox_frames().is_empty(),
             "never pushed again after the ack"
@@ -506,7 +772,7 @@ mod tests {
         let id = new_task_id();
         s.start(&id, 1, "sleep 100", Instant::now());
         drop(s); // as after kill -9: the marker stays
-        let s = TaskStore::open(dir.path().to_owned(), limits()).unwrap();
+        let mut s = TaskStore::open(dir.path().to_owned(), limits()).unwrap();
         let frames = s.outbox_frames();
         assert_eq!(frames.len(), 1);
         let done = TaskDone::parse(frames[0].trim_ascii_end()).unwrap();
@@ -535,10 +801,10 @@ mod tests {
         let other = new_task_id();
         std::fs::write(
             dir.path().join(format!("{other}.done")),
-            done_frame(&id, 2, "", None),
+            done_frame(&id, 2, "", None, 1 << 20),
         )
         .unwrap();
-        let s = TaskStore::open(dir.path().to_owned(), limits()).unwrap();
+        let mut s = TaskStore::open(dir.path().to_owned(), limits()).unwrap();
         assert!(s.outbox_frames().is_empty());
         assert!(dir.path().join(format!("{id}.corrupt")).exists());
         assert!(
@@ -556,9 +822,9 @@ mod tests {
         for _ in 0..3 {
             s.admit(unix_now()).unwrap();
             let id = new_task_id();
-            let frame = done_frame(&id, 2, "", None);
+            let frame = done_frame(&id, 2, "", None, 1 << 20);
             write_result(s.dir(), &id, &frame).unwrap();
-            s.finished(&id, &frame, 2);
+            s.finished(&id, &frame, 2, true);
             ids.push(id);
         }
         assert!(matches!(s.admit(unix_now()), Err(AdmitError::TooMany(3))));
@@ -574,16 +840,153 @@ mod tests {
                 max_tasks: 100,
                 max_bytes: 10,
                 retention: Duration::from_secs(3600),
+                max_frame: 1 << 20,
             },
         )
         .unwrap();
         let id = new_task_id();
-        let frame = done_frame(&id, 2, "", None);
+        let frame = done_frame(&id, 2, "", None, 1 << 20);
         write_result(small.dir(), &id, &frame).unwrap();
-        small.finished(&id, &frame, 2);
+        small.finished(&id, &frame, 2, true);
         assert!(matches!(
             small.admit(unix_now()),
             Err(AdmitError::TooBig(_))
         ));
+    }
+
+    fn finish(s: &mut TaskStore) -> String {
+        let id = new_task_id();
+        let frame = done_frame(&id, 2, "", None, 1 << 20);
+        write_result(s.dir(), &id, &frame).unwrap();
+        s.finished(&id, &frame, 2, true);
+        id
+    }
+
+    #[test]
+    fn results_pushed_three_times_without_an_ack_make_room_when_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = TaskStore::open(
+            dir.path().to_owned(),
+            TaskLimits {
+                max_tasks: 2,
+                ..limits()
+            },
+        )
+        .unwrap();
+        let a = finish(&mut s);
+        let b = finish(&mut s);
+        assert!(matches!(s.admit(unix_now()), Err(AdmitError::TooMany(2))));
+        s.outbox_frames();
+        s.outbox_frames();
+        assert!(
+            s.admit(unix_now()).is_err(),
+            "two pushes: maybe not seen yet"
+        );
+        // A third push of `a` only (the live push counts too).
+        s.pushed(&a);
+        s.admit(unix_now()).unwrap();
+        assert!(!s.contains(&a), "the rejected one went");
+        assert!(s.contains(&b), "the other was kept");
+        assert!(!dir.path().join(format!("{a}.done")).exists());
+    }
+
+    #[test]
+    fn a_result_too_large_for_the_frame_limit_is_stored_as_a_3025_that_fits() {
+        let id = new_task_id();
+        let data = format!("{{\"stdout\":\"{}\"}}", "\\u0001".repeat(5000));
+        let frame = done_frame(&id, 2, "", Some(data), 4096);
+        assert!(frame.len() <= 4097, "{}", frame.len());
+        let d = TaskDone::parse(frame.trim_ascii_end()).unwrap();
+        assert_eq!(d.task, id);
+        assert_eq!(d.retcode, Retcode::PLUGIN_FAILURE);
+        assert!(
+            d.message.contains("frame limit of 4096 bytes"),
+            "{}",
+            d.message
+        );
+        // A file left by an older version that does not fit is replaced.
+        let dir = tempfile::tempdir().unwrap();
+        let big = done_frame(
+            &id,
+            2,
+            "",
+            Some(format!("\"{}\"", "x".repeat(9000))),
+            1 << 20,
+        );
+        std::fs::write(dir.path().join(format!("{id}.done")), &big).unwrap();
+        let mut s = TaskStore::open(
+            dir.path().to_owned(),
+            TaskLimits {
+                max_frame: 4096,
+                ..limits()
+            },
+        )
+        .unwrap();
+        let frames = s.outbox_frames();
+        assert_eq!(frames.len(), 1);
+        assert!(frames[0].len() <= 4097);
+        let d = TaskDone::parse(frames[0].trim_ascii_end()).unwrap();
+        assert_eq!(d.retcode, Retcode::PLUGIN_FAILURE);
+    }
+
+    #[test]
+    fn a_result_that_could_not_be_stored_is_served_from_memory_until_acked() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = TaskStore::open(dir.path().to_owned(), limits()).unwrap();
+        let id = new_task_id();
+        s.start(&id, 3, "echo x", Instant::now());
+        let frame = done_frame(&id, 2, "", Some("{\"stdout\":\"x\\n\"}".into()), 1 << 20);
+        s.finished(&id, &frame, 2, false);
+        let marker = dir.path().join(format!("{id}.running"));
+        assert!(marker.exists(), "kept for the next start");
+        assert_eq!(s.outbox_frames(), vec![frame]);
+        assert_eq!(
+            s.status(&id, Instant::now()).unwrap()["result"]["data"]["stdout"],
+            "x\n"
+        );
+        assert!(s.ack(&id));
+        assert!(!marker.exists(), "the ack ends the marker too");
+    }
+
+    #[test]
+    fn prepare_dir_fixes_modes_and_refuses_foreign_or_shared_directories() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let d = root.path().join("state");
+        prepare_dir(&d).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&d), 0o700);
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o755)).unwrap();
+        prepare_dir(&d).unwrap();
+        assert_eq!(mode(&d), 0o700, "an existing directory is forced to 0700");
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o1777)).unwrap();
+        assert!(matches!(prepare_dir(&d), Err(DirError::Shared { .. })));
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o700)).unwrap();
+        if euid() == 0 {
+            std::os::unix::fs::chown(&d, Some(65534), None).unwrap();
+            let e = prepare_dir(&d).unwrap_err();
+            assert!(e.to_string().contains("owned by uid 65534"), "{e}");
+        }
+        // A symlink is not followed.
+        let link = root.path().join("link");
+        std::os::unix::fs::symlink(&d, &link).unwrap();
+        assert!(matches!(prepare_dir(&link), Err(DirError::Io { .. })));
+    }
+
+    #[test]
+    fn running_markers_are_0600_even_under_umask_000() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = TaskStore::open(dir.path().to_owned(), limits()).unwrap();
+        let id = new_task_id();
+        // The umask is process-wide: this only makes the marker looser
+        // on the old code (fs::write, 0666 & !umask).
+        // SAFETY: umask only changes this process's file creation mask.
+        let old = unsafe { libc::umask(0o022) };
+        s.start(&id, 1, "echo secret", Instant::now());
+        // SAFETY: as above, restoring the previous mask.
+        unsafe { libc::umask(old) };
+        let m = fs::metadata(dir.path().join(format!("{id}.running"))).unwrap();
+        assert_eq!(m.permissions().mode() & 0o777, 0o600);
     }
 }

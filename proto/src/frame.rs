@@ -20,6 +20,57 @@ pub enum FrameError {
     TooLong { limit: usize },
 }
 
+/// An outgoing frame would be longer than the limit; nothing usable was
+/// written (the writer stopped at the limit, so memory stays bounded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("frame longer than {limit} bytes")]
+pub struct FrameTooLong {
+    /// The limit, in bytes before the `\n`.
+    pub limit: usize,
+}
+
+/// A `Write` into a `Vec` that refuses to grow past `left` more bytes.
+struct Limited<'a> {
+    out: &'a mut Vec<u8>,
+    left: usize,
+}
+
+impl std::io::Write for Limited<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if buf.len() > self.left {
+            return Err(std::io::Error::other("frame limit"));
+        }
+        self.left -= buf.len();
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Serialises `value` as one frame (`\n` appended) onto `out`, the JSON at
+/// most `limit` bytes: the same rule the decoder applies. On
+/// [`FrameTooLong`] `out` is left as it was.
+pub(crate) fn write_limited<T: serde::Serialize>(
+    value: &T,
+    out: &mut Vec<u8>,
+    limit: usize,
+) -> Result<(), FrameTooLong> {
+    let start = out.len();
+    let mut w = Limited {
+        out: &mut *out,
+        left: limit,
+    };
+    if serde_json::to_writer(&mut w, value).is_err() {
+        out.truncate(start);
+        return Err(FrameTooLong { limit });
+    }
+    out.push(b'\n');
+    Ok(())
+}
+
 /// Splits bytes into frames: one line each, without its `\n` (and without
 /// a `\r` just before it). Lines that are empty or hold only spaces, tabs
 /// and `\r` are ignored. The limit counts the bytes of the line before

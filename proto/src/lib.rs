@@ -23,7 +23,7 @@ pub mod server_list;
 pub mod task;
 
 pub use envelope::MessageError;
-pub use frame::{FrameDecoder, FrameError, DEFAULT_MAX_FRAME};
+pub use frame::{FrameDecoder, FrameError, FrameTooLong, DEFAULT_MAX_FRAME};
 pub use incoming::{Incoming, IncomingError, IncomingErrorKind};
 pub use init::{redirect_json, Init, InitReply};
 pub use request::{ping_json, Request, RequestError};

@@ -182,6 +182,18 @@ impl Response {
         out.push(b'\n');
     }
 
+    /// [`Response::write_frame`] with the frame bound: the JSON is at most
+    /// `limit` bytes (what the peer's decoder accepts), else nothing is
+    /// appended and the error says so. Serialisation stops at the limit,
+    /// so an oversized answer never costs more than `limit` bytes.
+    pub fn write_frame_limited(
+        &self,
+        out: &mut Vec<u8>,
+        limit: usize,
+    ) -> Result<(), crate::FrameTooLong> {
+        crate::frame::write_limited(&self.wire(), out, limit)
+    }
+
     /// Decodes a response frame (the peer's answer to one of our
     /// requests). `resp` must be `"success"` or `"failed"`; `retcode` is
     /// required except on success (then 2); `message` defaults to the
@@ -215,6 +227,30 @@ impl Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_limited_frame_is_written_whole_or_not_at_all() {
+        let r = Response::from_plugin(
+            Some(RawValue::from_string("7".into()).unwrap()),
+            2,
+            "",
+            Some(r#"{"s":"\u0001\u0001"}"#),
+        );
+        let mut whole = Vec::new();
+        r.write_frame(&mut whole);
+        let json_len = whole.len() - 1;
+        let mut out = b"prefix".to_vec();
+        r.write_frame_limited(&mut out, json_len).unwrap();
+        assert_eq!(&out[6..], &whole[..]);
+        let mut out = b"prefix".to_vec();
+        assert_eq!(
+            r.write_frame_limited(&mut out, json_len - 1),
+            Err(crate::FrameTooLong {
+                limit: json_len - 1
+            })
+        );
+        assert_eq!(out, b"prefix", "nothing appended");
+    }
 
     #[test]
     fn success_with_data_and_id() {

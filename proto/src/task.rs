@@ -98,6 +98,27 @@ impl TaskDone {
         }
     }
 
+    fn wire(&self) -> DoneWire<'_> {
+        DoneWire {
+            method: "task.done",
+            task: &self.task,
+            resp: self.retcode.resp(),
+            retcode: self.retcode.0,
+            message: &self.message,
+            data: self.data.as_deref(),
+        }
+    }
+
+    /// [`TaskDone::write_frame`] with the frame bound (see
+    /// [`Response::write_frame_limited`]).
+    pub fn write_frame_limited(
+        &self,
+        out: &mut Vec<u8>,
+        limit: usize,
+    ) -> Result<(), crate::FrameTooLong> {
+        crate::frame::write_limited(&self.wire(), out, limit)
+    }
+
     pub fn to_json(&self) -> String {
         let wire = DoneWire {
             method: "task.done",

@@ -3,6 +3,9 @@
 //! socket, and the real `BasicAgent` with a private config and hosts file.
 #![allow(dead_code)]
 
+pub mod mini;
+
+use std::ffi::OsString;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -262,6 +265,19 @@ impl Agent {
         agent_extra: &str,
         args: &[&str],
     ) -> Agent {
+        let mut agent = Agent::configure(pki, port, hosts, server_extra, agent_extra);
+        agent.spawn(args);
+        agent
+    }
+
+    /// [`Agent::start`] without starting: the files only.
+    pub fn configure(
+        pki: &Pki,
+        port: u16,
+        hosts: &[&str],
+        server_extra: &str,
+        agent_extra: &str,
+    ) -> Agent {
         let dir = tempfile::tempdir().unwrap();
         let hosts_text: String = hosts
             .iter()
@@ -282,24 +298,49 @@ impl Agent {
             dns = nxdomain_server(),
         );
         std::fs::write(dir.path().join("agent.toml"), config).unwrap();
-        let mut agent = Agent { child: None, dir };
-        agent.spawn(args);
-        agent
+        Agent { child: None, dir }
     }
 
     pub fn spawn(&mut self, args: &[&str]) {
-        let child = Command::new(env!("CARGO_BIN_EXE_BasicAgent"))
-            .arg("-c")
-            .arg(self.path("agent.toml"))
-            .arg("-L")
-            .arg(self.path("agent.log"))
-            .args(["-l", "debug"])
-            .args(args)
+        self.spawn_at("debug", args);
+    }
+
+    /// The daemon's arguments: config, log file, `-l LEVEL`, then `args`.
+    pub fn args(&self, level: &str, args: &[&str]) -> Vec<OsString> {
+        let mut v: Vec<OsString> = vec![
+            "-c".into(),
+            self.path("agent.toml").into(),
+            "-L".into(),
+            self.path("agent.log").into(),
+            "-l".into(),
+            level.into(),
+        ];
+        v.extend(args.iter().map(OsString::from));
+        v
+    }
+
+    /// Starts the daemon with the log level `level`.
+    pub fn spawn_at(&mut self, level: &str, args: &[&str]) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_BasicAgent"));
+        cmd.args(self.args(level, args));
+        self.spawn_command(cmd);
+    }
+
+    /// Starts `cmd` as the daemon (a wrapper that ends by exec'ing it).
+    pub fn spawn_command(&mut self, mut cmd: Command) {
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         self.child = Some(child);
+    }
+
+    /// Whether the daemon is still running.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().unwrap().is_none())
     }
 
     pub fn path(&self, file: &str) -> PathBuf {

@@ -10,7 +10,7 @@ basicagent_abi::export_plugin!(PluginSpec {
     version: env!("CARGO_PKG_VERSION"),
     description: "test fixture: misbehaves on request (never installed)",
     methods: &["getinfo.testkit"],
-    usage: "args: -p panic now | -t panic in a thread | -d never complete (forget) | -x complete twice\n      -b invalid JSON data | -e echo the request | -s MS complete after MS ms\n      -f fail with 3021",
+    usage: "args: -p panic now | -t panic in a thread | -d never complete (forget) | -x complete twice\n      -b invalid JSON data | -e echo the request | -s MS complete after MS ms\n      -f fail with 3021 | -g BYTES [MS] complete after MS ms (from a thread) with BYTES bytes of data",
     init: None,
     call,
     cancel: None,
@@ -59,6 +59,18 @@ fn call(call: Call, request: &[u8]) {
             });
         }
         Some("-f") => call.fail(retcode::INVALID_PARAMS, "testkit asked to fail"),
+        Some("-g") => {
+            let bytes: usize = words.next().and_then(|w| w.parse().ok()).unwrap_or(1000);
+            let ms: u64 = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                let mut data = String::with_capacity(bytes + 16);
+                data.push_str("{\"blob\":\"");
+                data.push_str(&"x".repeat(bytes));
+                data.push_str("\"}");
+                call.success(&data);
+            });
+        }
         _ => call.success("{\"ok\":true}"),
     }
 }
