@@ -18,8 +18,10 @@ mod executor;
 mod identity;
 mod job;
 mod params;
+mod reaper;
 mod report;
 mod spawn;
+mod starter;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -119,6 +121,10 @@ fn executor_count() -> usize {
 fn init(host: &Host) -> Result<(), InitError> {
     let parsed = Config::parse(host.config()).map_err(|e| InitError(e.to_string()))?;
     let _ = CONFIG.set(parsed);
+    // The process (daemon or ctl) becomes a child subreaper: processes a
+    // command leaves behind come back to it, to be killed after a
+    // timeout and reaped (see reaper.rs).
+    reaper::start();
     Ok(())
 }
 
@@ -126,7 +132,7 @@ fn call(call: Call, request: &[u8]) {
     let config = config();
     let request = match Command::parse(request, config) {
         Ok(Command::Run(r)) => r,
-        Ok(Command::Peek(target)) => return peek(call, target),
+        Ok(Command::Peek(target)) => return peek(call, target, params::id_len(request)),
         Err(e) => {
             let code = e.retcode();
             return call.fail(code, &format!("{}: {e}", retcode::message(code)));
@@ -190,8 +196,8 @@ fn submit(msg: Msg) {
 /// Every executor hears the peek; the one running the target answers it,
 /// and if none does, the last one to let go answers `3021`. Takes no
 /// slot of `max_concurrent`, never waits for an executor.
-fn peek(call: Call, target: CallId) {
-    let peek = Arc::new(Peek::new(call, target));
+fn peek(call: Call, target: CallId, id_len: usize) {
+    let peek = Arc::new(Peek::new(call, target, id_len));
     let guard = executors();
     for handle in guard.iter().flatten() {
         // A message given back (executor gone) is dropped at once; ours

@@ -15,6 +15,57 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
+/// The system calls that set the supplementary groups, the real/effective/
+/// saved gid and uid, taking 32-bit ids. On 32-bit x86 and 32-bit ARM the
+/// plain `SYS_setgroups`/`SYS_setresgid`/`SYS_setresuid` are the legacy
+/// 16-bit calls (uid 65536 would become 0): there the `*32` calls are the
+/// right ones. Every other Linux target listed has only 32-bit calls; an
+/// unlisted one refuses to build rather than guess.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdSyscalls {
+    pub setgroups: libc::c_long,
+    pub setresgid: libc::c_long,
+    pub setresuid: libc::c_long,
+}
+
+#[cfg(any(target_arch = "x86", target_arch = "arm"))]
+pub const ID_SYSCALLS: IdSyscalls = IdSyscalls {
+    setgroups: libc::SYS_setgroups32,
+    setresgid: libc::SYS_setresgid32,
+    setresuid: libc::SYS_setresuid32,
+};
+
+#[cfg(any(
+    target_arch = "x86_64",
+    target_arch = "aarch64",
+    target_arch = "riscv64",
+    target_arch = "powerpc64",
+    target_arch = "s390x",
+    target_arch = "loongarch64",
+    target_arch = "mips64"
+))]
+pub const ID_SYSCALLS: IdSyscalls = IdSyscalls {
+    setgroups: libc::SYS_setgroups,
+    setresgid: libc::SYS_setresgid,
+    setresuid: libc::SYS_setresuid,
+};
+
+#[cfg(not(any(
+    target_arch = "x86",
+    target_arch = "arm",
+    target_arch = "x86_64",
+    target_arch = "aarch64",
+    target_arch = "riscv64",
+    target_arch = "powerpc64",
+    target_arch = "s390x",
+    target_arch = "loongarch64",
+    target_arch = "mips64"
+)))]
+compile_error!(
+    "sync.bash: unknown target architecture: check whether SYS_setgroups/SYS_setresgid/\
+     SYS_setresuid take 16-bit ids here (then use the *32 calls) and list it in spawn.rs"
+);
+
 /// Where a failed child stopped before `execve` succeeded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
@@ -463,13 +514,15 @@ unsafe fn child_main(
         if let Some(ids) = &plan.ids {
             // Raw syscalls: they change only this (single) thread's
             // credentials, without glibc's all-threads broadcast.
-            if libc::syscall(libc::SYS_setgroups, ids.groups.len(), ids.groups.as_ptr()) != 0 {
+            // The 32-bit-id calls on every target (see ID_SYSCALLS).
+            let calls = ID_SYSCALLS;
+            if libc::syscall(calls.setgroups, ids.groups.len(), ids.groups.as_ptr()) != 0 {
                 fail(Stage::Setgroups);
             }
-            if libc::syscall(libc::SYS_setresgid, ids.gid, ids.gid, ids.gid) != 0 {
+            if libc::syscall(calls.setresgid, ids.gid, ids.gid, ids.gid) != 0 {
                 fail(Stage::Setgid);
             }
-            if libc::syscall(libc::SYS_setresuid, ids.uid, ids.uid, ids.uid) != 0 {
+            if libc::syscall(calls.setresuid, ids.uid, ids.uid, ids.uid) != 0 {
                 fail(Stage::Setuid);
             }
         }
@@ -690,6 +743,26 @@ mod tests {
             let failure = read_failure(&child.failure).unwrap();
             assert_eq!((failure.stage, failure.errno), (Stage::Chdir, libc::ENOENT));
         }
+    }
+
+    /// The id-switching calls take 32-bit ids on every target: the
+    /// numbers are the kernel's (arch/x86/entry/syscalls, arm's
+    /// calls.S), written out so that a change of `ID_SYSCALLS` shows.
+    #[test]
+    fn id_syscall_numbers_per_target() {
+        let c = ID_SYSCALLS;
+        let got = (c.setgroups, c.setresgid, c.setresuid);
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(got, (116, 119, 117));
+        #[cfg(target_arch = "aarch64")]
+        assert_eq!(got, (159, 149, 147));
+        // i386 and ARM EABI: setgroups32 206, setresgid32 210,
+        // setresuid32 208 (the 16-bit ones are 81, 170, 164 on i386).
+        #[cfg(any(target_arch = "x86", target_arch = "arm"))]
+        assert_eq!(got, (206, 210, 208));
+        #[cfg(any(target_arch = "x86", target_arch = "arm"))]
+        assert_ne!(c.setgroups, libc::SYS_setgroups);
+        let _ = got;
     }
 
     #[test]

@@ -1,0 +1,341 @@
+//! Orphans: the agent makes itself a child subreaper (and may be PID 1 in
+//! a container), so processes that commands leave behind are re-parented
+//! to it and must be reaped here; and after a command is stopped, the
+//! processes that escaped its process group are found and killed.
+//!
+//! Never steals an exit status: the executors reap their own commands by
+//! pid (after the pidfd says bash exited), so this module reaps only
+//! children that no executor tracks and that are outside the agent's own
+//! session. Every command starts a new session, so every descendant of a
+//! command is outside it, while a child another part of the agent starts
+//! (`std::process::Command`, which waits for its own pid) stays inside it
+//! unless it calls `setsid` (a documented limit). A child is tracked from
+//! the moment `clone` returns; a reaping round that overlaps a spawn in
+//! progress is skipped, so a fresh child is never taken for an orphan.
+
+use std::collections::HashSet;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, Once};
+use std::time::Duration;
+
+/// Pids the executors own (spawned, not yet reaped by them).
+static TRACKED: Mutex<Option<HashSet<libc::pid_t>>> = Mutex::new(None);
+/// Spawns between `clone` and [`track`].
+static SPAWNING: AtomicUsize = AtomicUsize::new(0);
+/// Orphans reaped since the start (reported in logs, read by tests).
+static REAPED: AtomicUsize = AtomicUsize::new(0);
+/// Set while commands run or a round found work: rounds are frequent.
+static ACTIVE: AtomicBool = AtomicBool::new(false);
+/// Most descendants one stopped command is searched for.
+const MAX_DESCENDANTS: usize = 4096;
+
+fn tracked() -> MutexGuard<'static, Option<HashSet<libc::pid_t>>> {
+    // The set is updated in single inserts and removes: never half-changed.
+    TRACKED.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Marks a spawn in progress until dropped (see [`track`]).
+pub struct Spawning(());
+
+impl Spawning {
+    pub fn enter() -> Spawning {
+        SPAWNING.fetch_add(1, Ordering::SeqCst);
+        Spawning(())
+    }
+}
+
+impl Drop for Spawning {
+    fn drop(&mut self) {
+        SPAWNING.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// An executor owns `pid` now (call while the [`Spawning`] guard lives).
+pub fn track(pid: libc::pid_t) {
+    tracked().get_or_insert_with(HashSet::new).insert(pid);
+    ACTIVE.store(true, Ordering::Relaxed);
+}
+
+/// The executor reaped `pid` (or gave it up to the reaper).
+pub fn untrack(pid: libc::pid_t) {
+    if let Some(set) = tracked().as_mut() {
+        set.remove(&pid);
+    }
+}
+
+/// Makes this process a child subreaper (once) and starts the reaper
+/// thread. Returns whether the process is a subreaper or PID 1.
+pub fn start() -> bool {
+    static ONCE: Once = Once::new();
+    static OK: AtomicBool = AtomicBool::new(false);
+    ONCE.call_once(|| {
+        // SAFETY: prctl with integer arguments only.
+        let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        // SAFETY: getpid takes no arguments and cannot fail.
+        let pid1 = unsafe { libc::getpid() } == 1;
+        if rc != 0 {
+            log::warn!(
+                "sync.bash: cannot become a child subreaper ({}): processes that commands \
+                 leave behind are not reaped or killed by the agent",
+                std::io::Error::last_os_error()
+            );
+        }
+        let ok = rc == 0 || pid1;
+        OK.store(ok, Ordering::Relaxed);
+        let spawned = std::thread::Builder::new()
+            .name("sync-bash-reap".to_owned())
+            .spawn(run);
+        if let Err(e) = spawned {
+            log::error!("sync.bash: cannot start the orphan reaper: {e}");
+        }
+    });
+    OK.load(Ordering::Relaxed)
+}
+
+fn run() {
+    loop {
+        let found = std::panic::catch_unwind(reap_round).unwrap_or(0);
+        // Commands started or killed since the last round: look again
+        // soon; otherwise once a second.
+        let busy = found > 0 || ACTIVE.swap(false, Ordering::Relaxed);
+        std::thread::sleep(if busy {
+            Duration::from_millis(100)
+        } else {
+            Duration::from_secs(1)
+        });
+    }
+}
+
+/// This process's children: `/proc/self/task/*/children` (every thread's
+/// list), or a scan of `/proc/*/stat` where that file does not exist.
+fn own_children() -> Vec<libc::pid_t> {
+    // SAFETY: getpid takes no arguments and cannot fail.
+    let me = unsafe { libc::getpid() };
+    let mut out = Vec::new();
+    let mut listed = false;
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for task in tasks.flatten() {
+            if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
+                listed = true;
+                out.extend(
+                    text.split_whitespace()
+                        .filter_map(|p| p.parse::<libc::pid_t>().ok()),
+                );
+            }
+        }
+    }
+    if !listed {
+        out = children_by_scan(me);
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// Children of `parent` from `/proc/*/stat` (ppid is field 4).
+fn children_by_scan(parent: libc::pid_t) -> Vec<libc::pid_t> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<libc::pid_t>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read(entry.path().join("stat")) else {
+            continue;
+        };
+        let Some(close) = stat.iter().rposition(|&b| b == b')') else {
+            continue;
+        };
+        let ppid = std::str::from_utf8(&stat[close + 1..])
+            .ok()
+            .and_then(|rest| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<libc::pid_t>().ok());
+        if ppid == Some(parent) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Whether `pid` (a child of ours) has exited, without reaping it.
+fn is_zombie(pid: libc::pid_t) -> bool {
+    // SAFETY: all-zero is a valid siginfo_t for waitid to fill.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid with WNOWAIT only reports, and `info` is valid.
+    let rc = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    // SAFETY: waitid filled `info` (si_pid 0: nothing has exited).
+    rc == 0 && unsafe { info.si_pid() } == pid
+}
+
+/// Reaps the exited orphans; returns how many.
+fn reap_round() -> usize {
+    // SAFETY: getsid(0) is our own session; cannot fail.
+    let own_session = unsafe { libc::getsid(0) };
+    let children = own_children();
+    let untracked: Vec<libc::pid_t> = {
+        let guard = tracked();
+        if SPAWNING.load(Ordering::SeqCst) > 0 {
+            // A child may exist that is not tracked yet: next round.
+            ACTIVE.store(true, Ordering::Relaxed);
+            return 0;
+        }
+        children
+            .into_iter()
+            .filter(|pid| !guard.as_ref().is_some_and(|s| s.contains(pid)))
+            .collect()
+    };
+    let mut reaped = 0;
+    for pid in untracked {
+        // SAFETY: getsid on a pid that is our unreaped child (stable).
+        let sid = unsafe { libc::getsid(pid) };
+        if sid < 0 || sid == own_session || !is_zombie(pid) {
+            continue;
+        }
+        let mut status = 0;
+        // SAFETY: waitpid on our own exited, untracked child.
+        if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
+            reaped += 1;
+        }
+    }
+    if reaped > 0 {
+        let total = REAPED.fetch_add(reaped, Ordering::Relaxed) + reaped;
+        log::debug!("sync.bash: reaped {reaped} orphaned processes ({total} in all)");
+    }
+    reaped
+}
+
+/// Children of `pid` (every thread's list).
+fn children_of(pid: libc::pid_t) -> Vec<libc::pid_t> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
+            out.extend(
+                text.split_whitespace()
+                    .filter_map(|p| p.parse::<libc::pid_t>().ok()),
+            );
+        }
+    }
+    out
+}
+
+fn pidfd_open(pid: libc::pid_t) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags; returns a new descriptor.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as RawFd;
+    // SAFETY: a fresh descriptor that we own.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A process found while the command was stopped, pinned by a pidfd so
+/// that a recycled pid is never signalled.
+pub struct Watched {
+    pid: libc::pid_t,
+    pidfd: OwnedFd,
+}
+
+/// Every descendant of `root` (bash, not reaped) right now, pinned: the
+/// tree is walked through the `children` files, which never wait on a
+/// process's memory, and bounded.
+pub fn descendants(root: libc::pid_t) -> Vec<Watched> {
+    let mut out: Vec<Watched> = Vec::new();
+    let mut queue = vec![root];
+    let mut seen = HashSet::new();
+    while let Some(pid) = queue.pop() {
+        for child in children_of(pid) {
+            if out.len() >= MAX_DESCENDANTS || !seen.insert(child) {
+                continue;
+            }
+            if let Some(pidfd) = pidfd_open(child) {
+                out.push(Watched { pid: child, pidfd });
+                queue.push(child);
+            }
+        }
+    }
+    out
+}
+
+/// Alive (not exited) and outside the process group `pgid`.
+fn escaped(pid: libc::pid_t, pgid: libc::pid_t) -> bool {
+    // SAFETY: getpgid takes a pid; fails for a process that is gone.
+    let group = unsafe { libc::getpgid(pid) };
+    if group < 0 || group == pgid {
+        return false;
+    }
+    // A zombie has no threads left to signal: not a survivor.
+    match std::fs::read(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .iter()
+            .rposition(|&b| b == b')')
+            .and_then(|i| stat.get(i + 2))
+            .is_some_and(|&state| state != b'Z' && state != b'X'),
+        Err(_) => false,
+    }
+}
+
+fn kill_pidfd(fd: &OwnedFd) -> bool {
+    // SAFETY: pidfd_send_signal on our pidfd with no siginfo.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd.as_raw_fd(),
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    rc == 0
+}
+
+/// After a stopped command's group was killed (bash not reaped yet, so
+/// its pid is still its group and session id): SIGKILL every process
+/// that escaped the group, i.e. the descendants found when it was
+/// stopped, and the untracked children of ours (re-parented orphans)
+/// still in its session. Returns how many were killed.
+pub fn kill_survivors(bash: libc::pid_t, watched: &[Watched]) -> u32 {
+    let mut killed = 0u32;
+    let mut done = HashSet::new();
+    for w in watched {
+        if escaped(w.pid, bash) && kill_pidfd(&w.pidfd) {
+            killed = killed.saturating_add(1);
+            done.insert(w.pid);
+        }
+    }
+    let untracked: Vec<libc::pid_t> = {
+        let guard = tracked();
+        own_children()
+            .into_iter()
+            .filter(|pid| !guard.as_ref().is_some_and(|s| s.contains(pid)))
+            .collect()
+    };
+    for pid in untracked {
+        if done.contains(&pid) {
+            continue;
+        }
+        let Some(fd) = pidfd_open(pid) else { continue };
+        // SAFETY: getsid on a pid pinned by `fd`; no process can join
+        // bash's session while bash is unreaped.
+        if unsafe { libc::getsid(pid) } == bash && escaped(pid, bash) && kill_pidfd(&fd) {
+            killed = killed.saturating_add(1);
+        }
+    }
+    if killed > 0 {
+        ACTIVE.store(true, Ordering::Relaxed);
+    }
+    killed
+}
