@@ -390,6 +390,11 @@ impl Executor {
             for event in events.iter() {
                 self.mark(event.token());
             }
+            // Started children first: a cancel or peek just sent for one
+            // then finds it running.
+            while let Ok(started) = self.started_rx.try_recv() {
+                self.started(started);
+            }
             loop {
                 match self.rx.try_recv() {
                     Ok(Msg::Start(job)) => self.start(*job, Instant::now()),
@@ -850,11 +855,39 @@ impl Executor {
     /// them to be reaped.
     fn shutdown(&mut self) {
         let now = Instant::now();
+        let deadline = now + SHUTDOWN_WAIT;
+        // Starts still queued or looking up give up now; those past the
+        // lookup report their child soon, which is then killed with the
+        // rest.
+        let tickets: Vec<u64> = self.pending.keys().copied().collect();
+        for ticket in tickets {
+            let gave_up = self.pending.get(&ticket).is_some_and(|p| {
+                [starter::QUEUED, starter::LOOKUP].into_iter().any(|from| {
+                    p.phase
+                        .compare_exchange(
+                            from,
+                            starter::ABANDONED,
+                            Ordering::SeqCst,
+                            Ordering::SeqCst,
+                        )
+                        .is_ok()
+                })
+            });
+            if gave_up {
+                if let Some(id) = self.pending.get(&ticket).map(|p| p.call.id()) {
+                    self.stop(id, StopReason::Shutdown, now);
+                }
+            }
+        }
+        while !self.pending.is_empty() && Instant::now() < deadline {
+            if let Ok(started) = self.started_rx.recv_timeout(Duration::from_millis(50)) {
+                self.started(started);
+            }
+        }
         let ids: Vec<CallId> = self.by_call.keys().copied().collect();
         for id in ids {
             self.stop(id, StopReason::Shutdown, now);
         }
-        let deadline = now + SHUTDOWN_WAIT;
         let mut events = Events::with_capacity(64);
         while self.slots.iter().any(Option::is_some) && Instant::now() < deadline {
             let _ = self.poll.poll(&mut events, Some(Duration::from_millis(50)));

@@ -33,6 +33,8 @@ pub const ABANDONED: u8 = 4;
 /// Starter threads at most; past it, orders wait for a free one (and
 /// may reach their deadline waiting).
 const MAX_STARTERS: usize = 64;
+/// Stack of a starter thread.
+const STACK_SIZE: usize = 512 * 1024;
 
 /// Where an order stands; shared by the executor and the starter.
 pub type Phase = Arc<AtomicU8>;
@@ -76,6 +78,8 @@ struct Pool {
 static POOL: Mutex<Option<Pool>> = Mutex::new(None);
 /// Starter threads waiting for an order.
 static IDLE: AtomicUsize = AtomicUsize::new(0);
+/// Orders sent and not taken by a thread yet.
+static WAITING: AtomicUsize = AtomicUsize::new(0);
 
 fn pool() -> MutexGuard<'static, Option<Pool>> {
     // The pool is replaced whole, never left half-updated.
@@ -95,10 +99,15 @@ pub fn submit(order: Order) -> Result<(), Box<Order>> {
             threads: 0,
         }
     });
-    if IDLE.load(Ordering::SeqCst) == 0 && pool.threads < MAX_STARTERS {
+    // Enough idle threads for every order waiting, this one included?
+    let short = IDLE.load(Ordering::SeqCst) <= WAITING.load(Ordering::SeqCst);
+    if short && pool.threads < MAX_STARTERS {
         let rx = Arc::clone(&pool.rx);
         match std::thread::Builder::new()
             .name("sync-bash-start".to_owned())
+            // NSS modules and the vfork-style spawn (own child stack)
+            // need little; a burst of commands may start many threads.
+            .stack_size(STACK_SIZE)
             .spawn(move || serve(&rx))
         {
             Ok(_) => pool.threads += 1,
@@ -108,10 +117,14 @@ pub fn submit(order: Order) -> Result<(), Box<Order>> {
     if pool.threads == 0 {
         return Err(Box::new(order));
     }
-    match &pool.tx {
-        Some(tx) => tx.send(order).map_err(|e| Box::new(e.0)),
-        None => Err(Box::new(order)),
-    }
+    let Some(tx) = &pool.tx else {
+        return Err(Box::new(order));
+    };
+    WAITING.fetch_add(1, Ordering::SeqCst);
+    tx.send(order).map_err(|e| {
+        WAITING.fetch_sub(1, Ordering::SeqCst);
+        Box::new(e.0)
+    })
 }
 
 fn serve(rx: &Mutex<Receiver<Order>>) {
@@ -120,19 +133,25 @@ fn serve(rx: &Mutex<Receiver<Order>>) {
         let order = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
         IDLE.fetch_sub(1, Ordering::SeqCst);
         let Ok(order) = order else { return };
+        WAITING.fetch_sub(1, Ordering::SeqCst);
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&order)));
         let result = outcome.unwrap_or(Err(StartError::Abandoned));
         order.phase.store(DONE, Ordering::SeqCst);
-        if order
-            .reply
-            .send(Started {
-                ticket: order.ticket,
-                result,
-            })
-            .is_ok()
-        {
-            if let Err(e) = order.waker.wake() {
-                log::error!("sync.bash: cannot wake the executor: {e}");
+        match order.reply.send(Started {
+            ticket: order.ticket,
+            result,
+        }) {
+            Ok(()) => {
+                if let Err(e) = order.waker.wake() {
+                    log::error!("sync.bash: cannot wake the executor: {e}");
+                }
+            }
+            Err(back) => {
+                // The executor is gone: nobody watches this child.
+                if let Ok((_, child)) = back.0.result {
+                    spawn::signal_group(child.pid, libc::SIGKILL);
+                    reaper::untrack(child.pid);
+                }
             }
         }
     }
