@@ -8,10 +8,15 @@
 //! run one `mio::Poll` over their commands' pipes and a pidfd per command,
 //! so a command is answered the moment bash exits (even when a daemon it
 //! left in the background still holds stdout), and timeouts are deadlines
-//! in that loop rather than a thread or a `sleep` per command. The child
-//! is started the way posix_spawn does it (`clone(CLONE_VM|CLONE_VFORK)`)
-//! with everything prepared in the parent, and makes only raw,
-//! async-signal-safe syscalls before `execve`.
+//! in that loop rather than a thread or a `sleep` per command. What can
+//! block for ever (the NSS lookups of user and group, and the child's
+//! `chdir` before `execve`) runs on starter threads ([`starter`]) with a
+//! deadline the executor enforces. The child is started the way
+//! posix_spawn does it (`clone(CLONE_VM|CLONE_VFORK)`) with everything
+//! prepared in the parent, and makes only raw, async-signal-safe syscalls
+//! before `execve`. At `init` the process becomes a child subreaper
+//! ([`reaper`]): orphans are reaped, and escaped processes of a stopped
+//! command killed. Every answer fits the host's frame bound ([`report`]).
 
 mod capture;
 mod executor;
@@ -51,7 +56,17 @@ Request: {"cmd":STR, "timeout":INT, "user":STR, "group":STR, "cwd":STR,
               max_output_limit from the host config)
 The command runs in a new session (its own process group) with umask 022,
 default signal dispositions and no inherited descriptors. A daemon left in
-the background does not delay the answer, and keeps running.
+the background does not delay the answer, and keeps running. When the agent
+stops a command (timeout, cancel, shutdown), processes that left its group
+(setsid, set -m, double fork) are killed too and counted in
+survivors_killed; one that left both its session and its parent before the
+stop is not found (cgroups will). The agent is a child subreaper: orphans
+of commands come back to it and are reaped.
+The user lookup (NSS) and the start up to execve run off the executor and
+must end within start_timeout_ms (at most timeout): else 3025 "looking up
+user ... did not finish within N ms; nothing was run" (or "did not reach
+execve", e.g. chdir into a hung mount; that child is killed when it gets
+there).
 
 Answer: success (2) whenever bash exited, whatever its exit code or the
 signal that killed it; 3023 at the timeout and 3028 when cancelled, both
@@ -62,10 +77,14 @@ commands. data:
    "stdout_bytes":INT, "stderr_bytes":INT (all bytes seen, kept or not),
    "stdout_truncated":BOOL, "stderr_truncated":BOOL,
    "stdout_lossy":BOOL, "stderr_lossy":BOOL, "elapsed_ms":INT, "pid":INT,
-   "user":STR, "group":STR, "uid":INT, "gid":INT, "groups":[INT]}
+   "user":STR, "group":STR, "uid":INT, "gid":INT, "groups":[INT],
+   "survivors_killed":INT (only when the agent stopped the command)}
 Text rule: the first max_output bytes of each stream are decoded as UTF-8;
 invalid bytes become U+FFFD and set *_lossy; a multi-byte character cut by
-the cap is dropped, not replaced.
+the cap is dropped, not replaced. Frame rule: the texts are then cut
+further (at a character, *_truncated set) so that the whole answer, JSON-
+escaped (a control byte takes 6) and in its envelope, fits max_frame; the
+two streams share the room equally, one that needs less gives the rest.
 
 Peek: {"peek":CALL_ID} (the host's call id of a sync.bash call still
 running; every other key is ignored) answers at once with the output so
@@ -78,7 +97,8 @@ is left out (it shows later). 3021 if peek is not an unsigned integer, or
 "no running command with call id N" (unknown, or already answered).
 
 Host config: max_output (1048576), max_output_limit (16777216),
-max_concurrent (64), kill_grace_ms (2000)."#;
+max_concurrent (64), kill_grace_ms (2000), max_frame (16777216, >= 1024:
+the host's server.max_frame), start_timeout_ms (30000)."#;
 
 basicagent_abi::export_plugin!(PluginSpec {
     name: "sync_bash",

@@ -48,7 +48,7 @@ impl Default for Config {
             max_concurrent: 64,
             kill_grace: Duration::from_millis(2000),
             max_frame: DEFAULT_MAX_FRAME,
-            start_timeout: Duration::from_secs(10),
+            start_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -542,5 +542,40 @@ mod tests {
             Config::parse(br#"{"max_output":30,"max_output_limit":20}"#),
             Err(ConfigError::OutputAboveLimit { .. })
         ));
+    }
+
+    #[test]
+    fn frame_and_start_settings() {
+        let d = Config::default();
+        assert_eq!(
+            (d.max_frame, d.start_timeout),
+            (16 << 20, Duration::from_secs(30))
+        );
+        let c = Config::parse(br#"{"max_frame":65536,"start_timeout_ms":1500}"#).unwrap();
+        assert_eq!(
+            (c.max_frame, c.start_timeout),
+            (65536, Duration::from_millis(1500))
+        );
+        assert_eq!(
+            Config::parse(br#"{"max_frame":1023}"#),
+            Err(ConfigError::FrameTooSmall)
+        );
+        assert_eq!(
+            Config::parse(br#"{"start_timeout_ms":0}"#),
+            Err(ConfigError::Zero("start_timeout_ms"))
+        );
+        assert_eq!(
+            Config::parse(br#"{"max_frame":-1}"#),
+            Err(ConfigError::NotInteger("max_frame"))
+        );
+    }
+
+    #[test]
+    fn id_length_is_counted_generously() {
+        assert_eq!(id_len(br#"{"cmd":"x"}"#), 0);
+        assert_eq!(id_len(br#"{"id":"ab"}"#), 4 * 6);
+        assert_eq!(id_len(b"not json"), 0);
+        let r = parse(r#"{"id":12345,"cmd":"x"}"#).unwrap();
+        assert_eq!(r.id_len, 5 * 6);
     }
 }

@@ -9,7 +9,9 @@
 //! session. Every command starts a new session, so every descendant of a
 //! command is outside it, while a child another part of the agent starts
 //! (`std::process::Command`, which waits for its own pid) stays inside it
-//! unless it calls `setsid` (a documented limit). A child is tracked from
+//! unless it calls `setsid` (a documented limit). As PID 1 the session
+//! rule is dropped (the agent's own parts never wait for a child; every
+//! orphan of the container is reaped). A child is tracked from
 //! the moment `clone` returns; a reaping round that overlaps a spawn in
 //! progress is skipped, so a fresh child is never taken for an orphan.
 
@@ -94,16 +96,20 @@ pub fn start() -> bool {
 }
 
 fn run() {
+    let mut busy = false;
     loop {
-        let found = std::panic::catch_unwind(reap_round).unwrap_or(0);
-        // Commands started or killed since the last round: look again
-        // soon; otherwise once a second.
-        let busy = found > 0 || ACTIVE.swap(false, Ordering::Relaxed);
+        // Sleep first: a round at once, while the host is still starting,
+        // measured ~3x the whole run time of a one-shot ctl call (the
+        // /proc reads race the start-up's own system calls), and at start
+        // there is nothing to reap yet. Commands started or killed since
+        // the last round: look again soon; otherwise once a second.
         std::thread::sleep(if busy {
             Duration::from_millis(100)
         } else {
             Duration::from_secs(1)
         });
+        let found = std::panic::catch_unwind(reap_round).unwrap_or(0);
+        busy = found > 0 || ACTIVE.swap(false, Ordering::Relaxed);
     }
 }
 
@@ -183,8 +189,8 @@ fn is_zombie(pid: libc::pid_t) -> bool {
 
 /// Reaps the exited orphans; returns how many.
 fn reap_round() -> usize {
-    // SAFETY: getsid(0) is our own session; cannot fail.
-    let own_session = unsafe { libc::getsid(0) };
+    // SAFETY: getsid(0) is our own session; getpid cannot fail.
+    let (own_session, pid1) = unsafe { (libc::getsid(0), libc::getpid() == 1) };
     let children = own_children();
     let untracked: Vec<libc::pid_t> = {
         let guard = tracked();
@@ -202,7 +208,10 @@ fn reap_round() -> usize {
     for pid in untracked {
         // SAFETY: getsid on a pid that is our unreaped child (stable).
         let sid = unsafe { libc::getsid(pid) };
-        if sid < 0 || sid == own_session || !is_zombie(pid) {
+        // As PID 1 nothing else in the agent waits for a child, and the
+        // orphans of the whole container come here, whatever their
+        // session: every untracked zombie is reaped.
+        if sid < 0 || (sid == own_session && !pid1) || !is_zombie(pid) {
             continue;
         }
         let mut status = 0;

@@ -350,7 +350,7 @@ mod tests {
             let mut out = Capture::new(1 << 20);
             out.push(&vec![1u8; 200_000]);
             let mut err = Capture::new(1 << 20);
-            err.push(&vec![1u8; 10]);
+            err.push(&[1u8; 10]);
             let a = Finished {
                 exit: Exit::Code(0),
                 stopped: Some(StopReason::Timeout),
