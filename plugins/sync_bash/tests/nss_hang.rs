@@ -106,6 +106,21 @@ fn inner() {
     );
     assert_eq!(a.retcode, retcode::TIMEOUT, "{a:?}");
 
+    // A call stuck in its lookup can be peeked (the answer waits for the
+    // start) and cancelled: both are answered at once, nothing runs.
+    let (id, stuck) = common::start(p, &json!({"cmd":"echo never","user":"nobody","timeout":60}));
+    let (_, peeked) = common::start(p, &json!({"peek":id}));
+    p.cancel(id);
+    let a = common::wait(&stuck);
+    assert_eq!(a.retcode, retcode::CANCELLED, "{a:?}");
+    assert!(
+        a.message.contains("before the command started"),
+        "{}",
+        a.message
+    );
+    let a = common::wait(&peeked);
+    assert_eq!(a.retcode, retcode::INVALID_PARAMS, "{a:?}");
+
     // The outage ends: the hung lookups read the real file and give up
     // (their calls are answered); a new command runs as nobody.
     let mut w = std::fs::OpenOptions::new()
