@@ -251,16 +251,43 @@ fn pidfd_open(pid: libc::pid_t) -> Option<OwnedFd> {
     (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// A process found while the command was stopped, pinned by a pidfd so
-/// that a recycled pid is never signalled.
+/// A process found while the command was stopped: its pid and start
+/// time, so that a recycled pid is never signalled (no descriptor is held
+/// during the grace: a stopped command may have thousands of processes).
 pub struct Watched {
     pid: libc::pid_t,
-    pidfd: OwnedFd,
+    start: u64,
 }
 
-/// Every descendant of `root` (bash, not reaped) right now, pinned: the
-/// tree is walked through the `children` files, which never wait on a
-/// process's memory, and bounded.
+/// What `/proc/PID/stat` says of a process (it never reads the process's
+/// memory): state, process group, session, start time in ticks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ProcStat {
+    state: u8,
+    pgrp: libc::pid_t,
+    session: libc::pid_t,
+    start: u64,
+}
+
+fn parse_stat(stat: &[u8]) -> Option<ProcStat> {
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(stat.get(close + 1..)?).ok()?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(ProcStat {
+        state: *f.first()?.as_bytes().first()?,
+        pgrp: f.get(2)?.parse().ok()?,
+        session: f.get(3)?.parse().ok()?,
+        start: f.get(19)?.parse().ok()?,
+    })
+}
+
+fn proc_stat(pid: libc::pid_t) -> Option<ProcStat> {
+    parse_stat(&std::fs::read(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// Every descendant of `root` (bash, not reaped) right now: the tree is
+/// walked through the `children` files, which never wait on a process's
+/// memory, and bounded.
 pub fn descendants(root: libc::pid_t) -> Vec<Watched> {
     let mut out: Vec<Watched> = Vec::new();
     let mut queue = vec![root];
@@ -270,8 +297,11 @@ pub fn descendants(root: libc::pid_t) -> Vec<Watched> {
             if out.len() >= MAX_DESCENDANTS || !seen.insert(child) {
                 continue;
             }
-            if let Some(pidfd) = pidfd_open(child) {
-                out.push(Watched { pid: child, pidfd });
+            if let Some(st) = proc_stat(child) {
+                out.push(Watched {
+                    pid: child,
+                    start: st.start,
+                });
                 queue.push(child);
             }
         }
@@ -279,22 +309,20 @@ pub fn descendants(root: libc::pid_t) -> Vec<Watched> {
     out
 }
 
-/// Alive (not exited) and outside the process group `pgid`.
-fn escaped(pid: libc::pid_t, pgid: libc::pid_t) -> bool {
-    // SAFETY: getpgid takes a pid; fails for a process that is gone.
-    let group = unsafe { libc::getpgid(pid) };
-    if group < 0 || group == pgid {
-        return false;
-    }
+/// Pins `pid` with a pidfd if it is still the process that started at
+/// `start` (checked after the pidfd is open, so the pidfd cannot refer
+/// to a newer process), alive and outside the process group `pgid`.
+fn pin_escaped(
+    pid: libc::pid_t,
+    start: Option<u64>,
+    pgid: libc::pid_t,
+) -> Option<(OwnedFd, ProcStat)> {
+    let fd = pidfd_open(pid)?;
+    let st = proc_stat(pid)?;
+    let same = start.is_none_or(|s| s == st.start);
     // A zombie has no threads left to signal: not a survivor.
-    match std::fs::read(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .iter()
-            .rposition(|&b| b == b')')
-            .and_then(|i| stat.get(i + 2))
-            .is_some_and(|&state| state != b'Z' && state != b'X'),
-        Err(_) => false,
-    }
+    let alive = st.state != b'Z' && st.state != b'X';
+    (same && alive && st.pgrp != pgid).then_some((fd, st))
 }
 
 fn kill_pidfd(fd: &OwnedFd) -> bool {
@@ -320,9 +348,11 @@ pub fn kill_survivors(bash: libc::pid_t, watched: &[Watched]) -> u32 {
     let mut killed = 0u32;
     let mut done = HashSet::new();
     for w in watched {
-        if escaped(w.pid, bash) && kill_pidfd(&w.pidfd) {
-            killed = killed.saturating_add(1);
-            done.insert(w.pid);
+        if let Some((fd, _)) = pin_escaped(w.pid, Some(w.start), bash) {
+            if kill_pidfd(&fd) {
+                killed = killed.saturating_add(1);
+                done.insert(w.pid);
+            }
         }
     }
     let untracked: Vec<libc::pid_t> = {
@@ -336,15 +366,66 @@ pub fn kill_survivors(bash: libc::pid_t, watched: &[Watched]) -> u32 {
         if done.contains(&pid) {
             continue;
         }
-        let Some(fd) = pidfd_open(pid) else { continue };
-        // SAFETY: getsid on a pid pinned by `fd`; no process can join
-        // bash's session while bash is unreaped.
-        if unsafe { libc::getsid(pid) } == bash && escaped(pid, bash) && kill_pidfd(&fd) {
-            killed = killed.saturating_add(1);
+        // No process can join bash's session while bash is unreaped.
+        if let Some((fd, st)) = pin_escaped(pid, None, bash) {
+            if st.session == bash && kill_pidfd(&fd) {
+                killed = killed.saturating_add(1);
+            }
         }
     }
     if killed > 0 {
         ACTIVE.store(true, Ordering::Relaxed);
     }
     killed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields() {
+        let line = b"4242 (a) b (c) S 1 4240 4200 0 -1 4194560 0 0 0 0 7 8 0 0 20 0 1 0 987654 1000 50 18446744073709551615\n";
+        assert_eq!(
+            parse_stat(line),
+            Some(ProcStat {
+                state: b'S',
+                pgrp: 4240,
+                session: 4200,
+                start: 987654
+            })
+        );
+        assert_eq!(parse_stat(b"4242 (cut"), None);
+        assert_eq!(parse_stat(b"4242 (x) Z 1 2"), None);
+        // Our own process, from the real file.
+        // SAFETY: getpid/getsid cannot fail for ourselves.
+        let (me, sid) = unsafe { (libc::getpid(), libc::getsid(0)) };
+        let st = proc_stat(me).unwrap();
+        // (The state is the main thread's, which waits for this test.)
+        assert_eq!(st.session, sid);
+    }
+
+    #[test]
+    fn a_process_that_left_the_group_is_pinned_and_a_recycled_one_is_not() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as libc::pid_t;
+        let start = proc_stat(pid).unwrap().start;
+        // SAFETY: getpgrp cannot fail.
+        let own_group = unsafe { libc::getpgrp() };
+        assert!(
+            pin_escaped(pid, Some(start), own_group).is_none(),
+            "same group"
+        );
+        assert!(pin_escaped(pid, Some(start), 1).is_some());
+        assert!(
+            pin_escaped(pid, Some(start + 1), 1).is_none(),
+            "another process"
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(pin_escaped(pid, Some(start), 1).is_none(), "gone");
+    }
 }
