@@ -9,8 +9,9 @@
 //! back a child that the executor kills.
 
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use mio::Waker;
 
@@ -33,6 +34,9 @@ pub const ABANDONED: u8 = 4;
 /// Starter threads at most; past it, orders wait for a free one (and
 /// may reach their deadline waiting).
 const MAX_STARTERS: usize = 64;
+/// A starter thread idle this long exits (one is always kept), so that a
+/// burst of commands does not leave dozens of threads behind.
+const IDLE_EXIT: Duration = Duration::from_secs(30);
 /// Stack of a starter thread.
 const STACK_SIZE: usize = 512 * 1024;
 
@@ -130,9 +134,21 @@ pub fn submit(order: Order) -> Result<(), Box<Order>> {
 fn serve(rx: &Mutex<Receiver<Order>>) {
     loop {
         IDLE.fetch_add(1, Ordering::SeqCst);
-        let order = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+        let order = rx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .recv_timeout(IDLE_EXIT);
         IDLE.fetch_sub(1, Ordering::SeqCst);
-        let Ok(order) = order else { return };
+        let order = match order {
+            Ok(order) => order,
+            Err(RecvTimeoutError::Timeout) => {
+                if retire() {
+                    return;
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
         WAITING.fetch_sub(1, Ordering::SeqCst);
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&order)));
         let result = outcome.unwrap_or(Err(StartError::Abandoned));
@@ -155,6 +171,24 @@ fn serve(rx: &Mutex<Receiver<Order>>) {
             }
         }
     }
+}
+
+/// Whether an idle starter thread may exit: not the last one.
+fn retire() -> bool {
+    let mut guard = pool();
+    match guard.as_mut() {
+        Some(pool) if pool.threads > 1 => {
+            pool.threads -= 1;
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Starter threads alive (for tests).
+#[cfg(test)]
+fn threads() -> usize {
+    pool().as_ref().map_or(0, |p| p.threads)
 }
 
 /// Moves the order from `from` to `to` unless the executor gave up.
@@ -193,4 +227,52 @@ fn run(order: &Order) -> Result<(Identity, Child), StartError> {
     reaper::track(child.pid);
     drop(spawning);
     Ok((identity, child))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mio::{Poll, Token};
+
+    fn order(user: &str, phase: u8, reply: &Sender<Started>, waker: &Arc<Waker>) -> Order {
+        Order {
+            ticket: 7,
+            request: Request {
+                cmd: "true".into(),
+                timeout: Duration::from_secs(5),
+                user: user.into(),
+                group: None,
+                cwd: None,
+                env: Vec::new(),
+                stdin: Vec::new(),
+                max_output: 16,
+                id_len: 0,
+            },
+            with_stdin: false,
+            euid: 0,
+            egid: 0,
+            phase: Arc::new(AtomicU8::new(phase)),
+            reply: reply.clone(),
+            waker: Arc::clone(waker),
+        }
+    }
+
+    #[test]
+    fn refusals_and_abandoned_orders_start_nothing() {
+        let poll = Poll::new().unwrap();
+        let waker = Arc::new(Waker::new(poll.registry(), Token(0)).unwrap());
+        let (tx, rx) = mpsc::channel();
+        let o = order("no-such-user-hard-exec", QUEUED, &tx, &waker);
+        let phase = Arc::clone(&o.phase);
+        assert!(submit(o).is_ok());
+        let s = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        assert_eq!(s.ticket, 7);
+        assert!(matches!(s.result, Err(StartError::Identity(_))));
+        assert_eq!(phase.load(Ordering::SeqCst), DONE);
+        // Given up on before a thread took it: no lookup, no child.
+        assert!(submit(order("root", ABANDONED, &tx, &waker)).is_ok());
+        let s = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        assert!(matches!(s.result, Err(StartError::Abandoned)));
+        assert!(threads() >= 1);
+    }
 }
