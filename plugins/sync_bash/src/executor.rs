@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU8, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -237,6 +237,8 @@ struct Pending {
     /// The request's arrival: its timeout and elapsed_ms count from here.
     arrived: Instant,
     phase: Phase,
+    /// The child's pid once it exists (see [`Order::child_pid`]).
+    child_pid: Arc<AtomicI32>,
     /// Peeks that came before the command started: answered once it has.
     peeks: Vec<Arc<Peek>>,
 }
@@ -526,11 +528,21 @@ impl Executor {
                     .map(|g| format!(" and group {g:?}"))
                     .unwrap_or_default()
             ),
-            _ => format!(
-                "Plugin failure: the command did not reach execve within {waited} ms (chdir into \
-                 {} hanging?); it is killed when it gets there",
-                r.cwd.as_deref().unwrap_or("the user's home")
-            ),
+            _ => {
+                // The child is stuck before execve (its starter waits in
+                // clone): kill it. Its pid cannot have been reused: it is
+                // not reaped before the starter reports it.
+                let pid = p.child_pid.load(Ordering::SeqCst);
+                if pid > 1 {
+                    // SAFETY: kill(2) on our own unreaped child.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+                format!(
+                    "Plugin failure: the command did not reach execve within {waited} ms (chdir into \
+                     {} hanging?); it was killed, nothing was run",
+                    r.cwd.as_deref().unwrap_or("the user's home")
+                )
+            }
         };
         log::warn!("sync.bash: {message}");
         drop(p.permit);
@@ -616,6 +628,7 @@ impl Executor {
         let ticket = self.next_ticket;
         self.next_ticket = self.next_ticket.wrapping_add(1);
         let phase: Phase = Arc::new(AtomicU8::new(starter::QUEUED));
+        let child_pid = Arc::new(AtomicI32::new(0));
         let wait = request.timeout.min(self.config.start_timeout);
         let deadline = now.checked_add(wait).unwrap_or(now);
         let order = Order {
@@ -625,6 +638,7 @@ impl Executor {
             euid: self.euid,
             egid: self.egid,
             phase: Arc::clone(&phase),
+            child_pid: Arc::clone(&child_pid),
             reply: self.started_tx.clone(),
             waker: Arc::clone(&self.waker),
         };
@@ -646,6 +660,7 @@ impl Executor {
                 deadline,
                 arrived: now,
                 phase,
+                child_pid,
                 peeks: Vec::new(),
             },
         );

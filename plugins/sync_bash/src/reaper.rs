@@ -17,14 +17,15 @@
 
 use std::collections::HashSet;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, Once};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Once};
 use std::time::Duration;
 
 /// Pids the executors own (spawned, not yet reaped by them).
 static TRACKED: Mutex<Option<HashSet<libc::pid_t>>> = Mutex::new(None);
-/// Spawns between `clone` and [`track`].
-static SPAWNING: AtomicUsize = AtomicUsize::new(0);
+/// Spawns between `clone` and [`track`]: each one's pid slot (0 until
+/// the child has written its pid).
+static SPAWNING: Mutex<Vec<Arc<AtomicI32>>> = Mutex::new(Vec::new());
 /// Orphans reaped since the start (reported in logs, read by tests).
 static REAPED: AtomicUsize = AtomicUsize::new(0);
 /// Set while commands run or a round found work: rounds are frequent.
@@ -37,19 +38,25 @@ fn tracked() -> MutexGuard<'static, Option<HashSet<libc::pid_t>>> {
     TRACKED.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Marks a spawn in progress until dropped (see [`track`]).
-pub struct Spawning(());
+fn spawning() -> MutexGuard<'static, Vec<Arc<AtomicI32>>> {
+    // Single pushes and removes: never half-changed.
+    SPAWNING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Marks a spawn in progress until dropped (see [`track`]); `slot` is
+/// where its child writes its pid.
+pub struct Spawning(Arc<AtomicI32>);
 
 impl Spawning {
-    pub fn enter() -> Spawning {
-        SPAWNING.fetch_add(1, Ordering::SeqCst);
-        Spawning(())
+    pub fn enter(slot: &Arc<AtomicI32>) -> Spawning {
+        spawning().push(Arc::clone(slot));
+        Spawning(Arc::clone(slot))
     }
 }
 
 impl Drop for Spawning {
     fn drop(&mut self) {
-        SPAWNING.fetch_sub(1, Ordering::SeqCst);
+        spawning().retain(|s| !Arc::ptr_eq(s, &self.0));
     }
 }
 
@@ -194,14 +201,23 @@ fn reap_round() -> usize {
     let children = own_children();
     let untracked: Vec<libc::pid_t> = {
         let guard = tracked();
-        if SPAWNING.load(Ordering::SeqCst) > 0 {
-            // A child may exist that is not tracked yet: next round.
-            ACTIVE.store(true, Ordering::Relaxed);
-            return 0;
-        }
+        // Children being spawned are not tracked yet: skip them. One
+        // whose pid is not known yet could be any child: next round. (A
+        // child stuck before execve has written its pid, so it never
+        // stops the reaper.)
+        let in_spawn: Vec<libc::pid_t> = {
+            let slots = spawning();
+            let pids: Vec<libc::pid_t> = slots.iter().map(|s| s.load(Ordering::SeqCst)).collect();
+            if pids.contains(&0) {
+                ACTIVE.store(true, Ordering::Relaxed);
+                return 0;
+            }
+            pids
+        };
         children
             .into_iter()
             .filter(|pid| !guard.as_ref().is_some_and(|s| s.contains(pid)))
+            .filter(|pid| !in_spawn.contains(pid))
             .collect()
     };
     let mut reaped = 0;

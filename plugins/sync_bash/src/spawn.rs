@@ -14,6 +14,7 @@
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicI32, Ordering};
 
 /// The system calls that set the supplementary groups, the real/effective/
 /// saved gid and uid, taking 32-bit ids. On 32-bit x86 and 32-bit ARM the
@@ -249,14 +250,18 @@ fn dev_null() -> Result<OwnedFd, SpawnError> {
     above_stdio(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Starts the command. Returns as soon as the child exists (it does not
-/// wait for `execve`; a failure before it arrives on `Child::failure`).
-pub fn spawn(plan: &Plan) -> Result<Child, SpawnError> {
-    spawn_with(plan, true)
+/// Starts the command. Returns once the child has called `execve` (the
+/// vfork-style parent waits for it) or failed before it (the failure
+/// arrives on `Child::failure`). The child stores its pid in `published`
+/// first thing, so that another thread can kill it while this one waits
+/// (a `chdir` into a hung mount); until this returns and the pid is
+/// reaped, that pid cannot be reused.
+pub fn spawn(plan: &Plan, published: &AtomicI32) -> Result<Child, SpawnError> {
+    spawn_with(plan, true, published)
 }
 
 /// [`spawn`], with `vfork_style` false forcing the `fork` path.
-fn spawn_with(plan: &Plan, vfork_style: bool) -> Result<Child, SpawnError> {
+fn spawn_with(plan: &Plan, vfork_style: bool, published: &AtomicI32) -> Result<Child, SpawnError> {
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
     let (fail_r, fail_w) = pipe()?;
@@ -284,6 +289,7 @@ fn spawn_with(plan: &Plan, vfork_style: bool) -> Result<Child, SpawnError> {
         argv: &argv,
         envp: &envp,
         fds: child_fds,
+        published,
     };
     let started = if vfork_style {
         clone_child(&args)
@@ -328,6 +334,8 @@ struct ChildArgs<'a> {
     argv: &'a [*const libc::c_char],
     envp: &'a [*const libc::c_char],
     fds: ChildFds,
+    /// Where the vfork-style child writes its pid (shared memory).
+    published: &'a AtomicI32,
 }
 
 fn fork_child(args: &ChildArgs<'_>) -> Result<(libc::pid_t, OwnedFd), SpawnError> {
@@ -342,6 +350,8 @@ fn fork_child(args: &ChildArgs<'_>) -> Result<(libc::pid_t, OwnedFd), SpawnError
         // SAFETY: we are the freshly forked child; see child_main.
         unsafe { child_main(args.plan, args.argv, args.envp, args.fds) }
     }
+    // fork does not wait for the child: published for uniformity.
+    args.published.store(pid, Ordering::SeqCst);
     // SAFETY: pidfd_open on our own, unreaped child: the pid cannot be
     // reused before we reap it.
     let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as RawFd;
@@ -414,6 +424,10 @@ extern "C" fn clone_entry(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY: `arg` is the `ChildArgs` that `clone_child` passed; the
     // parent is suspended (CLONE_VFORK) so it stays alive and unchanged.
     let args = unsafe { &*arg.cast::<ChildArgs<'_>>() };
+    // Raw getpid (no libc cache) and an atomic store: async-signal-safe.
+    // SAFETY: getpid takes no arguments.
+    let pid = unsafe { libc::syscall(libc::SYS_getpid) } as i32;
+    args.published.store(pid, Ordering::SeqCst);
     // SAFETY: the fresh child; see child_main.
     unsafe { child_main(args.plan, args.argv, args.envp, args.fds) }
 }
@@ -725,7 +739,9 @@ mod tests {
                 false,
             )
             .unwrap();
-            let child = spawn_with(&plan, vfork_style).unwrap();
+            let published = AtomicI32::new(0);
+            let child = spawn_with(&plan, vfork_style, &published).unwrap();
+            assert_eq!(published.load(Ordering::SeqCst), child.pid);
             assert_eq!(reap(child.pid, true), Some(Exit::Code(7)));
             assert_eq!(read_failure(&child.failure), None);
             let out = String::from_utf8(read_all(&child.stdout)).unwrap();
@@ -738,7 +754,9 @@ mod tests {
     fn failure_before_exec_is_reported() {
         for vfork_style in [true, false] {
             let plan = Plan::new("true", &[], Some("/no/such/dir"), "/", None, false).unwrap();
-            let child = spawn_with(&plan, vfork_style).unwrap();
+            let published = AtomicI32::new(0);
+            let child = spawn_with(&plan, vfork_style, &published).unwrap();
+            assert_eq!(published.load(Ordering::SeqCst), child.pid);
             assert_eq!(reap(child.pid, true), Some(Exit::Code(127)));
             let failure = read_failure(&child.failure).unwrap();
             assert_eq!((failure.stage, failure.errno), (Stage::Chdir, libc::ENOENT));

@@ -8,7 +8,7 @@
 //! the executor, and the starter, when it wakes up, gives up or hands
 //! back a child that the executor kills.
 
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU8, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -52,6 +52,9 @@ pub struct Order {
     pub euid: libc::uid_t,
     pub egid: libc::gid_t,
     pub phase: Phase,
+    /// The child's pid once it exists (0 before): written by the child
+    /// itself, so the executor can kill one stuck before `execve`.
+    pub child_pid: Arc<AtomicI32>,
     pub reply: Sender<Started>,
     pub waker: Arc<Waker>,
 }
@@ -222,8 +225,8 @@ fn run(order: &Order) -> Result<(Identity, Child), StartError> {
     if !advance(&order.phase, LOOKUP, SPAWN) {
         return Err(StartError::Abandoned);
     }
-    let spawning = reaper::Spawning::enter();
-    let child = spawn::spawn(&plan)?;
+    let spawning = reaper::Spawning::enter(&order.child_pid);
+    let child = spawn::spawn(&plan, &order.child_pid)?;
     reaper::track(child.pid);
     drop(spawning);
     Ok((identity, child))
@@ -252,6 +255,7 @@ mod tests {
             euid: 0,
             egid: 0,
             phase: Arc::new(AtomicU8::new(phase)),
+            child_pid: Arc::new(AtomicI32::new(0)),
             reply: reply.clone(),
             waker: Arc::clone(waker),
         }
