@@ -65,8 +65,7 @@ of commands come back to it and are reaped.
 The user lookup (NSS) and the start up to execve run off the executor and
 must end within start_timeout_ms (at most timeout): else 3025 "looking up
 user ... did not finish within N ms; nothing was run" (or "did not reach
-execve", e.g. chdir into a hung mount; that child is killed when it gets
-there).
+execve", e.g. chdir into a hung mount; that child is killed).
 
 Answer: success (2) whenever bash exited, whatever its exit code or the
 signal that killed it; 3023 at the timeout and 3028 when cancelled, both
