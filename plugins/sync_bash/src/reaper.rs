@@ -102,21 +102,32 @@ pub fn start() -> bool {
     OK.load(Ordering::Relaxed)
 }
 
+/// Quiet rounds (nothing reaped, no command started or killed) after
+/// which the reaper looks only every [`SLOW`].
+const QUIET_ROUNDS: u32 = 30;
+const SLOW: Duration = Duration::from_secs(5);
+
 fn run() {
     let mut busy = false;
+    let mut quiet = 0u32;
     loop {
         // Sleep first: a round at once, while the host is still starting,
         // measured ~3x the whole run time of a one-shot ctl call (the
         // /proc reads race the start-up's own system calls), and at start
         // there is nothing to reap yet. Commands started or killed since
         // the last round: look again soon; otherwise once a second.
+        // After half a minute of quiet, every 5 s (an idle agent wakes
+        // rarely; a daemon a command left behind is reaped within 5 s).
         std::thread::sleep(if busy {
             Duration::from_millis(100)
+        } else if quiet >= QUIET_ROUNDS {
+            SLOW
         } else {
             Duration::from_secs(1)
         });
         let found = std::panic::catch_unwind(reap_round).unwrap_or(0);
         busy = found > 0 || ACTIVE.swap(false, Ordering::Relaxed);
+        quiet = if busy { 0 } else { quiet.saturating_add(1) };
     }
 }
 
