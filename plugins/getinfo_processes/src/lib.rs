@@ -6,15 +6,20 @@
 //! that fails, or file that does not parse, drops that process silently.
 //! Only `stat` and `status` are read for every process; the list is
 //! filtered, sorted and cut to `-n` before the `cmdline` of the survivors
-//! is read. /etc/passwd is parsed once per call, not per process. The
+//! is read, each within a time budget on a reader thread ([`cmdline`]);
+//! the whole walk runs on the plugin's own worker thread ([`worker`]),
+//! never on the caller's (the daemon's loop), and completes the call
+//! from there. /etc/passwd is parsed once per call, not per process. The
 //! parsers ([`parse`]) are pure; `stat` is split at the LAST `)` because a
 //! comm may hold spaces and parentheses.
 
 pub mod args;
+pub mod cmdline;
 pub mod error;
 pub mod parse;
 pub mod plugin;
 pub mod scan;
+pub mod worker;
 
 pub use args::{parse_args, ArgsError, Selection, Sort};
 pub use error::ProcessesError;
@@ -41,7 +46,9 @@ PROCESS: {"pid","ppid",
           "start_time"   unix seconds (btime + starttime / clock ticks), or null,
           "threads"      number of threads}
 Sources: /proc/PID/{stat,status,cmdline}, /proc/stat, /etc/passwd. No process is spawned;
-a process that exits during the walk is left out."#;
+a process that exits during the walk is left out. A cmdline read that does not answer
+within 250 ms (the process's memory is locked) is given up: that process is listed with
+"[comm]" and its pid in "cmdline_skipped":[PID...] (the key is absent when none was)."#;
 
 basicagent_abi::export_plugin!(basicagent_abi::PluginSpec {
     name: "getinfo_processes",

@@ -1,6 +1,6 @@
 //! The glue: request → [`Selection`], the clock facts (sysconf, btime),
 //! one parse of /etc/passwd, one walk of /proc (paths injectable), and the
-//! single serialisation. Completes at once.
+//! single serialisation. `call` completes from the worker thread.
 
 use std::path::{Path, PathBuf};
 
@@ -76,12 +76,19 @@ pub fn answer(request: &[u8], paths: &Paths) -> Result<String, ProcessesError> {
     serde_json::to_string(&report).map_err(ProcessesError::Serialise)
 }
 
-/// The plugin's `call`: answers synchronously.
+/// The plugin's `call`: refuses a bad request at once; otherwise hands
+/// the walk to the worker thread, which completes the call.
 pub fn call(call: Call, request: &[u8]) {
-    match answer(request, &Paths::default()) {
-        Ok(data) => call.success(&data),
-        Err(e) => call.fail(e.retcode(), &e.to_string()),
+    if let Err(e) = parse_request(request) {
+        return call.fail(e.retcode(), &e.to_string());
     }
+    let request = request.to_vec();
+    crate::worker::submit(call, move |call| {
+        match answer(&request, &Paths::default()) {
+            Ok(data) => call.success(&data),
+            Err(e) => call.fail(e.retcode(), &e.to_string()),
+        }
+    });
 }
 
 #[cfg(test)]

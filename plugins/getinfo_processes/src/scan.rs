@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::args::{Selection, Sort};
+use crate::cmdline::{CmdlineReader, Outcome, READ_BUDGET};
 use crate::parse::{cmdline_text, parse_stat, parse_status_euid, Accounts, Stat};
 use crate::ProcessesError;
 
@@ -54,6 +55,11 @@ pub struct Report<'a> {
     pub count: usize,
     /// Processes that matched before `-n` cut the list.
     pub total: usize,
+    /// Processes listed without their command line: its read did not
+    /// answer within the budget (see [`crate::cmdline`]). Omitted when
+    /// empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cmdline_skipped: Vec<u32>,
 }
 
 /// Reads at most `max` bytes of `path` into `buf` (cleared first).
@@ -84,13 +90,25 @@ fn pids(root: &Path) -> Result<Vec<u32>, ProcessesError> {
 }
 
 /// Walks `root` and builds the report for `sel`; `uid` is the resolved
-/// `-U USER`.
+/// `-U USER`. Each command line read has [`READ_BUDGET`].
 pub fn collect<'a>(
     root: &Path,
     sel: &Selection,
     uid: Option<u32>,
     clock: &Clock,
     accounts: &'a Accounts,
+) -> Result<Report<'a>, ProcessesError> {
+    collect_with(root, sel, uid, clock, accounts, READ_BUDGET)
+}
+
+/// [`collect`] with `budget` for each command line read.
+pub fn collect_with<'a>(
+    root: &Path,
+    sel: &Selection,
+    uid: Option<u32>,
+    clock: &Clock,
+    accounts: &'a Accounts,
+    budget: std::time::Duration,
 ) -> Result<Report<'a>, ProcessesError> {
     let candidates = match sel.pid {
         Some(pid) => vec![pid],
@@ -130,16 +148,19 @@ pub fn collect<'a>(
     }
     let hz = clock.ticks_per_second.max(1);
     let mut processes = Vec::with_capacity(found.len());
+    let mut reader = CmdlineReader::new(budget);
+    let mut skipped = Vec::new();
     for (stat, euid) in found {
-        dir.push(stat.pid.to_string());
-        dir.push("cmdline");
-        let read = read_into(&dir, &mut buf, CMDLINE_MAX);
-        dir.pop();
-        dir.pop();
-        if read.is_err() {
+        let path = dir.join(stat.pid.to_string()).join("cmdline");
+        buf = match reader.read(path, CMDLINE_MAX) {
+            Outcome::Read(bytes) => bytes,
             // Exited since its stat was read.
-            continue;
-        }
+            Outcome::Gone => continue,
+            Outcome::Skipped => {
+                skipped.push(stat.pid);
+                Vec::new()
+            }
+        };
         processes.push(Process {
             pid: stat.pid,
             ppid: stat.ppid,
@@ -156,10 +177,18 @@ pub fn collect<'a>(
             comm: stat.comm,
         });
     }
+    if !skipped.is_empty() {
+        log::warn!(
+            "getinfo.processes: the command line of {} processes did not answer within {budget:?} \
+             (their memory is locked: a page fault on a hung file system?); listed without it: {skipped:?}",
+            skipped.len()
+        );
+    }
     Ok(Report {
         count: processes.len(),
         total,
         processes,
+        cmdline_skipped: skipped,
     })
 }
 
@@ -376,6 +405,52 @@ mod tests {
             Some(0),
         );
         assert_eq!(r.count, 0);
+    }
+
+    /// Issue 12 item 14: a cmdline read that blocks (here a FIFO nobody
+    /// writes, a stand-in for a process whose mmap lock is held) costs
+    /// one budget: that process is listed without its command line and
+    /// flagged, the others are read by a fresh reader.
+    #[test]
+    fn blocking_cmdline_is_skipped_and_flagged() {
+        use std::os::unix::fs::OpenOptionsExt;
+        let d = fixture();
+        let fifo = d.path().join("11").join("cmdline");
+        fs::remove_file(&fifo).unwrap();
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo with a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let acc = accounts();
+        let budget = std::time::Duration::from_millis(100);
+        let r = collect_with(d.path(), &Selection::default(), None, &CLOCK, &acc, budget).unwrap();
+        assert_eq!(r.cmdline_skipped, vec![11]);
+        let big = r.processes.iter().find(|p| p.pid == 11).unwrap();
+        assert_eq!(big.cmdline, "[big]");
+        let weird = r.processes.iter().find(|p| p.pid == 10).unwrap();
+        assert_eq!(weird.cmdline, "weird name");
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["cmdline_skipped"], serde_json::json!([11]));
+        assert!(crate::cmdline::stuck_readers() >= 1);
+        // Let the stuck reader go: it comes back and is counted out.
+        let w = fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .unwrap();
+        drop(w);
+        let t0 = std::time::Instant::now();
+        while crate::cmdline::stuck_readers() > 0 {
+            assert!(t0.elapsed() < std::time::Duration::from_secs(30));
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        // Without a blocked read the key is absent.
+        fs::remove_file(&fifo).unwrap();
+        fs::write(&fifo, b"big").unwrap();
+        let r = collect(d.path(), &Selection::default(), None, &CLOCK, &acc).unwrap();
+        assert!(serde_json::to_value(&r)
+            .unwrap()
+            .get("cmdline_skipped")
+            .is_none());
     }
 
     #[test]

@@ -224,3 +224,41 @@ fn errors() {
         assert_eq!(call(&p, bad).retcode, retcode::INVALID_REQUEST, "{bad}");
     }
 }
+
+/// Issue 12 item 14: the walk of /proc (whose cmdline reads can block)
+/// never runs on the caller's thread (the daemon's loop): `call` returns
+/// having only queued it, and the completion comes from the plugin's
+/// worker, with the right answer. A bad request is still refused at once.
+#[test]
+fn call_returns_before_the_walk_and_completes_from_the_worker() {
+    let p = load_built("getinfo_processes");
+    let caller = std::thread::current().id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let request = format!(r#"{{"args":"-p {}"}}"#, std::process::id());
+    p.call(
+        request.as_bytes(),
+        Box::new(move |c| {
+            let _ = tx.send((std::thread::current().id(), c));
+        }),
+    );
+    let (thread, c) = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("completion");
+    assert_ne!(thread, caller, "completed on the caller's thread");
+    let d = data(&c);
+    assert_eq!(d["count"], 1, "{d}");
+    assert_eq!(d["processes"][0]["pid"], std::process::id());
+
+    let (tx, rx) = std::sync::mpsc::channel();
+    p.call(
+        br#"{"args":"-q"}"#,
+        Box::new(move |c| {
+            let _ = tx.send((std::thread::current().id(), c));
+        }),
+    );
+    let (thread, c) = rx.recv_timeout(Duration::from_secs(30)).expect("refusal");
+    assert_eq!(c.retcode, retcode::INVALID_PARAMS);
+    assert_eq!(thread, caller, "a refusal is answered at once");
+    // Still serving.
+    assert_eq!(call_args(&p, "-n 1").retcode, retcode::SUCCESS);
+}

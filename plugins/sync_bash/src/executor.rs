@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU8, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -21,11 +21,13 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::capture::Capture;
-use crate::identity::{self, Identity};
+use crate::identity::Identity;
 use crate::job::{GroupSignal, Lifecycle, StopReason};
 use crate::params::{Config, Request};
-use crate::report::{self, Finished};
-use crate::spawn::{self, Child, Exit, Ids, Plan, Stage};
+use crate::reaper::{self, Watched};
+use crate::report::{self, Finished, FrameBound};
+use crate::spawn::{self, Child, Exit, Stage};
+use crate::starter::{self, Order, Phase, StartError, Started};
 
 const WAKER: Token = Token(usize::MAX);
 const KIND_PID: usize = 0;
@@ -79,13 +81,16 @@ pub struct Job {
 /// `call`'s own drop answers at once.
 pub struct Peek {
     target: CallId,
+    /// Length of the peek request's `id` (for the frame bound).
+    id_len: usize,
     call: Mutex<Option<Call>>,
 }
 
 impl Peek {
-    pub fn new(call: Call, target: CallId) -> Self {
+    pub fn new(call: Call, target: CallId, id_len: usize) -> Self {
         Peek {
             target,
+            id_len,
             call: Mutex::new(Some(call)),
         }
     }
@@ -134,7 +139,7 @@ impl Handle {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (tx, rx) = mpsc::channel();
-        let executor = Executor::new(poll, rx, config);
+        let executor = Executor::new(poll, rx, config, Arc::clone(&waker));
         let thread = std::thread::Builder::new()
             .name("sync-bash".to_owned())
             .spawn(move || {
@@ -214,6 +219,28 @@ struct Running {
     cwd: Option<String>,
     timeout_s: u64,
     started: Instant,
+    id_len: usize,
+    /// Descendants found when the agent stopped the command, killed
+    /// after bash if they left its process group.
+    watched: Vec<Watched>,
+}
+
+/// A command handed to a starter thread, not started yet.
+struct Pending {
+    call: Call,
+    permit: Permit,
+    request: Request,
+    /// The stdin bytes, kept here (the starter does not need them).
+    stdin: Vec<u8>,
+    /// When the call is answered if the starter has not reported.
+    deadline: Instant,
+    /// The request's arrival: its timeout and elapsed_ms count from here.
+    arrived: Instant,
+    phase: Phase,
+    /// The child's pid once it exists (see [`Order::child_pid`]).
+    child_pid: Arc<AtomicI32>,
+    /// Peeks that came before the command started: answered once it has.
+    peeks: Vec<Arc<Peek>>,
 }
 
 struct Executor {
@@ -226,6 +253,12 @@ struct Executor {
     scratch: Vec<u8>,
     euid: libc::uid_t,
     egid: libc::gid_t,
+    waker: Arc<Waker>,
+    started_tx: Sender<Started>,
+    started_rx: Receiver<Started>,
+    pending: HashMap<u64, Pending>,
+    pending_by_call: HashMap<CallId, u64>,
+    next_ticket: u64,
 }
 
 fn token(slot: usize, kind: usize) -> Token {
@@ -318,9 +351,16 @@ impl StdinFeed {
 }
 
 impl Executor {
-    fn new(poll: Poll, rx: Receiver<Msg>, config: Config) -> Self {
+    fn new(poll: Poll, rx: Receiver<Msg>, config: Config, waker: Arc<Waker>) -> Self {
         let (euid, egid) = spawn::effective_ids();
+        let (started_tx, started_rx) = mpsc::channel();
         Executor {
+            waker,
+            started_tx,
+            started_rx,
+            pending: HashMap::new(),
+            pending_by_call: HashMap::new(),
+            next_ticket: 0,
             poll,
             rx,
             config,
@@ -352,6 +392,11 @@ impl Executor {
             for event in events.iter() {
                 self.mark(event.token());
             }
+            // Started children first: a cancel or peek just sent for one
+            // then finds it running.
+            while let Ok(started) = self.started_rx.try_recv() {
+                self.started(started);
+            }
             loop {
                 match self.rx.try_recv() {
                     Ok(Msg::Start(job)) => self.start(*job, Instant::now()),
@@ -368,6 +413,9 @@ impl Executor {
                         return;
                     }
                 }
+            }
+            while let Ok(started) = self.started_rx.try_recv() {
+                self.started(started);
             }
             busy = self.service();
             self.timers(Instant::now());
@@ -395,6 +443,7 @@ impl Executor {
             .iter()
             .flatten()
             .filter_map(|job| job.lifecycle.next_deadline())
+            .chain(self.pending.values().map(|p| p.deadline))
             .min()
             .map(|d| d.saturating_duration_since(now))
     }
@@ -424,18 +473,103 @@ impl Executor {
     fn timers(&mut self, now: Instant) {
         for job in self.slots.iter_mut().flatten() {
             if let Some(signal) = job.lifecycle.handle_timer(now) {
-                send_signal(job.pid, signal);
+                stop_group(job, signal);
             }
+        }
+        let late: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| now >= p.deadline)
+            .map(|(&t, _)| t)
+            .collect();
+        for ticket in late {
+            self.give_up(ticket, now);
         }
     }
 
+    /// A start did not finish by its deadline: answer without running
+    /// anything (a child that appears later is killed in `started`).
+    fn give_up(&mut self, ticket: u64, now: Instant) {
+        let Some(p) = self.pending.get(&ticket) else {
+            return;
+        };
+        let mut phase = p.phase.load(Ordering::SeqCst);
+        loop {
+            if phase == starter::DONE {
+                return; // its result is on the way: handled next turn
+            }
+            match p.phase.compare_exchange(
+                phase,
+                starter::ABANDONED,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => break,
+                Err(now_phase) => phase = now_phase,
+            }
+        }
+        let Some(p) = self.pending.remove(&ticket) else {
+            return;
+        };
+        self.pending_by_call.remove(&p.call.id());
+        let waited = now.saturating_duration_since(p.arrived).as_millis();
+        let r = &p.request;
+        let message = match phase {
+            starter::QUEUED => format!(
+                "Plugin failure: no starter thread was free within {waited} ms (user lookups or \
+                 chdir hanging on other commands); nothing was run"
+            ),
+            starter::LOOKUP => format!(
+                "Plugin failure: looking up user {:?}{} did not finish within {waited} ms (is the \
+                 user database (NSS: files, LDAP, sssd) answering?); nothing was run",
+                r.user,
+                r.group
+                    .as_deref()
+                    .map(|g| format!(" and group {g:?}"))
+                    .unwrap_or_default()
+            ),
+            _ => {
+                // The child is stuck before execve (its starter waits in
+                // clone): kill it. Its pid cannot have been reused: it is
+                // not reaped before the starter reports it.
+                let pid = p.child_pid.load(Ordering::SeqCst);
+                if pid > 1 {
+                    // SAFETY: kill(2) on our own unreaped child.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+                format!(
+                    "Plugin failure: the command did not reach execve within {waited} ms (chdir into \
+                     {} hanging?); it was killed, nothing was run",
+                    r.cwd.as_deref().unwrap_or("the user's home")
+                )
+            }
+        };
+        log::warn!("sync.bash: {message}");
+        drop(p.permit);
+        p.call.fail(retcode::PLUGIN_FAILURE, &message);
+    }
+
     fn stop(&mut self, id: CallId, reason: StopReason, now: Instant) {
+        if let Some(ticket) = self.pending_by_call.remove(&id) {
+            // Not started yet: the starter gives up, or its child is
+            // killed when it reports.
+            if let Some(p) = self.pending.remove(&ticket) {
+                p.phase.store(starter::ABANDONED, Ordering::SeqCst);
+                drop(p.permit);
+                let message = match reason {
+                    StopReason::Shutdown => "Cancelled: the agent is shutting down",
+                    _ => "Cancelled: before the command started",
+                };
+                p.call.fail(retcode::CANCELLED, message);
+            }
+            return;
+        }
         let Some(&slot) = self.by_call.get(&id) else {
             return;
         };
         if let Some(Some(job)) = self.slots.get_mut(slot) {
             if let Some(signal) = job.lifecycle.handle_stop(reason, now) {
-                send_signal(job.pid, signal);
+                stop_group(job, signal);
             }
         }
     }
@@ -444,7 +578,13 @@ impl Executor {
     /// it (the last holder's drop answers `3021`). Never changes the
     /// captures; reads what is already in the pipes first (bounded), so
     /// the answer is as fresh as a turn of the loop.
-    fn peek(&mut self, peek: &Peek) {
+    fn peek(&mut self, peek: &Arc<Peek>) {
+        if let Some(ticket) = self.pending_by_call.get(&peek.target) {
+            if let Some(p) = self.pending.get_mut(ticket) {
+                p.peeks.push(Arc::clone(peek));
+            }
+            return;
+        }
         let Some(&slot) = self.by_call.get(&peek.target) else {
             return;
         };
@@ -468,50 +608,117 @@ impl Executor {
             job.started.elapsed().as_millis() as u64,
             &job.stdout.capture.peek(),
             &job.stderr.capture.peek(),
+            FrameBound {
+                max_frame: self.config.max_frame,
+                id_len: peek.id_len,
+            },
         );
         call.success(&data);
     }
 
+    /// Hands the command to a starter thread (identity lookups and the
+    /// spawn must not block this loop); `started` takes it from there.
     fn start(&mut self, job: Job, now: Instant) {
         let Job {
             call,
-            request,
+            mut request,
             permit,
         } = job;
-        let identity =
-            match identity::resolve(&request.user, request.group.as_deref()).and_then(|id| {
-                identity::needs_switch(&id, self.euid, self.egid).map(|switch| (id, switch))
-            }) {
-                Ok(found) => found,
-                Err(e) => {
-                    let code = e.retcode();
-                    drop(permit);
-                    return call.fail(code, &format!("{}: {e}", retcode::message(code)));
-                }
-            };
-        let (identity, switch) = identity;
-        let ids = switch.then(|| Ids {
-            uid: identity.uid,
-            gid: identity.gid,
-            groups: identity.groups.clone(),
-        });
-        let env = identity::login_env(&identity, &request.env);
-        let child = Plan::new(
-            &request.cmd,
-            &env,
-            request.cwd.as_deref(),
-            &identity.home,
-            ids,
-            !request.stdin.is_empty(),
-        )
-        .and_then(|plan| spawn::spawn(&plan));
-        let child = match child {
-            Ok(child) => child,
+        let stdin = std::mem::take(&mut request.stdin);
+        let ticket = self.next_ticket;
+        self.next_ticket = self.next_ticket.wrapping_add(1);
+        let phase: Phase = Arc::new(AtomicU8::new(starter::QUEUED));
+        let child_pid = Arc::new(AtomicI32::new(0));
+        let wait = request.timeout.min(self.config.start_timeout);
+        let deadline = now.checked_add(wait).unwrap_or(now);
+        let order = Order {
+            ticket,
+            request: request.clone(),
+            with_stdin: !stdin.is_empty(),
+            euid: self.euid,
+            egid: self.egid,
+            phase: Arc::clone(&phase),
+            child_pid: Arc::clone(&child_pid),
+            reply: self.started_tx.clone(),
+            waker: Arc::clone(&self.waker),
+        };
+        if starter::submit(order).is_err() {
+            drop(permit);
+            return call.fail(
+                retcode::PLUGIN_FAILURE,
+                "Plugin failure: no thread to start the command",
+            );
+        }
+        self.pending_by_call.insert(call.id(), ticket);
+        self.pending.insert(
+            ticket,
+            Pending {
+                call,
+                permit,
+                request,
+                stdin,
+                deadline,
+                arrived: now,
+                phase,
+                child_pid,
+                peeks: Vec::new(),
+            },
+        );
+    }
+
+    /// A starter reported: watch the new child (and answer the peeks
+    /// that waited for it), or answer the refusal.
+    fn started(&mut self, started: Started) {
+        let peeks = self
+            .pending
+            .get_mut(&started.ticket)
+            .map(|p| std::mem::take(&mut p.peeks))
+            .unwrap_or_default();
+        self.watch(started);
+        for peek in peeks {
+            self.peek(&peek);
+        }
+    }
+
+    fn watch(&mut self, started: Started) {
+        let Started { ticket, result } = started;
+        let Some(p) = self.pending.remove(&ticket) else {
+            // Answered already (deadline or cancel): kill what came late.
+            if let Ok((_, child)) = result {
+                log::warn!(
+                    "sync.bash: killing command {} that started after its call was answered",
+                    child.pid
+                );
+                spawn::signal_group(child.pid, libc::SIGKILL);
+                // The reaper takes it from here.
+                reaper::untrack(child.pid);
+            }
+            return;
+        };
+        self.pending_by_call.remove(&p.call.id());
+        let Pending {
+            call,
+            permit,
+            mut request,
+            stdin,
+            arrived,
+            ..
+        } = p;
+        request.stdin = stdin;
+        let (identity, child) = match result {
+            Ok(found) => found,
+            Err(StartError::Identity(e)) => {
+                let code = e.retcode();
+                drop(permit);
+                return call.fail(code, &format!("{}: {e}", retcode::message(code)));
+            }
             Err(e) => {
                 drop(permit);
                 return call.fail(retcode::PLUGIN_FAILURE, &format!("Plugin failure: {e}"));
             }
         };
+        // The timeout counts from the request's arrival.
+        let now = arrived;
         let Child {
             pid,
             pidfd,
@@ -550,6 +757,8 @@ impl Executor {
             });
         }
         let id = call.id();
+        // A stream keeps at most what can be in the answer's frame.
+        let cap = request.max_output.min(self.config.max_frame);
         let running = Running {
             call,
             permit: Some(permit),
@@ -557,8 +766,8 @@ impl Executor {
             pidfd,
             failure,
             _stdin_keepalive: stdin_keepalive,
-            stdout: Stream::new(stdout, request.max_output),
-            stderr: Stream::new(stderr, request.max_output),
+            stdout: Stream::new(stdout, cap),
+            stderr: Stream::new(stderr, cap),
             stdin: StdinFeed {
                 ready: stdin.is_some(),
                 fd: stdin,
@@ -571,6 +780,8 @@ impl Executor {
             cwd: request.cwd,
             timeout_s: request.timeout.as_secs(),
             started: now,
+            id_len: request.id_len,
+            watched: Vec::new(),
         };
         self.slots[slot] = Some(running);
         self.by_call.insert(id, slot);
@@ -592,9 +803,19 @@ impl Executor {
         };
         self.free.push(slot);
         self.by_call.remove(&job.call.id());
+        let mut survivors = None;
         if job.lifecycle.kill_group_before_reap() {
             // The unreaped bash still holds the pgid: no reuse possible.
             spawn::signal_group(job.pid, libc::SIGKILL);
+            // And what left the group (setsid, set -m, double fork).
+            let killed = reaper::kill_survivors(job.pid, &job.watched);
+            if killed > 0 {
+                log::info!(
+                    "sync.bash: command {} was stopped; killed {killed} processes that had left its process group",
+                    job.pid
+                );
+            }
+            survivors = Some(killed);
         }
         job.stdout.ready = true;
         job.stderr.ready = true;
@@ -607,6 +828,7 @@ impl Executor {
         job.stdin.close(&self.poll);
         deregister(&self.poll, &job.pidfd);
         let exit = spawn::reap(job.pid, true).unwrap_or(Exit::Unknown);
+        reaper::untrack(job.pid);
         drop(job.permit.take());
         let elapsed_ms = job.started.elapsed().as_millis() as u64;
         if let Some(failure) = spawn::read_failure(&job.failure) {
@@ -634,8 +856,12 @@ impl Executor {
             elapsed_ms,
             pid: job.pid,
             identity: &job.identity,
+            survivors_killed: survivors,
         }
-        .answer();
+        .answer(FrameBound {
+            max_frame: self.config.max_frame,
+            id_len: job.id_len,
+        });
         job.call
             .complete(answer.retcode, &answer.message, Some(&answer.data));
     }
@@ -644,11 +870,39 @@ impl Executor {
     /// them to be reaped.
     fn shutdown(&mut self) {
         let now = Instant::now();
+        let deadline = now + SHUTDOWN_WAIT;
+        // Starts still queued or looking up give up now; those past the
+        // lookup report their child soon, which is then killed with the
+        // rest.
+        let tickets: Vec<u64> = self.pending.keys().copied().collect();
+        for ticket in tickets {
+            let gave_up = self.pending.get(&ticket).is_some_and(|p| {
+                [starter::QUEUED, starter::LOOKUP].into_iter().any(|from| {
+                    p.phase
+                        .compare_exchange(
+                            from,
+                            starter::ABANDONED,
+                            Ordering::SeqCst,
+                            Ordering::SeqCst,
+                        )
+                        .is_ok()
+                })
+            });
+            if gave_up {
+                if let Some(id) = self.pending.get(&ticket).map(|p| p.call.id()) {
+                    self.stop(id, StopReason::Shutdown, now);
+                }
+            }
+        }
+        while !self.pending.is_empty() && Instant::now() < deadline {
+            if let Ok(started) = self.started_rx.recv_timeout(Duration::from_millis(50)) {
+                self.started(started);
+            }
+        }
         let ids: Vec<CallId> = self.by_call.keys().copied().collect();
         for id in ids {
             self.stop(id, StopReason::Shutdown, now);
         }
-        let deadline = now + SHUTDOWN_WAIT;
         let mut events = Events::with_capacity(64);
         while self.slots.iter().any(Option::is_some) && Instant::now() < deadline {
             let _ = self.poll.poll(&mut events, Some(Duration::from_millis(50)));
@@ -657,6 +911,15 @@ impl Executor {
             }
             self.service();
         }
+        for ticket in self.pending.keys().copied().collect::<Vec<_>>() {
+            if let Some(p) = self.pending.remove(&ticket) {
+                p.phase.store(starter::ABANDONED, Ordering::SeqCst);
+                drop(p.permit);
+                p.call
+                    .fail(retcode::CANCELLED, "Cancelled: the agent is shutting down");
+            }
+        }
+        self.pending_by_call.clear();
         for mut job in self.slots.iter_mut().filter_map(Option::take) {
             drop(job.permit.take());
             job.call.fail(
@@ -675,10 +938,16 @@ impl Executor {
     }
 }
 
-fn send_signal(pid: libc::pid_t, signal: GroupSignal) {
+/// Signals a command's process group; on the first signal, also notes
+/// its descendants (before any dies and its children are re-parented),
+/// so that those that left the group can be killed after bash.
+fn stop_group(job: &mut Running, signal: GroupSignal) {
+    if job.watched.is_empty() {
+        job.watched = reaper::descendants(job.pid);
+    }
     let sig = match signal {
         GroupSignal::Term => libc::SIGTERM,
         GroupSignal::Kill => libc::SIGKILL,
     };
-    spawn::signal_group(pid, sig);
+    spawn::signal_group(job.pid, sig);
 }

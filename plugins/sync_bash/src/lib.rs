@@ -8,18 +8,25 @@
 //! run one `mio::Poll` over their commands' pipes and a pidfd per command,
 //! so a command is answered the moment bash exits (even when a daemon it
 //! left in the background still holds stdout), and timeouts are deadlines
-//! in that loop rather than a thread or a `sleep` per command. The child
-//! is started the way posix_spawn does it (`clone(CLONE_VM|CLONE_VFORK)`)
-//! with everything prepared in the parent, and makes only raw,
-//! async-signal-safe syscalls before `execve`.
+//! in that loop rather than a thread or a `sleep` per command. What can
+//! block for ever (the NSS lookups of user and group, and the child's
+//! `chdir` before `execve`) runs on starter threads ([`starter`]) with a
+//! deadline the executor enforces. The child is started the way
+//! posix_spawn does it (`clone(CLONE_VM|CLONE_VFORK)`) with everything
+//! prepared in the parent, and makes only raw, async-signal-safe syscalls
+//! before `execve`. At `init` the process becomes a child subreaper
+//! ([`reaper`]): orphans are reaped, and escaped processes of a stopped
+//! command killed. Every answer fits the host's frame bound ([`report`]).
 
 mod capture;
 mod executor;
 mod identity;
 mod job;
 mod params;
+mod reaper;
 mod report;
 mod spawn;
+mod starter;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -49,7 +56,16 @@ Request: {"cmd":STR, "timeout":INT, "user":STR, "group":STR, "cwd":STR,
               max_output_limit from the host config)
 The command runs in a new session (its own process group) with umask 022,
 default signal dispositions and no inherited descriptors. A daemon left in
-the background does not delay the answer, and keeps running.
+the background does not delay the answer, and keeps running. When the agent
+stops a command (timeout, cancel, shutdown), processes that left its group
+(setsid, set -m, double fork) are killed too and counted in
+survivors_killed; one that left both its session and its parent before the
+stop is not found (cgroups will). The agent is a child subreaper: orphans
+of commands come back to it and are reaped.
+The user lookup (NSS) and the start up to execve run off the executor and
+must end within start_timeout_ms (at most timeout): else 3025 "looking up
+user ... did not finish within N ms; nothing was run" (or "did not reach
+execve", e.g. chdir into a hung mount; that child is killed).
 
 Answer: success (2) whenever bash exited, whatever its exit code or the
 signal that killed it; 3023 at the timeout and 3028 when cancelled, both
@@ -60,10 +76,14 @@ commands. data:
    "stdout_bytes":INT, "stderr_bytes":INT (all bytes seen, kept or not),
    "stdout_truncated":BOOL, "stderr_truncated":BOOL,
    "stdout_lossy":BOOL, "stderr_lossy":BOOL, "elapsed_ms":INT, "pid":INT,
-   "user":STR, "group":STR, "uid":INT, "gid":INT, "groups":[INT]}
+   "user":STR, "group":STR, "uid":INT, "gid":INT, "groups":[INT],
+   "survivors_killed":INT (only when the agent stopped the command)}
 Text rule: the first max_output bytes of each stream are decoded as UTF-8;
 invalid bytes become U+FFFD and set *_lossy; a multi-byte character cut by
-the cap is dropped, not replaced.
+the cap is dropped, not replaced. Frame rule: the texts are then cut
+further (at a character, *_truncated set) so that the whole answer, JSON-
+escaped (a control byte takes 6) and in its envelope, fits max_frame; the
+two streams share the room equally, one that needs less gives the rest.
 
 Peek: {"peek":CALL_ID} (the host's call id of a sync.bash call still
 running; every other key is ignored) answers at once with the output so
@@ -76,7 +96,8 @@ is left out (it shows later). 3021 if peek is not an unsigned integer, or
 "no running command with call id N" (unknown, or already answered).
 
 Host config: max_output (1048576), max_output_limit (16777216),
-max_concurrent (64), kill_grace_ms (2000)."#;
+max_concurrent (64), kill_grace_ms (2000), max_frame (16777216, >= 1024:
+the host's server.max_frame), start_timeout_ms (30000)."#;
 
 basicagent_abi::export_plugin!(PluginSpec {
     name: "sync_bash",
@@ -119,6 +140,10 @@ fn executor_count() -> usize {
 fn init(host: &Host) -> Result<(), InitError> {
     let parsed = Config::parse(host.config()).map_err(|e| InitError(e.to_string()))?;
     let _ = CONFIG.set(parsed);
+    // The process (daemon or ctl) becomes a child subreaper: processes a
+    // command leaves behind come back to it, to be killed after a
+    // timeout and reaped (see reaper.rs).
+    reaper::start();
     Ok(())
 }
 
@@ -126,7 +151,7 @@ fn call(call: Call, request: &[u8]) {
     let config = config();
     let request = match Command::parse(request, config) {
         Ok(Command::Run(r)) => r,
-        Ok(Command::Peek(target)) => return peek(call, target),
+        Ok(Command::Peek(target)) => return peek(call, target, params::id_len(request)),
         Err(e) => {
             let code = e.retcode();
             return call.fail(code, &format!("{}: {e}", retcode::message(code)));
@@ -190,8 +215,8 @@ fn submit(msg: Msg) {
 /// Every executor hears the peek; the one running the target answers it,
 /// and if none does, the last one to let go answers `3021`. Takes no
 /// slot of `max_concurrent`, never waits for an executor.
-fn peek(call: Call, target: CallId) {
-    let peek = Arc::new(Peek::new(call, target));
+fn peek(call: Call, target: CallId, id_len: usize) {
+    let peek = Arc::new(Peek::new(call, target, id_len));
     let guard = executors();
     for handle in guard.iter().flatten() {
         // A message given back (executor gone) is dropped at once; ours

@@ -25,7 +25,20 @@ pub struct Config {
     pub max_concurrent: usize,
     /// Time between SIGTERM and SIGKILL to the process group.
     pub kill_grace: Duration,
+    /// The host's largest frame (`server.max_frame`, key `max_frame`):
+    /// every answer, escaped and wrapped in its envelope, fits in it.
+    pub max_frame: usize,
+    /// How long resolving the user and group (NSS) and starting the
+    /// child (up to `execve`) may take before the call is answered
+    /// without running anything (key `start_timeout_ms`; also bounded by
+    /// the request's `timeout`).
+    pub start_timeout: Duration,
 }
+
+/// Default of `max_frame`: the host's default `server.max_frame`.
+pub const DEFAULT_MAX_FRAME: usize = 16 << 20;
+/// Smallest accepted `max_frame` (the host's own floor).
+pub const MIN_MAX_FRAME: usize = 1024;
 
 impl Default for Config {
     fn default() -> Self {
@@ -34,6 +47,8 @@ impl Default for Config {
             max_output_limit: 16 << 20,
             max_concurrent: 64,
             kill_grace: Duration::from_millis(2000),
+            max_frame: DEFAULT_MAX_FRAME,
+            start_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -47,6 +62,8 @@ pub enum ConfigError {
     NotInteger(&'static str),
     #[error("plugin config: {0} must be >= 1")]
     Zero(&'static str),
+    #[error("plugin config: max_frame must be >= {MIN_MAX_FRAME}")]
+    FrameTooSmall,
     #[error("plugin config: max_output ({max_output}) must be <= max_output_limit ({limit})")]
     OutputAboveLimit { max_output: usize, limit: usize },
 }
@@ -81,6 +98,18 @@ impl Config {
         if let Some(v) = get("kill_grace_ms")? {
             config.kill_grace = Duration::from_millis(v);
         }
+        if let Some(v) = get("max_frame")? {
+            if size(v) < MIN_MAX_FRAME {
+                return Err(ConfigError::FrameTooSmall);
+            }
+            config.max_frame = size(v);
+        }
+        if let Some(v) = get("start_timeout_ms")? {
+            if v == 0 {
+                return Err(ConfigError::Zero("start_timeout_ms"));
+            }
+            config.start_timeout = Duration::from_millis(v);
+        }
         if config.max_output > config.max_output_limit {
             return Err(ConfigError::OutputAboveLimit {
                 max_output: config.max_output,
@@ -110,6 +139,8 @@ pub struct Request {
     pub stdin: Vec<u8>,
     /// Bytes kept per stream.
     pub max_output: usize,
+    /// Length of the request's raw `id` (echoed in the answer's frame).
+    pub id_len: usize,
 }
 
 /// A request refused before anything runs (`3020` / `3021`).
@@ -174,6 +205,25 @@ fn name(map: &Map<String, Value>, key: &'static str) -> Result<Option<String>, P
         }
         Some(_) => Err(ParamError::Name(key)),
     }
+}
+
+/// Bytes a value takes when serialised (the `id` the host echoes; the
+/// host keeps it raw, which is at most this plus its escapes, bounded by
+/// the frame it came in: a generous reading of both is enough for the
+/// answer bound).
+fn raw_len(v: Option<&Value>) -> usize {
+    v.map_or(0, |v| {
+        let compact = serde_json::to_string(v).map_or(0, |s| s.len());
+        // A raw id may carry escapes the compact form lost ("\u0041"
+        // is 6 bytes for 1): count the worst case, 6 per byte, capped.
+        compact.saturating_mul(6)
+    })
+}
+
+/// The `id` length of a request frame (0 if none or not JSON): what the
+/// host echoes around a peek's answer.
+pub fn id_len(json: &[u8]) -> usize {
+    object(json).map_or(0, |map| raw_len(map.get("id")))
 }
 
 /// What a `sync.bash` call asks for.
@@ -273,6 +323,7 @@ impl Request {
             }
         };
         Ok(Request {
+            id_len: raw_len(map.get("id")),
             cmd,
             timeout: Duration::from_secs(timeout),
             user,
@@ -491,5 +542,40 @@ mod tests {
             Config::parse(br#"{"max_output":30,"max_output_limit":20}"#),
             Err(ConfigError::OutputAboveLimit { .. })
         ));
+    }
+
+    #[test]
+    fn frame_and_start_settings() {
+        let d = Config::default();
+        assert_eq!(
+            (d.max_frame, d.start_timeout),
+            (16 << 20, Duration::from_secs(30))
+        );
+        let c = Config::parse(br#"{"max_frame":65536,"start_timeout_ms":1500}"#).unwrap();
+        assert_eq!(
+            (c.max_frame, c.start_timeout),
+            (65536, Duration::from_millis(1500))
+        );
+        assert_eq!(
+            Config::parse(br#"{"max_frame":1023}"#),
+            Err(ConfigError::FrameTooSmall)
+        );
+        assert_eq!(
+            Config::parse(br#"{"start_timeout_ms":0}"#),
+            Err(ConfigError::Zero("start_timeout_ms"))
+        );
+        assert_eq!(
+            Config::parse(br#"{"max_frame":-1}"#),
+            Err(ConfigError::NotInteger("max_frame"))
+        );
+    }
+
+    #[test]
+    fn id_length_is_counted_generously() {
+        assert_eq!(id_len(br#"{"cmd":"x"}"#), 0);
+        assert_eq!(id_len(br#"{"id":"ab"}"#), 4 * 6);
+        assert_eq!(id_len(b"not json"), 0);
+        let r = parse(r#"{"id":12345,"cmd":"x"}"#).unwrap();
+        assert_eq!(r.id_len, 5 * 6);
     }
 }

@@ -4,6 +4,8 @@
 use basicagent_abi::retcode;
 use serde::Serialize;
 
+use std::borrow::Cow;
+
 use crate::capture::{Captured, Peeked};
 use crate::identity::Identity;
 use crate::job::StopReason;
@@ -19,6 +21,9 @@ pub struct Finished<'a> {
     pub elapsed_ms: u64,
     pub pid: i32,
     pub identity: &'a Identity,
+    /// Processes outside the command's process group killed after it was
+    /// stopped (`None`: not stopped by the agent, no search made).
+    pub survivors_killed: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -42,6 +47,117 @@ struct Data<'a> {
     uid: u32,
     gid: u32,
     groups: &'a [u32],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    survivors_killed: Option<u32>,
+}
+
+/// Bytes of a frame that are not `data` nor the echoed `id`: the
+/// envelope (`{"id":,"resp":"success","retcode":N,"message":"…","data":}`
+/// or `task.done`'s `{"method":"task.done","task":"…",…}`), the retcode's
+/// standard message the host may fill in, and the `\n`. Generous.
+pub const ENVELOPE_RESERVE: usize = 256;
+
+/// Where the answer must fit: the host's frame bound, less what the
+/// request's `id` takes in the envelope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameBound {
+    pub max_frame: usize,
+    pub id_len: usize,
+}
+
+impl FrameBound {
+    /// Bytes left for `data` and `message` together.
+    fn room(self) -> usize {
+        self.max_frame
+            .saturating_sub(ENVELOPE_RESERVE)
+            .saturating_sub(self.id_len)
+    }
+}
+
+/// Bytes one byte of a string takes inside a JSON string (serde_json's
+/// escaping: `"` `\\` and control characters; the short forms for
+/// `\b \t \n \f \r`, `\u00XX` for the others; all else verbatim).
+fn escaped_byte(b: u8) -> usize {
+    match b {
+        b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+        0x00..=0x1f => 6,
+        _ => 1,
+    }
+}
+
+/// Bytes `s` takes as a JSON string body (quotes not counted).
+pub fn escaped_len(s: &str) -> usize {
+    s.bytes()
+        .map(escaped_byte)
+        .fold(0usize, usize::saturating_add)
+}
+
+/// The longest prefix of `s` (cut at a character boundary) whose escaped
+/// form takes at most `room` bytes.
+fn prefix_within(s: &str, room: usize) -> usize {
+    let mut used = 0usize;
+    for (i, c) in s.char_indices() {
+        let cost = if c.is_ascii() {
+            escaped_byte(c as u8)
+        } else {
+            c.len_utf8()
+        };
+        if used.saturating_add(cost) > room {
+            return i;
+        }
+        used += cost;
+    }
+    s.len()
+}
+
+/// How many escaped bytes each of two texts may keep so that together
+/// they take at most `room`: each gets half, and what one does not use
+/// goes to the other. `None` for a text that fits whole.
+fn shares(out: usize, err: usize, room: usize) -> (Option<usize>, Option<usize>) {
+    if out.saturating_add(err) <= room {
+        return (None, None);
+    }
+    let half = room / 2;
+    if out <= half {
+        (None, Some(room - out))
+    } else if err <= half {
+        (Some(room - err), None)
+    } else {
+        (Some(half), Some(room - half))
+    }
+}
+
+/// Cuts the two texts so that their escaped forms take at most `room`
+/// bytes in all; returns which were cut.
+fn fit_pair(out: &mut String, err: &mut String, room: usize) -> (bool, bool) {
+    let (a, b) = shares(escaped_len(out), escaped_len(err), room);
+    let cut = |text: &mut String, share: Option<usize>| match share {
+        Some(share) => {
+            let keep = prefix_within(text, share);
+            text.truncate(keep);
+            text.shrink_to_fit();
+            true
+        }
+        None => false,
+    };
+    (cut(out, a), cut(err, b))
+}
+
+/// [`fit_pair`] for a peek's borrowed texts.
+fn fit_peek(out: &mut Cow<'_, str>, err: &mut Cow<'_, str>, room: usize) -> (bool, bool) {
+    let (a, b) = shares(escaped_len(out), escaped_len(err), room);
+    let cut = |text: &mut Cow<'_, str>, share: Option<usize>| match share {
+        Some(share) => {
+            let keep = prefix_within(text, share);
+            match text {
+                Cow::Borrowed(s) => *s = &s[..keep],
+                Cow::Owned(s) => s.truncate(keep),
+            }
+            true
+        }
+        None => false,
+    };
+    (cut(out, a), cut(err, b))
 }
 
 /// A complete answer.
@@ -55,8 +171,9 @@ pub struct Answer {
 
 impl Finished<'_> {
     /// Builds the answer; consumes the captures so that their buffers are
-    /// freed before the host copies the JSON.
-    pub fn answer(self) -> Answer {
+    /// freed before the host copies the JSON. The texts are cut (their
+    /// `*_truncated` set) so that the escaped answer fits `bound`.
+    pub fn answer(mut self, bound: FrameBound) -> Answer {
         let (exitcode, signal, core_dumped) = match self.exit {
             Exit::Code(c) => (Some(c), None, false),
             Exit::Signal {
@@ -98,13 +215,13 @@ impl Finished<'_> {
             },
         };
         let id = self.identity;
-        let data = Data {
+        let mut data = Data {
             exitcode,
             signal: signal_name,
             core_dumped,
             signal_sent_by_agent: self.stopped.is_some(),
-            stdout: &self.stdout.text,
-            stderr: &self.stderr.text,
+            stdout: "",
+            stderr: "",
             stdout_bytes: self.stdout.total,
             stderr_bytes: self.stderr.total,
             stdout_truncated: self.stdout.truncated,
@@ -118,7 +235,19 @@ impl Finished<'_> {
             uid: id.uid,
             gid: id.gid,
             groups: &id.groups,
+            survivors_killed: self.survivors_killed,
         };
+        // Everything but the two texts, measured once with them empty.
+        let fixed = serde_json::to_string(&data).map_or(0, |s| s.len());
+        let room = bound
+            .room()
+            .saturating_sub(fixed)
+            .saturating_sub(escaped_len(&message).saturating_add(2));
+        let (cut_out, cut_err) = fit_pair(&mut self.stdout.text, &mut self.stderr.text, room);
+        data.stdout = &self.stdout.text;
+        data.stderr = &self.stderr.text;
+        data.stdout_truncated |= cut_out;
+        data.stderr_truncated |= cut_err;
         // Serialising plain strings, numbers and bools cannot fail.
         let data = serde_json::to_string(&data).unwrap_or_else(|_| "null".to_owned());
         Answer {
@@ -144,14 +273,21 @@ struct PeekData<'a> {
     stderr_lossy: bool,
 }
 
-/// The `data` of a peek: a running command's output so far.
-pub fn peek_data(pid: i32, elapsed_ms: u64, stdout: &Peeked<'_>, stderr: &Peeked<'_>) -> String {
-    let data = PeekData {
+/// The `data` of a peek: a running command's output so far, cut (with
+/// `*_truncated` set) so that the escaped answer fits `bound`.
+pub fn peek_data(
+    pid: i32,
+    elapsed_ms: u64,
+    stdout: &Peeked<'_>,
+    stderr: &Peeked<'_>,
+    bound: FrameBound,
+) -> String {
+    let mut data = PeekData {
         running: true,
         pid,
         elapsed_ms,
-        stdout: &stdout.text,
-        stderr: &stderr.text,
+        stdout: "",
+        stderr: "",
         stdout_bytes: stdout.total,
         stderr_bytes: stderr.total,
         stdout_truncated: stdout.truncated,
@@ -159,6 +295,14 @@ pub fn peek_data(pid: i32, elapsed_ms: u64, stdout: &Peeked<'_>, stderr: &Peeked
         stdout_lossy: stdout.lossy,
         stderr_lossy: stderr.lossy,
     };
+    let fixed = serde_json::to_string(&data).map_or(0, |s| s.len());
+    let room = bound.room().saturating_sub(fixed);
+    let (mut out, mut err) = (Cow::Borrowed(&*stdout.text), Cow::Borrowed(&*stderr.text));
+    let (cut_out, cut_err) = fit_peek(&mut out, &mut err, room);
+    data.stdout = &out;
+    data.stderr = &err;
+    data.stdout_truncated |= cut_out;
+    data.stderr_truncated |= cut_err;
     // Serialising plain strings, numbers and bools cannot fail.
     serde_json::to_string(&data).unwrap_or_else(|_| "null".to_owned())
 }
@@ -167,6 +311,86 @@ pub fn peek_data(pid: i32, elapsed_ms: u64, stdout: &Peeked<'_>, stderr: &Peeked
 mod tests {
     use super::*;
     use crate::capture::Capture;
+
+    const BIG: FrameBound = FrameBound {
+        max_frame: 16 << 20,
+        id_len: 0,
+    };
+
+    #[test]
+    fn escaping_is_measured_as_serde_json_does() {
+        let all: String = (0u8..0x80).map(char::from).chain("é€😀".chars()).collect();
+        let json = serde_json::to_string(&all).unwrap();
+        assert_eq!(escaped_len(&all), json.len() - 2);
+        assert_eq!(escaped_len("\u{1}"), 6);
+        assert_eq!(prefix_within("a\u{1}b", 6), 1);
+        assert_eq!(prefix_within("a\u{1}b", 7), 2);
+        assert_eq!(prefix_within("é€", 4), 2);
+        assert_eq!(prefix_within("é€", 5), 5);
+    }
+
+    #[test]
+    fn shares_give_unused_room_to_the_other() {
+        assert_eq!(shares(10, 10, 20), (None, None));
+        assert_eq!(shares(4, 100, 20), (None, Some(16)));
+        assert_eq!(shares(100, 4, 20), (Some(16), None));
+        assert_eq!(shares(100, 100, 21), (Some(10), Some(11)));
+    }
+
+    /// Item 5 of issue 12: control bytes escape to six times their size;
+    /// the answer still fits the frame, flags set.
+    #[test]
+    fn control_bytes_fit_the_frame() {
+        let id = identity();
+        for max_frame in [1024usize, 4096, 100_000] {
+            let bound = FrameBound {
+                max_frame,
+                id_len: 30,
+            };
+            let mut out = Capture::new(1 << 20);
+            out.push(&vec![1u8; 200_000]);
+            let mut err = Capture::new(1 << 20);
+            err.push(&[1u8; 10]);
+            let a = Finished {
+                exit: Exit::Code(0),
+                stopped: Some(StopReason::Timeout),
+                timeout_s: 3,
+                stdout: out.finish(),
+                stderr: err.finish(),
+                elapsed_ms: 7,
+                pid: 42,
+                identity: &id,
+                survivors_killed: Some(2),
+            }
+            .answer(bound);
+            let frame = a.data.len() + escaped_len(&a.message) + ENVELOPE_RESERVE + 30;
+            assert!(frame <= max_frame, "{frame} > {max_frame}");
+            let v: serde_json::Value = serde_json::from_str(&a.data).unwrap();
+            assert_eq!(v["stdout_truncated"], true);
+            // The small stream fits whole and keeps its flag clear.
+            assert_eq!(
+                (
+                    v["stderr_truncated"].as_bool(),
+                    v["stderr"].as_str().map(str::len)
+                ),
+                (Some(false), Some(10))
+            );
+            assert_eq!(v["stdout_bytes"], 200_000);
+            assert_eq!(v["survivors_killed"], 2);
+            let mut o = Capture::new(1 << 20);
+            o.push(&vec![1u8; 200_000]);
+            let p: serde_json::Value =
+                serde_json::from_str(&peek_data(1, 1, &o.peek(), &o.peek(), bound)).unwrap();
+            assert_eq!(
+                (
+                    p["stdout_truncated"].as_bool(),
+                    p["stderr_truncated"].as_bool()
+                ),
+                (Some(true), Some(true))
+            );
+            assert!(serde_json::to_string(&p).unwrap().len() + ENVELOPE_RESERVE + 30 <= max_frame);
+        }
+    }
 
     fn identity() -> Identity {
         Identity {
@@ -193,8 +417,9 @@ mod tests {
             elapsed_ms: 7,
             pid: 42,
             identity: &id,
+            survivors_killed: None,
         }
-        .answer();
+        .answer(BIG);
         let mut v: serde_json::Value = serde_json::from_str(&a.data).unwrap();
         v["_retcode"] = a.retcode.into();
         v["_message"] = a.message.into();
@@ -271,7 +496,7 @@ mod tests {
         let mut err = Capture::new(4);
         err.push(b"e");
         let v: serde_json::Value =
-            serde_json::from_str(&peek_data(9, 5, &out.peek(), &err.peek())).unwrap();
+            serde_json::from_str(&peek_data(9, 5, &out.peek(), &err.peek(), BIG)).unwrap();
         assert_eq!(
             v,
             serde_json::json!({"running":true,"pid":9,"elapsed_ms":5,

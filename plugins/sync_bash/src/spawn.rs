@@ -14,6 +14,58 @@
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicI32, Ordering};
+
+/// The system calls that set the supplementary groups, the real/effective/
+/// saved gid and uid, taking 32-bit ids. On 32-bit x86 and 32-bit ARM the
+/// plain `SYS_setgroups`/`SYS_setresgid`/`SYS_setresuid` are the legacy
+/// 16-bit calls (uid 65536 would become 0): there the `*32` calls are the
+/// right ones. Every other Linux target listed has only 32-bit calls; an
+/// unlisted one refuses to build rather than guess.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdSyscalls {
+    pub setgroups: libc::c_long,
+    pub setresgid: libc::c_long,
+    pub setresuid: libc::c_long,
+}
+
+#[cfg(any(target_arch = "x86", target_arch = "arm"))]
+pub const ID_SYSCALLS: IdSyscalls = IdSyscalls {
+    setgroups: libc::SYS_setgroups32,
+    setresgid: libc::SYS_setresgid32,
+    setresuid: libc::SYS_setresuid32,
+};
+
+#[cfg(any(
+    target_arch = "x86_64",
+    target_arch = "aarch64",
+    target_arch = "riscv64",
+    target_arch = "powerpc64",
+    target_arch = "s390x",
+    target_arch = "loongarch64",
+    target_arch = "mips64"
+))]
+pub const ID_SYSCALLS: IdSyscalls = IdSyscalls {
+    setgroups: libc::SYS_setgroups,
+    setresgid: libc::SYS_setresgid,
+    setresuid: libc::SYS_setresuid,
+};
+
+#[cfg(not(any(
+    target_arch = "x86",
+    target_arch = "arm",
+    target_arch = "x86_64",
+    target_arch = "aarch64",
+    target_arch = "riscv64",
+    target_arch = "powerpc64",
+    target_arch = "s390x",
+    target_arch = "loongarch64",
+    target_arch = "mips64"
+)))]
+compile_error!(
+    "sync.bash: unknown target architecture: check whether SYS_setgroups/SYS_setresgid/\
+     SYS_setresuid take 16-bit ids here (then use the *32 calls) and list it in spawn.rs"
+);
 
 /// Where a failed child stopped before `execve` succeeded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,14 +250,18 @@ fn dev_null() -> Result<OwnedFd, SpawnError> {
     above_stdio(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Starts the command. Returns as soon as the child exists (it does not
-/// wait for `execve`; a failure before it arrives on `Child::failure`).
-pub fn spawn(plan: &Plan) -> Result<Child, SpawnError> {
-    spawn_with(plan, true)
+/// Starts the command. Returns once the child has called `execve` (the
+/// vfork-style parent waits for it) or failed before it (the failure
+/// arrives on `Child::failure`). The child stores its pid in `published`
+/// first thing, so that another thread can kill it while this one waits
+/// (a `chdir` into a hung mount); until this returns and the pid is
+/// reaped, that pid cannot be reused.
+pub fn spawn(plan: &Plan, published: &AtomicI32) -> Result<Child, SpawnError> {
+    spawn_with(plan, true, published)
 }
 
 /// [`spawn`], with `vfork_style` false forcing the `fork` path.
-fn spawn_with(plan: &Plan, vfork_style: bool) -> Result<Child, SpawnError> {
+fn spawn_with(plan: &Plan, vfork_style: bool, published: &AtomicI32) -> Result<Child, SpawnError> {
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
     let (fail_r, fail_w) = pipe()?;
@@ -233,6 +289,7 @@ fn spawn_with(plan: &Plan, vfork_style: bool) -> Result<Child, SpawnError> {
         argv: &argv,
         envp: &envp,
         fds: child_fds,
+        published,
     };
     let started = if vfork_style {
         clone_child(&args)
@@ -277,6 +334,8 @@ struct ChildArgs<'a> {
     argv: &'a [*const libc::c_char],
     envp: &'a [*const libc::c_char],
     fds: ChildFds,
+    /// Where the vfork-style child writes its pid (shared memory).
+    published: &'a AtomicI32,
 }
 
 fn fork_child(args: &ChildArgs<'_>) -> Result<(libc::pid_t, OwnedFd), SpawnError> {
@@ -291,6 +350,8 @@ fn fork_child(args: &ChildArgs<'_>) -> Result<(libc::pid_t, OwnedFd), SpawnError
         // SAFETY: we are the freshly forked child; see child_main.
         unsafe { child_main(args.plan, args.argv, args.envp, args.fds) }
     }
+    // fork does not wait for the child: published for uniformity.
+    args.published.store(pid, Ordering::SeqCst);
     // SAFETY: pidfd_open on our own, unreaped child: the pid cannot be
     // reused before we reap it.
     let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as RawFd;
@@ -363,6 +424,10 @@ extern "C" fn clone_entry(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY: `arg` is the `ChildArgs` that `clone_child` passed; the
     // parent is suspended (CLONE_VFORK) so it stays alive and unchanged.
     let args = unsafe { &*arg.cast::<ChildArgs<'_>>() };
+    // Raw getpid (no libc cache) and an atomic store: async-signal-safe.
+    // SAFETY: getpid takes no arguments.
+    let pid = unsafe { libc::syscall(libc::SYS_getpid) } as i32;
+    args.published.store(pid, Ordering::SeqCst);
     // SAFETY: the fresh child; see child_main.
     unsafe { child_main(args.plan, args.argv, args.envp, args.fds) }
 }
@@ -463,13 +528,15 @@ unsafe fn child_main(
         if let Some(ids) = &plan.ids {
             // Raw syscalls: they change only this (single) thread's
             // credentials, without glibc's all-threads broadcast.
-            if libc::syscall(libc::SYS_setgroups, ids.groups.len(), ids.groups.as_ptr()) != 0 {
+            // The 32-bit-id calls on every target (see ID_SYSCALLS).
+            let calls = ID_SYSCALLS;
+            if libc::syscall(calls.setgroups, ids.groups.len(), ids.groups.as_ptr()) != 0 {
                 fail(Stage::Setgroups);
             }
-            if libc::syscall(libc::SYS_setresgid, ids.gid, ids.gid, ids.gid) != 0 {
+            if libc::syscall(calls.setresgid, ids.gid, ids.gid, ids.gid) != 0 {
                 fail(Stage::Setgid);
             }
-            if libc::syscall(libc::SYS_setresuid, ids.uid, ids.uid, ids.uid) != 0 {
+            if libc::syscall(calls.setresuid, ids.uid, ids.uid, ids.uid) != 0 {
                 fail(Stage::Setuid);
             }
         }
@@ -672,7 +739,9 @@ mod tests {
                 false,
             )
             .unwrap();
-            let child = spawn_with(&plan, vfork_style).unwrap();
+            let published = AtomicI32::new(0);
+            let child = spawn_with(&plan, vfork_style, &published).unwrap();
+            assert_eq!(published.load(Ordering::SeqCst), child.pid);
             assert_eq!(reap(child.pid, true), Some(Exit::Code(7)));
             assert_eq!(read_failure(&child.failure), None);
             let out = String::from_utf8(read_all(&child.stdout)).unwrap();
@@ -685,11 +754,33 @@ mod tests {
     fn failure_before_exec_is_reported() {
         for vfork_style in [true, false] {
             let plan = Plan::new("true", &[], Some("/no/such/dir"), "/", None, false).unwrap();
-            let child = spawn_with(&plan, vfork_style).unwrap();
+            let published = AtomicI32::new(0);
+            let child = spawn_with(&plan, vfork_style, &published).unwrap();
+            assert_eq!(published.load(Ordering::SeqCst), child.pid);
             assert_eq!(reap(child.pid, true), Some(Exit::Code(127)));
             let failure = read_failure(&child.failure).unwrap();
             assert_eq!((failure.stage, failure.errno), (Stage::Chdir, libc::ENOENT));
         }
+    }
+
+    /// The id-switching calls take 32-bit ids on every target: the
+    /// numbers are the kernel's (arch/x86/entry/syscalls, arm's
+    /// calls.S), written out so that a change of `ID_SYSCALLS` shows.
+    #[test]
+    fn id_syscall_numbers_per_target() {
+        let c = ID_SYSCALLS;
+        let got = (c.setgroups, c.setresgid, c.setresuid);
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(got, (116, 119, 117));
+        #[cfg(target_arch = "aarch64")]
+        assert_eq!(got, (159, 149, 147));
+        // i386 and ARM EABI: setgroups32 206, setresgid32 210,
+        // setresuid32 208 (the 16-bit ones are 81, 170, 164 on i386).
+        #[cfg(any(target_arch = "x86", target_arch = "arm"))]
+        assert_eq!(got, (206, 210, 208));
+        #[cfg(any(target_arch = "x86", target_arch = "arm"))]
+        assert_ne!(c.setgroups, libc::SYS_setgroups);
+        let _ = got;
     }
 
     #[test]
