@@ -153,7 +153,8 @@ if [ "$PLUGINDIR" != /usr/lib/basicagent/plugins ]; then
 fi
 install -d -m 0755 "$(D "$CONFDIR")"
 put_config 0644 "$TMP" "$CONFDIR/agent.toml"
-install -d -m 0750 "$(D /var/lib/basicagent)" "$(D /var/log/basicagent)"
+install -d -m 0700 "$(D /var/lib/basicagent)"
+install -d -m 0750 "$(D /var/log/basicagent)"
 
 printf '%s\n' "${INSTALLED[@]}" > "$(D "$MANIFEST")"
 echo "installed $(D "$MANIFEST")"

@@ -80,7 +80,8 @@ cat > "$PKG/DEBIAN/postinst" <<'EOF'
 #!/bin/sh
 set -e
 if [ "$1" = configure ]; then
-    install -d -m 0750 /var/lib/basicagent /var/log/basicagent
+    install -d -m 0700 /var/lib/basicagent
+    install -d -m 0750 /var/log/basicagent
     if [ -x /usr/sbin/update-rc.d ]; then
         update-rc.d basicagent defaults >/dev/null || true
     fi

@@ -310,11 +310,15 @@ impl Config {
     }
 
     /// The host settings handed to plugins, as a JSON object:
-    /// `{"max_output":N,"max_output_limit":N,"max_concurrent":N}`.
+    /// `{"max_output":N,"max_output_limit":N,"max_concurrent":N,"max_frame":N}`
+    /// (`max_frame` is `server.max_frame`, so `sync.bash` cuts its captures to fit).
     pub fn plugin_settings_json(&self) -> String {
         format!(
-            "{{\"max_output\":{},\"max_output_limit\":{},\"max_concurrent\":{}}}",
-            self.agent.max_output, self.agent.max_output_limit, self.agent.max_concurrent
+            "{{\"max_output\":{},\"max_output_limit\":{},\"max_concurrent\":{},\"max_frame\":{}}}",
+            self.agent.max_output,
+            self.agent.max_output_limit,
+            self.agent.max_concurrent,
+            self.server.max_frame
         )
     }
 }
