@@ -138,6 +138,7 @@ impl Server {
             .arg(&admin)
             .arg("--events")
             .arg(&events)
+            .args(["--api", "127.0.0.1:0"])
             .args(extra)
             .stdin(Stdio::null())
             .spawn()
