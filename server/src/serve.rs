@@ -3,7 +3,7 @@
 //! Runtime: tokio, multi-threaded with one worker per core. Each agent
 //! session is one task on one socket descriptor (no thread, no eventfd per
 //! session). Descriptors: the process raises its soft RLIMIT_NOFILE to the
-//! hard limit and keeps [`FD_RESERVE`] of them for the API, the admin
+//! hard limit and keeps [`FD_RESERVE`] of them (see [`fd_reserve`]) for the API, the admin
 //! socket, the store and logs; the session limit is the rest (or
 //! `--max-sessions`). Past the limit an agent still gets TLS and a clean
 //! init refusal (3026 Busy, or a redirect to the configured peers), with
@@ -32,10 +32,28 @@ use crate::storage::Storage;
 use crate::tls::{server_config, TlsSetupError};
 use crate::{admin, api, session};
 
-/// Descriptors kept for everything that is not an agent session.
+/// Descriptors kept for everything that is not an agent session (half the
+/// limit when the limit is below 256).
 pub const FD_RESERVE: u64 = 64;
-/// Over-limit sessions being refused at once (each holds a descriptor for its TLS + init).
+/// Over-limit sessions being refused at once (each holds a descriptor for
+/// its TLS + init), at most a quarter of the reserve.
 pub const REFUSING_MAX: usize = 16;
+
+/// The reserve for a descriptor limit.
+pub fn fd_reserve(nofile: u64) -> u64 {
+    if nofile >= 4 * FD_RESERVE {
+        FD_RESERVE
+    } else {
+        nofile / 2
+    }
+}
+
+/// How many over-limit refusals may run at once for a descriptor limit.
+pub fn refusing_max(nofile: u64) -> usize {
+    usize::try_from(fd_reserve(nofile) / 4)
+        .unwrap_or(REFUSING_MAX)
+        .min(REFUSING_MAX)
+}
 /// The `--heartbeat` range in seconds (0: none sent, the agent's own applies).
 pub const HEARTBEAT_MAX: u64 = 3600;
 /// How often the store is pruned.
@@ -88,6 +106,8 @@ pub struct Shared {
     pub active: AtomicUsize,
     /// Over-limit sessions being refused.
     pub refusing: AtomicUsize,
+    /// Most over-limit refusals at once.
+    pub refusing_max: usize,
 }
 
 /// Why the server could not start or stopped abnormally.
@@ -164,12 +184,13 @@ fn raise_nofile() -> u64 {
 
 /// The session limit for a descriptor limit and an optional `--max-sessions`.
 pub fn session_limit(nofile: u64, wanted: Option<usize>) -> usize {
-    let room = usize::try_from(nofile.saturating_sub(FD_RESERVE)).unwrap_or(usize::MAX);
+    let reserve = fd_reserve(nofile);
+    let room = usize::try_from(nofile.saturating_sub(reserve)).unwrap_or(usize::MAX);
     match wanted {
         Some(n) if n > room => {
             log::warn!(
                 "--max-sessions {n} is more than the descriptor limit {nofile} allows \
-                 after the reserve of {FD_RESERVE}: using {room}"
+                 after the reserve of {reserve}: using {room}"
             );
             room
         }
@@ -313,6 +334,7 @@ async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         limit,
         active: AtomicUsize::new(0),
         refusing: AtomicUsize::new(0),
+        refusing_max: refusing_max(nofile),
     });
     shared
         .storage
@@ -337,9 +359,10 @@ async fn serve(options: ServeOptions) -> Result<(), ServeError> {
 
     log::info!(
         "listening on {listen}, API on {}, admin socket {}, session limit {limit} \
-         (descriptor limit {nofile}, reserve {FD_RESERVE})",
+         (descriptor limit {nofile}, reserve {})",
         api_addr.map_or("(none)".to_owned(), |a| a.to_string()),
-        options.admin.display()
+        options.admin.display(),
+        fd_reserve(nofile)
     );
     shared.events.emit(
         "listening",
@@ -379,7 +402,7 @@ async fn accept_agents(shared: Arc<Shared>, listener: TcpListener) {
                 }
                 shared.active.fetch_sub(1, Ordering::Relaxed);
                 let refusing = shared.refusing.fetch_add(1, Ordering::Relaxed);
-                if refusing < REFUSING_MAX {
+                if refusing < shared.refusing_max {
                     tokio::spawn(session::run(shared.clone(), sock, peer, true));
                 } else {
                     // Too many refusals in progress: close at once, keep the reserve.
@@ -421,8 +444,10 @@ mod tests {
     #[test]
     fn session_limit_keeps_the_reserve() {
         assert_eq!(session_limit(20_000, None), 19_936);
-        assert_eq!(session_limit(64, None), 0);
+        assert_eq!(session_limit(64, None), 32);
+        assert_eq!(refusing_max(64), 8);
+        assert_eq!(refusing_max(20_000), REFUSING_MAX);
         assert_eq!(session_limit(1024, Some(5)), 5);
-        assert_eq!(session_limit(100, Some(500)), 36);
+        assert_eq!(session_limit(100, Some(500)), 50);
     }
 }

@@ -154,10 +154,29 @@ impl Server {
 
     /// Starts on `listen`.
     pub fn start_at(listen: SocketAddr, cert: &Path, key: &Path, extra: &[&str]) -> Server {
+        Server::start_wrapped(&[], listen, cert, key, extra)
+    }
+
+    /// Starts on `listen` under `wrapper` (e.g. `["prlimit", "--nofile=64:64"]`; empty: none).
+    pub fn start_wrapped(
+        wrapper: &[&str],
+        listen: SocketAddr,
+        cert: &Path,
+        key: &Path,
+        extra: &[&str],
+    ) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let admin = dir.path().join("admin.sock");
         let events = dir.path().join("events.jsonl");
-        let child = Command::new(BIN)
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let child = command
             .arg("serve")
             .arg("--listen")
             .arg(listen.to_string())
