@@ -330,3 +330,61 @@ fn acked_task_results_survive_kill_9() {
     );
     assert!(server.get("/v1/agents/dur-b")["first_seen"].is_i64());
 }
+
+#[test]
+fn make_certs_issues_agent_certificates_the_server_binds() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/make-certs.sh");
+    let id = "0b7e4a52-1c2d-4e5f-8a9b-0c1d2e3f4a5b";
+    for args in [
+        vec![dir.path().to_str().unwrap()],
+        vec!["--agent", dir.path().to_str().unwrap(), id],
+    ] {
+        let out = std::process::Command::new("sh")
+            .arg(script)
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    let p = |name: &str| dir.path().join(name);
+    let server = Server::start_with(
+        &Pki::new(),
+        &p("server.pem"),
+        &p("server.key"),
+        &["--client-ca", p("ca.pem").to_str().unwrap()],
+    );
+    use rustls::pki_types::pem::PemObject;
+    let config = |cert: &str, key: &str| {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls::pki_types::CertificateDer::pem_file_iter(p("ca.pem")).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let chain = rustls::pki_types::CertificateDer::pem_file_iter(p(cert))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(p(key)).unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        std::sync::Arc::new(
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_client_auth_cert(chain, key)
+                .unwrap(),
+        )
+    };
+    let agent_config = config(&format!("agent-{id}.pem"), &format!("agent-{id}.key"));
+    let mut a = Agent::connect(server.listen, agent_config.clone()).unwrap();
+    assert!(a.init(id).contains("\"resp\":\"success\""));
+    // The generic client certificate (CN basicagent-client) may not claim that id.
+    let mut other = Agent::connect(server.listen, config("client.pem", "client.key")).unwrap();
+    assert_eq!(rejected_code(&other.init(id)), Retcode::PERMISSION_DENIED);
+    // Nor may the agent certificate claim another id.
+    let mut wrong = Agent::connect(server.listen, agent_config).unwrap();
+    assert_eq!(
+        rejected_code(&wrong.init("someone-else")),
+        Retcode::PERMISSION_DENIED
+    );
+}
