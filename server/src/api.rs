@@ -420,7 +420,7 @@ async fn call_handler(
 /// Appends one NDJSON line; true for the summary (the last one).
 fn push_item(buf: &mut Vec<u8>, item: CallItem) -> bool {
     let (line, last) = match item {
-        CallItem::Host { host, response, .. } => (call::host_line(&host, &response), false),
+        CallItem::Host { line, .. } => (line, false),
         CallItem::Summary(s) => (json!({ "summary": s }).to_string(), true),
     };
     buf.extend_from_slice(line.as_bytes());
