@@ -385,6 +385,7 @@ async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     }
     let _ = std::fs::remove_file(&options.admin);
     shared.events.emit("shutdown", json!({"listen": listen}));
+    shared.events.sync();
     Ok(())
 }
 

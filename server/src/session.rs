@@ -195,8 +195,8 @@ impl Session {
             if let Some(reason) = &self.closing {
                 return reason.clone();
             }
+            // Unbiased: neither a stream of requests nor a chatty agent starves the other side.
             tokio::select! {
-                biased;
                 msg = rx.recv() => {
                     let Some(msg) = msg else { return "server shutdown".into() };
                     self.outgoing(msg);
