@@ -388,3 +388,30 @@ fn make_certs_issues_agent_certificates_the_server_binds() {
         Retcode::PERMISSION_DENIED
     );
 }
+
+#[test]
+fn a_flood_of_idle_api_connections_takes_only_the_api_pool() {
+    let pki = Pki::new();
+    let server = Server::start_wrapped(
+        &["prlimit", "--nofile=64:64"],
+        free_addr(),
+        &pki.path("server.pem"),
+        &pki.path("server.key"),
+        &[],
+    );
+    let api = server.api.unwrap();
+    // Far more idle connections than the API's pool (3 at this limit).
+    let flood: Vec<TcpStream> = (0..100)
+        .filter_map(|_| TcpStream::connect(api).ok())
+        .collect();
+    assert!(flood.len() > 10);
+    // Agents and the admin socket are unaffected.
+    let agents: Vec<Agent> = (0..20)
+        .map(|i| Agent::ready(&server, &pki, &format!("pool-{i}")))
+        .collect();
+    assert_eq!(stdout_lines(&server.admin(&["list"])).len(), 20);
+    // When the flood goes, the API answers again.
+    drop(flood);
+    assert_eq!(server.get("/v1/agents/count")["count"], 20);
+    drop(agents);
+}
