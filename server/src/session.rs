@@ -141,10 +141,12 @@ impl Session {
 
     fn after_read(&mut self, n: usize) {
         self.decoder.push(&self.buf[..n]);
+        // A full read: more is waiting, read bigger next time. A read that
+        // did not fill the buffer drained the socket: back to idle size.
         let len = self.buf.len();
         if n == len && len < READ_MAX {
             self.buf = vec![0; len.saturating_mul(2).min(READ_MAX)];
-        } else if n < len / 4 && len > READ_MIN {
+        } else if n < len && len > READ_MIN {
             self.buf = vec![0; READ_MIN];
         }
     }
@@ -556,6 +558,10 @@ impl Session {
             .parse::<u64>()
             .ok()
             .and_then(|id| self.pending.remove(&id));
+        if self.pending.is_empty() && self.pending.capacity() > 16 {
+            // Give back what a burst of requests grew.
+            self.pending = HashMap::new();
+        }
         match waiter {
             Some((tx, tag)) => {
                 let _ = tx.send(CallEvent::Answered { tag, response });

@@ -415,3 +415,34 @@ fn a_flood_of_idle_api_connections_takes_only_the_api_pool() {
     assert_eq!(server.get("/v1/agents/count")["count"], 20);
     drop(agents);
 }
+
+#[test]
+fn heartbeat_zero_sends_none_and_out_of_range_refuses_to_start() {
+    let pki = Pki::new();
+    let server = Server::start(&pki, &["--heartbeat", "0"]);
+    let mut a = Agent::connect(server.listen, pki.client_config(false)).unwrap();
+    let reply = a.init("hb-0");
+    assert_eq!(
+        InitReply::parse(reply.as_bytes(), 8443).unwrap(),
+        InitReply::Accepted { heartbeat: None }
+    );
+    let out = std::process::Command::new(util::BIN)
+        .args([
+            "serve",
+            "--heartbeat",
+            "3601",
+            "--api",
+            "none",
+            "--cert",
+            "x",
+            "--key",
+            "y",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("0..=3600"),
+        "{out:?}"
+    );
+}
