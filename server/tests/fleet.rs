@@ -446,3 +446,26 @@ fn heartbeat_zero_sends_none_and_out_of_range_refuses_to_start() {
         "{out:?}"
     );
 }
+
+#[test]
+fn agent_sockets_have_tcp_keepalive() {
+    let pki = Pki::new();
+    let server = Server::start(&pki, &[]);
+    let _a = Agent::ready(&server, &pki, "ka-1");
+    // The server's end of the connection: source address = the listen address.
+    // Its keepalive timer shows once nothing else (a retransmission) is pending.
+    let start = Instant::now();
+    loop {
+        let out = std::process::Command::new("ss")
+            .args(["-tnoH", "state", "established", "src"])
+            .arg(server.listen.to_string())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.contains("keepalive") {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "no keepalive timer: {text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
