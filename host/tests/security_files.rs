@@ -215,8 +215,15 @@ fn a_writable_ca_fails_the_start_and_a_readable_key_is_a_warning() {
         key.display()
     );
     let mut agent = agent_with(&pki, port, "127.0.41.4", &bin_dir(), &client);
+    // Under --client-ca the server binds the host id to the certificate:
+    // the agent claims the id its certificate was issued for ([agent] is last).
+    let config = agent.path("agent.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!("host_id = \"{}\"\n", common::CLIENT_HOST_ID));
+    std::fs::write(&config, text).unwrap();
     agent.spawn(&["-f"]);
     let host = server.wait_agent(Duration::from_secs(15));
+    assert_eq!(host, common::CLIENT_HOST_ID);
     assert_eq!(server.call(&host, r#"{"method":"ping"}"#)["retcode"], 2);
     let warning = format!(
         "server.key {}: readable by group or others (mode 0644); used anyway, make it 0600",
