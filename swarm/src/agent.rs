@@ -142,8 +142,18 @@ pub async fn run(ctx: Arc<Ctx>, index: u64, mut stop: watch::Receiver<bool>) {
         if *stop.borrow() {
             return;
         }
+        let permit = tokio::select! {
+            biased;
+            _ = stop.changed() => return,
+            p = ctx.ramp.acquire() => p,
+        };
+        // A closed ramp (SIGUSR1): this agent gives up without trying.
+        let Ok(permit) = permit else {
+            ctx.stats.abandoned.fetch_add(1, Relaxed);
+            return;
+        };
         let attempt = async {
-            let _permit = ctx.ramp.acquire().await;
+            let _permit = permit;
             ctx.pace().await;
             establish(&ctx, &persona, source).await
         };

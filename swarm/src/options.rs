@@ -19,7 +19,9 @@ Plays N agents from one process: TLS verified against --ca and --name as the
 agent does, init with distinct host ids, answers ping, getinfo.kernel,
 sync.bash and agent.info with canned data (3022 for any other method),
 follows redirects, sends heartbeats. Runs for --duration seconds, or until
-SIGTERM/SIGINT, then prints one JSON report line on stdout.
+SIGTERM/SIGINT, then prints one JSON report line on stdout. SIGUSR1 closes
+the ramp: attempts in flight finish, agents not yet started give up
+(counted as abandoned), sessions up stay up.
 
 Defaults: --name config.cargo.com, --agents 1, --first 1, --seed swarm,
 --prefix swarm, --source 127.0.1.1-127.0.1.20, --concurrency 256,

@@ -184,6 +184,7 @@ fn report(ctx: &Ctx, process: &Process, done: bool) -> String {
 async fn drive(ctx: Arc<Ctx>, fd_limit: u64) -> Result<String, SwarmError> {
     let mut term = signal(SignalKind::terminate()).map_err(SwarmError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(SwarmError::Signals)?;
+    let mut usr1 = signal(SignalKind::user_defined1()).map_err(SwarmError::Signals)?;
     let mut sampler = Sampler {
         process: Process {
             rss_base_kib: sys::rss_kib(),
@@ -213,6 +214,12 @@ async fn drive(ctx: Arc<Ctx>, fd_limit: u64) -> Result<String, SwarmError> {
         tokio::select! {
             _ = term.recv() => break "SIGTERM",
             _ = int.recv() => break "SIGINT",
+            _ = usr1.recv() => {
+                // Stop the ramp: attempts in flight finish, agents still
+                // waiting for their turn give up; sessions up stay up.
+                log::warn!("SIGUSR1: ramp closed");
+                ctx.ramp.close();
+            }
             _ = async {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(d).await,

@@ -175,6 +175,8 @@ pub struct Stats {
     pub sessions: AtomicU64,
     /// Sessions that were up and ended other than by our shutdown.
     pub lost: AtomicU64,
+    /// Agents that gave up without an attempt because the ramp was closed (SIGUSR1).
+    pub abandoned: AtomicU64,
     refused: [AtomicU64; 7],
     pub redirects: AtomicU64,
     answered: [AtomicU64; 6],
@@ -249,6 +251,7 @@ struct Report<'a> {
     peak_up: u64,
     sessions: u64,
     lost: u64,
+    abandoned: u64,
     refused_total: u64,
     refused: serde_json::Map<String, serde_json::Value>,
     redirects: u64,
@@ -283,6 +286,7 @@ impl Stats {
             peak_up: self.peak_up.load(Relaxed),
             sessions: self.sessions.load(Relaxed),
             lost: self.lost.load(Relaxed),
+            abandoned: self.abandoned.load(Relaxed),
             refused_total: Refusal::ALL.iter().map(|&r| self.refused_count(r)).sum(),
             refused,
             redirects: self.redirects.load(Relaxed),

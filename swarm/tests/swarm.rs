@@ -354,3 +354,29 @@ fn duration_ends_the_run() {
     let report = swarm.finish();
     assert!(report["peak_up"].as_u64().unwrap() <= 2, "{report}");
 }
+
+#[test]
+fn sigusr1_closes_the_ramp() {
+    let pki = Pki::new();
+    // A peer that accepts TCP and never speaks TLS: the first attempt hangs.
+    let listener = std::net::TcpListener::bind(format!("{}:0", common::server_ip())).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut swarm = Swarm::start(
+        &pki,
+        addr,
+        "ca.pem",
+        5,
+        &["--concurrency", "1", "--handshake-timeout", "120"],
+    );
+    let (held, _) = listener.accept().unwrap();
+    let pid = swarm.child.as_ref().unwrap().id();
+    // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGUSR1) };
+    swarm.wait("the four waiting agents to give up", |s| {
+        s["abandoned"] == 4
+    });
+    drop(held);
+    let report = swarm.finish();
+    assert_eq!(report["abandoned"], 4, "{report}");
+    assert_eq!(report["refused"]["closed"], 1, "{report}");
+}
