@@ -86,6 +86,13 @@ pub fn run(opts: Options) -> Result<String, SwarmError> {
         .as_ref()
         .map(|(c, k)| (c.as_path(), k.as_path()));
     let config = basicagent_host::tls::client_config(&opts.ca, client)?;
+    // The agent's configuration, with one change: no session resumption.
+    // A real agent resumes with tickets of its own; sharing one cache
+    // across N simulated agents would let agent 2 resume agent 1's session,
+    // so every handshake here is a full one, as for a fleet starting cold.
+    let mut config = Arc::unwrap_or_clone(config);
+    config.resumption = rustls::client::Resumption::disabled();
+    let config = Arc::new(config);
     let server_name = ServerName::try_from(opts.name.clone())
         .map_err(|_| SwarmError::ServerName(opts.name.clone()))?;
     let runtime = if opts.threads <= 1 {
