@@ -10,7 +10,9 @@
         merges both runs, prints the table, writes the result.
 
 Every wait is bounded; nothing leaves 127.0.0.0/8. Figures:
-  sessions held       sum of the swarms' "up" when the ramp ended
+  sessions held       sum of the swarms' "up" when the ramp ended (all up,
+                      or no new session for 15 s while the refused agents
+                      keep retrying with the agent's backoff)
   rss per session     (server RSS with N sessions - RSS before the first) / N
   time to accept      swarm start -> last session up (the swarm's clock)
   fan-out             getinfo.kernel to every agent: POST /v1/call (NDJSON)
@@ -208,9 +210,10 @@ class Server:
                         else:
                             failed += 1
             else:
+                errfile = tempfile.TemporaryFile()
                 p = subprocess.Popen([self.binary, "call", "--admin", self.admin, "--all",
                                       "--timeout", str(timeout), json.dumps(request)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                     stdout=subprocess.PIPE, stderr=errfile)
                 deadline = time.monotonic() + timeout + 30
                 import selectors
                 sel = selectors.DefaultSelector()
@@ -236,11 +239,14 @@ class Server:
                             stamps.append(now)
                         else:
                             failed += 1
-                if p.poll() is None:
+                try:
+                    p.wait(timeout=max(1.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
                     p.kill()
+                    p.wait()
                     error = "the admin socket did not finish the call (killed)"
-                p.wait()
-                err = p.stderr.read().decode(errors="replace")
+                errfile.seek(0)
+                err = errfile.read().decode(errors="replace")
                 failed += err.count("\n")
                 if not stamps and err and not error:
                     error = err.strip().splitlines()[0][:200]
@@ -256,7 +262,7 @@ class Server:
 
 
 class Swarms:
-    def __init__(self, binary, pki, server, agents, count, tmp, seed):
+    def __init__(self, binary, pki, server, agents, count, tmp, seed, retry):
         self.procs, self.status = [], []
         per = math.ceil(agents / count)
         first = 1
@@ -271,6 +277,8 @@ class Swarms:
                    "--agents", str(n), "--first", str(first), "--seed", seed,
                    "--source", f"127.0.{100 + j}.1-127.0.{100 + j}.20",
                    "--concurrency", "256", "--status-file", status, "--progress", "10"]
+            if retry:
+                cmd.append("--retry")
             self.procs.append((subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err), out, err))
             self.status.append(status)
             first += n
@@ -313,8 +321,13 @@ class Swarms:
         return reports
 
 
-def ramp(swarms, agents, timeout, plateau):
-    """Waits until every agent is up, or resolved, or the count stops growing."""
+def ramp(swarms, agents, timeout, plateau, retry):
+    """Waits until every agent is up, or resolved, or the count stops growing.
+
+    With retry (the default, like a real fleet) refused agents keep knocking
+    with the agent's backoff, and go on doing so while the operator side is
+    measured; without it, a stalled ramp is closed (SIGUSR1) and the agents
+    that never got a turn give up."""
     start = time.monotonic()
     last_up, last_change, closed = -1, start, None
     while True:
@@ -325,6 +338,9 @@ def ramp(swarms, agents, timeout, plateau):
         if t["up"] >= agents or t["resolved"] >= agents:
             return t
         stalled = now - last_change > plateau and now - start > plateau
+        if retry and (stalled or now - start > timeout):
+            log(f"ramp ended at {t['up']} sessions (no new session for {plateau:.0f} s or timeout)")
+            return t
         if closed is None and (stalled or now - start > timeout):
             log(f"ramp stalled at {t['up']} sessions: closing the ramp (SIGUSR1)")
             swarms.signal(signal.SIGUSR1)
@@ -347,8 +363,8 @@ def run(a):
     try:
         time.sleep(1)
         before = proc_facts(server.proc.pid)
-        swarms = Swarms(a.swarm_bin, a.pki, server.listen, a.agents, a.swarms, tmp, a.label)
-        t = ramp(swarms, a.agents, a.ramp_timeout, a.plateau)
+        swarms = Swarms(a.swarm_bin, a.pki, server.listen, a.agents, a.swarms, tmp, a.label, not a.no_retry)
+        t = ramp(swarms, a.agents, a.ramp_timeout, a.plateau, not a.no_retry)
         ramp_cpu = proc_facts(server.proc.pid)["cpu_s"]
         time.sleep(2)
         held = swarms.totals()["up"]
@@ -367,7 +383,11 @@ def run(a):
             "server_fds": at_n["fds"],
             "server_cpu_ramp_s": rounded(ramp_cpu - before["cpu_s"], 2) if ramp_cpu is not None else None,
         })
-        lists = [server.list_agents() for _ in range(5)]
+        lists = []
+        for _ in range(5):
+            lists.append(server.list_agents())
+            if lists[-1][0] is None:
+                break  # locked out: do not wait 30 s five times
         ok = [dt for dt, _ in lists if dt is not None]
         result["agents_list"] = {
             "answered": len(ok), "of": len(lists),
@@ -376,7 +396,12 @@ def run(a):
         }
         result["operator_locked_out"] = not ok
         c0 = proc_facts(server.proc.pid)["cpu_s"]
-        fan = server.fanout(a.call_timeout)
+        if ok:
+            fan = server.fanout(a.call_timeout)
+        else:
+            fan = {"answered": 0, "failed": 0, "error": "operator locked out: " + str(result["agents_list"]["error"])}
+            for k in ("seconds", "first_s", "p50_s", "p99_s", "last_s", "summary"):
+                fan[k] = None
         c1 = proc_facts(server.proc.pid)["cpu_s"]
         fan["targeted"] = held
         if fan["answered"] and c0 is not None and c1 is not None:
@@ -467,6 +492,8 @@ def main():
     r.add_argument("--ip", required=True)
     r.add_argument("--out", required=True)
     r.add_argument("--token-file")
+    r.add_argument("--no-retry", action="store_true",
+                   help="each agent tries once (default: refused agents retry with backoff)")
     r.add_argument("--ramp-timeout", type=float, default=240)
     r.add_argument("--plateau", type=float, default=15)
     r.add_argument("--call-timeout", type=float, default=60)
