@@ -226,7 +226,7 @@ done
 
 # ----------------------------------------------------- the daemon, idle
 log "idle daemon after connect (reference server on $ADDR:$PORT)"
-"$SERVER" serve --listen "$ADDR:$PORT" --cert "$D/server.pem" --key "$D/server.key" \
+"$SERVER" serve --api none --listen "$ADDR:$PORT" --cert "$D/server.pem" --key "$D/server.key" \
     --admin "$D/admin.sock" 2>"$D/server.log" &
 SERVE_PID=$!; PIDS+=("$SERVE_PID")
 for _ in $(seq 50); do [ -S "$D/admin.sock" ] && break; sleep 0.1; done
@@ -256,7 +256,7 @@ for i in $(seq "$RUNS"); do
     kill "$SERVE_PID"; for _ in $(seq 100); do kill -0 "$SERVE_PID" 2>/dev/null || break; sleep 0.05; done
     wait "$SERVE_PID" 2>/dev/null || true
     read -r SERVE_PID secs < <(timeout 60 python3 scripts/benchpeer.py reconnect "$D/admin.sock" "$SERVER" -- \
-        "$SERVER" serve --listen "$ADDR:$PORT" --cert "$D/server.pem" --key "$D/server.key" --admin "$D/admin.sock")
+        "$SERVER" serve --api none --listen "$ADDR:$PORT" --cert "$D/server.pem" --key "$D/server.key" --admin "$D/admin.sock")
     PIDS+=("$SERVE_PID"); echo "$secs" >> "$D/reconnect_ours.txt"
 done
 log "server restart to reconnected: $(tr '\n' ' ' < "$D/reconnect_ours.txt")s"

@@ -278,8 +278,11 @@ fn mutual_tls_works_when_the_server_requires_a_client_certificate() {
         pki.path("client.pem").display(),
         pki.path("client.key").display()
     );
-    let _with = Agent::start(&pki, port, &["127.0.0.2"], &client, "", &["-f"]);
+    // Its host id is the one its certificate is issued for (the server checks).
+    let id = format!("host_id = \"{}\"", common::CLIENT_HOST_ID);
+    let _with = Agent::start(&pki, port, &["127.0.0.2"], &client, &id, &["-f"]);
     let host = server.wait_agent(Duration::from_secs(15));
+    assert_eq!(host, common::CLIENT_HOST_ID);
     assert_eq!(server.call(&host, r#"{"method":"ping"}"#)["retcode"], 2);
 }
 

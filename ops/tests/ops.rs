@@ -208,6 +208,7 @@ impl Server {
             .arg(dir.path().join("admin.sock"))
             .arg("--events")
             .arg(dir.path().join("events.jsonl"))
+            .args(["--api", "127.0.0.1:0"])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()

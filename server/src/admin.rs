@@ -5,23 +5,28 @@
 //! `send`, followed by exactly `len` raw bytes); the server answers with
 //! result lines (JSON objects), `{"admin_error":"..."}` lines for what went
 //! wrong, and a last `{"admin_done":true|false}` line, then closes. Each
-//! client gets its own thread, which may block waiting for agents.
+//! client gets its own tokio task; `call` runs on the same engine as
+//! `POST /v1/call` (see `call`).
 
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
-use std::sync::mpsc::{channel, RecvTimeoutError};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use basicagent_proto::{Request, Response};
+use basicagent_proto::{Request, Response, TaskDone};
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
 
-use crate::registry::{CallEvent, Sent};
+use crate::call::{self, CallItem, CallSpec, Outcome};
+use crate::registry::CallEvent;
 use crate::serve::Shared;
 
 /// Longest request header line accepted on the admin socket.
 const MAX_HEADER: u64 = 1024 * 1024;
+/// Most task results `tasks` prints.
+pub const TASKS_LIMIT: usize = 10_000;
 
 /// One admin command.
 #[derive(Debug, Serialize, Deserialize)]
@@ -59,234 +64,207 @@ pub struct AdminProblem {
 }
 
 /// Serves one admin client to the end; errors are only logged.
-pub fn serve_client(shared: Arc<Shared>, stream: UnixStream) {
-    if let Err(e) = serve(&shared, stream) {
+pub async fn serve_client(shared: Arc<Shared>, stream: UnixStream) {
+    if let Err(e) = serve(&shared, stream).await {
         log::warn!("admin client: {e}");
     }
 }
 
 struct Output {
-    stream: UnixStream,
+    stream: tokio::net::unix::OwnedWriteHalf,
     ok: bool,
 }
 
 impl Output {
-    fn line(&mut self, json: &str) -> io::Result<()> {
-        self.stream.write_all(json.as_bytes())?;
-        self.stream.write_all(b"\n")
+    async fn line(&mut self, json: &str) -> std::io::Result<()> {
+        let mut buf = Vec::with_capacity(json.len() + 1);
+        buf.extend_from_slice(json.as_bytes());
+        buf.push(b'\n');
+        self.stream.write_all(&buf).await
     }
 
-    fn problem(&mut self, message: String) -> io::Result<()> {
+    async fn problem(&mut self, message: String) -> std::io::Result<()> {
         self.ok = false;
         let line = serde_json::to_string(&AdminProblem {
             admin_error: message,
         })
-        .map_err(io::Error::other)?;
-        self.line(&line)
+        .map_err(std::io::Error::other)?;
+        self.line(&line).await
     }
 
-    fn done(mut self) -> io::Result<()> {
+    async fn done(mut self) -> std::io::Result<()> {
         let line = serde_json::to_string(&AdminDone {
             admin_done: self.ok,
         })
-        .map_err(io::Error::other)?;
-        self.line(&line)?;
-        self.stream.flush()
+        .map_err(std::io::Error::other)?;
+        self.line(&line).await?;
+        self.stream.flush().await
     }
 }
 
-fn serve(shared: &Shared, stream: UnixStream) -> io::Result<()> {
-    let mut reader = BufReader::new(stream.try_clone()?);
+/// The `tasks` lines (also the API's task objects): one per host and task.
+pub fn task_json(t: &basicagent_store::TaskResult) -> serde_json::Value {
+    let done = TaskDone::parse(t.frame.as_bytes()).ok();
+    let data: Option<serde_json::Value> = done
+        .as_ref()
+        .and_then(|d| d.data.as_ref())
+        .and_then(|d| serde_json::from_str(d.get()).ok());
+    let retcode = basicagent_proto::Retcode(u32::try_from(t.retcode).unwrap_or(u32::MAX));
+    json!({
+        "host": t.host, "task": t.task, "resp": retcode.resp(),
+        "retcode": t.retcode, "message": t.message, "data": data,
+        "received_at": (t.received_at as f64) / 1000.0,
+        "schedule": t.schedule,
+    })
+}
+
+async fn serve(shared: &Arc<Shared>, stream: UnixStream) -> std::io::Result<()> {
+    let (read, write) = stream.into_split();
+    let mut reader = BufReader::new(read);
     let mut header = Vec::new();
     (&mut reader)
         .take(MAX_HEADER)
-        .read_until(b'\n', &mut header)?;
-    let mut out = Output { stream, ok: true };
+        .read_until(b'\n', &mut header)
+        .await?;
+    let mut out = Output {
+        stream: write,
+        ok: true,
+    };
+    log::debug!("admin request {:?}", String::from_utf8_lossy(&header));
     let request: AdminRequest = match serde_json::from_slice(&header) {
         Ok(r) => r,
         Err(e) => {
-            out.problem(format!("bad admin request: {e}"))?;
-            return out.done();
+            out.problem(format!("bad admin request: {e}")).await?;
+            return out.done().await;
         }
     };
     match request {
         AdminRequest::List => {
             for agent in shared.registry.agents() {
-                out.line(&serde_json::to_string(&agent).map_err(io::Error::other)?)?;
+                let line = serde_json::to_string(&*agent).map_err(std::io::Error::other)?;
+                out.line(&line).await?;
             }
         }
-        AdminRequest::Tasks => {
-            for t in shared.registry.tasks() {
-                let line = json!({
-                    "host": t.host, "task": t.done.task, "resp": t.done.retcode.resp(),
-                    "retcode": t.done.retcode.0, "message": t.done.message, "data": t.done.data,
-                    "received_at": t.received_at,
-                });
-                out.line(&line.to_string())?;
+        AdminRequest::Tasks => match shared.storage.read(|s| s.tasks(None, TASKS_LIMIT)).await {
+            Ok(mut tasks) => {
+                tasks.sort_by(|a, b| (&a.host, &a.task).cmp(&(&b.host, &b.task)));
+                for t in &tasks {
+                    out.line(&task_json(t).to_string()).await?;
+                }
             }
-        }
+            Err(e) => out.problem(format!("store: {e}")).await?,
+        },
         AdminRequest::Call {
             host,
             all,
             timeout,
             request,
-        } => call(shared, &mut out, host, all, timeout, &request)?,
+        } => admin_call(shared, &mut out, host, all, timeout, request).await?,
         AdminRequest::Send { host, len, timeout } => {
             let mut bytes = Vec::new();
-            reader.take(len).read_to_end(&mut bytes)?;
+            reader.take(len).read_to_end(&mut bytes).await?;
             if bytes.len() as u64 != len {
                 out.problem(format!(
                     "expected {len} bytes after the header, got {}",
                     bytes.len()
-                ))?;
+                ))
+                .await?;
             } else {
-                send(shared, &mut out, &host, bytes, timeout)?;
+                send(shared, &mut out, &host, bytes, timeout).await?;
             }
         }
     }
-    out.done()
+    out.done().await
 }
 
-fn seconds(timeout: f64) -> Duration {
+/// Seconds as a duration, clamped to what a `Duration` holds.
+pub fn seconds(timeout: f64) -> Duration {
     Duration::try_from_secs_f64(timeout.max(0.0))
         .unwrap_or(Duration::from_secs(u64::from(u32::MAX)))
 }
 
-fn call(
-    shared: &Shared,
+async fn admin_call(
+    shared: &Arc<Shared>,
     out: &mut Output,
     host: Option<String>,
     all: bool,
     timeout: f64,
-    text: &str,
-) -> io::Result<()> {
-    let request = match Request::parse(text.as_bytes()) {
-        Ok(r) => r,
-        Err((_, e)) => return out.problem(format!("invalid request: {e}")),
-    };
-    let targets: Vec<String> = match (all, host) {
-        (true, _) => shared.registry.hosts(),
-        (false, Some(h)) => vec![h],
-        (false, None) => return out.problem("give --host ID or --all".into()),
-    };
-    if targets.is_empty() {
-        return out.problem("no agent is connected".into());
+    text: String,
+) -> std::io::Result<()> {
+    if let Err((_, e)) = Request::parse(text.as_bytes()) {
+        return out.problem(format!("invalid request: {e}")).await;
     }
-    let (tx, rx) = channel();
-    let mut waiting: Vec<Option<Sent>> = Vec::with_capacity(targets.len());
-    for (tag, host) in targets.iter().enumerate() {
-        match shared
-            .registry
-            .send_request(host, &request, tx.clone(), tag)
-        {
-            Ok(sent) => {
-                shared.events.emit(
-                    "request",
-                    json!({"host": host, "id": sent.id, "method": request.method}),
-                );
-                waiting.push(Some(sent));
-            }
-            Err(e) => {
-                waiting.push(None);
-                out.problem(e.to_string())?;
-            }
-        }
+    let (hosts, target) = match (all, host) {
+        (true, _) => (
+            shared
+                .registry
+                .agents()
+                .iter()
+                .map(|a| a.host.clone())
+                .collect(),
+            json!({"all": true}),
+        ),
+        (false, Some(h)) => (vec![h.clone()], json!({"hosts": [h]})),
+        (false, None) => return out.problem("give --host ID or --all".into()).await,
+    };
+    if hosts.is_empty() {
+        return out.problem("no agent is connected".into()).await;
     }
-    drop(tx);
-    let deadline = Instant::now() + seconds(timeout);
-    while waiting.iter().any(Option::is_some) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(CallEvent::Answered { tag, mut response }) => {
-                let Some(slot) = waiting.get_mut(tag) else {
-                    continue;
+    let spec = CallSpec {
+        hosts,
+        request: text,
+        timeout: seconds(timeout),
+        who: "admin".into(),
+        target: target.to_string(),
+    };
+    let mut items = call::start(shared.clone(), spec);
+    while let Some(item) = items.recv().await {
+        match item {
+            CallItem::Host {
+                host,
+                outcome: Outcome::Answered,
+                response,
+            } => {
+                let line = if all {
+                    call::host_line(&host, &response)
+                } else {
+                    response.to_json()
                 };
-                if slot.take().is_none() {
-                    continue;
-                }
-                if let Some(id) = &request.id {
-                    response.id = Some(id.clone());
-                }
-                out.line(&response_line(
-                    all.then_some(targets[tag].as_str()),
-                    &response,
-                ))?;
+                out.line(&line).await?;
             }
-            Ok(CallEvent::Gone { tag }) => {
-                if let Some(Some(_)) = waiting.get_mut(tag).map(Option::take) {
-                    out.problem(format!(
-                        "host {}: disconnected before answering",
-                        targets[tag]
-                    ))?;
-                }
-            }
-            Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
-        }
-    }
-    for (tag, slot) in waiting.iter_mut().enumerate() {
-        if let Some(sent) = slot.take() {
-            shared.registry.forget(sent);
-            out.problem(format!(
-                "host {}: no response within {timeout} s",
-                targets[tag]
-            ))?;
+            CallItem::Host { response, .. } => out.problem(response.message).await?,
+            CallItem::Summary(_) => break,
         }
     }
     Ok(())
 }
 
-/// The response as printed: the agent's object, with `"host"` first when
-/// several agents were called.
-fn response_line(host: Option<&str>, response: &Response) -> String {
-    let json = response.to_json();
-    match (host, json.strip_prefix('{')) {
-        (Some(host), Some(rest)) => {
-            let host = serde_json::to_string(host).unwrap_or_else(|_| String::from("null"));
-            if rest.starts_with('}') {
-                format!("{{\"host\":{host}{rest}")
-            } else {
-                format!("{{\"host\":{host},{rest}")
-            }
-        }
-        _ => json,
-    }
-}
-
-fn send(
+async fn send(
     shared: &Shared,
     out: &mut Output,
     host: &str,
     mut bytes: Vec<u8>,
     timeout: f64,
-) -> io::Result<()> {
+) -> std::io::Result<()> {
     if bytes.last() != Some(&b'\n') {
         bytes.push(b'\n');
     }
-    let (tx, rx) = channel();
-    let sent = match shared.registry.send_raw(host, bytes, tx) {
-        Ok(sent) => sent,
-        Err(e) => return out.problem(e.to_string()),
-    };
-    if let Ok(CallEvent::Answered { response, .. }) = rx.recv_timeout(seconds(timeout)) {
-        out.line(&response.to_json())?;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    if let Err(e) = shared.registry.send_raw(host, Bytes::from(bytes), tx) {
+        return out.problem(e.to_string()).await;
     }
-    shared.registry.unwatch_null(sent);
+    if let Ok(Some(CallEvent::Answered { response, .. })) =
+        tokio::time::timeout(seconds(timeout), rx.recv()).await
+    {
+        let response: Response = response;
+        out.line(&response.to_json()).await?;
+    }
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn host_goes_first() {
-        let r = Response::new(None, basicagent_proto::Retcode::SUCCESS);
-        assert_eq!(
-            response_line(Some("h\"1"), &r),
-            r#"{"host":"h\"1","id":null,"resp":"success","retcode":2,"message":"Normal termination"}"#
-        );
-        assert_eq!(response_line(None, &r), r.to_json());
-    }
 
     #[test]
     fn requests_round_trip() {

@@ -3,8 +3,9 @@
 //! Every line has `"event"` (the name) and `"ts"` (Unix time in seconds,
 //! with milliseconds) followed by the event's fields. Names: `listening`,
 //! `tls_handshake_failed`, `init`, `init_invalid`, `redirect`, `rejected`,
-//! `replaced`, `request`, `response`, `task_done`, `invalid_frame`,
-//! `disconnect`, `shutdown`.
+//! `replaced`, `refused` (session limit), `identity_mismatch` (mTLS),
+//! `request`, `response`, `task_done`, `invalid_frame`, `disconnect`,
+//! `shutdown`.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -37,6 +38,11 @@ impl EventLog {
         Ok(EventLog {
             file: Some(Mutex::new(file)),
         })
+    }
+
+    /// Whether events are written at all (callers skip building them otherwise).
+    pub fn enabled(&self) -> bool {
+        self.file.is_some()
     }
 
     /// Appends one event; `fields` should be a JSON object (anything else

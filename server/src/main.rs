@@ -1,20 +1,29 @@
 //! BasicAgentServer: the reference control server (tests, the demo, small fleets), and its admin client.
 //!
-//! Key decision: clarity over scale. Each agent connection runs on its own
-//! thread with a tiny mio loop (socket + waker), shared state is one mutex
-//! around plain maps, and all wire JSON comes from `basicagent-proto`. The
-//! same binary is the admin client: `list`, `tasks`, `call` and `send` talk
-//! to a running server over its Unix admin socket. `main` only parses flags.
+//! Key decisions: one process holds a fleet. tokio (one worker per core)
+//! runs each agent session as one task on one descriptor; a router
+//! (`registry`) hands frames to sessions through bounded queues; the
+//! operator's HTTP API (`api`, axum) and the Unix admin socket share one
+//! call engine (`call`); a writer thread batches everything durable into
+//! the store (`storage`, SQLite under `--state-dir`). All wire JSON comes
+//! from `basicagent-proto`. The same binary is the client: `list`, `tasks`
+//! and `call` talk to the HTTP API with `--api`, else to the admin socket;
+//! `send` uses the admin socket. `main` only parses flags.
 
 mod admin;
 mod admin_client;
-mod conn;
+mod api;
+mod api_client;
+mod call;
 mod events;
+mod identity;
 mod loadtest;
+mod metrics;
 mod policy;
 mod registry;
 mod serve;
-mod signal;
+mod session;
+mod storage;
 mod tls;
 
 use std::io::Read;
@@ -31,6 +40,7 @@ use serve::{ServeOptions, Settings};
 
 const DEFAULT_ADMIN: &str = "/run/basicagent-server.sock";
 const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
+const DEFAULT_API: &str = "127.0.0.1:8080";
 const DEFAULT_CALL_TIMEOUT: f64 = 130.0;
 const DEFAULT_SEND_TIMEOUT: f64 = 2.0;
 
@@ -40,10 +50,14 @@ Usage:
                          [--redirect LIST | --spread LIST | --reject MESSAGE]
                          [--heartbeat SECS] [--admin SOCK] [--events FILE]
                          [--auto-ack | --no-auto-ack] [--handshake-timeout SECS]
-                         [--max-frame BYTES]
-  BasicAgentServer list  [--admin SOCK]
-  BasicAgentServer tasks [--admin SOCK]
-  BasicAgentServer call  [--admin SOCK] (--host ID | --all) [--timeout SECS] 'JSON-REQUEST'
+                         [--max-frame BYTES] [--api ADDR|none] [--api-token-file FILE]
+                         [--state-dir DIR|none] [--max-sessions N]
+                         [--keep-calls-days D] [--keep-tasks-days D]
+                         [--max-calls N] [--max-results N] [--max-tasks N]
+  BasicAgentServer list  [--admin SOCK | --api ADDR [--api-token-file FILE]]
+  BasicAgentServer tasks [--admin SOCK | --api ADDR [--api-token-file FILE]]
+  BasicAgentServer call  [--admin SOCK | --api ADDR [--api-token-file FILE]]
+                         (--host ID | --all) [--timeout SECS] 'JSON-REQUEST'
   BasicAgentServer send  [--admin SOCK] --host ID [--timeout SECS] 'RAW LINE' | -   (- reads stdin)
   BasicAgentServer loadtest --listen ADDR --cert PEM --key PEM --requests N --depth D
                          [--json REQUEST] [--warmup N] [--timeout SECS]
@@ -51,6 +65,10 @@ Usage:
       {\"requests\",\"depth\",\"seconds\",\"rate_per_s\",\"p50_us\",\"p99_us\",\"max_us\",\"errors\"}
 
 Defaults: --listen 127.0.0.1:8443, --admin /run/basicagent-server.sock,
+--api 127.0.0.1:8080 (serve; clients use the admin socket unless given --api),
+--state-dir none (memory only), --max-sessions: descriptor limit minus 64,
+--heartbeat: none sent (0..=3600), keep calls and tasks 30 days, at most
+100000 calls, 5000000 call results, 1000000 task results;
 call --timeout 130, send --timeout 2, --handshake-timeout 10, --max-frame 16777216;
 loadtest --json '{\"method\":\"getinfo.kernel\"}', --warmup 0, --timeout 120.
 Log level: RUST_LOG (default info).";
@@ -94,6 +112,15 @@ fn dispatch(args: &[String]) -> Result<ExitCode, String> {
                 ("events", "FILE"),
                 ("handshake-timeout", "SECS"),
                 ("max-frame", "BYTES"),
+                ("api", "ADDR"),
+                ("api-token-file", "FILE"),
+                ("state-dir", "DIR"),
+                ("max-sessions", "N"),
+                ("keep-calls-days", "D"),
+                ("keep-tasks-days", "D"),
+                ("max-calls", "N"),
+                ("max-results", "N"),
+                ("max-tasks", "N"),
             ] {
                 opts.optopt("", name, "", hint);
             }
@@ -105,9 +132,14 @@ fn dispatch(args: &[String]) -> Result<ExitCode, String> {
             opts.optopt("", "timeout", "seconds to wait", "SECS");
             if command == "call" {
                 opts.optflag("", "all", "every connected agent");
+                opts.optopt("", "api", "HTTP API address", "ADDR");
+                opts.optopt("", "api-token-file", "bearer token file", "FILE");
             }
         }
-        "list" | "tasks" => {}
+        "list" | "tasks" => {
+            opts.optopt("", "api", "HTTP API address", "ADDR");
+            opts.optopt("", "api-token-file", "bearer token file", "FILE");
+        }
         "loadtest" => {
             for (name, hint) in [
                 ("listen", "ADDR"),
@@ -157,6 +189,36 @@ fn dispatch(args: &[String]) -> Result<ExitCode, String> {
                 .ok_or(format!("bad --timeout {t:?}")),
         }
     };
+    let api = if command == "send" {
+        None
+    } else {
+        m.opt_str("api")
+    };
+    if let Some(api) = api {
+        let client = api_client::Client::new(&api, m.opt_str("api-token-file").as_deref())
+            .map_err(|e| e.to_string())?;
+        let ok = match command.as_str() {
+            "list" => client.list(),
+            "tasks" => client.tasks(),
+            _ => {
+                let [text] = m.free.as_slice() else {
+                    return Err(format!("call takes one JSON request\n{USAGE}"));
+                };
+                let all = m.opt_present("all");
+                let host = m.opt_str("host");
+                if all == host.is_some() {
+                    return Err("call needs exactly one of --host ID and --all".into());
+                }
+                client.call(host.as_deref(), timeout(DEFAULT_CALL_TIMEOUT)?, text)
+            }
+        }
+        .map_err(|e| e.to_string())?;
+        return Ok(if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
     let (request, payload) = match command.as_str() {
         "list" => (AdminRequest::List, None),
         "tasks" => (AdminRequest::Tasks, None),
@@ -244,6 +306,47 @@ fn serve_options(m: &getopts::Matches, admin: PathBuf) -> Result<ServeOptions, S
             .transpose()
     };
     let handshake_timeout = number("handshake-timeout")?.unwrap_or(10).max(1);
+    let heartbeat = number("heartbeat")?;
+    if let Some(h) = heartbeat {
+        if h > serve::HEARTBEAT_MAX {
+            return Err(format!(
+                "bad --heartbeat {h}: the range is 0..={} seconds (0: none sent)",
+                serve::HEARTBEAT_MAX
+            ));
+        }
+    }
+    let api = match m.opt_str("api").as_deref() {
+        Some("none") => None,
+        other => {
+            let text = other.unwrap_or(DEFAULT_API);
+            Some(
+                text.parse::<SocketAddr>()
+                    .map_err(|_| format!("bad --api {text:?} (want IP:PORT or none)"))?,
+            )
+        }
+    };
+    let state_dir = match m.opt_str("state-dir").as_deref() {
+        None | Some("none") => None,
+        Some(dir) => Some(PathBuf::from(dir)),
+    };
+    let max_sessions = number("max-sessions")?.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+    let mut retention = basicagent_store::Retention::default();
+    let day = Duration::from_secs(24 * 3600);
+    if let Some(d) = number("keep-calls-days")? {
+        retention.calls = day.saturating_mul(u32::try_from(d).unwrap_or(u32::MAX));
+    }
+    if let Some(d) = number("keep-tasks-days")? {
+        retention.tasks = day.saturating_mul(u32::try_from(d).unwrap_or(u32::MAX));
+    }
+    if let Some(n) = number("max-calls")? {
+        retention.max_calls = n;
+    }
+    if let Some(n) = number("max-results")? {
+        retention.max_results = n;
+    }
+    if let Some(n) = number("max-tasks")? {
+        retention.max_tasks = n;
+    }
     let max_frame = number("max-frame")?.map_or(DEFAULT_MAX_FRAME, |v| {
         usize::try_from(v).unwrap_or(usize::MAX)
     });
@@ -254,10 +357,15 @@ fn serve_options(m: &getopts::Matches, admin: PathBuf) -> Result<ServeOptions, S
         client_ca: m.opt_str("client-ca").map(PathBuf::from),
         admin,
         events: m.opt_str("events").map(PathBuf::from),
+        api,
+        api_token_file: m.opt_str("api-token-file").map(PathBuf::from),
+        state_dir,
+        max_sessions,
+        retention,
         settings: Settings {
             listen,
             policy,
-            heartbeat: number("heartbeat")?,
+            heartbeat: heartbeat.filter(|&h| h > 0),
             auto_ack: !m.opt_present("no-auto-ack"),
             handshake_timeout: Duration::from_secs(handshake_timeout),
             max_frame,

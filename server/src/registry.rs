@@ -1,65 +1,51 @@
-//! Shared server state: live connections, accepted agents by host id, calls in flight, task results.
+//! The router: live sessions, accepted agents by host id, and the queues that carry frames to them.
 //!
-//! One mutex around plain maps; it is held only for map updates and for
-//! queueing frames in an [`Outbox`] (lock order: registry, then outbox),
-//! never across I/O or waiting.
+//! One `std::sync::Mutex` around plain maps, held only for map updates and
+//! for `try_send` into a session's bounded queue (never across I/O or an
+//! `.await`). Requests carry their own reply channel: the session that
+//! sends a request keeps the waiter in its own task (see `session`), so a
+//! fan-out to N hosts touches this lock once, clones one shared frame N
+//! times (a reference count, not a copy) and allocates nothing per host
+//! in the router.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::mpsc::Sender;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use basicagent_proto::{Request, Response, TaskDone};
-use mio::Waker;
-use serde_json::value::RawValue;
+use basicagent_proto::Response;
+use bytes::Bytes;
+use tokio::sync::mpsc;
 
 use crate::lock;
 
-/// Frames waiting to be written to one connection by its own thread.
-pub struct Outbox {
-    state: Mutex<OutboxState>,
-    waker: Waker,
+/// How many frames may wait for one session before a sender is told it is busy.
+pub const OUTBOX_FRAMES: usize = 64;
+
+/// What other tasks ask a session to do.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// Send `frame` (`\n` included) as request `id`; answers go to `reply`, tagged `tag`.
+    Request {
+        id: u64,
+        frame: Bytes,
+        reply: mpsc::UnboundedSender<CallEvent>,
+        tag: usize,
+    },
+    /// Send bytes verbatim; `"id": null` answers go to `reply` until it is dropped.
+    Raw {
+        bytes: Bytes,
+        reply: Option<mpsc::UnboundedSender<CallEvent>>,
+    },
+    /// Close cleanly for this reason.
+    Close(String),
 }
 
-#[derive(Default)]
-struct OutboxState {
-    frames: Vec<Vec<u8>>,
-    close: Option<String>,
-}
-
-impl Outbox {
-    pub fn new(waker: Waker) -> Self {
-        Outbox {
-            state: Mutex::new(OutboxState::default()),
-            waker,
-        }
-    }
-
-    /// Queues one frame (its `\n` included) and wakes the connection.
-    pub fn send(&self, frame: Vec<u8>) {
-        lock(&self.state).frames.push(frame);
-        self.wake();
-    }
-
-    /// Asks the connection to close cleanly, for `reason`.
-    pub fn close(&self, reason: &str) {
-        lock(&self.state)
-            .close
-            .get_or_insert_with(|| reason.to_owned());
-        self.wake();
-    }
-
-    /// Takes the queued frames and the close request, if any.
-    pub fn take(&self) -> (Vec<Vec<u8>>, Option<String>) {
-        let mut s = lock(&self.state);
-        (std::mem::take(&mut s.frames), s.close.clone())
-    }
-
-    fn wake(&self) {
-        if let Err(e) = self.waker.wake() {
-            log::warn!("cannot wake connection: {e}");
-        }
-    }
+/// What a caller waiting on a request receives.
+#[derive(Debug)]
+pub enum CallEvent {
+    Answered { tag: usize, response: Response },
+    Gone { tag: usize },
 }
 
 /// An accepted agent, as `list` prints it.
@@ -74,255 +60,231 @@ pub struct AgentInfo {
     pub connected_at: f64,
 }
 
-/// A `task.done` result as `tasks` prints it (the latest per host and task).
-#[derive(Debug, Clone)]
-pub struct TaskRecord {
-    pub host: String,
-    pub done: TaskDone,
-    pub received_at: f64,
-}
-
-/// What an admin call waiting on [`Registry`] receives; `tag` is the
-/// caller's index of the target.
-#[derive(Debug)]
-pub enum CallEvent {
-    Answered { tag: usize, response: Response },
-    Gone { tag: usize },
-}
-
-/// Why a request could not be sent.
-#[derive(Debug, thiserror::Error)]
-pub enum CallError {
+/// Why a request could not be queued.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
     #[error("no agent with host id {0:?} is connected")]
-    UnknownHost(String),
+    Offline(String),
+    #[error("host {0}: its outgoing queue is full")]
+    Busy(String),
 }
 
-struct Waiter {
-    tx: Sender<CallEvent>,
-    tag: usize,
+struct Agent {
+    conn: u64,
+    tx: mpsc::Sender<Outgoing>,
+    info: Arc<AgentInfo>,
+    /// Fingerprint of the client certificate the session presented (mTLS).
+    cert: Option<[u8; 32]>,
 }
 
 #[derive(Default)]
 struct Inner {
-    next_conn: u64,
-    next_request: u64,
-    conns: HashMap<u64, Arc<Outbox>>,
-    /// host id → (connection, info)
-    agents: BTreeMap<String, (u64, AgentInfo)>,
-    /// (connection, request id assigned by us) → waiter
-    pending: HashMap<(u64, u64), Waiter>,
-    /// connection → waiters for `"id": null` answers (the `send` command)
-    null_waiters: HashMap<u64, Vec<Waiter>>,
-    tasks: BTreeMap<(String, String), TaskRecord>,
+    conns: HashMap<u64, mpsc::Sender<Outgoing>>,
+    agents: BTreeMap<String, Agent>,
 }
 
-/// The shared state.
+/// What [`Registry::register_agent`] decided.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Registered {
+    /// The host is new here.
+    New,
+    /// An older session of the same host (same certificate, or no mTLS) was asked to close.
+    Replaced(u64),
+    /// A session of this host id with another certificate holds it: refused.
+    HeldByOtherCert,
+}
+
+/// The shared router.
 #[derive(Default)]
 pub struct Registry {
     inner: Mutex<Inner>,
-}
-
-/// A request sent by [`Registry::send_request`]: where it went and its id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Sent {
-    pub conn: u64,
-    pub id: u64,
+    next_conn: AtomicU64,
+    next_request: AtomicU64,
 }
 
 impl Registry {
-    /// Adds a live connection; returns its id.
-    pub fn add_conn(&self, outbox: Arc<Outbox>) -> u64 {
-        let mut g = lock(&self.inner);
-        g.next_conn += 1;
-        let id = g.next_conn;
-        g.conns.insert(id, outbox);
+    /// Adds a live session; returns its id.
+    pub fn add_conn(&self, tx: mpsc::Sender<Outgoing>) -> u64 {
+        let id = self.next_conn.fetch_add(1, Ordering::Relaxed) + 1;
+        lock(&self.inner).conns.insert(id, tx);
         id
     }
 
-    /// Makes `conn` the connection of `info.host`; an older connection of
-    /// the same host is asked to close. Returns the replaced connection.
-    pub fn register_agent(&self, conn: u64, info: AgentInfo) -> Option<u64> {
-        let mut g = lock(&self.inner);
-        let old = g
-            .agents
-            .insert(info.host.clone(), (conn, info))
-            .map(|(c, _)| c)
-            .filter(|&c| c != conn);
-        if let Some(old) = old {
-            if let Some(outbox) = g.conns.get(&old) {
-                outbox.close("replaced by a newer connection of the same host");
-            }
-        }
-        old
+    /// A fresh request id (one per call: every host of a fan-out gets the same frame).
+    pub fn next_request_id(&self) -> u64 {
+        self.next_request.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    /// Forgets a closed connection: its agent entry (if still current), its
-    /// calls in flight (their callers get [`CallEvent::Gone`]) and waiters.
-    pub fn remove_conn(&self, conn: u64) {
+    /// Makes `conn` the session of `info.host`. With mTLS (`cert` set), a
+    /// live session of the same host id from a different certificate is
+    /// never replaced; otherwise the older session is asked to close.
+    pub fn register_agent(&self, conn: u64, info: AgentInfo, cert: Option<[u8; 32]>) -> Registered {
+        let mut g = lock(&self.inner);
+        let Some(tx) = g.conns.get(&conn).cloned() else {
+            return Registered::New;
+        };
+        if let Some(old) = g.agents.get(&info.host) {
+            if old.conn != conn && cert.is_some() && old.cert != cert {
+                return Registered::HeldByOtherCert;
+            }
+        }
+        let host = info.host.clone();
+        let agent = Agent {
+            conn,
+            tx,
+            info: Arc::new(info),
+            cert,
+        };
+        match g.agents.insert(host, agent) {
+            Some(old) if old.conn != conn => {
+                let _ = old.tx.try_send(Outgoing::Close(
+                    "replaced by a newer connection of the same host".into(),
+                ));
+                Registered::Replaced(old.conn)
+            }
+            _ => Registered::New,
+        }
+    }
+
+    /// Forgets a closed session; returns the host id it held, if it was still current.
+    pub fn remove_conn(&self, conn: u64, host: Option<&str>) -> Option<String> {
         let mut g = lock(&self.inner);
         g.conns.remove(&conn);
-        g.agents.retain(|_, (c, _)| *c != conn);
-        let gone: Vec<(u64, u64)> = g
-            .pending
-            .keys()
-            .filter(|(c, _)| *c == conn)
-            .copied()
-            .collect();
-        for key in gone {
-            if let Some(w) = g.pending.remove(&key) {
-                let _ = w.tx.send(CallEvent::Gone { tag: w.tag });
-            }
+        let host = host?;
+        if g.agents.get(host).is_some_and(|a| a.conn == conn) {
+            g.agents.remove(host);
+            return Some(host.to_owned());
         }
-        g.null_waiters.remove(&conn);
+        None
     }
 
-    /// Hands a response from `conn` to the call waiting for its id (or to
-    /// the null-id waiters). Returns whether anybody was waiting.
-    pub fn deliver(&self, conn: u64, response: Response) -> bool {
-        let mut g = lock(&self.inner);
-        let Some(raw) = response.id.as_deref() else {
-            let Some(waiters) = g.null_waiters.get_mut(&conn) else {
-                return false;
-            };
-            waiters.retain(|w| {
-                w.tx.send(CallEvent::Answered {
-                    tag: w.tag,
-                    response: response.clone(),
-                })
-                .is_ok()
-            });
-            return true;
-        };
-        let Ok(id) = raw.get().trim().parse::<u64>() else {
-            return false;
-        };
-        match g.pending.remove(&(conn, id)) {
-            Some(w) => {
-                w.tx.send(CallEvent::Answered {
-                    tag: w.tag,
-                    response,
-                })
-                .is_ok()
-            }
-            None => false,
-        }
-    }
-
-    /// Sends `request` to `host` under a fresh numeric id; the answer goes
-    /// to `tx` tagged `tag`. The caller must [`Registry::forget`] it if it
-    /// stops waiting.
-    pub fn send_request(
+    /// Queues one request frame to each of `hosts` (tag = index); returns
+    /// per host whether it was queued. One lock for the whole fan-out.
+    pub fn fan_out(
         &self,
-        host: &str,
-        request: &Request<'_>,
-        tx: Sender<CallEvent>,
-        tag: usize,
-    ) -> Result<Sent, CallError> {
-        let mut g = lock(&self.inner);
-        let conn = g
-            .agents
-            .get(host)
-            .map(|(c, _)| *c)
-            .ok_or_else(|| CallError::UnknownHost(host.to_owned()))?;
-        let outbox = g
-            .conns
-            .get(&conn)
-            .cloned()
-            .ok_or_else(|| CallError::UnknownHost(host.to_owned()))?;
-        g.next_request += 1;
-        let id = g.next_request;
-        let raw = RawValue::from_string(id.to_string())
-            .map_err(|_| CallError::UnknownHost(host.to_owned()))?;
-        let mut frame = request.with_id(&raw).into_bytes();
-        frame.push(b'\n');
-        g.pending.insert((conn, id), Waiter { tx, tag });
-        outbox.send(frame);
-        Ok(Sent { conn, id })
-    }
-
-    /// Stops waiting for a request's answer.
-    pub fn forget(&self, sent: Sent) {
-        lock(&self.inner).pending.remove(&(sent.conn, sent.id));
-    }
-
-    /// Sends raw bytes to `host` and routes its `"id": null` answers to
-    /// `tx` until [`Registry::unwatch_null`] with the returned handle.
-    pub fn send_raw(
-        &self,
-        host: &str,
-        bytes: Vec<u8>,
-        tx: Sender<CallEvent>,
-    ) -> Result<Sent, CallError> {
-        let mut g = lock(&self.inner);
-        let conn = g
-            .agents
-            .get(host)
-            .map(|(c, _)| *c)
-            .ok_or_else(|| CallError::UnknownHost(host.to_owned()))?;
-        let outbox = g
-            .conns
-            .get(&conn)
-            .cloned()
-            .ok_or_else(|| CallError::UnknownHost(host.to_owned()))?;
-        g.next_request += 1;
-        let token = g.next_request;
-        g.null_waiters.entry(conn).or_default().push(Waiter {
-            tx,
-            tag: token as usize,
-        });
-        outbox.send(bytes);
-        Ok(Sent { conn, id: token })
-    }
-
-    /// Stops routing null-id answers to the waiter made by [`Registry::send_raw`].
-    pub fn unwatch_null(&self, sent: Sent) {
-        let mut g = lock(&self.inner);
-        if let Some(w) = g.null_waiters.get_mut(&sent.conn) {
-            w.retain(|w| w.tag as u64 != sent.id);
-        }
-    }
-
-    /// Keeps the latest `task.done` per host and task.
-    pub fn record_task(&self, host: &str, done: TaskDone, received_at: f64) {
-        let key = (host.to_owned(), done.task.clone());
-        lock(&self.inner).tasks.insert(
-            key,
-            TaskRecord {
-                host: host.to_owned(),
-                done,
-                received_at,
-            },
-        );
-    }
-
-    /// Accepted agents, by host id.
-    pub fn agents(&self) -> Vec<AgentInfo> {
-        lock(&self.inner)
-            .agents
-            .values()
-            .map(|(_, info)| info.clone())
+        hosts: &[String],
+        id: u64,
+        frame: &Bytes,
+        reply: &mpsc::UnboundedSender<CallEvent>,
+    ) -> Vec<Result<(), SendError>> {
+        let g = lock(&self.inner);
+        hosts
+            .iter()
+            .enumerate()
+            .map(|(tag, host)| {
+                let agent = g
+                    .agents
+                    .get(host)
+                    .ok_or_else(|| SendError::Offline(host.clone()))?;
+                agent
+                    .tx
+                    .try_send(Outgoing::Request {
+                        id,
+                        frame: frame.clone(),
+                        reply: reply.clone(),
+                        tag,
+                    })
+                    .map_err(|e| match e {
+                        mpsc::error::TrySendError::Full(_) => SendError::Busy(host.clone()),
+                        mpsc::error::TrySendError::Closed(_) => SendError::Offline(host.clone()),
+                    })
+            })
             .collect()
     }
 
-    /// Host ids of accepted agents, sorted.
-    pub fn hosts(&self) -> Vec<String> {
-        lock(&self.inner).agents.keys().cloned().collect()
+    /// Queues raw bytes to `host`; its `"id": null` answers go to `reply`.
+    pub fn send_raw(
+        &self,
+        host: &str,
+        bytes: Bytes,
+        reply: mpsc::UnboundedSender<CallEvent>,
+    ) -> Result<(), SendError> {
+        let g = lock(&self.inner);
+        let agent = g
+            .agents
+            .get(host)
+            .ok_or_else(|| SendError::Offline(host.to_owned()))?;
+        agent
+            .tx
+            .try_send(Outgoing::Raw {
+                bytes,
+                reply: Some(reply),
+            })
+            .map_err(|_| SendError::Busy(host.to_owned()))
     }
 
-    /// Task results received, by host and task id.
-    pub fn tasks(&self) -> Vec<TaskRecord> {
-        lock(&self.inner).tasks.values().cloned().collect()
+    /// Accepted agents, by host id (shared records: no deep copies under the lock).
+    pub fn agents(&self) -> Vec<Arc<AgentInfo>> {
+        lock(&self.inner)
+            .agents
+            .values()
+            .map(|a| a.info.clone())
+            .collect()
     }
 
-    /// Asks every connection to close (shutdown).
+    /// One accepted agent.
+    pub fn agent(&self, host: &str) -> Option<Arc<AgentInfo>> {
+        lock(&self.inner).agents.get(host).map(|a| a.info.clone())
+    }
+
+    /// How many agents are accepted.
+    #[cfg(test)]
+    pub fn agent_count(&self) -> usize {
+        lock(&self.inner).agents.len()
+    }
+
+    /// Asks every session to close (shutdown).
     pub fn close_all(&self, reason: &str) {
-        for outbox in lock(&self.inner).conns.values() {
-            outbox.close(reason);
+        for tx in lock(&self.inner).conns.values() {
+            let _ = tx.try_send(Outgoing::Close(reason.to_owned()));
         }
     }
 
-    /// How many connections are still open.
+    /// How many sessions are open (TLS or later).
     pub fn conn_count(&self) -> usize {
         lock(&self.inner).conns.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(host: &str) -> AgentInfo {
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        AgentInfo {
+            host: host.into(),
+            name: "n".into(),
+            version: "v".into(),
+            plugins: vec![],
+            peer: a,
+            listen: a,
+            connected_at: 0.0,
+        }
+    }
+
+    #[test]
+    fn another_certificate_never_replaces_the_holder() {
+        let r = Registry::default();
+        let (t1, _r1) = mpsc::channel(4);
+        let (t2, _r2) = mpsc::channel(4);
+        let (t3, mut r3) = mpsc::channel(4);
+        let (c1, c2, c3) = (r.add_conn(t1), r.add_conn(t2), r.add_conn(t3));
+        assert_eq!(
+            r.register_agent(c1, info("h"), Some([1; 32])),
+            Registered::New
+        );
+        assert_eq!(
+            r.register_agent(c2, info("h"), Some([2; 32])),
+            Registered::HeldByOtherCert
+        );
+        assert_eq!(
+            r.register_agent(c3, info("h"), Some([1; 32])),
+            Registered::Replaced(c1)
+        );
+        assert!(r3.try_recv().is_err(), "the newer session is not closed");
+        assert_eq!(r.remove_conn(c1, Some("h")), None, "c1 no longer current");
+        assert_eq!(r.remove_conn(c3, Some("h")), Some("h".into()));
+        assert_eq!(r.agent_count(), 0);
     }
 }

@@ -1,30 +1,65 @@
-//! `serve`: bind, accept agents and admin clients, stop cleanly on SIGTERM/SIGINT.
+//! `serve`: the tokio runtime, the three listeners (agents, HTTP API, admin socket), limits, and a clean stop on SIGTERM/SIGINT.
 //!
-//! The main thread polls the TCP listener, the admin Unix listener and the
-//! signal pipe with one `mio::Poll`; each agent connection and each admin
-//! client gets its own thread (see `conn` and `admin`).
+//! Runtime: tokio, multi-threaded with one worker per core. Each agent
+//! session is one task on one socket descriptor (no thread, no eventfd per
+//! session). Descriptors: the process raises its soft RLIMIT_NOFILE to the
+//! hard limit and keeps [`FD_RESERVE`] of them (see [`fd_reserve`]) for the API, the admin
+//! socket, the store and logs; the session limit is the rest (or
+//! `--max-sessions`). Past the limit an agent still gets TLS and a clean
+//! init refusal (3026 Busy, or a redirect to the configured peers), with
+//! at most [`REFUSING_MAX`] such refusals in progress at once; beyond that
+//! a connection is closed right after accept. The operator's API is never
+//! starved of descriptors.
 
 use std::io;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mio::net::{TcpListener, UnixListener};
-use mio::{Events, Interest, Poll, Token};
-use rustls::ServerConfig;
+use basicagent_store::{MemoryStore, Retention, SqliteStore, Store};
 use serde_json::json;
+use tokio::net::{TcpListener, UnixListener};
+use tokio_rustls::TlsAcceptor;
 
 use crate::events::EventLog;
+use crate::metrics::Metrics;
 use crate::policy::InitPolicy;
 use crate::registry::Registry;
+use crate::storage::Storage;
 use crate::tls::{server_config, TlsSetupError};
-use crate::{admin, conn, signal};
+use crate::{admin, api, session};
 
-const LISTENER: Token = Token(0);
-const ADMIN: Token = Token(1);
-const SIGNAL: Token = Token(2);
+/// Descriptors kept for everything that is not an agent session (half the
+/// limit when the limit is below 256).
+pub const FD_RESERVE: u64 = 64;
+/// Over-limit sessions being refused at once (each holds a descriptor for
+/// its TLS + init), at most a quarter of the reserve.
+pub const REFUSING_MAX: usize = 16;
+
+/// The reserve for a descriptor limit.
+pub fn fd_reserve(nofile: u64) -> u64 {
+    if nofile >= 4 * FD_RESERVE {
+        FD_RESERVE
+    } else {
+        nofile / 2
+    }
+}
+
+/// How many over-limit refusals may run at once for a descriptor limit.
+pub fn refusing_max(nofile: u64) -> usize {
+    usize::try_from(fd_reserve(nofile) / 4)
+        .unwrap_or(REFUSING_MAX)
+        .min(REFUSING_MAX)
+}
+/// The `--heartbeat` range in seconds (0: none sent, the agent's own applies).
+pub const HEARTBEAT_MAX: u64 = 3600;
+/// How often the store is pruned.
+pub const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// The store's file under `--state-dir`.
+pub const STORE_FILE: &str = "basicagent-server.sqlite";
 
 /// Everything `serve` was told on the command line.
 #[derive(Debug, Clone)]
@@ -35,10 +70,17 @@ pub struct ServeOptions {
     pub client_ca: Option<PathBuf>,
     pub admin: PathBuf,
     pub events: Option<PathBuf>,
+    /// `None`: no API (`--api none`).
+    pub api: Option<SocketAddr>,
+    pub api_token_file: Option<PathBuf>,
+    /// `None`: a memory store (`--state-dir none` or not given).
+    pub state_dir: Option<PathBuf>,
+    pub max_sessions: Option<usize>,
+    pub retention: Retention,
     pub settings: Settings,
 }
 
-/// What connection threads need to know.
+/// What sessions need to know.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
@@ -49,12 +91,23 @@ pub struct Settings {
     pub max_frame: usize,
 }
 
-/// State shared by all threads.
+/// State shared by all tasks.
 pub struct Shared {
     pub registry: Registry,
     pub events: EventLog,
     pub settings: Settings,
-    pub tls: Arc<ServerConfig>,
+    pub tls: TlsAcceptor,
+    pub mtls: bool,
+    pub metrics: Arc<Metrics>,
+    pub storage: Storage,
+    /// Most agent sessions at once.
+    pub limit: usize,
+    /// Sessions counted against the limit.
+    pub active: AtomicUsize,
+    /// Over-limit sessions being refused.
+    pub refusing: AtomicUsize,
+    /// Most over-limit refusals at once.
+    pub refusing_max: usize,
 }
 
 /// Why the server could not start or stopped abnormally.
@@ -64,12 +117,22 @@ pub enum ServeError {
     Tls(#[from] TlsSetupError),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: io::Error },
+    #[error("cannot bind the API on {addr}: {source}")]
+    Api { addr: SocketAddr, source: io::Error },
+    #[error("the API on {0} is not on loopback: give --api-token-file")]
+    ApiNeedsToken(SocketAddr),
+    #[error("API token file {path}: {message}")]
+    Token { path: PathBuf, message: String },
     #[error("admin socket {path}: {source}")]
     Admin { path: PathBuf, source: io::Error },
     #[error("admin socket {0} is in use by a running server")]
     AdminInUse(PathBuf),
     #[error("events file {path}: {source}")]
     Events { path: PathBuf, source: io::Error },
+    #[error("state directory {path}: {source}")]
+    StateDir { path: PathBuf, source: io::Error },
+    #[error("store: {0}")]
+    Store(#[from] basicagent_store::StoreError),
     #[error("{what}: {source}")]
     Io {
         what: &'static str,
@@ -79,6 +142,61 @@ pub enum ServeError {
 
 fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> ServeError {
     move |source| ServeError::Io { what, source }
+}
+
+/// The soft RLIMIT_NOFILE now.
+pub fn nofile_limit() -> u64 {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit(2) writes one rlimit into the valid local `r`.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return 1024;
+    }
+    r.rlim_cur
+}
+
+/// Raises the soft descriptor limit to the hard one; returns the soft limit in force.
+fn raise_nofile() -> u64 {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit(2) read and write the valid local `r`.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: r.rlim_max,
+                rlim_max: r.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
+                log::warn!(
+                    "cannot raise the descriptor limit to {}: {}",
+                    r.rlim_max,
+                    io::Error::last_os_error()
+                );
+            }
+        }
+    }
+    nofile_limit()
+}
+
+/// The session limit for a descriptor limit and an optional `--max-sessions`.
+pub fn session_limit(nofile: u64, wanted: Option<usize>) -> usize {
+    let reserve = fd_reserve(nofile);
+    let room = usize::try_from(nofile.saturating_sub(reserve)).unwrap_or(usize::MAX);
+    match wanted {
+        Some(n) if n > room => {
+            log::warn!(
+                "--max-sessions {n} is more than the descriptor limit {nofile} allows \
+                 after the reserve of {reserve}: using {room}"
+            );
+            room
+        }
+        Some(n) => n,
+        None => room,
+    }
 }
 
 /// Binds the admin socket with mode 0600, replacing a stale file.
@@ -94,19 +212,72 @@ fn bind_admin(path: &Path) -> Result<UnixListener, ServeError> {
         std::fs::remove_file(path).map_err(err)?;
     }
     // SAFETY: umask(2) only changes this process's file-creation mask; it
-    // is restored right after the bind, before any other thread exists.
+    // is restored right after the bind, before other threads create files.
     let old = unsafe { libc::umask(0o177) };
-    let bound = UnixListener::bind(path);
+    let bound = std::os::unix::net::UnixListener::bind(path);
     // SAFETY: as above; restores the previous mask.
     unsafe { libc::umask(old) };
     let listener = bound.map_err(err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
-    Ok(listener)
+    listener.set_nonblocking(true).map_err(err)?;
+    UnixListener::from_std(listener).map_err(err)
+}
+
+fn read_token(path: &Path) -> Result<String, ServeError> {
+    let bad = |message: String| ServeError::Token {
+        path: path.to_owned(),
+        message,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
+    if meta.len() > 4096 {
+        return Err(bad("longer than 4096 bytes".into()));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let token = text.trim().to_owned();
+    if token.len() < 16 {
+        return Err(bad("the token must be at least 16 characters".into()));
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(bad(
+            "the token must be printable ASCII without spaces".into()
+        ));
+    }
+    Ok(token)
+}
+
+fn open_store(state_dir: Option<&Path>) -> Result<Arc<dyn Store>, ServeError> {
+    let Some(dir) = state_dir else {
+        log::warn!(
+            "no --state-dir: agents, calls and task results are kept in memory only \
+             and lost when the server stops"
+        );
+        return Ok(Arc::new(MemoryStore::default()));
+    };
+    let err = |source| ServeError::StateDir {
+        path: dir.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+    Ok(Arc::new(SqliteStore::open(&dir.join(STORE_FILE))?))
 }
 
 /// Runs the server until SIGTERM or SIGINT.
 pub fn run(options: ServeOptions) -> Result<(), ServeError> {
-    let tls = server_config(&options.cert, &options.key, options.client_ca.as_deref())?;
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .thread_name("server")
+        .build()
+        .map_err(io_err("tokio runtime"))?;
+    let outcome = runtime.block_on(serve(options));
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    outcome
+}
+
+async fn serve(options: ServeOptions) -> Result<(), ServeError> {
+    let tls_config = server_config(&options.cert, &options.key, options.client_ca.as_deref())?;
     let events = match &options.events {
         Some(path) => EventLog::open(path).map_err(|source| ServeError::Events {
             path: path.clone(),
@@ -114,122 +285,169 @@ pub fn run(options: ServeOptions) -> Result<(), ServeError> {
         })?,
         None => EventLog::default(),
     };
-    let mut signals = signal::install().map_err(io_err("signal handlers"))?;
-    let mut listener = TcpListener::bind(options.listen).map_err(|source| ServeError::Listen {
-        addr: options.listen,
-        source,
-    })?;
-    let mut admin_listener = bind_admin(&options.admin)?;
+    let token = match &options.api_token_file {
+        Some(path) => Some(read_token(path)?),
+        None => None,
+    };
+    if let Some(addr) = options.api {
+        if !addr.ip().is_loopback() && token.is_none() {
+            return Err(ServeError::ApiNeedsToken(addr));
+        }
+    }
+    let nofile = raise_nofile();
+    let limit = session_limit(nofile, options.max_sessions);
+    let metrics = Arc::new(Metrics::new());
+    metrics
+        .session_limit
+        .set(i64::try_from(limit).unwrap_or(i64::MAX));
+    let store = open_store(options.state_dir.as_deref())?;
+    let storage = Storage::start(store, metrics.clone()).map_err(io_err("store writer"))?;
+
+    let listener =
+        TcpListener::bind(options.listen)
+            .await
+            .map_err(|source| ServeError::Listen {
+                addr: options.listen,
+                source,
+            })?;
+    let api_listener = match options.api {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Api { addr, source })?,
+        ),
+        None => None,
+    };
+    let admin_listener = bind_admin(&options.admin)?;
     let listen = listener.local_addr().unwrap_or(options.listen);
+    let api_addr = api_listener.as_ref().and_then(|l| l.local_addr().ok());
     let mut settings = options.settings.clone();
     settings.listen = listen;
     let shared = Arc::new(Shared {
         registry: Registry::default(),
         events,
         settings,
-        tls,
+        tls: TlsAcceptor::from(tls_config),
+        mtls: options.client_ca.is_some(),
+        metrics: metrics.clone(),
+        storage,
+        limit,
+        active: AtomicUsize::new(0),
+        refusing: AtomicUsize::new(0),
+        refusing_max: refusing_max(nofile),
     });
+    shared
+        .storage
+        .spawn_pruner(options.retention.clone(), PRUNE_EVERY, metrics.clone());
 
-    let mut poll = Poll::new().map_err(io_err("poll"))?;
-    let registry = poll.registry();
-    registry
-        .register(&mut listener, LISTENER, Interest::READABLE)
-        .map_err(io_err("register listener"))?;
-    registry
-        .register(&mut admin_listener, ADMIN, Interest::READABLE)
-        .map_err(io_err("register admin"))?;
-    registry
-        .register(&mut signals.receiver, SIGNAL, Interest::READABLE)
-        .map_err(io_err("register signals"))?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(io_err("signal handlers"))?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(io_err("signal handlers"))?;
+
+    tokio::spawn(accept_agents(shared.clone(), listener));
+    tokio::spawn(accept_admin(shared.clone(), admin_listener));
+    if let Some(l) = api_listener {
+        let app =
+            api::router(shared.clone(), token).into_make_service_with_connect_info::<SocketAddr>();
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(l, app).await {
+                log::error!("API server: {e}");
+            }
+        });
+    }
 
     log::info!(
-        "listening on {listen}, admin socket {}",
-        options.admin.display()
+        "listening on {listen}, API on {}, admin socket {}, session limit {limit} \
+         (descriptor limit {nofile}, reserve {})",
+        api_addr.map_or("(none)".to_owned(), |a| a.to_string()),
+        options.admin.display(),
+        fd_reserve(nofile)
     );
     shared.events.emit(
         "listening",
-        json!({"listen": listen, "admin": options.admin, "mtls": options.client_ca.is_some(),
-               "policy": format!("{:?}", shared.settings.policy)}),
+        json!({"listen": listen, "admin": options.admin, "api": api_addr,
+               "mtls": options.client_ca.is_some(),
+               "policy": format!("{:?}", shared.settings.policy),
+               "session_limit": limit, "state_dir": options.state_dir}),
     );
 
-    let mut events = Events::with_capacity(64);
-    let outcome = 'outer: loop {
-        if let Err(e) = poll.poll(&mut events, None) {
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            break Err(ServeError::Io {
-                what: "poll",
-                source: e,
-            });
-        }
-        for event in events.iter() {
-            match event.token() {
-                LISTENER => accept_agents(&shared, &listener),
-                ADMIN => accept_admin(&shared, &admin_listener),
-                SIGNAL => break 'outer Ok(()),
-                _ => {}
-            }
-        }
-    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
 
     log::info!("shutting down");
     shared.registry.close_all("server shutdown");
     let deadline = Instant::now() + Duration::from_secs(2);
     while shared.registry.conn_count() > 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let _ = std::fs::remove_file(&options.admin);
     shared.events.emit("shutdown", json!({"listen": listen}));
-    outcome
+    Ok(())
 }
 
-fn accept_agents(shared: &Arc<Shared>, listener: &TcpListener) {
+async fn accept_agents(shared: Arc<Shared>, listener: TcpListener) {
+    let mut last_complaint: Option<Instant> = None;
     loop {
-        match listener.accept() {
+        match listener.accept().await {
             Ok((sock, peer)) => {
                 log::debug!("connection from {peer}");
-                if let Err(e) = conn::spawn(shared.clone(), sock, peer) {
-                    log::error!("cannot start a thread for {peer}: {e}");
+                let active = shared.active.fetch_add(1, Ordering::Relaxed);
+                if active < shared.limit {
+                    shared.metrics.sessions.inc();
+                    tokio::spawn(session::run(shared.clone(), sock, peer, false));
+                    continue;
+                }
+                shared.active.fetch_sub(1, Ordering::Relaxed);
+                let refusing = shared.refusing.fetch_add(1, Ordering::Relaxed);
+                if refusing < shared.refusing_max {
+                    tokio::spawn(session::run(shared.clone(), sock, peer, true));
+                } else {
+                    // Too many refusals in progress: close at once, keep the reserve.
+                    shared.refusing.fetch_sub(1, Ordering::Relaxed);
+                    shared.metrics.refuse("limit_flood");
+                    drop(sock);
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
-                // EMFILE and friends: log and wait for the next readiness.
-                log::error!("accept: {e}");
-                return;
+                // EMFILE and friends: never spin; complain at most once a second.
+                if last_complaint.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                    log::error!("accept: {e}");
+                    last_complaint = Some(Instant::now());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     }
 }
 
-fn accept_admin(shared: &Arc<Shared>, listener: &UnixListener) {
+async fn accept_admin(shared: Arc<Shared>, listener: UnixListener) {
     loop {
-        match listener.accept() {
+        match listener.accept().await {
             Ok((stream, _)) => {
-                let shared = shared.clone();
-                let spawned = into_blocking(stream).and_then(|stream| {
-                    std::thread::Builder::new()
-                        .name("admin".into())
-                        .spawn(move || admin::serve_client(shared, stream))
-                });
-                if let Err(e) = spawned {
-                    log::error!("admin client: {e}");
-                }
+                tokio::spawn(admin::serve_client(shared.clone(), stream));
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
                 log::error!("admin accept: {e}");
-                return;
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     }
 }
 
-fn into_blocking(stream: mio::net::UnixStream) -> io::Result<std::os::unix::net::UnixStream> {
-    let stream = std::os::unix::net::UnixStream::from(stream);
-    stream.set_nonblocking(false)?;
-    Ok(stream)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_limit_keeps_the_reserve() {
+        assert_eq!(session_limit(20_000, None), 19_936);
+        assert_eq!(session_limit(64, None), 32);
+        assert_eq!(refusing_max(64), 8);
+        assert_eq!(refusing_max(20_000), REFUSING_MAX);
+        assert_eq!(session_limit(1024, Some(5)), 5);
+        assert_eq!(session_limit(100, Some(500)), 50);
+    }
 }

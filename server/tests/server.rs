@@ -137,9 +137,9 @@ fn mutual_tls_required_refuses_a_client_without_certificate() {
     );
     assert!(!server.has_event("init"));
 
-    // With one: accepted.
-    let _agent = Agent::ready(&server, &pki, "with-cert");
-    server.wait_event("init", |e| e["host"] == "with-cert");
+    // With one (its CN is "agent", the host id it may claim): accepted.
+    let _agent = Agent::ready(&server, &pki, "agent");
+    server.wait_event("init", |e| e["host"] == "agent");
 }
 
 #[test]

@@ -28,6 +28,9 @@ pub fn server_bin() -> PathBuf {
     p
 }
 
+/// The host id the client certificate is issued for (SAN `urn:uuid:...`).
+pub const CLIENT_HOST_ID: &str = "5e1f0c6a-9d2b-4c3e-8f10-0123456789ab";
+
 /// Certificates for one test: a CA, a server certificate for
 /// config.cargo.com, one for another name, one from another CA, and a
 /// client certificate.
@@ -48,6 +51,13 @@ impl Pki {
                 params
                     .distinguished_name
                     .push(rcgen::DnType::CommonName, name);
+                if stem == "client" {
+                    // Bound to a host id (the server checks it under mTLS).
+                    let uri = format!("urn:uuid:{CLIENT_HOST_ID}");
+                    params
+                        .subject_alt_names
+                        .push(rcgen::SanType::URI(uri.try_into().unwrap()));
+                }
                 let cert = params.signed_by(&key, issuer, issuer_key).unwrap();
                 std::fs::write(dir.path().join(format!("{stem}.pem")), cert.pem()).unwrap();
                 std::fs::write(dir.path().join(format!("{stem}.key")), key.serialize_pem())
@@ -140,6 +150,7 @@ impl Server {
             .arg(dir.path().join("admin.sock"))
             .arg("--events")
             .arg(dir.path().join("events.jsonl"))
+            .args(["--api", "127.0.0.1:0"])
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())

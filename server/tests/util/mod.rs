@@ -25,6 +25,8 @@ pub const WAIT: Duration = Duration::from_secs(15);
 /// A CA with a server certificate for [`NAME`] and a client certificate, as PEM files in a temp dir.
 pub struct Pki {
     pub dir: tempfile::TempDir,
+    ca: rcgen::Certificate,
+    ca_key: KeyPair,
     pub ca_der: CertificateDer<'static>,
     pub client_chain: Vec<CertificateDer<'static>>,
     pub client_key_der: Vec<u8>,
@@ -60,6 +62,8 @@ impl Pki {
         write("client.key", client_key.serialize_pem());
         Pki {
             ca_der: ca.der().clone(),
+            ca,
+            ca_key,
             client_chain: vec![client.der().clone()],
             client_key_der: client_key.serialize_der(),
             dir,
@@ -68,6 +72,31 @@ impl Pki {
 
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
+    }
+
+    /// A client configuration with a fresh certificate for `host` (SAN URI `urn:uuid:HOST`, CN "someone").
+    pub fn client_config_for(&self, host: &str) -> Arc<ClientConfig> {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, "someone");
+        p.subject_alt_names.push(rcgen::SanType::URI(
+            format!("urn:uuid:{host}").try_into().unwrap(),
+        ));
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = p.signed_by(&key, &self.ca, &self.ca_key).unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(self.ca_der.clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(
+                vec![cert.der().clone()],
+                PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+            )
+            .unwrap();
+        Arc::new(config)
     }
 
     /// A client configuration trusting this CA, with or without the client certificate.
@@ -104,6 +133,8 @@ pub fn free_addr() -> SocketAddr {
 pub struct Server {
     pub child: Child,
     pub listen: SocketAddr,
+    /// The API's bound address (from the `listening` event), if it has one.
+    pub api: Option<SocketAddr>,
     pub admin: PathBuf,
     pub events: PathBuf,
     _dir: tempfile::TempDir,
@@ -123,10 +154,29 @@ impl Server {
 
     /// Starts on `listen`.
     pub fn start_at(listen: SocketAddr, cert: &Path, key: &Path, extra: &[&str]) -> Server {
+        Server::start_wrapped(&[], listen, cert, key, extra)
+    }
+
+    /// Starts on `listen` under `wrapper` (e.g. `["prlimit", "--nofile=64:64"]`; empty: none).
+    pub fn start_wrapped(
+        wrapper: &[&str],
+        listen: SocketAddr,
+        cert: &Path,
+        key: &Path,
+        extra: &[&str],
+    ) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let admin = dir.path().join("admin.sock");
         let events = dir.path().join("events.jsonl");
-        let child = Command::new(BIN)
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let child = command
             .arg("serve")
             .arg("--listen")
             .arg(listen.to_string())
@@ -138,19 +188,82 @@ impl Server {
             .arg(&admin)
             .arg("--events")
             .arg(&events)
+            .args(if extra.contains(&"--api") {
+                &[][..]
+            } else {
+                &["--api", "127.0.0.1:0"][..]
+            })
             .args(extra)
             .stdin(Stdio::null())
             .spawn()
             .unwrap();
-        let server = Server {
+        let mut server = Server {
             child,
             listen,
+            api: None,
             admin,
             events,
             _dir: dir,
         };
-        server.wait_event("listening", |_| true);
+        let listening = server.wait_event("listening", |_| true);
+        server.api = listening["api"].as_str().map(|a| a.parse().unwrap());
         server
+    }
+
+    /// One HTTP request to the API: (status, body). `token`: the bearer token.
+    pub fn http(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        token: Option<&str>,
+    ) -> (u16, String) {
+        let url = format!("http://{}{path}", self.api.expect("no API"));
+        let mut r = ureq::request(method, &url);
+        if let Some(t) = token {
+            r = r.set("Authorization", &format!("Bearer {t}"));
+        }
+        let answer = match body {
+            Some(b) => r.set("Content-Type", "application/json").send_string(b),
+            None => r.call(),
+        };
+        match answer {
+            Ok(r) => (r.status(), r.into_string().unwrap()),
+            Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap()),
+            Err(e) => panic!("{method} {url}: {e}"),
+        }
+    }
+
+    /// Sends raw bytes to the API (a writer thread, errors ignored: the
+    /// server may answer and close early) and returns the whole answer.
+    pub fn raw_http(&self, bytes: Vec<u8>) -> String {
+        use std::io::Read;
+        let mut sock = TcpStream::connect(self.api.unwrap()).unwrap();
+        sock.set_read_timeout(Some(WAIT)).unwrap();
+        let mut writer = sock.try_clone().unwrap();
+        let t = std::thread::spawn(move || {
+            let _ = writer.write_all(&bytes);
+        });
+        let mut answer = Vec::new();
+        let _ = sock.read_to_end(&mut answer);
+        let _ = t.join();
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    /// GET returning JSON (status must be 200).
+    pub fn get(&self, path: &str) -> Value {
+        let (status, body) = self.http("GET", path, None, None);
+        assert_eq!(status, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// POST /v1/call; returns the NDJSON lines.
+    pub fn call(&self, body: &str) -> Vec<Value> {
+        let (status, text) = self.http("POST", "/v1/call", Some(body), None);
+        assert_eq!(status, 200, "{text}");
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
     }
 
     /// Every event so far.

@@ -1,0 +1,342 @@
+//! The call engine behind `POST /v1/call` and the admin `call`: fan one request out, stream answers, summarize, record.
+//!
+//! One request id per call, so every host gets the same frame (shared
+//! bytes). Answers arrive on one channel, tagged with the host's index,
+//! and are passed on at once as [`CallItem::Host`]; hosts that are not
+//! connected, whose queue is full, that disconnect, or that do not answer
+//! in time get a line made by the server (codes in [`ServerCode`]). Per
+//! host results go to the store in batches through the writer thread.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use basicagent_proto::{Request, Response, Retcode};
+use basicagent_store::{CallId, CallRecord, HostResult};
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::json;
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+
+use crate::metrics::{method_label, Method, MethodRetcode};
+use crate::registry::{CallEvent, SendError};
+use crate::serve::Shared;
+use crate::storage::{now_millis, Op};
+
+/// Retcodes of lines the server writes for a host that did not answer.
+pub struct ServerCode;
+
+impl ServerCode {
+    /// The host is not connected.
+    pub const OFFLINE: Retcode = Retcode(3100);
+    /// No answer within the call's timeout.
+    pub const TIMED_OUT: Retcode = Retcode(3101);
+    /// The host disconnected before answering.
+    pub const DISCONNECTED: Retcode = Retcode(3102);
+    /// The host's outgoing queue was full; the request was not sent.
+    pub const QUEUE_FULL: Retcode = Retcode(3103);
+}
+
+/// Results batched per store write.
+const RESULT_BATCH: usize = 2048;
+
+/// How a host's line came about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Answered,
+    Offline,
+    TimedOut,
+    Disconnected,
+    Busy,
+}
+
+/// The last line of a call.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Summary {
+    pub targeted: usize,
+    pub answered: usize,
+    pub failed: usize,
+    pub offline: usize,
+    pub timed_out: usize,
+    pub seconds: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub call: Option<CallId>,
+}
+
+/// What a call yields, in order: host lines as they come, then the summary.
+#[derive(Debug)]
+pub enum CallItem {
+    Host {
+        host: String,
+        outcome: Outcome,
+        response: Response,
+    },
+    Summary(Summary),
+}
+
+/// A validated call.
+pub struct CallSpec {
+    pub hosts: Vec<String>,
+    /// The request object as given (checked by [`Request::parse`]).
+    pub request: String,
+    pub timeout: Duration,
+    pub who: String,
+    /// The target as the caller gave it (JSON, for the history).
+    pub target: String,
+}
+
+/// `{"host": ID, ...response...}`: the agent's object with `"host"` first.
+pub fn host_line(host: &str, response: &Response) -> String {
+    let json = response.to_json();
+    let host = serde_json::to_string(host).unwrap_or_else(|_| String::from("null"));
+    match json.strip_prefix('{') {
+        Some(rest) if rest.starts_with('}') => format!("{{\"host\":{host}{rest}"),
+        Some(rest) => format!("{{\"host\":{host},{rest}"),
+        None => json,
+    }
+}
+
+/// Starts the call; items arrive on the returned channel.
+pub fn start(shared: Arc<Shared>, spec: CallSpec) -> mpsc::UnboundedReceiver<CallItem> {
+    let (out, rx) = mpsc::unbounded_channel();
+    tokio::spawn(run(shared, spec, out));
+    rx
+}
+
+struct Run {
+    shared: Arc<Shared>,
+    out: mpsc::UnboundedSender<CallItem>,
+    method: String,
+    label: String,
+    caller_id: Option<Box<RawValue>>,
+    call: Option<CallId>,
+    batch: Vec<HostResult>,
+    summary: Summary,
+    fact: bool,
+}
+
+impl Run {
+    fn emit(&mut self, host: &str, outcome: Outcome, mut response: Response, sent: Instant) {
+        match outcome {
+            Outcome::Answered if response.retcode.is_success() => self.summary.answered += 1,
+            Outcome::Offline => self.summary.offline += 1,
+            Outcome::TimedOut => self.summary.timed_out += 1,
+            _ => self.summary.failed += 1,
+        }
+        if outcome == Outcome::Answered {
+            let m = &self.shared.metrics;
+            m.answered
+                .get_or_create(&MethodRetcode {
+                    method: self.label.clone(),
+                    retcode: response.retcode.0.to_string(),
+                })
+                .inc();
+            m.answer_seconds.observe(sent.elapsed().as_secs_f64());
+            if self.fact && response.retcode.is_success() {
+                if let Some(data) = &response.data {
+                    self.shared.storage.queue(Op::Fact {
+                        host: host.to_owned(),
+                        method: self.method.clone(),
+                        data: data.get().to_owned(),
+                        at: now_millis(),
+                    });
+                }
+            }
+            // The caller's id goes back; without one, ours stays (numeric).
+            if let Some(id) = &self.caller_id {
+                response.id = Some(id.clone());
+            }
+        }
+        if let Some(call) = self.call {
+            self.batch.push(HostResult {
+                host: host.to_owned(),
+                at: now_millis(),
+                retcode: i64::from(response.retcode.0),
+                response: host_line(host, &response),
+            });
+            if self.batch.len() >= RESULT_BATCH {
+                self.flush(call);
+            }
+        }
+        let _ = self.out.send(CallItem::Host {
+            host: host.to_owned(),
+            outcome,
+            response,
+        });
+    }
+
+    fn flush(&mut self, call: CallId) {
+        if !self.batch.is_empty() {
+            let batch = std::mem::take(&mut self.batch);
+            self.shared.storage.queue(Op::Results(call, batch));
+        }
+    }
+
+    fn server_line(&mut self, host: &str, outcome: Outcome, code: Retcode, message: String) {
+        let response = Response::failed(self.caller_id.clone(), code, message);
+        self.emit(host, outcome, response, Instant::now());
+    }
+}
+
+async fn run(shared: Arc<Shared>, spec: CallSpec, out: mpsc::UnboundedSender<CallItem>) {
+    let started = Instant::now();
+    let Ok(request) = Request::parse(spec.request.as_bytes()) else {
+        return;
+    };
+    let method = request.method.clone();
+    let caller_id = request.id.clone();
+    let record = CallRecord {
+        who: spec.who.clone(),
+        at: now_millis(),
+        target: spec.target.clone(),
+        request: spec.request.clone(),
+    };
+    let call = match shared.storage.read(move |s| s.call_begin(&record)).await {
+        Ok(id) => Some(id),
+        Err(e) => {
+            log::error!("store call_begin: {e} (the call goes on unrecorded)");
+            None
+        }
+    };
+    let id = shared.registry.next_request_id();
+    let Ok(raw) = RawValue::from_string(id.to_string()) else {
+        return;
+    };
+    let mut frame = request.with_id(&raw).into_bytes();
+    frame.push(b'\n');
+    let frame = Bytes::from(frame);
+    let label = method_label(&method);
+    let mut run = Run {
+        fact: method.starts_with("getinfo."),
+        shared: shared.clone(),
+        out,
+        method,
+        label,
+        caller_id,
+        call,
+        batch: Vec::new(),
+        summary: Summary {
+            targeted: spec.hosts.len(),
+            call,
+            ..Summary::default()
+        },
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let sent_at = Instant::now();
+    let queued = shared.registry.fan_out(&spec.hosts, id, &frame, &tx);
+    drop(tx);
+    let mut waiting = vec![false; spec.hosts.len()];
+    let mut left = 0usize;
+    for (tag, result) in queued.into_iter().enumerate() {
+        let host = &spec.hosts[tag];
+        match result {
+            Ok(()) => {
+                waiting[tag] = true;
+                left += 1;
+                if shared.events.enabled() {
+                    shared.events.emit(
+                        "request",
+                        json!({"host": host, "id": id, "method": run.method}),
+                    );
+                }
+            }
+            Err(SendError::Offline(_)) => run.server_line(
+                host,
+                Outcome::Offline,
+                ServerCode::OFFLINE,
+                format!("no agent with host id {host:?} is connected"),
+            ),
+            Err(SendError::Busy(_)) => run.server_line(
+                host,
+                Outcome::Busy,
+                ServerCode::QUEUE_FULL,
+                format!("host {host}: its outgoing queue is full; not sent"),
+            ),
+        }
+    }
+    shared
+        .metrics
+        .sent
+        .get_or_create(&Method {
+            method: run.label.clone(),
+        })
+        .inc_by(left as u64);
+    let deadline = tokio::time::Instant::from_std(
+        sent_at
+            .checked_add(spec.timeout)
+            .unwrap_or_else(|| sent_at + Duration::from_secs(u64::from(u32::MAX))),
+    );
+    let mut last_flush = Instant::now();
+    while left > 0 {
+        let event = match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(event)) => event,
+            Ok(None) | Err(_) => break,
+        };
+        let (tag, outcome, response) = match event {
+            CallEvent::Answered { tag, response } => (tag, Outcome::Answered, Some(response)),
+            CallEvent::Gone { tag } => (tag, Outcome::Disconnected, None),
+        };
+        let Some(slot) = waiting.get_mut(tag) else {
+            continue;
+        };
+        if !std::mem::replace(slot, false) {
+            continue;
+        }
+        left -= 1;
+        let host = spec.hosts[tag].clone();
+        match response {
+            Some(response) => run.emit(&host, outcome, response, sent_at),
+            None => run.server_line(
+                &host,
+                outcome,
+                ServerCode::DISCONNECTED,
+                format!("host {host}: disconnected before answering"),
+            ),
+        }
+        if let Some(call) = run.call {
+            if last_flush.elapsed() >= Duration::from_millis(100) {
+                run.flush(call);
+                last_flush = Instant::now();
+            }
+        }
+    }
+    let secs = spec.timeout.as_secs_f64();
+    for (tag, still) in waiting.iter().enumerate() {
+        if *still {
+            let host = &spec.hosts[tag];
+            run.server_line(
+                host,
+                Outcome::TimedOut,
+                ServerCode::TIMED_OUT,
+                format!("host {host}: no response within {secs} s"),
+            );
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    shared.metrics.fanout_seconds.observe(seconds);
+    run.summary.seconds = (seconds * 1000.0).round() / 1000.0;
+    if let Some(call) = run.call {
+        run.flush(call);
+        let summary = serde_json::to_string(&run.summary).unwrap_or_default();
+        shared.storage.queue(Op::CallEnd {
+            call,
+            summary,
+            at: now_millis(),
+        });
+    }
+    let _ = run.out.send(CallItem::Summary(run.summary.clone()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_goes_first() {
+        let r = Response::new(None, Retcode::SUCCESS);
+        assert_eq!(
+            host_line("h\"1", &r),
+            r#"{"host":"h\"1","id":null,"resp":"success","retcode":2,"message":"Normal termination"}"#
+        );
+    }
+}

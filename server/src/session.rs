@@ -1,0 +1,620 @@
+//! One agent session as one tokio task: TLS handshake, init, then frames both ways, on one socket descriptor.
+//!
+//! The task owns the TLS stream; other tasks reach it only through its
+//! bounded [`Outgoing`] queue (see `registry`). Requests it sends are
+//! remembered here (request id → the caller's reply channel), so answers
+//! are routed without a global lock. Memory per idle session: the task's
+//! state, a read buffer of [`READ_MIN`] bytes (grown for bursts, given
+//! back when they end), rustls' own state and the queue.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use basicagent_proto::{
+    redirect_json, FrameDecoder, FrameError, Incoming, Init, InitReply, Response, Retcode, TaskAck,
+};
+use basicagent_store::{AgentRecord, TaskResult};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::timeout_at;
+use tokio_rustls::server::TlsStream;
+
+use crate::events::unix_now;
+use crate::identity::{peer_identity, PeerIdentity};
+use crate::policy::{Decision, InitPolicy};
+use crate::registry::{AgentInfo, CallEvent, Outgoing, Registered, OUTBOX_FRAMES};
+use crate::serve::Shared;
+use crate::storage::{now_millis, Op};
+
+/// Read buffer of an idle session.
+const READ_MIN: usize = 1024;
+/// Largest read buffer (a burst of frames); a longer line grows the frame decoder instead.
+const READ_MAX: usize = 64 * 1024;
+/// Output buffer kept between writes; a bigger one is given back after use.
+const OUT_KEEP: usize = 16 * 1024;
+/// Requests remembered before answered-or-abandoned ones are swept.
+const PENDING_SWEEP: usize = 256;
+
+/// Decrements the open-session count however the task ends.
+struct Slot<'a>(&'a Shared, bool);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        if self.1 {
+            self.0.refusing.fetch_sub(1, Ordering::Relaxed);
+        } else {
+            self.0.active.fetch_sub(1, Ordering::Relaxed);
+            self.0.metrics.sessions.dec();
+        }
+    }
+}
+
+/// Serves one accepted socket to the end. `over_limit`: the session limit
+/// is reached; the agent gets a clean refusal (or a redirect) after init.
+pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, over_limit: bool) {
+    let _slot = Slot(&shared, over_limit);
+    let local = tcp.local_addr().unwrap_or(shared.settings.listen);
+    let _ = tcp.set_nodelay(true);
+    let deadline = tokio::time::Instant::now() + shared.settings.handshake_timeout;
+    let stream = match timeout_at(deadline, shared.tls.accept(tcp)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return handshake_failed(&shared, peer, local, &format!("TLS: {e}")),
+        Err(_) => return handshake_failed(&shared, peer, local, "TLS handshake timed out"),
+    };
+    log::debug!("{peer}: TLS handshake done");
+    let identity = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(peer_identity);
+    let mut s = Session {
+        shared: shared.clone(),
+        id: 0,
+        peer,
+        local,
+        stream,
+        decoder: FrameDecoder::new(shared.settings.max_frame),
+        buf: vec![0; READ_MIN],
+        out: Vec::new(),
+        host: None,
+        identity,
+        pending: HashMap::new(),
+        null_waiters: Vec::new(),
+        closing: None,
+    };
+    let (tx, rx) = mpsc::channel(OUTBOX_FRAMES);
+    if !over_limit {
+        s.id = shared.registry.add_conn(tx);
+    }
+    let reason = match s.await_init(deadline, over_limit).await {
+        Ok(()) => s.serve(rx).await,
+        Err(reason) => reason,
+    };
+    s.finish(&reason).await;
+}
+
+fn handshake_failed(shared: &Shared, peer: SocketAddr, local: SocketAddr, reason: &str) {
+    log::warn!("{peer}: TLS handshake failed: {reason}");
+    shared.metrics.refuse("tls");
+    shared.events.emit(
+        "tls_handshake_failed",
+        json!({"peer": peer, "listen": local, "reason": reason}),
+    );
+}
+
+struct Session {
+    shared: Arc<Shared>,
+    /// Registry id (0 for an over-limit session, which is never registered).
+    id: u64,
+    peer: SocketAddr,
+    local: SocketAddr,
+    stream: TlsStream<TcpStream>,
+    decoder: FrameDecoder,
+    buf: Vec<u8>,
+    out: Vec<u8>,
+    host: Option<String>,
+    identity: Option<PeerIdentity>,
+    /// Our request id → (caller, caller's tag).
+    pending: HashMap<u64, (mpsc::UnboundedSender<CallEvent>, usize)>,
+    /// Callers of raw sends, waiting for `"id": null` answers.
+    null_waiters: Vec<mpsc::UnboundedSender<CallEvent>>,
+    closing: Option<String>,
+}
+
+impl Session {
+    /// Reads into the buffer; `Ok(0)` at the peer's end. Resizes the buffer for bursts.
+    async fn read_some(&mut self) -> Result<usize, String> {
+        let n = self
+            .stream
+            .read(&mut self.buf)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        self.after_read(n);
+        Ok(n)
+    }
+
+    fn after_read(&mut self, n: usize) {
+        self.decoder.push(&self.buf[..n]);
+        let len = self.buf.len();
+        if n == len && len < READ_MAX {
+            self.buf = vec![0; len.saturating_mul(2).min(READ_MAX)];
+        } else if n < len / 4 && len > READ_MIN {
+            self.buf = vec![0; READ_MIN];
+        }
+    }
+
+    /// Until init is handled (accepted: `Ok`), or the session must end.
+    async fn await_init(
+        &mut self,
+        deadline: tokio::time::Instant,
+        over_limit: bool,
+    ) -> Result<(), String> {
+        loop {
+            while let Some(item) = self.decoder.next_frame() {
+                match item {
+                    Ok(frame) => self.handle_init(&frame, over_limit),
+                    Err(FrameError::TooLong { limit }) => {
+                        self.refuse_init(&format!("init frame longer than {limit} bytes"))
+                    }
+                }
+                self.flush().await?;
+                if let Some(reason) = &self.closing {
+                    return Err(reason.clone());
+                }
+                if self.host.is_some() {
+                    return Ok(());
+                }
+            }
+            match timeout_at(deadline, self.read_some()).await {
+                Ok(Ok(0)) => return Err("closed by peer".into()),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    return Err(format!(
+                        "no init within {} s",
+                        self.shared.settings.handshake_timeout.as_secs()
+                    ))
+                }
+            }
+        }
+    }
+
+    /// The ready loop: frames from the agent, frames for the agent.
+    async fn serve(&mut self, mut rx: mpsc::Receiver<Outgoing>) -> String {
+        // Frames that came with init.
+        if let Err(e) = self.handle_frames().await {
+            return e;
+        }
+        loop {
+            if let Some(reason) = &self.closing {
+                return reason.clone();
+            }
+            tokio::select! {
+                biased;
+                msg = rx.recv() => {
+                    let Some(msg) = msg else { return "server shutdown".into() };
+                    self.outgoing(msg);
+                    // Take what else is queued, then write it all at once.
+                    while self.out.len() < READ_MAX {
+                        match rx.try_recv() {
+                            Ok(msg) => self.outgoing(msg),
+                            Err(_) => break,
+                        }
+                    }
+                    if let Err(e) = self.flush().await {
+                        return e;
+                    }
+                }
+                read = self.stream.read(&mut self.buf) => {
+                    match read {
+                        Ok(0) => return "closed by peer".into(),
+                        Ok(n) => self.after_read(n),
+                        Err(e) => return format!("read: {e}"),
+                    }
+                    if let Err(e) = self.handle_frames().await {
+                        return e;
+                    }
+                }
+            }
+        }
+    }
+
+    fn outgoing(&mut self, msg: Outgoing) {
+        match msg {
+            Outgoing::Request {
+                id,
+                frame,
+                reply,
+                tag,
+            } => {
+                if self.pending.len() >= PENDING_SWEEP && self.pending.len().is_power_of_two() {
+                    self.pending.retain(|_, (tx, _)| !tx.is_closed());
+                }
+                self.pending.insert(id, (reply, tag));
+                self.out.extend_from_slice(&frame);
+            }
+            Outgoing::Raw { bytes, reply } => {
+                if let Some(reply) = reply {
+                    self.null_waiters.retain(|w| !w.is_closed());
+                    self.null_waiters.push(reply);
+                }
+                self.out.extend_from_slice(&bytes);
+            }
+            Outgoing::Close(reason) => self.close(&reason),
+        }
+    }
+
+    /// Writes what is queued.
+    async fn flush(&mut self) -> Result<(), String> {
+        if !self.out.is_empty() {
+            let r = self.stream.write_all(&self.out).await;
+            self.out.clear();
+            if self.out.capacity() > OUT_KEEP {
+                self.out = Vec::new();
+            }
+            r.map_err(|e| format!("write: {e}"))?;
+        }
+        self.stream.flush().await.map_err(|e| format!("write: {e}"))
+    }
+
+    async fn handle_frames(&mut self) -> Result<(), String> {
+        while let Some(item) = self.decoder.next_frame() {
+            if self.closing.is_some() {
+                continue;
+            }
+            match item {
+                Ok(frame) => self.handle_ready(&frame).await,
+                Err(e) => self.invalid_frame(None, &e.to_string()),
+            }
+        }
+        self.flush().await
+    }
+
+    fn line(&mut self, json: &str) {
+        self.out.extend_from_slice(json.as_bytes());
+        self.out.push(b'\n');
+    }
+
+    fn close(&mut self, reason: &str) {
+        if self.closing.is_none() {
+            self.closing = Some(reason.to_owned());
+        }
+    }
+
+    fn refuse_init(&mut self, error: &str) {
+        log::warn!("{}: invalid init: {error}", self.peer);
+        self.shared.metrics.refuse("invalid_init");
+        self.shared.events.emit(
+            "init_invalid",
+            json!({"peer": self.peer, "listen": self.local, "error": error}),
+        );
+        self.line(
+            &InitReply::rejected(Retcode::INVALID_REQUEST, format!("expected init: {error}"))
+                .to_json(),
+        );
+        self.close("invalid init");
+    }
+
+    fn reject(&mut self, host: &str, retcode: Retcode, message: &str, reason: &str, event: &str) {
+        log::warn!("{}: host {host} refused ({reason}): {message}", self.peer);
+        self.shared.metrics.refuse(reason);
+        self.shared.events.emit(
+            event,
+            json!({"host": host, "peer": self.peer, "listen": self.local, "message": message}),
+        );
+        self.line(&InitReply::rejected(retcode, message).to_json());
+        self.close(reason);
+    }
+
+    fn handle_init(&mut self, frame: &[u8], over_limit: bool) {
+        let init = match Init::parse(frame) {
+            Ok(init) => init,
+            Err(e) => return self.refuse_init(&e.to_string()),
+        };
+        let host = init.hostname.clone();
+        let shared = self.shared.clone();
+        let (peer, listen) = (self.peer, self.local);
+        if shared.mtls {
+            let bound = self.identity.as_ref().and_then(|i| i.host.as_deref());
+            if bound != Some(host.as_str()) {
+                let message = format!(
+                    "the client certificate is for host id {}, not {host:?}",
+                    bound.map_or("(none)".to_owned(), |b| format!("{b:?}"))
+                );
+                return self.reject(
+                    &host,
+                    Retcode::PERMISSION_DENIED,
+                    &message,
+                    "identity",
+                    "identity_mismatch",
+                );
+            }
+        }
+        if over_limit {
+            return self.refuse_full(&host);
+        }
+        let own = [shared.settings.listen, self.local];
+        match shared.settings.policy.decide(&host, &own) {
+            Decision::Redirect(list) => {
+                log::info!("{peer}: host {host} redirected to {list}");
+                shared.metrics.refuse("policy");
+                shared.events.emit(
+                    "redirect",
+                    json!({"host": host, "peer": peer, "listen": listen, "server": list}),
+                );
+                self.line(&redirect_json(&list));
+                self.close("redirected");
+            }
+            Decision::Reject(message) => {
+                self.reject(
+                    &host,
+                    Retcode::PERMISSION_DENIED,
+                    &message,
+                    "policy",
+                    "rejected",
+                );
+            }
+            Decision::Accept => self.accept(init),
+        }
+    }
+
+    /// At the session limit: a redirect to the configured peers, else 3026 Busy.
+    fn refuse_full(&mut self, host: &str) {
+        let limit = self.shared.limit;
+        let own = [self.shared.settings.listen, self.local];
+        let peers = match &self.shared.settings.policy {
+            InitPolicy::Redirect(list) => Some(list.clone()),
+            InitPolicy::Spread(entries) => {
+                let others: Vec<String> = entries
+                    .iter()
+                    .filter(
+                        |e| !matches!(e, basicagent_proto::ServerAddr::Ip(sa) if own.contains(sa)),
+                    )
+                    .map(ToString::to_string)
+                    .collect();
+                (!others.is_empty()).then(|| others.join(","))
+            }
+            _ => None,
+        };
+        self.shared.metrics.refuse("limit");
+        log::warn!(
+            "{}: host {host} refused: session limit {limit} reached",
+            self.peer
+        );
+        self.shared.events.emit(
+            "refused",
+            json!({"host": host, "peer": self.peer, "listen": self.local,
+                   "limit": limit, "redirect": peers}),
+        );
+        match peers {
+            Some(list) => self.line(&redirect_json(&list)),
+            None => self.line(
+                &InitReply::rejected(
+                    Retcode::BUSY,
+                    format!(
+                        "server busy: it holds its limit of {limit} agent sessions; retry later"
+                    ),
+                )
+                .to_json(),
+            ),
+        }
+        self.close("session limit");
+    }
+
+    fn accept(&mut self, init: Init) {
+        let shared = self.shared.clone();
+        let (peer, listen) = (self.peer, self.local);
+        let host = init.hostname.clone();
+        let info = AgentInfo {
+            host: host.clone(),
+            name: init.name.clone(),
+            version: init.version.clone(),
+            plugins: init.plugins.clone(),
+            peer,
+            listen,
+            connected_at: unix_now(),
+        };
+        let cert = if shared.mtls {
+            self.identity.as_ref().map(|i| i.fingerprint)
+        } else {
+            None
+        };
+        match shared.registry.register_agent(self.id, info, cert) {
+            Registered::HeldByOtherCert => {
+                return self.reject(
+                    &host,
+                    Retcode::PERMISSION_DENIED,
+                    &format!("host id {host:?} is held by a session with another certificate"),
+                    "held",
+                    "identity_mismatch",
+                );
+            }
+            Registered::Replaced(old) => {
+                shared.events.emit(
+                    "replaced",
+                    json!({"host": host, "peer": peer, "old_conn": old}),
+                );
+            }
+            Registered::New => {
+                shared.metrics.agents.inc();
+            }
+        }
+        log::info!(
+            "{peer}: agent {host} ({}) up with {} plugins",
+            init.name,
+            init.plugins.len()
+        );
+        shared.events.emit(
+            "init",
+            json!({"host": host, "name": init.name, "version": init.version,
+                   "plugins": init.plugins, "peer": peer, "listen": listen}),
+        );
+        shared.storage.queue(Op::Seen(AgentRecord {
+            host: host.clone(),
+            name: init.name,
+            addr: peer.to_string(),
+            version: init.version,
+            plugins: init.plugins,
+            node: None,
+            connected_at: now_millis(),
+        }));
+        self.line(
+            &InitReply::Accepted {
+                heartbeat: shared.settings.heartbeat,
+            }
+            .to_json(),
+        );
+        self.host = Some(host);
+    }
+
+    async fn handle_ready(&mut self, frame: &[u8]) {
+        let host = self.host.clone().unwrap_or_default();
+        match Incoming::classify(frame) {
+            Ok(Incoming::Response(response)) => self.deliver(&host, response),
+            Ok(Incoming::TaskDone(done)) => {
+                log::info!(
+                    "{host}: task {} done: {} {}",
+                    done.task,
+                    done.retcode.0,
+                    done.message
+                );
+                self.shared.events.emit(
+                    "task_done",
+                    json!({"host": host, "task": done.task, "resp": done.retcode.resp(),
+                           "retcode": done.retcode.0, "message": done.message}),
+                );
+                let result = TaskResult {
+                    host: host.clone(),
+                    task: done.task.clone(),
+                    received_at: now_millis(),
+                    retcode: i64::from(done.retcode.0),
+                    message: done.message.clone(),
+                    frame: String::from_utf8_lossy(frame).into_owned(),
+                    schedule: None,
+                };
+                // The ack promises the result is kept: only after the commit.
+                match self.shared.storage.put_task(result).await {
+                    Ok(()) => {
+                        if self.shared.settings.auto_ack {
+                            self.line(&TaskAck::new(done.task).to_json());
+                        }
+                    }
+                    Err(e) => log::error!(
+                        "{host}: task {} not stored, not acknowledged (the agent will send it again): {e}",
+                        done.task
+                    ),
+                }
+            }
+            Ok(Incoming::TaskAck(ack)) => {
+                log::warn!("{host}: unexpected task.ack for {} from an agent", ack.task)
+            }
+            Ok(Incoming::Request(request)) => {
+                let answer = if request.method == "ping" {
+                    Response::new(request.id, Retcode::SUCCESS)
+                } else {
+                    let msg = format!("the server serves only ping, not {:?}", request.method);
+                    Response::failed(request.id, Retcode::UNKNOWN_METHOD, msg)
+                };
+                self.line(&answer.to_json());
+            }
+            Err(e) => {
+                let id = e.id;
+                self.invalid_frame(id, &e.error.to_string());
+            }
+        }
+    }
+
+    fn deliver(&mut self, host: &str, response: Response) {
+        let raw_id = response.id.as_deref().map(|r| r.get().to_owned());
+        if self.shared.events.enabled() {
+            let id_value: Option<serde_json::Value> =
+                raw_id.as_deref().and_then(|t| serde_json::from_str(t).ok());
+            self.shared.events.emit(
+                "response",
+                json!({"host": host, "id": id_value, "resp": response.retcode.resp(),
+                       "retcode": response.retcode.0, "message": response.message}),
+            );
+        }
+        let Some(raw) = raw_id else {
+            self.null_waiters.retain(|w| {
+                w.send(CallEvent::Answered {
+                    tag: 0,
+                    response: response.clone(),
+                })
+                .is_ok()
+            });
+            return;
+        };
+        let waiter = raw
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .and_then(|id| self.pending.remove(&id));
+        match waiter {
+            Some((tx, tag)) => {
+                let _ = tx.send(CallEvent::Answered { tag, response });
+            }
+            None => log::info!("{host}: response to unknown or expired id {raw}"),
+        }
+    }
+
+    fn invalid_frame(&mut self, id: Option<Box<serde_json::value::RawValue>>, error: &str) {
+        let host = self.host.clone().unwrap_or_default();
+        log::warn!("{host} ({}): invalid frame: {error}", self.peer);
+        self.shared.events.emit(
+            "invalid_frame",
+            json!({"host": host, "peer": self.peer, "error": error}),
+        );
+        self.line(&Response::failed(id, Retcode::INVALID_REQUEST, error).to_json());
+    }
+
+    /// After the loop: flush, close (close_notify, then read what the peer
+    /// still sends for at most a second so our last frame is not destroyed
+    /// by a reset), forget the session, tell its callers, record why.
+    async fn finish(&mut self, reason: &str) {
+        let _ = self.flush().await;
+        if self.closing.is_some() {
+            let _ = self.stream.shutdown().await;
+            let until = Instant::now() + Duration::from_secs(1);
+            let mut scratch = [0u8; 512];
+            while let Ok(Ok(n)) = tokio::time::timeout_at(
+                tokio::time::Instant::from_std(until),
+                self.stream.read(&mut scratch),
+            )
+            .await
+            {
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+        for (_, (tx, tag)) in self.pending.drain() {
+            let _ = tx.send(CallEvent::Gone { tag });
+        }
+        let shared = &self.shared;
+        if self.id != 0 {
+            if let Some(host) = shared.registry.remove_conn(self.id, self.host.as_deref()) {
+                shared.metrics.agents.dec();
+                shared.storage.queue(Op::Gone {
+                    host,
+                    at: now_millis(),
+                });
+            }
+        }
+        log::info!(
+            "{}: {} disconnected: {reason}",
+            self.peer,
+            self.host.as_deref().unwrap_or("(no init)")
+        );
+        shared.events.emit(
+            "disconnect",
+            json!({"host": self.host, "peer": self.peer, "listen": self.local, "reason": reason}),
+        );
+    }
+}

@@ -1,0 +1,213 @@
+//! The store seen from the server: one writer thread that batches writes, and blocking reads for the API.
+//!
+//! Sessions and calls never write to the store themselves: they queue an
+//! [`Op`] and go on. The writer thread takes everything queued (up to
+//! [`BATCH`] ops), groups it by kind and writes each group with one store
+//! call (one transaction): a fan-out to 19 000 hosts becomes a handful of
+//! `call_results` transactions, not 19 000. Task results are the exception
+//! to "fire and forget": the session waits for the commit (a oneshot
+//! answer) before it acknowledges `task.done`, so an acked result is on
+//! disk. Reads (`GET /v1/...`) call the store on tokio's blocking pool.
+
+use std::collections::BTreeMap;
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use basicagent_store::{AgentRecord, CallId, HostResult, Millis, Retention, Store, TaskResult};
+use tokio::sync::oneshot;
+
+use crate::metrics::Metrics;
+
+/// Most ops written in one round.
+pub const BATCH: usize = 8192;
+
+/// Unix time in milliseconds.
+pub fn now_millis() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// One queued write.
+pub enum Op {
+    Seen(AgentRecord),
+    Gone {
+        host: String,
+        at: Millis,
+    },
+    Fact {
+        host: String,
+        method: String,
+        data: String,
+        at: Millis,
+    },
+    Results(CallId, Vec<HostResult>),
+    CallEnd {
+        call: CallId,
+        summary: String,
+        at: Millis,
+    },
+    Task(TaskResult, oneshot::Sender<Result<(), String>>),
+}
+
+/// The server's handle: queue writes, run reads.
+#[derive(Clone)]
+pub struct Storage {
+    pub store: Arc<dyn Store>,
+    tx: Sender<Op>,
+}
+
+impl Storage {
+    /// Starts the writer thread for `store`.
+    pub fn start(store: Arc<dyn Store>, metrics: Arc<Metrics>) -> std::io::Result<Storage> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let writer = store.clone();
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || write_loop(&*writer, &rx, &metrics))?;
+        Ok(Storage { store, tx })
+    }
+
+    /// Queues a write (never blocks).
+    pub fn queue(&self, op: Op) {
+        if self.tx.send(op).is_err() {
+            log::error!("store writer is gone; a write was dropped");
+        }
+    }
+
+    /// Stores one task result and waits for the commit; `Ok` once durable.
+    pub async fn put_task(&self, result: TaskResult) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        self.queue(Op::Task(result, tx));
+        rx.await
+            .unwrap_or_else(|_| Err("store writer is gone".into()))
+    }
+
+    /// Runs a read on the blocking pool.
+    pub async fn read<T, F>(&self, f: F) -> Result<T, String>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn Store) -> Result<T, basicagent_store::StoreError> + Send + 'static,
+    {
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || f(&*store)).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(e) => Err(format!("store task: {e}")),
+        }
+    }
+
+    /// Prunes by `retention` every `every` (the first time right away).
+    pub fn spawn_pruner(&self, retention: Retention, every: Duration, metrics: Arc<Metrics>) {
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let store = store.clone();
+                let retention = retention.clone();
+                let started = Instant::now();
+                let done =
+                    tokio::task::spawn_blocking(move || store.prune(now_millis(), &retention))
+                        .await;
+                let ok = matches!(done, Ok(Ok(_)));
+                metrics.store_op("prune", started.elapsed().as_secs_f64(), ok);
+                match done {
+                    Ok(Ok(p)) => log::info!(
+                        "store pruned: {} calls, {} results, {} tasks",
+                        p.calls,
+                        p.results,
+                        p.tasks
+                    ),
+                    Ok(Err(e)) => log::error!("store prune: {e}"),
+                    Err(e) => log::error!("store prune task: {e}"),
+                }
+            }
+        });
+    }
+}
+
+fn timed<T>(
+    metrics: &Metrics,
+    op: &str,
+    f: impl FnOnce() -> Result<T, basicagent_store::StoreError>,
+) -> Result<T, String> {
+    let started = Instant::now();
+    let r = f();
+    metrics.store_op(op, started.elapsed().as_secs_f64(), r.is_ok());
+    r.map_err(|e| {
+        log::error!("store {op}: {e}");
+        e.to_string()
+    })
+}
+
+fn write_loop(store: &dyn Store, rx: &Receiver<Op>, metrics: &Metrics) {
+    while let Ok(first) = rx.recv() {
+        let mut ops = vec![first];
+        while ops.len() < BATCH {
+            match rx.try_recv() {
+                Ok(op) => ops.push(op),
+                Err(_) => break,
+            }
+        }
+        write_batch(store, ops, metrics);
+    }
+}
+
+/// Writes one batch, keeping the order that matters: agents before their
+/// facts, a call's results before its end, task commits answered last.
+fn write_batch(store: &dyn Store, ops: Vec<Op>, metrics: &Metrics) {
+    let mut seen = Vec::new();
+    let mut gone: BTreeMap<Millis, Vec<String>> = BTreeMap::new();
+    let mut facts = Vec::new();
+    let mut results: BTreeMap<CallId, Vec<HostResult>> = BTreeMap::new();
+    let mut ends = Vec::new();
+    let mut tasks = Vec::new();
+    let mut waiting = Vec::new();
+    for op in ops {
+        match op {
+            Op::Seen(r) => seen.push(r),
+            Op::Gone { host, at } => gone.entry(at).or_default().push(host),
+            Op::Fact {
+                host,
+                method,
+                data,
+                at,
+            } => facts.push((host, method, data, at)),
+            Op::Results(call, r) => results.entry(call).or_default().extend(r),
+            Op::CallEnd { call, summary, at } => ends.push((call, summary, at)),
+            Op::Task(t, reply) => {
+                tasks.push(t);
+                waiting.push(reply);
+            }
+        }
+    }
+    if !tasks.is_empty() {
+        // First: agents are waiting for these commits before they get an ack.
+        let outcome = timed(metrics, "put_tasks", || store.put_tasks(&tasks));
+        if outcome.is_ok() {
+            metrics.task_results.inc_by(tasks.len() as u64);
+        }
+        for reply in waiting {
+            let _ = reply.send(outcome.as_ref().map(|_| ()).map_err(Clone::clone));
+        }
+    }
+    if !seen.is_empty() {
+        let _ = timed(metrics, "agents_seen", || store.agents_seen(&seen));
+    }
+    for (at, hosts) in gone {
+        let _ = timed(metrics, "agents_gone", || store.agents_gone(&hosts, at));
+    }
+    for (host, method, data, at) in facts {
+        let _ = timed(metrics, "agent_fact", || {
+            store.agent_fact(&host, &method, &data, at)
+        });
+    }
+    for (call, r) in results {
+        let _ = timed(metrics, "call_results", || store.call_results(call, &r));
+    }
+    for (call, summary, at) in ends {
+        let _ = timed(metrics, "call_end", || store.call_end(call, &summary, at));
+    }
+}
