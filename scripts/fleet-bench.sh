@@ -35,7 +35,7 @@ while [ $# -gt 0 ]; do
         --nodes) NODES=$2; shift 2 ;;
         --swarms) SWARMS=$2; shift 2 ;;
         --fit) FIT=$2; shift 2 ;;
-        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
         *) echo "fleet-bench.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
