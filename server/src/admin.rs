@@ -221,15 +221,12 @@ async fn admin_call(
     while let Some(item) = items.recv().await {
         match item {
             CallItem::Host {
-                host,
                 outcome: Outcome::Answered,
                 response,
+                line,
+                ..
             } => {
-                let line = if all {
-                    call::host_line(&host, &response)
-                } else {
-                    response.to_json()
-                };
+                let line = if all { line } else { response.to_json() };
                 out.line(&line).await?;
             }
             CallItem::Host { response, .. } => out.problem(response.message).await?,

@@ -67,9 +67,10 @@ pub struct Summary {
 #[derive(Debug)]
 pub enum CallItem {
     Host {
-        host: String,
         outcome: Outcome,
         response: Response,
+        /// `{"host": ID, ...response...}`, as stored and streamed.
+        line: String,
     },
     Summary(Summary),
 }
@@ -113,6 +114,8 @@ struct Run {
     batch: Vec<HostResult>,
     summary: Summary,
     fact: bool,
+    /// Answer counters by retcode, looked up once per call and retcode.
+    counters: Vec<(u32, prometheus_client::metrics::counter::Counter)>,
 }
 
 impl Run {
@@ -125,12 +128,23 @@ impl Run {
         }
         if outcome == Outcome::Answered {
             let m = &self.shared.metrics;
-            m.answered
-                .get_or_create(&MethodRetcode {
-                    method: self.label.clone(),
-                    retcode: response.retcode.0.to_string(),
-                })
-                .inc();
+            let code = response.retcode.0;
+            match self.counters.iter().find(|(c, _)| *c == code) {
+                Some((_, counter)) => {
+                    counter.inc();
+                }
+                None => {
+                    let counter = m
+                        .answered
+                        .get_or_create(&MethodRetcode {
+                            method: self.label.clone(),
+                            retcode: code.to_string(),
+                        })
+                        .clone();
+                    counter.inc();
+                    self.counters.push((code, counter));
+                }
+            }
             m.answer_seconds.observe(sent.elapsed().as_secs_f64());
             if self.fact && response.retcode.is_success() {
                 if let Some(data) = &response.data {
@@ -147,21 +161,22 @@ impl Run {
                 response.id = Some(id.clone());
             }
         }
+        let line = host_line(host, &response);
         if let Some(call) = self.call {
             self.batch.push(HostResult {
                 host: host.to_owned(),
                 at: now_millis(),
                 retcode: i64::from(response.retcode.0),
-                response: host_line(host, &response),
+                response: line.clone(),
             });
             if self.batch.len() >= RESULT_BATCH {
                 self.flush(call);
             }
         }
         let _ = self.out.send(CallItem::Host {
-            host: host.to_owned(),
             outcome,
             response,
+            line,
         });
     }
 
@@ -215,6 +230,7 @@ async fn run(shared: Arc<Shared>, spec: CallSpec, out: mpsc::UnboundedSender<Cal
         caller_id,
         call,
         batch: Vec::new(),
+        counters: Vec::new(),
         summary: Summary {
             targeted: spec.hosts.len(),
             call,
