@@ -1,0 +1,31 @@
+//! BasicAgentSwarm: parses flags, runs the swarm, prints its report line (see the library).
+
+use std::process::ExitCode;
+
+use basicagent_swarm::options::{self, USAGE};
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let opts = match options::parse(&args) {
+        Ok(Some(o)) => o,
+        Ok(None) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("BasicAgentSwarm: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match basicagent_swarm::run::run(opts) {
+        Ok(report) => {
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("BasicAgentSwarm: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,382 @@
+//! The real BasicAgentSwarm against the real BasicAgentServer on loopback: sessions, fan-out answers, refusals by reason, redirects, heartbeats, hostile frames, limits.
+
+mod common;
+
+use std::collections::HashSet;
+use std::process::{Command, Stdio};
+
+use common::{Pki, Server, Swarm};
+use serde_json::Value;
+
+#[test]
+fn fifty_sessions_come_up_and_answer_a_fan_out() {
+    let pki = Pki::new();
+    let server = Server::start(&pki, &[]);
+    let mut swarm = Swarm::start(&pki, server.listen, "ca.pem", 50, &["--concurrency", "8"]);
+    swarm.wait("50 sessions up", |s| s["up"] == 50);
+
+    let agents = server.admin_lines(&["list"]);
+    assert_eq!(agents.len(), 50, "{agents:?}");
+    let hosts: HashSet<&str> = agents.iter().map(|a| a["host"].as_str().unwrap()).collect();
+    let names: HashSet<&str> = agents.iter().map(|a| a["name"].as_str().unwrap()).collect();
+    assert_eq!((hosts.len(), names.len()), (50, 50));
+    assert!(
+        names.contains("swarm-00001") && names.contains("swarm-00050"),
+        "{names:?}"
+    );
+    // Sessions come from the four source addresses of the range.
+    let peers: HashSet<String> = agents
+        .iter()
+        .map(|a| {
+            a["peer"]
+                .as_str()
+                .unwrap()
+                .rsplit_once(':')
+                .unwrap()
+                .0
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(peers.len(), 4, "{peers:?}");
+    assert!(agents[0]["plugins"]
+        .as_array()
+        .unwrap()
+        .contains(&Value::from("sync.bash")));
+
+    let answers = server.admin_lines(&[
+        "call",
+        "--all",
+        "--timeout",
+        "30",
+        r#"{"method":"getinfo.kernel"}"#,
+    ]);
+    assert_eq!(answers.len(), 50, "{answers:?}");
+    for a in &answers {
+        assert_eq!(a["retcode"], 2, "{a}");
+        assert_eq!(a["data"]["sysname"], "Linux", "{a}");
+        assert!(
+            a["data"]["nodename"]
+                .as_str()
+                .unwrap()
+                .starts_with("swarm-"),
+            "{a}"
+        );
+    }
+    let one = agents[0]["host"].as_str().unwrap();
+    let bash = server.admin_lines(&[
+        "call",
+        "--host",
+        one,
+        r#"{"method":"sync.bash","cmd":"true"}"#,
+    ]);
+    assert_eq!(bash[0]["data"]["exitcode"], 0, "{bash:?}");
+    let info = server.admin_lines(&["call", "--host", one, r#"{"method":"agent.info"}"#]);
+    assert_eq!(info[0]["data"]["host_id"], one, "{info:?}");
+    let unknown = server.admin_lines(&["call", "--host", one, r#"{"method":"getinfo.users"}"#]);
+    assert_eq!(unknown[0]["retcode"], 3022, "{unknown:?}");
+
+    let report = swarm.stop();
+    assert_eq!(report["peak_up"], 50, "{report}");
+    assert_eq!(report["refused_total"], 0, "{report}");
+    assert_eq!(report["answered"]["getinfo.kernel"], 50, "{report}");
+    assert_eq!(report["answered"]["sync.bash"], 1, "{report}");
+    assert_eq!(report["answered"]["agent.info"], 1, "{report}");
+    assert_eq!(report["answered"]["unknown"], 1, "{report}");
+    assert_eq!(report["latency"]["count"], 53, "{report}");
+    assert!(
+        report["latency"]["p99_us"].as_u64().unwrap()
+            >= report["latency"]["p50_us"].as_u64().unwrap()
+    );
+    assert!(
+        report["rss_per_session_bytes"].as_u64().is_some(),
+        "{report}"
+    );
+    assert_eq!(report["threads"], 1, "one thread by default: {report}");
+    assert!(report["ramp_seconds"].as_f64().is_some(), "{report}");
+    // The sessions ended with the swarm: the server lists nobody.
+    common::wait_for("the server to see the swarm go", || {
+        server.admin_lines(&["list"]).is_empty().then_some(())
+    });
+}
+
+#[test]
+fn a_rejected_init_is_counted_as_refused() {
+    let pki = Pki::new();
+    let server = Server::start(&pki, &["--reject", "swarm test: go away"]);
+    let mut swarm = Swarm::start(&pki, server.listen, "ca.pem", 3, &[]);
+    // Without --retry each agent tries once; the swarm ends by itself.
+    let report = swarm.finish();
+    assert_eq!(report["refused"]["init_rejected"], 3, "{report}");
+    assert_eq!(report["refused_total"], 3, "{report}");
+    assert_eq!(report["peak_up"], 0, "{report}");
+    assert!(
+        report["refused_first"]["init_rejected"]
+            .as_str()
+            .unwrap()
+            .contains("swarm test: go away"),
+        "{report}"
+    );
+}
+
+#[test]
+fn retry_backs_off_and_tries_again() {
+    let pki = Pki::new();
+    let server = Server::start(&pki, &["--reject", "full"]);
+    let mut swarm = Swarm::start(&pki, server.listen, "ca.pem", 2, &["--retry"]);
+    // The first retry comes after 0.5..1 s of backoff.
+    swarm.wait("a second round of refusals", |s| {
+        s["refused"]["init_rejected"].as_u64() >= Some(4)
+    });
+    let report = swarm.stop();
+    assert_eq!(report["peak_up"], 0, "{report}");
+}
+
+#[test]
+fn a_redirect_is_followed() {
+    let pki = Pki::new();
+    let target = Server::start(&pki, &[]);
+    let front = Server::start(&pki, &["--redirect", &target.listen.to_string()]);
+    let mut swarm = Swarm::start(&pki, front.listen, "ca.pem", 5, &[]);
+    swarm.wait("5 sessions up on the target", |s| s["up"] == 5);
+    assert_eq!(target.admin_lines(&["list"]).len(), 5);
+    assert!(front.admin_lines(&["list"]).is_empty());
+    let report = swarm.stop();
+    assert_eq!(report["redirects"], 5, "{report}");
+    assert_eq!(report["refused_total"], 0, "{report}");
+    let redirected = front
+        .events()
+        .iter()
+        .filter(|e| e["event"] == "redirect")
+        .count();
+    assert_eq!(redirected, 5);
+}
+
+#[test]
+fn a_redirect_loop_is_refused_after_the_limit() {
+    let pki = Pki::new();
+    // A server that redirects to itself.
+    let ip = common::server_ip();
+    let probe = std::net::TcpListener::bind(format!("{ip}:0")).unwrap();
+    let addr = probe.local_addr().unwrap();
+    drop(probe);
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.jsonl");
+    let mut child = Command::new(common::server_bin())
+        .args([
+            "serve",
+            "--listen",
+            &addr.to_string(),
+            "--redirect",
+            &addr.to_string(),
+        ])
+        .arg("--cert")
+        .arg(pki.path("server.pem"))
+        .arg("--key")
+        .arg(pki.path("server.key"))
+        .arg("--admin")
+        .arg(dir.path().join("admin.sock"))
+        .arg("--events")
+        .arg(&events)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    common::wait_for("listening", || {
+        common::json_lines(&events)
+            .iter()
+            .any(|e| e["event"] == "listening")
+            .then_some(())
+    });
+    let mut swarm = Swarm::start(&pki, addr, "ca.pem", 1, &["--max-redirects", "2"]);
+    let report = swarm.finish();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(report["refused"]["redirect"], 1, "{report}");
+    assert_eq!(report["redirects"], 2, "{report}");
+}
+
+#[test]
+fn a_bad_ca_is_a_tls_refusal() {
+    let pki = Pki::new();
+    let server = Server::start(&pki, &[]);
+    let mut swarm = Swarm::start(&pki, server.listen, "other-ca.pem", 4, &[]);
+    let report = swarm.finish();
+    assert_eq!(report["refused"]["tls"], 4, "{report}");
+    assert_eq!(report["peak_up"], 0, "{report}");
+    assert!(server.admin_lines(&["list"]).is_empty());
+    let first = report["refused_first"]["tls"].as_str().unwrap();
+    assert!(
+        first.contains("UnknownIssuer") || first.contains("certificate"),
+        "{first}"
+    );
+}
+
+#[test]
+fn a_wrong_server_name_is_a_tls_refusal() {
+    let pki = Pki::new();
+    let server = Server::start(&pki, &[]);
+    let mut swarm = Swarm::start(
+        &pki,
+        server.listen,
+        "ca.pem",
+        2,
+        &["--name", "other.example"],
+    );
+    let report = swarm.finish();
+    assert_eq!(report["refused"]["tls"], 2, "{report}");
+}
+
+#[test]
+fn mutual_tls_with_and_without_a_client_certificate() {
+    let pki = Pki::new();
+    let ca = pki.path("ca.pem");
+    let server = Server::start(&pki, &["--client-ca", ca.to_str().unwrap()]);
+    let cert = pki.path("client.pem");
+    let key = pki.path("client.key");
+    let mut good = Swarm::start(
+        &pki,
+        server.listen,
+        "ca.pem",
+        3,
+        &[
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ],
+    );
+    good.wait("3 sessions up with client certificates", |s| s["up"] == 3);
+    let mut bad = Swarm::start(&pki, server.listen, "ca.pem", 2, &["--seed", "nocert"]);
+    let report = bad.finish();
+    assert_eq!(report["refused"]["tls"], 2, "{report}");
+    assert_eq!(good.stop()["peak_up"], 3);
+}
+
+#[test]
+fn nothing_listening_is_a_connect_refusal() {
+    let pki = Pki::new();
+    let ip = common::server_ip();
+    let probe = std::net::TcpListener::bind(format!("{ip}:0")).unwrap();
+    let addr = probe.local_addr().unwrap();
+    drop(probe);
+    let mut swarm = Swarm::start(&pki, addr, "ca.pem", 3, &[]);
+    let report = swarm.finish();
+    assert_eq!(report["refused"]["connect"], 3, "{report}");
+}
+
+#[test]
+fn heartbeats_follow_the_servers_period() {
+    let pki = Pki::new();
+    let server = Server::start(&pki, &["--heartbeat", "1"]);
+    let mut swarm = Swarm::start(&pki, server.listen, "ca.pem", 2, &[]);
+    swarm.wait("heartbeats sent and answered", |s| {
+        s["heartbeats"].as_u64() >= Some(4) && s["ignored"].as_u64() >= Some(2)
+    });
+    let report = swarm.stop();
+    assert_eq!(report["lost"], 0, "{report}");
+}
+
+#[test]
+fn hostile_frames_get_3020_and_the_session_stays_up() {
+    let pki = Pki::new();
+    let server = Server::start(&pki, &[]);
+    let mut swarm = Swarm::start(&pki, server.listen, "ca.pem", 1, &["--max-frame", "1024"]);
+    swarm.wait("1 session up", |s| s["up"] == 1);
+    let host = server.admin_lines(&["list"])[0]["host"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let garbage = server.admin_lines(&["send", "--host", &host, "this is not json"]);
+    assert_eq!(garbage[0]["retcode"], 3020, "{garbage:?}");
+    let long = "x".repeat(5000);
+    let too_long = server.admin_lines(&["send", "--host", &host, &long]);
+    assert_eq!(too_long[0]["retcode"], 3020, "{too_long:?}");
+    assert!(
+        too_long[0]["message"].as_str().unwrap().contains("1024"),
+        "{too_long:?}"
+    );
+    let ping = server.admin_lines(&["call", "--host", &host, r#"{"method":"ping"}"#]);
+    assert_eq!(ping[0]["retcode"], 2, "{ping:?}");
+    let report = swarm.stop();
+    assert_eq!(report["answered"]["invalid"], 2, "{report}");
+    assert_eq!(report["lost"], 0, "{report}");
+    assert_eq!(report["peak_up"], 1, "{report}");
+}
+
+#[test]
+fn a_run_that_cannot_fit_is_refused_with_a_clear_message() {
+    let out = Command::new(common::swarm_bin())
+        .args([
+            "--server",
+            "127.0.0.1:9",
+            "--ca",
+            "/nonexistent.pem",
+            "--agents",
+            "900000",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("file descriptors") && err.contains("900000"),
+        "{err}"
+    );
+
+    let out = Command::new(common::swarm_bin())
+        .args(["--server", "127.0.0.1:9", "--ca", "/nonexistent.pem"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent.pem"), "{err}");
+
+    let out = Command::new(common::swarm_bin())
+        .args([
+            "--server",
+            "127.0.0.1:9",
+            "--ca",
+            "x",
+            "--source",
+            "10.1.2.3",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("127.0.0.0/8"));
+}
+
+#[test]
+fn duration_ends_the_run() {
+    let pki = Pki::new();
+    let server = Server::start(&pki, &[]);
+    let mut swarm = Swarm::start(&pki, server.listen, "ca.pem", 2, &["--duration", "1"]);
+    // Ends by itself; how many came up within the second is not asserted.
+    let report = swarm.finish();
+    assert!(report["peak_up"].as_u64().unwrap() <= 2, "{report}");
+}
+
+#[test]
+fn sigusr1_closes_the_ramp() {
+    let pki = Pki::new();
+    // A peer that accepts TCP and never speaks TLS: the first attempt hangs.
+    let listener = std::net::TcpListener::bind(format!("{}:0", common::server_ip())).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut swarm = Swarm::start(
+        &pki,
+        addr,
+        "ca.pem",
+        5,
+        &["--concurrency", "1", "--handshake-timeout", "120"],
+    );
+    let (held, _) = listener.accept().unwrap();
+    let pid = swarm.child.as_ref().unwrap().id();
+    // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGUSR1) };
+    swarm.wait("the four waiting agents to give up", |s| {
+        s["abandoned"] == 4
+    });
+    drop(held);
+    let report = swarm.finish();
+    assert_eq!(report["abandoned"], 4, "{report}");
+    assert_eq!(report["refused"]["closed"], 1, "{report}");
+}
