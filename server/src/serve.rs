@@ -348,8 +348,9 @@ async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     tokio::spawn(accept_agents(shared.clone(), listener));
     tokio::spawn(accept_admin(shared.clone(), admin_listener));
     if let Some(l) = api_listener {
-        let app =
-            api::router(shared.clone(), token).into_make_service_with_connect_info::<SocketAddr>();
+        let app = api::router(shared.clone(), token)
+            .merge(crate::console::routes())
+            .into_make_service_with_connect_info::<SocketAddr>();
         tokio::spawn(async move {
             if let Err(e) = axum::serve(l, app).await {
                 log::error!("API server: {e}");
