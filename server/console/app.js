@@ -333,6 +333,8 @@ const agents = {
   pager: null,
   timer: 0,
   lastLoad: 0,
+  version: 0,
+  shown: '',
 
   init() {
     this.pager = new Pager($('#agents-pager'), () => this.render(), 'Agents pages');
@@ -374,6 +376,7 @@ const agents = {
         }
         for (const [host, a] of this.known) if (!present.has(host) && a.online) a.online = false;
         this.list = [...this.known.values()];
+        this.version++;
         this.loaded = true;
         this.lastLoad = now;
         live.set(rows.length);
@@ -442,6 +445,12 @@ const agents = {
       $('#agents-summary').textContent = 'Loading…';
       return;
     }
+    // Same data, filters, order and page as on screen: keep the rows (a
+    // re-render between a mouse down and up would swallow the click).
+    const key = JSON.stringify([this.version, $('#f-name').value, $('#f-host').value, $('#f-plugin').value,
+      $('#f-gone').checked, this.sort, this.pager.page, this.pager.per, Math.floor(Date.now() / 10000)]);
+    if (key === this.shown) return;
+    this.shown = key;
     const rows = this.filtered();
     const online = this.list.filter((a) => a.online).length;
     const gone = this.list.length - online;
