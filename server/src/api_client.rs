@@ -1,4 +1,4 @@
-//! `list`, `tasks` and `call` as clients of the HTTP API (`--api ADDR`): same output as over the admin socket.
+//! `list`, `tasks` and `call` as clients of the HTTP API (`--api ADDR`, or the default address): same output as over the admin socket.
 //!
 //! `list` prints one agent object per line as `GET /v1/agents` gives it;
 //! `tasks` one task result per line, sorted by host and task; `call` the
@@ -26,6 +26,8 @@ pub enum ApiClientError {
     },
     #[error("API {url}: {message}")]
     Http { url: String, message: String },
+    #[error("API {url}: cannot connect: {message}")]
+    Connect { url: String, message: String },
     #[error("API answer: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -85,6 +87,12 @@ impl Client {
                     .as_str()
                     .map_or_else(|| format!("HTTP {code}"), |m| format!("HTTP {code}: {m}"));
                 Err(ApiClientError::Http { url, message })
+            }
+            Err(ureq::Error::Transport(t)) if t.kind() == ureq::ErrorKind::ConnectionFailed => {
+                Err(ApiClientError::Connect {
+                    url,
+                    message: t.to_string(),
+                })
             }
             Err(e) => Err(ApiClientError::Http {
                 url,

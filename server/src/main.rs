@@ -66,7 +66,8 @@ Usage:
       {\"requests\",\"depth\",\"seconds\",\"rate_per_s\",\"p50_us\",\"p99_us\",\"max_us\",\"errors\"}
 
 Defaults: --listen 127.0.0.1:8443, --admin /run/basicagent-server.sock,
---api 127.0.0.1:8080 (serve; clients use the admin socket unless given --api),
+--api 127.0.0.1:8080 (serve; list/tasks/call use it, or the admin socket when
+nothing listens there or --admin is given),
 --state-dir none (memory only), --max-sessions: descriptor limit minus 64,
 --heartbeat: none sent (0..=3600), keep calls and tasks 30 days, at most
 100000 calls, 5000000 call results, 1000000 task results;
@@ -190,15 +191,21 @@ fn dispatch(args: &[String]) -> Result<ExitCode, String> {
                 .ok_or(format!("bad --timeout {t:?}")),
         }
     };
-    let api = if command == "send" {
-        None
-    } else {
-        m.opt_str("api")
+    // list/tasks/call: the HTTP API with --api; with neither --api nor
+    // --admin, the default API first and the default admin socket if
+    // nothing listens there; with --admin, the admin socket.
+    let (api, defaulted) = match command.as_str() {
+        "send" => (None, false),
+        _ => match m.opt_str("api") {
+            Some(a) => (Some(a), false),
+            None if m.opt_present("admin") => (None, false),
+            None => (Some(DEFAULT_API.to_owned()), true),
+        },
     };
     if let Some(api) = api {
         let client = api_client::Client::new(&api, m.opt_str("api-token-file").as_deref())
             .map_err(|e| e.to_string())?;
-        let ok = match command.as_str() {
+        let outcome = match command.as_str() {
             "list" => client.list(),
             "tasks" => client.tasks(),
             _ => {
@@ -212,13 +219,18 @@ fn dispatch(args: &[String]) -> Result<ExitCode, String> {
                 }
                 client.call(host.as_deref(), timeout(DEFAULT_CALL_TIMEOUT)?, text)
             }
+        };
+        match outcome {
+            Ok(ok) => {
+                return Ok(if ok {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                })
+            }
+            Err(api_client::ApiClientError::Connect { .. }) if defaulted => {}
+            Err(e) => return Err(e.to_string()),
         }
-        .map_err(|e| e.to_string())?;
-        return Ok(if ok {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        });
     }
     let (request, payload) = match command.as_str() {
         "list" => (AdminRequest::List, None),

@@ -3,13 +3,15 @@
 //! Runtime: tokio, multi-threaded with one worker per core. Each agent
 //! session is one task on one socket descriptor (no thread, no eventfd per
 //! session). Descriptors: the process raises its soft RLIMIT_NOFILE to the
-//! hard limit and keeps [`FD_RESERVE`] of them (see [`fd_reserve`]) for the API, the admin
-//! socket, the store and logs; the session limit is the rest (or
-//! `--max-sessions`). Past the limit an agent still gets TLS and a clean
-//! init refusal (3026 Busy, or a redirect to the configured peers), with
-//! at most [`REFUSING_MAX`] such refusals in progress at once; beyond that
-//! a connection is closed right after accept. The operator's API is never
-//! starved of descriptors.
+//! hard limit and keeps [`FD_RESERVE`] of them (see [`fd_reserve`]): the
+//! process's own [`FD_BASE`], then pools for over-limit refusals, API
+//! connections and admin clients, each bounded; the session limit is the
+//! rest (or `--max-sessions`). Past the limit an agent still gets TLS and a
+//! clean init refusal (3026 Busy, or a redirect to the configured peers)
+//! while a refusal slot is free; beyond that a connection is closed right
+//! after accept. API and admin clients past their pool wait in the listen
+//! backlog. So no pool takes another's descriptors, and the operator's API
+//! is never starved.
 
 use std::io;
 use std::net::SocketAddr;
@@ -35,8 +37,11 @@ use crate::{admin, api, session};
 /// Descriptors kept for everything that is not an agent session (half the
 /// limit when the limit is below 256).
 pub const FD_RESERVE: u64 = 64;
-/// Over-limit sessions being refused at once (each holds a descriptor for
-/// its TLS + init), at most a quarter of the reserve.
+/// Of the reserve, what the process itself holds: stdio, the runtime's
+/// epoll and wakers, the three listeners, the store's files, the events
+/// file and logs (about 18 measured, kept with a margin).
+pub const FD_BASE: u64 = 24;
+/// Over-limit sessions being refused at once, at most.
 pub const REFUSING_MAX: usize = 16;
 
 /// The reserve for a descriptor limit.
@@ -48,12 +53,28 @@ pub fn fd_reserve(nofile: u64) -> u64 {
     }
 }
 
-/// How many over-limit refusals may run at once for a descriptor limit.
-pub fn refusing_max(nofile: u64) -> usize {
-    usize::try_from(fd_reserve(nofile) / 4)
-        .unwrap_or(REFUSING_MAX)
-        .min(REFUSING_MAX)
+/// The reserve minus the base, shared 2:2:1 by refusals, API connections
+/// and admin clients (16, 16 and 8 with the full reserve; at least 1 each).
+fn pool(nofile: u64, share: u64) -> usize {
+    let pool = fd_reserve(nofile).saturating_sub(FD_BASE);
+    usize::try_from(pool * share / 5).unwrap_or(1).max(1)
 }
+
+/// How many over-limit refusals may run at once (each holds a descriptor for its TLS + init).
+pub fn refusing_max(nofile: u64) -> usize {
+    pool(nofile, 2).min(REFUSING_MAX)
+}
+
+/// Most API connections open at once; more wait in the listen backlog.
+pub fn api_connections(nofile: u64) -> usize {
+    pool(nofile, 2)
+}
+
+/// Most admin-socket clients served at once; more wait in the backlog.
+pub fn admin_connections(nofile: u64) -> usize {
+    pool(nofile, 1)
+}
+
 /// The `--heartbeat` range in seconds (0: none sent, the agent's own applies).
 pub const HEARTBEAT_MAX: u64 = 3600;
 /// How often the store is pruned.
@@ -346,11 +367,16 @@ async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         .map_err(io_err("signal handlers"))?;
 
     tokio::spawn(accept_agents(shared.clone(), listener));
-    tokio::spawn(accept_admin(shared.clone(), admin_listener));
+    tokio::spawn(accept_admin(
+        shared.clone(),
+        admin_listener,
+        admin_connections(nofile),
+    ));
     if let Some(l) = api_listener {
+        let l = api::LimitedListener::new(l, api_connections(nofile));
         let app = api::router(shared.clone(), token)
             .merge(crate::console::routes())
-            .into_make_service_with_connect_info::<SocketAddr>();
+            .into_make_service_with_connect_info::<api::Peer>();
         tokio::spawn(async move {
             if let Err(e) = axum::serve(l, app).await {
                 log::error!("API server: {e}");
@@ -386,6 +412,7 @@ async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     }
     let _ = std::fs::remove_file(&options.admin);
     shared.events.emit("shutdown", json!({"listen": listen}));
+    shared.events.sync();
     Ok(())
 }
 
@@ -424,11 +451,20 @@ async fn accept_agents(shared: Arc<Shared>, listener: TcpListener) {
     }
 }
 
-async fn accept_admin(shared: Arc<Shared>, listener: UnixListener) {
+async fn accept_admin(shared: Arc<Shared>, listener: UnixListener, clients: usize) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(clients));
     loop {
+        // At most `clients` at once; more wait in the socket's backlog.
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(admin::serve_client(shared.clone(), stream));
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    admin::serve_client(shared, stream).await;
+                    drop(permit);
+                });
             }
             Err(e) => {
                 log::error!("admin accept: {e}");
@@ -446,8 +482,17 @@ mod tests {
     fn session_limit_keeps_the_reserve() {
         assert_eq!(session_limit(20_000, None), 19_936);
         assert_eq!(session_limit(64, None), 32);
-        assert_eq!(refusing_max(64), 8);
+        assert_eq!(refusing_max(64), 3);
         assert_eq!(refusing_max(20_000), REFUSING_MAX);
+        assert_eq!(api_connections(20_000), 16);
+        assert_eq!(admin_connections(20_000), 8);
+        assert_eq!(admin_connections(64), 1);
+        // The worst case fits: sessions + base + every pool full.
+        for nofile in [64u64, 100, 255, 256, 1024, 20_000] {
+            let pools = refusing_max(nofile) + api_connections(nofile) + admin_connections(nofile);
+            let total = session_limit(nofile, None) as u64 + FD_BASE + pools as u64;
+            assert!(total <= nofile, "{nofile}: {total}");
+        }
         assert_eq!(session_limit(1024, Some(5)), 5);
         assert_eq!(session_limit(100, Some(500)), 50);
     }

@@ -37,6 +37,8 @@ const READ_MIN: usize = 1024;
 const READ_MAX: usize = 64 * 1024;
 /// Output buffer kept between writes; a bigger one is given back after use.
 const OUT_KEEP: usize = 16 * 1024;
+/// Seconds of silence before TCP keepalive probes start (then 6 probes 10 s apart).
+const KEEPALIVE_IDLE_SECS: libc::c_int = 60;
 /// Requests remembered before answered-or-abandoned ones are swept.
 const PENDING_SWEEP: usize = 256;
 
@@ -60,6 +62,9 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, over_lim
     let _slot = Slot(&shared, over_limit);
     let local = tcp.local_addr().unwrap_or(shared.settings.listen);
     let _ = tcp.set_nodelay(true);
+    if let Err(e) = keepalive(&tcp) {
+        log::debug!("{peer}: TCP keepalive: {e}");
+    }
     let deadline = tokio::time::Instant::now() + shared.settings.handshake_timeout;
     let stream = match timeout_at(deadline, shared.tls.accept(tcp)).await {
         Ok(Ok(stream)) => stream,
@@ -97,6 +102,37 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, over_lim
         Err(reason) => reason,
     };
     s.finish(&reason).await;
+}
+
+/// TCP keepalive: a peer that vanished without a FIN (power loss, a
+/// partition) is found within about two minutes, so its session does not
+/// hold a slot of the session limit for ever.
+fn keepalive(tcp: &TcpStream) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = tcp.as_raw_fd();
+    for (level, name, value) in [
+        (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, KEEPALIVE_IDLE_SECS),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 10),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 6),
+    ] {
+        let value: libc::c_int = value;
+        // SAFETY: setsockopt(2) on a socket this task owns, with a pointer to
+        // a live c_int and its exact size.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                std::ptr::addr_of!(value).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 fn handshake_failed(shared: &Shared, peer: SocketAddr, local: SocketAddr, reason: &str) {
@@ -141,10 +177,12 @@ impl Session {
 
     fn after_read(&mut self, n: usize) {
         self.decoder.push(&self.buf[..n]);
+        // A full read: more is waiting, read bigger next time. A read that
+        // did not fill the buffer drained the socket: back to idle size.
         let len = self.buf.len();
         if n == len && len < READ_MAX {
             self.buf = vec![0; len.saturating_mul(2).min(READ_MAX)];
-        } else if n < len / 4 && len > READ_MIN {
+        } else if n < len && len > READ_MIN {
             self.buf = vec![0; READ_MIN];
         }
     }
@@ -195,8 +233,8 @@ impl Session {
             if let Some(reason) = &self.closing {
                 return reason.clone();
             }
+            // Unbiased: neither a stream of requests nor a chatty agent starves the other side.
             tokio::select! {
-                biased;
                 msg = rx.recv() => {
                     let Some(msg) = msg else { return "server shutdown".into() };
                     self.outgoing(msg);
@@ -556,6 +594,10 @@ impl Session {
             .parse::<u64>()
             .ok()
             .and_then(|id| self.pending.remove(&id));
+        if self.pending.is_empty() && self.pending.capacity() > 16 {
+            // Give back what a burst of requests grew.
+            self.pending = HashMap::new();
+        }
         match waiter {
             Some((tx, tag)) => {
                 let _ = tx.send(CallEvent::Answered { tag, response });

@@ -388,3 +388,84 @@ fn make_certs_issues_agent_certificates_the_server_binds() {
         Retcode::PERMISSION_DENIED
     );
 }
+
+#[test]
+fn a_flood_of_idle_api_connections_takes_only_the_api_pool() {
+    let pki = Pki::new();
+    let server = Server::start_wrapped(
+        &["prlimit", "--nofile=64:64"],
+        free_addr(),
+        &pki.path("server.pem"),
+        &pki.path("server.key"),
+        &[],
+    );
+    let api = server.api.unwrap();
+    // Far more idle connections than the API's pool (3 at this limit).
+    let flood: Vec<TcpStream> = (0..100)
+        .filter_map(|_| TcpStream::connect(api).ok())
+        .collect();
+    assert!(flood.len() > 10);
+    // Agents and the admin socket are unaffected.
+    let agents: Vec<Agent> = (0..20)
+        .map(|i| Agent::ready(&server, &pki, &format!("pool-{i}")))
+        .collect();
+    assert_eq!(stdout_lines(&server.admin(&["list"])).len(), 20);
+    // When the flood goes, the API answers again.
+    drop(flood);
+    assert_eq!(server.get("/v1/agents/count")["count"], 20);
+    drop(agents);
+}
+
+#[test]
+fn heartbeat_zero_sends_none_and_out_of_range_refuses_to_start() {
+    let pki = Pki::new();
+    let server = Server::start(&pki, &["--heartbeat", "0"]);
+    let mut a = Agent::connect(server.listen, pki.client_config(false)).unwrap();
+    let reply = a.init("hb-0");
+    assert_eq!(
+        InitReply::parse(reply.as_bytes(), 8443).unwrap(),
+        InitReply::Accepted { heartbeat: None }
+    );
+    let out = std::process::Command::new(util::BIN)
+        .args([
+            "serve",
+            "--heartbeat",
+            "3601",
+            "--api",
+            "none",
+            "--cert",
+            "x",
+            "--key",
+            "y",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("0..=3600"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn agent_sockets_have_tcp_keepalive() {
+    let pki = Pki::new();
+    let server = Server::start(&pki, &[]);
+    let _a = Agent::ready(&server, &pki, "ka-1");
+    // The server's end of the connection: source address = the listen address.
+    // Its keepalive timer shows once nothing else (a retransmission) is pending.
+    let start = Instant::now();
+    loop {
+        let out = std::process::Command::new("ss")
+            .args(["-tnoH", "state", "established", "src"])
+            .arg(server.listen.to_string())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.contains("keepalive") {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "no keepalive timer: {text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -35,7 +35,7 @@ mod sqlite;
 use std::time::Duration;
 
 pub use memory::MemoryStore;
-pub use sqlite::{SqliteOptions, SqliteStore, Synchronous, SCHEMA_VERSION};
+pub use sqlite::{SqliteOptions, SqliteStore, StoreInfo, Synchronous, FILE_NAME, SCHEMA_VERSION};
 
 /// Unix time in milliseconds (UTC).
 pub type Millis = i64;
@@ -173,9 +173,10 @@ pub struct Pruned {
     pub tasks: u64,
 }
 
-/// Errors of the store. The store stays usable after any of them except
-/// `Open`, `Migrate`, `FutureSchema`, `NotOurs` and `Insecure`, which come
-/// only from opening.
+/// Errors of the store. `Open`, `Insecure`, `NotOurs`, `FutureSchema` and
+/// `Migrate` come only from opening; `Corrupt` from opening or from any call
+/// that read a damaged page. After an error from a call the store stays
+/// usable, and nothing of the failed call was stored.
 #[derive(thiserror::Error, Debug)]
 pub enum StoreError {
     #[error("cannot open the store {path}: {source}")]
@@ -211,6 +212,10 @@ pub enum StoreError {
     },
     #[error("the store's file is corrupt or not a database: {0}")]
     Corrupt(String),
+    /// The file system (or the store's size limit) is full: nothing of the
+    /// failed call was stored; what was committed before is intact.
+    #[error("the store's disk is full: {0}")]
+    DiskFull(String),
     #[error("{field} is not valid JSON: {reason}")]
     InvalidJson { field: &'static str, reason: String },
     #[error("no call with id {0}")]
@@ -226,6 +231,7 @@ impl From<rusqlite::Error> for StoreError {
             Some(ErrorCode::DatabaseCorrupt) | Some(ErrorCode::NotADatabase) => {
                 StoreError::Corrupt(e.to_string())
             }
+            Some(ErrorCode::DiskFull) => StoreError::DiskFull(e.to_string()),
             _ => StoreError::Sql(e),
         }
     }

@@ -1,8 +1,9 @@
 //! `MemoryStore`: the [`Store`] semantics in memory, for tests and
-//! `--state-dir none`. One mutex around plain maps; queries scan, which is
-//! fine at the sizes it is meant for.
+//! `--state-dir none`. One mutex around maps, with the same indexes as the
+//! SQLite schema (tasks by time, by host and by id; calls by host), so that
+//! it serves a fleet's worth of history without scanning it.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::{
@@ -23,16 +24,88 @@ struct Inner {
     facts: BTreeMap<(String, String), Fact>,
     calls: BTreeMap<CallId, StoredCall>,
     last_call: CallId,
+    /// host -> the calls it has a result in
+    calls_by_host: HashMap<String, BTreeSet<CallId>>,
     /// arrival sequence -> task
     tasks: BTreeMap<u64, TaskResult>,
-    task_keys: HashSet<(String, String)>,
+    /// (host, task) -> arrival sequence
+    task_keys: HashMap<(String, String), u64>,
+    /// (received_at, arrival): newest first is this order reversed
+    tasks_by_time: BTreeSet<(Millis, u64)>,
+    tasks_by_host: HashMap<String, BTreeSet<(Millis, u64)>>,
+    tasks_by_id: HashMap<String, BTreeSet<u64>>,
     last_task: u64,
 }
 
 struct StoredCall {
     row: CallRow,
+    /// In arrival order.
     results: Vec<HostResult>,
-    hosts: HashSet<String>,
+    /// host -> index in `results`
+    hosts: HashMap<String, usize>,
+}
+
+impl Inner {
+    fn remove_call(&mut self, id: CallId) -> Option<StoredCall> {
+        let call = self.calls.remove(&id)?;
+        for host in call.hosts.keys() {
+            if let Some(ids) = self.calls_by_host.get_mut(host) {
+                ids.remove(&id);
+                if ids.is_empty() {
+                    self.calls_by_host.remove(host);
+                }
+            }
+        }
+        Some(call)
+    }
+
+    fn insert_task(&mut self, t: &TaskResult) -> bool {
+        let key = (t.host.clone(), t.task.clone());
+        if self.task_keys.contains_key(&key) {
+            return false;
+        }
+        self.last_task = self.last_task.saturating_add(1);
+        let seq = self.last_task;
+        self.task_keys.insert(key, seq);
+        self.tasks_by_time.insert((t.received_at, seq));
+        self.tasks_by_host
+            .entry(t.host.clone())
+            .or_default()
+            .insert((t.received_at, seq));
+        self.tasks_by_id
+            .entry(t.task.clone())
+            .or_default()
+            .insert(seq);
+        self.tasks.insert(seq, t.clone());
+        true
+    }
+
+    fn remove_task(&mut self, seq: u64) -> bool {
+        let Some(t) = self.tasks.remove(&seq) else {
+            return false;
+        };
+        self.tasks_by_time.remove(&(t.received_at, seq));
+        if let Some(set) = self.tasks_by_host.get_mut(&t.host) {
+            set.remove(&(t.received_at, seq));
+            if set.is_empty() {
+                self.tasks_by_host.remove(&t.host);
+            }
+        }
+        if let Some(set) = self.tasks_by_id.get_mut(&t.task) {
+            set.remove(&seq);
+            if set.is_empty() {
+                self.tasks_by_id.remove(&t.task);
+            }
+        }
+        self.task_keys.remove(&(t.host, t.task));
+        true
+    }
+
+    /// Tasks by (received_at, seq) keys, as stored.
+    fn tasks_at<'a>(&'a self, keys: impl Iterator<Item = &'a (Millis, u64)>) -> Vec<TaskResult> {
+        keys.filter_map(|(_, seq)| self.tasks.get(seq).cloned())
+            .collect()
+    }
 }
 
 impl MemoryStore {
@@ -47,17 +120,6 @@ impl MemoryStore {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
-}
-
-/// Newest first: by `received_at`, then by arrival.
-fn newest_tasks<'a>(tasks: impl Iterator<Item = (&'a u64, &'a TaskResult)>) -> Vec<TaskResult> {
-    let mut v: Vec<(&u64, &TaskResult)> = tasks.collect();
-    v.sort_by(|a, b| {
-        b.1.received_at
-            .cmp(&a.1.received_at)
-            .then_with(|| b.0.cmp(a.0))
-    });
-    v.into_iter().map(|(_, t)| t.clone()).collect()
 }
 
 impl Store for MemoryStore {
@@ -171,7 +233,7 @@ impl Store for MemoryStore {
                     summary: None,
                 },
                 results: Vec::new(),
-                hosts: HashSet::new(),
+                hosts: HashMap::new(),
             },
         );
         Ok(id)
@@ -186,10 +248,16 @@ impl Store for MemoryStore {
             .calls
             .get_mut(&call)
             .ok_or(StoreError::UnknownCall(call))?;
+        let mut new_hosts = Vec::new();
         for r in results {
-            if stored.hosts.insert(r.host.clone()) {
+            if !stored.hosts.contains_key(&r.host) {
+                stored.hosts.insert(r.host.clone(), stored.results.len());
                 stored.results.push(r.clone());
+                new_hosts.push(r.host.clone());
             }
+        }
+        for host in new_hosts {
+            inner.calls_by_host.entry(host).or_default().insert(call);
         }
         Ok(())
     }
@@ -232,16 +300,16 @@ impl Store for MemoryStore {
         limit: usize,
     ) -> Result<Vec<(CallRow, HostResult)>, StoreError> {
         let inner = self.lock();
-        Ok(inner
-            .calls
-            .values()
+        let Some(ids) = inner.calls_by_host.get(host) else {
+            return Ok(Vec::new());
+        };
+        Ok(ids
+            .iter()
             .rev()
-            .filter(|c| c.hosts.contains(host))
-            .filter_map(|c| {
-                c.results
-                    .iter()
-                    .find(|r| r.host == host)
-                    .map(|r| (c.row.clone(), r.clone()))
+            .filter_map(|id| {
+                let c = inner.calls.get(id)?;
+                let r = c.results.get(*c.hosts.get(host)?)?;
+                Some((c.row.clone(), r.clone()))
             })
             .take(limit)
             .collect())
@@ -252,38 +320,31 @@ impl Store for MemoryStore {
             check_json("task frame", &t.frame)?;
         }
         let mut inner = self.lock();
-        let mut new = 0;
-        for t in results {
-            if inner.task_keys.insert((t.host.clone(), t.task.clone())) {
-                inner.last_task = inner.last_task.saturating_add(1);
-                let seq = inner.last_task;
-                inner.tasks.insert(seq, t.clone());
-                new += 1;
-            }
-        }
-        Ok(new)
+        Ok(results.iter().filter(|t| inner.insert_task(t)).count())
     }
 
     fn tasks(&self, host: Option<&str>, limit: usize) -> Result<Vec<TaskResult>, StoreError> {
         let inner = self.lock();
-        let mut v = newest_tasks(
-            inner
-                .tasks
-                .iter()
-                .filter(|(_, t)| host.is_none_or(|h| t.host == h)),
-        );
-        v.truncate(limit);
-        Ok(v)
+        Ok(match host {
+            None => inner.tasks_at(inner.tasks_by_time.iter().rev().take(limit)),
+            Some(h) => match inner.tasks_by_host.get(h) {
+                Some(keys) => inner.tasks_at(keys.iter().rev().take(limit)),
+                None => Vec::new(),
+            },
+        })
     }
 
     fn task(&self, task: &str) -> Result<Vec<TaskResult>, StoreError> {
-        Ok(self
-            .lock()
-            .tasks
-            .values()
-            .filter(|t| t.task == task)
-            .cloned()
-            .collect())
+        let inner = self.lock();
+        Ok(inner
+            .tasks_by_id
+            .get(task)
+            .map(|seqs| {
+                seqs.iter()
+                    .filter_map(|seq| inner.tasks.get(seq).cloned())
+                    .collect()
+            })
+            .unwrap_or_default())
     }
 
     fn prune(&self, now: Millis, retention: &Retention) -> Result<Pruned, StoreError> {
@@ -299,7 +360,7 @@ impl Store for MemoryStore {
             })
             .collect();
         for victim in call_victims(&sizes, now, retention) {
-            if let Some(c) = inner.calls.remove(&victim.id) {
+            if let Some(c) = inner.remove_call(victim.id) {
                 pruned.calls += 1;
                 pruned.results += c.results.len() as u64;
             }
@@ -307,36 +368,119 @@ impl Store for MemoryStore {
 
         let old = cutoff(now, retention.tasks);
         let expired: Vec<u64> = inner
-            .tasks
-            .iter()
-            .filter(|(_, t)| t.received_at < old)
-            .map(|(&seq, _)| seq)
+            .tasks_by_time
+            .range(..(old, 0))
+            .map(|&(_, seq)| seq)
             .collect();
-        let mut drop_task = |inner: &mut Inner, seq: u64| {
-            if let Some(t) = inner.tasks.remove(&seq) {
-                inner.task_keys.remove(&(t.host, t.task));
+        for seq in expired {
+            if inner.remove_task(seq) {
                 pruned.tasks += 1;
             }
-        };
-        for seq in expired {
-            drop_task(&mut inner, seq);
         }
         let excess = (inner.tasks.len() as u64).saturating_sub(retention.max_tasks);
-        if excess > 0 {
-            // Oldest by received_at, then by arrival.
-            let mut order: Vec<(Millis, u64)> = inner
-                .tasks
-                .iter()
-                .map(|(&seq, t)| (t.received_at, seq))
-                .collect();
-            order.sort_unstable();
-            for (_, seq) in order
-                .into_iter()
-                .take(usize::try_from(excess).unwrap_or(usize::MAX))
-            {
-                drop_task(&mut inner, seq);
+        // Oldest by received_at, then by arrival.
+        let oldest: Vec<u64> = inner
+            .tasks_by_time
+            .iter()
+            .take(usize::try_from(excess).unwrap_or(usize::MAX))
+            .map(|&(_, seq)| seq)
+            .collect();
+        for seq in oldest {
+            if inner.remove_task(seq) {
+                pruned.tasks += 1;
             }
         }
         Ok(pruned)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn check_indexes(inner: &Inner) {
+        let n = inner.tasks.len();
+        assert_eq!(inner.task_keys.len(), n);
+        assert_eq!(inner.tasks_by_time.len(), n);
+        assert_eq!(
+            inner
+                .tasks_by_host
+                .values()
+                .map(BTreeSet::len)
+                .sum::<usize>(),
+            n
+        );
+        assert_eq!(
+            inner.tasks_by_id.values().map(BTreeSet::len).sum::<usize>(),
+            n
+        );
+        assert!(inner.tasks_by_host.values().all(|s| !s.is_empty()));
+        assert!(inner.tasks_by_id.values().all(|s| !s.is_empty()));
+        let pairs: usize = inner.calls.values().map(|c| c.hosts.len()).sum();
+        assert_eq!(
+            inner
+                .calls_by_host
+                .values()
+                .map(BTreeSet::len)
+                .sum::<usize>(),
+            pairs
+        );
+        for c in inner.calls.values() {
+            assert_eq!(c.hosts.len(), c.results.len());
+            for (h, &i) in &c.hosts {
+                assert_eq!(&c.results[i].host, h);
+                assert!(inner.calls_by_host[h].contains(&c.row.id));
+            }
+        }
+    }
+
+    /// The indexes always describe exactly what is stored: nothing stale is
+    /// left behind by prune (a leak in a long-running `--state-dir none`).
+    #[test]
+    fn indexes_stay_exact_through_inserts_duplicates_and_prunes() {
+        let s = MemoryStore::new();
+        for round in 0..30i64 {
+            let tasks: Vec<TaskResult> = (0..20)
+                .map(|i| TaskResult {
+                    host: format!("h{}", i % 4),
+                    task: format!("t{}", (round * 7 + i) % 50),
+                    received_at: round * 10 + i % 3,
+                    retcode: 0,
+                    message: String::new(),
+                    frame: "{}".into(),
+                    schedule: None,
+                })
+                .collect();
+            s.put_tasks(&tasks).unwrap();
+            let id = s
+                .call_begin(&CallRecord {
+                    who: "w".into(),
+                    at: round * 10,
+                    target: "{}".into(),
+                    request: "{}".into(),
+                })
+                .unwrap();
+            let results: Vec<HostResult> = (0..5)
+                .map(|i| HostResult {
+                    host: format!("h{}", (round + i) % 6),
+                    at: round,
+                    retcode: 0,
+                    response: "{}".into(),
+                })
+                .collect();
+            s.call_results(id, &results).unwrap();
+            check_indexes(&s.lock());
+            let retention = Retention {
+                calls: Duration::from_millis(100),
+                tasks: Duration::from_millis(120),
+                max_calls: 8,
+                max_results: 30,
+                max_tasks: 60,
+            };
+            s.prune(round * 10, &retention).unwrap();
+            check_indexes(&s.lock());
+        }
+        assert!(!s.lock().tasks.is_empty());
     }
 }

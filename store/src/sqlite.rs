@@ -27,6 +27,11 @@ use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
 
+mod schema;
+mod sql;
+
+use schema::MIGRATIONS;
+
 use crate::{
     call_victims, check_json, cutoff, sql_limit, AgentRecord, AgentRow, CallId, CallRecord,
     CallRow, CallSize, Fact, HostResult, Millis, Pruned, Retention, Store, StoreError, TaskResult,
@@ -35,81 +40,11 @@ use crate::{
 /// The schema version this code writes; a file with a newer one is refused.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
+/// The store's file name in the server's `--state-dir`.
+pub const FILE_NAME: &str = "store.db";
+
 /// `PRAGMA application_id` of a BasicAgent store ("BAst").
 const APPLICATION_ID: i64 = 0x4241_7374;
-
-/// Numbered migrations; migration `i + 1` is `MIGRATIONS[i]`. Each runs in
-/// its own transaction together with its row in `schema_migrations`.
-/// Append only: never edit a migration that has shipped.
-const MIGRATIONS: &[(&str, &str)] = &[(
-    "agents, facts, calls, call results, task results",
-    r#"
-CREATE TABLE schema_migrations (
-    version     INTEGER PRIMARY KEY,
-    applied_at  INTEGER NOT NULL,
-    description TEXT NOT NULL
-) STRICT;
-
-CREATE TABLE agents (
-    host         TEXT PRIMARY KEY NOT NULL,
-    name         TEXT NOT NULL,
-    addr         TEXT NOT NULL,
-    version      TEXT NOT NULL,
-    plugins      TEXT NOT NULL,          -- JSON array of method names
-    node         TEXT,
-    first_seen   INTEGER NOT NULL,
-    last_seen    INTEGER NOT NULL,
-    connected_at INTEGER
-) STRICT, WITHOUT ROWID;
-
-CREATE TABLE facts (
-    host   TEXT NOT NULL,
-    method TEXT NOT NULL,
-    data   TEXT NOT NULL,                -- JSON
-    at     INTEGER NOT NULL,
-    PRIMARY KEY (host, method)
-) STRICT, WITHOUT ROWID;
-
--- AUTOINCREMENT: a call id is never reused, even after prune removed the newest.
-CREATE TABLE calls (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    who         TEXT NOT NULL,
-    at          INTEGER NOT NULL,
-    target      TEXT NOT NULL,           -- JSON
-    request     TEXT NOT NULL,           -- JSON
-    finished_at INTEGER,
-    summary     TEXT,                    -- JSON
-    results     INTEGER NOT NULL DEFAULT 0  -- rows in call_results, for prune
-) STRICT;
-
--- seq: arrival order. UNIQUE (call, host) also serves call() and the cascade.
-CREATE TABLE call_results (
-    seq      INTEGER PRIMARY KEY,
-    call     INTEGER NOT NULL REFERENCES calls (id) ON DELETE CASCADE,
-    host     TEXT NOT NULL,
-    at       INTEGER NOT NULL,
-    retcode  INTEGER NOT NULL,
-    response TEXT NOT NULL,              -- JSON
-    UNIQUE (call, host)
-) STRICT;
-CREATE INDEX call_results_by_host ON call_results (host, call);
-
-CREATE TABLE tasks (
-    seq         INTEGER PRIMARY KEY,
-    host        TEXT NOT NULL,
-    task        TEXT NOT NULL,
-    received_at INTEGER NOT NULL,
-    retcode     INTEGER NOT NULL,
-    message     TEXT NOT NULL,
-    frame       TEXT NOT NULL,           -- JSON: the task.done frame
-    schedule    TEXT,
-    UNIQUE (host, task)
-) STRICT;
-CREATE INDEX tasks_by_host ON tasks (host, received_at);
-CREATE INDEX tasks_by_time ON tasks (received_at);
-CREATE INDEX tasks_by_id ON tasks (task);
-"#,
-)];
 
 /// `PRAGMA synchronous` for the writer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,8 +60,12 @@ pub enum Synchronous {
 pub struct SqliteOptions {
     pub synchronous: Synchronous,
     /// Read-only connections for the query methods (0: the writer serves
-    /// reads too). Each costs two or three file descriptors.
+    /// reads too). Each costs two file descriptors (the writer: three).
     pub readers: usize,
+    /// Rows (call results or tasks) that `prune` removes per transaction,
+    /// so a large prune never holds the writer long: task acks wait behind
+    /// it. At least one call is removed per transaction whatever its size.
+    pub prune_chunk: u64,
 }
 
 impl Default for SqliteOptions {
@@ -134,8 +73,23 @@ impl Default for SqliteOptions {
         SqliteOptions {
             synchronous: Synchronous::Full,
             readers: 2,
+            prune_chunk: 20_000,
         }
     }
+}
+
+/// What [`SqliteStore::info`] reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreInfo {
+    pub schema_version: i64,
+    /// `wal`.
+    pub journal_mode: String,
+    /// `full` unless opened with [`Synchronous::Normal`].
+    pub synchronous: &'static str,
+    pub foreign_keys: bool,
+    /// Size of the database file's pages (without the WAL).
+    pub db_bytes: u64,
+    pub wal_bytes: u64,
 }
 
 /// The embedded store: one SQLite file.
@@ -144,11 +98,8 @@ pub struct SqliteStore {
     writer: Mutex<Connection>,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
+    prune_chunk: u64,
 }
-
-/// Rows of call results or tasks removed by prune per transaction, so that
-/// a large prune never holds the writer long (task acks wait behind it).
-const PRUNE_CHUNK: u64 = 20_000;
 
 fn lock(m: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
     // A connection is left consistent by a panic in a caller (an open
@@ -212,14 +163,18 @@ fn check_file(path: &Path, create: bool) -> Result<(), StoreError> {
     match fs::symlink_metadata(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             if create {
-                fs::OpenOptions::new()
+                match fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
                     .mode(0o600)
                     .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
                     .open(path)
-                    .map(drop)
-                    .map_err(|e| open_err(path, e))
+                {
+                    Ok(_) => Ok(()),
+                    // Another opener created it meanwhile: check theirs.
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => check_file(path, false),
+                    Err(e) => Err(open_err(path, e)),
+                }
             } else {
                 Ok(())
             }
@@ -266,11 +221,14 @@ fn now_millis() -> Millis {
         .unwrap_or(0)
 }
 
-/// Bring the schema up to [`SCHEMA_VERSION`], or refuse a file that is not
-/// ours or is newer than this code.
-fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
-    let app_id: i64 = conn.pragma_query_value(None, "application_id", |r| r.get(0))?;
-    let objects: i64 = conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))?;
+/// Refuse, before anything is written, a file that is not ours or whose
+/// schema is newer than this code.
+fn check_identity(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    // One read transaction: the three reads see the same snapshot even while
+    // another opener commits the first migration.
+    let tx = conn.unchecked_transaction()?;
+    let app_id: i64 = tx.pragma_query_value(None, "application_id", |r| r.get(0))?;
+    let objects: i64 = tx.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))?;
     if app_id != APPLICATION_ID && !(app_id == 0 && objects == 0) {
         return Err(StoreError::NotOurs {
             path: path.to_owned(),
@@ -280,20 +238,42 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
             ),
         });
     }
-    for (i, (description, sql)) in MIGRATIONS.iter().enumerate() {
+    let current = current_version(&tx)?;
+    if current > SCHEMA_VERSION {
+        return Err(StoreError::FutureSchema {
+            path: path.to_owned(),
+            found: current,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    Ok(())
+}
+
+/// Bring the schema up to `migrations.len()` (in the store: [`MIGRATIONS`],
+/// i.e. [`SCHEMA_VERSION`]), one transaction per migration.
+fn migrate(
+    conn: &mut Connection,
+    path: &Path,
+    migrations: &[(&str, &str)],
+) -> Result<(), StoreError> {
+    let supported = migrations.len() as i64;
+    for (i, (description, sql)) in migrations.iter().enumerate() {
         let version = i as i64 + 1;
-        let failed = |source| StoreError::Migrate { version, source };
+        let failed = |source: rusqlite::Error| match StoreError::from(source) {
+            StoreError::Sql(source) => StoreError::Migrate { version, source },
+            corrupt => corrupt,
+        };
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(failed)?;
         // Read inside the write transaction: another process may have
         // migrated meanwhile.
         let current = current_version(&tx).map_err(failed)?;
-        if current > SCHEMA_VERSION {
+        if current > supported {
             return Err(StoreError::FutureSchema {
                 path: path.to_owned(),
                 found: current,
-                supported: SCHEMA_VERSION,
+                supported,
             });
         }
         if current >= version {
@@ -315,16 +295,6 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
             path.display()
         );
     }
-    // The loop above found nothing to do for a current or an empty
-    // MIGRATIONS; check once more so a future file is refused in any case.
-    let current = current_version(conn)?;
-    if current > SCHEMA_VERSION {
-        return Err(StoreError::FutureSchema {
-            path: path.to_owned(),
-            found: current,
-            supported: SCHEMA_VERSION,
-        });
-    }
     Ok(())
 }
 
@@ -344,16 +314,31 @@ fn current_version(conn: &Connection) -> rusqlite::Result<i64> {
     )
 }
 
+/// Run `f` again while SQLite answers BUSY without waiting: switching a new
+/// file to WAL needs the exclusive lock, and SQLite skips the busy handler
+/// where waiting could deadlock (two openers both upgrading their shared
+/// lock). Bounded: about 10 s, then the BUSY error is returned.
+fn retry_busy<T>(mut f: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    let mut tries = 0u32;
+    loop {
+        match f() {
+            Err(e)
+                if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
+                    && tries < 1000 =>
+            {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 fn configure(conn: &Connection) -> Result<(), StoreError> {
     conn.set_prepared_statement_cache_capacity(64);
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     Ok(())
 }
-
-const AGENT_COLUMNS: &str =
-    "host, name, addr, version, plugins, node, first_seen, last_seen, connected_at";
-const CALL_COLUMNS: &str = "id, who, at, target, request, finished_at, summary";
-const TASK_COLUMNS: &str = "host, task, received_at, retcode, message, frame, schedule";
 
 fn agent_row(r: &Row<'_>) -> rusqlite::Result<(AgentRow, String)> {
     Ok((
@@ -379,7 +364,8 @@ fn with_plugins((mut row, plugins): (AgentRow, String)) -> Result<AgentRow, Stor
     Ok(row)
 }
 
-/// A call row from columns `offset..offset + 7` in [`CALL_COLUMNS`] order.
+/// A call row from columns `offset..offset + 7`: id, who, at, target,
+/// request, finished_at, summary.
 fn call_row(r: &Row<'_>, offset: usize) -> rusqlite::Result<CallRow> {
     Ok(CallRow {
         id: r.get(offset)?,
@@ -421,6 +407,12 @@ impl SqliteStore {
         Self::open_with(path, &SqliteOptions::default())
     }
 
+    /// Open (creating if missing) [`FILE_NAME`] in the server's state
+    /// directory, with the defaults.
+    pub fn open_in(state_dir: &Path) -> Result<Self, StoreError> {
+        Self::open(&state_dir.join(FILE_NAME))
+    }
+
     /// Open with explicit options.
     pub fn open_with(path: &Path, options: &SqliteOptions) -> Result<Self, StoreError> {
         let dir = match path.parent() {
@@ -442,8 +434,10 @@ impl SqliteStore {
             base | OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
         )?;
         configure(&writer)?;
-        let mode: String =
-            writer.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+        check_identity(&writer, path)?;
+        let mode: String = retry_busy(|| {
+            writer.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+        })?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(StoreError::Open {
                 path: path.to_owned(),
@@ -462,7 +456,7 @@ impl SqliteStore {
         writer.pragma_update(None, "temp_store", "MEMORY")?;
         // Truncate the WAL back to 64 MiB after a checkpoint that emptied it.
         writer.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
-        migrate(&mut writer, path)?;
+        migrate(&mut writer, path, MIGRATIONS)?;
         // SQLite creates the sidecars with the database's mode; make sure.
         check_file(&wal, false)?;
         check_file(&shm, false)?;
@@ -479,12 +473,38 @@ impl SqliteStore {
             writer: Mutex::new(writer),
             readers,
             next_reader: AtomicUsize::new(0),
+            prune_chunk: options.prune_chunk.max(1),
         })
     }
 
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// What the file is and how it is configured (for logs and `/metrics`).
+    pub fn info(&self) -> Result<StoreInfo, StoreError> {
+        let conn = lock(&self.writer);
+        let page_size: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
+        let page_count: i64 = conn.pragma_query_value(None, "page_count", |r| r.get(0))?;
+        let wal_bytes = fs::metadata(sidecar(&self.path, "-wal"))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        Ok(StoreInfo {
+            schema_version: current_version(&conn)?,
+            journal_mode: conn.pragma_query_value(None, "journal_mode", |r| r.get(0))?,
+            synchronous: match conn
+                .pragma_query_value(None, "synchronous", |r| r.get::<_, i64>(0))?
+            {
+                0 => "off",
+                1 => "normal",
+                2 => "full",
+                _ => "extra",
+            },
+            foreign_keys: conn.pragma_query_value(None, "foreign_keys", |r| r.get(0))?,
+            db_bytes: u64::try_from(page_size.saturating_mul(page_count)).unwrap_or(0),
+            wal_bytes,
+        })
     }
 
     /// `PRAGMA quick_check`: reads every page (slow on a big file); an
@@ -543,15 +563,7 @@ impl Store for SqliteStore {
             })
             .collect::<Result<Vec<String>, _>>()?;
         self.write(|tx| {
-            let mut stmt = tx.prepare_cached(
-                "INSERT INTO agents (host, name, addr, version, plugins, node, first_seen, last_seen, connected_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?7)
-                 ON CONFLICT (host) DO UPDATE SET
-                    name = excluded.name, addr = excluded.addr, version = excluded.version,
-                    plugins = excluded.plugins, node = excluded.node,
-                    last_seen = max(last_seen, excluded.last_seen),
-                    connected_at = excluded.connected_at",
-            )?;
+            let mut stmt = tx.prepare_cached(sql::AGENT_UPSERT)?;
             for (a, plugins) in batch.iter().zip(&plugins) {
                 stmt.execute(params![
                     a.host,
@@ -569,11 +581,7 @@ impl Store for SqliteStore {
 
     fn agents_gone(&self, hosts: &[String], at: Millis) -> Result<(), StoreError> {
         self.write(|tx| {
-            let mut stmt = tx.prepare_cached(
-                "UPDATE agents SET last_seen = max(last_seen, ?2),
-                    connected_at = CASE WHEN connected_at <= ?2 THEN NULL ELSE connected_at END
-                 WHERE host = ?1",
-            )?;
+            let mut stmt = tx.prepare_cached(sql::AGENT_GONE)?;
             for h in hosts {
                 stmt.execute(params![h, at])?;
             }
@@ -590,12 +598,8 @@ impl Store for SqliteStore {
     ) -> Result<(), StoreError> {
         check_json("fact data", data)?;
         self.write(|tx| {
-            tx.prepare_cached(
-                "INSERT INTO facts (host, method, data, at) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (host, method) DO UPDATE SET data = excluded.data, at = excluded.at
-                 WHERE excluded.at >= facts.at",
-            )?
-            .execute(params![host, method, data, at])?;
+            tx.prepare_cached(sql::FACT_UPSERT)?
+                .execute(params![host, method, data, at])?;
             Ok(())
         })
     }
@@ -605,9 +609,7 @@ impl Store for SqliteStore {
         // One read transaction, so the agent and its facts agree.
         let tx = conn.unchecked_transaction()?;
         let row = tx
-            .prepare_cached(&format!(
-                "SELECT {AGENT_COLUMNS} FROM agents WHERE host = ?1"
-            ))?
+            .prepare_cached(sql::AGENT)?
             .query_row([host], agent_row)
             .optional()?;
         let Some(row) = row else {
@@ -615,7 +617,7 @@ impl Store for SqliteStore {
         };
         let mut row = with_plugins(row)?;
         row.facts = tx
-            .prepare_cached("SELECT method, data, at FROM facts WHERE host = ?1 ORDER BY method")?
+            .prepare_cached(sql::FACTS_OF)?
             .query_map([host], |r| {
                 Ok(Fact {
                     method: r.get(0)?,
@@ -629,8 +631,7 @@ impl Store for SqliteStore {
 
     fn agents(&self) -> Result<Vec<AgentRow>, StoreError> {
         let conn = self.reader();
-        let mut stmt =
-            conn.prepare_cached(&format!("SELECT {AGENT_COLUMNS} FROM agents ORDER BY host"))?;
+        let mut stmt = conn.prepare_cached(sql::AGENTS)?;
         let rows = stmt.query_map([], agent_row)?;
         let mut out = Vec::new();
         for row in rows {
@@ -643,10 +644,12 @@ impl Store for SqliteStore {
         check_json("call target", &call.target)?;
         check_json("call request", &call.request)?;
         self.write(|tx| {
-            tx.prepare_cached(
-                "INSERT INTO calls (who, at, target, request) VALUES (?1, ?2, ?3, ?4)",
-            )?
-            .execute(params![call.who, call.at, call.target, call.request])?;
+            tx.prepare_cached(sql::CALL_INSERT)?.execute(params![
+                call.who,
+                call.at,
+                call.target,
+                call.request
+            ])?;
             Ok(tx.last_insert_rowid())
         })
     }
@@ -656,22 +659,17 @@ impl Store for SqliteStore {
             check_json("host result response", &r.response)?;
         }
         self.write(|tx| {
-            let exists = tx
-                .prepare_cached("SELECT 1 FROM calls WHERE id = ?1")?
-                .exists([call])?;
+            let exists = tx.prepare_cached(sql::CALL_EXISTS)?.exists([call])?;
             if !exists {
                 return Err(StoreError::UnknownCall(call));
             }
-            let mut stmt = tx.prepare_cached(
-                "INSERT INTO call_results (call, host, at, retcode, response)
-                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (call, host) DO NOTHING",
-            )?;
+            let mut stmt = tx.prepare_cached(sql::RESULT_INSERT)?;
             let mut new: i64 = 0;
             for r in results {
                 let n = stmt.execute(params![call, r.host, r.at, r.retcode, r.response])?;
                 new = new.saturating_add(n as i64);
             }
-            tx.prepare_cached("UPDATE calls SET results = results + ?2 WHERE id = ?1")?
+            tx.prepare_cached(sql::CALL_COUNT_RESULTS)?
                 .execute(params![call, new])?;
             Ok(())
         })
@@ -681,7 +679,7 @@ impl Store for SqliteStore {
         check_json("call summary", summary)?;
         self.write(|tx| {
             let n = tx
-                .prepare_cached("UPDATE calls SET finished_at = ?2, summary = ?3 WHERE id = ?1")?
+                .prepare_cached(sql::CALL_END)?
                 .execute(params![call, at, summary])?;
             if n == 0 {
                 return Err(StoreError::UnknownCall(call));
@@ -692,9 +690,7 @@ impl Store for SqliteStore {
 
     fn calls(&self, limit: usize, before: Option<CallId>) -> Result<Vec<CallRow>, StoreError> {
         let conn = self.reader();
-        let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {CALL_COLUMNS} FROM calls WHERE id < ?1 ORDER BY id DESC LIMIT ?2"
-        ))?;
+        let mut stmt = conn.prepare_cached(sql::CALLS_BEFORE)?;
         let rows = stmt.query_map(
             params![before.unwrap_or(CallId::MAX), sql_limit(limit)],
             |r| call_row(r, 0),
@@ -706,16 +702,14 @@ impl Store for SqliteStore {
         let conn = self.reader();
         let tx = conn.unchecked_transaction()?;
         let row = tx
-            .prepare_cached(&format!("SELECT {CALL_COLUMNS} FROM calls WHERE id = ?1"))?
+            .prepare_cached(sql::CALL)?
             .query_row([id], |r| call_row(r, 0))
             .optional()?;
         let Some(row) = row else {
             return Ok(None);
         };
         let results = tx
-            .prepare_cached(
-                "SELECT host, at, retcode, response FROM call_results WHERE call = ?1 ORDER BY seq",
-            )?
+            .prepare_cached(sql::RESULTS_OF)?
             .query_map([id], |r| host_result(r, 0))?
             .collect::<Result<_, _>>()?;
         Ok(Some((row, results)))
@@ -727,12 +721,7 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> Result<Vec<(CallRow, HostResult)>, StoreError> {
         let conn = self.reader();
-        let mut stmt = conn.prepare_cached(
-            "SELECT c.id, c.who, c.at, c.target, c.request, c.finished_at, c.summary,
-                    r.host, r.at, r.retcode, r.response
-             FROM call_results r JOIN calls c ON c.id = r.call
-             WHERE r.host = ?1 ORDER BY r.call DESC LIMIT ?2",
-        )?;
+        let mut stmt = conn.prepare_cached(sql::HOST_CALLS)?;
         let rows = stmt.query_map(params![host, sql_limit(limit)], |r| {
             Ok((call_row(r, 0)?, host_result(r, 7)?))
         })?;
@@ -744,10 +733,7 @@ impl Store for SqliteStore {
             check_json("task frame", &t.frame)?;
         }
         self.write(|tx| {
-            let mut stmt = tx.prepare_cached(
-                "INSERT INTO tasks (host, task, received_at, retcode, message, frame, schedule)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (host, task) DO NOTHING",
-            )?;
+            let mut stmt = tx.prepare_cached(sql::TASK_INSERT)?;
             let mut new = 0usize;
             for t in results {
                 new += stmt.execute(params![
@@ -769,16 +755,11 @@ impl Store for SqliteStore {
         let limit = sql_limit(limit);
         let rows = match host {
             Some(h) => conn
-                .prepare_cached(&format!(
-                    "SELECT {TASK_COLUMNS} FROM tasks WHERE host = ?1
-                     ORDER BY received_at DESC, seq DESC LIMIT ?2"
-                ))?
+                .prepare_cached(sql::TASKS_OF_HOST)?
                 .query_map(params![h, limit], task_row)?
                 .collect::<Result<_, _>>()?,
             None => conn
-                .prepare_cached(&format!(
-                    "SELECT {TASK_COLUMNS} FROM tasks ORDER BY received_at DESC, seq DESC LIMIT ?1"
-                ))?
+                .prepare_cached(sql::TASKS)?
                 .query_map([limit], task_row)?
                 .collect::<Result<_, _>>()?,
         };
@@ -787,18 +768,17 @@ impl Store for SqliteStore {
 
     fn task(&self, task: &str) -> Result<Vec<TaskResult>, StoreError> {
         let conn = self.reader();
-        let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {TASK_COLUMNS} FROM tasks WHERE task = ?1 ORDER BY seq"
-        ))?;
+        let mut stmt = conn.prepare_cached(sql::TASK)?;
         let rows = stmt.query_map([task], task_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
     fn prune(&self, now: Millis, retention: &Retention) -> Result<Pruned, StoreError> {
         let mut pruned = Pruned::default();
+        let chunk_rows = self.prune_chunk;
         let calls: Vec<CallSize> = {
             let conn = self.reader();
-            let mut stmt = conn.prepare_cached("SELECT id, at, results FROM calls ORDER BY id")?;
+            let mut stmt = conn.prepare_cached(sql::PRUNE_CALL_SIZES)?;
             let rows = stmt.query_map([], |r| {
                 Ok(CallSize {
                     id: r.get(0)?,
@@ -808,24 +788,22 @@ impl Store for SqliteStore {
             })?;
             rows.collect::<Result<_, _>>()?
         };
-        // Delete the victims in transactions of about PRUNE_CHUNK result
+        // Delete the victims in transactions of about chunk_rows result
         // rows (at least one call each), releasing the writer in between.
         let victims = call_victims(&calls, now, retention);
         let mut rest = victims.as_slice();
         while !rest.is_empty() {
             let mut rows = 0u64;
             let mut n = 0;
-            while n < rest.len() && (n == 0 || rows.saturating_add(rest[n].results) <= PRUNE_CHUNK)
-            {
+            while n < rest.len() && (n == 0 || rows.saturating_add(rest[n].results) <= chunk_rows) {
                 rows = rows.saturating_add(rest[n].results);
                 n += 1;
             }
             let (chunk, tail) = rest.split_at(n);
             rest = tail;
             let (calls, results) = self.write(|tx| {
-                let mut del = tx.prepare_cached("DELETE FROM calls WHERE id = ?1")?;
-                let mut count =
-                    tx.prepare_cached("SELECT count(*) FROM call_results WHERE call = ?1")?;
+                let mut del = tx.prepare_cached(sql::PRUNE_CALL)?;
+                let mut count = tx.prepare_cached(sql::PRUNE_COUNT_RESULTS)?;
                 let (mut calls, mut results) = (0u64, 0u64);
                 for c in chunk {
                     let r: i64 = count.query_row([c.id], |r| r.get(0))?;
@@ -844,33 +822,27 @@ impl Store for SqliteStore {
         loop {
             let n = self.write(|tx| {
                 Ok(tx
-                    .prepare_cached(
-                        "DELETE FROM tasks WHERE seq IN
-                         (SELECT seq FROM tasks WHERE received_at < ?1 LIMIT ?2)",
-                    )?
-                    .execute(params![old, PRUNE_CHUNK as i64])?)
+                    .prepare_cached(sql::PRUNE_OLD_TASKS)?
+                    .execute(params![old, i64::try_from(chunk_rows).unwrap_or(i64::MAX)])?)
             })?;
             pruned.tasks += n as u64;
-            if (n as u64) < PRUNE_CHUNK {
+            if (n as u64) < chunk_rows {
                 break;
             }
         }
         loop {
             let n = self.write(|tx| {
                 let total: i64 = tx
-                    .prepare_cached("SELECT count(*) FROM tasks")?
+                    .prepare_cached(sql::COUNT_TASKS)?
                     .query_row([], |r| r.get(0))?;
                 let excess = (total.max(0) as u64)
                     .saturating_sub(retention.max_tasks)
-                    .min(PRUNE_CHUNK);
+                    .min(chunk_rows);
                 if excess == 0 {
                     return Ok(0);
                 }
                 Ok(tx
-                    .prepare_cached(
-                        "DELETE FROM tasks WHERE seq IN
-                         (SELECT seq FROM tasks ORDER BY received_at, seq LIMIT ?1)",
-                    )?
+                    .prepare_cached(sql::PRUNE_OLDEST_TASKS)?
                     .execute([excess as i64])?)
             })?;
             pruned.tasks += n as u64;
@@ -879,5 +851,118 @@ impl Store for SqliteStore {
             }
         }
         Ok(pruned)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn versions(conn: &Connection) -> Vec<i64> {
+        conn.prepare("SELECT version FROM schema_migrations ORDER BY version")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    fn tables(conn: &Connection) -> Vec<String> {
+        conn.prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    /// An older file gets exactly the migrations it lacks, in order, each in
+    /// its own transaction: a failing one leaves the ones before it applied
+    /// and nothing of itself.
+    #[test]
+    fn migrations_apply_in_order_once_each_and_a_failing_one_rolls_back_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.db");
+        let mut conn = Connection::open(&path).unwrap();
+        let v1 = MIGRATIONS[0];
+        let v2 = (
+            "add a",
+            "CREATE TABLE a (x INTEGER); INSERT INTO a VALUES (2);",
+        );
+        let v3 = (
+            "add b",
+            "CREATE TABLE b (x INTEGER); INSERT INTO a VALUES (3);",
+        );
+        let bad = (
+            "fails halfway",
+            "CREATE TABLE c (x INTEGER); INSERT INTO nowhere VALUES (1);",
+        );
+
+        migrate(&mut conn, &path, &[v1]).unwrap();
+        assert_eq!(versions(&conn), [1]);
+        migrate(&mut conn, &path, &[v1, v2]).unwrap();
+        assert_eq!(versions(&conn), [1, 2]);
+        // Already at 2: only 3 runs (v2's INSERT does not run twice).
+        migrate(&mut conn, &path, &[v1, v2, v3]).unwrap();
+        assert_eq!(versions(&conn), [1, 2, 3]);
+        let a: Vec<i64> = conn
+            .prepare("SELECT x FROM a ORDER BY x")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(a, [2, 3]);
+
+        let err = migrate(&mut conn, &path, &[v1, v2, v3, bad]).unwrap_err();
+        assert!(
+            matches!(err, StoreError::Migrate { version: 4, .. }),
+            "{err:?}"
+        );
+        assert_eq!(versions(&conn), [1, 2, 3]);
+        assert!(!tables(&conn).contains(&"c".to_string()));
+
+        // This code knows 2 versions; the file has 3.
+        let err = migrate(&mut conn, &path, &[v1, v2]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::FutureSchema {
+                    found: 3,
+                    supported: 2,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    /// Every statement finds its rows through an index: no full scan and no
+    /// sort beyond the few each entry of `sql::ALL` names.
+    #[test]
+    fn every_statement_uses_the_indexes() {
+        let conn = Connection::open_in_memory().unwrap();
+        for (_, migration) in MIGRATIONS {
+            conn.execute_batch(migration).unwrap();
+        }
+        for (name, statement, allowed) in sql::ALL {
+            let mut stmt = conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {statement}"))
+                .unwrap();
+            let params = stmt.parameter_count();
+            let nulls: Vec<rusqlite::types::Null> = vec![rusqlite::types::Null; params];
+            let plan: Vec<String> = stmt
+                .query_map(rusqlite::params_from_iter(nulls), |r| r.get::<_, String>(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            for step in &plan {
+                let full_scan = step.starts_with("SCAN") && !step.contains("USING");
+                let sort = step.contains("TEMP B-TREE");
+                if (full_scan || sort) && !allowed.iter().any(|a| step.contains(a)) {
+                    panic!("{name}: plan step {step:?} (plan {plan:?})");
+                }
+            }
+        }
     }
 }
