@@ -215,39 +215,49 @@ plugin_dir = "{plugins}"
 
 
 @pytest.fixture(scope="module")
-def browser_ctx(fleet):
+def pw():
+    with sync_playwright() as p:
+        yield p
+
+
+def chromium(pw, profile):
+    """Debian's Chromium on a new empty profile, 1 280 px wide; never a downloaded browser."""
+    return pw.chromium.launch_persistent_context(
+        profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS,
+        viewport={"width": 1280, "height": 900}, locale="en-US")
+
+
+@pytest.fixture(scope="module")
+def browser_ctx(fleet, pw):
     os.makedirs(SHOTS, exist_ok=True)
     profile = tempfile.mkdtemp(prefix="console-chromium-")
     outside, problems = [], []
-    with sync_playwright() as pw:
-        ctx = pw.chromium.launch_persistent_context(
-            profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS,
-            viewport={"width": 1280, "height": 900}, locale="en-US")
+    ctx = chromium(pw, profile)
 
-        def guard(route):
-            url = route.request.url
-            if url.startswith(fleet.base + "/"):
-                route.continue_()
-            else:
-                outside.append(url)
-                route.abort()
+    def guard(route):
+        url = route.request.url
+        if url.startswith(fleet.base + "/"):
+            route.continue_()
+        else:
+            outside.append(url)
+            route.abort()
 
-        ctx.route("**/*", guard)
-        page = ctx.pages[0] if ctx.pages else ctx.new_page()
+    ctx.route("**/*", guard)
+    page = ctx.pages[0] if ctx.pages else ctx.new_page()
 
-        def on_console(msg):
-            text = msg.text
-            # A refused request is logged by Chromium; everything else is a fault.
-            if msg.type == "error" and "status of 401" not in text and "status of 404" not in text:
-                problems.append(text)
+    def on_console(msg):
+        text = msg.text
+        # A refused request is logged by Chromium; everything else is a fault.
+        if msg.type == "error" and "status of 401" not in text and "status of 404" not in text:
+            problems.append(text)
 
-        page.on("console", on_console)
-        page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-        page.set_default_timeout(WAIT_MS)
-        yield page, outside, problems
-        if problems:
-            print("browser problems:", *problems, sep="\n  ")
-        ctx.close()
+    page.on("console", on_console)
+    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    page.set_default_timeout(WAIT_MS)
+    yield page, outside, problems
+    if problems:
+        print("browser problems:", *problems, sep="\n  ")
+    ctx.close()
     shutil.rmtree(profile, ignore_errors=True)
 
 
@@ -494,7 +504,6 @@ def test_call_history(fleet, browser_ctx):
     expect(page.locator("#view-calls")).to_be_visible()
     fan = page.locator("#calls-table tbody tr", has_text="getinfo.kernel").filter(has_text="all")
     expect(fan.first).to_be_visible()
-    print(http("GET", f"{fleet.base}/v1/calls?limit=3", fleet.token)[2][:1500])
     expect(fan.first.locator("td").nth(5)).to_have_text(n(TOTAL))
     expect(fan.first.locator("td").nth(6)).to_have_text(n(TOTAL))
     shot(page, "08-history")
@@ -515,14 +524,23 @@ def test_keyboard_focus_is_visible_and_ordered(fleet, browser_ctx):
     page, _, _ = browser_ctx
     page.goto(fleet.base + "/#/agents")
     expect(page.locator("#agents-h")).to_be_focused()
-    page.evaluate("document.activeElement.blur()")
+    # From the heading, the filters come next, in reading order, with a visible focus ring.
     page.keyboard.press("Tab")
-    assert page.evaluate("document.activeElement.id") == "skip"
-    page.keyboard.press("Tab")
-    assert page.evaluate("document.activeElement.textContent") == "Agents"
+    assert page.evaluate("document.activeElement.id") == "f-name"
     outline = page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
     assert outline not in ("none", ""), outline
     page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "f-host"
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "f-plugin"
+    # The skip link moves focus to the content.
+    page.focus("#skip")
+    page.keyboard.press("Enter")
+    assert page.evaluate("document.activeElement.id") == "main"
+    # The navigation, by keyboard.
+    page.focus("nav a[data-nav=agents]")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.textContent") == "Run"
     page.keyboard.press("Tab")
     assert page.evaluate("document.activeElement.textContent") == "History"
     page.keyboard.press("Enter")
@@ -556,25 +574,22 @@ def test_nothing_left_the_server_and_no_policy_violation(fleet, browser_ctx):
     assert problems == [], problems
 
 
-def test_an_open_api_needs_no_login(fleet):
+def test_an_open_api_needs_no_login(fleet, pw):
     """Loopback API without a token file: the console works without a login."""
     tmp = tempfile.mkdtemp(prefix="console-open-")
     shutil.copytree(os.path.join(fleet.tmp, "pki"), os.path.join(tmp, "pki"))
     server = start_server(tmp, None)
     profile = tempfile.mkdtemp(prefix="console-chromium-")
     try:
-        with sync_playwright() as pw:
-            ctx = pw.chromium.launch_persistent_context(
-                profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS,
-                viewport={"width": 1280, "height": 900}, locale="en-US")
-            page = ctx.pages[0] if ctx.pages else ctx.new_page()
-            page.goto(server.base + "/")
-            expect(page.locator("#view-agents")).to_be_visible()
-            expect(page.locator("#mode")).to_have_text("open API (no token needed)")
-            expect(page.locator("#live")).to_have_text("0 agents connected")
-            expect(page.locator("#logout")).to_be_hidden()
-            shot(page, "10-open-api")
-            ctx.close()
+        ctx = chromium(pw, profile)
+        page = ctx.pages[0] if ctx.pages else ctx.new_page()
+        page.goto(server.base + "/")
+        expect(page.locator("#view-agents")).to_be_visible()
+        expect(page.locator("#mode")).to_have_text("open API (no token needed)")
+        expect(page.locator("#live")).to_have_text("0 agents connected")
+        expect(page.locator("#logout")).to_be_hidden()
+        shot(page, "10-open-api")
+        ctx.close()
     finally:
         server.stop()
         shutil.rmtree(profile, ignore_errors=True)
