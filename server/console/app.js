@@ -700,6 +700,7 @@ const run = {
     const results = new Results(box);
     this.results = results;
     results.setTargeted(t.estimate);
+    mount.scrollIntoView({ block: 'start' });
     results.state('Waiting for answers…');
     this.abort = new AbortController();
     $('#run-go').disabled = true;
@@ -708,7 +709,7 @@ const run = {
     try {
       await streamCall({ target: t.target, request: r.req, timeout }, (line) => results.add(line), this.abort.signal);
       results.state(results.summary
-        ? `Done: ${fmtInt(results.counts.received)} results in ${((performance.now() - started) / 1000).toFixed(1)} s.`
+        ? `Done: ${fmtInt(results.counts.received)} result${results.counts.received === 1 ? '' : 's'} in ${((performance.now() - started) / 1000).toFixed(1)} s.`
         : 'The stream ended without a summary.');
     } catch (e) {
       if (e.name === 'AbortError') results.state('Stopped watching; the call goes on at the server and is kept in the history.');
@@ -832,8 +833,8 @@ const host = {
         const o = res.resp ? outcome(res) : null;
         return el('tr', {},
           el('td', {}, el('a', { href: `#/calls/${c.id}`, text: `#${c.id}` })),
-          el('td', { text: when(c.at) }),
-          el('td', {}, el('code', { text: compact(c.request, 80) })),
+          el('td', { class: 'nowrap', text: when(c.at) }),
+          el('td', {}, el('code', { text: requestText(c.request) })),
           el('td', {}, o ? el('span', { class: `badge ${o}`, text: `${OUTCOME_TEXT[o]} (${res.retcode})` }) : '—'),
           el('td', { text: res.message || '' }));
       }) : [el('tr', {}, el('td', { colspan: '5', class: 'hint', text: 'No calls reached this host yet.' }))]));
@@ -913,10 +914,10 @@ const history = {
       const n = (k) => el('td', { class: 'num', text: s[k] === undefined ? '—' : fmtInt(s[k]) });
       return el('tr', { 'data-call': c.id },
         el('td', {}, el('a', { href: `#/calls/${c.id}`, text: `#${c.id}` })),
-        el('td', { text: when(c.at) }),
+        el('td', { class: 'nowrap', text: when(c.at) }),
         el('td', { text: c.who }),
         el('td', {}, el('code', { text: targetText(c.target) })),
-        el('td', {}, el('code', { text: compact(c.request, 70) })),
+        el('td', {}, el('code', { text: requestText(c.request) })),
         n('targeted'), n('answered'), n('failed'), n('offline'), n('timed_out'),
         el('td', { class: 'num', text: c.finished_at ? ((c.finished_at - c.at) / 1000).toFixed(2) : 'running' }));
     }));
@@ -954,8 +955,23 @@ const history = {
 function targetText(t) {
   if (t && t.all) return 'all';
   if (t && typeof t.name === 'string') return `name ${t.name}`;
-  if (t && Array.isArray(t.hosts)) return `${t.hosts.length} host${t.hosts.length === 1 ? '' : 's'}: ${compact(t.hosts.join(' '), 60)}`;
+  if (t && Array.isArray(t.hosts)) {
+    const names = t.hosts.map((h) => agents.known.get(h)?.name || h);
+    return `${t.hosts.length} host${t.hosts.length === 1 ? '' : 's'}: ${compact(names.join(' '), 60)}`;
+  }
   return compact(t, 60);
+}
+
+/** A request as an operator reads it: method, then its command or arguments. */
+function requestText(r) {
+  if (!r || typeof r !== 'object') return compact(r, 70);
+  const rest = { ...r };
+  delete rest.method;
+  const lead = r.cmd !== undefined ? ` ${r.cmd}` : (r.args !== undefined ? ` ${r.args}` : '');
+  delete rest.cmd;
+  delete rest.args;
+  const more = Object.keys(rest).length ? ` ${JSON.stringify(rest)}` : '';
+  return compact(`${r.method}${lead}${more}`, 90);
 }
 
 // ----------------------------------------------------------------- router --

@@ -443,6 +443,7 @@ def test_sync_bash_on_the_real_agent(fleet, browser_ctx):
     expect(row.locator("pre.stdout")).to_have_text("console-42\n")
     expect(row.locator("pre.stderr")).to_have_text("to-stderr\n")
     expect(row.locator("td.exit")).to_have_text("3")
+    page.evaluate("document.querySelector('#run-results').scrollIntoView()")
     shot(page, "07-run-bash")
 
 
