@@ -152,11 +152,13 @@ pub async fn run(ctx: Arc<Ctx>, index: u64, mut stop: watch::Receiver<bool>) {
             ctx.stats.abandoned.fetch_add(1, Relaxed);
             return;
         };
-        let attempt = async {
+        // Boxed, like `serve` below: the task itself stays small, and the
+        // handshake's state (over a kilobyte) is freed once the session is up.
+        let attempt = Box::pin(async {
             let _permit = permit;
             ctx.pace().await;
             establish(&ctx, &persona, source).await
-        };
+        });
         let outcome = tokio::select! {
             biased;
             _ = stop.changed() => return,
@@ -173,7 +175,7 @@ pub async fn run(ctx: Arc<Ctx>, index: u64, mut stop: watch::Receiver<bool>) {
                         .ramp_us
                         .compare_exchange(0, at.max(1), Relaxed, Relaxed);
                 }
-                let end = serve(&ctx, &persona, stream, heartbeat, &mut stop).await;
+                let end = Box::pin(serve(&ctx, &persona, stream, heartbeat, &mut stop)).await;
                 ctx.stats.session_down();
                 match end {
                     End::Stopped => return,

@@ -161,6 +161,11 @@ fn a_redirect_loop_is_refused_after_the_limit() {
     drop(probe);
     let dir = tempfile::tempdir().unwrap();
     let events = dir.path().join("events.jsonl");
+    let api: Vec<String> = if common::server_has_api() {
+        vec!["--api".into(), format!("{ip}:0")]
+    } else {
+        Vec::new()
+    };
     let mut child = Command::new(common::server_bin())
         .args([
             "serve",
@@ -169,6 +174,7 @@ fn a_redirect_loop_is_refused_after_the_limit() {
             "--redirect",
             &addr.to_string(),
         ])
+        .args(&api)
         .arg("--cert")
         .arg(pki.path("server.pem"))
         .arg("--key")
@@ -379,4 +385,44 @@ fn sigusr1_closes_the_ramp() {
     let report = swarm.finish();
     assert_eq!(report["abandoned"], 4, "{report}");
     assert_eq!(report["refused"]["closed"], 1, "{report}");
+}
+
+#[test]
+fn a_fan_out_through_the_http_api_streams_every_answer() {
+    let pki = Pki::new();
+    let server = Server::start(&pki, &[]);
+    let Some(api) = server.api else {
+        eprintln!("this server has no HTTP API (thread-per-session server): skipped");
+        return;
+    };
+    let mut swarm = Swarm::start(&pki, server.listen, "ca.pem", 20, &[]);
+    swarm.wait("20 sessions up", |s| s["up"] == 20);
+    // `call --api` is the API's own client (POST /v1/call, NDJSON).
+    let out = Command::new(common::server_bin())
+        .args([
+            "call",
+            "--api",
+            &api.to_string(),
+            "--all",
+            "--timeout",
+            "30",
+        ])
+        .arg(r#"{"method":"getinfo.kernel"}"#)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect();
+    let answers: Vec<&Value> = lines.iter().filter(|l| l.get("host").is_some()).collect();
+    assert_eq!(answers.len(), 20, "{text}");
+    assert!(
+        answers
+            .iter()
+            .all(|a| a["retcode"] == 2 && a["data"]["sysname"] == "Linux"),
+        "{text}"
+    );
+    let report = swarm.stop();
+    assert_eq!(report["answered"]["getinfo.kernel"], 20, "{report}");
 }

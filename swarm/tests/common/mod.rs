@@ -31,6 +31,16 @@ pub fn server_bin() -> PathBuf {
     p
 }
 
+/// Whether this server has the operator HTTP API (`serve --api ADDR`); the
+/// server from before it (thread per session) only has the admin socket.
+pub fn server_has_api() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        let out = Command::new(server_bin()).arg("--help").output().unwrap();
+        String::from_utf8_lossy(&out.stdout).contains("--api ADDR")
+    })
+}
+
 /// A CA, a server certificate for [`NAME`], a client certificate, and a second unrelated CA.
 pub struct Pki {
     pub dir: tempfile::TempDir,
@@ -115,6 +125,8 @@ pub fn json_lines(path: &Path) -> Vec<Value> {
 pub struct Server {
     pub child: Child,
     pub listen: SocketAddr,
+    /// The HTTP API's address, when the server has one (bound to port 0 here).
+    pub api: Option<SocketAddr>,
     pub admin: PathBuf,
     pub events: PathBuf,
     _dir: tempfile::TempDir,
@@ -127,10 +139,18 @@ impl Server {
         let dir = tempfile::tempdir().unwrap();
         let admin = dir.path().join("admin.sock");
         let events = dir.path().join("events.jsonl");
+        let ip = server_ip();
+        // Never the default API address (127.0.0.1:8080, shared by everyone).
+        let api_flags: Vec<String> = if server_has_api() {
+            vec!["--api".into(), format!("{ip}:0")]
+        } else {
+            Vec::new()
+        };
         let child = Command::new(server_bin())
             .arg("serve")
             .arg("--listen")
-            .arg(format!("{}:0", server_ip()))
+            .arg(format!("{ip}:0"))
+            .args(&api_flags)
             .arg("--cert")
             .arg(pki.path("server.pem"))
             .arg("--key")
@@ -144,15 +164,17 @@ impl Server {
             .env("RUST_LOG", "warn")
             .spawn()
             .unwrap();
-        let listen = wait_for("the server's listening event", || {
+        let listening = wait_for("the server's listening event", || {
             json_lines(&events)
                 .into_iter()
                 .find(|e| e["event"] == "listening")
-                .and_then(|e| e["listen"].as_str()?.parse().ok())
         });
+        let listen = listening["listen"].as_str().unwrap().parse().unwrap();
+        let api = listening["api"].as_str().and_then(|a| a.parse().ok());
         Server {
             child,
             listen,
+            api,
             admin,
             events,
             _dir: dir,
