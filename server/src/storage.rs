@@ -142,25 +142,56 @@ fn timed<T>(
     })
 }
 
+/// Facts written per round at most: each is its own transaction in the
+/// store, so a fan-out of `getinfo.*` to a whole fleet must not hold up
+/// task acknowledgements and call results behind thousands of them.
+pub const FACTS_PER_ROUND: usize = 128;
+
+/// Facts waiting to be written: the latest per (host, method) only.
+type PendingFacts = std::collections::HashMap<(String, String), (String, Millis)>;
+
 fn write_loop(store: &dyn Store, rx: &Receiver<Op>, metrics: &Metrics) {
-    while let Ok(first) = rx.recv() {
-        let mut ops = vec![first];
-        while ops.len() < BATCH {
+    let mut facts = PendingFacts::new();
+    loop {
+        let first = if facts.is_empty() {
+            match rx.recv() {
+                Ok(op) => Some(op),
+                Err(_) => return,
+            }
+        } else {
+            rx.try_recv().ok()
+        };
+        let mut ops: Vec<Op> = first.into_iter().collect();
+        while !ops.is_empty() && ops.len() < BATCH {
             match rx.try_recv() {
                 Ok(op) => ops.push(op),
                 Err(_) => break,
             }
         }
-        write_batch(store, ops, metrics);
+        write_batch(store, ops, &mut facts, metrics);
+        write_facts(store, &mut facts, metrics);
     }
 }
 
-/// Writes one batch, keeping the order that matters: agents before their
-/// facts, a call's results before its end, task commits answered last.
-fn write_batch(store: &dyn Store, ops: Vec<Op>, metrics: &Metrics) {
+fn write_facts(store: &dyn Store, facts: &mut PendingFacts, metrics: &Metrics) {
+    let keys: Vec<(String, String)> = facts.keys().take(FACTS_PER_ROUND).cloned().collect();
+    for key in keys {
+        if let Some((data, at)) = facts.remove(&key) {
+            let (host, method) = key;
+            let _ = timed(metrics, "agent_fact", || {
+                store.agent_fact(&host, &method, &data, at)
+            });
+        }
+    }
+}
+
+/// Writes one batch, keeping the order that matters: task commits first
+/// (agents wait for them), agents before their facts, a call's results
+/// before its end. Facts join the pending set (written a few per round).
+fn write_batch(store: &dyn Store, ops: Vec<Op>, facts: &mut PendingFacts, metrics: &Metrics) {
     let mut seen = Vec::new();
-    let mut gone: BTreeMap<Millis, Vec<String>> = BTreeMap::new();
-    let mut facts = Vec::new();
+    let mut gone: Vec<String> = Vec::new();
+    let mut gone_at: Millis = 0;
     let mut results: BTreeMap<CallId, Vec<HostResult>> = BTreeMap::new();
     let mut ends = Vec::new();
     let mut tasks = Vec::new();
@@ -168,13 +199,18 @@ fn write_batch(store: &dyn Store, ops: Vec<Op>, metrics: &Metrics) {
     for op in ops {
         match op {
             Op::Seen(r) => seen.push(r),
-            Op::Gone { host, at } => gone.entry(at).or_default().push(host),
+            Op::Gone { host, at } => {
+                gone.push(host);
+                gone_at = gone_at.max(at);
+            }
             Op::Fact {
                 host,
                 method,
                 data,
                 at,
-            } => facts.push((host, method, data, at)),
+            } => {
+                facts.insert((host, method), (data, at));
+            }
             Op::Results(call, r) => results.entry(call).or_default().extend(r),
             Op::CallEnd { call, summary, at } => ends.push((call, summary, at)),
             Op::Task(t, reply) => {
@@ -184,7 +220,6 @@ fn write_batch(store: &dyn Store, ops: Vec<Op>, metrics: &Metrics) {
         }
     }
     if !tasks.is_empty() {
-        // First: agents are waiting for these commits before they get an ack.
         let outcome = timed(metrics, "put_tasks", || store.put_tasks(&tasks));
         if outcome.is_ok() {
             metrics.task_results.inc_by(tasks.len() as u64);
@@ -196,18 +231,74 @@ fn write_batch(store: &dyn Store, ops: Vec<Op>, metrics: &Metrics) {
     if !seen.is_empty() {
         let _ = timed(metrics, "agents_seen", || store.agents_seen(&seen));
     }
-    for (at, hosts) in gone {
-        let _ = timed(metrics, "agents_gone", || store.agents_gone(&hosts, at));
-    }
-    for (host, method, data, at) in facts {
-        let _ = timed(metrics, "agent_fact", || {
-            store.agent_fact(&host, &method, &data, at)
-        });
+    if !gone.is_empty() {
+        // One transaction; last_seen is the batch's latest time (a few ms late at most).
+        let _ = timed(metrics, "agents_gone", || store.agents_gone(&gone, gone_at));
     }
     for (call, r) in results {
         let _ = timed(metrics, "call_results", || store.call_results(call, &r));
     }
     for (call, summary, at) in ends {
         let _ = timed(metrics, "call_end", || store.call_end(call, &summary, at));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use basicagent_store::MemoryStore;
+
+    #[test]
+    fn a_fact_storm_does_not_hold_up_tasks_and_keeps_the_latest_fact() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        let storage = Storage::start(store.clone(), Arc::new(Metrics::new())).unwrap();
+        storage.queue(Op::Seen(AgentRecord {
+            host: "h".into(),
+            name: "n".into(),
+            addr: "a".into(),
+            version: "v".into(),
+            plugins: vec![],
+            node: None,
+            connected_at: 1,
+        }));
+        for i in 0..5_000 {
+            storage.queue(Op::Fact {
+                host: "h".into(),
+                method: format!("getinfo.m{}", i % 300),
+                data: format!("{{\"i\":{i}}}"),
+                at: i,
+            });
+        }
+        let (tx, rx) = oneshot::channel();
+        storage.queue(Op::Task(
+            TaskResult {
+                host: "h".into(),
+                task: "t".into(),
+                received_at: 1,
+                retcode: 2,
+                message: "m".into(),
+                frame: "{}".into(),
+                schedule: None,
+            },
+            tx,
+        ));
+        assert_eq!(rx.blocking_recv().unwrap(), Ok(()));
+        assert_eq!(store.task("t").unwrap().len(), 1);
+        // Eventually every method has its latest value.
+        let start = Instant::now();
+        loop {
+            // (The task may be committed before the agent row of the same batch.)
+            let facts = store
+                .agent("h")
+                .unwrap()
+                .map(|a| a.facts)
+                .unwrap_or_default();
+            let last = facts.iter().find(|f| f.method == "getinfo.m299");
+            if facts.len() == 300 && last.is_some_and(|f| f.data == "{\"i\":4799}") {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30));
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
