@@ -205,6 +205,7 @@ plugin_dir = "{plugins}"
         real = [a for a in listing if not re.fullmatch(r"(web|db)-\d{5}", a["name"])]
         assert len(real) == 1, real
         server.real = real[0]
+        server.procs = {p.name: p for p in procs}
         server.listing = listing
         server.tmp = tmp
         yield server
@@ -567,6 +568,92 @@ def test_a_refused_token_mid_session_returns_to_login(fleet, browser_ctx):
     page.click("#logout")
     expect(page.locator("#view-login")).to_be_visible()
     assert page.evaluate("sessionStorage.length") == 0
+
+
+def test_results_stream_in_row_by_row(fleet, browser_ctx):
+    """An offline host's line shows while the real agent's command still runs."""
+    page, _, _ = browser_ctx
+    page.goto(fleet.base + "/#/run")
+    expect(page.locator("#view-login")).to_be_visible()  # the last test logged out
+    login(page, fleet.token)
+    expect(page.locator("#view-run")).to_be_visible()
+    page.check("#t-hosts-r")
+    nobody = "00000000-0000-4000-8000-000000000000"
+    page.fill("#t-hosts", f"{fleet.real['host']}\n{nobody}")
+    page.select_option("#r-method", "sync.bash")
+    page.fill("#r-ctimeout", "")
+    # The command waits for a file the test makes once the first row is on screen.
+    flag = os.path.join(fleet.tmp, "go-on")
+    page.fill("#r-cmd", f"while [ ! -e {flag} ]; do sleep 0.1; done; echo late")
+    page.fill("#r-timeout", "60")
+    page.click("#run-go")
+    res = page.locator("#run-results")
+    expect(res.locator("[data-c=offline]")).to_have_text("1")
+    expect(res.locator("[data-c=received]")).to_have_text("1")
+    expect(res.locator("tbody tr[data-outcome=offline]")).to_have_attribute("data-host", nobody)
+    expect(page.locator("#run-stop")).to_be_enabled()
+    expect(res.locator(".state")).to_have_text("Waiting for answers…")
+    open(flag, "w").close()
+    expect(res.locator(".state")).to_contain_text("Done")
+    expect(res.locator("[data-c=answered]")).to_have_text("1")
+    expect(res.locator("[data-c=targeted]")).to_have_text("2")
+    expect(res.locator("tbody tr[data-outcome=answered] pre.stdout")).to_have_text("late\n")
+    # Filter the results by outcome.
+    res.locator(".r-status").select_option("offline")
+    expect(res.locator("tbody tr")).to_have_count(1)
+    expect(res.locator("tbody tr")).to_have_attribute("data-outcome", "offline")
+    res.locator(".r-status").select_option("")
+
+
+def test_a_host_that_does_not_answer_in_time_is_timed_out(fleet, browser_ctx):
+    page, _, _ = browser_ctx
+    page.fill("#t-hosts", fleet.real["host"])
+    page.fill("#r-cmd", "sleep 5")
+    page.fill("#r-timeout", "1")
+    page.click("#run-go")
+    res = page.locator("#run-results")
+    expect(res.locator(".state")).to_contain_text("Done")
+    expect(res.locator("[data-c=timed_out]")).to_have_text("1")
+    expect(res.locator("tbody tr")).to_have_attribute("data-outcome", "timed_out")
+    expect(res.locator("tbody tr")).to_contain_text("3101")
+
+
+def test_agent_output_is_text_never_markup(fleet, browser_ctx):
+    page, _, _ = browser_ctx
+    page.fill("#t-hosts", fleet.real["host"])
+    page.fill("#r-cmd", """printf '%s' '<b id="xss">bold</b><img src=x id="xss2" onerror="window.pwned=1">'""")
+    page.fill("#r-timeout", "30")
+    page.click("#run-go")
+    res = page.locator("#run-results")
+    expect(res.locator(".state")).to_contain_text("Done")
+    expect(res.locator("pre.stdout")).to_contain_text('<b id="xss">bold</b>')
+    assert page.locator("#xss, #xss2").count() == 0
+    assert page.evaluate("window.pwned === undefined")
+
+
+def test_agents_that_leave_are_marked_with_their_last_sighting(fleet, browser_ctx):
+    page, _, _ = browser_ctx
+    page.goto(fleet.base + "/#/agents")
+    expect(page.locator("#agents-summary")).to_contain_text(f"{n(TOTAL)} connected")
+    fleet.procs["swarm-db"].stop()
+    left = TOTAL - DB
+    # The live count moves, and the table follows on its own (auto-refresh).
+    expect(page.locator("#live")).to_have_text(f"{n(left)} agents connected", timeout=WAIT_MS)
+    expect(page.locator("#agents-summary")).to_contain_text(
+        f"{n(TOTAL)} shown of {n(left)} connected (and {n(DB)} that left during this session)", timeout=WAIT_MS)
+    page.fill("#f-name", "db-00001")
+    row = page.locator("#agents-table tbody tr")
+    expect(row).to_have_count(1)
+    expect(row.locator(".badge")).to_have_text("left")
+    page.uncheck("#f-gone")
+    expect(row).to_have_count(0)
+    page.check("#f-gone")
+    row.locator("td.name a").click()
+    expect(page.locator("#host-meta")).to_contain_text("offline")
+    expect(page.locator("#host-meta")).to_contain_text("Last seen")
+    expect(page.locator("#host-meta dd").nth(7)).not_to_have_text("now (connected)")
+    expect(page.locator("#fact-getinfo-kernel button")).to_be_disabled()
+    shot(page, "11-host-offline")
 
 
 def test_nothing_left_the_server_and_no_policy_violation(fleet, browser_ctx):
