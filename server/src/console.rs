@@ -9,8 +9,9 @@
 //! external fetch, no framing, no form posts) and an ETag, so a browser
 //! revalidates instead of keeping an old console after an upgrade.
 
-use axum::extract::Path;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -132,9 +133,156 @@ fn with_policy(mut r: Response) -> Response {
     r
 }
 
+/// Why a browser request was refused by [`browser_guard`].
+fn refusal(method: &Method, headers: &HeaderMap, open: bool) -> Option<(&'static str, String)> {
+    let text = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    let host = text(header::HOST).unwrap_or("");
+    // Fetch metadata (every current browser): only the console's own pages,
+    // an address typed by the operator, or a link followed to a page (a
+    // GET whose answer goes to the operator's tab, not to the other site).
+    let navigation = (method == Method::GET || method == Method::HEAD)
+        && headers.get("sec-fetch-mode").and_then(|v| v.to_str().ok()) == Some("navigate");
+    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        if site != "same-origin" && site != "none" && !navigation {
+            return Some((
+                "cross_origin",
+                format!("a request from another site ({site}) is refused"),
+            ));
+        }
+    }
+    if let Some(origin) = text(header::ORIGIN).filter(|_| !navigation) {
+        if origin != format!("http://{host}") && origin != format!("https://{host}") {
+            return Some((
+                "cross_origin",
+                format!("a request from origin {origin:?} is refused on host {host:?}"),
+            ));
+        }
+    }
+    // Without a token anyone who can reach the address may call; a browser
+    // page could, through a DNS name rebound to 127.0.0.1. Only an address
+    // or `localhost` as the Host keeps such a page out.
+    if open && !loopback_host(host) {
+        return Some((
+            "bad_host",
+            format!(
+                "an API without a token answers only to an IP address or localhost, not {host:?}"
+            ),
+        ));
+    }
+    None
+}
+
+/// `127.0.0.1:8080`, `[::1]:8080`, `localhost:8080` (any address literal, any port).
+fn loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((ip, _)) => return ip.parse::<std::net::Ipv6Addr>().is_ok(),
+            None => return false,
+        },
+        None => host.rsplit_once(':').map_or(host, |(n, _)| n),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::Ipv4Addr>().is_ok()
+}
+
+/// Middleware on the whole API address: refuses what a hostile web page in
+/// the operator's browser could send (a cross-site form or `fetch`, a DNS
+/// rebinding when no token is needed). Clients that are not browsers send
+/// neither `Origin` nor `Sec-Fetch-Site` and use an address: not affected.
+/// `open`: the API needs no token.
+pub async fn browser_guard(State(open): State<bool>, req: Request, next: Next) -> Response {
+    match refusal(req.method(), req.headers(), open) {
+        None => next.run(req).await,
+        Some((code, message)) => with_policy(
+            (
+                StatusCode::FORBIDDEN,
+                axum::Json(serde_json::json!({"error": {"code": code, "message": message}})),
+            )
+                .into_response(),
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn hosts() {
+        assert!(loopback_host("127.0.0.1:8080"));
+        assert!(loopback_host("10.1.2.3"));
+        assert!(loopback_host("[::1]:8080"));
+        assert!(loopback_host("LocalHost:80"));
+        assert!(!loopback_host("evil.example:8080"));
+        assert!(!loopback_host("[::1"));
+        assert!(!loopback_host(""));
+    }
+
+    #[test]
+    fn browser_requests() {
+        let ok = |h: &[(&'static str, &'static str)], open| {
+            refusal(&Method::POST, &headers(h), open).is_none()
+        };
+        // curl, ureq: no browser headers.
+        assert!(ok(&[("host", "127.0.0.1:8080")], true));
+        assert!(ok(&[("host", "api.example:8080")], false));
+        // The console itself.
+        assert!(ok(
+            &[
+                ("host", "127.0.0.1:8080"),
+                ("origin", "http://127.0.0.1:8080"),
+                ("sec-fetch-site", "same-origin")
+            ],
+            true
+        ));
+        assert!(ok(
+            &[("host", "127.0.0.1:8080"), ("sec-fetch-site", "none")],
+            true
+        ));
+        // Another site's page.
+        assert!(!ok(
+            &[("host", "127.0.0.1:8080"), ("sec-fetch-site", "cross-site")],
+            false
+        ));
+        assert!(!ok(
+            &[("host", "127.0.0.1:8080"), ("sec-fetch-site", "same-site")],
+            false
+        ));
+        assert!(!ok(
+            &[
+                ("host", "127.0.0.1:8080"),
+                ("origin", "http://evil.example")
+            ],
+            false
+        ));
+        assert!(!ok(
+            &[("host", "127.0.0.1:8080"), ("origin", "null")],
+            false
+        ));
+        // DNS rebinding: same origin, but a name.
+        assert!(!ok(
+            &[
+                ("host", "evil.example:8080"),
+                ("origin", "http://evil.example:8080"),
+                ("sec-fetch-site", "same-origin")
+            ],
+            true
+        ));
+        assert!(ok(
+            &[
+                ("host", "evil.example:8080"),
+                ("origin", "http://evil.example:8080")
+            ],
+            false
+        ));
+    }
 
     #[test]
     fn etags_differ_by_content() {

@@ -142,3 +142,82 @@ fn without_a_token_file_the_api_behind_the_console_is_open() {
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"count\":0"), "{body}");
 }
+
+fn post_call(server: &Server, headers: &[(&str, &str)]) -> (u16, String) {
+    let url = format!("http://{}/v1/call", server.api.expect("no API"));
+    let mut r = ureq::post(&url).set("Content-Type", "text/plain");
+    for (k, v) in headers {
+        r = r.set(k, v);
+    }
+    let body = r#"{"target":{"all":true},"request":{"method":"sync.bash","cmd":"id"},"timeout":1}"#;
+    match r.send_string(body) {
+        Ok(r) => (r.status(), r.into_string().unwrap()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap()),
+        Err(e) => panic!("POST {url}: {e}"),
+    }
+}
+
+#[test]
+fn another_sites_page_cannot_call_through_the_operators_browser() {
+    // No token: the case where a cross-site form post would otherwise run commands.
+    let pki = Pki::new();
+    let server = Server::start(&pki, &[]);
+    for h in [
+        &[
+            ("Origin", "http://evil.example"),
+            ("Sec-Fetch-Site", "cross-site"),
+        ][..],
+        &[("Origin", "http://evil.example")][..],
+        &[("Sec-Fetch-Site", "same-site")][..],
+        &[("Origin", "null")][..],
+    ] {
+        let (status, body) = post_call(&server, h);
+        assert_eq!(status, 403, "{h:?}: {body}");
+        assert!(body.contains("cross_origin"), "{body}");
+    }
+    // A DNS name rebound to the loopback address: refused when no token is needed.
+    let (status, body) = post_call(&server, &[("Host", "rebound.evil.example:8080")]);
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("bad_host"), "{body}");
+    // Nothing was called; the server keeps serving plain clients.
+    let (status, body) = server.http("GET", "/v1/calls", None, None);
+    assert_eq!((status, body.as_str()), (200, "[]"));
+    let (status, body) = post_call(&server, &[]);
+    assert_eq!(status, 404, "no agent connected: {body}");
+    assert!(body.contains("no_target"), "{body}");
+    // The console's own requests pass.
+    let api = server.api.unwrap().to_string();
+    let origin = format!("http://{api}");
+    let (status, body) = post_call(
+        &server,
+        &[("Origin", &origin), ("Sec-Fetch-Site", "same-origin")],
+    );
+    assert_eq!(status, 404, "{body}");
+    // A link from elsewhere to the console opens it.
+    let (status, _, _) = get(
+        &server,
+        "/",
+        &[
+            ("Sec-Fetch-Site", "cross-site"),
+            ("Sec-Fetch-Mode", "navigate"),
+        ],
+    );
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn with_a_token_a_named_host_is_fine_but_other_sites_are_not() {
+    let (_pki, server) = with_token();
+    let auth = format!("Bearer {TOKEN}");
+    let (status, body) = post_call(
+        &server,
+        &[("Host", "api.example:8080"), ("Authorization", &auth)],
+    );
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("no_target"), "{body}");
+    let (status, body) = post_call(
+        &server,
+        &[("Origin", "http://evil.example"), ("Authorization", &auth)],
+    );
+    assert_eq!(status, 403, "{body}");
+}

@@ -717,6 +717,38 @@ def test_an_open_api_needs_no_login(fleet, pw):
         expect(page.locator("#live")).to_have_text("0 agents connected")
         expect(page.locator("#logout")).to_be_hidden()
         shot(page, "10-open-api")
+        # One agent on the open server; then a page of another site posts a
+        # command there, as a hostile page in the operator's browser would
+        # (a "simple" request: no CORS preflight). Refused: no call.
+        swarm = Proc("swarm-open", [
+            os.path.join(BIN, "BasicAgentSwarm"), "--server", server.listen,
+            "--ca", os.path.join(tmp, "pki", "ca.pem"), "--name", NAME, "--agents", "1",
+            "--prefix", "open", "--seed", "console-open", "--source", "127.0.80.1",
+            "--status-file", os.path.join(tmp, "swarm-open.json"), "--progress", "0",
+        ], tmp, env=dict(os.environ, RUST_LOG="warn"))
+        try:
+            wait_for("the agent on the open server", lambda: json.loads(
+                http("GET", f"{server.base}/v1/agents/count")[2])["count"] == 1, 60)
+            # Another site's page, made up by the browser's test hook (no network, no DNS).
+            page.route("http://other-site.test/", lambda r: r.fulfill(
+                status=200, content_type="text/html", body="<!doctype html><title>elsewhere</title>"))
+            page.goto("http://other-site.test/")
+            # Current Chromium may stop it itself (local network access);
+            # the server refuses it anyway (server/tests/console.rs covers
+            # the headers every browser sends). Either way: no call.
+            page.evaluate("""async (url) => {
+                try {
+                    await fetch(url + '/v1/call', { method: 'POST', mode: 'no-cors',
+                        headers: { 'Content-Type': 'text/plain' },
+                        body: JSON.stringify({ target: { all: true },
+                            request: { method: 'sync.bash', cmd: 'true' }, timeout: 5 }) });
+                } catch (e) { return String(e); }
+                return 'sent';
+            }""", server.base)
+            st, _, body = http("GET", f"{server.base}/v1/calls")
+            assert (st, json.loads(body)) == (200, [])
+        finally:
+            swarm.stop()
         ctx.close()
     finally:
         server.stop()
