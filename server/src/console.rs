@@ -172,7 +172,9 @@ fn refusal(method: &Method, headers: &HeaderMap, open: bool) -> Option<(&'static
     None
 }
 
-/// `127.0.0.1:8080`, `[::1]:8080`, `localhost:8080` (any address literal, any port).
+/// `127.0.0.1:8080`, `[::1]:8080`, `localhost:8080`, `myhost` (an address
+/// literal or a single-label name, any port): not a name under a public
+/// domain, which is what a rebinding page needs (it controls that DNS).
 fn loopback_host(host: &str) -> bool {
     let name = match host.strip_prefix('[') {
         Some(rest) => match rest.split_once(']') {
@@ -181,7 +183,7 @@ fn loopback_host(host: &str) -> bool {
         },
         None => host.rsplit_once(':').map_or(host, |(n, _)| n),
     };
-    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::Ipv4Addr>().is_ok()
+    !name.contains('.') || name.parse::<std::net::Ipv4Addr>().is_ok()
 }
 
 /// Middleware on the whole API address: refuses what a hostile web page in
@@ -222,7 +224,10 @@ mod tests {
         assert!(loopback_host("LocalHost:80"));
         assert!(!loopback_host("evil.example:8080"));
         assert!(!loopback_host("[::1"));
-        assert!(!loopback_host(""));
+        assert!(!loopback_host("localhost.evil.example"));
+        assert!(!loopback_host("127.0.0.1.nip.example:80"));
+        assert!(loopback_host("x"));
+        assert!(loopback_host(""));
     }
 
     #[test]
