@@ -605,8 +605,38 @@ def test_results_stream_in_row_by_row(fleet, browser_ctx):
     res.locator(".r-status").select_option("")
 
 
+def test_stop_watching_leaves_the_call_running(fleet, browser_ctx):
+    page, _, _ = browser_ctx
+    flag = os.path.join(fleet.tmp, "go-on-2")
+    page.fill("#t-hosts", fleet.real["host"])
+    page.fill("#r-cmd", f"while [ ! -e {flag} ]; do sleep 0.1; done; echo finished-anyway")
+    page.fill("#r-timeout", "60")
+    page.click("#run-go")
+    res = page.locator("#run-results")
+    expect(res.locator(".state")).to_have_text("Waiting for answers…")
+    page.click("#run-stop")
+    expect(res.locator(".state")).to_contain_text("Stopped watching")
+    expect(page.locator("#run-go")).to_be_enabled()
+    open(flag, "w").close()
+
+    def finished():
+        st, _, body = http("GET", f"{fleet.base}/v1/calls?limit=1", fleet.token)
+        rows = json.loads(body) if st == 200 else []
+        return rows and "finished-anyway" in rows[0]["request"].get("cmd", "") and rows[0]["finished_at"]
+    wait_for("the call to finish at the server", finished, 60)
+    _, _, body = http("GET", f"{fleet.base}/v1/calls?limit=1", fleet.token)
+    call = json.loads(body)[0]
+    assert call["summary"]["answered"] == 1
+    page.goto(f"{fleet.base}/#/calls/{call['id']}")
+    expect(page.locator("#call-results pre.stdout")).to_have_text("finished-anyway\n")
+    page.goto(f"{fleet.base}/#/run")
+
+
 def test_a_host_that_does_not_answer_in_time_is_timed_out(fleet, browser_ctx):
     page, _, _ = browser_ctx
+    expect(page.locator("#view-run")).to_be_visible()
+    page.check("#t-hosts-r")
+    page.select_option("#r-method", "sync.bash")
     page.fill("#t-hosts", fleet.real["host"])
     page.fill("#r-cmd", "sleep 5")
     page.fill("#r-timeout", "1")
@@ -675,9 +705,9 @@ def test_19000_agents_stay_usable(fleet, browser_ctx):
     other.goto(fleet.base + "/")
     if other.locator("#view-login").is_visible():
         login(other, fleet.token)
-    t0 = time.monotonic()
     expect(other.locator("#agents-summary")).to_contain_text("19,000 shown of 19,000 connected")
-    shown = time.monotonic() - t0
+    # Since the page's navigation started (an upper bound: includes the test's polling).
+    shown = other.evaluate("performance.now()") / 1000
     assert other.locator("#agents-table tbody tr").count() == 100
     ms = other.evaluate("""() => {
         const box = document.querySelector('#f-name');
@@ -692,7 +722,7 @@ def test_19000_agents_stay_usable(fleet, browser_ctx):
         document.querySelector('#agents-table th[data-key=connected_at] button').click();
         return performance.now() - t;
     }""")
-    print(f"\n19 000 agents: table shown {shown:.2f} s after load; filter {ms:.0f} ms; sort {sort_ms:.0f} ms")
+    print(f"\n19 000 agents: table shown within {shown:.2f} s of navigation; filter {ms:.0f} ms; sort {sort_ms:.0f} ms")
     other.close()
 
 
