@@ -233,7 +233,8 @@ fn bind_admin(path: &Path) -> Result<UnixListener, ServeError> {
         std::fs::remove_file(path).map_err(err)?;
     }
     // SAFETY: umask(2) only changes this process's file-creation mask; it
-    // is restored right after the bind, before other threads create files.
+    // is restored right after the bind. A file another thread (the store)
+    // creates meanwhile gets at most mode 0600: stricter, never looser.
     let old = unsafe { libc::umask(0o177) };
     let bound = std::os::unix::net::UnixListener::bind(path);
     // SAFETY: as above; restores the previous mask.

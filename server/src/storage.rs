@@ -57,6 +57,7 @@ pub enum Op {
 pub struct Storage {
     pub store: Arc<dyn Store>,
     tx: Sender<Op>,
+    metrics: Arc<Metrics>,
 }
 
 impl Storage {
@@ -64,10 +65,11 @@ impl Storage {
     pub fn start(store: Arc<dyn Store>, metrics: Arc<Metrics>) -> std::io::Result<Storage> {
         let (tx, rx) = std::sync::mpsc::channel();
         let writer = store.clone();
+        let writer_metrics = metrics.clone();
         std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || write_loop(&*writer, &rx, &metrics))?;
-        Ok(Storage { store, tx })
+            .spawn(move || write_loop(&*writer, &rx, &writer_metrics))?;
+        Ok(Storage { store, tx, metrics })
     }
 
     /// Queues a write (never blocks).
@@ -85,14 +87,19 @@ impl Storage {
             .unwrap_or_else(|_| Err("store writer is gone".into()))
     }
 
-    /// Runs a read on the blocking pool.
+    /// Runs a read (or `call_begin`) on the blocking pool; timed as op `read`.
     pub async fn read<T, F>(&self, f: F) -> Result<T, String>
     where
         T: Send + 'static,
         F: FnOnce(&dyn Store) -> Result<T, basicagent_store::StoreError> + Send + 'static,
     {
         let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || f(&*store)).await {
+        let metrics = self.metrics.clone();
+        let started = Instant::now();
+        let done = tokio::task::spawn_blocking(move || f(&*store)).await;
+        let ok = matches!(done, Ok(Ok(_)));
+        metrics.store_op("read", started.elapsed().as_secs_f64(), ok);
+        match done {
             Ok(r) => r.map_err(|e| e.to_string()),
             Err(e) => Err(format!("store task: {e}")),
         }

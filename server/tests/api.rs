@@ -405,7 +405,11 @@ fn metrics_parse_with_a_prometheus_parser() {
     ] {
         assert!(text.contains(h), "{h} in {text}");
     }
-    assert!(text.contains("basicagent_store_seconds"), "{text}");
+    // The call's call_begin went through the store's read path.
+    assert!(
+        sample(&scrape, "basicagent_store_seconds_count", &[("op", "read")]).unwrap() >= 1.0,
+        "{text}"
+    );
 }
 
 #[test]
