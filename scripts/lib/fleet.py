@@ -22,6 +22,8 @@ Every wait is bounded; nothing leaves 127.0.0.0/8. Figures:
   agents list         GET /v1/agents (new) or `list` (baseline), median of 5
   cpu per 10k         server utime+stime (/proc/PID/stat) over the fan-out,
                       per 10 000 answers
+  idle CPU            server and swarm CPU over 35 s with every session up
+                      and quiet (heartbeats only), as a share of one core
 """
 
 import argparse
@@ -301,6 +303,16 @@ class Swarms:
                 t["ramp_s"] = max(t["ramp_s"] or 0, s["ramp_seconds"])
         return t
 
+    def cpu(self):
+        """CPU seconds of every swarm process so far (from /proc)."""
+        total = 0.0
+        for p, _, _ in self.procs:
+            c = proc_facts(p.pid)["cpu_s"]
+            if c is None:
+                return None
+            total += c
+        return total
+
     def signal(self, sig):
         for p, _, _ in self.procs:
             if p.poll() is None:
@@ -367,6 +379,14 @@ def run(a):
         t = ramp(swarms, a.agents, a.ramp_timeout, a.plateau, not a.no_retry)
         ramp_cpu = proc_facts(server.proc.pid)["cpu_s"]
         time.sleep(2)
+        # An idle window: both sides' CPU with every session up and quiet
+        # (heartbeats only), as a share of one core.
+        s0, w0, i0 = proc_facts(server.proc.pid)["cpu_s"], swarms.cpu(), time.monotonic()
+        time.sleep(a.idle)
+        s1, w1, i1 = proc_facts(server.proc.pid)["cpu_s"], swarms.cpu(), time.monotonic()
+        idle = {"seconds": round(i1 - i0, 2),
+                "server_core_share": rounded((s1 - s0) / (i1 - i0), 4) if None not in (s0, s1) else None,
+                "swarm_core_share": rounded((w1 - w0) / (i1 - i0), 4) if None not in (w0, w1) else None}
         held = swarms.totals()["up"]
         at_n = proc_facts(server.proc.pid)
         log(f"{a.label}: {held} sessions held; server RSS {at_n['rss_kib']} KiB, {at_n['threads']} threads, {at_n['fds']} fds")
@@ -382,6 +402,7 @@ def run(a):
             "server_threads": at_n["threads"],
             "server_fds": at_n["fds"],
             "server_cpu_ramp_s": rounded(ramp_cpu - before["cpu_s"], 2) if ramp_cpu is not None else None,
+            "idle": idle,
         })
         lists = []
         for _ in range(5):
@@ -396,6 +417,7 @@ def run(a):
         }
         result["operator_locked_out"] = not ok
         c0 = proc_facts(server.proc.pid)["cpu_s"]
+        w0 = swarms.cpu()
         if ok:
             fan = server.fanout(a.call_timeout)
         else:
@@ -403,7 +425,11 @@ def run(a):
             for k in ("seconds", "first_s", "p50_s", "p99_s", "last_s", "summary"):
                 fan[k] = None
         c1 = proc_facts(server.proc.pid)["cpu_s"]
+        w1 = swarms.cpu()
         fan["targeted"] = held
+        # The swarm answers on one thread: if its CPU over the call is close
+        # to the call's duration, the swarm, not the server, set the pace.
+        fan["swarm_cpu_s"] = rounded(w1 - w0, 3) if None not in (w0, w1) else None
         if fan["answered"] and c0 is not None and c1 is not None:
             fan["server_cpu_s"] = rounded(c1 - c0, 3)
             result["cpu_s_per_10k_answers"] = rounded((c1 - c0) / fan["answered"] * 10000, 3)
@@ -450,6 +476,8 @@ def table(a):
         ("fan-out answered", lambda r: r and f"{r['fanout']['answered']} of {r['sessions_held']}"),
         ("agents list at N, median (s)", lambda r: r and r["agents_list"].get("median_s")),
         ("server CPU s per 10k answers", lambda r: r and r.get("cpu_s_per_10k_answers")),
+        ("server CPU idle at N (cores)", lambda r: r and r.get("idle", {}).get("server_core_share")),
+        ("swarm CPU idle at N (cores)", lambda r: r and r.get("idle", {}).get("swarm_core_share")),
         ("swarm RSS per session (bytes)", lambda r: r and r.get("swarm", {}).get("rss_per_session_bytes")),
         ("swarm CPU s (whole run)", lambda r: r and r.get("swarm", {}).get("cpu_seconds")),
     ]
@@ -497,6 +525,8 @@ def main():
     r.add_argument("--ramp-timeout", type=float, default=240)
     r.add_argument("--plateau", type=float, default=15)
     r.add_argument("--call-timeout", type=float, default=60)
+    r.add_argument("--idle", type=float, default=35,
+                   help="seconds of the idle CPU window (one heartbeat period, 30 s, and more)")
     t = sub.add_parser("table")
     t.add_argument("--new", required=True)
     t.add_argument("--baseline", required=True)

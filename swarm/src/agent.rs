@@ -41,6 +41,8 @@ thread_local! {
 pub struct Ctx {
     pub opts: Options,
     pub tls: TlsConnector,
+    /// The configuration behind `tls`, the base of per-agent ones (`--cert-dir`).
+    pub base_config: Arc<rustls::ClientConfig>,
     pub server_name: ServerName<'static>,
     pub stats: Stats,
     /// Bounds connects + handshakes + inits in flight.
@@ -138,6 +140,22 @@ pub async fn run(ctx: Arc<Ctx>, index: u64, mut stop: watch::Receiver<bool>) {
         .unwrap_or(Ipv4Addr::LOCALHOST);
     let mut backoff = Backoff::new(index.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0xdead_beef);
     ctx.stats.started.fetch_add(1, Relaxed);
+    // With --cert-dir, this agent's own certificate (the server binds host
+    // ids to certificates); else the shared configuration.
+    let own;
+    let tls = match &opts.cert_dir {
+        None => &ctx.tls,
+        Some(dir) => match crate::certs::agent_config(&ctx.base_config, dir, &persona.host_id) {
+            Ok(config) => {
+                own = TlsConnector::from(config);
+                &own
+            }
+            Err(e) => {
+                ctx.refuse(Refusal::Tls, format!("{}: {e}", persona.name));
+                return;
+            }
+        },
+    };
     loop {
         if *stop.borrow() {
             return;
@@ -157,7 +175,7 @@ pub async fn run(ctx: Arc<Ctx>, index: u64, mut stop: watch::Receiver<bool>) {
         let attempt = Box::pin(async {
             let _permit = permit;
             ctx.pace().await;
-            establish(&ctx, &persona, source).await
+            establish(&ctx, tls, &persona, source).await
         });
         let outcome = tokio::select! {
             biased;
@@ -237,6 +255,7 @@ fn classify(e: &io::Error) -> Refusal {
 /// Connects (following redirects) until a session is up or refused.
 async fn establish(
     ctx: &Ctx,
+    tls: &TlsConnector,
     persona: &Persona,
     source: Ipv4Addr,
 ) -> Result<(Box<TlsStream<TcpStream>>, Duration), Failed> {
@@ -261,7 +280,12 @@ async fn establish(
                     continue;
                 }
             };
-            match timeout(opts.handshake_timeout, handshake(ctx, persona, tcp, addr)).await {
+            match timeout(
+                opts.handshake_timeout,
+                handshake(ctx, tls, persona, tcp, addr),
+            )
+            .await
+            {
                 Err(_) => {
                     last = Failed(
                         Refusal::Timeout,
@@ -323,12 +347,12 @@ enum Step {
 /// TLS, init, and the init reply on one connection.
 async fn handshake(
     ctx: &Ctx,
+    tls: &TlsConnector,
     persona: &Persona,
     tcp: TcpStream,
     addr: SocketAddr,
 ) -> Result<Step, Failed> {
-    let mut stream = ctx
-        .tls
+    let mut stream = tls
         .connect(ctx.server_name.clone(), tcp)
         .await
         .map_err(|e| Failed(classify(&e), format!("{addr}: TLS: {e}")))?;

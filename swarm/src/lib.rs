@@ -6,11 +6,12 @@
 //! configuration ([`basicagent_host::tls::client_config`]) and the wire is
 //! `basicagent-proto`, so the server sees what real agents send. Map:
 //! [`options`] (flags), [`ident`] (host ids and names), [`canned`] (the
-//! answers), [`agent`] (one session), [`run`] (the whole run), [`stats`]
+//! answers), [`certs`] (per-agent client certificates), [`agent`] (one session), [`run`] (the whole run), [`stats`]
 //! (counters and the report), [`sys`] (limits and /proc).
 
 pub mod agent;
 pub mod canned;
+pub mod certs;
 pub mod ident;
 pub mod options;
 pub mod run;

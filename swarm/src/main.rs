@@ -18,6 +18,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if opts.print_ids_only() {
+        for id in opts.host_ids() {
+            println!("{id}");
+        }
+        return ExitCode::SUCCESS;
+    }
     match basicagent_swarm::run::run(opts) {
         Ok(report) => {
             println!("{report}");

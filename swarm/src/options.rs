@@ -6,7 +6,8 @@ use std::time::Duration;
 
 pub const USAGE: &str = "\
 Usage:
-  BasicAgentSwarm --server IP:PORT --ca PEM [--name NAME] [--cert PEM --key PEM]
+  BasicAgentSwarm --server IP:PORT --ca PEM [--name NAME]
+                  [--cert PEM --key PEM | --cert-dir DIR]
                   [--agents N] [--first K] [--seed TEXT] [--prefix NAME]
                   [--source IP | IP-IP | COUNT] [--concurrency C] [--rate PER_S]
                   [--plugins LIST] [--heartbeat SECS] [--think MS]
@@ -14,6 +15,8 @@ Usage:
                   [--max-redirects N] [--max-frame BYTES] [--retry]
                   [--threads T] [--duration SECS] [--status-file FILE]
                   [--progress SECS]
+  BasicAgentSwarm --print-ids [--agents N] [--first K] [--seed TEXT]
+      prints the agents' host ids, one a line (for make-certs.sh --agent)
 
 Plays N agents from one process: TLS verified against --ca and --name as the
 agent does, init with distinct host ids, answers ping, getinfo.kernel,
@@ -29,7 +32,10 @@ Defaults: --name config.cargo.com, --agents 1, --first 1, --seed swarm,
 --think 0, --connect-timeout 10, --handshake-timeout 10, --max-redirects 3,
 --max-frame 1048576, --threads 1 (one thread, current-thread runtime),
 --progress 5 (0: none). A --source COUNT means COUNT addresses from
-127.0.1.1. Log level: RUST_LOG (default warn).";
+127.0.1.1. --cert-dir DIR: each agent presents its own certificate,
+DIR/agent-HOST_ID.pem and DIR/agent-HOST_ID.key (what make-certs.sh --agent
+DIR ID... writes), for a server that binds host ids to certificates.
+Log level: RUST_LOG (default warn).";
 
 /// Everything a run needs.
 #[derive(Debug, Clone)]
@@ -39,6 +45,8 @@ pub struct Options {
     pub name: String,
     pub ca: PathBuf,
     pub client: Option<(PathBuf, PathBuf)>,
+    /// Per-agent certificates: DIR/agent-ID.pem and .key.
+    pub cert_dir: Option<PathBuf>,
     pub agents: u64,
     /// Index of the first agent (ids and names derive from it).
     pub first: u64,
@@ -63,6 +71,8 @@ pub struct Options {
     pub duration: Option<Duration>,
     pub status_file: Option<PathBuf>,
     pub progress: Option<Duration>,
+    /// `--print-ids`: print the host ids and exit.
+    pub print_ids: bool,
 }
 
 /// A command line that cannot be run.
@@ -154,6 +164,7 @@ pub fn parse(args: &[String]) -> Result<Option<Options>, OptionsError> {
         ("ca", "PEM"),
         ("cert", "PEM"),
         ("key", "PEM"),
+        ("cert-dir", "DIR"),
         ("agents", "N"),
         ("first", "K"),
         ("seed", "TEXT"),
@@ -176,6 +187,7 @@ pub fn parse(args: &[String]) -> Result<Option<Options>, OptionsError> {
         o.optopt("", name, "", hint);
     }
     o.optflag("", "retry", "retry refused agents and lost sessions");
+    o.optflag("", "print-ids", "print the host ids and exit");
     o.optflag("h", "help", "show usage");
     let m = o
         .parse(args)
@@ -188,6 +200,9 @@ pub fn parse(args: &[String]) -> Result<Option<Options>, OptionsError> {
             "unexpected argument {:?}",
             m.free[0]
         )));
+    }
+    if m.opt_present("print-ids") {
+        return Ok(Some(Options::ids_only(&m)?));
     }
     let server_text = m
         .opt_str("server")
@@ -203,6 +218,12 @@ pub fn parse(args: &[String]) -> Result<Option<Options>, OptionsError> {
         (None, None) => None,
         _ => return Err(OptionsError::Usage("--cert and --key go together".into())),
     };
+    let cert_dir = m.opt_str("cert-dir").map(PathBuf::from);
+    if cert_dir.is_some() && client.is_some() {
+        return Err(OptionsError::Usage(
+            "--cert-dir and --cert/--key cannot be combined".into(),
+        ));
+    }
     let int = |flag: &'static str, default: u64, min: u64, max: u64| -> Result<u64, OptionsError> {
         match m.opt_str(flag) {
             None => Ok(default),
@@ -257,6 +278,7 @@ pub fn parse(args: &[String]) -> Result<Option<Options>, OptionsError> {
             .unwrap_or_else(|| "config.cargo.com".to_owned()),
         ca: PathBuf::from(ca),
         client,
+        cert_dir,
         agents,
         first,
         seed: m.opt_str("seed").unwrap_or_else(|| "swarm".to_owned()),
@@ -279,7 +301,48 @@ pub fn parse(args: &[String]) -> Result<Option<Options>, OptionsError> {
         duration,
         status_file: m.opt_str("status-file").map(PathBuf::from),
         progress: (!progress.is_zero()).then_some(progress),
+        print_ids: false,
     }))
+}
+
+impl Options {
+    /// True when the run only prints host ids (`--print-ids`).
+    pub fn print_ids_only(&self) -> bool {
+        self.print_ids
+    }
+
+    fn ids_only(m: &getopts::Matches) -> Result<Options, OptionsError> {
+        let num = |flag: &'static str, default: u64| -> Result<u64, OptionsError> {
+            match m.opt_str(flag) {
+                None => Ok(default),
+                Some(v) => v
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| *n <= 1_000_000_000)
+                    .ok_or_else(|| bad(flag, &v, "not a whole number in range")),
+            }
+        };
+        let mut args = vec![
+            "--server".to_owned(),
+            "127.0.0.1:1".to_owned(),
+            "--ca".to_owned(),
+            "-".to_owned(),
+        ];
+        if let Some(seed) = m.opt_str("seed") {
+            args.extend(["--seed".to_owned(), seed]);
+        }
+        let mut o = parse(&args)?.ok_or_else(|| OptionsError::Usage("--help".into()))?;
+        o.agents = num("agents", 1)?.max(1);
+        o.first = num("first", 1)?;
+        o.print_ids = true;
+        Ok(o)
+    }
+
+    /// The host ids of this run's agents, in order.
+    pub fn host_ids(&self) -> impl Iterator<Item = String> + '_ {
+        (0..self.agents).map(|i| crate::ident::host_id(&self.seed, self.first.saturating_add(i)))
+    }
 }
 
 #[cfg(test)]

@@ -44,6 +44,8 @@ pub enum SwarmError {
     Rlimit(std::io::Error),
     #[error("{0}")]
     Tls(#[from] basicagent_host::tls::TlsError),
+    #[error("--cert-dir: {0}")]
+    AgentCert(#[from] crate::certs::CertError),
     #[error("--name {0:?} is not a valid TLS server name")]
     ServerName(String),
     #[error("cannot start the runtime: {0}")]
@@ -93,6 +95,11 @@ pub fn run(opts: Options) -> Result<String, SwarmError> {
     let mut config = Arc::unwrap_or_clone(config);
     config.resumption = rustls::client::Resumption::disabled();
     let config = Arc::new(config);
+    if let Some(dir) = &opts.cert_dir {
+        // Fail at start, naming the file, if the first agent has no usable pair.
+        let first = crate::ident::host_id(&opts.seed, opts.first);
+        crate::certs::agent_config(&config, dir, &first)?;
+    }
     let server_name = ServerName::try_from(opts.name.clone())
         .map_err(|_| SwarmError::ServerName(opts.name.clone()))?;
     let runtime = if opts.threads <= 1 {
@@ -107,7 +114,8 @@ pub fn run(opts: Options) -> Result<String, SwarmError> {
     }
     .map_err(SwarmError::Runtime)?;
     let ctx = Arc::new(Ctx {
-        tls: TlsConnector::from(config),
+        tls: TlsConnector::from(config.clone()),
+        base_config: config,
         server_name,
         stats: Default::default(),
         ramp: Semaphore::new(opts.concurrency),

@@ -31,6 +31,21 @@ pub fn server_bin() -> PathBuf {
     p
 }
 
+/// The host ids `BasicAgentSwarm --print-ids` gives for these flags.
+pub fn host_ids(args: &[&str]) -> Vec<String> {
+    let out = Command::new(swarm_bin())
+        .arg("--print-ids")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Whether this server has the operator HTTP API (`serve --api ADDR`); the
 /// server from before it (thread per session) only has the admin socket.
 pub fn server_has_api() -> bool {
@@ -44,6 +59,8 @@ pub fn server_has_api() -> bool {
 /// A CA, a server certificate for [`NAME`], a client certificate, and a second unrelated CA.
 pub struct Pki {
     pub dir: tempfile::TempDir,
+    ca_cert: rcgen::Certificate,
+    ca_key: KeyPair,
 }
 
 impl Pki {
@@ -79,7 +96,28 @@ impl Pki {
         write("server.key", server_key.serialize_pem());
         write("client.pem", client.pem());
         write("client.key", client_key.serialize_pem());
-        Pki { dir }
+        Pki {
+            dir,
+            ca_cert,
+            ca_key,
+        }
+    }
+
+    /// Writes `dir/agent-ID.pem` and `.key` for each id: a client
+    /// certificate with SAN URI `urn:uuid:ID` (as make-certs.sh --agent).
+    pub fn agent_certs(&self, dir: &Path, ids: &[String]) {
+        for id in ids {
+            let key = KeyPair::generate().unwrap();
+            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.distinguished_name.push(DnType::CommonName, id.as_str());
+            p.subject_alt_names = vec![rcgen::SanType::URI(
+                format!("urn:uuid:{id}").try_into().unwrap(),
+            )];
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            let cert = p.signed_by(&key, &self.ca_cert, &self.ca_key).unwrap();
+            std::fs::write(dir.join(format!("agent-{id}.pem")), cert.pem()).unwrap();
+            std::fs::write(dir.join(format!("agent-{id}.key")), key.serialize_pem()).unwrap();
+        }
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
