@@ -35,6 +35,7 @@ fi
 log "building the workspace (debug: server, swarm, agent, plugins)"
 cargo build --workspace >&2
 
+export PYTHONDONTWRITEBYTECODE=1
 export CHROMIUM=${CHROMIUM:-$(command -v chromium)}
 mkdir -p target/console-screenshots
 exec python3 -m pytest -q -p no:cacheprovider server/tests/console/test_console.py "$@"
