@@ -561,7 +561,16 @@ function output(data) {
   }
   const full = JSON.stringify(data);
   if (full.length <= 160) return el('code', { text: full });
-  return el('details', {}, el('summary', { text: compact(full, 120) }), el('pre', { text: JSON.stringify(data, null, 2) }));
+  // An object: its short scalar fields as "key value" up front, all of it in the disclosure.
+  let lead = compact(full, 120);
+  if (typeof data === 'object' && !Array.isArray(data)) {
+    const keys = ['nodename', 'release', 'machine', 'version', 'count', 'name'];
+    const short = Object.entries(data)
+      .filter(([, v]) => v !== null && typeof v !== 'object' && String(v).length <= 40)
+      .sort(([a], [b]) => ((keys.indexOf(a) + 1 || 99) - (keys.indexOf(b) + 1 || 99)));
+    if (short.length) lead = compact(short.slice(0, 4).map(([k, v]) => `${k} ${v}`).join(' · '), 140);
+  }
+  return el('details', {}, el('summary', { text: lead }), el('pre', { text: JSON.stringify(data, null, 2) }));
 }
 
 function resultRow(line, o) {
