@@ -15,6 +15,7 @@ mod admin_client;
 mod api;
 mod api_client;
 mod call;
+mod console;
 mod events;
 mod identity;
 mod loadtest;

@@ -375,8 +375,14 @@ async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     ));
     if let Some(l) = api_listener {
         let l = api::LimitedListener::new(l, api_connections(nofile));
-        let app =
-            api::router(shared.clone(), token).into_make_service_with_connect_info::<api::Peer>();
+        let open = token.is_none();
+        let app = api::router(shared.clone(), token)
+            .merge(crate::console::routes())
+            .layer(axum::middleware::from_fn_with_state(
+                open,
+                crate::console::browser_guard,
+            ))
+            .into_make_service_with_connect_info::<api::Peer>();
         tokio::spawn(async move {
             if let Err(e) = axum::serve(l, app).await {
                 log::error!("API server: {e}");
