@@ -515,11 +515,40 @@ impl Cluster {
             .await
             .map_err(nats_err)?;
         self.inner.held.fetch_add(1, Ordering::SeqCst);
-        Ok(HostHold {
+        let hold = HostHold {
             sub,
             inner: self.inner.clone(),
             host_id: host_id.to_string(),
-        })
+        };
+        // Return only once the server has the subscription, so a request
+        // sent from any node right after finds this holder.
+        self.sync().await?;
+        Ok(hold)
+    }
+
+    /// Returns once the NATS server has processed everything this node sent
+    /// before (subscriptions included): a message to a fresh inbox of our
+    /// own, published and received back on the same connection.
+    /// [`ClusterError::Disconnected`] when that takes longer than
+    /// `connect_timeout` or there is no connection.
+    pub async fn sync(&self) -> Result<(), ClusterError> {
+        self.inner.check_connected()?;
+        let inbox = self.inner.client.new_inbox();
+        let mut sub = self
+            .inner
+            .client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(nats_err)?;
+        self.inner
+            .client
+            .publish(inbox, Bytes::new())
+            .await
+            .map_err(nats_err)?;
+        match tokio::time::timeout(self.inner.opts.connect_timeout, sub.next()).await {
+            Ok(Some(_)) => Ok(()),
+            _ => Err(ClusterError::Disconnected),
+        }
     }
 
     /// Sends `payload` to the node holding `host_id` and waits up to
@@ -569,7 +598,9 @@ impl Cluster {
     /// (replacing any earlier one). For each fan-out it is called with the
     /// request and a [`FanoutSink`]; it sends one `(host, reply)` per
     /// matching host it holds, and the node's end marker goes out when the
-    /// returned future finishes (or at the fan-out's deadline). A node with
+    /// sink and all its clones are dropped (normally: when the returned
+    /// future, which owns the sink, finishes) or at the fan-out's deadline,
+    /// when the handler's future is cancelled. A node with
     /// no handler answers every fan-out with an empty end marker.
     pub fn on_fanout<F, Fut>(&self, handler: F)
     where
@@ -757,9 +788,14 @@ impl Inner {
                 return;
             };
             if leaving {
-                peers
-                    .remove(&hb.node)
-                    .map(|p| MemberEvent::Left(Node::from_heartbeat(&p.hb)))
+                // Only the instance we know may leave: a late leave of a
+                // restarted node's old run must not remove the new one.
+                match peers.get(&hb.node) {
+                    Some(p) if p.hb.instance == hb.instance => peers
+                        .remove(&hb.node)
+                        .map(|p| MemberEvent::Left(Node::from_heartbeat(&p.hb))),
+                    _ => None,
+                }
             } else if let Some(p) = peers.get_mut(&hb.node) {
                 let changed = p.hb.instance != hb.instance
                     || p.hb.peer_addr != hb.peer_addr
