@@ -394,11 +394,12 @@ impl Cluster {
             .subscribe(wire::FANOUT_SUBJECT)
             .await
             .map_err(nats_err)?;
-        let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(membership_task(inner.clone(), nodes_sub)));
-        tasks.push(tokio::spawn(heartbeat_task(inner.clone())));
-        tasks.push(tokio::spawn(sweep_task(inner.clone())));
-        tasks.push(tokio::spawn(fanout_responder(inner.clone(), fanout_sub)));
+        let mut tasks = vec![
+            tokio::spawn(membership_task(inner.clone(), nodes_sub)),
+            tokio::spawn(heartbeat_task(inner.clone())),
+            tokio::spawn(sweep_task(inner.clone())),
+            tokio::spawn(fanout_responder(inner.clone(), fanout_sub)),
+        ];
         {
             // Heartbeat at once after every reconnect, so peers that were
             // cut off with us see us again within a round trip.

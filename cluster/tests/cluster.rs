@@ -153,8 +153,7 @@ async fn sigkilled_member_process_is_seen_dead() {
 
     let mut ev = a.subscribe_members();
     let killed = Instant::now();
-    child.kill().unwrap(); // SIGKILL
-    let _ = child.wait();
+    child.kill();
     loop {
         match ev.recv().await.unwrap() {
             MemberEvent::Dead(n) if n.name == "node-k" => break,
@@ -473,8 +472,7 @@ async fn fanout_caller_stops_waiting_for_a_node_that_dies_midway() {
     while let Some(ev) = s.next().await {
         if matches!(&ev, FanoutEvent::Reply { node, .. } if node == "node-slow") {
             // It answered one host and now hangs: kill it.
-            child.kill().unwrap();
-            let _ = child.wait();
+            child.kill();
             killed = Some(Instant::now());
         }
         got.push(ev);
@@ -838,8 +836,8 @@ async fn oversized_payloads_are_refused() {
 
 /// Spawns this test binary as a cluster member in its own process (see
 /// `child_member`). `slow`: its fan-out handler answers one host and hangs.
-fn spawn_child(url: &str, name: &str, hosts: &[&str], slow: bool) -> Child {
-    Command::new(std::env::current_exe().unwrap())
+fn spawn_child(url: &str, name: &str, hosts: &[&str], slow: bool) -> Kid {
+    Kid(Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "child_member", "--nocapture", "--test-threads=1"])
         .env("BA_CLUSTER_CHILD_URL", url)
         .env("BA_CLUSTER_CHILD_NAME", name)
@@ -848,7 +846,24 @@ fn spawn_child(url: &str, name: &str, hosts: &[&str], slow: bool) -> Child {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .spawn()
-        .unwrap()
+        .unwrap())
+}
+
+/// A child member, SIGKILLed and reaped on drop (so a failing test leaves
+/// no process behind).
+struct Kid(Child);
+
+impl Kid {
+    fn kill(&mut self) {
+        let _ = self.0.kill(); // SIGKILL
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Kid {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 /// Not a test on its own: a no-op unless started by `spawn_child`, when it
@@ -896,6 +911,7 @@ fn child_member() {
                 }
             });
         }
-        std::future::pending::<()>().await;
+        // A safety net should the parent die without killing us.
+        tokio::time::sleep(Duration::from_secs(300)).await;
     });
 }
