@@ -30,10 +30,15 @@ running() {
 ensure_installed() {
     command -v nats-server >/dev/null 2>&1 && return
     [ -x /usr/sbin/nats-server ] && { PATH=$PATH:/usr/sbin; return; }
-    echo "nats.sh: installing nats-server (Debian package)" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -q --no-install-recommends nats-server >&2 ||
-        { apt-get update -q >&2 && apt-get install -y -q --no-install-recommends nats-server >&2; }
+    # Tests start servers in parallel: one installs, the others wait.
+    (
+        flock 9
+        [ -x /usr/sbin/nats-server ] && exit 0
+        echo "nats.sh: installing nats-server (Debian package)" >&2
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get install -y -q --no-install-recommends nats-server >&2 ||
+            { apt-get update -q >&2 && apt-get install -y -q --no-install-recommends nats-server >&2; }
+    ) 9>"${TMPDIR:-/tmp}/basicagent-nats-install.lock"
     PATH=$PATH:/usr/sbin
 }
 
