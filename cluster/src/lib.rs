@@ -413,7 +413,8 @@ impl Cluster {
                 }
             }));
         }
-        let _ = inner.client.flush().await;
+        // No flush here: with `retry_initial_connect` it would wait for
+        // the server. The heartbeat task sends the first beat.
         inner.beat_now.notify_one();
         Ok(Cluster {
             inner,
@@ -504,7 +505,9 @@ impl Cluster {
 
     /// Starts holding `host_id`: subscribes `ba.host.<escaped id>` (queue
     /// group `holders`, so each request reaches one holder even while a
-    /// re-homed agent briefly has two sessions). The returned [`HostHold`]
+    /// re-homed agent briefly has two sessions). It returns once the NATS
+    /// server has the subscription; while NATS is down it returns at once
+    /// and the subscription takes effect on reconnect. The returned [`HostHold`]
     /// is a stream of [`HostRequest`]s; dropping it unsubscribes. Each live
     /// hold counts as one session in heartbeats.
     pub async fn hold(&self, host_id: &str) -> Result<HostHold, ClusterError> {
@@ -522,9 +525,12 @@ impl Cluster {
             host_id: host_id.to_string(),
         };
         // Return only once the server has the subscription, so a request
-        // sent from any node right after finds this holder.
-        self.sync().await?;
-        Ok(hold)
+        // sent from any node right after finds this holder. While NATS is
+        // down the hold is kept: the client subscribes it on reconnect.
+        match self.sync().await {
+            Ok(()) | Err(ClusterError::Disconnected) => Ok(hold),
+            Err(e) => Err(e),
+        }
     }
 
     /// Returns once the NATS server has processed everything this node sent
@@ -659,11 +665,11 @@ impl Cluster {
             .publish_with_reply_and_headers(wire::FANOUT_SUBJECT, inbox, headers, body)
             .await
             .map_err(nats_err)?;
-        self.inner
-            .client
-            .flush()
-            .await
-            .map_err(|_| ClusterError::Disconnected)?;
+        match tokio::time::timeout(self.inner.opts.connect_timeout, self.inner.client.flush()).await
+        {
+            Ok(Ok(())) => {}
+            _ => return Err(ClusterError::Disconnected),
+        }
         let (tx, rx) = mpsc::channel(4096);
         let deadline = tokio::time::Instant::now() + timeout;
         let task = tokio::spawn(fanout_collector(sub, member_rx, expected, deadline, tx));

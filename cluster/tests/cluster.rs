@@ -915,3 +915,93 @@ fn child_member() {
         tokio::time::sleep(Duration::from_secs(300)).await;
     });
 }
+
+/// A node started while NATS is down (`retry_initial_connect`) is usable at
+/// once (calls fail with Disconnected) and joins by itself when NATS comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_started_before_nats_joins_when_it_comes() {
+    let nats = Nats::start();
+    nats.kill9();
+    let mut o = opts(&nats.url, "node-early");
+    o.retry_initial_connect = true;
+    let early = Cluster::connect(o)
+        .await
+        .expect("connect returns while NATS is down");
+    assert_ne!(early.connection_state(), ConnectionState::Connected);
+    assert!(matches!(
+        early.request_host("h", "q".into(), T).await,
+        Err(ClusterError::Disconnected)
+    ));
+    assert_eq!(names(&early), vec!["node-early"]);
+    // A hold taken while NATS is down works once it is back.
+    let mut hold = early.hold("early-host").await.unwrap();
+    tokio::spawn(async move {
+        while let Some(req) = hold.next().await {
+            let _ = req.respond("early".into()).await;
+        }
+    });
+    nats.restart();
+    let late = node(&nats.url, "node-late").await;
+    wait_for("early connects", || {
+        early.connection_state() == ConnectionState::Connected
+    })
+    .await;
+    converge(&[&early, &late]).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match late.request_host("early-host", "q".into(), T).await {
+            Ok(r) => break assert_eq!(&r[..], b"early"),
+            Err(e) => assert!(Instant::now() < deadline, "{e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The membership watch follows joins, drains and deaths.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_members_follows_changes() {
+    let nats = Nats::start();
+    let a = node(&nats.url, "node-a").await;
+    let mut w = a.watch_members();
+    let b = node(&nats.url, "node-b").await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let list: Vec<String> = w
+            .borrow_and_update()
+            .iter()
+            .map(|n| n.name.clone())
+            .collect();
+        if list == ["node-a", "node-b"] {
+            break;
+        }
+        assert!(Instant::now() < deadline);
+        tokio::time::timeout(Duration::from_secs(5), w.changed())
+            .await
+            .ok();
+    }
+    let mut ev = a.subscribe_members();
+    b.drain();
+    loop {
+        if let MemberEvent::Changed(n) = ev.recv().await.unwrap() {
+            assert!(n.draining);
+            break;
+        }
+    }
+    assert!(w.borrow().iter().any(|n| n.name == "node-b" && n.draining));
+}
+
+/// scripts/nats.sh binds loopback only.
+#[test]
+fn nats_script_refuses_a_non_loopback_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/nats.sh"))
+        .arg("start")
+        .arg(dir.path())
+        .env("NATS_ADDR", "0.0.0.0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("loopback"));
+    assert!(!dir.path().join("pid").exists());
+}
