@@ -57,6 +57,8 @@
 //! # Ok(()) }
 //! ```
 
+#![deny(missing_docs)]
+
 pub mod placement;
 pub mod subject;
 pub mod wire;
