@@ -630,7 +630,9 @@ impl Cluster {
     /// left) before its end marker, and ends when every node it waits for
     /// is done or lost, or with [`FanoutEvent::TimedOut`] after `timeout`.
     /// Nodes that answer without being in the membership view when the
-    /// fan-out started are waited for too.
+    /// fan-out started are waited for too if they are live members by
+    /// then; answers under names that are not members are passed on but
+    /// not waited for.
     pub async fn fanout(
         &self,
         filter: Bytes,
@@ -674,7 +676,10 @@ impl Cluster {
         }
         let (tx, rx) = mpsc::channel(4096);
         let deadline = tokio::time::Instant::now() + timeout;
-        let task = tokio::spawn(fanout_collector(sub, member_rx, expected, deadline, tx));
+        let view = self.inner.members_tx.subscribe();
+        let task = tokio::spawn(fanout_collector(
+            sub, member_rx, view, expected, deadline, tx,
+        ));
         Ok(FanoutStream { rx, task })
     }
 
@@ -1207,6 +1212,7 @@ impl Drop for FanoutStream {
 async fn fanout_collector(
     mut sub: Subscriber,
     mut members: broadcast::Receiver<MemberEvent>,
+    view: watch::Receiver<Vec<Node>>,
     mut pending: HashSet<String>,
     deadline: tokio::time::Instant,
     tx: mpsc::Sender<FanoutEvent>,
@@ -1230,7 +1236,12 @@ async fn fanout_collector(
                             log::warn!("cluster: malformed fan-out chunk from {node} dropped");
                             continue;
                         };
-                        pending.insert(node.clone());
+                        // A node that joined after the snapshot is waited
+                        // for too, but only a live member: an answer under
+                        // an unknown name is passed on, not waited for.
+                        if !pending.contains(&node) && view.borrow().iter().any(|n| n.name == node) {
+                            pending.insert(node.clone());
+                        }
                         let g = got.entry(node.clone()).or_default();
                         g.0 = g.0.saturating_add(u64::try_from(entries.len()).unwrap_or(u64::MAX));
                         g.1 = g.1.saturating_add(1);

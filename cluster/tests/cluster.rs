@@ -1005,3 +1005,124 @@ fn nats_script_refuses_a_non_loopback_address() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("loopback"));
     assert!(!dir.path().join("pid").exists());
 }
+
+/// Two holders of one host (an agent re-homed while its old node still
+/// holds it): each request is answered once, by one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_held_twice_answers_each_request_once() {
+    let nats = Nats::start();
+    let a = node(&nats.url, "node-a").await;
+    let b = node(&nats.url, "node-b").await;
+    let c = node(&nats.url, "node-c").await;
+    for n in [&a, &b] {
+        let mut hold = n.hold("twice").await.unwrap();
+        let name = n.node_name().to_string();
+        tokio::spawn(async move {
+            while let Some(req) = hold.next().await {
+                let _ = req.respond(name.clone().into()).await;
+            }
+        });
+    }
+    // Count every reply that reaches the inbox, not just the first.
+    let mut by = HashMap::new();
+    for _ in 0..200 {
+        let inbox = c.nats().new_inbox();
+        let mut sub = c.nats().subscribe(inbox.clone()).await.unwrap();
+        c.nats()
+            .publish_with_reply("ba.host.twice", inbox, "q".into())
+            .await
+            .unwrap();
+        let first = tokio::time::timeout(T, sub.next()).await.unwrap().unwrap();
+        *by.entry(String::from_utf8_lossy(&first.payload).to_string())
+            .or_insert(0) += 1;
+        c.sync().await.unwrap();
+        // Anything else would have arrived before our own round trip came back
+        // from the holders' side; give it a moment too.
+        let second = tokio::time::timeout(Duration::from_millis(5), sub.next()).await;
+        assert!(second.is_err(), "answered twice");
+    }
+    eprintln!("answers per holder: {by:?}");
+    assert_eq!(by.values().sum::<i32>(), 200);
+}
+
+/// A forged node name's answers are passed on but not waited for, and an
+/// end marker whose counts disagree with what arrived says incomplete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_detects_missing_chunks_and_does_not_wait_for_strangers() {
+    let nats = Nats::start();
+    let a = node(&nats.url, "node-a").await;
+    let b = node(&nats.url, "node-b").await;
+    converge(&[&a, &b]).await;
+    // node-b's handler is replaced by a hand-made responder on a raw client
+    // that claims 3 chunks but sends 1; a stranger sends a chunk, no end.
+    b.leave().await;
+    wait_for("b gone", || names(&a) == vec!["node-a"]).await;
+    let raw = async_nats::connect(nats.url.as_str()).await.unwrap();
+    let hb = r#"{"node":"node-b","peer_addr":"x:1","sessions":0,"draining":false,"started_at":1,"instance":"raw"}"#;
+    let mut spy = raw.subscribe("ba.fanout").await.unwrap();
+    raw.flush().await.unwrap();
+    let r2 = raw.clone();
+    tokio::spawn(async move {
+        loop {
+            r2.publish("ba.nodes.heartbeat", hb.into()).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    wait_for("raw node-b joins", || {
+        names(&a).contains(&"node-b".to_string())
+    })
+    .await;
+    let r3 = raw.clone();
+    tokio::spawn(async move {
+        while let Some(m) = spy.next().await {
+            let inbox = m.reply.unwrap();
+            let mut chunk = vec![0u8, 2, b'h', b'1', 0, 0, 0, 1, b'x'];
+            for (node, end) in [("node-b", true), ("stranger", false)] {
+                let mut h = async_nats::HeaderMap::new();
+                h.insert("Ba-Node", node);
+                h.insert("Ba-Kind", "chunk");
+                r3.publish_with_headers(inbox.clone(), h, Bytes::from(chunk.clone()))
+                    .await
+                    .unwrap();
+                if end {
+                    let mut h = async_nats::HeaderMap::new();
+                    h.insert("Ba-Node", node);
+                    h.insert("Ba-Kind", "end");
+                    h.insert("Ba-Count", "3");
+                    h.insert("Ba-Chunks", "3");
+                    r3.publish_with_headers(inbox.clone(), h, Bytes::new())
+                        .await
+                        .unwrap();
+                }
+                chunk[3] = b'2';
+            }
+        }
+    });
+    let evs: Vec<FanoutEvent> = a
+        .fanout("f".into(), "p".into(), Duration::from_secs(60))
+        .await
+        .unwrap()
+        .collect()
+        .await;
+    assert!(
+        evs.contains(&FanoutEvent::NodeDone {
+            node: "node-b".into(),
+            hosts: 1,
+            complete: false
+        }),
+        "{evs:?}"
+    );
+    assert!(
+        evs.contains(&FanoutEvent::NodeDone {
+            node: "node-a".into(),
+            hosts: 0,
+            complete: true
+        }),
+        "{evs:?}"
+    );
+    assert!(
+        !evs.iter()
+            .any(|e| matches!(e, FanoutEvent::TimedOut { .. })),
+        "{evs:?}"
+    );
+}
