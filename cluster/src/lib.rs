@@ -312,6 +312,15 @@ fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// `now + d`, saturating at about a year from now (a huge timeout from a
+/// caller or a peer must not overflow the clock).
+fn deadline_after(d: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(d)
+        .or_else(|| now.checked_add(Duration::from_secs(365 * 86_400)))
+        .unwrap_or(now)
+}
+
 fn nats_err(e: impl std::fmt::Display) -> ClusterError {
     ClusterError::Nats(e.to_string())
 }
@@ -675,7 +684,7 @@ impl Cluster {
             _ => return Err(ClusterError::Disconnected),
         }
         let (tx, rx) = mpsc::channel(4096);
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = deadline_after(timeout);
         let view = self.inner.members_tx.subscribe();
         let task = tokio::spawn(fanout_collector(
             sub, member_rx, view, expected, deadline, tx,
@@ -1058,7 +1067,7 @@ async fn fanout_responder(inner: Arc<Inner>, mut sub: Subscriber) {
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(5_000)
             .min(3_600_000);
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
+        let deadline = deadline_after(Duration::from_millis(timeout_ms));
         let from = header(wire::H_FROM).unwrap_or_default();
         let req = FanoutRequest {
             filter,
@@ -1103,7 +1112,8 @@ async fn answer_fanout(inner: Arc<Inner>, req: FanoutRequest, reply: Subject) {
         tokio::select! {
             item = rx.recv() => match item {
                 Some((host, r)) => {
-                    if buf.len() + host.len() + r.len() + wire::ENTRY_OVERHEAD > chunk_bytes && !buf.is_empty() {
+                    let entry = host.len().saturating_add(r.len()).saturating_add(wire::ENTRY_OVERHEAD);
+                    if buf.len().saturating_add(entry) > chunk_bytes && !buf.is_empty() {
                         let full = std::mem::take(&mut buf);
                         if publish(full, &mut chunks).await.is_err() { break; }
                         linger = None;
@@ -1112,7 +1122,7 @@ async fn answer_fanout(inner: Arc<Inner>, req: FanoutRequest, reply: Subject) {
                         count = count.saturating_add(1);
                     }
                     if linger.is_none() {
-                        linger = Some(tokio::time::Instant::now() + inner.opts.fanout_linger);
+                        linger = Some(deadline_after(inner.opts.fanout_linger));
                     }
                 }
                 None => break,

@@ -1126,3 +1126,29 @@ async fn fanout_detects_missing_chunks_and_does_not_wait_for_strangers() {
         "{evs:?}"
     );
 }
+
+/// Huge timeouts saturate instead of overflowing the clock (a panic).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_timeouts_do_not_overflow() {
+    let nats = Nats::start();
+    let a = node(&nats.url, "node-a").await;
+    answer_from_memory(&a, vec!["h".into()]);
+    let evs: Vec<FanoutEvent> = a
+        .fanout("f".into(), "p".into(), Duration::MAX)
+        .await
+        .unwrap()
+        .collect()
+        .await;
+    assert!(
+        evs.contains(&FanoutEvent::NodeDone {
+            node: "node-a".into(),
+            hosts: 1,
+            complete: true
+        }),
+        "{evs:?}"
+    );
+    assert!(matches!(
+        a.request_host("nobody", "q".into(), Duration::MAX).await,
+        Err(ClusterError::NoHolder)
+    ));
+}
