@@ -285,6 +285,14 @@ async fn request_reaches_the_holder_on_another_node_and_unheld_fails_at_once() {
         let _ = h.await;
     }
     wait_for_no_holder(&b, "web.01").await;
+    // Only the silent hold is left in the heartbeat's session count.
+    assert_eq!(a.me().sessions, 1);
+    wait_for("sessions to drop", || {
+        b.members()
+            .iter()
+            .any(|n| n.name == "node-a" && n.sessions == 1)
+    })
+    .await;
 }
 
 /// Drives `n` requests from `b` to a host held on `a`; prints p50/p99.
@@ -589,6 +597,16 @@ async fn drain_takes_a_node_out_of_placement() {
             .count(),
         on_b
     );
+    // Every node draining: no owner, and nobody redirects (agents stay).
+    for n in [&a, &b, &c] {
+        n.drain();
+    }
+    wait_for("a sees all draining", || {
+        a.members().iter().all(|n| n.draining)
+    })
+    .await;
+    assert_eq!(a.owner("h-1"), None);
+    assert_eq!(a.redirect_for("h-1"), None);
 }
 
 /// NATS killed: calls fail with Disconnected (not hang); restarted: the
