@@ -66,7 +66,7 @@ pub mod wire;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -279,6 +279,7 @@ struct Inner {
     beat_now: Notify,
     fanout_handler: RwLock<Option<FanoutFn>>,
     left: AtomicBool,
+    fanouts_running: AtomicUsize,
 }
 
 /// Aborts the background tasks when the last [`Cluster`] handle goes,
@@ -391,6 +392,7 @@ impl Cluster {
             beat_now: Notify::new(),
             fanout_handler: RwLock::new(None),
             left: AtomicBool::new(false),
+            fanouts_running: AtomicUsize::new(0),
             opts,
         });
         inner.publish_members();
@@ -1075,8 +1077,43 @@ async fn fanout_responder(inner: Arc<Inner>, mut sub: Subscriber) {
             from,
             deadline,
         };
-        tokio::spawn(answer_fanout(inner.clone(), req, reply));
+        // A flood of fan-outs (a bug or a hostile publisher) must not pile
+        // up handler tasks: past the limit a fan-out is answered at once
+        // with an empty end marker marked cut, so its caller knows.
+        if inner.fanouts_running.fetch_add(1, Ordering::SeqCst) >= MAX_CONCURRENT_FANOUTS {
+            inner.fanouts_running.fetch_sub(1, Ordering::SeqCst);
+            log::warn!(
+                "cluster: over {MAX_CONCURRENT_FANOUTS} fan-outs at once, one from {:?} refused",
+                req.from
+            );
+            let h = end_marker(&inner.opts.node_name, 0, 0, true);
+            let _ = inner
+                .client
+                .publish_with_headers(reply, h, Bytes::new())
+                .await;
+            continue;
+        }
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            answer_fanout(inner.clone(), req, reply).await;
+            inner.fanouts_running.fetch_sub(1, Ordering::SeqCst);
+        });
     }
+}
+
+/// Fan-outs a node answers at once; more are refused with a cut end marker.
+pub const MAX_CONCURRENT_FANOUTS: usize = 64;
+
+fn end_marker(node: &str, count: u64, chunks: u64, cut: bool) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(wire::H_NODE, node);
+    h.insert(wire::H_KIND, "end");
+    h.insert(wire::H_COUNT, count.to_string());
+    h.insert(wire::H_CHUNKS, chunks.to_string());
+    if cut {
+        h.insert(wire::H_CUT, "1");
+    }
+    h
 }
 
 async fn answer_fanout(inner: Arc<Inner>, req: FanoutRequest, reply: Subject) {
@@ -1146,14 +1183,7 @@ async fn answer_fanout(inner: Arc<Inner>, req: FanoutRequest, reply: Subject) {
     if !buf.is_empty() {
         let _ = publish(buf, &mut chunks).await;
     }
-    let mut h = HeaderMap::new();
-    h.insert(wire::H_NODE, node.as_str());
-    h.insert(wire::H_KIND, "end");
-    h.insert(wire::H_COUNT, count.to_string());
-    h.insert(wire::H_CHUNKS, chunks.to_string());
-    if cut {
-        h.insert(wire::H_CUT, "1");
-    }
+    let h = end_marker(&node, count, chunks, cut);
     let _ = inner
         .client
         .publish_with_headers(reply, h, Bytes::new())

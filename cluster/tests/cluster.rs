@@ -1170,3 +1170,50 @@ async fn huge_timeouts_do_not_overflow() {
         Err(ClusterError::NoHolder)
     ));
 }
+
+/// A flood of fan-outs does not pile up handler tasks: past
+/// MAX_CONCURRENT_FANOUTS a fan-out is answered at once, empty and cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_flood_is_refused_past_the_limit() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let nats = Nats::start();
+    let a = node(&nats.url, "node-a").await;
+    let calls = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    a.on_fanout(move |_req, sink| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let _keep = sink;
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+    });
+    let limit = basicagent_cluster::MAX_CONCURRENT_FANOUTS;
+    let mut running = Vec::new();
+    for _ in 0..limit {
+        running.push(
+            a.fanout("f".into(), "p".into(), Duration::from_secs(60))
+                .await
+                .unwrap(),
+        );
+    }
+    let evs: Vec<FanoutEvent> = a
+        .fanout("f".into(), "p".into(), Duration::from_secs(60))
+        .await
+        .unwrap()
+        .collect()
+        .await;
+    assert_eq!(
+        evs,
+        vec![FanoutEvent::NodeDone {
+            node: "node-a".into(),
+            hosts: 0,
+            complete: false
+        }]
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), limit);
+    // Still serving requests meanwhile.
+    assert!(matches!(
+        a.request_host("nobody", "q".into(), T).await,
+        Err(ClusterError::NoHolder)
+    ));
+}
