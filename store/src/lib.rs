@@ -4,10 +4,12 @@
 //! Key design decision: one synchronous [`Store`] trait with nothing
 //! SQLite-specific in it, so that the server calls it from a writer thread
 //! (or `spawn_blocking`) and a PostgreSQL backend can come later behind the
-//! same trait. Two backends today: [`SqliteStore`] (embedded, the default,
-//! durable: a write that returned `Ok` survives `kill -9` and power loss) and
-//! [`MemoryStore`] (same semantics, nothing on disk; tests and
-//! `--state-dir none`). Both run the same test suite (`store/tests/`).
+//! same trait. Three backends: [`SqliteStore`] (embedded, the default,
+//! durable: a write that returned `Ok` survives `kill -9` and power loss),
+//! `PgStore` (feature `postgres`, on by default: PostgreSQL, shared by the
+//! nodes of a cluster, as durable) and [`MemoryStore`] (same semantics,
+//! nothing on disk; tests and `--state-dir none`). All run the same test
+//! suite (`store/tests/`).
 //!
 //! Semantics shared by both backends (the tests pin every one of them):
 //! - Every `String` documented as JSON is checked to be one JSON value before
@@ -30,11 +32,15 @@
 //!   the retention and the oldest beyond `max_tasks`.
 
 mod memory;
+#[cfg(feature = "postgres")]
+mod pg;
 mod sqlite;
 
 use std::time::Duration;
 
 pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use pg::{PgInfo, PgOptions, PgStore, PG_SCHEMA_VERSION};
 pub use sqlite::{SqliteOptions, SqliteStore, StoreInfo, Synchronous, FILE_NAME, SCHEMA_VERSION};
 
 /// Unix time in milliseconds (UTC).
@@ -207,8 +213,9 @@ pub enum StoreError {
     #[error("migrating the store to schema version {version} failed: {source}")]
     Migrate {
         version: i64,
+        /// A `rusqlite::Error` or a `postgres::Error`.
         #[source]
-        source: rusqlite::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("the store's file is corrupt or not a database: {0}")]
     Corrupt(String),
@@ -222,6 +229,17 @@ pub enum StoreError {
     UnknownCall(CallId),
     #[error("store query failed: {0}")]
     Sql(#[source] rusqlite::Error),
+    /// The database server cannot be reached now (down, restarting, too
+    /// many connections, the network, a timeout). The store reconnects by
+    /// itself on a later call. A write that failed so may or may not have
+    /// committed (the connection can die during the commit): every write
+    /// except `call_begin` can be repeated safely.
+    #[error("the store's database is unavailable: {0}")]
+    Unavailable(String),
+    /// PostgreSQL refused a statement (not a connection problem).
+    #[cfg(feature = "postgres")]
+    #[error("PostgreSQL query failed: {0}")]
+    Pg(#[source] postgres::Error),
 }
 
 impl From<rusqlite::Error> for StoreError {

@@ -260,7 +260,10 @@ fn migrate(
     for (i, (description, sql)) in migrations.iter().enumerate() {
         let version = i as i64 + 1;
         let failed = |source: rusqlite::Error| match StoreError::from(source) {
-            StoreError::Sql(source) => StoreError::Migrate { version, source },
+            StoreError::Sql(source) => StoreError::Migrate {
+                version,
+                source: Box::new(source),
+            },
             corrupt => corrupt,
         };
         let tx = conn

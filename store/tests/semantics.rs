@@ -1,7 +1,11 @@
-//! Every `Store` method, written once and run against both backends
-//! (`memory::*` and `sqlite::*`), so the two cannot drift apart.
+//! Every `Store` method, written once and run against every backend
+//! (`memory::*`, `sqlite::*` and, with the `postgres` feature, `pg::*`
+//! against a real PostgreSQL), so they cannot drift apart.
 
 use std::sync::Arc;
+
+#[cfg(feature = "postgres")]
+mod common;
 use std::time::Duration;
 
 use basicagent_store::{
@@ -616,6 +620,40 @@ macro_rules! sqlite_backend {
     };
 }
 
+/// PostgreSQL (scripts/pg.sh, one cluster for this binary): each test in a
+/// schema of its own, reopened at the end like SQLite.
+#[cfg(feature = "postgres")]
+macro_rules! pg_backend {
+    ($module:ident, $chunk:literal, $($name:ident),*) => {
+        mod $module {
+            use super::*;
+            use basicagent_store::PgOptions;
+            fn options() -> PgOptions {
+                PgOptions { prune_chunk: $chunk, ..common::pg::options() }
+            }
+            $(
+                #[test]
+                fn $name() {
+                    let options = options();
+                    let store = common::pg::open(&options);
+                    super::$name(&store);
+                    let before = (store.agents().unwrap(), store.calls(1000, None).unwrap(),
+                                  store.tasks(None, 1000).unwrap());
+                    drop(store);
+                    let store = common::pg::open(&options);
+                    let after = (store.agents().unwrap(), store.calls(1000, None).unwrap(),
+                                 store.tasks(None, 1000).unwrap());
+                    assert_eq!(before, after);
+                }
+            )*
+            #[test]
+            fn concurrent_writers_and_readers() {
+                super::concurrent_writers_and_readers(Arc::new(common::pg::open(&options())));
+            }
+        }
+    };
+}
+
 macro_rules! both_backends {
     ($($name:ident),* $(,)?) => {
         mod memory {
@@ -628,6 +666,10 @@ macro_rules! both_backends {
         }
         sqlite_backend!(sqlite, "default", $($name),*);
         sqlite_backend!(sqlite_small_chunks, "small", $($name),*);
+        #[cfg(feature = "postgres")]
+        pg_backend!(pg, 20_000, $($name),*);
+        #[cfg(feature = "postgres")]
+        pg_backend!(pg_small_chunks, 2, $($name),*);
     };
 }
 
