@@ -238,7 +238,7 @@ pub enum StoreError {
     Unavailable(String),
     /// PostgreSQL refused a statement (not a connection problem).
     #[cfg(feature = "postgres")]
-    #[error("PostgreSQL query failed: {0}")]
+    #[error("PostgreSQL refused: {}", pg::detail(.0))]
     Pg(#[source] postgres::Error),
 }
 

@@ -94,6 +94,14 @@ pub struct PgStore {
     prune_chunk: u64,
 }
 
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("database", &self.display)
+            .finish_non_exhaustive()
+    }
+}
+
 /// One pooled connection with its prepared statements.
 struct Conn {
     client: Client,
@@ -152,10 +160,7 @@ impl Pool {
                         st.open = st.open.saturating_sub(1);
                         drop(st);
                         self.freed.notify_one();
-                        Err(match map_err(e) {
-                            StoreError::Pg(e) => StoreError::Unavailable(e.to_string()),
-                            other => other,
-                        })
+                        Err(map_err(e))
                     }
                 };
             }
@@ -252,20 +257,36 @@ fn unavailable_state(code: &SqlState) -> bool {
     c.starts_with("08") || c.starts_with("57") || c == "53300"
 }
 
+/// The whole message of a `postgres::Error`: its `Display` alone says
+/// "db error" for everything the server reported, and hides the I/O cause.
+pub(crate) fn detail(e: &postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut s = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+        if let Some(d) = db.detail() {
+            s.push_str(&format!(" ({d})"));
+        }
+        return s;
+    }
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    }
+}
+
 /// A `postgres::Error` as the store's error.
 fn map_err(e: postgres::Error) -> StoreError {
     if e.is_closed() {
-        return StoreError::Unavailable(e.to_string());
+        return StoreError::Unavailable(detail(&e));
     }
     match e.code() {
-        Some(code) if unavailable_state(code) => StoreError::Unavailable(e.to_string()),
-        Some(code) if *code == SqlState::DISK_FULL => StoreError::DiskFull(e.to_string()),
+        Some(code) if unavailable_state(code) => StoreError::Unavailable(detail(&e)),
+        Some(code) if *code == SqlState::DISK_FULL => StoreError::DiskFull(detail(&e)),
         Some(code) if *code == SqlState::DATA_CORRUPTED || *code == SqlState::INDEX_CORRUPTED => {
-            StoreError::Corrupt(e.to_string())
+            StoreError::Corrupt(detail(&e))
         }
         Some(_) => StoreError::Pg(e),
         // No SQLSTATE: the error is the connection's (I/O, timeout, protocol).
-        None => StoreError::Unavailable(e.to_string()),
+        None => StoreError::Unavailable(detail(&e)),
     }
 }
 
