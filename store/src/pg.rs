@@ -62,6 +62,9 @@ pub struct PgOptions {
     pub statement_timeout: Duration,
     /// Rows (call results or tasks) that `prune` removes per transaction.
     pub prune_chunk: u64,
+    /// A batch of `put_tasks` or `call_results` larger than this (bytes of
+    /// text) is sent as several statements, in one transaction.
+    pub batch_bytes: usize,
 }
 
 impl Default for PgOptions {
@@ -72,6 +75,7 @@ impl Default for PgOptions {
             connect_timeout: Duration::from_secs(5),
             statement_timeout: Duration::from_secs(30),
             prune_chunk: 20_000,
+            batch_bytes: 32 << 20,
         }
     }
 }
@@ -92,6 +96,7 @@ pub struct PgStore {
     display: String,
     schema: String,
     prune_chunk: u64,
+    batch_bytes: usize,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -385,6 +390,30 @@ fn task_row(r: &Row) -> Result<TaskResult, StoreError> {
     })
 }
 
+/// `items` cut into consecutive pieces of at most `max_bytes` (by `size`),
+/// at least one item each: one statement per piece keeps every message to
+/// PostgreSQL far below its 1 GiB limit, whatever the batch.
+fn pieces<T>(items: &[T], max_bytes: usize, size: impl Fn(&T) -> usize) -> Vec<&[T]> {
+    let mut out = Vec::new();
+    let mut rest = items;
+    while !rest.is_empty() {
+        let mut bytes = 0usize;
+        let mut n = 0;
+        while n < rest.len() {
+            let s = size(&rest[n]);
+            if n > 0 && bytes.saturating_add(s) > max_bytes {
+                break;
+            }
+            bytes = bytes.saturating_add(s);
+            n += 1;
+        }
+        let (piece, tail) = rest.split_at(n);
+        out.push(piece);
+        rest = tail;
+    }
+    out
+}
+
 fn rows<T>(
     rows: Vec<Row>,
     f: impl Fn(&Row) -> Result<T, StoreError>,
@@ -467,6 +496,7 @@ impl PgStore {
             display,
             schema: options.schema.clone(),
             prune_chunk: options.prune_chunk.max(1),
+            batch_bytes: options.batch_bytes.max(1),
         };
         store.check_server()?;
         store.migrate(MIGRATIONS)?;
@@ -874,23 +904,28 @@ impl Store for PgStore {
         for r in results {
             check_json("host result response", &r.response)?;
         }
-        let hosts: Vec<&[u8]> = results.iter().map(|r| r.host.as_bytes()).collect();
-        let ats: Vec<i64> = results.iter().map(|r| r.at).collect();
-        let codes: Vec<i64> = results.iter().map(|r| r.retcode).collect();
-        let responses: Vec<&str> = results.iter().map(|r| r.response.as_str()).collect();
+        let pieces = pieces(results, self.batch_bytes, |r| {
+            r.host.len() + r.response.len() + 32
+        });
         self.write(Replay::Idempotent, |tx| {
             if tx.query(sql::CALL_LOCK, &[&call])?.is_empty() {
                 return Err(StoreError::UnknownCall(call));
             }
-            if results.is_empty() {
-                return Ok(());
+            let mut new = 0u64;
+            for piece in &pieces {
+                let hosts: Vec<&[u8]> = piece.iter().map(|r| r.host.as_bytes()).collect();
+                let ats: Vec<i64> = piece.iter().map(|r| r.at).collect();
+                let codes: Vec<i64> = piece.iter().map(|r| r.retcode).collect();
+                let responses: Vec<&str> = piece.iter().map(|r| r.response.as_str()).collect();
+                new = new.saturating_add(tx.execute(
+                    sql::RESULTS_INSERT,
+                    &[&call, &hosts, &ats, &codes, &responses],
+                )?);
             }
-            let new = tx.execute(
-                sql::RESULTS_INSERT,
-                &[&call, &hosts, &ats, &codes, &responses],
-            )?;
-            let new = i64::try_from(new).unwrap_or(i64::MAX);
-            tx.execute(sql::CALL_COUNT_RESULTS, &[&call, &new])?;
+            if new > 0 {
+                let new = i64::try_from(new).unwrap_or(i64::MAX);
+                tx.execute(sql::CALL_COUNT_RESULTS, &[&call, &new])?;
+            }
             Ok(())
         })
     }
@@ -948,24 +983,30 @@ impl Store for PgStore {
         if results.is_empty() {
             return Ok(0);
         }
-        let hosts: Vec<&[u8]> = results.iter().map(|t| t.host.as_bytes()).collect();
-        let ids: Vec<&[u8]> = results.iter().map(|t| t.task.as_bytes()).collect();
-        let at: Vec<i64> = results.iter().map(|t| t.received_at).collect();
-        let codes: Vec<i64> = results.iter().map(|t| t.retcode).collect();
-        let messages: Vec<&[u8]> = results.iter().map(|t| t.message.as_bytes()).collect();
-        let frames: Vec<&str> = results.iter().map(|t| t.frame.as_str()).collect();
-        let schedules: Vec<Option<&[u8]>> = results
-            .iter()
-            .map(|t| t.schedule.as_deref().map(str::as_bytes))
-            .collect();
         // Idempotent: repeated after a lost connection, a result that did
         // commit the first time is not stored twice (it counts as not new).
+        let pieces = pieces(results, self.batch_bytes, |t| {
+            t.host.len() + t.task.len() + t.message.len() + t.frame.len() + 64
+        });
         self.write(Replay::Idempotent, |tx| {
-            let n = tx.execute(
-                sql::TASKS_INSERT,
-                &[&hosts, &ids, &at, &codes, &messages, &frames, &schedules],
-            )?;
-            Ok(usize::try_from(n).unwrap_or(usize::MAX))
+            let mut new = 0u64;
+            for piece in &pieces {
+                let hosts: Vec<&[u8]> = piece.iter().map(|t| t.host.as_bytes()).collect();
+                let ids: Vec<&[u8]> = piece.iter().map(|t| t.task.as_bytes()).collect();
+                let at: Vec<i64> = piece.iter().map(|t| t.received_at).collect();
+                let codes: Vec<i64> = piece.iter().map(|t| t.retcode).collect();
+                let messages: Vec<&[u8]> = piece.iter().map(|t| t.message.as_bytes()).collect();
+                let frames: Vec<&str> = piece.iter().map(|t| t.frame.as_str()).collect();
+                let schedules: Vec<Option<&[u8]>> = piece
+                    .iter()
+                    .map(|t| t.schedule.as_deref().map(str::as_bytes))
+                    .collect();
+                new = new.saturating_add(tx.execute(
+                    sql::TASKS_INSERT,
+                    &[&hosts, &ids, &at, &codes, &messages, &frames, &schedules],
+                )?);
+            }
+            Ok(usize::try_from(new).unwrap_or(usize::MAX))
         })
     }
 
@@ -1114,6 +1155,18 @@ impl PgStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pieces_respect_the_size_and_keep_order() {
+        let items: Vec<usize> = vec![5, 5, 5, 20, 1, 1, 1];
+        let got: Vec<Vec<usize>> = pieces(&items, 10, |x| *x)
+            .into_iter()
+            .map(|p| p.to_vec())
+            .collect();
+        assert_eq!(got, vec![vec![5, 5], vec![5], vec![20], vec![1, 1, 1]]);
+        assert!(pieces(&items[..0], 10, |x| *x).is_empty());
+        assert_eq!(pieces(&items, usize::MAX, |x| *x).len(), 1);
+    }
 
     #[test]
     fn schema_names_are_checked() {

@@ -244,7 +244,8 @@ fn memory_and_sqlite_answer_the_same_random_operations() {
 }
 
 /// The same against PostgreSQL (a throwaway cluster, scripts/pg.sh), each
-/// seed in a schema of its own, prune in chunks of 3 rows.
+/// seed in a schema of its own, prune in chunks of 3 rows, batches cut
+/// into several statements.
 #[cfg(feature = "postgres")]
 #[test]
 fn memory_and_postgres_answer_the_same_random_operations() {
@@ -255,6 +256,8 @@ fn memory_and_postgres_answer_the_same_random_operations() {
     for seed in [0x5eed_0001, 0x5eed_0002, base, base.rotate_left(17)] {
         let pg = common::pg::open(&basicagent_store::PgOptions {
             prune_chunk: 3,
+            // Batches cut into statements of one or two rows.
+            batch_bytes: 100,
             ..common::pg::options()
         });
         run(seed, 1500, &pg);

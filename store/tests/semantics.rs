@@ -624,12 +624,12 @@ macro_rules! sqlite_backend {
 /// schema of its own, reopened at the end like SQLite.
 #[cfg(feature = "postgres")]
 macro_rules! pg_backend {
-    ($module:ident, $chunk:literal, $($name:ident),*) => {
+    ($module:ident, $chunk:literal, $bytes:expr, $($name:ident),*) => {
         mod $module {
             use super::*;
             use basicagent_store::PgOptions;
             fn options() -> PgOptions {
-                PgOptions { prune_chunk: $chunk, ..common::pg::options() }
+                PgOptions { prune_chunk: $chunk, batch_bytes: $bytes, ..common::pg::options() }
             }
             $(
                 #[test]
@@ -667,9 +667,11 @@ macro_rules! both_backends {
         sqlite_backend!(sqlite, "default", $($name),*);
         sqlite_backend!(sqlite_small_chunks, "small", $($name),*);
         #[cfg(feature = "postgres")]
-        pg_backend!(pg, 20_000, $($name),*);
+        pg_backend!(pg, 20_000, 32 << 20, $($name),*);
+        // Prune 2 rows per transaction; every batch cut into statements of
+        // about one row.
         #[cfg(feature = "postgres")]
-        pg_backend!(pg_small_chunks, 2, $($name),*);
+        pg_backend!(pg_small_chunks, 2, 64, $($name),*);
     };
 }
 
