@@ -19,6 +19,8 @@
 //!   `last_seen` only moves forward. `agents_gone` clears `connected_at`
 //!   only if the session it ends is not newer than `at` (a late "gone" for an
 //!   old session does not mark a reconnected agent offline).
+//! - `node_gone` is `agents_gone` for every agent connected through a node
+//!   that died, so the cluster-wide list does not show them on a dead node.
 //! - `agent_fact` keeps the latest fact per (host, method) by `at`; on a tie
 //!   the later write wins.
 //! - Call ids increase and are never reused, even after `prune`. A host has
@@ -266,6 +268,13 @@ pub trait Store: Send + Sync + 'static {
     /// `connected_at` is cleared unless it is newer than `at`. Unknown hosts
     /// are ignored.
     fn agents_gone(&self, hosts: &[String], at: Millis) -> Result<(), StoreError>;
+    /// Server node `node` died or stopped at `at`: every agent whose session
+    /// is on that node (its `node`, with `connected_at` not newer than `at`)
+    /// is marked offline as by `agents_gone`. Agents that reconnected to
+    /// another node since (their `node` changed) or anew to this one (a
+    /// later `connected_at`) are left alone, and so are agents already
+    /// offline. Returns how many were marked offline.
+    fn node_gone(&self, node: &str, at: Millis) -> Result<u64, StoreError>;
     /// Record the latest fact per (host, method); an older `at` than the one
     /// stored is ignored. `data` is JSON.
     fn agent_fact(

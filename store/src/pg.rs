@@ -846,6 +846,12 @@ impl Store for PgStore {
         })
     }
 
+    fn node_gone(&self, node: &str, at: Millis) -> Result<u64, StoreError> {
+        self.write(Replay::Idempotent, |tx| {
+            tx.execute(sql::NODE_GONE, &[&node.as_bytes(), &at])
+        })
+    }
+
     fn agent_fact(
         &self,
         host: &str,

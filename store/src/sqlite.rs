@@ -592,6 +592,14 @@ impl Store for SqliteStore {
         })
     }
 
+    fn node_gone(&self, node: &str, at: Millis) -> Result<u64, StoreError> {
+        self.write(|tx| {
+            Ok(tx
+                .prepare_cached(sql::NODE_GONE)?
+                .execute(params![node, at])? as u64)
+        })
+    }
+
     fn agent_fact(
         &self,
         host: &str,

@@ -101,6 +101,11 @@ fn run(seed: u64, steps: usize, other: &dyn Store) {
                 let [a, b] = stores.map(|s| s.agents_seen(&batch));
                 same("agents_seen", seed, step, a, b);
             }
+            1 if rng.chance(20) => {
+                let node = if rng.chance(50) { "node" } else { "other" };
+                let [a, b] = stores.map(|s| s.node_gone(node, at));
+                same("node_gone", seed, step, a, b);
+            }
             1 => {
                 let hosts: Vec<String> = (0..rng.below(3)).map(|_| host(&mut rng)).collect();
                 let [a, b] = stores.map(|s| s.agents_gone(&hosts, at));

@@ -151,6 +151,39 @@ fn agents_gone_clears_connected_at_unless_a_newer_session(s: &dyn Store) {
     assert_eq!(s.agent("h1").unwrap().unwrap().last_seen, 150);
 }
 
+fn node_gone_marks_offline_only_the_sessions_still_on_that_node(s: &dyn Store) {
+    let on = |host: &str, node: Option<&str>, at: i64| {
+        let mut a = agent(host, at);
+        a.node = node.map(String::from);
+        a
+    };
+    s.agents_seen(&[
+        on("a", Some("n1"), 10),
+        on("b", Some("n1"), 10),
+        on("c", Some("n2"), 10),
+        on("d", None, 10),
+        on("e", Some("n1"), 10),
+    ])
+    .unwrap();
+    // b moved to n2 before n1 died; e reconnected to n1 after "death" time
+    // (n1 restarted); a stays on n1.
+    s.agents_seen(&[on("b", Some("n2"), 20), on("e", Some("n1"), 60)])
+        .unwrap();
+    assert_eq!(s.node_gone("n1", 50).unwrap(), 1);
+    let a = s.agent("a").unwrap().unwrap();
+    assert_eq!((a.connected_at, a.last_seen), (None, 50));
+    assert_eq!(s.agent("b").unwrap().unwrap().connected_at, Some(20));
+    assert_eq!(s.agent("c").unwrap().unwrap().connected_at, Some(10));
+    assert_eq!(s.agent("d").unwrap().unwrap().connected_at, Some(10));
+    assert_eq!(s.agent("e").unwrap().unwrap().connected_at, Some(60));
+    // Again, later: a is already offline and keeps its last_seen.
+    assert_eq!(s.node_gone("n1", 55).unwrap(), 0);
+    assert_eq!(s.agent("a").unwrap().unwrap().last_seen, 50);
+    assert_eq!(s.node_gone("nobody", 100).unwrap(), 0);
+    // The node keeps showing as the last node the agent was on.
+    assert_eq!(s.agent("a").unwrap().unwrap().node.as_deref(), Some("n1"));
+}
+
 fn agent_fact_keeps_the_latest_per_method(s: &dyn Store) {
     s.agents_seen(&[agent("h1", 1)]).unwrap();
     s.agent_fact("h1", "getinfo.kernel", r#"{"v":1}"#, 10)
@@ -681,6 +714,7 @@ both_backends!(
     agents_sorted_by_host_without_facts,
     agents_empty_batches_and_unknown_host,
     agents_gone_clears_connected_at_unless_a_newer_session,
+    node_gone_marks_offline_only_the_sessions_still_on_that_node,
     agent_fact_keeps_the_latest_per_method,
     odd_strings_round_trip,
     calls_ids_increase_and_list_newest_first,

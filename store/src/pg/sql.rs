@@ -21,6 +21,11 @@ UPDATE agents SET last_seen = greatest(last_seen, $2),
     connected_at = CASE WHEN connected_at <= $2 THEN NULL ELSE connected_at END
 WHERE host = ANY($1::bytea[])";
 
+/// Through the partial index on the node of connected agents.
+pub(super) const NODE_GONE: &str = "\
+UPDATE agents SET last_seen = greatest(last_seen, $2), connected_at = NULL
+WHERE node = $1 AND connected_at <= $2";
+
 pub(super) const FACT_UPSERT: &str = "\
 INSERT INTO facts (host, method, data, at) VALUES ($1, $2, $3, $4)
 ON CONFLICT (host, method) DO UPDATE SET data = excluded.data, at = excluded.at
