@@ -35,6 +35,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 dir=${dir:-${BA_PG_DIR:-/tmp/basicagent-pg-$(id -u)}}
+dir=$(realpath -m -- "$dir")
 
 # Run a command as the cluster's owner: `postgres` when we are root
 # (PostgreSQL refuses to run as root), else ourselves.
@@ -89,6 +90,10 @@ start() {
         mkdir -m 0700 "$dir"
     fi
     chmod 0711 "$dir"   # the owner (postgres) must reach data/ inside it
+    if ! as_owner test -x "$dir"; then
+        rmdir "$dir" 2>/dev/null || true
+        die "the postgres user cannot reach $dir (a parent directory lacks o+x); use a directory under /tmp"
+    fi
     local pass
     pass=$(head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n')
     mkdir -m 0700 "$dir/data"

@@ -9,7 +9,7 @@
 //!
 //! `pg` (in `all` too, with the `postgres` feature): the same against
 //! PostgreSQL at `$BA_PG_URL`, or, without it, a throwaway cluster that
-//! `scripts/pg.sh` starts in DIR/pg and stops when the bench exits. The
+//! `scripts/pg.sh` starts in the temp dir and stops when the bench exits. The
 //! tables go into a schema of their own, dropped at the end. PostgreSQL's
 //! own CPU is in another process: its "cpu" column is the client's only.
 
@@ -315,7 +315,7 @@ fn main() {
     }
     #[cfg(feature = "postgres")]
     if which == "all" || which == "pg" {
-        postgres_bench(dir);
+        postgres_bench();
     }
     if which != "all" && which != "memory" {
         return;
@@ -329,13 +329,14 @@ fn main() {
 }
 
 #[cfg(feature = "postgres")]
-fn postgres_bench(dir: &Path) {
+fn postgres_bench() {
     use basicagent_store::{PgOptions, PgStore};
     let url = match std::env::var("BA_PG_URL") {
         Ok(url) => url,
         Err(_) => {
-            let pg_dir = dir.join("pg");
-            std::fs::create_dir_all(dir).expect("bench dir");
+            // Under the system's temp dir: the postgres user must reach it.
+            let pg_dir =
+                std::env::temp_dir().join(format!("store-bench-pg-{}", std::process::id()));
             let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/pg.sh");
             let out = std::process::Command::new("bash")
                 .arg(&script)

@@ -115,6 +115,25 @@ struct Conn {
     fresh: bool,
 }
 
+impl Conn {
+    /// One statement outside a transaction (autocommit): one round trip.
+    fn query(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, StoreError> {
+        let stmt = match self.stmts.get(sql) {
+            Some(s) => s.clone(),
+            None => {
+                let s = self.client.prepare(sql).map_err(map_err)?;
+                self.stmts.insert(sql, s.clone());
+                s
+            }
+        };
+        self.client.query(&stmt, params).map_err(map_err)
+    }
+}
+
 struct PoolState {
     idle: Vec<Conn>,
     /// Connections that exist (idle, in use, or being opened).
@@ -719,6 +738,20 @@ impl PgStore {
         })
     }
 
+    /// One read statement, without a transaction around it (a statement
+    /// sees one snapshot by itself): one round trip instead of three.
+    fn read_one<T>(
+        &self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+        f: impl Fn(&Row) -> Result<T, StoreError>,
+    ) -> Result<Vec<T>, StoreError> {
+        self.attempts(Replay::Idempotent, |conn, began| {
+            *began = true;
+            rows(conn.query(sql, params)?, &f)
+        })
+    }
+
     fn attempts<T>(
         &self,
         replay: Replay,
@@ -888,7 +921,7 @@ impl Store for PgStore {
     }
 
     fn agents(&self) -> Result<Vec<AgentRow>, StoreError> {
-        self.read(|tx| rows(tx.query(sql::AGENTS, &[])?, agent_row))
+        self.read_one(sql::AGENTS, &[], agent_row)
     }
 
     fn call_begin(&self, call: &CallRecord) -> Result<CallId, StoreError> {
@@ -949,11 +982,7 @@ impl Store for PgStore {
     fn calls(&self, limit: usize, before: Option<CallId>) -> Result<Vec<CallRow>, StoreError> {
         let before = before.unwrap_or(CallId::MAX);
         let limit = sql_limit(limit);
-        self.read(|tx| {
-            rows(tx.query(sql::CALLS_BEFORE, &[&before, &limit])?, |r| {
-                call_row(r, 0)
-            })
-        })
+        self.read_one(sql::CALLS_BEFORE, &[&before, &limit], |r| call_row(r, 0))
     }
 
     fn call(&self, id: CallId) -> Result<Option<(CallRow, Vec<HostResult>)>, StoreError> {
@@ -974,11 +1003,8 @@ impl Store for PgStore {
         limit: usize,
     ) -> Result<Vec<(CallRow, HostResult)>, StoreError> {
         let limit = sql_limit(limit);
-        self.read(|tx| {
-            rows(
-                tx.query(sql::HOST_CALLS, &[&host.as_bytes(), &limit])?,
-                |r| Ok((call_row(r, 0)?, host_result(r, 7)?)),
-            )
+        self.read_one(sql::HOST_CALLS, &[&host.as_bytes(), &limit], |r| {
+            Ok((call_row(r, 0)?, host_result(r, 7)?))
         })
     }
 
@@ -1018,17 +1044,14 @@ impl Store for PgStore {
 
     fn tasks(&self, host: Option<&str>, limit: usize) -> Result<Vec<TaskResult>, StoreError> {
         let limit = sql_limit(limit);
-        self.read(|tx| match host {
-            Some(h) => rows(
-                tx.query(sql::TASKS_OF_HOST, &[&h.as_bytes(), &limit])?,
-                task_row,
-            ),
-            None => rows(tx.query(sql::TASKS, &[&limit])?, task_row),
-        })
+        match host {
+            Some(h) => self.read_one(sql::TASKS_OF_HOST, &[&h.as_bytes(), &limit], task_row),
+            None => self.read_one(sql::TASKS, &[&limit], task_row),
+        }
     }
 
     fn task(&self, task: &str) -> Result<Vec<TaskResult>, StoreError> {
-        self.read(|tx| rows(tx.query(sql::TASK, &[&task.as_bytes()])?, task_row))
+        self.read_one(sql::TASK, &[&task.as_bytes()], task_row)
     }
 
     fn prune(&self, now: Millis, retention: &Retention) -> Result<Pruned, StoreError> {
