@@ -50,10 +50,17 @@ as_owner() {
 install_if_missing() {
     [ -x "$PGBIN/initdb" ] && return 0
     [ "$(id -u)" = 0 ] || die "PostgreSQL 15 is not installed ($PGBIN/initdb missing) and we are not root to install it: apt-get install postgresql-15"
-    echo "pg.sh: installing postgresql-15" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -q >&2
-    apt-get install -y -q --no-install-recommends postgresql-15 >&2
+    # Several test binaries start at once: one installs, the others wait.
+    exec 9>/run/basicagent-pg-install.lock
+    flock 9
+    if [ ! -x "$PGBIN/initdb" ]; then
+        echo "pg.sh: installing postgresql-15" >&2
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -q >&2
+        apt-get install -y -q --no-install-recommends -o DPkg::Lock::Timeout=300 postgresql-15 >&2
+    fi
+    flock -u 9
+    exec 9>&-
     [ -x "$PGBIN/initdb" ] || die "postgresql-15 installed but $PGBIN/initdb is missing"
 }
 

@@ -470,6 +470,14 @@ impl PgStore {
         };
         check_schema_name(&options.schema).map_err(bad_url)?;
         let mut config = postgres::Config::from_str(url).map_err(|e| bad_url(e.to_string()))?;
+        use postgres::config::SslMode;
+        if !matches!(config.get_ssl_mode(), SslMode::Disable | SslMode::Prefer) {
+            return Err(bad_url(
+                "sslmode=require: TLS to PostgreSQL is not supported yet \
+                 (use a local or private-network server, or a TLS tunnel)"
+                    .into(),
+            ));
+        }
         let display = display_url(&config, &options.schema);
         // Our session settings come after the URL's own options, so win.
         let mut session = config.get_options().unwrap_or("").to_string();
@@ -837,15 +845,19 @@ impl Store for PgStore {
         if folded.is_empty() {
             return Ok(());
         }
-        let mut cols: (Vec<&[u8]>, Vec<&[u8]>, Vec<&[u8]>, Vec<&[u8]>) = Default::default();
+        let n = folded.len();
+        let mut hosts: Vec<&[u8]> = Vec::with_capacity(n);
+        let mut names: Vec<&[u8]> = Vec::with_capacity(n);
+        let mut addrs: Vec<&[u8]> = Vec::with_capacity(n);
+        let mut versions: Vec<&[u8]> = Vec::with_capacity(n);
         let mut plugins = Vec::with_capacity(folded.len());
         let mut nodes: Vec<Option<&[u8]>> = Vec::with_capacity(folded.len());
         let (mut first, mut last, mut conn) = (Vec::new(), Vec::new(), Vec::new());
         for (host, f) in &folded {
-            cols.0.push(host.as_bytes());
-            cols.1.push(f.last.name.as_bytes());
-            cols.2.push(f.last.addr.as_bytes());
-            cols.3.push(f.last.version.as_bytes());
+            hosts.push(host.as_bytes());
+            names.push(f.last.name.as_bytes());
+            addrs.push(f.last.addr.as_bytes());
+            versions.push(f.last.version.as_bytes());
             plugins.push(serde_json::to_string(&f.last.plugins).map_err(|e| {
                 StoreError::InvalidJson {
                     field: "plugins",
@@ -861,7 +873,7 @@ impl Store for PgStore {
             tx.execute(
                 sql::AGENTS_UPSERT,
                 &[
-                    &cols.0, &cols.1, &cols.2, &cols.3, &plugins, &nodes, &first, &last, &conn,
+                    &hosts, &names, &addrs, &versions, &plugins, &nodes, &first, &last, &conn,
                 ],
             )?;
             Ok(())

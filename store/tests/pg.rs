@@ -200,9 +200,7 @@ fn no_database_listening_is_unavailable() {
 #[test]
 fn a_wrong_password_is_a_clear_error() {
     let url = pg::pg().url.replacen("basicagent:", "basicagent:wrong", 1);
-    let err = PgStore::open(&url)
-        .err()
-        .expect("opened with a wrong password");
+    let err = PgStore::open(&url).expect_err("opened with a wrong password");
     assert!(
         matches!(err, StoreError::Pg(_)),
         "expected Pg(authentication), got {err:?}"
@@ -266,4 +264,22 @@ fn fleet_sized_batches_and_the_node_of_each_agent() {
     b.call_results(id, &results[..100]).unwrap();
     let (_, got) = b.call(id).unwrap().unwrap();
     assert_eq!(got, results);
+}
+
+/// TLS is not supported yet: asking for it is refused before connecting,
+/// not silently downgraded (and not reported as "unavailable").
+#[test]
+fn sslmode_require_is_refused_not_downgraded() {
+    let url = format!("{}?sslmode=require", pg::pg().url);
+    match PgStore::open(&url) {
+        Err(StoreError::Open { source, .. }) => {
+            assert!(source.to_string().contains("TLS"), "{source}")
+        }
+        Err(e) => panic!("expected Open, got {e:?}"),
+        Ok(_) => panic!("connected without TLS although sslmode=require"),
+    }
+    // sslmode=disable (and the default, prefer) connect in clear.
+    let url = format!("{}?sslmode=disable", pg::pg().url);
+    let options = pg::options();
+    PgStore::open_with(&url, &options).unwrap();
 }
