@@ -275,10 +275,14 @@ impl Tx<'_> {
 /// SQLSTATE classes that mean "the database is not there now": connection
 /// exceptions (08), operator intervention (57: shutdown, cannot connect now,
 /// statement timeout via 57014), insufficient resources' "too many
-/// connections" (53300).
+/// connections" (53300), and `lock_timeout` (55P03: something else holds
+/// the rows for longer than we wait).
 fn unavailable_state(code: &SqlState) -> bool {
     let c = code.code();
-    c.starts_with("08") || c.starts_with("57") || c == "53300"
+    c.starts_with("08")
+        || c.starts_with("57")
+        || c == "53300"
+        || *code == SqlState::LOCK_NOT_AVAILABLE
 }
 
 /// The whole message of a `postgres::Error`: its `Display` alone says
@@ -778,7 +782,11 @@ impl PgStore {
                     return Ok(v);
                 }
                 Err(e) => {
-                    let broken = conn.client.is_closed() || matches!(e, StoreError::Unavailable(_));
+                    // A timeout leaves the connection fine; a restart or a
+                    // network failure does not. Ask it (on errors only).
+                    let broken = conn.client.is_closed()
+                        || (matches!(e, StoreError::Unavailable(_))
+                            && conn.client.is_valid(Duration::from_secs(1)).is_err());
                     self.pool.put(conn, !broken);
                     if broken {
                         self.pool.discard_idle();

@@ -8,7 +8,8 @@ mod common;
 use std::sync::{Arc, Barrier};
 
 use basicagent_store::{
-    AgentRecord, CallRecord, HostResult, PgStore, Store, StoreError, TaskResult, PG_SCHEMA_VERSION,
+    AgentRecord, CallRecord, HostResult, PgOptions, PgStore, Store, StoreError, TaskResult,
+    PG_SCHEMA_VERSION,
 };
 use common::pg;
 
@@ -282,4 +283,71 @@ fn sslmode_require_is_refused_not_downgraded() {
     let url = format!("{}?sslmode=disable", pg::pg().url);
     let options = pg::options();
     PgStore::open_with(&url, &options).unwrap();
+}
+
+/// Something holds the tasks table locked (an operator's transaction left
+/// open, a long migration): a write gives up after `statement_timeout` with
+/// `Unavailable` instead of hanging, and works once the lock is gone.
+#[test]
+fn a_locked_table_times_out_as_unavailable_then_works() {
+    let options = PgOptions {
+        statement_timeout: std::time::Duration::from_millis(500),
+        ..pg::options()
+    };
+    let url = format!("{}?application_name=cp_pg_lock_test", pg::pg().url);
+    let store = PgStore::open_with(&url, &options).unwrap();
+    let mut holder = raw(&options.schema);
+    let mut watcher = postgres::Client::connect(&pg::pg().url, postgres::NoTls).unwrap();
+    let mut connections = || -> i64 {
+        watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'cp_pg_lock_test'",
+                &[],
+            )
+            .unwrap()
+            .get(0)
+    };
+    assert_eq!(connections(), 1);
+    let mut tx = holder.transaction().unwrap();
+    tx.batch_execute("LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE")
+        .unwrap();
+    match store.put_tasks(&[task("h", "t", 1)]) {
+        Err(StoreError::Unavailable(reason)) => eprintln!("while locked: {reason}"),
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    // A timeout is not a broken connection: it is kept, not reopened.
+    assert_eq!(connections(), 1);
+    // Other tables are not blocked.
+    assert!(store.agents().unwrap().is_empty());
+    tx.rollback().unwrap();
+    assert_eq!(store.put_tasks(&[task("h", "t", 1)]).unwrap(), 1);
+}
+
+/// A pool of one connection shared by six threads: every call gets its
+/// turn, none fails, and no second connection is opened.
+#[test]
+fn a_pool_of_one_serves_many_threads() {
+    let options = PgOptions {
+        pool_size: 1,
+        ..pg::options()
+    };
+    let store = Arc::new(pg::open(&options));
+    let threads: Vec<_> = (0..6)
+        .map(|t| {
+            let store = Arc::clone(&store);
+            std::thread::spawn(move || {
+                for i in 0..30 {
+                    store
+                        .put_tasks(&[task(&format!("h{t}"), &format!("t{i}"), i)])
+                        .unwrap();
+                    store.tasks(Some(&format!("h{t}")), 5).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(store.tasks(None, 1000).unwrap().len(), 180);
+    assert_eq!(store.info().unwrap().connections, 1);
 }
