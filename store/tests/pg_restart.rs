@@ -94,3 +94,56 @@ fn postgres_restarted_under_a_store_fails_fast_then_recovers() {
     assert_eq!(store.put_tasks(&[task("after-2")]).unwrap(), 1);
     assert_eq!(store.tasks(None, 10).unwrap().len(), 5);
 }
+
+fn pg_sh(args: &[&str]) -> std::process::Output {
+    std::process::Command::new("bash")
+        .arg(pg::script())
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("pg.sh {args:?}: {e}"))
+}
+
+/// scripts/pg.sh as the cluster scripts use it: start prints a URL that
+/// works, url repeats it, status tells, a second start on the same
+/// directory is refused, stop stops it and removes the directory.
+#[test]
+fn pg_sh_start_url_status_stop() {
+    let parent = tempfile::Builder::new()
+        .prefix("cp-pg-sh.")
+        .tempdir()
+        .unwrap();
+    // pg.sh creates DIR itself; the postgres user must reach it.
+    std::fs::set_permissions(
+        parent.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o711),
+    )
+    .unwrap();
+    let dir = parent.path().join("pg");
+    let d = dir.to_str().unwrap();
+    let out = pg_sh(&["start", d]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let url = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(url.starts_with("postgres://basicagent:"), "{url}");
+    assert!(url.contains("@127.0.0.1:"), "{url}");
+    let again = pg_sh(&["url", d]);
+    assert_eq!(String::from_utf8_lossy(&again.stdout).trim(), url);
+    assert!(pg_sh(&["status", d]).status.success());
+    let twice = pg_sh(&["start", d]);
+    assert!(!twice.status.success());
+    assert!(String::from_utf8_lossy(&twice.stderr).contains("not empty"));
+    let store = PgStore::open(&url).unwrap();
+    assert_eq!(store.put_tasks(&[task("sh")]).unwrap(), 1);
+    drop(store);
+    assert!(pg_sh(&["stop", d]).status.success());
+    assert!(!dir.exists());
+    assert!(!pg_sh(&["status", d]).status.success());
+    // The URL's server is gone: typed error, at once.
+    assert!(matches!(
+        PgStore::open(&url),
+        Err(StoreError::Unavailable(_))
+    ));
+}
