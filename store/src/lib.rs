@@ -215,7 +215,7 @@ pub enum StoreError {
     #[error("migrating the store to schema version {version} failed: {source}")]
     Migrate {
         version: i64,
-        /// A `rusqlite::Error` or a `postgres::Error`.
+        /// A `rusqlite::Error` or a `tokio_postgres::Error`.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
@@ -241,7 +241,7 @@ pub enum StoreError {
     /// PostgreSQL refused a statement (not a connection problem).
     #[cfg(feature = "postgres")]
     #[error("PostgreSQL refused: {}", pg::detail(.0))]
-    Pg(#[source] postgres::Error),
+    Pg(#[source] tokio_postgres::Error),
 }
 
 impl From<rusqlite::Error> for StoreError {

@@ -1,9 +1,12 @@
 //! `PgStore`: the [`Store`] in PostgreSQL, shared by the nodes of a cluster.
 //!
 //! Key design decisions:
-//! - The synchronous `postgres` crate (it wraps `tokio-postgres` with a
-//!   private current-thread runtime per connection), because the [`Store`]
-//!   trait is synchronous; no tokio leaks out of this module.
+//! - `tokio-postgres`, each connection driven by a private current-thread
+//!   runtime (no threads of its own), behind the synchronous [`Store`]
+//!   trait; no tokio leaks out of this module. Not the `postgres` crate (the
+//!   same thing, made synchronous): it has no way to bound a call, and a
+//!   frozen server would hang a call for ever. Here every round trip is
+//!   bounded (`statement_timeout` + 2 s), then the connection is given up.
 //! - A small fixed pool of our own (`Pool`): at most N connections behind a
 //!   Mutex and a Condvar, each with its prepared statements. It fails fast:
 //!   with PostgreSQL down, a call gets [`StoreError::Unavailable`] as soon as
@@ -30,9 +33,12 @@ use std::str::FromStr;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use postgres::error::SqlState;
-use postgres::types::ToSql;
-use postgres::{Client, IsolationLevel, NoTls, Row, Statement, Transaction};
+use std::cell::Cell;
+use std::future::Future;
+
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row, Statement};
 
 mod schema;
 mod sql;
@@ -107,6 +113,93 @@ impl std::fmt::Debug for PgStore {
     }
 }
 
+/// One synchronous PostgreSQL connection: a `tokio_postgres` client driven
+/// by a private current-thread runtime (no threads of its own), every round
+/// trip bounded by `answer`. A server that does not answer in time (frozen,
+/// or a network that drops packets after the kernel's ACK) is given up on:
+/// the connection is marked broken and closed, the call fails with
+/// `Unavailable`. Keepalives and the TCP user timeout cannot see that case,
+/// and `statement_timeout` runs in the server that does not answer.
+struct Client {
+    inner: tokio_postgres::Client,
+    rt: tokio::runtime::Runtime,
+    answer: Duration,
+    broken: Cell<bool>,
+}
+
+impl Client {
+    fn connect(
+        config: &tokio_postgres::Config,
+        limit: Duration,
+        answer: Duration,
+    ) -> Result<Client, StoreError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()
+            .map_err(|e| StoreError::Unavailable(format!("cannot start an I/O runtime: {e}")))?;
+        let (inner, connection) = rt
+            .block_on(async { tokio::time::timeout(limit, config.connect(NoTls)).await })
+            .map_err(|_| {
+                StoreError::Unavailable(format!(
+                    "PostgreSQL did not complete the connection within {limit:?}"
+                ))
+            })?
+            .map_err(map_err)?;
+        // Runs whenever this connection's runtime runs, i.e. during our calls.
+        rt.spawn(connection);
+        Ok(Client {
+            inner,
+            rt,
+            answer,
+            broken: Cell::new(false),
+        })
+    }
+
+    /// Drive `fut` to its end, or give the connection up after `answer`.
+    fn wait<T>(
+        &self,
+        fut: impl Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, StoreError> {
+        match self
+            .rt
+            .block_on(async { tokio::time::timeout(self.answer, fut).await })
+        {
+            Ok(r) => r.map_err(map_err),
+            Err(_) => {
+                self.broken.set(true);
+                Err(StoreError::Unavailable(format!(
+                    "PostgreSQL did not answer within {:?}",
+                    self.answer
+                )))
+            }
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        self.broken.get() || self.inner.is_closed()
+    }
+
+    /// Does the server answer a trivial query within a second?
+    fn is_valid(&self) -> bool {
+        !self.is_closed()
+            && matches!(
+                self.rt.block_on(async {
+                    tokio::time::timeout(Duration::from_secs(1), self.inner.simple_query("")).await
+                }),
+                Ok(Ok(_))
+            )
+    }
+
+    fn batch(&self, sql: &str) -> Result<(), StoreError> {
+        self.wait(self.inner.batch_execute(sql))
+    }
+
+    fn query_one(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Row, StoreError> {
+        self.wait(self.inner.query_one(sql, params))
+    }
+}
+
 /// One pooled connection with its prepared statements.
 struct Conn {
     client: Client,
@@ -116,21 +209,56 @@ struct Conn {
 }
 
 impl Conn {
+    fn stmt(&mut self, sql: &'static str) -> Result<Statement, StoreError> {
+        if let Some(s) = self.stmts.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.client.wait(self.client.inner.prepare(sql))?;
+        self.stmts.insert(sql, s.clone());
+        Ok(s)
+    }
+
     /// One statement outside a transaction (autocommit): one round trip.
     fn query(
         &mut self,
         sql: &'static str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, StoreError> {
-        let stmt = match self.stmts.get(sql) {
-            Some(s) => s.clone(),
-            None => {
-                let s = self.client.prepare(sql).map_err(map_err)?;
-                self.stmts.insert(sql, s.clone());
-                s
+        let stmt = self.stmt(sql)?;
+        self.client.wait(self.client.inner.query(&stmt, params))
+    }
+
+    fn execute(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, StoreError> {
+        let stmt = self.stmt(sql)?;
+        self.client.wait(self.client.inner.execute(&stmt, params))
+    }
+
+    /// Run `f` between `begin` and COMMIT; ROLLBACK if it fails (a
+    /// connection where even that fails is marked broken).
+    fn transaction<T>(
+        &mut self,
+        begin: &str,
+        began: &mut bool,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.client.batch(begin)?;
+        *began = true;
+        match f(&mut Tx { conn: self }) {
+            Ok(v) => {
+                self.client.batch("COMMIT")?;
+                Ok(v)
             }
-        };
-        self.client.query(&stmt, params).map_err(map_err)
+            Err(e) => {
+                if self.client.batch("ROLLBACK").is_err() {
+                    self.client.broken.set(true);
+                }
+                Err(e)
+            }
+        }
     }
 }
 
@@ -141,9 +269,13 @@ struct PoolState {
 }
 
 struct Pool {
-    config: postgres::Config,
+    config: tokio_postgres::Config,
     size: usize,
     wait: Duration,
+    /// Connecting, all included, gives up after this long.
+    connect_limit: Duration,
+    /// A round trip gives up after this long.
+    answer: Duration,
     state: Mutex<PoolState>,
     freed: Condvar,
 }
@@ -173,7 +305,7 @@ impl Pool {
             if st.open < self.size {
                 st.open += 1;
                 drop(st);
-                return match self.config.connect(NoTls) {
+                return match Client::connect(&self.config, self.connect_limit, self.answer) {
                     Ok(client) => Ok(Conn {
                         client,
                         stmts: HashMap::new(),
@@ -184,7 +316,7 @@ impl Pool {
                         st.open = st.open.saturating_sub(1);
                         drop(st);
                         self.freed.notify_one();
-                        Err(map_err(e))
+                        Err(e)
                     }
                 };
             }
@@ -237,29 +369,18 @@ impl Pool {
     }
 }
 
-/// A transaction with the connection's statement cache.
+/// A connection inside a transaction (see [`Conn::transaction`]).
 struct Tx<'a> {
-    tx: Transaction<'a>,
-    stmts: &'a mut HashMap<&'static str, Statement>,
+    conn: &'a mut Conn,
 }
 
 impl Tx<'_> {
-    fn stmt(&mut self, sql: &'static str) -> Result<Statement, StoreError> {
-        if let Some(s) = self.stmts.get(sql) {
-            return Ok(s.clone());
-        }
-        let s = self.tx.prepare(sql).map_err(map_err)?;
-        self.stmts.insert(sql, s.clone());
-        Ok(s)
-    }
-
     fn query(
         &mut self,
         sql: &'static str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, StoreError> {
-        let s = self.stmt(sql)?;
-        self.tx.query(&s, params).map_err(map_err)
+        self.conn.query(sql, params)
     }
 
     fn execute(
@@ -267,8 +388,25 @@ impl Tx<'_> {
         sql: &'static str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<u64, StoreError> {
-        let s = self.stmt(sql)?;
-        self.tx.execute(&s, params).map_err(map_err)
+        self.conn.execute(sql, params)
+    }
+
+    /// A statement that is not cached (migrations).
+    fn execute_once(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, StoreError> {
+        let c = &self.conn.client;
+        c.wait(c.inner.execute(sql, params))
+    }
+
+    fn query_one(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Row, StoreError> {
+        self.conn.client.query_one(sql, params)
+    }
+
+    fn batch(&mut self, sql: &str) -> Result<(), StoreError> {
+        self.conn.client.batch(sql)
     }
 }
 
@@ -285,9 +423,9 @@ fn unavailable_state(code: &SqlState) -> bool {
         || *code == SqlState::LOCK_NOT_AVAILABLE
 }
 
-/// The whole message of a `postgres::Error`: its `Display` alone says
+/// The whole message of a `tokio_postgres::Error`: its `Display` alone says
 /// "db error" for everything the server reported, and hides the I/O cause.
-pub(crate) fn detail(e: &postgres::Error) -> String {
+pub(crate) fn detail(e: &tokio_postgres::Error) -> String {
     if let Some(db) = e.as_db_error() {
         let mut s = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
         if let Some(d) = db.detail() {
@@ -301,8 +439,8 @@ pub(crate) fn detail(e: &postgres::Error) -> String {
     }
 }
 
-/// A `postgres::Error` as the store's error.
-fn map_err(e: postgres::Error) -> StoreError {
+/// A `tokio_postgres::Error` as the store's error.
+fn map_err(e: tokio_postgres::Error) -> StoreError {
     if e.is_closed() {
         return StoreError::Unavailable(detail(&e));
     }
@@ -473,8 +611,9 @@ impl PgStore {
             source: io::Error::new(io::ErrorKind::InvalidInput, reason),
         };
         check_schema_name(&options.schema).map_err(bad_url)?;
-        let mut config = postgres::Config::from_str(url).map_err(|e| bad_url(e.to_string()))?;
-        use postgres::config::SslMode;
+        let mut config =
+            tokio_postgres::Config::from_str(url).map_err(|e| bad_url(e.to_string()))?;
+        use tokio_postgres::config::SslMode;
         if !matches!(config.get_ssl_mode(), SslMode::Disable | SslMode::Prefer) {
             return Err(bad_url(
                 "sslmode=require: TLS to PostgreSQL is not supported yet \
@@ -511,13 +650,21 @@ impl PgStore {
             config.application_name("BasicAgentServer");
         }
         let pool_size = options.pool_size.max(1);
+        // The server enforces statement_timeout; we wait that and a margin
+        // for the answer to travel, then give the connection up.
+        let answer = options
+            .statement_timeout
+            .saturating_add(Duration::from_secs(2));
+        let connect_limit = options
+            .connect_timeout
+            .saturating_add(Duration::from_secs(2));
         let mut store = PgStore {
             pool: Pool {
                 config,
                 size: pool_size,
-                wait: options
-                    .statement_timeout
-                    .saturating_add(options.connect_timeout),
+                wait: answer.saturating_add(connect_limit),
+                connect_limit,
+                answer,
                 state: Mutex::new(PoolState {
                     idle: Vec::new(),
                     open: 0,
@@ -546,22 +693,23 @@ impl PgStore {
     /// Refuse a server that cannot hold our strings; make sure commits are
     /// durable for our sessions.
     fn check_server(&mut self) -> Result<(), StoreError> {
-        let mut c = self.pool.get()?;
-        let got = (|| -> Result<(String, String, String), postgres::Error> {
-            let enc = c
-                .client
-                .query_one("SHOW server_encoding", &[])?
-                .try_get(0)?;
-            let sync = c
-                .client
-                .query_one("SHOW synchronous_commit", &[])?
-                .try_get(0)?;
-            let fsync = c.client.query_one("SHOW fsync", &[])?.try_get(0)?;
-            Ok((enc, sync, fsync))
+        let c = self.pool.get()?;
+        let got = (|| -> Result<(String, String, String), StoreError> {
+            let show = |what: &str| -> Result<String, StoreError> {
+                c.client
+                    .query_one(&format!("SHOW {what}"), &[])?
+                    .try_get(0)
+                    .map_err(map_err)
+            };
+            Ok((
+                show("server_encoding")?,
+                show("synchronous_commit")?,
+                show("fsync")?,
+            ))
         })();
         let healthy = got.is_ok();
         self.pool.put(c, healthy);
-        let (enc, sync, fsync) = got.map_err(map_err)?;
+        let (enc, sync, fsync) = got?;
         if !enc.eq_ignore_ascii_case("UTF8") {
             return Err(StoreError::Open {
                 path: self.path(),
@@ -578,7 +726,7 @@ impl PgStore {
             let opts = self.pool.config.get_options().unwrap_or("").to_string();
             self.pool
                 .config
-                .options(&format!("{opts} -c synchronous_commit=on"));
+                .options(format!("{opts} -c synchronous_commit=on"));
             self.pool.discard_idle();
         }
         if fsync == "off" {
@@ -606,23 +754,18 @@ impl PgStore {
                 other => other,
             };
             let applied = self.write(Replay::Idempotent, |tx| {
-                tx.tx
-                    .execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&key])
-                    .map_err(map_err)?;
+                tx.execute_once("SELECT pg_advisory_xact_lock(hashtext($1))", &[&key])?;
                 let (exists, objects, has_table): (bool, i64, bool) = {
-                    let r = tx
-                        .tx
-                        .query_one(
-                            "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1),
+                    let r = tx.query_one(
+                        "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1),
                                     (SELECT count(*) FROM pg_class c JOIN pg_namespace n
                                        ON n.oid = c.relnamespace WHERE n.nspname = $1),
                                     EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n
                                        ON n.oid = c.relnamespace
                                      WHERE n.nspname = $1 AND c.relname = 'schema_migrations'
                                        AND c.relkind = 'r')",
-                            &[&self.schema],
-                        )
-                        .map_err(map_err)?;
+                        &[&self.schema],
+                    )?;
                     (
                         r.try_get(0).map_err(map_err)?,
                         r.try_get(1).map_err(map_err)?,
@@ -630,7 +773,7 @@ impl PgStore {
                     )
                 };
                 if !exists {
-                    tx.tx.batch_execute(&create_schema).map_err(map_err)?;
+                    tx.batch(&create_schema)?;
                 } else if !has_table && objects > 0 {
                     return Err(StoreError::NotOurs {
                         path: self.path(),
@@ -641,13 +784,12 @@ impl PgStore {
                     });
                 }
                 let current: i64 = if has_table {
-                    tx.tx
-                        .query_one(
-                            "SELECT coalesce(max(version), 0)::int8 FROM schema_migrations",
-                            &[],
-                        )
-                        .and_then(|r| r.try_get(0))
-                        .map_err(map_err)?
+                    tx.query_one(
+                        "SELECT coalesce(max(version), 0)::int8 FROM schema_migrations",
+                        &[],
+                    )?
+                    .try_get(0)
+                    .map_err(map_err)?
                 } else {
                     0
                 };
@@ -661,14 +803,12 @@ impl PgStore {
                 if current >= version {
                     return Ok(false);
                 }
-                tx.tx.batch_execute(sql).map_err(map_err)?;
-                tx.tx
-                    .execute(
-                        "INSERT INTO schema_migrations (version, applied_at, description)
-                         VALUES ($1, $2, $3)",
-                        &[&version, &now_millis(), description],
-                    )
-                    .map_err(map_err)?;
+                tx.batch(sql)?;
+                tx.execute_once(
+                    "INSERT INTO schema_migrations (version, applied_at, description)
+                     VALUES ($1, $2, $3)",
+                    &[&version, &now_millis(), description],
+                )?;
                 Ok(true)
             });
             if applied.map_err(failed)? {
@@ -683,18 +823,18 @@ impl PgStore {
 
     /// Schema version, server version, open connections.
     pub fn info(&self) -> Result<PgInfo, StoreError> {
-        let (schema_version, server_version) = self.read(|c| {
-            let v: i64 =
-                c.tx.query_one(
+        let (schema_version, server_version) = self.read(|tx| {
+            let v: i64 = tx
+                .query_one(
                     "SELECT coalesce(max(version), 0)::int8 FROM schema_migrations",
                     &[],
-                )
-                .and_then(|r| r.try_get(0))
+                )?
+                .try_get(0)
                 .map_err(map_err)?;
-            let s: String =
-                c.tx.query_one("SHOW server_version", &[])
-                    .and_then(|r| r.try_get(0))
-                    .map_err(map_err)?;
+            let s: String = tx
+                .query_one("SHOW server_version", &[])?
+                .try_get(0)
+                .map_err(map_err)?;
             Ok((v, s))
         })?;
         Ok(PgInfo {
@@ -713,15 +853,7 @@ impl PgStore {
         mut f: impl FnMut(&mut Tx<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         self.attempts(replay, |conn, began| {
-            let tx = conn.client.transaction().map_err(map_err)?;
-            *began = true;
-            let mut tx = Tx {
-                tx,
-                stmts: &mut conn.stmts,
-            };
-            let out = f(&mut tx)?;
-            tx.tx.commit().map_err(map_err)?;
-            Ok(out)
+            conn.transaction("BEGIN", began, &mut f)
         })
     }
 
@@ -732,21 +864,11 @@ impl PgStore {
         mut f: impl FnMut(&mut Tx<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         self.attempts(Replay::Idempotent, |conn, began| {
-            let tx = conn
-                .client
-                .build_transaction()
-                .isolation_level(IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .map_err(map_err)?;
-            *began = true;
-            let mut tx = Tx {
-                tx,
-                stmts: &mut conn.stmts,
-            };
-            let out = f(&mut tx)?;
-            tx.tx.commit().map_err(map_err)?;
-            Ok(out)
+            conn.transaction(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+                began,
+                &mut f,
+            )
         })
     }
 
@@ -784,14 +906,17 @@ impl PgStore {
                 Err(e) => {
                     // A timeout leaves the connection fine; a restart or a
                     // network failure does not. Ask it (on errors only).
+                    // A connection given up for not answering: the server
+                    // is frozen or cut off; a second try would wait as long.
+                    let timed_out = conn.client.broken.get();
                     let broken = conn.client.is_closed()
-                        || (matches!(e, StoreError::Unavailable(_))
-                            && conn.client.is_valid(Duration::from_secs(1)).is_err());
+                        || (matches!(e, StoreError::Unavailable(_)) && !conn.client.is_valid());
                     self.pool.put(conn, !broken);
                     if broken {
                         self.pool.discard_idle();
                     }
-                    let stale = broken && !fresh && (replay == Replay::Idempotent || !began);
+                    let stale =
+                        broken && !timed_out && !fresh && (replay == Replay::Idempotent || !began);
                     if attempt < ATTEMPTS && (stale || is_conflict(&e)) {
                         log::debug!(
                             "store {}: attempt {attempt} failed ({e}); again",
@@ -806,8 +931,8 @@ impl PgStore {
     }
 }
 
-fn display_url(config: &postgres::Config, schema: &str) -> String {
-    use postgres::config::Host;
+fn display_url(config: &tokio_postgres::Config, schema: &str) -> String {
+    use tokio_postgres::config::Host;
     let hosts: Vec<String> = config
         .get_hosts()
         .iter()
@@ -1083,8 +1208,7 @@ impl Store for PgStore {
         let locked = conn
             .client
             .query_one(sql::PRUNE_TRY_LOCK, &[&key])
-            .and_then(|r| r.try_get::<_, bool>(0))
-            .map_err(map_err);
+            .and_then(|r| r.try_get::<_, bool>(0).map_err(map_err));
         let locked = match locked {
             Ok(l) => l,
             Err(e) => {
@@ -1114,14 +1238,7 @@ impl PgStore {
             conn: &mut Conn,
             f: impl FnOnce(&mut Tx<'_>) -> Result<T, StoreError>,
         ) -> Result<T, StoreError> {
-            let tx = conn.client.transaction().map_err(map_err)?;
-            let mut tx = Tx {
-                tx,
-                stmts: &mut conn.stmts,
-            };
-            let out = f(&mut tx)?;
-            tx.tx.commit().map_err(map_err)?;
-            Ok(out)
+            conn.transaction("BEGIN", &mut false, f)
         }
         let mut pruned = Pruned::default();
         let chunk_rows = self.prune_chunk;

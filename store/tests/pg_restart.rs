@@ -37,8 +37,12 @@ fn unavailable<T: std::fmt::Debug>(what: &str, call: impl FnOnce() -> Result<T, 
     }
 }
 
+/// The tests that stop or freeze this binary's cluster take turns.
+static CLUSTER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn postgres_restarted_under_a_store_fails_fast_then_recovers() {
+    let _turn = CLUSTER.lock().unwrap_or_else(|p| p.into_inner());
     let options = PgOptions {
         pool_size: 3,
         ..pg::options()
@@ -146,4 +150,73 @@ fn pg_sh_start_url_status_stop() {
         PgStore::open(&url),
         Err(StoreError::Unavailable(_))
     ));
+}
+
+/// The postmaster of this binary's cluster and its children.
+fn cluster_pids() -> Vec<i32> {
+    let pidfile = std::fs::read_to_string(pg::pg().dir.join("data/postmaster.pid")).unwrap();
+    let postmaster: i32 = pidfile.lines().next().unwrap().trim().parse().unwrap();
+    let children = std::process::Command::new("pgrep")
+        .args(["-P", &postmaster.to_string()])
+        .output()
+        .unwrap();
+    let mut pids = vec![postmaster];
+    pids.extend(
+        String::from_utf8_lossy(&children.stdout)
+            .lines()
+            .filter_map(|l| l.trim().parse::<i32>().ok()),
+    );
+    pids
+}
+
+fn signal_all(pids: &[i32], sig: i32) {
+    for &pid in pids {
+        // SAFETY: kill has no memory effects; the pids are this test's own
+        // PostgreSQL processes (read from its data directory's pid file).
+        unsafe {
+            libc::kill(pid, sig);
+        }
+    }
+}
+
+/// PostgreSQL frozen (SIGSTOP: the kernel still accepts and ACKs, nothing
+/// answers): calls give up after statement_timeout + 2 s, or the connect
+/// limit, with `Unavailable`, instead of hanging; thawed, the same store
+/// works again.
+#[test]
+fn a_frozen_postgres_fails_calls_instead_of_hanging_them() {
+    let _turn = CLUSTER.lock().unwrap_or_else(|p| p.into_inner());
+    let options = PgOptions {
+        pool_size: 2,
+        statement_timeout: std::time::Duration::from_millis(300),
+        connect_timeout: std::time::Duration::from_millis(300),
+        ..pg::options()
+    };
+    let store = pg::open(&options);
+    assert_eq!(store.put_tasks(&[task("before-freeze")]).unwrap(), 1);
+    let pids = cluster_pids();
+    signal_all(&pids, libc::SIGSTOP);
+    // Thaw whatever happens below, so the cluster's watcher can stop it.
+    struct Thaw(Vec<i32>);
+    impl Drop for Thaw {
+        fn drop(&mut self) {
+            signal_all(&self.0, libc::SIGCONT);
+        }
+    }
+    let thaw = Thaw(pids);
+    // On the idle connection: no answer, given up.
+    unavailable("put_tasks", || store.put_tasks(&[task("frozen")]));
+    // A new connection: the TCP connect succeeds, the startup never ends.
+    unavailable("tasks", || store.tasks(None, 10));
+    drop(thaw);
+    // Thawed: the same store, new connections.
+    assert_eq!(store.put_tasks(&[task("after-thaw")]).unwrap(), 1);
+    let ids: Vec<String> = store
+        .tasks(None, 10)
+        .unwrap()
+        .into_iter()
+        .map(|t| t.task)
+        .collect();
+    assert!(ids.contains(&"before-freeze".to_string()), "{ids:?}");
+    assert!(ids.contains(&"after-thaw".to_string()), "{ids:?}");
 }
