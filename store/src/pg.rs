@@ -33,8 +33,8 @@ use std::str::FromStr;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use std::cell::Cell;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
@@ -122,9 +122,40 @@ impl std::fmt::Debug for PgStore {
 /// and `statement_timeout` runs in the server that does not answer.
 struct Client {
     inner: tokio_postgres::Client,
-    rt: tokio::runtime::Runtime,
+    /// `None` only while dropping.
+    rt: Option<tokio::runtime::Runtime>,
     answer: Duration,
-    broken: Cell<bool>,
+    broken: AtomicBool,
+}
+
+impl Drop for Client {
+    /// Without blocking: a connection may be dropped by a caller inside an
+    /// async runtime, where dropping a runtime normally would panic.
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Run `fut` on `rt` for at most `limit`; `None` if it took longer. Called
+/// from inside another tokio runtime (a server calling the store from async
+/// code), where tokio forbids blocking the thread on a second runtime, the
+/// future runs on a scoped thread of its own instead.
+fn block_on<F>(rt: &tokio::runtime::Runtime, limit: Duration, fut: F) -> Option<F::Output>
+where
+    F: Future + Send,
+    F::Output: Send,
+{
+    let run = move || {
+        rt.block_on(async move { tokio::time::timeout(limit, fut).await })
+            .ok()
+    };
+    if tokio::runtime::Handle::try_current().is_ok() {
+        std::thread::scope(|s| s.spawn(run).join().ok().flatten())
+    } else {
+        run()
+    }
 }
 
 impl Client {
@@ -138,36 +169,43 @@ impl Client {
             .enable_time()
             .build()
             .map_err(|e| StoreError::Unavailable(format!("cannot start an I/O runtime: {e}")))?;
-        let (inner, connection) = rt
-            .block_on(async { tokio::time::timeout(limit, config.connect(NoTls)).await })
-            .map_err(|_| {
+        let connected = block_on(&rt, limit, config.connect(NoTls))
+            .ok_or_else(|| {
                 StoreError::Unavailable(format!(
                     "PostgreSQL did not complete the connection within {limit:?}"
                 ))
-            })?
-            .map_err(map_err)?;
+            })
+            .and_then(|r| r.map_err(map_err));
+        let (inner, connection) = match connected {
+            Ok(c) => c,
+            Err(e) => {
+                // Not a plain drop: we may be inside the caller's runtime.
+                rt.shutdown_background();
+                return Err(e);
+            }
+        };
         // Runs whenever this connection's runtime runs, i.e. during our calls.
         rt.spawn(connection);
         Ok(Client {
             inner,
-            rt,
+            rt: Some(rt),
             answer,
-            broken: Cell::new(false),
+            broken: AtomicBool::new(false),
         })
     }
 
     /// Drive `fut` to its end, or give the connection up after `answer`.
-    fn wait<T>(
+    fn wait<T: Send>(
         &self,
-        fut: impl Future<Output = Result<T, tokio_postgres::Error>>,
+        fut: impl Future<Output = Result<T, tokio_postgres::Error>> + Send,
     ) -> Result<T, StoreError> {
-        match self
-            .rt
-            .block_on(async { tokio::time::timeout(self.answer, fut).await })
-        {
-            Ok(r) => r.map_err(map_err),
-            Err(_) => {
-                self.broken.set(true);
+        let Some(rt) = self.rt.as_ref() else {
+            return Err(StoreError::Unavailable("the connection is closed".into()));
+        };
+        match block_on(rt, self.answer, fut) {
+            Some(r) => r.map_err(map_err),
+            None => {
+                self.set_broken();
                 Err(StoreError::Unavailable(format!(
                     "PostgreSQL did not answer within {:?}",
                     self.answer
@@ -177,17 +215,23 @@ impl Client {
     }
 
     fn is_closed(&self) -> bool {
-        self.broken.get() || self.inner.is_closed()
+        self.broken.load(Ordering::Relaxed) || self.inner.is_closed()
+    }
+
+    fn set_broken(&self) {
+        self.broken.store(true, Ordering::Relaxed);
     }
 
     /// Does the server answer a trivial query within a second?
     fn is_valid(&self) -> bool {
         !self.is_closed()
             && matches!(
-                self.rt.block_on(async {
-                    tokio::time::timeout(Duration::from_secs(1), self.inner.simple_query("")).await
-                }),
-                Ok(Ok(_))
+                self.rt.as_ref().and_then(|rt| block_on(
+                    rt,
+                    Duration::from_secs(1),
+                    self.inner.simple_query("")
+                )),
+                Some(Ok(_))
             )
     }
 
@@ -254,7 +298,7 @@ impl Conn {
             }
             Err(e) => {
                 if self.client.batch("ROLLBACK").is_err() {
-                    self.client.broken.set(true);
+                    self.client.set_broken();
                 }
                 Err(e)
             }
@@ -908,7 +952,7 @@ impl PgStore {
                     // network failure does not. Ask it (on errors only).
                     // A connection given up for not answering: the server
                     // is frozen or cut off; a second try would wait as long.
-                    let timed_out = conn.client.broken.get();
+                    let timed_out = conn.client.broken.load(Ordering::Relaxed);
                     let broken = conn.client.is_closed()
                         || (matches!(e, StoreError::Unavailable(_)) && !conn.client.is_valid());
                     self.pool.put(conn, !broken);

@@ -351,3 +351,32 @@ fn a_pool_of_one_serves_many_threads() {
     assert_eq!(store.tasks(None, 1000).unwrap().len(), 180);
     assert_eq!(store.info().unwrap().connections, 1);
 }
+
+/// A server may call the store from async code by mistake (not through
+/// spawn_blocking): tokio forbids blocking on a second runtime there, so
+/// the store runs its I/O on a thread of its own instead of panicking.
+#[test]
+fn called_from_inside_an_async_runtime_it_works() {
+    let store = pg::open(&pg::options());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        assert_eq!(store.put_tasks(&[task("h", "t", 1)]).unwrap(), 1);
+        assert_eq!(store.task("t").unwrap().len(), 1);
+        assert_eq!(store.agent("h").unwrap(), None);
+        // Its connections closed here too, without blocking.
+        drop(store);
+        // And a connection that fails (nothing listens) fails cleanly.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("postgres://basicagent:x@127.0.0.1:{port}/postgres");
+        assert!(matches!(
+            PgStore::open(&url),
+            Err(StoreError::Unavailable(_))
+        ));
+    });
+}
