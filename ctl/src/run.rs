@@ -59,7 +59,7 @@ pub fn call(dir: &Path, method: &str, request: &[u8], wait: Option<Duration>) ->
     let plugin = match registry.get(method) {
         Ok(p) => p,
         Err(e) => {
-            return print_response(Response::failed(None, Retcode(e.retcode()), e.to_string()))
+            return print_response(Response::failed(None, Retcode(e.retcode()), e.message()))
         }
     };
     let (tx, rx) = mpsc::channel();
@@ -89,7 +89,7 @@ pub fn call(dir: &Path, method: &str, request: &[u8], wait: Option<Duration>) ->
             Response::failed(
                 None,
                 Retcode::TIMEOUT,
-                "no answer from the plugin within the -t limit",
+                "Timeout: no answer from the plugin within the -t limit",
             )
         }
     };
@@ -133,7 +133,9 @@ fn forward_signals_as_cancel(
         let _ = done.send(Completion {
             call: id,
             retcode: Retcode::CANCELLED.0,
-            message: format!("interrupted by signal {sig}; the plugin did not answer the cancel"),
+            message: format!(
+                "Cancelled: interrupted by signal {sig}; the plugin did not answer the cancel"
+            ),
             data: None,
         });
     });

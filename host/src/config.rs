@@ -113,6 +113,13 @@ pub struct AgentConfig {
     /// room is needed.
     #[serde(deserialize_with = "de_seconds")]
     pub task_retention: Duration,
+    /// Public keys whose plugin signatures are trusted: absolute paths of
+    /// `.pub` files (opened by the file-trust rule) or inline keys
+    /// (`"ed25519 BASE64"`). Read at start; a SIGHUP does not change them.
+    pub trusted_keys: Vec<String>,
+    /// Refuse plugins without a `.sig` by a trusted key (a `.sig` that
+    /// exists must verify either way).
+    pub require_signature: bool,
 }
 
 impl Default for AgentConfig {
@@ -128,6 +135,8 @@ impl Default for AgentConfig {
             max_tasks: 1000,
             max_outbox_bytes: 64 * 1024 * 1024,
             task_retention: Duration::from_secs(7 * 24 * 3600),
+            trusted_keys: Vec::new(),
+            require_signature: false,
         }
     }
 }
@@ -268,6 +277,22 @@ impl Config {
         if a.max_concurrent == 0 {
             return Err(("agent.max_concurrent", "must be at least 1".into()));
         }
+        if a.require_signature && a.trusted_keys.is_empty() {
+            return Err((
+                "agent.require_signature",
+                "is true but agent.trusted_keys is empty: no plugin could load".into(),
+            ));
+        }
+        for entry in &a.trusted_keys {
+            if !entry.starts_with('/') {
+                if let Err(reason) = basicagent_abi::signature::PublicKey::parse(entry) {
+                    return Err((
+                        "agent.trusted_keys",
+                        format!("{entry:?}: {reason} (an absolute path to a .pub file, or \"ed25519 BASE64\")"),
+                    ));
+                }
+            }
+        }
         if a.max_output_limit < a.max_output {
             return Err((
                 "agent.max_output_limit",
@@ -278,6 +303,20 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The plugin signature policy: `trusted_keys` read (key files by the
+    /// file-trust rule) and `require_signature`.
+    pub fn signature_policy(&self) -> Result<basicagent_abi::signature::SignaturePolicy, ConfigError> {
+        basicagent_abi::signature::SignaturePolicy::from_entries(
+            &self.agent.trusted_keys,
+            self.agent.require_signature,
+        )
+        .map_err(|e| ConfigError::Invalid {
+            path: None,
+            key: "agent.trusted_keys",
+            reason: e.to_string(),
+        })
     }
 
     /// The host settings handed to plugins, as a JSON object:
