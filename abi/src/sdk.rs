@@ -435,7 +435,10 @@ unsafe extern "C" fn call_trampoline(id: CallId, request: *const c_char, request
     };
     let outcome = panic::catch_unwind(AssertUnwindSafe(|| match spec() {
         Some(spec) => (spec.call)(Call { id, done: false }, bytes),
-        None => Call { id, done: false }.fail(retcode::PLUGIN_FAILURE, "Plugin failure: plugin not initialised"),
+        None => Call { id, done: false }.fail(
+            retcode::PLUGIN_FAILURE,
+            "Plugin failure: plugin not initialised",
+        ),
     }));
     if let Err(payload) = outcome {
         // The Call was dropped while unwinding and has completed the call

@@ -307,7 +307,9 @@ impl Config {
 
     /// The plugin signature policy: `trusted_keys` read (key files by the
     /// file-trust rule) and `require_signature`.
-    pub fn signature_policy(&self) -> Result<basicagent_abi::signature::SignaturePolicy, ConfigError> {
+    pub fn signature_policy(
+        &self,
+    ) -> Result<basicagent_abi::signature::SignaturePolicy, ConfigError> {
         basicagent_abi::signature::SignaturePolicy::from_entries(
             &self.agent.trusted_keys,
             self.agent.require_signature,
