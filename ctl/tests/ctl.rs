@@ -102,6 +102,10 @@ fn a_misbehaving_plugin_never_breaks_the_output() {
     let (v, out) = ctl_json(&["-t", "0.5", "-c", "getinfo.testkit", "-a", "-d"]);
     assert_eq!(code(&out), 1);
     assert_eq!(v["retcode"], 3023);
+    assert_eq!(
+        v["message"], "Timeout: no answer from the plugin within the -t limit",
+        "the ctl's own message starts with the standard text"
+    );
     // Completed later from another thread.
     let (v, _) = ctl_json(&["-c", "getinfo.testkit", "-a", "-s 20"]);
     assert_eq!(v["data"]["slept_ms"], 20);
