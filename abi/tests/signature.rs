@@ -307,7 +307,7 @@ fn a_sig_file_others_can_write_is_refused_and_so_is_a_loose_key_file() {
     std::fs::write(&pubfile, key.public().to_line()).unwrap();
     chmod(&pubfile, 0o666);
     let entry = pubfile.display().to_string();
-    let e = SignaturePolicy::from_entries(&[entry.clone()], true).unwrap_err();
+    let e = SignaturePolicy::from_entries(std::slice::from_ref(&entry), true).unwrap_err();
     assert!(e.to_string().contains("writable"), "{e}");
     chmod(&pubfile, 0o644);
     let p = SignaturePolicy::from_entries(&[entry], true).unwrap();
