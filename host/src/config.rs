@@ -436,6 +436,30 @@ mod tests {
     }
 
     #[test]
+    fn signature_keys() {
+        assert!(err("[agent]\nrequire_signature = true\n").contains("agent.require_signature"));
+        let e = err("[agent]\ntrusted_keys = [\"not a key\"]\n");
+        assert!(
+            e.contains("agent.trusted_keys") && e.contains("not a key"),
+            "{e}"
+        );
+        let key = "ed25519 aXlNdjLhGNXb3SahU1eWhUZMGpVraAV2QcJaHLQU3iM=";
+        let c = Config::from_toml_str(&format!(
+            "[agent]\nrequire_signature = true\ntrusted_keys = [\"{key}\"]\n"
+        ))
+        .unwrap();
+        let policy = c.signature_policy().unwrap();
+        assert!(policy.require);
+        assert_eq!(policy.trusted.len(), 1);
+        assert_eq!(policy.trusted[0].to_line(), format!("{key}\n"));
+        // A key file that does not exist stops the start, naming it.
+        let c =
+            Config::from_toml_str("[agent]\ntrusted_keys = [\"/nonexistent/k.pub\"]\n").unwrap();
+        let e = c.signature_policy().unwrap_err().to_string();
+        assert!(e.contains("/nonexistent"), "{e}");
+    }
+
+    #[test]
     fn full_file() {
         let c = Config::from_toml_str(
             r#"
