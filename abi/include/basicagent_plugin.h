@@ -170,9 +170,10 @@ typedef struct ba_host_api {
     /*
      * The request's "args" string split into an argv for getopt(3), by the
      * rule of docs/plugins.md: whitespace separates words; '...' is
-     * literal; in "..." only \" and \\ are escapes; outside quotes \
-     * makes the next character literal; adjacent pieces join; '' is an
-     * empty word; "--" and clusters like "-rr" are passed as they are.
+     * literal; in "..." only \" and \\ are escapes; outside quotes a
+     * backslash makes the next character literal; adjacent pieces join;
+     * '' is an empty word; "--" and clusters like "-rr" are passed as
+     * they are.
      * (*argv)[0] is the request's "method" (else the plugin's name),
      * (*argv)[*argc] is NULL. "args" absent or null gives *argc == 1.
      * The array and the strings are the host's, writable (getopt may
