@@ -54,7 +54,7 @@ fn registry() -> &'static Registry {
 /// Registers a completer for a call of `request` (copied: the readers
 /// need it after `call` returns) and returns the id to pass to the plugin.
 /// `name` is argv\[0\] when the request has no `"method"` string.
-pub(crate) fn register(completer: Completer, request: &[u8], name: &str) -> CallId {
+pub(crate) fn register(completer: Completer, request: &[u8], name: Arc<str>) -> CallId {
     let reg = registry();
     let id = reg.next.fetch_add(1, Ordering::Relaxed);
     let state = Arc::new(CallState::new(request, name));

@@ -211,6 +211,8 @@ pub struct Plugin {
     desc: &'static PluginDescriptor,
     file_id: FileId,
     signature: Verdict,
+    /// argv\[0\] of a request without a `"method"`, shared by its calls.
+    argv0: Arc<str>,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -333,11 +335,13 @@ impl Plugin {
                 });
             }
         }
+        let argv0 = Arc::from(info.name.as_str());
         Ok(Plugin {
             info,
             desc,
             file_id,
             signature: verdict,
+            argv0,
         })
     }
 
@@ -354,7 +358,7 @@ impl Plugin {
     /// Starts a call. `done` runs exactly once, on the thread that
     /// completes the call (possibly this one, before `call` returns).
     pub fn call(&self, request: &[u8], done: Completer) -> CallId {
-        let id = host::register(done, request, &self.info.name);
+        let id = host::register(done, request, Arc::clone(&self.argv0));
         match self.desc.call {
             // SAFETY: `request` is live for the duration of the call; the
             // plugin copies what it keeps (contract).

@@ -12,7 +12,7 @@
 use std::collections::{HashMap, HashSet};
 use std::ffi::{c_char, c_int};
 use std::fmt;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::Value;
@@ -97,16 +97,16 @@ impl Argv {
 /// What the registry keeps per pending call for the readers.
 pub(crate) struct CallState {
     request: Box<[u8]>,
-    name: String,
+    name: Arc<str>,
     members: OnceLock<Members>,
     argv: OnceLock<Result<Argv, Status>>,
 }
 
 impl CallState {
-    pub(crate) fn new(request: &[u8], name: &str) -> CallState {
+    pub(crate) fn new(request: &[u8], name: Arc<str>) -> CallState {
         CallState {
             request: request.into(),
-            name: name.to_owned(),
+            name,
             members: OnceLock::new(),
             argv: OnceLock::new(),
         }
@@ -176,7 +176,7 @@ impl CallState {
             Some(Param::Str(m)) if !m[..m.len() - 1].contains(&0) => {
                 String::from_utf8_lossy(&m[..m.len() - 1]).into_owned()
             }
-            _ => self.name.clone(),
+            _ => self.name.to_string(),
         };
         let mut words = vec![argv0];
         match members.get("args") {
@@ -242,7 +242,7 @@ mod tests {
     use std::ffi::CStr;
 
     fn st(request: &str) -> CallState {
-        CallState::new(request.as_bytes(), "getinfo_x")
+        CallState::new(request.as_bytes(), Arc::from("getinfo_x"))
     }
 
     fn text(state: &CallState, key: &str) -> Result<Vec<u8>, Status> {
@@ -262,6 +262,45 @@ mod tests {
                     .into_owned()
             })
             .collect())
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_a_reader() {
+        // A small deterministic mutation fuzz over a seed request.
+        let seed = br#"{"method":"m.x","args":"-a 'b c' \"d\\\"e\" -- x","s":"\u00e9\u0000","i":-1,"d":1e308,"b":true,"o":{"args":"-z"}}"#;
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for round in 0..2000 {
+            let mut r = seed.to_vec();
+            for _ in 0..(1 + round % 4) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let at = (x as usize) % r.len();
+                match x % 3 {
+                    0 => r[at] = (x >> 8) as u8,
+                    1 => {
+                        r.remove(at);
+                    }
+                    _ => {
+                        let pool = b"\"'\\{}[],:-\x00\xff";
+                        r.insert(at, pool[(x >> 16) as usize % pool.len()]);
+                    }
+                }
+                if r.is_empty() {
+                    r.push(b'{');
+                }
+            }
+            let s = CallState::new(&r, Arc::from("p"));
+            let _ = (
+                s.int64(b"i"),
+                s.double(b"d"),
+                s.boolean(b"b"),
+                text(&s, "s"),
+            );
+            if let Ok(w) = words(&s) {
+                assert!(!w.is_empty(), "argv[0] is always there");
+            }
+        }
     }
 
     #[test]
