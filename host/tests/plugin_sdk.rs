@@ -249,6 +249,36 @@ fn with_require_signature_the_daemon_serves_signed_plugins_and_answers_3025_for_
     install(&built("getinfo_hello"), &so("getinfo_hello"));
     // Signed, then a byte changed.
     install(&built("getinfo_memory"), &so("getinfo_memory"));
+    // A constructor that leaves a mark, signed by a key not trusted.
+    let marker = keys.path().join("constructor-ran");
+    let ctor_src = keys.path().join("ctor.c");
+    std::fs::write(
+        &ctor_src,
+        format!(
+            "#include <stdio.h>\n#include \"basicagent_plugin.h\"\n\
+             __attribute__((constructor)) static void mark(void) {{ FILE *f = fopen(\"{}\", \"w\"); if (f) fclose(f); }}\n\
+             static void c(ba_call_id id, const char *r, size_t n) {{ (void)id; (void)r; (void)n; }}\n\
+             static const char *const m[] = {{\"getinfo.ctor\", NULL}};\n\
+             static const ba_plugin_descriptor d = {{ BA_ABI_VERSION, sizeof(ba_plugin_descriptor), \"getinfo_ctor\", \"1\", \"ctor\", m, \"\", NULL, c, NULL, NULL }};\n\
+             const ba_plugin_descriptor *basicagent_plugin_v1(void) {{ return &d; }}\n",
+            marker.display()
+        ),
+    )
+    .unwrap();
+    ok(
+        Command::new("cc")
+            .args([
+                "-Wall", "-Wextra", "-Werror", "-std=c11", "-fPIC", "-shared", "-I",
+            ])
+            .arg(workspace().join("abi/include"))
+            .arg("-o")
+            .arg(so("getinfo_ctor"))
+            .arg(&ctor_src)
+            .output()
+            .unwrap(),
+        "cc ctor",
+    );
+    chmod(&so("getinfo_ctor"), 0o644);
     let sign = |k: &Path, files: &[PathBuf]| {
         ok(
             Command::new(ctl())
@@ -268,7 +298,7 @@ fn with_require_signature_the_daemon_serves_signed_plugins_and_answers_3025_for_
             so("getinfo_memory"),
         ],
     );
-    sign(&stranger, &[so("getinfo_hello")]);
+    sign(&stranger, &[so("getinfo_hello"), so("getinfo_ctor")]);
     let mut bytes = built("getinfo_memory");
     let at = bytes.len() / 2;
     bytes[at] ^= 0x01;
@@ -319,6 +349,7 @@ fn with_require_signature_the_daemon_serves_signed_plugins_and_answers_3025_for_
         ("getinfo.os", "not signed (no ".to_owned()),
         ("getinfo.memory", "does not match the file".to_owned()),
         ("getinfo.hello", "which is not in trusted_keys".to_owned()),
+        ("getinfo.ctor", "which is not in trusted_keys".to_owned()),
     ];
     for _ in 0..2 {
         for (method, why) in &refused {
@@ -336,6 +367,10 @@ fn with_require_signature_the_daemon_serves_signed_plugins_and_answers_3025_for_
             2
         );
     }
+    assert!(
+        !marker.exists(),
+        "a refused file's constructor never ran in the daemon"
+    );
     let log = agent.log();
     for (method, why) in &refused {
         let file = format!("lib{}.so", method.replace('.', "_"));
