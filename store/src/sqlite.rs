@@ -11,7 +11,7 @@
 //! kernel crash, which may roll back the last commits. An acked `task.done`
 //! is deleted by the agent, so losing it is losing it for good; FULL fsyncs
 //! the WAL at every commit. The server batches task results, so the cost is
-//! one fsync per batch, not per result (numbers: docs/store-notes.md).
+//! one fsync per batch, not per result (numbers: docs/store.md).
 //!
 //! The file is the operator's history and may hold secrets (requests carry
 //! whatever the operator sent): it is created 0600 in a directory that must
