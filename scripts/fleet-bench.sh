@@ -79,7 +79,7 @@ scripts/make-certs.sh "$TMP/pki" >/dev/null
 chmod 0644 "$TMP/pki"/*.pem
 
 FLEET=(python3 "$ROOT/scripts/lib/fleet.py")
-common=(--swarm-bin "$SWARM_BIN" --pki "$TMP/pki" --swarms "$SWARMS")
+common=(--swarm-bin "$SWARM_BIN" --pki "$TMP/pki" --swarms "$SWARMS" --workdir "$TMP")
 log "new server: $AGENTS agents"
 "${FLEET[@]}" run --label new --server-bin "$NEW_BIN" --ip 127.0.50.2 --agents "$AGENTS" \
     --out "$TMP/new.json" "${common[@]}"

@@ -364,7 +364,8 @@ def ramp(swarms, agents, timeout, plateau, retry):
 
 
 def run(a):
-    tmp = tempfile.mkdtemp(prefix=f"fleet-{a.label}-")
+    # Under --workdir (fleet-bench.sh's temporary directory, removed on exit) when given.
+    tmp = tempfile.mkdtemp(prefix=f"fleet-{a.label}-", dir=a.workdir)
     help_text = subprocess.run([a.server_bin, "serve", "--help"], capture_output=True).stdout.decode(errors="replace")
     help_text += subprocess.run([a.server_bin, "--help"], capture_output=True).stdout.decode(errors="replace")
     api_capable = help_text if "--api" in help_text else ""
@@ -520,6 +521,7 @@ def main():
     r.add_argument("--ip", required=True)
     r.add_argument("--out", required=True)
     r.add_argument("--token-file")
+    r.add_argument("--workdir", help="parent of this run's files (default: the system temp dir)")
     r.add_argument("--no-retry", action="store_true",
                    help="each agent tries once (default: refused agents retry with backoff)")
     r.add_argument("--ramp-timeout", type=float, default=240)
