@@ -173,6 +173,19 @@ pub fn done_frame(
     data: Option<String>,
     max_frame: usize,
 ) -> Vec<u8> {
+    done_frame_run(id, retcode, message, data, max_frame, None)
+}
+
+/// [`done_frame`] for a run of a schedule (`schedule`, `scheduled_at` and
+/// `run` fields when `run` is set).
+pub fn done_frame_run(
+    id: &str,
+    retcode: u32,
+    message: &str,
+    data: Option<String>,
+    max_frame: usize,
+    run: Option<basicagent_proto::ScheduleRun>,
+) -> Vec<u8> {
     let response = Response::from_plugin_owned(None, retcode, message.to_owned(), data);
     // Moved, not cloned: `data` may be a command's whole output.
     let done = TaskDone {
@@ -180,13 +193,21 @@ pub fn done_frame(
         retcode: response.retcode,
         message: response.message,
         data: response.data,
+        run: run.clone(),
     };
     let mut frame = Vec::new();
     match done.write_frame_limited(&mut frame, max_frame) {
         Ok(()) => frame,
         Err(FrameTooLong { limit }) => {
             log::warn!("task {id}: result larger than the frame limit ({limit} bytes); stored as a 3025 failure");
-            too_long_frame(id, limit)
+            let mut frame = too_long_frame(id, limit);
+            if run.is_some() {
+                if let Some(d) = parse_frame(&frame) {
+                    frame.clear();
+                    d.with_run(run).write_frame(&mut frame);
+                }
+            }
+            frame
         }
     }
 }

@@ -120,6 +120,9 @@ fn serve(shared: &Shared, stream: UnixStream) -> io::Result<()> {
                 let line = json!({
                     "host": t.host, "task": t.done.task, "resp": t.done.retcode.resp(),
                     "retcode": t.done.retcode.0, "message": t.done.message, "data": t.done.data,
+                    "schedule": t.done.run.as_ref().map(|r| &r.schedule),
+                    "scheduled_at": t.done.run.as_ref().map(|r| r.scheduled_at),
+                    "run": t.done.run.as_ref().map(|r| r.run),
                     "received_at": t.received_at,
                 });
                 out.line(&line.to_string())?;
