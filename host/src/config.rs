@@ -125,6 +125,12 @@ pub struct AgentConfig {
     /// room is needed.
     #[serde(deserialize_with = "de_seconds")]
     pub task_retention: Duration,
+    /// Schedules kept at once (`schedule.add` past it answers 3021).
+    pub max_schedules: usize,
+    /// Shortest interval a schedule may fire at, seconds (at least 1).
+    pub schedule_min_interval: u64,
+    /// Unacknowledged results kept per schedule (oldest dropped past it).
+    pub schedule_keep_results: usize,
 }
 
 impl Default for AgentConfig {
@@ -140,6 +146,9 @@ impl Default for AgentConfig {
             max_tasks: 1000,
             max_outbox_bytes: 64 * 1024 * 1024,
             task_retention: Duration::from_secs(7 * 24 * 3600),
+            max_schedules: 64,
+            schedule_min_interval: 1,
+            schedule_keep_results: 100,
         }
     }
 }
@@ -293,6 +302,15 @@ impl Config {
                 "agent.task_retention",
                 too_long(a.task_retention, RETENTION_MAX),
             ));
+        }
+        if a.schedule_min_interval == 0 {
+            return Err((
+                "agent.schedule_min_interval",
+                "must be at least 1 second".into(),
+            ));
+        }
+        if a.schedule_keep_results == 0 {
+            return Err(("agent.schedule_keep_results", "must be at least 1".into()));
         }
         if a.max_concurrent == 0 {
             return Err(("agent.max_concurrent", "must be at least 1".into()));

@@ -322,6 +322,8 @@ impl Reactor {
         loop {
             let now = Instant::now();
             self.run_actions(now);
+            // Due schedules start here, whether or not a server is connected.
+            let schedule_wait = self.dispatcher.run_schedules(now);
             self.deliver_finished(now);
             self.run_actions(now);
             self.pump_deferred(now);
@@ -338,6 +340,9 @@ impl Reactor {
                 .session
                 .poll_timeout()
                 .map(|t| t.saturating_duration_since(now));
+            if let Some(wait) = schedule_wait.filter(|_| stopping.is_none()) {
+                timeout = Some(timeout.map_or(wait, |t| t.min(wait)));
+            }
             if let Some(deadline) = stopping {
                 let left = deadline.saturating_duration_since(now);
                 timeout = Some(timeout.map_or(left, |t| t.min(left)));

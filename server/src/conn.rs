@@ -361,7 +361,10 @@ impl Connection {
                 self.shared.events.emit(
                     "task_done",
                     json!({"host": host, "task": done.task, "resp": done.retcode.resp(),
-                           "retcode": done.retcode.0, "message": done.message}),
+                           "retcode": done.retcode.0, "message": done.message,
+                           "schedule": done.run.as_ref().map(|r| &r.schedule),
+                           "scheduled_at": done.run.as_ref().map(|r| r.scheduled_at),
+                           "run": done.run.as_ref().map(|r| r.run)}),
                 );
                 let ack = TaskAck::new(done.task.clone());
                 self.shared.registry.record_task(&host, done, unix_now());
