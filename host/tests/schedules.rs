@@ -290,7 +290,7 @@ fn overlap_skip_queue_and_replace_on_a_command_longer_than_its_interval() {
     // replace: the earlier runs were cancelled by the next slot.
     let r = runs(&server, &replace);
     assert!(
-        r.iter().any(|e| e["retcode"] == 3022),
+        r.iter().any(|e| e["retcode"] == 3028),
         "a replaced run ends cancelled: {r:?}"
     );
     let log_line = server.call(
