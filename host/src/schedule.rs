@@ -237,7 +237,7 @@ impl Spec {
                     "{method} cannot be scheduled (getinfo.*, plugin methods and async.bash can)"
                 ),
             ));
-        } else if !methods.iter().any(|m| *m == method) {
+        } else if !methods.contains(&method) {
             return Err(bad("request", format!("no plugin serves {method}")));
         }
         let triggers: Vec<&str> = ["cron", "every", "at", "on_boot"]
@@ -1599,6 +1599,75 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.field, "cron");
         assert!(e.reason.contains("minimum interval"), "{e}");
+    }
+
+    fn ready(t: &mut ScheduleTable) -> Vec<Fire> {
+        for _ in 0..1000 {
+            let f = t.take_ready();
+            if !f.is_empty() {
+                return f;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Vec::new()
+    }
+
+    #[test]
+    fn the_slot_is_durable_before_the_run_and_never_runs_twice_after_a_restart() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let poll = mio::Poll::new().unwrap();
+        let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(0)).unwrap());
+        let methods = vec!["getinfo.kernel".to_owned()];
+        let open = || {
+            ScheduleTable::open(
+                dir.path().join("schedules"),
+                ScheduleLimits::default(),
+                "host",
+                &methods,
+                Arc::clone(&waker),
+            )
+            .unwrap()
+        };
+        let mut t = open();
+        let p = json!({"request": {"method": "getinfo.kernel"}, "every": 10});
+        let now = 1_000_000;
+        let added = t.add(p.as_object().unwrap(), &methods, now).unwrap();
+        let id = added["schedule"].as_str().unwrap().to_owned();
+        assert_eq!(added["next"][0], rfc3339(now + 10));
+        assert!(t.tick(now + 5).is_some());
+        assert_eq!(t.tick(now + 10), Some(now + 20));
+        let fires = ready(&mut t);
+        assert_eq!(fires.len(), 1);
+        assert_eq!((fires[0].slot, fires[0].run), (now + 10, 1));
+        // Written before the run is handed out: the file says so already.
+        let path = dir.path().join(format!("schedules/{id}.json"));
+        let v: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        assert_eq!(v["state"]["last"], now + 10);
+        assert_eq!(v["state"]["runs"], 1);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        // A garbage file beside it is set aside, never a crash.
+        fs::write(dir.path().join("schedules/0000-bad.json"), b"{nope").unwrap();
+        drop(t);
+        let mut t = open();
+        assert_eq!(t.len(), 1);
+        assert!(dir.path().join("schedules/0000-bad.corrupt").exists());
+        // The same instant after a restart: the slot already ran.
+        t.tick(now + 10);
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(t.take_ready().is_empty());
+        t.tick(now + 20);
+        let fires = ready(&mut t);
+        assert_eq!((fires[0].slot, fires[0].run), (now + 20, 2));
+        // Removed: its file goes, and a run on its way is dropped.
+        t.tick(now + 30);
+        t.remove(&id).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(t.take_ready().is_empty());
+        assert!(!path.exists());
     }
 
     #[test]
