@@ -164,7 +164,8 @@ impl Dispatcher {
     }
 
     /// Serves `schedule.*` and runs due schedules from this table.
-    pub fn set_schedules(&mut self, table: ScheduleTable) {
+    pub fn set_schedules(&mut self, mut table: ScheduleTable) {
+        table.restore_results(self.tasks.scheduled_results());
         self.schedules = Some(table);
     }
 
@@ -665,6 +666,7 @@ impl Dispatcher {
         };
         // A call of 0 is no plugin call: its failed result is on its way.
         self.tasks.start(task, call.unwrap_or(0), &what, now);
+        self.tasks.mark_scheduled(task, &fire.schedule);
         if let Some(table) = &mut self.schedules {
             table.started(&fire.schedule, task);
         }

@@ -1224,6 +1224,16 @@ impl ScheduleTable {
         (drop, next)
     }
 
+    /// Results left in the outbox by an earlier run of the agent (oldest
+    /// first), so that the per-schedule bound holds across restarts.
+    pub fn restore_results(&mut self, results: Vec<(String, String)>) {
+        for (schedule, task) in results {
+            if let Some(e) = self.entries.get_mut(&schedule) {
+                e.results.push_back(task);
+            }
+        }
+    }
+
     /// The server acknowledged a result.
     pub fn acked(&mut self, task: &str) {
         for e in self.entries.values_mut() {
