@@ -455,3 +455,59 @@ fn remove_and_pause_stop_runs_at_once() {
     let after = runs(&server, &b);
     assert!(after.len() <= rb + 3, "{after:?}");
 }
+
+#[test]
+fn results_kept_per_schedule_are_bounded_oldest_dropped_and_async_tasks_still_run() {
+    let pki = Pki::new();
+    let (server, agent, host, listen) = start(
+        &pki,
+        "127.0.16.8",
+        "schedule_keep_results = 3\nmax_tasks = 2",
+    );
+    let sid = add(
+        &server,
+        &host,
+        json!({"request": {"method": "getinfo.kernel"}, "every": 1}),
+    );
+    wait_for("a first run", Duration::from_secs(10), || {
+        (!runs(&server, &sid).is_empty()).then_some(())
+    });
+    server.stop();
+    wait_for(
+        "results dropped while away",
+        Duration::from_secs(30),
+        || {
+            agent
+                .log()
+                .contains(&format!(
+                    "schedule {sid}: 1 unacknowledged result(s) dropped"
+                ))
+                .then_some(())
+        },
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let server = Server::start(&pki, &listen, "server", &[]);
+    server.wait_agent(Duration::from_secs(15));
+    // More results than max_tasks are kept, yet async.bash is admitted.
+    let v = server.call(
+        &host,
+        r#"{"method":"async.bash","cmd":"echo still served"}"#,
+    );
+    assert_eq!(v["retcode"], 2, "{v}");
+    std::thread::sleep(Duration::from_millis(1500));
+    let got = runs(&server, &sid);
+    assert_in_order_once(&got);
+    // Runs go on at one a second; the away ones were cut to the newest 3.
+    let g = server.call(
+        &host,
+        &json!({"method": "schedule.get", "schedule": sid}).to_string(),
+    );
+    let dropped = g["data"]["results_dropped"].as_u64().unwrap();
+    assert!(dropped >= 1, "{g}");
+    let made = g["data"]["runs"].as_u64().unwrap();
+    assert!(
+        (got.len() as u64) + dropped <= made,
+        "{} delivered + {dropped} dropped of {made} runs",
+        got.len()
+    );
+}
