@@ -527,7 +527,9 @@ pub fn plan(spec: &Spec, st: &State, now: i64, startup: bool, host: &str, id: &s
     if spec.count.is_some_and(|c| st.runs >= c) {
         return Plan::Finished;
     }
-    if matches!(spec.trigger, Trigger::OnBoot) {
+    if matches!(spec.trigger, Trigger::OnBoot) || st.paused {
+        // Paused: nothing is decided (resume starts from its own time, so
+        // slots passing meanwhile are never run later).
         return Plan::Wait(None);
     }
     let cursor = st.last.unwrap_or(st.created);
@@ -541,20 +543,10 @@ pub fn plan(spec: &Spec, st: &State, now: i64, startup: bool, host: &str, id: &s
     };
     let offset = |run: u64| jitter_offset(host, id, run, spec.jitter) as i64;
     if first > now {
-        if st.paused {
-            return Plan::Wait(None);
-        }
         return Plan::Wait(Some(first.saturating_add(offset(st.runs + 1))));
     }
     let (latest, count) = spec.latest_in(cursor, now, st.anchor, 1000);
     let latest = latest.unwrap_or(first);
-    if st.paused {
-        // Slots passing while paused are never run later.
-        return Plan::Skip {
-            upto: latest,
-            skipped: count,
-        };
-    }
     let missed = startup || count as usize > BURST_SLOTS;
     if !missed {
         if now >= first.saturating_add(offset(st.runs + 1)) {
@@ -1105,9 +1097,10 @@ impl ScheduleTable {
                     self.persist(id, None);
                 }
                 Plan::Skip { upto, skipped } => {
-                    if !e.state.paused {
-                        log::warn!("schedule {id}: {skipped} missed slot(s) up to {} not run (catch_up: none)", rfc3339(upto));
-                    }
+                    log::warn!(
+                        "schedule {id}: {skipped} missed slot(s) up to {} not run (catch_up: none)",
+                        rfc3339(upto)
+                    );
                     e.state.last = Some(upto);
                     self.persist(id, None);
                 }
@@ -1173,7 +1166,11 @@ impl ScheduleTable {
             if let Some(running) = e.running.last() {
                 match e.spec.overlap {
                     Overlap::Queue => {
-                        e.queued = Some(fire);
+                        if e.queued.is_some() {
+                            log::warn!("schedule {}: run {} skipped, one run waits already (overlap: queue)", fire.schedule, fire.run);
+                        } else {
+                            e.queued = Some(fire);
+                        }
                         continue;
                     }
                     Overlap::Replace => fire.replace = Some(running.clone()),
@@ -1522,15 +1519,9 @@ mod tests {
             plan(&cron, &st, 10, false, "h", "i"),
             Plan::Wait(Some(6060))
         );
-        // Paused: slots pass without running.
+        // Paused: nothing is decided (resume starts from its own time).
         let st = State { paused: true, ..st };
-        assert_eq!(
-            plan(&cron, &st, 6130, false, "h", "i"),
-            Plan::Skip {
-                upto: 6120,
-                skipped: 2
-            }
-        );
+        assert_eq!(plan(&cron, &st, 6130, false, "h", "i"), Plan::Wait(None));
     }
 
     #[test]
