@@ -323,7 +323,11 @@ impl Reactor {
             let now = Instant::now();
             self.run_actions(now);
             // Due schedules start here, whether or not a server is connected.
-            let schedule_wait = self.dispatcher.run_schedules(now);
+            // No new run once shutting down.
+            let schedule_wait = match stopping {
+                None => self.dispatcher.run_schedules(now),
+                Some(_) => None,
+            };
             self.deliver_finished(now);
             self.run_actions(now);
             self.pump_deferred(now);
@@ -340,7 +344,7 @@ impl Reactor {
                 .session
                 .poll_timeout()
                 .map(|t| t.saturating_duration_since(now));
-            if let Some(wait) = schedule_wait.filter(|_| stopping.is_none()) {
+            if let Some(wait) = schedule_wait {
                 timeout = Some(timeout.map_or(wait, |t| t.min(wait)));
             }
             if let Some(deadline) = stopping {
