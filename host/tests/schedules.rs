@@ -520,3 +520,49 @@ fn results_kept_per_schedule_are_bounded_oldest_dropped_and_async_tasks_still_ru
         got.len()
     );
 }
+
+#[test]
+fn at_runs_once_and_cron_with_seconds_in_a_named_zone_runs_on_its_slots() {
+    let pki = Pki::new();
+    let (server, _agent, host, _) = start(&pki, "127.0.16.9", "");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let when = rfc3339_utc(now + 2);
+    let once = add(
+        &server,
+        &host,
+        json!({"request": {"method": "getinfo.kernel"}, "at": when}),
+    );
+    let cron = add(
+        &server,
+        &host,
+        json!({"request": {"method": "getinfo.kernel"}, "cron": "*/2 * * * * *", "tz": "Europe/Berlin"}),
+    );
+    wait_for("the at run and cron runs", Duration::from_secs(20), || {
+        (runs(&server, &once).len() == 1 && runs(&server, &cron).len() >= 3).then_some(())
+    });
+    assert_eq!(runs(&server, &once)[0]["scheduled_at"], now + 2);
+    let c = runs(&server, &cron);
+    assert_in_order_once(&c);
+    assert!(
+        c.iter()
+            .all(|e| e["scheduled_at"].as_u64().unwrap() % 2 == 0),
+        "{c:?}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(runs(&server, &once).len(), 1, "at runs once");
+    let g = server.call(
+        &host,
+        &json!({"method": "schedule.get", "schedule": once}).to_string(),
+    );
+    assert_eq!(g["data"]["state"], "finished", "{g}");
+}
+
+/// `secs` as an RFC 3339 UTC time.
+fn rfc3339_utc(secs: u64) -> String {
+    chrono::DateTime::from_timestamp(secs as i64, 0)
+        .unwrap()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
