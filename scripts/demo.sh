@@ -146,6 +146,21 @@ done
 say "task.done received by the server (BasicAgentServer tasks)"
 "$BIN/BasicAgentServer" tasks --admin "$ADMIN" | python3 -m json.tool --json-lines
 
+say "schedule.add: getinfo.kernel every 2 s; each run is a task.done with schedule, scheduled_at, run"
+echo 'request: {"method":"schedule.add","request":{"method":"getinfo.kernel"},"every":2,"count":2}'
+SANSWER=$("$BIN/BasicAgentServer" call --admin "$ADMIN" --host "$HOST" --timeout 20 \
+    '{"method":"schedule.add","request":{"method":"getinfo.kernel"},"every":2,"count":2}')
+echo "$SANSWER" | python3 -m json.tool
+SCHED=$(echo "$SANSWER" | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["schedule"])')
+for _ in $(seq 80); do
+    [ "$("$BIN/BasicAgentServer" tasks --admin "$ADMIN" | grep -c "$SCHED")" -ge 2 ] && break
+    sleep 0.1
+done
+call "schedule.get (two runs done, finished)" "{\"method\":\"schedule.get\",\"schedule\":\"$SCHED\"}"
+say "the scheduled results, listed with the tasks"
+"$BIN/BasicAgentServer" tasks --admin "$ADMIN" | grep "$SCHED" | python3 -m json.tool --json-lines
+call "a bad cron expression (3021 naming the field)" '{"method":"schedule.add","request":{"method":"getinfo.kernel"},"cron":"*/5 * * * *"}'
+
 say "agent log (last lines): 127.0.0.1 refused, then 127.0.0.2"
 tail -n 12 "$D/agent.log"
 

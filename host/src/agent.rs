@@ -256,6 +256,7 @@ pub fn run(opts: Options) -> Result<(), StartError> {
     }
     let registry = PluginRegistry::with_signatures(plugin_dir, settings, policy);
     let now = Instant::now();
+    let facts_host_id = host_id.clone();
     let facts = AgentFacts {
         host_id: host_id.clone(),
         name: name.clone(),
@@ -270,6 +271,18 @@ pub fn run(opts: Options) -> Result<(), StartError> {
         tasks,
     );
     dispatcher.set_max_frame(config.server.max_frame);
+    let schedules = crate::schedule::ScheduleTable::open(
+        config.agent.state_dir.join("schedules"),
+        crate::schedule::ScheduleLimits {
+            max_schedules: config.agent.max_schedules,
+            min_interval: config.agent.schedule_min_interval,
+            keep_results: config.agent.schedule_keep_results,
+        },
+        &facts_host_id,
+        &dispatcher.plugin_methods(),
+        Arc::clone(&waker),
+    )?;
+    dispatcher.set_schedules(schedules);
     let init = Init {
         hostname: host_id,
         version: env!("CARGO_PKG_VERSION").to_owned(),

@@ -132,6 +132,12 @@ pub struct AgentConfig {
     /// Refuse plugins without a `.sig` by a trusted key (a `.sig` that
     /// exists must verify either way).
     pub require_signature: bool,
+    /// Schedules kept at once (`schedule.add` past it answers 3021).
+    pub max_schedules: usize,
+    /// Shortest interval a schedule may fire at, seconds (at least 1).
+    pub schedule_min_interval: u64,
+    /// Unacknowledged results kept per schedule (oldest dropped past it).
+    pub schedule_keep_results: usize,
 }
 
 impl Default for AgentConfig {
@@ -149,6 +155,9 @@ impl Default for AgentConfig {
             task_retention: Duration::from_secs(7 * 24 * 3600),
             trusted_keys: Vec::new(),
             require_signature: false,
+            max_schedules: 64,
+            schedule_min_interval: 1,
+            schedule_keep_results: 100,
         }
     }
 }
@@ -302,6 +311,15 @@ impl Config {
                 "agent.task_retention",
                 too_long(a.task_retention, RETENTION_MAX),
             ));
+        }
+        if a.schedule_min_interval == 0 {
+            return Err((
+                "agent.schedule_min_interval",
+                "must be at least 1 second".into(),
+            ));
+        }
+        if a.schedule_keep_results == 0 {
+            return Err(("agent.schedule_keep_results", "must be at least 1".into()));
         }
         if a.max_concurrent == 0 {
             return Err(("agent.max_concurrent", "must be at least 1".into()));

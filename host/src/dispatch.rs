@@ -23,13 +23,14 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::ThreadId;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use basicagent_abi::{Completion, Plugin, PluginRegistry};
 use basicagent_proto::{Incoming, Response, Retcode, DEFAULT_MAX_FRAME};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
+use crate::schedule::{Fire, ScheduleTable};
 use crate::tasks::{self, TaskStore};
 
 /// A completed plugin call, ready to send.
@@ -93,6 +94,8 @@ pub struct TaskEnd {
     pub retcode: u32,
     /// The result was written to the outbox (else it is kept in memory).
     pub stored: bool,
+    /// The schedule this run belongs to.
+    pub schedule: Option<String>,
 }
 
 /// Facts `agent.info` reports.
@@ -128,6 +131,7 @@ pub struct Dispatcher {
     /// Why new requests are refused for now (the send queue is full).
     congested: Option<String>,
     backlog: Arc<Backlog>,
+    schedules: Option<ScheduleTable>,
 }
 
 impl Dispatcher {
@@ -155,7 +159,14 @@ impl Dispatcher {
             max_frame: DEFAULT_MAX_FRAME,
             congested: None,
             backlog: Arc::default(),
+            schedules: None,
         }
+    }
+
+    /// Serves `schedule.*` and runs due schedules from this table.
+    pub fn set_schedules(&mut self, mut table: ScheduleTable) {
+        table.restore_results(self.tasks.scheduled_results());
+        self.schedules = Some(table);
     }
 
     /// Counts an answer the loop replaced by a `3026` (logged in batches).
@@ -204,6 +215,9 @@ impl Dispatcher {
                 return None;
             }
             Ok(Incoming::TaskAck(ack)) => {
+                if let Some(s) = &mut self.schedules {
+                    s.acked(&ack.task);
+                }
                 if self.tasks.ack(&ack.task) {
                     log::debug!("task {} acknowledged; result deleted", ack.task);
                 } else {
@@ -246,6 +260,11 @@ impl Dispatcher {
                     &Response::new(id, Retcode::SUCCESS).with_data(&self.tasks.list(now)),
                 ))
             }
+            "schedule.add" | "schedule.list" | "schedule.get" | "schedule.remove"
+            | "schedule.pause" | "schedule.resume" => {
+                let r = self.schedule_request(id, &method, frame, now);
+                return Some(self.frame_of(&r));
+            }
             "task.status" | "task.cancel" => {
                 return self
                     .task_request(id, generation, &method, frame, now)
@@ -255,6 +274,7 @@ impl Dispatcher {
         }
         if method.starts_with("agent.")
             || method.starts_with("task.")
+            || method.starts_with("schedule.")
             || method.starts_with("async.")
         {
             return Some(self.frame_of(&Response::failed(
@@ -356,6 +376,15 @@ impl Dispatcher {
         if let Some(t) = &done.task {
             log::info!("task {} finished with {}", t.id, t.retcode);
             self.tasks.finished(&t.id, &done.frame, t.retcode, t.stored);
+            if let (Some(sid), Some(table)) = (&t.schedule, &mut self.schedules) {
+                let (dropped, queued) = table.finished(sid, &t.id);
+                for old in dropped {
+                    self.tasks.ack(&old);
+                }
+                if let Some(fire) = queued {
+                    self.launch(fire, Instant::now());
+                }
+            }
         }
         Some(done)
     }
@@ -428,7 +457,7 @@ impl Dispatcher {
                         false
                     }
                 };
-                let task = TaskEnd { id: task_id, retcode: c.retcode, stored };
+                let task = TaskEnd { id: task_id, retcode: c.retcode, stored, schedule: None };
                 let _ = tx.send(Finished { generation: None, call: c.call, frame, id: None, task: Some(task) });
                 if let Err(e) = waker.wake() {
                     log::error!("cannot wake the loop: {e}");
@@ -452,6 +481,201 @@ impl Dispatcher {
         log::info!("task {task} started (command sha256 {})", digest12(&cmd));
         log::debug!("task {task} command: {cmd}");
         Response::new(id, Retcode::SUCCESS).with_data(&serde_json::json!({ "task": task }))
+    }
+
+    /// `schedule.*` requests (parameters at the top level of the request).
+    fn schedule_request(
+        &mut self,
+        id: Option<Box<RawValue>>,
+        method: &str,
+        frame: &[u8],
+        now: Instant,
+    ) -> Response {
+        let wall = unix_now_i64();
+        let methods = if method == "schedule.add" {
+            self.plugin_methods()
+        } else {
+            Vec::new()
+        };
+        let Some(table) = &mut self.schedules else {
+            return Response::failed(
+                id,
+                Retcode::UNKNOWN_METHOD,
+                format!("Unknown method: {method} (no schedule table)"),
+            );
+        };
+        let params = match serde_json::from_slice::<Value>(frame) {
+            Ok(Value::Object(m)) => m,
+            _ => {
+                return Response::failed(
+                    id,
+                    Retcode::INVALID_PARAMS,
+                    "Invalid params: not a JSON object",
+                )
+            }
+        };
+        let sid = || {
+            params
+                .get("schedule")
+                .and_then(Value::as_str)
+                .filter(|s| tasks::valid_task_id(s))
+                .ok_or(crate::schedule::ParamError {
+                    field: "schedule",
+                    reason: "must be a schedule id string".into(),
+                })
+        };
+        let result = match method {
+            "schedule.add" => table.add(&params, &methods, wall),
+            "schedule.list" => Ok(table.list(wall)),
+            "schedule.get" => sid().and_then(|s| table.get(s, wall)),
+            "schedule.remove" => sid().and_then(|s| table.remove(s)),
+            "schedule.pause" => sid().and_then(|s| table.set_paused(s, true, wall)),
+            _ => sid().and_then(|s| table.set_paused(s, false, wall)),
+        };
+        match result {
+            Ok(data) => {
+                if method == "schedule.add" {
+                    // A slot due at once (`at` now) starts without waiting.
+                    let _ = self.run_schedules(now);
+                }
+                Response::new(id, Retcode::SUCCESS).with_data(&data)
+            }
+            Err(e) => {
+                log::warn!("{method} refused: {e}");
+                Response::failed(id, Retcode::INVALID_PARAMS, e.to_string())
+            }
+        }
+    }
+
+    /// Decides the schedules and starts the runs whose state is durable.
+    /// Returns how long the loop may sleep before the next decision.
+    pub fn run_schedules(&mut self, now: Instant) -> Option<Duration> {
+        let table = self.schedules.as_mut()?;
+        if table.is_empty() {
+            let _ = table.take_ready();
+            return None;
+        }
+        let wall_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let wall = i64::try_from(wall_ms / 1000).unwrap_or(i64::MAX);
+        let wake = table.tick(wall);
+        for fire in table.take_ready() {
+            self.launch(fire, now);
+        }
+        let max = crate::schedule::MAX_WAIT;
+        Some(match wake {
+            Some(at) => {
+                let at_ms = u128::try_from(at.max(0)).unwrap_or(0).saturating_mul(1000);
+                let wait = u64::try_from(at_ms.saturating_sub(wall_ms)).unwrap_or(u64::MAX);
+                Duration::from_millis(wait).min(max)
+            }
+            None => max,
+        })
+    }
+
+    /// Starts one scheduled run (its state already durable) through the
+    /// same plugins as a server request; its result becomes a `task.done`
+    /// with `schedule`, `scheduled_at` and `run` in the outbox. A run that
+    /// cannot start (no plugin, `max_concurrent`) is a failed result.
+    fn launch(&mut self, fire: Fire, now: Instant) {
+        if let Some(old) = &fire.replace {
+            if let Some(call) = self.tasks.running_call(old) {
+                if let Some(f) = self.in_flight.get(&call) {
+                    log::info!(
+                        "schedule {}: cancelling run task {old} (overlap: replace)",
+                        fire.schedule
+                    );
+                    self.tasks.mark_cancelling(old);
+                    f.plugin.cancel(call);
+                }
+            }
+        }
+        let task = tasks::new_task_id();
+        let run = basicagent_proto::ScheduleRun {
+            schedule: fire.schedule.clone(),
+            scheduled_at: u64::try_from(fire.slot).unwrap_or(0),
+            run: fire.run,
+        };
+        let sink = RunSink {
+            tx: self.tx.clone(),
+            waker: Arc::clone(&self.waker),
+            loop_thread: self.loop_thread,
+            dir: self.tasks.dir().to_owned(),
+            task: task.clone(),
+            max_frame: self.max_frame,
+            run,
+        };
+        let plugin_name = if fire.method == "async.bash" {
+            "sync.bash"
+        } else {
+            fire.method.as_str()
+        };
+        let refused = |retcode: u32, message: String| Completion {
+            call: 0,
+            retcode,
+            message,
+            data: None,
+        };
+        let plugin = match self.plugin(plugin_name) {
+            Ok(p) => p,
+            Err(e) => {
+                log::warn!(
+                    "schedule {}: run {} cannot start: {e}",
+                    fire.schedule,
+                    fire.run
+                );
+                sink.complete(refused(e.retcode(), e.to_string()));
+                self.note_scheduled_start(&fire, &task, None, now);
+                return;
+            }
+        };
+        if self.in_flight.len() >= self.max_concurrent {
+            let message = format!(
+                "Busy: {} requests in flight (max_concurrent)",
+                self.in_flight.len()
+            );
+            log::warn!(
+                "schedule {}: run {} not started: {message}",
+                fire.schedule,
+                fire.run
+            );
+            sink.complete(refused(Retcode::BUSY.0, message));
+            self.note_scheduled_start(&fire, &task, None, now);
+            return;
+        }
+        let frame = Value::Object(fire.request.clone()).to_string();
+        let call = plugin.call(
+            frame.as_bytes(),
+            Box::new(move |c: Completion| sink.complete(c)),
+        );
+        self.note_scheduled_start(&fire, &task, Some(call), now);
+        self.in_flight.insert(
+            call,
+            InFlight {
+                plugin,
+                method: format!("schedule {} run {} ({task})", fire.schedule, fire.run),
+            },
+        );
+    }
+
+    fn note_scheduled_start(&mut self, fire: &Fire, task: &str, call: Option<u64>, now: Instant) {
+        let what = match fire.request.get("cmd").and_then(Value::as_str) {
+            Some(cmd) => cmd.to_owned(),
+            None => fire.method.clone(),
+        };
+        // A call of 0 is no plugin call: its failed result is on its way.
+        self.tasks.start(task, call.unwrap_or(0), &what, now);
+        self.tasks.mark_scheduled(task, &fire.schedule);
+        if let Some(table) = &mut self.schedules {
+            table.started(&fire.schedule, task);
+        }
+        log::info!(
+            "schedule {}: run {} (slot {}) started as task {task}",
+            fire.schedule,
+            fire.run,
+            fire.slot
+        );
     }
 
     /// `task.status` and `task.cancel`, both `{"task": ID}`.
@@ -577,8 +801,95 @@ impl Dispatcher {
             "in_flight": self.in_flight.len(),
             "max_concurrent": self.max_concurrent,
             "requests_served": self.served,
+            "schedules": self.schedules.as_ref().map_or(0, ScheduleTable::len),
         });
         Response::new(id, Retcode::SUCCESS).with_data(&data)
+    }
+}
+
+fn unix_now_i64() -> i64 {
+    i64::try_from(tasks::unix_now()).unwrap_or(i64::MAX)
+}
+
+/// Where a scheduled run's completion goes: its `task.done` is written to
+/// the outbox off the loop (on the completing thread, or on a thread of
+/// its own when the plugin completed inside `call`), then handed to the
+/// loop like an `async.bash` result.
+struct RunSink {
+    tx: mpsc::Sender<Finished>,
+    waker: Arc<mio::Waker>,
+    loop_thread: ThreadId,
+    dir: std::path::PathBuf,
+    task: String,
+    max_frame: usize,
+    run: basicagent_proto::ScheduleRun,
+}
+
+impl RunSink {
+    fn complete(self, c: Completion) {
+        let frame = tasks::done_frame_run(
+            &self.task,
+            c.retcode,
+            &c.message,
+            c.data,
+            self.max_frame,
+            Some(self.run.clone()),
+        );
+        let (call, retcode) = (c.call, c.retcode);
+        if std::thread::current().id() != self.loop_thread {
+            self.store_and_send(call, retcode, frame);
+            return;
+        }
+        // Not on the loop: the write may take a while (fsync).
+        let shared = Arc::new(Mutex::new(Some((self, frame))));
+        let theirs = Arc::clone(&shared);
+        let spawned = std::thread::Builder::new()
+            .name("schedule-result".into())
+            .spawn(move || {
+                if let Some((sink, frame)) = theirs.lock().unwrap_or_else(|e| e.into_inner()).take()
+                {
+                    sink.store_and_send(call, retcode, frame);
+                }
+            });
+        if let Err(e) = spawned {
+            log::error!("cannot start a thread to store a scheduled result: {e}; kept in memory");
+            if let Some((sink, frame)) = shared.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                sink.send(call, retcode, frame, false);
+            }
+        }
+    }
+
+    fn store_and_send(self, call: u64, retcode: u32, frame: Vec<u8>) {
+        let stored = match tasks::write_result(&self.dir, &self.task, &frame) {
+            Ok(()) => true,
+            Err(e) => {
+                log::error!(
+                    "task {}: cannot write the result durably: {e}; kept in memory and delivered",
+                    self.task
+                );
+                false
+            }
+        };
+        self.send(call, retcode, frame, stored);
+    }
+
+    fn send(self, call: u64, retcode: u32, frame: Vec<u8>, stored: bool) {
+        let task = TaskEnd {
+            id: self.task,
+            retcode,
+            stored,
+            schedule: Some(self.run.schedule),
+        };
+        let _ = self.tx.send(Finished {
+            generation: None,
+            call,
+            frame,
+            id: None,
+            task: Some(task),
+        });
+        if let Err(e) = self.waker.wake() {
+            log::error!("cannot wake the loop: {e}");
+        }
     }
 }
 

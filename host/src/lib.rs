@@ -13,6 +13,7 @@ pub mod dispatch;
 pub mod hostid;
 pub mod reactor;
 pub mod resolve;
+pub mod schedule;
 pub mod session;
 pub mod tasks;
 pub mod tls;

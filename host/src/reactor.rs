@@ -322,6 +322,12 @@ impl Reactor {
         loop {
             let now = Instant::now();
             self.run_actions(now);
+            // Due schedules start here, whether or not a server is connected.
+            // No new run once shutting down.
+            let schedule_wait = match stopping {
+                None => self.dispatcher.run_schedules(now),
+                Some(_) => None,
+            };
             self.deliver_finished(now);
             self.run_actions(now);
             self.pump_deferred(now);
@@ -338,6 +344,9 @@ impl Reactor {
                 .session
                 .poll_timeout()
                 .map(|t| t.saturating_duration_since(now));
+            if let Some(wait) = schedule_wait {
+                timeout = Some(timeout.map_or(wait, |t| t.min(wait)));
+            }
             if let Some(deadline) = stopping {
                 let left = deadline.saturating_duration_since(now);
                 timeout = Some(timeout.map_or(left, |t| t.min(left)));

@@ -91,6 +91,10 @@ pub struct TaskStore {
     limits: TaskLimits,
     tasks: HashMap<String, TaskState>,
     seq: u64,
+    /// Results of scheduled runs (task id → schedule id): bounded per
+    /// schedule by [`crate::schedule`], not counted against `max_tasks`
+    /// and `max_outbox_bytes`, so they never block `async.bash`.
+    scheduled: HashMap<String, String>,
 }
 
 pub fn unix_now() -> u64 {
@@ -173,6 +177,19 @@ pub fn done_frame(
     data: Option<String>,
     max_frame: usize,
 ) -> Vec<u8> {
+    done_frame_run(id, retcode, message, data, max_frame, None)
+}
+
+/// [`done_frame`] for a run of a schedule (`schedule`, `scheduled_at` and
+/// `run` fields when `run` is set).
+pub fn done_frame_run(
+    id: &str,
+    retcode: u32,
+    message: &str,
+    data: Option<String>,
+    max_frame: usize,
+    run: Option<basicagent_proto::ScheduleRun>,
+) -> Vec<u8> {
     let response = Response::from_plugin_owned(None, retcode, message.to_owned(), data);
     // Moved, not cloned: `data` may be a command's whole output.
     let done = TaskDone {
@@ -180,13 +197,21 @@ pub fn done_frame(
         retcode: response.retcode,
         message: response.message,
         data: response.data,
+        run: run.clone(),
     };
     let mut frame = Vec::new();
     match done.write_frame_limited(&mut frame, max_frame) {
         Ok(()) => frame,
         Err(FrameTooLong { limit }) => {
             log::warn!("task {id}: result larger than the frame limit ({limit} bytes); stored as a 3025 failure");
-            too_long_frame(id, limit)
+            let mut frame = too_long_frame(id, limit);
+            if run.is_some() {
+                if let Some(d) = parse_frame(&frame) {
+                    frame.clear();
+                    d.with_run(run).write_frame(&mut frame);
+                }
+            }
+            frame
         }
     }
 }
@@ -293,6 +318,7 @@ impl TaskStore {
             limits,
             tasks: HashMap::new(),
             seq: 0,
+            scheduled: HashMap::new(),
         };
         let mut done: Vec<(SystemTime, String, u64, Option<Vec<u8>>)> = Vec::new();
         let mut running: Vec<String> = Vec::new();
@@ -308,12 +334,19 @@ impl TaskStore {
                 let too_long = meta
                     .as_ref()
                     .is_ok_and(|m| m.len() > store.limits.max_frame as u64 + 1);
+                let mut schedule = None;
                 let valid = valid_task_id(id)
                     && (too_long
                         || fs::read(&path).ok().is_some_and(|b| {
                             b.ends_with(b"\n")
-                                && TaskDone::parse(b.trim_ascii_end()).is_ok_and(|d| d.task == id)
+                                && TaskDone::parse(b.trim_ascii_end()).is_ok_and(|d| {
+                                    schedule = d.run.map(|r| r.schedule);
+                                    d.task == id
+                                })
                         }));
+                if let (true, Some(s)) = (valid, schedule) {
+                    store.scheduled.insert(id.to_owned(), s);
+                }
                 if valid && too_long {
                     // From before frames were bounded: it would never be
                     // accepted. Replace it by a result that says so.
@@ -417,10 +450,12 @@ impl TaskStore {
         &self.dir
     }
 
+    /// Bytes of unacknowledged results, scheduled runs' excluded.
     fn outbox_bytes(&self) -> u64 {
         self.tasks
-            .values()
-            .map(|t| {
+            .iter()
+            .filter(|(id, _)| !self.scheduled.contains_key(*id))
+            .map(|(_, t)| {
                 if let TaskState::Done { bytes, .. } = t {
                     *bytes
                 } else {
@@ -437,7 +472,8 @@ impl TaskStore {
     /// may not have seen).
     pub fn admit(&mut self, now_unix: u64) -> Result<(), AdmitError> {
         let full = |s: &TaskStore| {
-            s.tasks.len() >= s.limits.max_tasks || s.outbox_bytes() >= s.limits.max_bytes
+            s.tasks.len().saturating_sub(s.scheduled.len()) >= s.limits.max_tasks
+                || s.outbox_bytes() >= s.limits.max_bytes
         };
         if full(self) {
             let cutoff = now_unix.saturating_sub(self.limits.retention.as_secs());
@@ -487,8 +523,9 @@ impl TaskStore {
                 log::warn!("outbox full: dropped {dropped} rejected result(s) to make room");
             }
         }
-        if self.tasks.len() >= self.limits.max_tasks {
-            return Err(AdmitError::TooMany(self.tasks.len()));
+        let counted = self.tasks.len().saturating_sub(self.scheduled.len());
+        if counted >= self.limits.max_tasks {
+            return Err(AdmitError::TooMany(counted));
         }
         let bytes = self.outbox_bytes();
         if bytes >= self.limits.max_bytes {
@@ -583,7 +620,22 @@ impl TaskStore {
         }
     }
 
+    /// Marks task `id` as a run of `schedule` (see [`TaskStore::scheduled`]).
+    pub fn mark_scheduled(&mut self, id: &str, schedule: &str) {
+        self.scheduled.insert(id.to_owned(), schedule.to_owned());
+    }
+
+    /// Unacknowledged results of scheduled runs, oldest first, as
+    /// `(schedule, task)`.
+    pub fn scheduled_results(&self) -> Vec<(String, String)> {
+        self.outbox_ids()
+            .into_iter()
+            .filter_map(|id| Some((self.scheduled.get(&id)?.clone(), id)))
+            .collect()
+    }
+
     fn remove(&mut self, id: &str) {
+        self.scheduled.remove(id);
         if let Some(TaskState::Done { memory, .. }) = self.tasks.remove(id) {
             let _ = fs::remove_file(self.dir.join(format!("{id}.done")));
             if memory.is_some() {
@@ -721,6 +773,52 @@ mod tests {
             retention: Duration::from_secs(3600),
             max_frame: 1 << 20,
         }
+    }
+
+    #[test]
+    fn scheduled_results_never_block_async_tasks_and_are_known_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = TaskStore::open(dir.path().join("tasks"), limits()).unwrap();
+        let mut ids = Vec::new();
+        for run in 1..=4 {
+            let id = new_task_id();
+            s.start(&id, run, "getinfo.kernel", Instant::now());
+            s.mark_scheduled(&id, "sched-a");
+            let r = basicagent_proto::ScheduleRun {
+                schedule: "sched-a".into(),
+                scheduled_at: 100 + run,
+                run,
+            };
+            let frame = done_frame_run(&id, 2, "", Some("{}".into()), 1 << 20, Some(r));
+            write_result(s.dir(), &id, &frame).unwrap();
+            s.finished(&id, &frame, 2, true);
+            ids.push(id);
+        }
+        // Four results kept, max_tasks is 3: async.bash is still admitted.
+        assert!(s.admit(unix_now()).is_ok());
+        drop(s);
+        let mut s = TaskStore::open(dir.path().join("tasks"), limits()).unwrap();
+        assert!(s.admit(unix_now()).is_ok());
+        let kept: Vec<String> = s
+            .scheduled_results()
+            .into_iter()
+            .map(|(sid, id)| {
+                assert_eq!(sid, "sched-a");
+                id
+            })
+            .collect();
+        let mut want = ids.clone();
+        want.sort();
+        let mut got = kept.clone();
+        got.sort();
+        assert_eq!(got, want);
+        assert!(s.ack(&ids[0]));
+        assert_eq!(s.scheduled_results().len(), 3);
+        // Plain tasks still count.
+        for call in 0..3 {
+            s.start(&new_task_id(), 10 + call, "sleep 1", Instant::now());
+        }
+        assert!(matches!(s.admit(unix_now()), Err(AdmitError::TooMany(3))));
     }
 
     #[test]

@@ -32,4 +32,4 @@ pub use retcode::Retcode;
 pub use server_list::{
     parse_server_addr, parse_server_list, ServerAddr, ServerAddrError, ServerList,
 };
-pub use task::{TaskAck, TaskDone};
+pub use task::{ScheduleRun, TaskAck, TaskDone};

@@ -18,6 +18,17 @@ pub struct TaskDone {
     pub retcode: Retcode,
     pub message: String,
     pub data: Option<Box<RawValue>>,
+    /// Set when the result is a run of a schedule (`schedule.add`).
+    pub run: Option<ScheduleRun>,
+}
+
+/// The extra `task.done` fields of a scheduled run: `schedule` (its id),
+/// `scheduled_at` (the slot, Unix seconds, before jitter) and `run` (1, 2 …).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduleRun {
+    pub schedule: String,
+    pub scheduled_at: u64,
+    pub run: u64,
 }
 
 /// `{"method":"task.ack","task":ID}`: the server has the result; the agent may delete it.
@@ -35,6 +46,12 @@ struct DoneWire<'a> {
     message: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     data: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    schedule: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scheduled_at: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    run: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -55,6 +72,12 @@ struct TaskEnvelope<'a> {
     message: Option<&'a RawValue>,
     #[serde(borrow, default)]
     data: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    schedule: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    scheduled_at: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    run: Option<&'a RawValue>,
 }
 
 fn check_method(env: &TaskEnvelope<'_>, expected: &'static str) -> Result<(), MessageError> {
@@ -86,7 +109,14 @@ impl TaskDone {
             retcode: result.retcode,
             message: result.message.clone(),
             data: result.data.clone(),
+            run: None,
         }
+    }
+
+    /// The same result marked as run `run` of a schedule.
+    pub fn with_run(mut self, run: Option<ScheduleRun>) -> Self {
+        self.run = run;
+        self
     }
 
     /// The result as a response without id (for printing or storing).
@@ -106,6 +136,9 @@ impl TaskDone {
             retcode: self.retcode.0,
             message: &self.message,
             data: self.data.as_deref(),
+            schedule: self.run.as_ref().map(|r| r.schedule.as_str()),
+            scheduled_at: self.run.as_ref().map(|r| r.scheduled_at),
+            run: self.run.as_ref().map(|r| r.run),
         }
     }
 
@@ -120,15 +153,7 @@ impl TaskDone {
     }
 
     pub fn to_json(&self) -> String {
-        let wire = DoneWire {
-            method: "task.done",
-            task: &self.task,
-            resp: self.retcode.resp(),
-            retcode: self.retcode.0,
-            message: &self.message,
-            data: self.data.as_deref(),
-        };
-        serde_json::to_string(&wire).unwrap_or_else(|_| String::from("{}"))
+        serde_json::to_string(&self.wire()).unwrap_or_else(|_| String::from("{}"))
     }
 
     pub fn write_frame(&self, out: &mut Vec<u8>) {
@@ -149,11 +174,21 @@ impl TaskDone {
         let message = envelope::opt_string(env.message, "message")?
             .unwrap_or_else(|| retcode.message().to_owned());
         let data = envelope::present(env.data).map(RawValue::to_owned);
+        let run = match envelope::opt_string(env.schedule, "schedule")? {
+            Some(schedule) => Some(ScheduleRun {
+                schedule,
+                scheduled_at: envelope::opt_u64(env.scheduled_at, "scheduled_at")?
+                    .ok_or(MessageError::BadField("scheduled_at"))?,
+                run: envelope::opt_u64(env.run, "run")?.ok_or(MessageError::BadField("run"))?,
+            }),
+            None => None,
+        };
         Ok(TaskDone {
             task,
             retcode,
             message,
             data,
+            run,
         })
     }
 }
@@ -207,6 +242,36 @@ mod tests {
             d.to_response().to_json(),
             r#"{"id":null,"resp":"failed","retcode":3023,"message":"Timeout","data":{"stdout":"x"}}"#
         );
+    }
+
+    #[test]
+    fn a_scheduled_run_carries_schedule_slot_and_run() {
+        let r = Response::from_plugin(None, 2, "", Some(r#"{"k":1}"#));
+        let d = TaskDone::new("t-2", &r).with_run(Some(ScheduleRun {
+            schedule: "s-1".into(),
+            scheduled_at: 1_700_000_000,
+            run: 3,
+        }));
+        let json = d.to_json();
+        assert!(
+            json.ends_with(r#""data":{"k":1},"schedule":"s-1","scheduled_at":1700000000,"run":3}"#),
+            "{json}"
+        );
+        let back = TaskDone::parse(json.as_bytes()).unwrap();
+        assert_eq!(back.run, d.run);
+        // Without `schedule`, no run; a schedule without its slot is refused.
+        assert_eq!(
+            TaskDone::parse(br#"{"method":"task.done","task":"a","retcode":2,"run":4}"#)
+                .unwrap()
+                .run,
+            None
+        );
+        assert!(matches!(
+            TaskDone::parse(
+                br#"{"method":"task.done","task":"a","retcode":2,"schedule":"s","run":1}"#
+            ),
+            Err(MessageError::BadField("scheduled_at"))
+        ));
     }
 
     #[test]

@@ -115,6 +115,8 @@ pub fn task_json(t: &basicagent_store::TaskResult) -> serde_json::Value {
         "retcode": t.retcode, "message": t.message, "data": data,
         "received_at": (t.received_at as f64) / 1000.0,
         "schedule": t.schedule,
+        "scheduled_at": done.as_ref().and_then(|d| d.run.as_ref()).map(|r| r.scheduled_at),
+        "run": done.as_ref().and_then(|d| d.run.as_ref()).map(|r| r.run),
     })
 }
 

@@ -525,7 +525,10 @@ impl Session {
                 self.shared.events.emit(
                     "task_done",
                     json!({"host": host, "task": done.task, "resp": done.retcode.resp(),
-                           "retcode": done.retcode.0, "message": done.message}),
+                           "retcode": done.retcode.0, "message": done.message,
+                           "schedule": done.run.as_ref().map(|r| &r.schedule),
+                           "scheduled_at": done.run.as_ref().map(|r| r.scheduled_at),
+                           "run": done.run.as_ref().map(|r| r.run)}),
                 );
                 let result = TaskResult {
                     host: host.clone(),
@@ -534,7 +537,7 @@ impl Session {
                     retcode: i64::from(done.retcode.0),
                     message: done.message.clone(),
                     frame: String::from_utf8_lossy(frame).into_owned(),
-                    schedule: None,
+                    schedule: done.run.as_ref().map(|r| r.schedule.clone()),
                 };
                 // The ack promises the result is kept: only after the commit.
                 match self.shared.storage.put_task(result).await {
