@@ -19,6 +19,7 @@
 //! command killed. Every answer fits the host's frame bound ([`report`]).
 
 mod capture;
+mod cgroup;
 mod executor;
 mod identity;
 mod job;
@@ -140,6 +141,8 @@ fn executor_count() -> usize {
 fn init(host: &Host) -> Result<(), InitError> {
     let parsed = Config::parse(host.config()).map_err(|e| InitError(e.to_string()))?;
     let _ = CONFIG.set(parsed);
+    // The cgroup layout, detected once and logged (the first init wins).
+    cgroup::init(config().containment);
     // The process (daemon or ctl) becomes a child subreaper: processes a
     // command leaves behind come back to it, to be killed after a
     // timeout and reaped (see reaper.rs).

@@ -24,6 +24,31 @@ pub struct Finished<'a> {
     /// Processes outside the command's process group killed after it was
     /// stopped (`None`: not stopped by the agent, no search made).
     pub survivors_killed: Option<u32>,
+    /// `cgroup-v2`, `hybrid`, `cgroup-v1` or `none` (this command's).
+    pub containment: &'static str,
+    /// Processes in the command's cgroup when the agent stopped it
+    /// (`None`: not stopped, or no cgroup).
+    pub processes_killed: Option<u32>,
+    /// Kills by the memory limit in the command's cgroup.
+    pub oom_kills: u64,
+    pub usage: Usage,
+}
+
+/// What the command consumed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    pub cpu_user_ms: Option<u64>,
+    pub cpu_system_ms: Option<u64>,
+    /// Peak memory of the cgroup (`memory.peak`, v1
+    /// `memory.max_usage_in_bytes`), else `ru_maxrss` of bash and the
+    /// children it waited for.
+    pub memory_peak_bytes: Option<u64>,
+    /// Most processes at once (`pids.peak`, where the kernel has it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pids_peak: Option<u64>,
+    pub elapsed_ms: u64,
+    /// `cgroup` or `rusage` (bash and the children it waited for).
+    pub source: &'static str,
 }
 
 #[derive(Serialize)]
@@ -49,6 +74,11 @@ struct Data<'a> {
     groups: &'a [u32],
     #[serde(skip_serializing_if = "Option::is_none")]
     survivors_killed: Option<u32>,
+    containment: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    processes_killed: Option<u32>,
+    killed_by: Option<&'static str>,
+    usage: Usage,
 }
 
 /// Bytes of a frame that are not `data` nor the echoed `id`: the
@@ -200,6 +230,10 @@ impl Finished<'_> {
                 "Cancelled: the agent is shutting down".to_owned(),
             ),
             None => match (&signal_name, self.exit) {
+                (Some(name), _) if self.oom_kills > 0 => (
+                    retcode::SUCCESS,
+                    format!("Normal termination: killed by {name}: out of memory (memory_max)"),
+                ),
                 (Some(name), _) => (
                     retcode::SUCCESS,
                     format!(
@@ -236,6 +270,16 @@ impl Finished<'_> {
             gid: id.gid,
             groups: &id.groups,
             survivors_killed: self.survivors_killed,
+            containment: self.containment,
+            processes_killed: self.processes_killed,
+            killed_by: match self.stopped {
+                Some(StopReason::Timeout) => Some("timeout"),
+                Some(StopReason::Cancelled) => Some("cancel"),
+                Some(StopReason::Shutdown) => Some("shutdown"),
+                None if self.oom_kills > 0 => Some("oom"),
+                None => None,
+            },
+            usage: self.usage,
         };
         // Everything but the two texts, measured once with them empty.
         let fixed = serde_json::to_string(&data).map_or(0, |s| s.len());
@@ -361,6 +405,10 @@ mod tests {
                 pid: 42,
                 identity: &id,
                 survivors_killed: Some(2),
+                containment: "none",
+                processes_killed: None,
+                oom_kills: 0,
+                usage: Usage::default(),
             }
             .answer(bound);
             let frame = a.data.len() + escaped_len(&a.message) + ENVELOPE_RESERVE + 30;
@@ -418,6 +466,10 @@ mod tests {
             pid: 42,
             identity: &id,
             survivors_killed: None,
+            containment: "none",
+            processes_killed: None,
+            oom_kills: 0,
+            usage: Usage::default(),
         }
         .answer(BIG);
         let mut v: serde_json::Value = serde_json::from_str(&a.data).unwrap();
