@@ -720,6 +720,15 @@ pub fn sweep() {
     list.retain(|cg| !cg.remove(Duration::ZERO));
 }
 
+/// At `fini`: removes the lingering cgroups that emptied and the
+/// instance directories (those still in use stay, for the next start).
+pub fn fini() {
+    sweep();
+    for (_, d) in &layout().dirs {
+        let _ = fs::remove_dir(d);
+    }
+}
+
 /// The layout, detected at `init` (or `none` when turned off).
 static LAYOUT: OnceLock<Layout> = OnceLock::new();
 
@@ -837,6 +846,40 @@ mod tests {
         assert!(!instance_alive("agent-999999999-1"));
         assert!(instance_alive("something-else"), "not ours: left alone");
         assert!(instance_alive("agent-x-y"));
+    }
+
+    /// Leftovers of a dead agent (an instance whose process is gone) are
+    /// killed and removed at detection, and a live one's are not.
+    #[test]
+    fn leftovers_of_an_earlier_run_are_cleaned() {
+        let (Some(own), _) = parse_proc_cgroup(&fs::read_to_string("/proc/self/cgroup").unwrap())
+        else {
+            return;
+        };
+        let mounts = parse_mountinfo(&fs::read_to_string("/proc/self/mountinfo").unwrap());
+        let Some(v2) = mounts.iter().find(|m| m.controllers.is_none()) else {
+            eprintln!("no cgroup v2 hierarchy: skipped");
+            return;
+        };
+        let base = v2.dir.join(own.trim_start_matches('/')).join(BASE);
+        let dead = base.join("agent-999999999-1").join("cmd-0");
+        fs::create_dir_all(&dead).unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("1048")
+            .spawn()
+            .unwrap();
+        write_file(&dead.join("cgroup.procs"), &child.id().to_string()).unwrap();
+        let layout = Layout::detect();
+        assert_ne!(layout.kind, Kind::None);
+        let status = child.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL)
+        );
+        assert!(!base.join("agent-999999999-1").exists());
+        let me = base.join(instance_name());
+        assert!(me.exists());
+        let _ = fs::remove_dir(me);
     }
 
     #[test]

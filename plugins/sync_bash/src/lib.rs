@@ -153,7 +153,7 @@ fn init(host: &Host) -> Result<(), InitError> {
 fn call(call: Call, request: &[u8]) {
     let config = config();
     let request = match Command::parse(request, config) {
-        Ok(Command::Run(r)) => r,
+        Ok(Command::Run(r)) => *r,
         Ok(Command::Peek(target)) => return peek(call, target, params::id_len(request)),
         Err(e) => {
             let code = e.retcode();
@@ -241,4 +241,5 @@ fn cancel(id: CallId) {
 fn fini() {
     let handles: Vec<Handle> = executors().drain(..).flatten().collect();
     executor::shutdown_all(handles, Duration::from_secs(5));
+    cgroup::fini();
 }

@@ -268,7 +268,7 @@ pub fn id_len(json: &[u8]) -> usize {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     /// Run a command.
-    Run(Request),
+    Run(Box<Request>),
     /// Report the output so far of the running call with this id.
     Peek(CallId),
 }
@@ -287,7 +287,7 @@ impl Command {
         let map = object(json)?;
         match field(&map, "peek") {
             Some(v) => v.as_u64().map(Command::Peek).ok_or(ParamError::Peek),
-            None => Request::from_map(&map, config).map(Command::Run),
+            None => Request::from_map(&map, config).map(|r| Command::Run(Box::new(r))),
         }
     }
 }
