@@ -43,7 +43,8 @@ use crate::params::{Command, Config};
 const USAGE: &str = r#"sync.bash: run /bin/bash -c CMD and answer when bash exits.
 
 Request: {"cmd":STR, "timeout":INT, "user":STR, "group":STR, "cwd":STR,
-          "env":{STR:STR}, "stdin":STR, "max_output":INT}
+          "env":{STR:STR}, "stdin":STR, "max_output":INT,
+          "memory_max":INT|"64M", "pids_max":INT, "cpu_max":NUM, "nice":INT}
   cmd         required, non-empty
   timeout     seconds, default 120, 1..=86400; at the timeout the whole
               process group gets SIGTERM, then SIGKILL after kill_grace_ms
@@ -63,6 +64,12 @@ stops a command (timeout, cancel, shutdown), processes that left its group
 survivors_killed; one that left both its session and its parent before the
 stop is not found (cgroups will). The agent is a child subreaper: orphans
 of commands come back to it and are reaped.
+Containment: where the host has cgroups (v2, hybrid or v1; logged at
+init) each command runs in a cgroup of its own, joined before execve;
+stopping it kills the whole cgroup (processes_killed counts them) and
+the limits apply there: memory_max bytes (>= 1M; K/M/G/T suffixes),
+pids_max >= 1, cpu_max CPUs 0.01..=1024, nice -20..=19 (defaults and
+*_limit ceilings in the host config; 3021 naming the key when bad).
 The user lookup (NSS) and the start up to execve run off the executor and
 must end within start_timeout_ms (at most timeout): else 3025 "looking up
 user ... did not finish within N ms; nothing was run" (or "did not reach
@@ -78,7 +85,12 @@ commands. data:
    "stdout_truncated":BOOL, "stderr_truncated":BOOL,
    "stdout_lossy":BOOL, "stderr_lossy":BOOL, "elapsed_ms":INT, "pid":INT,
    "user":STR, "group":STR, "uid":INT, "gid":INT, "groups":[INT],
-   "survivors_killed":INT (only when the agent stopped the command)}
+   "survivors_killed":INT (stopped by the agent, no cgroup),
+   "processes_killed":INT (stopped by the agent, cgroup),
+   "containment":"cgroup-v2"|"hybrid"|"cgroup-v1"|"none",
+   "killed_by":"timeout"|"cancel"|"shutdown"|"oom"|null,
+   "usage":{"cpu_user_ms","cpu_system_ms","memory_peak_bytes","pids_peak",
+            "elapsed_ms","source":"cgroup"|"rusage"}}
 Text rule: the first max_output bytes of each stream are decoded as UTF-8;
 invalid bytes become U+FFFD and set *_lossy; a multi-byte character cut by
 the cap is dropped, not replaced. Frame rule: the texts are then cut
@@ -98,7 +110,9 @@ is left out (it shows later). 3021 if peek is not an unsigned integer, or
 
 Host config: max_output (1048576), max_output_limit (16777216),
 max_concurrent (64), kill_grace_ms (2000), max_frame (16777216, >= 1024:
-the host's server.max_frame), start_timeout_ms (30000)."#;
+the host's server.max_frame), start_timeout_ms (30000), containment
+("auto" | "off"), memory_max, pids_max, cpu_max, nice (defaults, none),
+memory_max_limit, pids_max_limit, cpu_max_limit (ceilings, none)."#;
 
 basicagent_abi::export_plugin!(PluginSpec {
     name: "sync_bash",

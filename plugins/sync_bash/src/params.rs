@@ -638,6 +638,56 @@ mod tests {
     }
 
     #[test]
+    fn limits() {
+        let c = Config::parse(
+            br#"{"memory_max":"512M","pids_max":100,"nice":5,"memory_max_limit":"1G","pids_max_limit":1000,"cpu_max_limit":2}"#,
+        )
+        .unwrap();
+        assert_eq!(c.default_limits.memory_max, Some(512 << 20));
+        assert_eq!(c.max_limits.cpu_max, Some(2.0));
+        let r = Request::from_map(&object(br#"{"cmd":"x"}"#).unwrap(), &c).unwrap();
+        assert_eq!(r.limits.memory_max, Some(512 << 20), "config default");
+        assert_eq!(r.limits.pids_max, Some(100));
+        assert_eq!(r.nice, Some(5));
+        let r = Request::from_map(
+            &object(br#"{"cmd":"x","memory_max":1048576,"cpu_max":0.25,"nice":-3}"#).unwrap(),
+            &c,
+        )
+        .unwrap();
+        assert_eq!(r.limits.memory_max, Some(1 << 20));
+        assert_eq!(r.limits.cpu_max, Some(0.25));
+        assert_eq!(r.nice, Some(-3));
+        let err = |j: &str| {
+            Request::from_map(&object(j.as_bytes()).unwrap(), &c)
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            err(r#"{"cmd":"x","memory_max":"2G"}"#),
+            "memory_max must be <= 1073741824 (memory_max_limit)"
+        );
+        assert!(err(r#"{"cmd":"x","cpu_max":3}"#).starts_with("cpu_max must be <= 2"));
+        assert!(err(r#"{"cmd":"x","pids_max":1.5}"#).starts_with("pids_max "));
+        assert!(err(r#"{"cmd":"x","memory_max":"64MB"}"#).starts_with("memory_max "));
+        assert!(err(r#"{"cmd":"x","memory_max":"99999999999T"}"#).starts_with("memory_max "));
+        assert!(err(r#"{"cmd":"x","nice":-21}"#).starts_with("nice "));
+        // The config's own values: a default above its ceiling, a bad key.
+        let e = Config::parse(br#"{"pids_max":10,"pids_max_limit":5}"#).unwrap_err();
+        assert!(e.to_string().contains("pids_max must be <= 5"), "{e}");
+        let e = Config::parse(br#"{"cpu_max_limit":"x"}"#).unwrap_err();
+        assert!(e.to_string().contains("cpu_max_limit"), "{e}");
+        assert_eq!(
+            Config::parse(br#"{"containment":"maybe"}"#),
+            Err(ConfigError::Containment)
+        );
+        assert!(
+            !Config::parse(br#"{"containment":"off"}"#)
+                .unwrap()
+                .containment
+        );
+    }
+
+    #[test]
     fn peek() {
         let c = Config::default();
         let cmd = |json: &str| Command::parse(json.as_bytes(), &c);
