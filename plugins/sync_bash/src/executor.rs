@@ -863,6 +863,9 @@ impl Executor {
         let (usage, oom_kills, containment) = match job.cgroup.take() {
             Some(cg) => {
                 let u = cg.usage();
+                // What the cgroup did not measure (v1 without cpuacct,
+                // no memory hierarchy joined): wait4's figures.
+                let r = rusage_usage(rusage.as_ref(), elapsed);
                 if !cg.remove(Duration::ZERO) {
                     // Still in use: a daemon it left, or the killed
                     // processes not gone yet; removed once empty.
@@ -870,9 +873,9 @@ impl Executor {
                 }
                 (
                     report::Usage {
-                        cpu_user_ms: u.cpu_user_ms,
-                        cpu_system_ms: u.cpu_system_ms,
-                        memory_peak_bytes: u.memory_peak_bytes,
+                        cpu_user_ms: u.cpu_user_ms.or(r.cpu_user_ms),
+                        cpu_system_ms: u.cpu_system_ms.or(r.cpu_system_ms),
+                        memory_peak_bytes: u.memory_peak_bytes.or(r.memory_peak_bytes),
                         pids_peak: u.pids_peak,
                         elapsed_ms: elapsed,
                         source: "cgroup",

@@ -151,7 +151,9 @@ fn usage_agrees_with_time_v() {
     // About 150 MB held by tail, and a second or so of CPU.
     let cmd = "/usr/bin/time -f '%U %S %M' -o /dev/stderr bash -c \
                'head -c 150M /dev/zero | tail -n 1 > /dev/null; i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done'";
-    let a = common::run_with(plugin(), json!({"cmd":cmd,"timeout":120}));
+    // A memory limit, so that the hybrid host measures the peak in the
+    // cgroup (without one it is wait4's largest RSS).
+    let a = common::run_with(plugin(), json!({"cmd":cmd,"timeout":120,"memory_max":"1G"}));
     assert_eq!(a.retcode, retcode::SUCCESS, "{a:?}");
     let u = &a.data["usage"];
     assert_eq!(u["source"], "cgroup", "{a:?}");
