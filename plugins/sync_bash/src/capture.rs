@@ -5,11 +5,22 @@ use std::borrow::Cow;
 
 /// One stream's captured bytes. Memory never exceeds `cap` bytes, however
 /// much the command prints.
-#[derive(Debug)]
 pub struct Capture {
     kept: Vec<u8>,
     cap: usize,
     total: u64,
+    /// SHA-256 of every byte the stream carried, kept or not.
+    digest: ring::digest::Context,
+}
+
+impl std::fmt::Debug for Capture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Capture")
+            .field("kept", &self.kept.len())
+            .field("cap", &self.cap)
+            .field("total", &self.total)
+            .finish()
+    }
 }
 
 /// A finished capture, ready for the answer.
@@ -23,6 +34,8 @@ pub struct Captured {
     pub truncated: bool,
     /// Some kept bytes were not UTF-8 and became U+FFFD.
     pub lossy: bool,
+    /// SHA-256 (lower-case hex) of the full stream.
+    pub sha256: String,
 }
 
 impl Capture {
@@ -32,12 +45,14 @@ impl Capture {
             kept: Vec::new(),
             cap,
             total: 0,
+            digest: ring::digest::Context::new(&ring::digest::SHA256),
         }
     }
 
     /// Appends what was read; bytes past the cap are only counted.
     pub fn push(&mut self, bytes: &[u8]) {
         self.total = self.total.saturating_add(bytes.len() as u64);
+        self.digest.update(bytes);
         let room = self.cap - self.kept.len();
         let take = room.min(bytes.len());
         if take == 0 {
@@ -61,6 +76,13 @@ impl Capture {
     /// so truncation alone never makes the text lossy.
     pub fn finish(self) -> Captured {
         let truncated = self.total > self.kept.len() as u64;
+        let sha256 = self
+            .digest
+            .finish()
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         let mut kept = self.kept;
         if truncated {
             let cut = incomplete_tail(&kept);
@@ -75,6 +97,7 @@ impl Capture {
             total: self.total,
             truncated,
             lossy,
+            sha256,
         }
     }
 }
@@ -131,6 +154,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn sha256_covers_the_whole_stream() {
+        let mut c = Capture::new(2);
+        c.push(b"ab");
+        c.push(b"c");
+        // sha256("abc")
+        assert_eq!(
+            c.finish().sha256,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(
+            Capture::new(0).finish().sha256,
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+
+    #[test]
     fn keeps_first_bytes_and_counts_all() {
         let mut c = Capture::new(5);
         c.push(b"abc");
@@ -139,13 +178,8 @@ mod tests {
         assert_eq!(c.total, 10);
         let done = c.finish();
         assert_eq!(
-            done,
-            Captured {
-                text: "abcde".into(),
-                total: 10,
-                truncated: true,
-                lossy: false
-            }
+            (done.text.as_str(), done.total, done.truncated, done.lossy),
+            ("abcde", 10, true, false)
         );
     }
 

@@ -84,6 +84,7 @@ commands. data:
    "stdout_bytes":INT, "stderr_bytes":INT (all bytes seen, kept or not),
    "stdout_truncated":BOOL, "stderr_truncated":BOOL,
    "stdout_lossy":BOOL, "stderr_lossy":BOOL, "elapsed_ms":INT, "pid":INT,
+   "stdout_sha256":HEX, "stderr_sha256":HEX (of the full streams),
    "user":STR, "group":STR, "uid":INT, "gid":INT, "groups":[INT],
    "survivors_killed":INT (stopped by the agent, no cgroup),
    "processes_killed":INT (stopped by the agent, cgroup),

@@ -198,3 +198,29 @@ fn a_command_that_ends_by_itself_keeps_its_daemon_and_the_cgroup_goes_later() {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+#[test]
+fn sha256_of_the_full_streams_matches_sha256sum() {
+    // About 1 MB on each stream, interleaved, well past max_output; the
+    // command also saves both streams for sha256sum.
+    let dir = std::env::temp_dir().join(format!("contain-sha-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = dir.display();
+    let cmd = format!(
+        "for i in $(seq 1 2000); do head -c 500 /dev/urandom | od -An -tx1 | tr -d ' \\n'          | tee -a {d}/out; echo \"err $i $RANDOM\" | tee -a {d}/err >&2; done"
+    );
+    let a = common::run_with(plugin(), json!({"cmd":cmd,"timeout":120,"max_output":1000}));
+    assert_eq!(a.retcode, retcode::SUCCESS, "{}", a.message);
+    let sum = |f: &str| {
+        let out = std::process::Command::new("sha256sum")
+            .arg(dir.join(f))
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()[..64].to_owned()
+    };
+    assert!(a.data["stdout_bytes"].as_u64().unwrap() >= 1_000_000);
+    assert_eq!(a.data["stdout_truncated"], true);
+    assert_eq!(a.data["stdout_sha256"], sum("out"));
+    assert_eq!(a.data["stderr_sha256"], sum("err"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
