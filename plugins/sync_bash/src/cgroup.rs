@@ -886,6 +886,61 @@ mod tests {
         let _ = fs::remove_dir(me);
     }
 
+    /// The v1 kill (freeze, SIGKILL each pid, thaw) on this host's v1
+    /// freezer hierarchy, where there is one; then the rmdir.
+    #[test]
+    fn v1_freeze_kill_thaw_and_remove() {
+        let (_, own_v1) = parse_proc_cgroup(&fs::read_to_string("/proc/self/cgroup").unwrap());
+        let mounts = parse_mountinfo(&fs::read_to_string("/proc/self/mountinfo").unwrap());
+        let Some(m) = mounts.iter().find(|m| {
+            m.controllers
+                .as_ref()
+                .is_some_and(|c| c.iter().any(|c| c == "freezer"))
+        }) else {
+            eprintln!("no v1 freezer: skipped");
+            return;
+        };
+        let Some((_, own)) = own_v1.iter().find(|(c, _)| c == "freezer") else {
+            return;
+        };
+        let dir = m
+            .dir
+            .join(own.trim_start_matches('/'))
+            .join(format!("contain-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let mut children: Vec<_> = (0..3)
+            .map(|_| {
+                std::process::Command::new("sleep")
+                    .arg("1049")
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for c in &children {
+            write_file(&dir.join("cgroup.procs"), &c.id().to_string()).unwrap();
+        }
+        let cg = Cgroup {
+            dirs: vec![(Role::Freezer, dir.clone())],
+            procs_fds: Vec::new(),
+            freezer: Some(dir.clone()),
+        };
+        assert_eq!(cg.pids().len(), 3);
+        assert_eq!(cg.kill(), 3);
+        for c in &mut children {
+            let status = c.wait().unwrap();
+            assert_eq!(
+                std::os::unix::process::ExitStatusExt::signal(&status),
+                Some(libc::SIGKILL)
+            );
+        }
+        assert_eq!(
+            read_file(&dir.join("freezer.state")).unwrap().trim(),
+            "THAWED"
+        );
+        assert!(cg.remove(Duration::from_secs(5)));
+        assert!(!dir.exists());
+    }
+
     #[test]
     fn unescape_octal() {
         assert_eq!(unescape("a\\040b"), "a b");
