@@ -2,12 +2,30 @@
 //! counts the rest, and turns the bytes into JSON-safe text.
 
 use std::borrow::Cow;
+use std::collections::VecDeque;
+
+/// Which bytes of a stream longer than its cap are kept.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Truncate {
+    /// The first `cap` bytes.
+    #[default]
+    Head,
+    /// The last `cap` bytes.
+    Tail,
+    /// The first `cap / 2` and the last `cap - cap / 2` bytes.
+    HeadTail,
+}
 
 /// One stream's captured bytes. Memory never exceeds `cap` bytes, however
 /// much the command prints.
 pub struct Capture {
+    /// The head part (the first bytes).
     kept: Vec<u8>,
+    /// Bytes the head part keeps.
     cap: usize,
+    /// The last bytes (`Tail`, `HeadTail`), at most `tail_cap`.
+    tail: VecDeque<u8>,
+    tail_cap: usize,
     total: u64,
     /// SHA-256 of every byte the stream carried, kept or not.
     digest: ring::digest::Context,
@@ -36,14 +54,29 @@ pub struct Captured {
     pub lossy: bool,
     /// SHA-256 (lower-case hex) of the full stream.
     pub sha256: String,
+    /// The text ends at the stream's end (`Tail`): a further cut (the
+    /// frame bound) keeps its end.
+    pub keep_end: bool,
 }
 
 impl Capture {
     /// An empty capture keeping at most `cap` bytes.
     pub fn new(cap: usize) -> Self {
+        Capture::with_mode(cap, Truncate::Head)
+    }
+
+    /// An empty capture keeping at most `cap` bytes, chosen by `mode`.
+    pub fn with_mode(cap: usize, mode: Truncate) -> Self {
+        let (head, tail_cap) = match mode {
+            Truncate::Head => (cap, 0),
+            Truncate::Tail => (0, cap),
+            Truncate::HeadTail => (cap / 2, cap - cap / 2),
+        };
         Capture {
             kept: Vec::new(),
-            cap,
+            cap: head,
+            tail: VecDeque::new(),
+            tail_cap,
             total: 0,
             digest: ring::digest::Context::new(&ring::digest::SHA256),
         }
@@ -55,6 +88,7 @@ impl Capture {
         self.digest.update(bytes);
         let room = self.cap - self.kept.len();
         let take = room.min(bytes.len());
+        self.push_tail(&bytes[take..]);
         if take == 0 {
             return;
         }
@@ -70,12 +104,49 @@ impl Capture {
         self.kept.extend_from_slice(&bytes[..take]);
     }
 
+    /// Past the head part: the ring of the last bytes.
+    fn push_tail(&mut self, bytes: &[u8]) {
+        if self.tail_cap == 0 || bytes.is_empty() {
+            return;
+        }
+        if bytes.len() >= self.tail_cap {
+            self.tail.clear();
+            self.tail.extend(&bytes[bytes.len() - self.tail_cap..]);
+            return;
+        }
+        let over = (self.tail.len() + bytes.len()).saturating_sub(self.tail_cap);
+        self.tail.drain(..over);
+        self.tail.extend(bytes);
+    }
+
+    /// Bytes kept in all.
+    fn kept_len(&self) -> usize {
+        self.kept.len() + self.tail.len()
+    }
+
+    /// The tail part's bytes, without a UTF-8 sequence whose start was
+    /// dropped (when bytes were dropped before it).
+    fn tail_bytes(&self) -> Vec<u8> {
+        let (a, b) = self.tail.as_slices();
+        let mut v = Vec::with_capacity(self.tail.len());
+        v.extend_from_slice(a);
+        v.extend_from_slice(b);
+        let dropped = self.total > self.kept_len() as u64;
+        if dropped {
+            let lead = v.iter().take(3).take_while(|&&b| b & 0xC0 == 0x80).count();
+            v.drain(..lead);
+        }
+        v
+    }
+
     /// The text rule: the kept bytes decoded as UTF-8; an invalid sequence
     /// becomes U+FFFD and sets `lossy`. When the stream was truncated, an
     /// incomplete UTF-8 sequence cut by the cap is dropped (not replaced),
     /// so truncation alone never makes the text lossy.
     pub fn finish(self) -> Captured {
-        let truncated = self.total > self.kept.len() as u64;
+        let truncated = self.total > self.kept_len() as u64;
+        let keep_end = self.cap == 0 && self.tail_cap > 0;
+        let tail = self.tail_bytes();
         let sha256 = self
             .digest
             .finish()
@@ -88,6 +159,7 @@ impl Capture {
             let cut = incomplete_tail(&kept);
             kept.truncate(kept.len() - cut);
         }
+        kept.extend_from_slice(&tail);
         let (text, lossy) = match String::from_utf8(kept) {
             Ok(text) => (text, false),
             Err(e) => (String::from_utf8_lossy(e.as_bytes()).into_owned(), true),
@@ -98,6 +170,7 @@ impl Capture {
             truncated,
             lossy,
             sha256,
+            keep_end,
         }
     }
 }
@@ -121,12 +194,29 @@ impl Capture {
     pub fn peek(&self) -> Peeked<'_> {
         let cut = incomplete_tail(&self.kept);
         let bytes = &self.kept[..self.kept.len() - cut];
-        let text = String::from_utf8_lossy(bytes);
+        let truncated = self.total > self.kept_len() as u64;
+        if self.tail.is_empty() {
+            let text = String::from_utf8_lossy(bytes);
+            return Peeked {
+                lossy: matches!(text, Cow::Owned(_)),
+                text,
+                total: self.total,
+                truncated,
+            };
+        }
+        let mut all = bytes.to_vec();
+        let tail = self.tail_bytes();
+        let cut = incomplete_tail(&tail);
+        all.extend_from_slice(&tail[..tail.len() - cut]);
+        let (text, lossy) = match String::from_utf8(all) {
+            Ok(t) => (t, false),
+            Err(e) => (String::from_utf8_lossy(e.as_bytes()).into_owned(), true),
+        };
         Peeked {
-            lossy: matches!(text, Cow::Owned(_)),
-            text,
+            lossy,
+            text: Cow::Owned(text),
             total: self.total,
-            truncated: self.total > self.kept.len() as u64,
+            truncated,
         }
     }
 }
@@ -152,6 +242,44 @@ fn incomplete_tail(bytes: &[u8]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tail_and_head_tail_keep_the_right_bytes() {
+        let mut t = Capture::with_mode(4, Truncate::Tail);
+        for chunk in [&b"abc"[..], b"defgh", b"ij"] {
+            t.push(chunk);
+        }
+        assert_eq!(t.peek().text, "ghij");
+        let done = t.finish();
+        assert_eq!(
+            (done.text.as_str(), done.total, done.truncated),
+            ("ghij", 10, true)
+        );
+        assert!(done.keep_end);
+        let mut h = Capture::with_mode(5, Truncate::HeadTail);
+        h.push(b"0123456789");
+        h.push(b"xy");
+        let done = h.finish();
+        assert_eq!((done.text.as_str(), done.truncated), ("019xy", true));
+        assert!(!done.keep_end);
+        // Short streams are whole in every mode.
+        for mode in [Truncate::Head, Truncate::Tail, Truncate::HeadTail] {
+            let mut c = Capture::with_mode(8, mode);
+            c.push(b"abc");
+            c.push(b"de");
+            let d = c.finish();
+            assert_eq!((d.text.as_str(), d.truncated), ("abcde", false), "{mode:?}");
+        }
+        // A character cut at the start of the tail is dropped, not lossy.
+        let mut t = Capture::with_mode(3, Truncate::Tail);
+        t.push("xé€".as_bytes()); // x, 2 bytes, 3 bytes
+        let d = t.finish();
+        assert_eq!((d.text.as_str(), d.lossy), ("€", false));
+        let mut t = Capture::with_mode(4, Truncate::Tail);
+        t.push("é€".as_bytes());
+        let d = t.finish();
+        assert_eq!((d.text.as_str(), d.lossy), ("€", false));
+    }
 
     #[test]
     fn sha256_covers_the_whole_stream() {

@@ -20,7 +20,7 @@ use basicagent_abi::{retcode, Call};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use crate::capture::Capture;
+use crate::capture::{Capture, Truncate};
 use crate::cgroup::{self, Cgroup};
 use crate::identity::Identity;
 use crate::job::{GroupSignal, Lifecycle, StopReason};
@@ -277,10 +277,10 @@ fn deregister(poll: &Poll, fd: &OwnedFd) {
 }
 
 impl Stream {
-    fn new(fd: OwnedFd, cap: usize) -> Self {
+    fn new(fd: OwnedFd, cap: usize, mode: Truncate) -> Self {
         Stream {
             fd: Some(fd),
-            capture: Capture::new(cap),
+            capture: Capture::with_mode(cap, mode),
             ready: true,
         }
     }
@@ -776,8 +776,8 @@ impl Executor {
             pidfd,
             failure,
             _stdin_keepalive: stdin_keepalive,
-            stdout: Stream::new(stdout, cap),
-            stderr: Stream::new(stderr, cap),
+            stdout: Stream::new(stdout, cap, request.truncate.0),
+            stderr: Stream::new(stderr, cap, request.truncate.1),
             stdin: StdinFeed {
                 ready: stdin.is_some(),
                 fd: stdin,

@@ -44,6 +44,7 @@ const USAGE: &str = r#"sync.bash: run /bin/bash -c CMD and answer when bash exit
 
 Request: {"cmd":STR, "timeout":INT, "user":STR, "group":STR, "cwd":STR,
           "env":{STR:STR}, "stdin":STR, "max_output":INT,
+          "truncate":MODE|{"stdout":MODE,"stderr":MODE},
           "memory_max":INT|"64M", "pids_max":INT, "cpu_max":NUM, "nice":INT}
   cmd         required, non-empty
   timeout     seconds, default 120, 1..=86400; at the timeout the whole
@@ -56,6 +57,8 @@ Request: {"cmd":STR, "timeout":INT, "user":STR, "group":STR, "cwd":STR,
   stdin       bytes for stdin; default /dev/null
   max_output  bytes kept per stream (default max_output, at most
               max_output_limit from the host config)
+  truncate    which bytes are kept: "head" (default), "tail", "head+tail"
+              (first and last halves)
 The command runs in a new session (its own process group) with umask 022,
 default signal dispositions and no inherited descriptors. A daemon left in
 the background does not delay the answer, and keeps running. When the agent

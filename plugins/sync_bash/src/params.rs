@@ -7,6 +7,7 @@ use basicagent_abi::ffi::CallId;
 use basicagent_abi::retcode;
 use serde_json::{Map, Value};
 
+use crate::capture::Truncate;
 use crate::cgroup::Limits;
 
 /// Default and bounds of `timeout`, in seconds.
@@ -177,6 +178,8 @@ pub struct Request {
     pub limits: Limits,
     /// Scheduling priority of the command (`setpriority`), -20..=19.
     pub nice: Option<i32>,
+    /// Which bytes of stdout and stderr are kept past `max_output`.
+    pub truncate: (Truncate, Truncate),
 }
 
 /// A request refused before anything runs (`3020` / `3021`).
@@ -214,6 +217,8 @@ pub enum ParamError {
     Peek,
     #[error("{key} {why}")]
     Limit { key: String, why: String },
+    #[error("truncate must be \"head\", \"tail\", \"head+tail\" or an object of those for stdout and stderr")]
+    Truncate,
 }
 
 impl ParamError {
@@ -365,7 +370,28 @@ impl Request {
         limits.memory_max = limits.memory_max.or(d.memory_max);
         limits.pids_max = limits.pids_max.or(d.pids_max);
         limits.cpu_max = limits.cpu_max.or(d.cpu_max);
+        let mode = |v: &Value| match v.as_str() {
+            Some("head") => Ok(Truncate::Head),
+            Some("tail") => Ok(Truncate::Tail),
+            Some("head+tail") => Ok(Truncate::HeadTail),
+            _ => Err(ParamError::Truncate),
+        };
+        let truncate = match field(map, "truncate") {
+            None => (Truncate::Head, Truncate::Head),
+            Some(Value::Object(o)) => {
+                if o.keys().any(|k| k != "stdout" && k != "stderr") {
+                    return Err(ParamError::Truncate);
+                }
+                let get = |k: &str| o.get(k).map_or(Ok(Truncate::Head), mode);
+                (get("stdout")?, get("stderr")?)
+            }
+            Some(v) => {
+                let m = mode(v)?;
+                (m, m)
+            }
+        };
         Ok(Request {
+            truncate,
             limits,
             nice: nice.or(config.default_nice),
             id_len: raw_len(map.get("id")),

@@ -161,9 +161,21 @@ fn shares(out: usize, err: usize, room: usize) -> (Option<usize>, Option<usize>)
 
 /// Cuts the two texts so that their escaped forms take at most `room`
 /// bytes in all; returns which were cut.
-fn fit_pair(out: &mut String, err: &mut String, room: usize) -> (bool, bool) {
+/// `keep_end` per text: cut its start instead (`truncate: "tail"`).
+fn fit_pair(
+    out: &mut String,
+    err: &mut String,
+    room: usize,
+    keep_end: (bool, bool),
+) -> (bool, bool) {
     let (a, b) = shares(escaped_len(out), escaped_len(err), room);
-    let cut = |text: &mut String, share: Option<usize>| match share {
+    let cut = |text: &mut String, share: Option<usize>, end: bool| match share {
+        Some(share) if end => {
+            let start = suffix_within(text, share);
+            text.drain(..start);
+            text.shrink_to_fit();
+            true
+        }
         Some(share) => {
             let keep = prefix_within(text, share);
             text.truncate(keep);
@@ -172,7 +184,25 @@ fn fit_pair(out: &mut String, err: &mut String, room: usize) -> (bool, bool) {
         }
         None => false,
     };
-    (cut(out, a), cut(err, b))
+    (cut(out, a, keep_end.0), cut(err, b, keep_end.1))
+}
+
+/// Where the longest suffix of `s` (starting at a character boundary)
+/// whose escaped form takes at most `room` bytes starts.
+fn suffix_within(s: &str, room: usize) -> usize {
+    let mut used = 0usize;
+    for (i, c) in s.char_indices().rev() {
+        let cost = if c.is_ascii() {
+            escaped_byte(c as u8)
+        } else {
+            c.len_utf8()
+        };
+        if used.saturating_add(cost) > room {
+            return i + c.len_utf8();
+        }
+        used += cost;
+    }
+    0
 }
 
 /// [`fit_pair`] for a peek's borrowed texts.
@@ -291,7 +321,9 @@ impl Finished<'_> {
             .room()
             .saturating_sub(fixed)
             .saturating_sub(escaped_len(&message).saturating_add(2));
-        let (cut_out, cut_err) = fit_pair(&mut self.stdout.text, &mut self.stderr.text, room);
+        let keep_end = (self.stdout.keep_end, self.stderr.keep_end);
+        let (cut_out, cut_err) =
+            fit_pair(&mut self.stdout.text, &mut self.stderr.text, room, keep_end);
         data.stdout = &self.stdout.text;
         data.stderr = &self.stderr.text;
         data.stdout_truncated |= cut_out;
@@ -375,6 +407,17 @@ mod tests {
         assert_eq!(prefix_within("a\u{1}b", 7), 2);
         assert_eq!(prefix_within("é€", 4), 2);
         assert_eq!(prefix_within("é€", 5), 5);
+    }
+
+    #[test]
+    fn suffix_cut_keeps_the_end() {
+        assert_eq!(suffix_within("a\u{1}b", 1), 2);
+        assert_eq!(suffix_within("a\u{1}b", 7), 1);
+        assert_eq!(suffix_within("é€", 3), 2);
+        assert_eq!(suffix_within("é€", 5), 0);
+        let (mut o, mut e) = ("0123456789".to_owned(), "abcdefghij".to_owned());
+        assert_eq!(fit_pair(&mut o, &mut e, 8, (true, false)), (true, true));
+        assert_eq!((o.as_str(), e.as_str()), ("6789", "abcd"));
     }
 
     #[test]

@@ -297,6 +297,7 @@ mod tests {
                 id_len: 0,
                 limits: Limits::default(),
                 nice: None,
+                truncate: Default::default(),
             },
             with_stdin: false,
             euid: 0,

@@ -224,3 +224,45 @@ fn sha256_of_the_full_streams_matches_sha256sum() {
     assert_eq!(a.data["stderr_sha256"], sum("err"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn truncate_head_tail_and_head_plus_tail_on_interleaved_streams() {
+    // About 1.6 MB on each stream, interleaved.
+    let cmd =
+        "awk 'BEGIN{for(i=1;i<=150000;i++){print \"out \" i; print \"err \" i > \"/dev/stderr\"}}'";
+    let p = plugin();
+    let a = common::run_with(
+        p,
+        json!({"cmd":cmd,"max_output":1000,"truncate":{"stdout":"tail","stderr":"head+tail"}}),
+    );
+    assert_eq!(a.retcode, retcode::SUCCESS, "{}", a.message);
+    let (out, err) = (
+        a.data["stdout"].as_str().unwrap(),
+        a.data["stderr"].as_str().unwrap(),
+    );
+    assert!(a.data["stdout_bytes"].as_u64().unwrap() > 1_000_000);
+    assert_eq!(a.data["stdout_truncated"], true);
+    assert_eq!(out.len(), 1000, "{out}");
+    assert!(out.ends_with("\nout 149999\nout 150000\n"), "{out}");
+    assert!(
+        err.len() == 1000 && err.starts_with("err 1\nerr 2\n"),
+        "{err}"
+    );
+    assert!(err.ends_with("\nerr 150000\n"), "{err}");
+    let h = common::run_with(p, json!({"cmd":cmd,"max_output":1000,"truncate":"head"}));
+    let out = h.data["stdout"].as_str().unwrap();
+    assert!(
+        out.len() == 1000 && out.starts_with("out 1\nout 2\n"),
+        "{out}"
+    );
+    for bad in [
+        json!("middle"),
+        json!(3),
+        json!({"stdin":"tail"}),
+        json!({"stdout":"x"}),
+    ] {
+        let b = common::run_with(p, json!({"cmd":"true","truncate":bad}));
+        assert_eq!(b.retcode, retcode::INVALID_PARAMS, "{bad}: {b:?}");
+        assert!(b.message.contains("truncate"), "{b:?}");
+    }
+}
