@@ -221,6 +221,62 @@ impl Capture {
     }
 }
 
+/// The interleaved view (`transcript: true`): chunks in the order they
+/// were read, tagged with their stream, at most `cap` bytes in all (the
+/// first ones). Order across the two pipes is the order of the reads: a
+/// command's writes to stdout and stderr between two reads may be
+/// reordered.
+#[derive(Debug, Default)]
+pub struct Transcript {
+    /// (is stderr, bytes); consecutive reads of one stream are merged.
+    chunks: Vec<(bool, Vec<u8>)>,
+    kept: usize,
+    cap: usize,
+    /// Bytes of a character cut by a read, per stream, held for the next.
+    held: [Vec<u8>; 2],
+    pub truncated: bool,
+}
+
+impl Transcript {
+    pub fn new(cap: usize) -> Self {
+        Transcript {
+            cap,
+            ..Transcript::default()
+        }
+    }
+
+    pub fn push(&mut self, stderr: bool, bytes: &[u8]) {
+        let held = &mut self.held[usize::from(stderr)];
+        let mut data = std::mem::take(held);
+        data.extend_from_slice(bytes);
+        let cut = incomplete_tail(&data);
+        *held = data.split_off(data.len() - cut);
+        let room = self.cap - self.kept;
+        if data.len() > room {
+            data.truncate(room);
+            let cut = incomplete_tail(&data);
+            data.truncate(data.len() - cut);
+            self.truncated = true;
+        }
+        if data.is_empty() {
+            return;
+        }
+        self.kept += data.len();
+        match self.chunks.last_mut() {
+            Some((s, d)) if *s == stderr => d.extend_from_slice(&data),
+            _ => self.chunks.push((stderr, data)),
+        }
+    }
+
+    /// The chunks as text (invalid UTF-8 becomes U+FFFD).
+    pub fn finish(self) -> Vec<(bool, String)> {
+        self.chunks
+            .into_iter()
+            .map(|(s, d)| (s, String::from_utf8_lossy(&d).into_owned()))
+            .collect()
+    }
+}
+
 /// Length of an incomplete (but so far valid) UTF-8 sequence at the end.
 fn incomplete_tail(bytes: &[u8]) -> usize {
     for back in 1..=3.min(bytes.len()) {
@@ -279,6 +335,22 @@ mod tests {
         t.push("é€".as_bytes());
         let d = t.finish();
         assert_eq!((d.text.as_str(), d.lossy), ("€", false));
+    }
+
+    #[test]
+    fn transcript_orders_merges_caps_and_keeps_characters() {
+        let mut t = Transcript::new(10);
+        t.push(false, b"ab");
+        t.push(false, b"c");
+        t.push(true, "\u{e9}".as_bytes().split_at(1).0);
+        t.push(false, b"d");
+        t.push(true, "\u{e9}".as_bytes().split_at(1).1);
+        t.push(true, b"0123456789");
+        assert!(t.truncated);
+        assert_eq!(
+            t.finish(),
+            vec![(false, "abcd".to_owned()), (true, "\u{e9}0123".to_owned())]
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@ use basicagent_abi::{retcode, Call};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use crate::capture::{Capture, Truncate};
+use crate::capture::{Capture, Transcript, Truncate};
 use crate::cgroup::{self, Cgroup};
 use crate::identity::Identity;
 use crate::job::{GroupSignal, Lifecycle, StopReason};
@@ -228,6 +228,8 @@ struct Running {
     cgroup: Option<Cgroup>,
     /// Pids the agent found in the cgroup when it stopped the command.
     signalled: HashSet<libc::pid_t>,
+    /// The interleaved view, when asked for.
+    transcript: Option<Transcript>,
 }
 
 /// A command handed to a starter thread, not started yet.
@@ -286,7 +288,13 @@ impl Stream {
     }
 
     /// Reads at most `reads` chunks; returns whether more may be waiting.
-    fn pump(&mut self, poll: &Poll, scratch: &mut [u8], reads: usize) -> bool {
+    fn pump(
+        &mut self,
+        poll: &Poll,
+        scratch: &mut [u8],
+        reads: usize,
+        mut transcript: Option<(&mut Transcript, bool)>,
+    ) -> bool {
         let Some(fd) = &self.fd else { return false };
         if !self.ready {
             return false;
@@ -297,7 +305,12 @@ impl Stream {
                     self.close(poll);
                     return false;
                 }
-                Ok(n) => self.capture.push(&scratch[..n]),
+                Ok(n) => {
+                    self.capture.push(&scratch[..n]);
+                    if let Some((t, stderr)) = transcript.as_mut() {
+                        t.push(*stderr, &scratch[..n]);
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.ready = false;
@@ -461,12 +474,18 @@ impl Executor {
             let Some(job) = &mut self.slots[slot] else {
                 continue;
             };
-            more |= job
-                .stdout
-                .pump(&self.poll, &mut self.scratch, READS_PER_TURN);
-            more |= job
-                .stderr
-                .pump(&self.poll, &mut self.scratch, READS_PER_TURN);
+            more |= job.stdout.pump(
+                &self.poll,
+                &mut self.scratch,
+                READS_PER_TURN,
+                job.transcript.as_mut().map(|t| (t, false)),
+            );
+            more |= job.stderr.pump(
+                &self.poll,
+                &mut self.scratch,
+                READS_PER_TURN,
+                job.transcript.as_mut().map(|t| (t, true)),
+            );
             job.stdin.pump(&self.poll);
             if job.exited {
                 self.finish(slot);
@@ -601,10 +620,18 @@ impl Executor {
             // no running command.
             return self.finish(slot);
         }
-        job.stdout
-            .pump(&self.poll, &mut self.scratch, READS_PER_TURN);
-        job.stderr
-            .pump(&self.poll, &mut self.scratch, READS_PER_TURN);
+        job.stdout.pump(
+            &self.poll,
+            &mut self.scratch,
+            READS_PER_TURN,
+            job.transcript.as_mut().map(|t| (t, false)),
+        );
+        job.stderr.pump(
+            &self.poll,
+            &mut self.scratch,
+            READS_PER_TURN,
+            job.transcript.as_mut().map(|t| (t, true)),
+        );
         let Some(call) = peek.take() else {
             return;
         };
@@ -794,6 +821,7 @@ impl Executor {
             watched: Vec::new(),
             cgroup,
             signalled: HashSet::new(),
+            transcript: request.transcript.then(|| Transcript::new(cap)),
         };
         self.slots[slot] = Some(running);
         self.by_call.insert(id, slot);
@@ -848,10 +876,18 @@ impl Executor {
         }
         job.stdout.ready = true;
         job.stderr.ready = true;
-        job.stdout
-            .pump(&self.poll, &mut self.scratch, READS_AT_EXIT);
-        job.stderr
-            .pump(&self.poll, &mut self.scratch, READS_AT_EXIT);
+        job.stdout.pump(
+            &self.poll,
+            &mut self.scratch,
+            READS_AT_EXIT,
+            job.transcript.as_mut().map(|t| (t, false)),
+        );
+        job.stderr.pump(
+            &self.poll,
+            &mut self.scratch,
+            READS_AT_EXIT,
+            job.transcript.as_mut().map(|t| (t, true)),
+        );
         job.stdout.close(&self.poll);
         job.stderr.close(&self.poll);
         job.stdin.close(&self.poll);
@@ -923,6 +959,10 @@ impl Executor {
             processes_killed,
             oom_kills,
             usage,
+            transcript: job.transcript.take().map(|t| {
+                let truncated = t.truncated;
+                (t.finish(), truncated)
+            }),
         }
         .answer(FrameBound {
             max_frame: self.config.max_frame,

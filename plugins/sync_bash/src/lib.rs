@@ -44,7 +44,7 @@ const USAGE: &str = r#"sync.bash: run /bin/bash -c CMD and answer when bash exit
 
 Request: {"cmd":STR, "timeout":INT, "user":STR, "group":STR, "cwd":STR,
           "env":{STR:STR}, "stdin":STR, "max_output":INT,
-          "truncate":MODE|{"stdout":MODE,"stderr":MODE},
+          "truncate":MODE|{"stdout":MODE,"stderr":MODE}, "transcript":BOOL,
           "memory_max":INT|"64M", "pids_max":INT, "cpu_max":NUM, "nice":INT}
   cmd         required, non-empty
   timeout     seconds, default 120, 1..=86400; at the timeout the whole
@@ -88,6 +88,8 @@ commands. data:
    "stdout_truncated":BOOL, "stderr_truncated":BOOL,
    "stdout_lossy":BOOL, "stderr_lossy":BOOL, "elapsed_ms":INT, "pid":INT,
    "stdout_sha256":HEX, "stderr_sha256":HEX (of the full streams),
+   "transcript":[{"stream":"stdout"|"stderr","text":STR}] and
+   "transcript_truncated":BOOL (with "transcript":true),
    "user":STR, "group":STR, "uid":INT, "gid":INT, "groups":[INT],
    "survivors_killed":INT (stopped by the agent, no cgroup),
    "processes_killed":INT (stopped by the agent, cgroup),

@@ -180,6 +180,8 @@ pub struct Request {
     pub nice: Option<i32>,
     /// Which bytes of stdout and stderr are kept past `max_output`.
     pub truncate: (Truncate, Truncate),
+    /// Also answer the interleaved `transcript`.
+    pub transcript: bool,
 }
 
 /// A request refused before anything runs (`3020` / `3021`).
@@ -217,6 +219,8 @@ pub enum ParamError {
     Peek,
     #[error("{key} {why}")]
     Limit { key: String, why: String },
+    #[error("transcript must be a boolean")]
+    Transcript,
     #[error("truncate must be \"head\", \"tail\", \"head+tail\" or an object of those for stdout and stderr")]
     Truncate,
 }
@@ -390,7 +394,13 @@ impl Request {
                 (m, m)
             }
         };
+        let transcript = match field(map, "transcript") {
+            None => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err(ParamError::Transcript),
+        };
         Ok(Request {
+            transcript,
             truncate,
             limits,
             nice: nice.or(config.default_nice),

@@ -32,6 +32,15 @@ pub struct Finished<'a> {
     /// Kills by the memory limit in the command's cgroup.
     pub oom_kills: u64,
     pub usage: Usage,
+    /// The interleaved chunks (is stderr, text) and whether bytes were
+    /// left out; `None`: not asked for.
+    pub transcript: Option<(Vec<(bool, String)>, bool)>,
+}
+
+#[derive(Serialize)]
+struct Chunk<'a> {
+    stream: &'static str,
+    text: &'a str,
 }
 
 /// What the command consumed.
@@ -81,6 +90,10 @@ struct Data<'a> {
     processes_killed: Option<u32>,
     killed_by: Option<&'static str>,
     usage: Usage,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    transcript: Option<Vec<Chunk<'a>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    transcript_truncated: Option<bool>,
 }
 
 /// Bytes of a frame that are not `data` nor the echoed `id`: the
@@ -281,6 +294,7 @@ impl Finished<'_> {
             },
         };
         let id = self.identity;
+        let mut transcript = self.transcript.take();
         let mut data = Data {
             exitcode,
             signal: signal_name,
@@ -314,7 +328,48 @@ impl Finished<'_> {
                 None => None,
             },
             usage: self.usage,
+            transcript_truncated: None,
+            transcript: None,
         };
+        // The transcript takes at most half of what the frame leaves;
+        // the two texts share the rest.
+        if let Some((chunks, truncated)) = transcript.as_mut() {
+            /// `{"stream":"stderr","text":""},`
+            const CHUNK_OVERHEAD: usize = 32;
+            let fixed = serde_json::to_string(&data).map_or(0, |s| s.len());
+            let budget = bound
+                .room()
+                .saturating_sub(fixed)
+                .saturating_sub(escaped_len(&message).saturating_add(2))
+                / 2;
+            let mut used = 0usize;
+            let mut keep = chunks.len();
+            for (i, (_, text)) in chunks.iter_mut().enumerate() {
+                let cost = escaped_len(text).saturating_add(CHUNK_OVERHEAD);
+                if used.saturating_add(cost) > budget {
+                    let k = prefix_within(
+                        text,
+                        budget.saturating_sub(used.saturating_add(CHUNK_OVERHEAD)),
+                    );
+                    text.truncate(k);
+                    keep = i + usize::from(k > 0);
+                    *truncated = true;
+                    break;
+                }
+                used += cost;
+            }
+            chunks.truncate(keep);
+        }
+        data.transcript_truncated = transcript.as_ref().map(|(_, t)| *t);
+        data.transcript = transcript.as_ref().map(|(chunks, _)| {
+            chunks
+                .iter()
+                .map(|(stderr, text)| Chunk {
+                    stream: if *stderr { "stderr" } else { "stdout" },
+                    text,
+                })
+                .collect()
+        });
         // Everything but the two texts, measured once with them empty.
         let fixed = serde_json::to_string(&data).map_or(0, |s| s.len());
         let room = bound
@@ -409,6 +464,44 @@ mod tests {
         assert_eq!(prefix_within("é€", 5), 5);
     }
 
+    /// The transcript takes at most half of what the frame leaves; the whole answer
+    /// still fits, flags set.
+    #[test]
+    fn transcript_fits_the_frame() {
+        let id = identity();
+        for max_frame in [1024usize, 4096, 100_000] {
+            let big = "\u{1}".repeat(50_000);
+            let a = Finished {
+                exit: Exit::Code(0),
+                stopped: None,
+                timeout_s: 3,
+                stdout: Capture::new(0).finish(),
+                stderr: Capture::new(0).finish(),
+                elapsed_ms: 7,
+                pid: 42,
+                identity: &id,
+                survivors_killed: None,
+                containment: "none",
+                processes_killed: None,
+                oom_kills: 0,
+                usage: Usage::default(),
+                transcript: Some((
+                    vec![(false, "ok\n".into()), (true, big.clone()), (false, big)],
+                    false,
+                )),
+            }
+            .answer(FrameBound {
+                max_frame,
+                id_len: 30,
+            });
+            let frame = a.data.len() + escaped_len(&a.message) + ENVELOPE_RESERVE + 30;
+            assert!(frame <= max_frame, "{frame} > {max_frame}");
+            let v: serde_json::Value = serde_json::from_str(&a.data).unwrap();
+            assert_eq!(v["transcript_truncated"], true);
+            assert_eq!(v["transcript"][0]["text"], "ok\n");
+        }
+    }
+
     #[test]
     fn suffix_cut_keeps_the_end() {
         assert_eq!(suffix_within("a\u{1}b", 1), 2);
@@ -456,6 +549,7 @@ mod tests {
                 processes_killed: None,
                 oom_kills: 0,
                 usage: Usage::default(),
+                transcript: None,
             }
             .answer(bound);
             let frame = a.data.len() + escaped_len(&a.message) + ENVELOPE_RESERVE + 30;
@@ -520,6 +614,7 @@ mod tests {
             processes_killed: None,
             oom_kills: 0,
             usage: Usage::default(),
+            transcript: None,
         }
         .answer(BIG);
         let mut v: serde_json::Value = serde_json::from_str(&a.data).unwrap();

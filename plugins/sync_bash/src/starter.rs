@@ -298,6 +298,7 @@ mod tests {
                 limits: Limits::default(),
                 nice: None,
                 truncate: Default::default(),
+                transcript: false,
             },
             with_stdin: false,
             euid: 0,

@@ -266,3 +266,43 @@ fn truncate_head_tail_and_head_plus_tail_on_interleaved_streams() {
         assert!(b.message.contains("truncate"), "{b:?}");
     }
 }
+
+#[test]
+fn transcript_interleaves_both_streams_under_the_caps() {
+    let p = plugin();
+    let a = common::run_with(
+        p,
+        json!({"cmd":"echo a; sleep 0.2; echo b >&2; sleep 0.2; echo c","transcript":true}),
+    );
+    assert_eq!(a.retcode, retcode::SUCCESS, "{a:?}");
+    assert_eq!(
+        a.data["transcript"],
+        json!([{"stream":"stdout","text":"a\n"},{"stream":"stderr","text":"b\n"},{"stream":"stdout","text":"c\n"}]),
+        "{a:?}"
+    );
+    assert_eq!(a.data["transcript_truncated"], false);
+    // ~1.6 MB on each stream, a small cap: at most max_output bytes in
+    // all, from the start.
+    let cmd = "awk 'BEGIN{for(i=1;i<=150000;i++){print \"out \" i; fflush(); print \"err \" i > \"/dev/stderr\"; fflush(\"/dev/stderr\")}}'";
+    let b = common::run_with(
+        p,
+        json!({"cmd":cmd,"max_output":5000,"transcript":true,"timeout":120}),
+    );
+    assert_eq!(b.retcode, retcode::SUCCESS, "{}", b.message);
+    let chunks = b.data["transcript"].as_array().unwrap();
+    let total: usize = chunks
+        .iter()
+        .map(|c| c["text"].as_str().unwrap().len())
+        .sum();
+    assert!(total <= 5000 && total > 4000, "{total}");
+    assert_eq!(b.data["transcript_truncated"], true);
+    assert!(
+        chunks[0]["text"].as_str().unwrap().starts_with("out 1\n"),
+        "{chunks:?}"
+    );
+    // (Whether stderr shows within the first 5000 bytes depends on the
+    // order of the reads: 64 KiB pipes, a loaded machine.)
+    let bad = common::run_with(p, json!({"cmd":"true","transcript":"yes"}));
+    assert_eq!(bad.retcode, retcode::INVALID_PARAMS);
+    assert!(bad.message.contains("transcript"), "{bad:?}");
+}
