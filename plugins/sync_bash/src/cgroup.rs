@@ -487,12 +487,26 @@ fn v2_controllers(mount: &Path, own: &str, base: &Path) -> bool {
         return false;
     }
     if own != "/" {
+        // Only the agent itself moves, and only when it is alone in its
+        // cgroup (a delegated service's): never other processes (a ctl
+        // run from a login session must not move the session's shell).
         let procs = read_file(&own_dir.join("cgroup.procs")).unwrap_or_default();
-        if !parse_pids(&procs).is_empty() {
-            let leaf = own_dir.join("agent");
-            let _ = fs::create_dir(&leaf);
-            for pid in parse_pids(&procs) {
-                let _ = write_file(&leaf.join("cgroup.procs"), &pid.to_string());
+        let me = libc::pid_t::try_from(std::process::id()).unwrap_or(-1);
+        match parse_pids(&procs).as_slice() {
+            [] => {}
+            [only] if *only == me => {
+                let leaf = own_dir.join("agent");
+                let _ = fs::create_dir(&leaf);
+                if write_file(&leaf.join("cgroup.procs"), "0").is_err() {
+                    return false;
+                }
+            }
+            _ => {
+                log::info!(
+                    "sync.bash: cgroup {} holds other processes: no v2 controllers for commands (kill only)",
+                    own_dir.display()
+                );
+                return false;
             }
         }
     }
