@@ -4,7 +4,9 @@
 //! concurrent callers, and whole-process cost (this binary with `--once`,
 //! a ctl-like load-call-print, vs `bash -c true`).
 //!
-//! `cargo run --release -p sync-bash --example bench [-- --ctl PATH]`
+//! `cargo run --release -p sync-bash --example bench [-- --ctl PATH]`;
+//! `-- --containment`: the `true` rate with a cgroup per command vs
+//! `containment = "off"`, same run (issue 15).
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -109,6 +111,53 @@ fn main() {
             eprintln!("load {:?} call {:?}", t1 - t0, t1.elapsed());
         }
         std::process::exit(if code == 2 { 0 } else { 1 });
+    }
+    if args.get(1).map(String::as_str) == Some("--contain-rate") {
+        // One side of --containment: this process's plugin with
+        // containment auto or off (the config is per process).
+        let mode = args.get(2).map_or("auto", String::as_str);
+        let settings = HostSettings {
+            config_json: format!(r#"{{"containment":"{mode}"}}"#),
+            ..HostSettings::default()
+        };
+        let p: &'static Plugin = Box::leak(Box::new(
+            Plugin::load(&plugin_path(), &settings, false).expect("load libsync_bash.so"),
+        ));
+        for _ in 0..30 {
+            call(p, req);
+        }
+        let serial = per_call(300, || assert_eq!(call(p, req), 2));
+        let r = rate(4, 3, move || assert_eq!(call(p, req), 2));
+        println!("{mode} {} {r:.0}", serial.as_micros());
+        return;
+    }
+    if args.get(1).map(String::as_str) == Some("--containment") {
+        // containment on vs off, same run, alternated to even out noise.
+        let exe = args[0].clone();
+        let mut sums = [(0u128, 0f64); 2];
+        for round in 0..2 {
+            for (i, mode) in ["auto", "off"].into_iter().enumerate() {
+                let out = Command::new(&exe)
+                    .args(["--contain-rate", mode])
+                    .output()
+                    .expect("run");
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                let f: Vec<&str> = text.split_whitespace().collect();
+                let (us, r): (u128, f64) = (f[1].parse().expect("us"), f[2].parse().expect("rate"));
+                println!(
+                    "round {round} containment {mode}: serial {us} us/call, 4 callers {r:.0}/s"
+                );
+                sums[i].0 += us;
+                sums[i].1 += r;
+            }
+        }
+        let (on, off) = (sums[0], sums[1]);
+        println!(
+            "containment on vs off: serial {:+.1} % time per call, 4-caller rate {:+.1} %",
+            (on.0 as f64 / off.0 as f64 - 1.0) * 100.0,
+            (on.1 / off.1 - 1.0) * 100.0
+        );
+        return;
     }
     if args.get(1).map(String::as_str) == Some("--rate") {
         // Only the 4-caller rate (for CPU accounting with `time`).

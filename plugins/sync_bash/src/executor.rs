@@ -6,7 +6,7 @@
 //! when its pipes reach EOF: a daemon started in the background may keep
 //! a copy of stdout open for ever.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicI32, AtomicU8, AtomicUsize, Ordering};
@@ -20,7 +20,8 @@ use basicagent_abi::{retcode, Call};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use crate::capture::Capture;
+use crate::capture::{Capture, Transcript, Truncate};
+use crate::cgroup::{self, Cgroup};
 use crate::identity::Identity;
 use crate::job::{GroupSignal, Lifecycle, StopReason};
 use crate::params::{Config, Request};
@@ -223,6 +224,12 @@ struct Running {
     /// Descendants found when the agent stopped the command, killed
     /// after bash if they left its process group.
     watched: Vec<Watched>,
+    /// The command's cgroup (`None`: process group and subreaper only).
+    cgroup: Option<Cgroup>,
+    /// Pids the agent found in the cgroup when it stopped the command.
+    signalled: HashSet<libc::pid_t>,
+    /// The interleaved view, when asked for.
+    transcript: Option<Transcript>,
 }
 
 /// A command handed to a starter thread, not started yet.
@@ -272,16 +279,22 @@ fn deregister(poll: &Poll, fd: &OwnedFd) {
 }
 
 impl Stream {
-    fn new(fd: OwnedFd, cap: usize) -> Self {
+    fn new(fd: OwnedFd, cap: usize, mode: Truncate) -> Self {
         Stream {
             fd: Some(fd),
-            capture: Capture::new(cap),
+            capture: Capture::with_mode(cap, mode),
             ready: true,
         }
     }
 
     /// Reads at most `reads` chunks; returns whether more may be waiting.
-    fn pump(&mut self, poll: &Poll, scratch: &mut [u8], reads: usize) -> bool {
+    fn pump(
+        &mut self,
+        poll: &Poll,
+        scratch: &mut [u8],
+        reads: usize,
+        mut transcript: Option<(&mut Transcript, bool)>,
+    ) -> bool {
         let Some(fd) = &self.fd else { return false };
         if !self.ready {
             return false;
@@ -292,7 +305,12 @@ impl Stream {
                     self.close(poll);
                     return false;
                 }
-                Ok(n) => self.capture.push(&scratch[..n]),
+                Ok(n) => {
+                    self.capture.push(&scratch[..n]);
+                    if let Some((t, stderr)) = transcript.as_mut() {
+                        t.push(*stderr, &scratch[..n]);
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.ready = false;
@@ -456,12 +474,18 @@ impl Executor {
             let Some(job) = &mut self.slots[slot] else {
                 continue;
             };
-            more |= job
-                .stdout
-                .pump(&self.poll, &mut self.scratch, READS_PER_TURN);
-            more |= job
-                .stderr
-                .pump(&self.poll, &mut self.scratch, READS_PER_TURN);
+            more |= job.stdout.pump(
+                &self.poll,
+                &mut self.scratch,
+                READS_PER_TURN,
+                job.transcript.as_mut().map(|t| (t, false)),
+            );
+            more |= job.stderr.pump(
+                &self.poll,
+                &mut self.scratch,
+                READS_PER_TURN,
+                job.transcript.as_mut().map(|t| (t, true)),
+            );
             job.stdin.pump(&self.poll);
             if job.exited {
                 self.finish(slot);
@@ -596,10 +620,18 @@ impl Executor {
             // no running command.
             return self.finish(slot);
         }
-        job.stdout
-            .pump(&self.poll, &mut self.scratch, READS_PER_TURN);
-        job.stderr
-            .pump(&self.poll, &mut self.scratch, READS_PER_TURN);
+        job.stdout.pump(
+            &self.poll,
+            &mut self.scratch,
+            READS_PER_TURN,
+            job.transcript.as_mut().map(|t| (t, false)),
+        );
+        job.stderr.pump(
+            &self.poll,
+            &mut self.scratch,
+            READS_PER_TURN,
+            job.transcript.as_mut().map(|t| (t, true)),
+        );
         let Some(call) = peek.take() else {
             return;
         };
@@ -690,6 +722,10 @@ impl Executor {
                     child.pid
                 );
                 spawn::signal_group(child.pid, libc::SIGKILL);
+                if let Some(cg) = child.cgroup {
+                    cg.kill();
+                    cgroup::linger(cg);
+                }
                 // The reaper takes it from here.
                 reaper::untrack(child.pid);
             }
@@ -727,6 +763,7 @@ impl Executor {
             stdin,
             stdin_keepalive,
             failure,
+            cgroup,
         } = child;
         let slot = self.free.pop().unwrap_or_else(|| {
             self.slots.push(None);
@@ -766,8 +803,8 @@ impl Executor {
             pidfd,
             failure,
             _stdin_keepalive: stdin_keepalive,
-            stdout: Stream::new(stdout, cap),
-            stderr: Stream::new(stderr, cap),
+            stdout: Stream::new(stdout, cap, request.truncate.0),
+            stderr: Stream::new(stderr, cap, request.truncate.1),
             stdin: StdinFeed {
                 ready: stdin.is_some(),
                 fd: stdin,
@@ -782,6 +819,9 @@ impl Executor {
             started: now,
             id_len: request.id_len,
             watched: Vec::new(),
+            cgroup,
+            signalled: HashSet::new(),
+            transcript: request.transcript.then(|| Transcript::new(cap)),
         };
         self.slots[slot] = Some(running);
         self.by_call.insert(id, slot);
@@ -804,9 +844,26 @@ impl Executor {
         self.free.push(slot);
         self.by_call.remove(&job.call.id());
         let mut survivors = None;
+        let mut processes_killed = None;
         if job.lifecycle.kill_group_before_reap() {
             // The unreaped bash still holds the pgid: no reuse possible.
             spawn::signal_group(job.pid, libc::SIGKILL);
+        }
+        if job.lifecycle.kill_group_before_reap() && job.cgroup.is_some() {
+            // Everything in the cgroup, whatever session or parent.
+            if let Some(cg) = &job.cgroup {
+                job.signalled.extend(cg.pids());
+                cg.kill();
+            }
+            let n = u32::try_from(job.signalled.len()).unwrap_or(u32::MAX);
+            if n > 0 {
+                log::info!(
+                    "sync.bash: command {} was stopped; killed the {n} processes of its cgroup",
+                    job.pid
+                );
+            }
+            processes_killed = Some(n);
+        } else if job.lifecycle.kill_group_before_reap() {
             // And what left the group (setsid, set -m, double fork).
             let killed = reaper::kill_survivors(job.pid, &job.watched);
             if killed > 0 {
@@ -819,16 +876,57 @@ impl Executor {
         }
         job.stdout.ready = true;
         job.stderr.ready = true;
-        job.stdout
-            .pump(&self.poll, &mut self.scratch, READS_AT_EXIT);
-        job.stderr
-            .pump(&self.poll, &mut self.scratch, READS_AT_EXIT);
+        job.stdout.pump(
+            &self.poll,
+            &mut self.scratch,
+            READS_AT_EXIT,
+            job.transcript.as_mut().map(|t| (t, false)),
+        );
+        job.stderr.pump(
+            &self.poll,
+            &mut self.scratch,
+            READS_AT_EXIT,
+            job.transcript.as_mut().map(|t| (t, true)),
+        );
         job.stdout.close(&self.poll);
         job.stderr.close(&self.poll);
         job.stdin.close(&self.poll);
         deregister(&self.poll, &job.pidfd);
-        let exit = spawn::reap(job.pid, true).unwrap_or(Exit::Unknown);
+        let (exit, rusage) = spawn::reap_usage(job.pid, true);
+        let exit = exit.unwrap_or(Exit::Unknown);
         reaper::untrack(job.pid);
+        let elapsed = job.started.elapsed().as_millis() as u64;
+        let (usage, oom_kills, containment) = match job.cgroup.take() {
+            Some(cg) => {
+                let u = cg.usage();
+                // What the cgroup did not measure (v1 without cpuacct,
+                // no memory hierarchy joined): wait4's figures.
+                let r = rusage_usage(rusage.as_ref(), elapsed);
+                if !cg.remove(Duration::ZERO) {
+                    // Still in use: a daemon it left, or the killed
+                    // processes not gone yet; removed once empty.
+                    cgroup::linger(cg);
+                }
+                (
+                    report::Usage {
+                        cpu_user_ms: u.cpu_user_ms.or(r.cpu_user_ms),
+                        cpu_system_ms: u.cpu_system_ms.or(r.cpu_system_ms),
+                        memory_peak_bytes: u.memory_peak_bytes.or(r.memory_peak_bytes),
+                        pids_peak: u.pids_peak,
+                        elapsed_ms: elapsed,
+                        source: "cgroup",
+                    },
+                    u.oom_kills,
+                    cgroup::layout().kind.name(),
+                )
+            }
+            None => (
+                rusage_usage(rusage.as_ref(), elapsed),
+                0,
+                cgroup::Kind::None.name(),
+            ),
+        };
+        cgroup::sweep();
         drop(job.permit.take());
         let elapsed_ms = job.started.elapsed().as_millis() as u64;
         if let Some(failure) = spawn::read_failure(&job.failure) {
@@ -857,6 +955,14 @@ impl Executor {
             pid: job.pid,
             identity: &job.identity,
             survivors_killed: survivors,
+            containment,
+            processes_killed,
+            oom_kills,
+            usage,
+            transcript: job.transcript.take().map(|t| {
+                let truncated = t.truncated;
+                (t.finish(), truncated)
+            }),
         }
         .answer(FrameBound {
             max_frame: self.config.max_frame,
@@ -942,12 +1048,50 @@ impl Executor {
 /// its descendants (before any dies and its children are re-parented),
 /// so that those that left the group can be killed after bash.
 fn stop_group(job: &mut Running, signal: GroupSignal) {
-    if job.watched.is_empty() {
-        job.watched = reaper::descendants(job.pid);
-    }
     let sig = match signal {
         GroupSignal::Term => libc::SIGTERM,
         GroupSignal::Kill => libc::SIGKILL,
     };
+    if let Some(cg) = &job.cgroup {
+        // The whole cgroup: SIGTERM to each process listed (they may
+        // have left the group), SIGKILL through the cgroup's own kill.
+        let pids = cg.pids();
+        match signal {
+            GroupSignal::Term => {
+                for &pid in &pids {
+                    // SAFETY: kill(2) on pids listed in this command's
+                    // cgroup; a reused pid is in it only if it is ours.
+                    unsafe { libc::kill(pid, libc::SIGTERM) };
+                }
+            }
+            GroupSignal::Kill => {
+                cg.kill();
+            }
+        }
+        job.signalled.extend(pids);
+        spawn::signal_group(job.pid, sig);
+        return;
+    }
+    if job.watched.is_empty() {
+        job.watched = reaper::descendants(job.pid);
+    }
     spawn::signal_group(job.pid, sig);
+}
+
+/// Usage from `wait4` (no cgroup): bash and the children it waited for.
+fn rusage_usage(r: Option<&libc::rusage>, elapsed_ms: u64) -> report::Usage {
+    let ms = |t: &libc::timeval| {
+        u64::try_from(t.tv_sec)
+            .unwrap_or(0)
+            .saturating_mul(1000)
+            .saturating_add(u64::try_from(t.tv_usec).unwrap_or(0) / 1000)
+    };
+    report::Usage {
+        cpu_user_ms: r.map(|r| ms(&r.ru_utime)),
+        cpu_system_ms: r.map(|r| ms(&r.ru_stime)),
+        memory_peak_bytes: r.map(|r| u64::try_from(r.ru_maxrss).unwrap_or(0).saturating_mul(1024)),
+        pids_peak: None,
+        elapsed_ms,
+        source: "rusage",
+    }
 }

@@ -19,6 +19,7 @@
 //! command killed. Every answer fits the host's frame bound ([`report`]).
 
 mod capture;
+mod cgroup;
 mod executor;
 mod identity;
 mod job;
@@ -42,7 +43,9 @@ use crate::params::{Command, Config};
 const USAGE: &str = r#"sync.bash: run /bin/bash -c CMD and answer when bash exits.
 
 Request: {"cmd":STR, "timeout":INT, "user":STR, "group":STR, "cwd":STR,
-          "env":{STR:STR}, "stdin":STR, "max_output":INT}
+          "env":{STR:STR}, "stdin":STR, "max_output":INT,
+          "truncate":MODE|{"stdout":MODE,"stderr":MODE}, "transcript":BOOL,
+          "memory_max":INT|"64M", "pids_max":INT, "cpu_max":NUM, "nice":INT}
   cmd         required, non-empty
   timeout     seconds, default 120, 1..=86400; at the timeout the whole
               process group gets SIGTERM, then SIGKILL after kill_grace_ms
@@ -54,6 +57,8 @@ Request: {"cmd":STR, "timeout":INT, "user":STR, "group":STR, "cwd":STR,
   stdin       bytes for stdin; default /dev/null
   max_output  bytes kept per stream (default max_output, at most
               max_output_limit from the host config)
+  truncate    which bytes are kept: "head" (default), "tail", "head+tail"
+              (first and last halves)
 The command runs in a new session (its own process group) with umask 022,
 default signal dispositions and no inherited descriptors. A daemon left in
 the background does not delay the answer, and keeps running. When the agent
@@ -62,6 +67,12 @@ stops a command (timeout, cancel, shutdown), processes that left its group
 survivors_killed; one that left both its session and its parent before the
 stop is not found (cgroups will). The agent is a child subreaper: orphans
 of commands come back to it and are reaped.
+Containment: where the host has cgroups (v2, hybrid or v1; logged at
+init) each command runs in a cgroup of its own, joined before execve;
+stopping it kills the whole cgroup (processes_killed counts them) and
+the limits apply there: memory_max bytes (>= 1M; K/M/G/T suffixes),
+pids_max >= 1, cpu_max CPUs 0.01..=1024, nice -20..=19 (defaults and
+*_limit ceilings in the host config; 3021 naming the key when bad).
 The user lookup (NSS) and the start up to execve run off the executor and
 must end within start_timeout_ms (at most timeout): else 3025 "looking up
 user ... did not finish within N ms; nothing was run" (or "did not reach
@@ -76,8 +87,16 @@ commands. data:
    "stdout_bytes":INT, "stderr_bytes":INT (all bytes seen, kept or not),
    "stdout_truncated":BOOL, "stderr_truncated":BOOL,
    "stdout_lossy":BOOL, "stderr_lossy":BOOL, "elapsed_ms":INT, "pid":INT,
+   "stdout_sha256":HEX, "stderr_sha256":HEX (of the full streams),
+   "transcript":[{"stream":"stdout"|"stderr","text":STR}] and
+   "transcript_truncated":BOOL (with "transcript":true),
    "user":STR, "group":STR, "uid":INT, "gid":INT, "groups":[INT],
-   "survivors_killed":INT (only when the agent stopped the command)}
+   "survivors_killed":INT (stopped by the agent, no cgroup),
+   "processes_killed":INT (stopped by the agent, cgroup),
+   "containment":"cgroup-v2"|"hybrid"|"cgroup-v1"|"none",
+   "killed_by":"timeout"|"cancel"|"shutdown"|"oom"|null,
+   "usage":{"cpu_user_ms","cpu_system_ms","memory_peak_bytes","pids_peak",
+            "elapsed_ms","source":"cgroup"|"rusage"}}
 Text rule: the first max_output bytes of each stream are decoded as UTF-8;
 invalid bytes become U+FFFD and set *_lossy; a multi-byte character cut by
 the cap is dropped, not replaced. Frame rule: the texts are then cut
@@ -97,7 +116,9 @@ is left out (it shows later). 3021 if peek is not an unsigned integer, or
 
 Host config: max_output (1048576), max_output_limit (16777216),
 max_concurrent (64), kill_grace_ms (2000), max_frame (16777216, >= 1024:
-the host's server.max_frame), start_timeout_ms (30000)."#;
+the host's server.max_frame), start_timeout_ms (30000), containment
+("auto" | "off"), memory_max, pids_max, cpu_max, nice (defaults, none),
+memory_max_limit, pids_max_limit, cpu_max_limit (ceilings, none)."#;
 
 basicagent_abi::export_plugin!(PluginSpec {
     name: "sync_bash",
@@ -140,6 +161,8 @@ fn executor_count() -> usize {
 fn init(host: &Host) -> Result<(), InitError> {
     let parsed = Config::parse(host.config()).map_err(|e| InitError(e.to_string()))?;
     let _ = CONFIG.set(parsed);
+    // The cgroup layout, detected once and logged (the first init wins).
+    cgroup::init(config().containment);
     // The process (daemon or ctl) becomes a child subreaper: processes a
     // command leaves behind come back to it, to be killed after a
     // timeout and reaped (see reaper.rs).
@@ -150,7 +173,7 @@ fn init(host: &Host) -> Result<(), InitError> {
 fn call(call: Call, request: &[u8]) {
     let config = config();
     let request = match Command::parse(request, config) {
-        Ok(Command::Run(r)) => r,
+        Ok(Command::Run(r)) => *r,
         Ok(Command::Peek(target)) => return peek(call, target, params::id_len(request)),
         Err(e) => {
             let code = e.retcode();
@@ -238,4 +261,5 @@ fn cancel(id: CallId) {
 fn fini() {
     let handles: Vec<Handle> = executors().drain(..).flatten().collect();
     executor::shutdown_all(handles, Duration::from_secs(5));
+    cgroup::fini();
 }

@@ -7,6 +7,9 @@ use basicagent_abi::ffi::CallId;
 use basicagent_abi::retcode;
 use serde_json::{Map, Value};
 
+use crate::capture::Truncate;
+use crate::cgroup::Limits;
+
 /// Default and bounds of `timeout`, in seconds.
 pub const DEFAULT_TIMEOUT_S: u64 = 120;
 /// Smallest accepted `timeout`.
@@ -15,7 +18,7 @@ pub const MIN_TIMEOUT_S: u64 = 1;
 pub const MAX_TIMEOUT_S: u64 = 86_400;
 
 /// Host settings for this plugin (`ba_host_api.config`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// Bytes kept per stream when the request names no `max_output`.
     pub max_output: usize,
@@ -33,6 +36,16 @@ pub struct Config {
     /// without running anything (key `start_timeout_ms`; also bounded by
     /// the request's `timeout`).
     pub start_timeout: Duration,
+    /// Key `containment`: `"auto"` (a cgroup per command where the host
+    /// allows, the default) or `"off"` (process group and subreaper).
+    pub containment: bool,
+    /// Limits a request gets when it names none (`None`: unlimited);
+    /// keys `memory_max`, `pids_max`, `cpu_max`, `nice`.
+    pub default_limits: Limits,
+    pub default_nice: Option<i32>,
+    /// The largest limits a request may ask for; keys `memory_max_limit`,
+    /// `pids_max_limit`, `cpu_max_limit` (`None`: no ceiling).
+    pub max_limits: Limits,
 }
 
 /// Default of `max_frame`: the host's default `server.max_frame`.
@@ -49,6 +62,10 @@ impl Default for Config {
             kill_grace: Duration::from_millis(2000),
             max_frame: DEFAULT_MAX_FRAME,
             start_timeout: Duration::from_secs(30),
+            containment: true,
+            default_limits: Limits::default(),
+            default_nice: None,
+            max_limits: Limits::default(),
         }
     }
 }
@@ -66,6 +83,10 @@ pub enum ConfigError {
     FrameTooSmall,
     #[error("plugin config: max_output ({max_output}) must be <= max_output_limit ({limit})")]
     OutputAboveLimit { max_output: usize, limit: usize },
+    #[error("plugin config: containment must be \"auto\" or \"off\"")]
+    Containment,
+    #[error("plugin config: {0}")]
+    Limit(ParamError),
 }
 
 impl Config {
@@ -110,6 +131,18 @@ impl Config {
             }
             config.start_timeout = Duration::from_millis(v);
         }
+        match map.get("containment") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(s)) if s == "auto" => config.containment = true,
+            Some(Value::String(s)) if s == "off" => config.containment = false,
+            Some(_) => return Err(ConfigError::Containment),
+        }
+        let unbounded = Limits::default();
+        let max = parse_limits(&map, "_limit", &unbounded).map_err(ConfigError::Limit)?;
+        config.max_limits = max.0;
+        let (defaults, nice) = parse_limits(&map, "", &max.0).map_err(ConfigError::Limit)?;
+        config.default_limits = defaults;
+        config.default_nice = nice;
         if config.max_output > config.max_output_limit {
             return Err(ConfigError::OutputAboveLimit {
                 max_output: config.max_output,
@@ -121,7 +154,7 @@ impl Config {
 }
 
 /// One validated `sync.bash` request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Request {
     /// Run as `/bin/bash -c cmd`.
     pub cmd: String,
@@ -141,6 +174,14 @@ pub struct Request {
     pub max_output: usize,
     /// Length of the request's raw `id` (echoed in the answer's frame).
     pub id_len: usize,
+    /// The cgroup limits (request, else the config's defaults).
+    pub limits: Limits,
+    /// Scheduling priority of the command (`setpriority`), -20..=19.
+    pub nice: Option<i32>,
+    /// Which bytes of stdout and stderr are kept past `max_output`.
+    pub truncate: (Truncate, Truncate),
+    /// Also answer the interleaved `transcript`.
+    pub transcript: bool,
 }
 
 /// A request refused before anything runs (`3020` / `3021`).
@@ -176,6 +217,12 @@ pub enum ParamError {
     MaxOutputTooLarge(usize),
     #[error("peek must be a call id (an unsigned integer)")]
     Peek,
+    #[error("{key} {why}")]
+    Limit { key: String, why: String },
+    #[error("transcript must be a boolean")]
+    Transcript,
+    #[error("truncate must be \"head\", \"tail\", \"head+tail\" or an object of those for stdout and stderr")]
+    Truncate,
 }
 
 impl ParamError {
@@ -227,10 +274,10 @@ pub fn id_len(json: &[u8]) -> usize {
 }
 
 /// What a `sync.bash` call asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     /// Run a command.
-    Run(Request),
+    Run(Box<Request>),
     /// Report the output so far of the running call with this id.
     Peek(CallId),
 }
@@ -249,7 +296,7 @@ impl Command {
         let map = object(json)?;
         match field(&map, "peek") {
             Some(v) => v.as_u64().map(Command::Peek).ok_or(ParamError::Peek),
-            None => Request::from_map(&map, config).map(Command::Run),
+            None => Request::from_map(&map, config).map(|r| Command::Run(Box::new(r))),
         }
     }
 }
@@ -322,7 +369,41 @@ impl Request {
                 }
             }
         };
+        let (mut limits, nice) = parse_limits(map, "", &config.max_limits)?;
+        let d = config.default_limits;
+        limits.memory_max = limits.memory_max.or(d.memory_max);
+        limits.pids_max = limits.pids_max.or(d.pids_max);
+        limits.cpu_max = limits.cpu_max.or(d.cpu_max);
+        let mode = |v: &Value| match v.as_str() {
+            Some("head") => Ok(Truncate::Head),
+            Some("tail") => Ok(Truncate::Tail),
+            Some("head+tail") => Ok(Truncate::HeadTail),
+            _ => Err(ParamError::Truncate),
+        };
+        let truncate = match field(map, "truncate") {
+            None => (Truncate::Head, Truncate::Head),
+            Some(Value::Object(o)) => {
+                if o.keys().any(|k| k != "stdout" && k != "stderr") {
+                    return Err(ParamError::Truncate);
+                }
+                let get = |k: &str| o.get(k).map_or(Ok(Truncate::Head), mode);
+                (get("stdout")?, get("stderr")?)
+            }
+            Some(v) => {
+                let m = mode(v)?;
+                (m, m)
+            }
+        };
+        let transcript = match field(map, "transcript") {
+            None => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err(ParamError::Transcript),
+        };
         Ok(Request {
+            transcript,
+            truncate,
+            limits,
+            nice: nice.or(config.default_nice),
             id_len: raw_len(map.get("id")),
             cmd,
             timeout: Duration::from_secs(timeout),
@@ -334,6 +415,112 @@ impl Request {
             max_output,
         })
     }
+}
+
+fn limit_error(key: &str, suffix: &str, why: impl Into<String>) -> ParamError {
+    ParamError::Limit {
+        key: format!("{key}{suffix}"),
+        why: why.into(),
+    }
+}
+
+/// A byte count: an integer, or a string of digits with an optional
+/// K/M/G/T suffix (powers of 1024).
+fn bytes(v: &Value) -> Option<u64> {
+    if let Some(n) = v.as_u64() {
+        return Some(n);
+    }
+    let s = v.as_str()?.trim();
+    let (digits, shift) = match s.char_indices().last()? {
+        (i, 'K' | 'k') => (&s[..i], 10),
+        (i, 'M' | 'm') => (&s[..i], 20),
+        (i, 'G' | 'g') => (&s[..i], 30),
+        (i, 'T' | 't') => (&s[..i], 40),
+        _ => (s, 0),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse::<u64>().ok()?.checked_mul(1u64 << shift)
+}
+
+/// The smallest `memory_max` accepted (below it bash itself cannot start).
+pub const MIN_MEMORY_MAX: u64 = 1 << 20;
+
+/// `memory_max`, `pids_max`, `cpu_max`, `nice` (keys with `suffix`:
+/// `_limit` in the config), each checked against `max`.
+fn parse_limits(
+    map: &Map<String, Value>,
+    suffix: &str,
+    max: &Limits,
+) -> Result<(Limits, Option<i32>), ParamError> {
+    let key = |k: &str| format!("{k}{suffix}");
+    let mut limits = Limits::default();
+    if let Some(v) = field(map, &key("memory_max")) {
+        let n = bytes(v).ok_or_else(|| {
+            limit_error(
+                "memory_max",
+                suffix,
+                "must be a byte count (integer, or \"64M\")",
+            )
+        })?;
+        if n < MIN_MEMORY_MAX {
+            return Err(limit_error(
+                "memory_max",
+                suffix,
+                format!("must be >= {MIN_MEMORY_MAX}"),
+            ));
+        }
+        if let Some(m) = max.memory_max.filter(|&m| n > m) {
+            return Err(limit_error(
+                "memory_max",
+                suffix,
+                format!("must be <= {m} (memory_max_limit)"),
+            ));
+        }
+        limits.memory_max = Some(n);
+    }
+    if let Some(v) = field(map, &key("pids_max")) {
+        let n = v
+            .as_u64()
+            .filter(|&n| n >= 1)
+            .ok_or_else(|| limit_error("pids_max", suffix, "must be an integer >= 1"))?;
+        if let Some(m) = max.pids_max.filter(|&m| n > m) {
+            return Err(limit_error(
+                "pids_max",
+                suffix,
+                format!("must be <= {m} (pids_max_limit)"),
+            ));
+        }
+        limits.pids_max = Some(n);
+    }
+    if let Some(v) = field(map, &key("cpu_max")) {
+        let f = v
+            .as_f64()
+            .filter(|f| f.is_finite() && *f >= 0.01 && *f <= 1024.0)
+            .ok_or_else(|| {
+                limit_error("cpu_max", suffix, "must be a number of CPUs, 0.01..=1024")
+            })?;
+        if let Some(m) = max.cpu_max.filter(|&m| f > m) {
+            return Err(limit_error(
+                "cpu_max",
+                suffix,
+                format!("must be <= {m} (cpu_max_limit)"),
+            ));
+        }
+        limits.cpu_max = Some(f);
+    }
+    let mut nice = None;
+    if suffix.is_empty() {
+        if let Some(v) = field(map, "nice") {
+            let n = v
+                .as_i64()
+                .filter(|n| (-20..=19).contains(n))
+                .ok_or_else(|| limit_error("nice", "", "must be an integer -20..=19"))?;
+            nice = i32::try_from(n).ok();
+        }
+    }
+    Ok((limits, nice))
 }
 
 #[cfg(test)]
@@ -484,6 +671,56 @@ mod tests {
             );
         }
         assert_eq!(ParamError::Cmd.retcode(), retcode::INVALID_PARAMS);
+    }
+
+    #[test]
+    fn limits() {
+        let c = Config::parse(
+            br#"{"memory_max":"512M","pids_max":100,"nice":5,"memory_max_limit":"1G","pids_max_limit":1000,"cpu_max_limit":2}"#,
+        )
+        .unwrap();
+        assert_eq!(c.default_limits.memory_max, Some(512 << 20));
+        assert_eq!(c.max_limits.cpu_max, Some(2.0));
+        let r = Request::from_map(&object(br#"{"cmd":"x"}"#).unwrap(), &c).unwrap();
+        assert_eq!(r.limits.memory_max, Some(512 << 20), "config default");
+        assert_eq!(r.limits.pids_max, Some(100));
+        assert_eq!(r.nice, Some(5));
+        let r = Request::from_map(
+            &object(br#"{"cmd":"x","memory_max":1048576,"cpu_max":0.25,"nice":-3}"#).unwrap(),
+            &c,
+        )
+        .unwrap();
+        assert_eq!(r.limits.memory_max, Some(1 << 20));
+        assert_eq!(r.limits.cpu_max, Some(0.25));
+        assert_eq!(r.nice, Some(-3));
+        let err = |j: &str| {
+            Request::from_map(&object(j.as_bytes()).unwrap(), &c)
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            err(r#"{"cmd":"x","memory_max":"2G"}"#),
+            "memory_max must be <= 1073741824 (memory_max_limit)"
+        );
+        assert!(err(r#"{"cmd":"x","cpu_max":3}"#).starts_with("cpu_max must be <= 2"));
+        assert!(err(r#"{"cmd":"x","pids_max":1.5}"#).starts_with("pids_max "));
+        assert!(err(r#"{"cmd":"x","memory_max":"64MB"}"#).starts_with("memory_max "));
+        assert!(err(r#"{"cmd":"x","memory_max":"99999999999T"}"#).starts_with("memory_max "));
+        assert!(err(r#"{"cmd":"x","nice":-21}"#).starts_with("nice "));
+        // The config's own values: a default above its ceiling, a bad key.
+        let e = Config::parse(br#"{"pids_max":10,"pids_max_limit":5}"#).unwrap_err();
+        assert!(e.to_string().contains("pids_max must be <= 5"), "{e}");
+        let e = Config::parse(br#"{"cpu_max_limit":"x"}"#).unwrap_err();
+        assert!(e.to_string().contains("cpu_max_limit"), "{e}");
+        assert_eq!(
+            Config::parse(br#"{"containment":"maybe"}"#),
+            Err(ConfigError::Containment)
+        );
+        assert!(
+            !Config::parse(br#"{"containment":"off"}"#)
+                .unwrap()
+                .containment
+        );
     }
 
     #[test]

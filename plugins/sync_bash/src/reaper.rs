@@ -126,6 +126,9 @@ fn run() {
             Duration::from_secs(1)
         });
         let found = std::panic::catch_unwind(reap_round).unwrap_or(0);
+        // Cgroups of answered commands that were still in use (a daemon
+        // left behind, or killed processes not gone yet) go once empty.
+        let _ = std::panic::catch_unwind(crate::cgroup::sweep);
         busy = found > 0 || ACTIVE.swap(false, Ordering::Relaxed);
         quiet = if busy { 0 } else { quiet.saturating_add(1) };
     }

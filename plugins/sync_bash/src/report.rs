@@ -24,6 +24,40 @@ pub struct Finished<'a> {
     /// Processes outside the command's process group killed after it was
     /// stopped (`None`: not stopped by the agent, no search made).
     pub survivors_killed: Option<u32>,
+    /// `cgroup-v2`, `hybrid`, `cgroup-v1` or `none` (this command's).
+    pub containment: &'static str,
+    /// Processes in the command's cgroup when the agent stopped it
+    /// (`None`: not stopped, or no cgroup).
+    pub processes_killed: Option<u32>,
+    /// Kills by the memory limit in the command's cgroup.
+    pub oom_kills: u64,
+    pub usage: Usage,
+    /// The interleaved chunks (is stderr, text) and whether bytes were
+    /// left out; `None`: not asked for.
+    pub transcript: Option<(Vec<(bool, String)>, bool)>,
+}
+
+#[derive(Serialize)]
+struct Chunk<'a> {
+    stream: &'static str,
+    text: &'a str,
+}
+
+/// What the command consumed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    pub cpu_user_ms: Option<u64>,
+    pub cpu_system_ms: Option<u64>,
+    /// Peak memory of the cgroup (`memory.peak`, v1
+    /// `memory.max_usage_in_bytes`), else `ru_maxrss` of bash and the
+    /// children it waited for.
+    pub memory_peak_bytes: Option<u64>,
+    /// Most processes at once (`pids.peak`, where the kernel has it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pids_peak: Option<u64>,
+    pub elapsed_ms: u64,
+    /// `cgroup` or `rusage` (bash and the children it waited for).
+    pub source: &'static str,
 }
 
 #[derive(Serialize)]
@@ -40,6 +74,8 @@ struct Data<'a> {
     stderr_truncated: bool,
     stdout_lossy: bool,
     stderr_lossy: bool,
+    stdout_sha256: &'a str,
+    stderr_sha256: &'a str,
     elapsed_ms: u64,
     pid: i32,
     user: &'a str,
@@ -49,6 +85,15 @@ struct Data<'a> {
     groups: &'a [u32],
     #[serde(skip_serializing_if = "Option::is_none")]
     survivors_killed: Option<u32>,
+    containment: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    processes_killed: Option<u32>,
+    killed_by: Option<&'static str>,
+    usage: Usage,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    transcript: Option<Vec<Chunk<'a>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    transcript_truncated: Option<bool>,
 }
 
 /// Bytes of a frame that are not `data` nor the echoed `id`: the
@@ -129,9 +174,21 @@ fn shares(out: usize, err: usize, room: usize) -> (Option<usize>, Option<usize>)
 
 /// Cuts the two texts so that their escaped forms take at most `room`
 /// bytes in all; returns which were cut.
-fn fit_pair(out: &mut String, err: &mut String, room: usize) -> (bool, bool) {
+/// `keep_end` per text: cut its start instead (`truncate: "tail"`).
+fn fit_pair(
+    out: &mut String,
+    err: &mut String,
+    room: usize,
+    keep_end: (bool, bool),
+) -> (bool, bool) {
     let (a, b) = shares(escaped_len(out), escaped_len(err), room);
-    let cut = |text: &mut String, share: Option<usize>| match share {
+    let cut = |text: &mut String, share: Option<usize>, end: bool| match share {
+        Some(share) if end => {
+            let start = suffix_within(text, share);
+            text.drain(..start);
+            text.shrink_to_fit();
+            true
+        }
         Some(share) => {
             let keep = prefix_within(text, share);
             text.truncate(keep);
@@ -140,7 +197,25 @@ fn fit_pair(out: &mut String, err: &mut String, room: usize) -> (bool, bool) {
         }
         None => false,
     };
-    (cut(out, a), cut(err, b))
+    (cut(out, a, keep_end.0), cut(err, b, keep_end.1))
+}
+
+/// Where the longest suffix of `s` (starting at a character boundary)
+/// whose escaped form takes at most `room` bytes starts.
+fn suffix_within(s: &str, room: usize) -> usize {
+    let mut used = 0usize;
+    for (i, c) in s.char_indices().rev() {
+        let cost = if c.is_ascii() {
+            escaped_byte(c as u8)
+        } else {
+            c.len_utf8()
+        };
+        if used.saturating_add(cost) > room {
+            return i + c.len_utf8();
+        }
+        used += cost;
+    }
+    0
 }
 
 /// [`fit_pair`] for a peek's borrowed texts.
@@ -200,6 +275,10 @@ impl Finished<'_> {
                 "Cancelled: the agent is shutting down".to_owned(),
             ),
             None => match (&signal_name, self.exit) {
+                (Some(name), _) if self.oom_kills > 0 => (
+                    retcode::SUCCESS,
+                    format!("Normal termination: killed by {name}: out of memory (memory_max)"),
+                ),
                 (Some(name), _) => (
                     retcode::SUCCESS,
                     format!(
@@ -215,6 +294,7 @@ impl Finished<'_> {
             },
         };
         let id = self.identity;
+        let mut transcript = self.transcript.take();
         let mut data = Data {
             exitcode,
             signal: signal_name,
@@ -228,6 +308,8 @@ impl Finished<'_> {
             stderr_truncated: self.stderr.truncated,
             stdout_lossy: self.stdout.lossy,
             stderr_lossy: self.stderr.lossy,
+            stdout_sha256: &self.stdout.sha256,
+            stderr_sha256: &self.stderr.sha256,
             elapsed_ms: self.elapsed_ms,
             pid: self.pid,
             user: &id.user,
@@ -236,14 +318,67 @@ impl Finished<'_> {
             gid: id.gid,
             groups: &id.groups,
             survivors_killed: self.survivors_killed,
+            containment: self.containment,
+            processes_killed: self.processes_killed,
+            killed_by: match self.stopped {
+                Some(StopReason::Timeout) => Some("timeout"),
+                Some(StopReason::Cancelled) => Some("cancel"),
+                Some(StopReason::Shutdown) => Some("shutdown"),
+                None if self.oom_kills > 0 => Some("oom"),
+                None => None,
+            },
+            usage: self.usage,
+            transcript_truncated: None,
+            transcript: None,
         };
+        // The transcript takes at most half of what the frame leaves;
+        // the two texts share the rest.
+        if let Some((chunks, truncated)) = transcript.as_mut() {
+            /// `{"stream":"stderr","text":""},`
+            const CHUNK_OVERHEAD: usize = 32;
+            let fixed = serde_json::to_string(&data).map_or(0, |s| s.len());
+            let budget = bound
+                .room()
+                .saturating_sub(fixed)
+                .saturating_sub(escaped_len(&message).saturating_add(2))
+                / 2;
+            let mut used = 0usize;
+            let mut keep = chunks.len();
+            for (i, (_, text)) in chunks.iter_mut().enumerate() {
+                let cost = escaped_len(text).saturating_add(CHUNK_OVERHEAD);
+                if used.saturating_add(cost) > budget {
+                    let k = prefix_within(
+                        text,
+                        budget.saturating_sub(used.saturating_add(CHUNK_OVERHEAD)),
+                    );
+                    text.truncate(k);
+                    keep = i + usize::from(k > 0);
+                    *truncated = true;
+                    break;
+                }
+                used += cost;
+            }
+            chunks.truncate(keep);
+        }
+        data.transcript_truncated = transcript.as_ref().map(|(_, t)| *t);
+        data.transcript = transcript.as_ref().map(|(chunks, _)| {
+            chunks
+                .iter()
+                .map(|(stderr, text)| Chunk {
+                    stream: if *stderr { "stderr" } else { "stdout" },
+                    text,
+                })
+                .collect()
+        });
         // Everything but the two texts, measured once with them empty.
         let fixed = serde_json::to_string(&data).map_or(0, |s| s.len());
         let room = bound
             .room()
             .saturating_sub(fixed)
             .saturating_sub(escaped_len(&message).saturating_add(2));
-        let (cut_out, cut_err) = fit_pair(&mut self.stdout.text, &mut self.stderr.text, room);
+        let keep_end = (self.stdout.keep_end, self.stderr.keep_end);
+        let (cut_out, cut_err) =
+            fit_pair(&mut self.stdout.text, &mut self.stderr.text, room, keep_end);
         data.stdout = &self.stdout.text;
         data.stderr = &self.stderr.text;
         data.stdout_truncated |= cut_out;
@@ -329,6 +464,55 @@ mod tests {
         assert_eq!(prefix_within("é€", 5), 5);
     }
 
+    /// The transcript takes at most half of what the frame leaves; the whole answer
+    /// still fits, flags set.
+    #[test]
+    fn transcript_fits_the_frame() {
+        let id = identity();
+        for max_frame in [1024usize, 4096, 100_000] {
+            let big = "\u{1}".repeat(50_000);
+            let a = Finished {
+                exit: Exit::Code(0),
+                stopped: None,
+                timeout_s: 3,
+                stdout: Capture::new(0).finish(),
+                stderr: Capture::new(0).finish(),
+                elapsed_ms: 7,
+                pid: 42,
+                identity: &id,
+                survivors_killed: None,
+                containment: "none",
+                processes_killed: None,
+                oom_kills: 0,
+                usage: Usage::default(),
+                transcript: Some((
+                    vec![(false, "ok\n".into()), (true, big.clone()), (false, big)],
+                    false,
+                )),
+            }
+            .answer(FrameBound {
+                max_frame,
+                id_len: 30,
+            });
+            let frame = a.data.len() + escaped_len(&a.message) + ENVELOPE_RESERVE + 30;
+            assert!(frame <= max_frame, "{frame} > {max_frame}");
+            let v: serde_json::Value = serde_json::from_str(&a.data).unwrap();
+            assert_eq!(v["transcript_truncated"], true);
+            assert_eq!(v["transcript"][0]["text"], "ok\n");
+        }
+    }
+
+    #[test]
+    fn suffix_cut_keeps_the_end() {
+        assert_eq!(suffix_within("a\u{1}b", 1), 2);
+        assert_eq!(suffix_within("a\u{1}b", 7), 1);
+        assert_eq!(suffix_within("é€", 3), 2);
+        assert_eq!(suffix_within("é€", 5), 0);
+        let (mut o, mut e) = ("0123456789".to_owned(), "abcdefghij".to_owned());
+        assert_eq!(fit_pair(&mut o, &mut e, 8, (true, false)), (true, true));
+        assert_eq!((o.as_str(), e.as_str()), ("6789", "abcd"));
+    }
+
     #[test]
     fn shares_give_unused_room_to_the_other() {
         assert_eq!(shares(10, 10, 20), (None, None));
@@ -361,20 +545,28 @@ mod tests {
                 pid: 42,
                 identity: &id,
                 survivors_killed: Some(2),
+                containment: "none",
+                processes_killed: None,
+                oom_kills: 0,
+                usage: Usage::default(),
+                transcript: None,
             }
             .answer(bound);
             let frame = a.data.len() + escaped_len(&a.message) + ENVELOPE_RESERVE + 30;
             assert!(frame <= max_frame, "{frame} > {max_frame}");
             let v: serde_json::Value = serde_json::from_str(&a.data).unwrap();
             assert_eq!(v["stdout_truncated"], true);
-            // The small stream fits whole and keeps its flag clear.
-            assert_eq!(
-                (
-                    v["stderr_truncated"].as_bool(),
-                    v["stderr"].as_str().map(str::len)
-                ),
-                (Some(false), Some(10))
-            );
+            // The small stream fits whole and keeps its flag clear (at
+            // 1024 the fixed fields, usage and digests, leave too little).
+            if max_frame >= 4096 {
+                assert_eq!(
+                    (
+                        v["stderr_truncated"].as_bool(),
+                        v["stderr"].as_str().map(str::len)
+                    ),
+                    (Some(false), Some(10))
+                );
+            }
             assert_eq!(v["stdout_bytes"], 200_000);
             assert_eq!(v["survivors_killed"], 2);
             let mut o = Capture::new(1 << 20);
@@ -418,6 +610,11 @@ mod tests {
             pid: 42,
             identity: &id,
             survivors_killed: None,
+            containment: "none",
+            processes_killed: None,
+            oom_kills: 0,
+            usage: Usage::default(),
+            transcript: None,
         }
         .answer(BIG);
         let mut v: serde_json::Value = serde_json::from_str(&a.data).unwrap();

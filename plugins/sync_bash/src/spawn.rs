@@ -77,6 +77,8 @@ pub enum Stage {
     Setuid,
     Chdir,
     Exec,
+    Cgroup,
+    Nice,
 }
 
 impl Stage {
@@ -86,9 +88,11 @@ impl Stage {
 
     fn from_code(code: u32) -> Option<Stage> {
         use Stage::*;
-        [Setsid, Dup2, Setgroups, Setgid, Setuid, Chdir, Exec]
-            .get(code.checked_sub(1)? as usize)
-            .copied()
+        [
+            Setsid, Dup2, Setgroups, Setgid, Setuid, Chdir, Exec, Cgroup, Nice,
+        ]
+        .get(code.checked_sub(1)? as usize)
+        .copied()
     }
 
     /// What the stage is called in messages.
@@ -101,6 +105,8 @@ impl Stage {
             Stage::Setuid => "setuid",
             Stage::Chdir => "chdir",
             Stage::Exec => "execve /bin/bash",
+            Stage::Cgroup => "joining the command's cgroup",
+            Stage::Nice => "setpriority (nice)",
         }
     }
 }
@@ -143,6 +149,11 @@ pub struct Plan {
     cwd_required: bool,
     ids: Option<Ids>,
     with_stdin: bool,
+    /// `cgroup.procs` files (open, close-on-exec) the child writes `0`
+    /// into before anything else: the command starts in its cgroup.
+    pub cgroup_procs: Vec<RawFd>,
+    /// `setpriority(PRIO_PROCESS, 0, nice)` before the identity switch.
+    pub nice: Option<i32>,
 }
 
 impl Plan {
@@ -172,6 +183,8 @@ impl Plan {
             cwd_required,
             ids,
             with_stdin,
+            cgroup_procs: Vec::new(),
+            nice: None,
         })
     }
 }
@@ -191,6 +204,8 @@ pub struct Child {
     pub stdin_keepalive: Option<OwnedFd>,
     /// Read end of the error channel: empty at EOF means `execve` worked.
     pub failure: OwnedFd,
+    /// The command's cgroup (set by the starter), `None`: uncontained.
+    pub cgroup: Option<crate::cgroup::Cgroup>,
 }
 
 fn os(what: &'static str) -> SpawnError {
@@ -325,6 +340,7 @@ fn spawn_with(plan: &Plan, vfork_style: bool, published: &AtomicI32) -> Result<C
         stdin,
         stdin_keepalive,
         failure: fail_r,
+        cgroup: None,
     })
 }
 
@@ -498,6 +514,13 @@ unsafe fn child_main(
     // system call or an async-signal-safe libc wrapper.
     unsafe {
         let fail = |stage: Stage| report_and_exit(fds.failure, stage);
+        // First: join the cgroup (write "0" = this process), so that
+        // everything the command does is inside it.
+        for &fd in &plan.cgroup_procs {
+            if libc::write(fd, c"0".as_ptr().cast(), 1) != 1 {
+                fail(Stage::Cgroup);
+            }
+        }
         // Default dispositions and an empty mask: the host may block or
         // ignore signals (SIGPIPE, SIGTERM for a signalfd) and both would
         // otherwise survive execve.
@@ -525,6 +548,11 @@ unsafe fn child_main(
             u32::MAX,
             libc::CLOSE_RANGE_CLOEXEC,
         );
+        if let Some(nice) = plan.nice {
+            if libc::setpriority(libc::PRIO_PROCESS, 0, nice) != 0 {
+                fail(Stage::Nice);
+            }
+        }
         if let Some(ids) = &plan.ids {
             // Raw syscalls: they change only this (single) thread's
             // credentials, without glibc's all-threads broadcast.
@@ -635,12 +663,32 @@ pub enum Exit {
 }
 
 /// Reaps `pid`: `None` if it is still running and `block` is false.
+#[cfg(test)]
 pub fn reap(pid: libc::pid_t, block: bool) -> Option<Exit> {
+    reap_usage(pid, block).0
+}
+
+/// [`reap`], with the child's resource usage (its own and that of the
+/// children it waited for) when it was reaped here.
+pub fn reap_usage(pid: libc::pid_t, block: bool) -> (Option<Exit>, Option<libc::rusage>) {
+    let mut usage: libc::rusage = unsafe_zeroed_rusage();
+    let exit = reap_into(pid, block, &mut usage);
+    let got = matches!(exit, Some(Exit::Code(_) | Exit::Signal { .. }));
+    (exit, got.then_some(usage))
+}
+
+fn unsafe_zeroed_rusage() -> libc::rusage {
+    // SAFETY: rusage is plain old data; all-zero is a valid value.
+    unsafe { std::mem::zeroed() }
+}
+
+fn reap_into(pid: libc::pid_t, block: bool, usage: &mut libc::rusage) -> Option<Exit> {
     let mut status = 0;
     let flags = if block { 0 } else { libc::WNOHANG };
     loop {
-        // SAFETY: waitpid on our own child with a valid status pointer.
-        let r = unsafe { libc::waitpid(pid, &mut status, flags) };
+        // SAFETY: wait4 on our own child with valid status and rusage
+        // pointers.
+        let r = unsafe { libc::wait4(pid, &mut status, flags, usage) };
         if r == 0 {
             return None;
         }
@@ -800,6 +848,8 @@ mod tests {
             Stage::Setuid,
             Stage::Chdir,
             Stage::Exec,
+            Stage::Cgroup,
+            Stage::Nice,
         ] {
             assert_eq!(Stage::from_code(s.code()), Some(s));
         }

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use mio::Waker;
 
+use crate::cgroup::{self, Cgroup, CgroupError, Kind, Limits};
 use crate::identity::{self, Identity, IdentityError};
 use crate::params::Request;
 use crate::reaper;
@@ -68,6 +69,8 @@ pub enum StartError {
     Spawn(#[from] SpawnError),
     #[error("abandoned")]
     Abandoned,
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroup::CgroupError),
 }
 
 /// The outcome of an order.
@@ -201,6 +204,30 @@ fn advance(phase: &AtomicU8, from: u8, to: u8) -> bool {
         .is_ok()
 }
 
+/// The command's cgroup, where the host has them. Without a usable one a
+/// command with no limits runs uncontained (said in its answer); one
+/// with limits is refused.
+fn contain(limits: &Limits) -> Result<Option<Cgroup>, CgroupError> {
+    let layout = cgroup::layout();
+    let limited = *limits != Limits::default();
+    if layout.kind == Kind::None {
+        return match (limits.memory_max, limits.pids_max, limits.cpu_max) {
+            (Some(_), _, _) => Err(CgroupError::Unsupported("memory_max")),
+            (_, Some(_), _) => Err(CgroupError::Unsupported("pids_max")),
+            (_, _, Some(_)) => Err(CgroupError::Unsupported("cpu_max")),
+            _ => Ok(None),
+        };
+    }
+    match layout.create(limits) {
+        Ok(cg) => Ok(Some(cg)),
+        Err(e) if !limited => {
+            log::warn!("sync.bash: running a command without its cgroup: {e}");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 fn run(order: &Order) -> Result<(Identity, Child), StartError> {
     if !advance(&order.phase, QUEUED, LOOKUP) {
         return Err(StartError::Abandoned);
@@ -214,7 +241,7 @@ fn run(order: &Order) -> Result<(Identity, Child), StartError> {
         groups: identity.groups.clone(),
     });
     let env = identity::login_env(&identity, &r.env);
-    let plan = Plan::new(
+    let mut plan = Plan::new(
         &r.cmd,
         &env,
         r.cwd.as_deref(),
@@ -222,11 +249,29 @@ fn run(order: &Order) -> Result<(Identity, Child), StartError> {
         ids,
         order.with_stdin,
     )?;
+    plan.nice = r.nice;
+    let cgroup = contain(&r.limits)?;
+    plan.cgroup_procs = cgroup.as_ref().map(Cgroup::procs_fds).unwrap_or_default();
     if !advance(&order.phase, LOOKUP, SPAWN) {
+        if let Some(cg) = cgroup {
+            cg.remove(Duration::ZERO);
+        }
         return Err(StartError::Abandoned);
     }
     let spawning = reaper::Spawning::enter(&order.child_pid);
-    let child = spawn::spawn(&plan, &order.child_pid)?;
+    let mut child = match spawn::spawn(&plan, &order.child_pid) {
+        Ok(child) => child,
+        Err(e) => {
+            if let Some(cg) = cgroup {
+                cg.remove(Duration::ZERO);
+            }
+            return Err(e.into());
+        }
+    };
+    child.cgroup = cgroup.map(|mut cg| {
+        cg.close_fds();
+        cg
+    });
     reaper::track(child.pid);
     drop(spawning);
     Ok((identity, child))
@@ -250,6 +295,10 @@ mod tests {
                 stdin: Vec::new(),
                 max_output: 16,
                 id_len: 0,
+                limits: Limits::default(),
+                nice: None,
+                truncate: Default::default(),
+                transcript: false,
             },
             with_stdin: false,
             euid: 0,

@@ -1,6 +1,8 @@
 //! Issue 12 item 8: processes that leave a command's process group
 //! (`setsid`, `set -m`, a double fork) are killed when the agent stops the
 //! command, and counted in the answer (`survivors_killed`).
+//! Run with `containment = "off"`: the fallback without cgroups (the
+//! cgroup path is tested in contain.rs).
 
 mod common;
 
@@ -11,7 +13,7 @@ use common::{gone, live, Reap};
 use serde_json::json;
 
 fn stopped(cmd: &str) -> common::Answer {
-    let p = common::plugin(r#"{"kill_grace_ms":500}"#);
+    let p = common::plugin(r#"{"kill_grace_ms":500,"containment":"off"}"#);
     common::run_with(p, json!({"cmd":cmd,"timeout":1}))
 }
 
@@ -64,7 +66,7 @@ fn double_fork_out_of_the_group_is_killed_at_the_timeout() {
 #[test]
 fn cancel_kills_the_escaped_too() {
     let _reap = Reap(vec![vec!["sleep", "1035"]]);
-    let p = common::plugin(r#"{"kill_grace_ms":500}"#);
+    let p = common::plugin(r#"{"kill_grace_ms":500,"containment":"off"}"#);
     let (id, rx) = common::start(
         p,
         &json!({"cmd":"setsid sleep 1035 & sleep 60","timeout":60}),
@@ -86,7 +88,7 @@ fn a_command_that_ends_by_itself_keeps_its_daemon() {
     // Documented: only a command the agent stops has its escaped
     // processes killed; no survivors_killed key otherwise.
     let _reap = Reap(vec![vec!["sleep", "1036"]]);
-    let p = common::plugin(r#"{"kill_grace_ms":500}"#);
+    let p = common::plugin(r#"{"kill_grace_ms":500,"containment":"off"}"#);
     let a = common::run_with(p, json!({"cmd":"setsid sleep 1036 > /dev/null 2>&1 &"}));
     assert_eq!(a.retcode, retcode::SUCCESS, "{a:?}");
     assert!(a.data.get("survivors_killed").is_none(), "{a:?}");
