@@ -848,7 +848,7 @@ const host = {
           el('td', { text: res.message || '' }));
       }) : [el('tr', {}, el('td', { colspan: '5', class: 'hint', text: 'No calls reached this host yet.' }))]));
       $('#host-tasks tbody').replaceChildren(...(tasks.length ? tasks.map((t) => el('tr', {},
-        el('td', { class: 'mono', text: t.task }),
+        el('td', { class: 'mono', text: t.schedule ? `${t.task} (schedule ${t.schedule}, run ${t.run})` : t.task }),
         el('td', { text: when(t.received_at * 1000) }),
         el('td', {}, el('span', { class: `badge ${outcome(t)}`, text: `${t.resp} (${t.retcode})` })),
         el('td', { class: 'num', text: t.data?.exitcode ?? '' }),

@@ -27,6 +27,9 @@ use crate::call::{self, CallItem, CallSpec};
 use crate::registry::AgentInfo;
 use crate::serve::Shared;
 
+#[path = "api_schedules.rs"]
+mod schedules;
+
 /// Largest request body (a call's JSON).
 pub const MAX_BODY: usize = 1024 * 1024;
 /// Longest a call may wait for answers.
@@ -193,9 +196,10 @@ pub fn router(shared: Arc<Shared>, token: Option<String>) -> Router {
         .route("/v1/call", post(call_handler))
         .route("/v1/calls", get(calls))
         .route("/v1/calls/{id}", get(call_by_id))
-        .route("/v1/tasks", get(tasks))
+        .route("/v1/tasks", get(schedules::tasks))
         .route("/v1/tasks/{task}", get(task))
         .route("/metrics", get(metrics))
+        .merge(schedules::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
@@ -600,14 +604,6 @@ async fn call_by_id(State(api): State<Api>, Path(id): Path<String>) -> ApiResult
             Ok(axum::Json(v).into_response())
         }
     }
-}
-
-async fn tasks(State(api): State<Api>, q: Result<Query<Page>, QueryRejection>) -> ApiResult {
-    let page = query(q)?;
-    let n = limit(&page)?;
-    let host = page.host.clone();
-    let rows = store(&api, move |s| s.tasks(host.as_deref(), n)).await?;
-    Ok(axum::Json(rows.iter().map(task_json).collect::<Vec<_>>()).into_response())
 }
 
 async fn task(State(api): State<Api>, Path(task): Path<String>) -> ApiResult {
