@@ -158,6 +158,7 @@ fn a_schedule_added_through_the_api_runs_on_two_agents_and_its_results_list_with
                     "request": {"method": "async.bash", "cmd": "echo tick"},
                     "timeout": 10})),
     );
+    let add_summary = summary.clone();
     assert_eq!(summary["targeted"], 2, "{summary}");
     assert_eq!(summary["answered"], 2, "{summary} {lines:?}");
     assert!(
@@ -225,6 +226,30 @@ fn a_schedule_added_through_the_api_runs_on_two_agents_and_its_results_list_with
         lines[0]["data"]["schedules"][0]["schedule"],
         sids[1].as_str()
     );
+
+    // The add is in the call history with the request the server built.
+    let call = server.get(&format!("/v1/calls/{}", add_summary["call"]));
+    assert_eq!(call["request"]["method"], "schedule.add", "{call}");
+    assert_eq!(call["request"]["request"]["cmd"], "echo tick", "{call}");
+    assert_eq!(call["request"]["every"], 1, "{call}");
+    assert_eq!(call["results"].as_array().unwrap().len(), 2, "{call}");
+
+    // Each host made its own id: removing the first host's id everywhere
+    // (a body target) removes it there and is the other's 3021.
+    let (lines, summary) = stream(
+        &server,
+        "DELETE",
+        &format!("/v1/schedules/{}", sids[0]),
+        Some(json!({"target": {"all": true}})),
+    );
+    assert_eq!(summary["answered"], 1, "{summary}");
+    assert_eq!(summary["failed"], 1, "{summary}");
+    assert_eq!(lines[0]["data"]["state"], "removed", "{lines:?}");
+    assert_eq!(lines[1]["retcode"], 3021, "{lines:?}");
+    let (lines, _) = stream(&server, "GET", "/v1/schedules?name=*", None);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[0]["data"]["count"], 0, "{lines:?}");
+    assert_eq!(lines[1]["data"]["count"], 1, "{lines:?}");
     drop(daemons);
 }
 
