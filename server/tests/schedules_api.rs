@@ -465,6 +465,44 @@ fn bad_bodies_are_400_naming_the_field_and_agent_errors_and_offline_hosts_are_li
     assert_eq!(offline["retcode"], 3100, "{offline}");
     assert_eq!(offline["resp"], "failed");
 
+    // More of the agent's own refusals, each naming its field, passed through.
+    for (schedule, request, field) in [
+        (
+            json!({"every": 0}),
+            json!({"method": "getinfo.kernel"}),
+            "\"every\"",
+        ),
+        (
+            json!({"cron": "0 * * * * *", "tz": "Nowhere/City"}),
+            json!({"method": "getinfo.kernel"}),
+            "\"tz\"",
+        ),
+        (
+            json!({"every": 5, "overlap": "later"}),
+            json!({"method": "getinfo.kernel"}),
+            "\"overlap\"",
+        ),
+        (
+            json!({"every": 5}),
+            json!({"method": "ping"}),
+            "\"request\"",
+        ),
+    ] {
+        let (lines, summary) = stream(
+            &server,
+            "POST",
+            "/v1/schedules",
+            Some(json!({"target": {"hosts": [host]}, "schedule": schedule, "request": request})),
+        );
+        assert_eq!(summary["failed"], 1, "{schedule}: {lines:?}");
+        assert_eq!(lines[0]["retcode"], 3021, "{schedule}: {lines:?}");
+        let message = lines[0]["message"].as_str().unwrap();
+        assert!(
+            message.contains(field),
+            "{schedule}: {message:?} names {field}"
+        );
+    }
+
     // Both keep serving: a good schedule is added next.
     let (lines, summary) = stream(
         &server,
