@@ -9,9 +9,13 @@
 #   P/bin/BasicAgentCtl               the ctl tool
 #   P/lib/basicagent/plugins/lib*.so  every plugin built (not the test fixture
 #                                     libgetinfo_testkit.so, not the C example
-#                                     libgetinfo_hello.so)
+#                                     libgetinfo_hello.so), each with its
+#                                     lib*.so.sig when the build dir has one
+#   P/include/basicagent/basicagent_plugin.h  the plugin ABI header (C SDK)
+#   P/share/pkgconfig/basicagent-plugin.pc    `pkg-config --cflags basicagent-plugin`
 #   P/lib/systemd/system/basicagent.service
-#   P/share/doc/basicagent/           operations.md, protocol.md, plugins.md
+#   P/share/doc/basicagent/           operations.md, protocol.md, plugins.md,
+#                                     examples/getinfo_loadavg.c (a C plugin)
 #   P/lib/basicagent/install-manifest what --uninstall removes
 #   /etc/init.d/basicagent            the LSB init script
 #   /etc/default/basicagent           its settings (kept if present)
@@ -69,7 +73,9 @@ MANIFEST=$LIBDIR/install-manifest
 CONFDIR=/etc/basicagent
 # Plugins that are never installed: the misbehaving test fixture and the C
 # example (build it yourself from plugins/examples if you want it).
-SKIP_PLUGINS=" libgetinfo_testkit.so libgetinfo_hello.so "
+SKIP_PLUGINS=" libgetinfo_testkit.so libgetinfo_hello.so libgetinfo_loadavg.so "
+INCLUDEDIR=$PREFIX/include/basicagent
+PKGCONFIGDIR=$PREFIX/share/pkgconfig
 
 D() { printf '%s%s' "$DESTDIR" "$1"; }
 
@@ -85,7 +91,7 @@ if [ "$UNINSTALL" = 1 ]; then
         echo "removed $(D "$path")"
     done < "$(D "$MANIFEST")"
     rm -f "$(D "$MANIFEST")"
-    for dir in "$PLUGINDIR" "$LIBDIR" "$DOCDIR"; do
+    for dir in "$PLUGINDIR" "$LIBDIR" "$DOCDIR/examples" "$DOCDIR" "$INCLUDEDIR" "$PKGCONFIGDIR"; do
         rmdir "$(D "$dir")" 2>/dev/null || true
     done
     echo "kept (configuration, state, log): $(D "$CONFDIR") $(D /etc/default/basicagent) $(D /var/lib/basicagent) $(D /var/log/basicagent)"
@@ -123,6 +129,13 @@ for so in "$BUILD_DIR"/lib*_*.so; do
     [ -f "$so" ] || continue
     name=$(basename "$so")
     case $SKIP_PLUGINS in *" $name "*) continue ;; esac
+    # Its signature first: a daemon that sees the new .so sees its .sig.
+    if [ -f "$so.sig" ]; then
+        install -m 0644 "$so.sig" "$(D "$PLUGINDIR")/.$name.sig.new"
+        mv -f "$(D "$PLUGINDIR")/.$name.sig.new" "$(D "$PLUGINDIR/$name.sig")"
+        INSTALLED+=("$PLUGINDIR/$name.sig")
+        echo "installed $(D "$PLUGINDIR/$name.sig")"
+    fi
     # Copy then rename: a running daemon never maps a half-written file.
     install -m 0644 "$so" "$(D "$PLUGINDIR")/.$name.new"
     mv -f "$(D "$PLUGINDIR")/.$name.new" "$(D "$PLUGINDIR/$name")"
@@ -131,6 +144,24 @@ for so in "$BUILD_DIR"/lib*_*.so; do
     found=$((found + 1))
 done
 [ "$found" -gt 0 ] || echo "install.sh: warning: no plugins in $BUILD_DIR" >&2
+
+# The C SDK: the header and its pkg-config file (no library: a plugin
+# links against nothing of ours).
+put 0644 "$ROOT/abi/include/basicagent_plugin.h" "$INCLUDEDIR/basicagent_plugin.h"
+put 0644 "$ROOT/plugins/examples/getinfo_loadavg.c" "$DOCDIR/examples/getinfo_loadavg.c"
+VERSION=$("$BUILD_DIR/BasicAgent" -V 2>/dev/null | awk '{print $2}')
+PC=$(mktemp)
+cat > "$PC" <<EOF
+prefix=$PREFIX
+includedir=\${prefix}/include
+
+Name: basicagent-plugin
+Description: BasicAgent plugin ABI (C header basicagent_plugin.h; nothing to link)
+Version: ${VERSION:-0}
+Cflags: -I\${includedir}/basicagent
+EOF
+put 0644 "$PC" "$PKGCONFIGDIR/basicagent-plugin.pc"
+rm -f "$PC"
 
 put 0644 "$ROOT/scripts/basicagent.service" "$UNITDIR/basicagent.service"
 put 0755 "$ROOT/scripts/basicagent.init" /etc/init.d/basicagent

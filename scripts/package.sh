@@ -13,6 +13,12 @@
 # keeps them, dpkg -P removes them (and /var/lib/basicagent, /var/log/basicagent).
 # The package does not start the daemon on a first install (it needs a CA
 # and a server name first); an upgrade restarts a running daemon.
+#
+# BASICAGENT_SIGNING_KEY=KEY (a key from `BasicAgentCtl plugin keygen`):
+# every packaged plugin gets its .sig (scripts/sign-plugins.sh), and
+# KEY.pub, if present, ships as /usr/share/basicagent/plugin-signing-key.pub
+# for agent.trusted_keys. The package also carries the C SDK: the header
+# in /usr/include/basicagent and basicagent-plugin.pc.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,7 +32,7 @@ while [ $# -gt 0 ]; do
         --no-build) BUILD=0; shift ;;
         --output) OUT_DIR=$2; shift 2 ;;
         --compress) COMPRESS=$2; shift 2 ;;
-        -h | --help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "package.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -47,6 +53,14 @@ PKG=$STAGE/basicagent
 "$ROOT/scripts/install.sh" --prefix /usr --destdir "$PKG" --build-dir "$BUILD_DIR" >/dev/null
 # dpkg keeps its own list of files; install.sh's is for --uninstall only.
 rm -f "$PKG/usr/lib/basicagent/install-manifest"
+if [ -n "${BASICAGENT_SIGNING_KEY:-}" ]; then
+    "$ROOT/scripts/sign-plugins.sh" "$BASICAGENT_SIGNING_KEY" "$PKG/usr/lib/basicagent/plugins" \
+        "$BUILD_DIR/BasicAgentCtl" >&2
+    chmod 0644 "$PKG"/usr/lib/basicagent/plugins/*.sig
+    if [ -f "$BASICAGENT_SIGNING_KEY.pub" ]; then
+        install -D -m 0644 "$BASICAGENT_SIGNING_KEY.pub" "$PKG/usr/share/basicagent/plugin-signing-key.pub"
+    fi
+fi
 
 # The lowest glibc the binaries need (the highest GLIBC_x.y symbol version).
 GLIBC=

@@ -1,5 +1,9 @@
 /*
- * basicagent_plugin.h -- the BasicAgent plugin ABI, version 1.
+ * basicagent_plugin.h -- the BasicAgent plugin ABI, version 1 (1.1: the
+ * request readers param_* and args_argv at the end of ba_host_api).
+ *
+ * Installed as <basicagent/basicagent_plugin.h>; compile with
+ *   cc $(pkg-config --cflags basicagent-plugin) -fPIC -shared ...
  *
  * This header is the contract between the BasicAgent host (the daemon
  * `BasicAgent` and the ctl tool `BasicAgentCtl`) and a plugin: a shared
@@ -57,9 +61,27 @@ extern "C" {
 /* Status returned by host and plugin functions. */
 typedef enum ba_status {
     BA_STATUS_OK = 0,
-    BA_STATUS_UNKNOWN_CALL = 1, /* complete(): no such call in flight */
-    BA_STATUS_INVALID_ARGUMENT = 2, /* a NULL pointer or bad length */
-    BA_STATUS_FAILED = 3 /* init(): the plugin cannot run here */
+    /* No such call in flight: never issued, or already completed. */
+    BA_STATUS_UNKNOWN_CALL = 1,
+    /* A NULL pointer where one is required, or a (NULL, len > 0) pair.
+     * From complete(): the call is completed anyway, with
+     * BA_RETCODE_PLUGIN_FAILURE, and is no longer pending. */
+    BA_STATUS_INVALID_ARGUMENT = 2,
+    /* init(): the plugin cannot run here. */
+    BA_STATUS_FAILED = 3,
+    /* param_*(): the request has no such top-level key, or its value is
+     * null. The output is left unchanged (keep your default in it). */
+    BA_STATUS_NOT_FOUND = 4,
+    /* param_*(): the value has another JSON type, or does not fit (an
+     * int64 parameter that is 1.5 or 2^63); args_argv(): "args" is not a
+     * string. Answer BA_RETCODE_INVALID_PARAMS. */
+    BA_STATUS_WRONG_TYPE = 5,
+    /* param_*(), args_argv(): the request is not one JSON object with
+     * distinct keys. Answer BA_RETCODE_INVALID_REQUEST. */
+    BA_STATUS_BAD_REQUEST = 6,
+    /* args_argv(): "args" does not split (an unterminated quote) or a word
+     * holds a NUL character. Answer BA_RETCODE_INVALID_PARAMS. */
+    BA_STATUS_BAD_ARGS = 7
 } ba_status;
 
 /* Log levels for ba_host_api.log (the `log` crate's levels). */
@@ -89,11 +111,16 @@ typedef struct ba_host_api {
     /*
      * Completes a call. Thread-safe, callable from any thread, exactly once
      * per call. `retcode` is one of BA_RETCODE_*. `message` is a short
-     * human-readable text (UTF-8); when message_len is 0 the host uses the
-     * retcode's standard message. `data` is a JSON value (UTF-8) or NULL
-     * with data_len 0 for none. The host copies everything before it
-     * returns. Invalid JSON in `data` turns the response into
-     * BA_RETCODE_PLUGIN_FAILURE.
+     * human-readable text (UTF-8; invalid bytes become U+FFFD) that starts
+     * with the retcode's standard text, e.g. "Invalid params: -n needs a
+     * number"; when message_len is 0 the host uses the standard text alone.
+     * `data` is a JSON value (UTF-8) or NULL with data_len 0 for none. The
+     * host copies everything before it returns. Invalid JSON in `data`
+     * turns the response into BA_RETCODE_PLUGIN_FAILURE. Returns
+     * BA_STATUS_OK, BA_STATUS_UNKNOWN_CALL (not pending: nothing happens)
+     * or BA_STATUS_INVALID_ARGUMENT (a NULL pointer with a length > 0: the
+     * call is answered BA_RETCODE_PLUGIN_FAILURE and is no longer pending).
+     * After complete() the call's param_* and args_argv memory is freed.
      */
     ba_status (*complete)(ba_call_id call, uint32_t retcode,
                           const char *message, size_t message_len,
@@ -108,7 +135,59 @@ typedef struct ba_host_api {
     /* The most verbose ba_log_level the host writes; a plugin may skip
      * formatting messages above it. */
     uint32_t max_log_level;
+
+    /* ---- ABI 1.1: reading the request without a JSON parser. ----
+     *
+     * Present when BA_HOST_HAS(host, field) (the host's `size` covers the
+     * field); a host of ABI 1.0 has none of them. All are thread-safe and
+     * callable from any thread while the call is pending. They read the
+     * request the host passed to `call` (the same bytes): its top-level
+     * members only, never nested objects. Out values point to memory the
+     * host owns and keeps **until the call is completed**: copy what you
+     * need before you call complete(), never free it. On any status but
+     * BA_STATUS_OK the outputs are left unchanged. A request that is not
+     * one JSON object with distinct keys gives BA_STATUS_BAD_REQUEST for
+     * every key. Keys are NUL-terminated UTF-8 and compared exactly.
+     * Returns BA_STATUS_UNKNOWN_CALL for a call not pending, and
+     * BA_STATUS_INVALID_ARGUMENT for a NULL key or output pointer. */
+
+    /* A string parameter: *val is its UTF-8 text after JSON unescaping,
+     * NUL-terminated, *len its length in bytes without the NUL (a value
+     * holding \u0000 is longer than strlen says). `len` may be NULL. */
+    ba_status (*param_str)(ba_call_id call, const char *key,
+                           const char **val, size_t *len);
+
+    /* An integer parameter: a JSON number without fraction or exponent
+     * that fits int64_t (5, -3; not 5.0, 1e3 or "5"). */
+    ba_status (*param_int64)(ba_call_id call, const char *key, int64_t *val);
+
+    /* A number parameter, any JSON number as the nearest double. */
+    ba_status (*param_double)(ba_call_id call, const char *key, double *val);
+
+    /* A boolean parameter: JSON true (*val = 1) or false (*val = 0). */
+    ba_status (*param_bool)(ba_call_id call, const char *key, int *val);
+
+    /*
+     * The request's "args" string split into an argv for getopt(3), by the
+     * rule of docs/plugins.md: whitespace separates words; '...' is
+     * literal; in "..." only \" and \\ are escapes; outside quotes a
+     * backslash makes the next character literal; adjacent pieces join;
+     * '' is an empty word; "--" and clusters like "-rr" are passed as
+     * they are.
+     * (*argv)[0] is the request's "method" (else the plugin's name),
+     * (*argv)[*argc] is NULL. "args" absent or null gives *argc == 1.
+     * The array and the strings are the host's, writable (getopt may
+     * permute the array), valid until the call is completed; every call
+     * of args_argv for one call id returns the same array.
+     */
+    ba_status (*args_argv)(ba_call_id call, int *argc, char ***argv);
 } ba_host_api;
+
+/* Whether the host's table has `field` (ABI 1.1 fields and later). Use it
+ * before calling any function past max_log_level:
+ *   if (BA_HOST_HAS(host, param_str) && host->param_str != NULL) ... */
+#define BA_HOST_HAS(host, field)                                            \
+    ((host)->size >= offsetof(ba_host_api, field) + sizeof((host)->field))
 
 /*
  * What the plugin exports. Static and immutable; every string is
@@ -124,13 +203,19 @@ typedef struct ba_plugin_descriptor {
     const char *const *methods; /* NULL-terminated, e.g. {"getinfo.users", NULL} */
     const char *usage;       /* arguments and output, shown by BasicAgentCtl -l */
 
-    /* Called once, before any call, on the host's thread. Returns
+    /* Called once, before any call, on the host's thread, with the host's
+     * loader lock held: it may do short blocking work (read a file), but
+     * every other first call of any plugin waits for it. Returns
      * BA_STATUS_OK, or BA_STATUS_FAILED to refuse to run (the host then
      * answers BA_RETCODE_PLUGIN_FAILURE for its methods). May be NULL. */
     ba_status (*init)(const ba_host_api *host);
 
     /* Starts one call. `request` is the whole request object as JSON bytes
-     * (not NUL-terminated), including "method" and, from the daemon, "id".
+     * (not NUL-terminated), including "method" and, from the daemon, "id":
+     * from the daemon the very frame the server sent (escapes as sent,
+     * without the trailing newline), from BasicAgentCtl the object it
+     * built. Valid until `call` returns; the param_* and args_argv readers
+     * give its top-level members until the call is completed.
      * Must not block: slow work goes to a thread of the plugin's own, which
      * completes the call later. */
     void (*call)(ba_call_id call, const char *request, size_t request_len);

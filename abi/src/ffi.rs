@@ -4,7 +4,7 @@
 //! compiles C plugins against the header and loads them through these types,
 //! and checks the sizes and offsets the C compiler computes against ours.
 
-use std::ffi::c_char;
+use std::ffi::{c_char, c_int};
 
 /// The ABI major version (`BA_ABI_VERSION`).
 pub const ABI_VERSION: u32 = 1;
@@ -21,6 +21,14 @@ pub const STATUS_UNKNOWN_CALL: Status = 1;
 pub const STATUS_INVALID_ARGUMENT: Status = 2;
 /// `BA_STATUS_FAILED`.
 pub const STATUS_FAILED: Status = 3;
+/// `BA_STATUS_NOT_FOUND`: no such top-level key, or its value is null.
+pub const STATUS_NOT_FOUND: Status = 4;
+/// `BA_STATUS_WRONG_TYPE`: the value has another type or does not fit.
+pub const STATUS_WRONG_TYPE: Status = 5;
+/// `BA_STATUS_BAD_REQUEST`: the request is not one JSON object.
+pub const STATUS_BAD_REQUEST: Status = 6;
+/// `BA_STATUS_BAD_ARGS`: `args` does not split, or a word holds a NUL.
+pub const STATUS_BAD_ARGS: Status = 7;
 
 /// `ba_call_id`: identifies one call, never 0.
 pub type CallId = u64;
@@ -44,6 +52,45 @@ pub struct HostApi {
     pub config: *const c_char,
     pub config_len: usize,
     pub max_log_level: u32,
+    // ABI 1.1: present when `size` covers them (see `HostApi::has`).
+    pub param_str: Option<ParamStrFn>,
+    pub param_int64: Option<ParamInt64Fn>,
+    pub param_double: Option<ParamDoubleFn>,
+    pub param_bool: Option<ParamBoolFn>,
+    pub args_argv: Option<ArgsArgvFn>,
+}
+
+/// `param_str`.
+pub type ParamStrFn = unsafe extern "C" fn(
+    call: CallId,
+    key: *const c_char,
+    val: *mut *const c_char,
+    len: *mut usize,
+) -> Status;
+/// `param_int64`.
+pub type ParamInt64Fn =
+    unsafe extern "C" fn(call: CallId, key: *const c_char, val: *mut i64) -> Status;
+/// `param_double`.
+pub type ParamDoubleFn =
+    unsafe extern "C" fn(call: CallId, key: *const c_char, val: *mut f64) -> Status;
+/// `param_bool`.
+pub type ParamBoolFn =
+    unsafe extern "C" fn(call: CallId, key: *const c_char, val: *mut c_int) -> Status;
+/// `args_argv`.
+pub type ArgsArgvFn =
+    unsafe extern "C" fn(call: CallId, argc: *mut c_int, argv: *mut *mut *mut c_char) -> Status;
+
+/// The size of the ABI 1.0 host table (up to and including
+/// `max_log_level`, padded): what an old host announces in `size`.
+pub const HOST_API_V1_0_SIZE: u32 = std::mem::offset_of!(HostApi, param_str) as u32;
+
+impl HostApi {
+    /// Whether the table, as the host announced its `size`, covers the
+    /// field that ends at byte `end` (`offset_of!` + its size): the Rust
+    /// form of the header's `BA_HOST_HAS`.
+    pub fn covers(&self, end: usize) -> bool {
+        self.size as usize >= end
+    }
 }
 
 // SAFETY: the host api table is immutable after construction and its

@@ -5,13 +5,19 @@
 //! id that was never issued, finds nothing in the registry and returns
 //! `BA_STATUS_UNKNOWN_CALL`. So a buggy plugin cannot make the host touch
 //! freed memory.
+//!
+//! Each pending call also keeps a copy of its request and, once a plugin
+//! asks (`param_*`, `args_argv`, ABI 1.1), the request's top-level members
+//! and its argv ([`crate::params`]); they are dropped when the call is
+//! completed, which is the lifetime the header promises.
 
 use std::collections::HashMap;
-use std::ffi::c_char;
+use std::ffi::{c_char, c_int, CStr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::ffi::{self, CallId, HostApi, Status};
+use crate::params::CallState;
 
 /// What a plugin sent back for one call. `data` is the plugin's JSON text,
 /// unchecked here: the host validates it where it knows JSON.
@@ -27,9 +33,14 @@ pub struct Completion {
 /// Receives one completion, on whichever thread the plugin completes from.
 pub type Completer = Box<dyn FnOnce(Completion) + Send>;
 
+struct Pending {
+    completer: Completer,
+    state: Arc<CallState>,
+}
+
 struct Registry {
     next: AtomicU64,
-    pending: Mutex<HashMap<CallId, Completer>>,
+    pending: Mutex<HashMap<CallId, Pending>>,
 }
 
 fn registry() -> &'static Registry {
@@ -40,12 +51,23 @@ fn registry() -> &'static Registry {
     })
 }
 
-/// Registers a completer and returns the id to pass to the plugin.
-pub(crate) fn register(completer: Completer) -> CallId {
+/// Registers a completer for a call of `request` (copied: the readers
+/// need it after `call` returns) and returns the id to pass to the plugin.
+/// `name` is argv\[0\] when the request has no `"method"` string.
+pub(crate) fn register(completer: Completer, request: &[u8], name: Arc<str>) -> CallId {
     let reg = registry();
     let id = reg.next.fetch_add(1, Ordering::Relaxed);
-    lock_pending(reg).insert(id, completer);
+    let state = Arc::new(CallState::new(request, name));
+    lock_pending(reg).insert(id, Pending { completer, state });
     id
+}
+
+/// The request state of a pending call (an `Arc`, so the registry lock is
+/// not held while a plugin's request is parsed).
+fn call_state(id: CallId) -> Option<Arc<CallState>> {
+    lock_pending(registry())
+        .get(&id)
+        .map(|p| Arc::clone(&p.state))
 }
 
 /// Number of calls issued and not yet completed (for tests and limits).
@@ -53,7 +75,7 @@ pub fn pending_calls() -> usize {
     lock_pending(registry()).len()
 }
 
-fn lock_pending(reg: &Registry) -> std::sync::MutexGuard<'_, HashMap<CallId, Completer>> {
+fn lock_pending(reg: &Registry) -> std::sync::MutexGuard<'_, HashMap<CallId, Pending>> {
     // A completer never runs under the lock, so the map is never left
     // half-updated by a panic: a poisoned lock is still consistent.
     reg.pending.lock().unwrap_or_else(|e| e.into_inner())
@@ -62,10 +84,10 @@ fn lock_pending(reg: &Registry) -> std::sync::MutexGuard<'_, HashMap<CallId, Com
 /// Completes `call` from the host side (e.g. when the plugin refused to
 /// initialise). Returns false if the call was not pending.
 pub(crate) fn finish(completion: Completion) -> bool {
-    let completer = lock_pending(registry()).remove(&completion.call);
-    match completer {
-        Some(f) => {
-            f(completion);
+    let pending = lock_pending(registry()).remove(&completion.call);
+    match pending {
+        Some(p) => {
+            (p.completer)(completion);
             true
         }
         None => false,
@@ -104,6 +126,11 @@ pub fn host_api(settings: &HostSettings) -> &'static HostApi {
             config: config.as_ptr().cast::<c_char>(),
             config_len: config.len(),
             max_log_level: settings.max_log_level,
+            param_str: Some(host_param_str),
+            param_int64: Some(host_param_int64),
+            param_double: Some(host_param_double),
+            param_bool: Some(host_param_bool),
+            args_argv: Some(host_args_argv),
         }
     })
 }
@@ -150,20 +177,182 @@ unsafe extern "C" fn host_complete(
     data_len: usize,
 ) -> Status {
     let outcome = std::panic::catch_unwind(|| {
+        let bad = match (
+            message.is_null() && message_len > 0,
+            data.is_null() && data_len > 0,
+        ) {
+            (true, _) => Some("message"),
+            (_, true) => Some("data"),
+            _ => None,
+        };
+        if let Some(which) = bad {
+            // A NULL pointer with a length: answered, so that a plugin
+            // that ignores the status never leaves the call hanging.
+            let found = finish(Completion {
+                call,
+                retcode: crate::retcode::PLUGIN_FAILURE,
+                message: format!(
+                    "Plugin failure: complete() got a NULL {which} with a length > 0 (retcode {retcode})"
+                ),
+                data: None,
+            });
+            return if found {
+                ffi::STATUS_INVALID_ARGUMENT
+            } else {
+                ffi::STATUS_UNKNOWN_CALL
+            };
+        }
         // SAFETY: the plugin passes live (pointer, length) pairs (header).
         let (message, data) =
             unsafe { (copy_text(message, message_len), copy_text(data, data_len)) };
         let data = if data.is_empty() { None } else { Some(data) };
-        finish(Completion {
+        if finish(Completion {
             call,
             retcode,
             message,
             data,
-        })
+        }) {
+            ffi::STATUS_OK
+        } else {
+            ffi::STATUS_UNKNOWN_CALL
+        }
     });
-    match outcome {
-        Ok(true) => ffi::STATUS_OK,
-        Ok(false) => ffi::STATUS_UNKNOWN_CALL,
-        Err(_) => ffi::STATUS_INVALID_ARGUMENT,
+    // A panic here is the host's own (a completer); the entry was removed.
+    outcome.unwrap_or(ffi::STATUS_INVALID_ARGUMENT)
+}
+
+/// Reads the NUL-terminated key of a reader call.
+///
+/// # Safety
+/// `key` must be null or a NUL-terminated string live until return.
+unsafe fn key_of<'a>(key: *const c_char) -> Option<&'a [u8]> {
+    if key.is_null() {
+        return None;
     }
+    // SAFETY: guaranteed by the caller (header: keys are NUL-terminated).
+    Some(unsafe { CStr::from_ptr(key) }.to_bytes())
+}
+
+/// The common frame of the readers: panic boundary, call lookup, key and
+/// output null checks. `read` runs with the call's state and the key.
+fn reader(
+    call: CallId,
+    key: *const c_char,
+    out_ok: bool,
+    read: impl FnOnce(&CallState, &[u8]) -> Status,
+) -> Status {
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        if !out_ok {
+            return ffi::STATUS_INVALID_ARGUMENT;
+        }
+        // SAFETY: the plugin passes a NUL-terminated key (header).
+        let Some(key) = (unsafe { key_of(key) }) else {
+            return ffi::STATUS_INVALID_ARGUMENT;
+        };
+        match call_state(call) {
+            Some(state) => read(&state, key),
+            None => ffi::STATUS_UNKNOWN_CALL,
+        }
+    }));
+    outcome.unwrap_or(ffi::STATUS_INVALID_ARGUMENT)
+}
+
+/// # Safety
+/// `key` NUL-terminated or null; `val` and `len` null or writable.
+unsafe extern "C" fn host_param_str(
+    call: CallId,
+    key: *const c_char,
+    val: *mut *const c_char,
+    len: *mut usize,
+) -> Status {
+    reader(call, key, !val.is_null(), |state, key| {
+        match state.string(key) {
+            Ok((ptr, n)) => {
+                // SAFETY: `val` is non-null and writable (checked, header);
+                // `len` is optional.
+                unsafe {
+                    *val = ptr;
+                    if !len.is_null() {
+                        *len = n;
+                    }
+                }
+                ffi::STATUS_OK
+            }
+            Err(status) => status,
+        }
+    })
+}
+
+/// # Safety
+/// `key` NUL-terminated or null; `val` null or writable.
+unsafe extern "C" fn host_param_int64(call: CallId, key: *const c_char, val: *mut i64) -> Status {
+    reader(call, key, !val.is_null(), |state, key| {
+        match state.int64(key) {
+            Ok(v) => {
+                // SAFETY: non-null and writable (checked, header).
+                unsafe { *val = v };
+                ffi::STATUS_OK
+            }
+            Err(status) => status,
+        }
+    })
+}
+
+/// # Safety
+/// `key` NUL-terminated or null; `val` null or writable.
+unsafe extern "C" fn host_param_double(call: CallId, key: *const c_char, val: *mut f64) -> Status {
+    reader(call, key, !val.is_null(), |state, key| {
+        match state.double(key) {
+            Ok(v) => {
+                // SAFETY: non-null and writable (checked, header).
+                unsafe { *val = v };
+                ffi::STATUS_OK
+            }
+            Err(status) => status,
+        }
+    })
+}
+
+/// # Safety
+/// `key` NUL-terminated or null; `val` null or writable.
+unsafe extern "C" fn host_param_bool(call: CallId, key: *const c_char, val: *mut c_int) -> Status {
+    reader(call, key, !val.is_null(), |state, key| {
+        match state.boolean(key) {
+            Ok(v) => {
+                // SAFETY: non-null and writable (checked, header).
+                unsafe { *val = c_int::from(v) };
+                ffi::STATUS_OK
+            }
+            Err(status) => status,
+        }
+    })
+}
+
+/// # Safety
+/// `argc` and `argv` null or writable.
+unsafe extern "C" fn host_args_argv(
+    call: CallId,
+    argc: *mut c_int,
+    argv: *mut *mut *mut c_char,
+) -> Status {
+    let outcome = std::panic::catch_unwind(|| {
+        if argc.is_null() || argv.is_null() {
+            return ffi::STATUS_INVALID_ARGUMENT;
+        }
+        let Some(state) = call_state(call) else {
+            return ffi::STATUS_UNKNOWN_CALL;
+        };
+        match state.argv() {
+            Ok((n, array)) => {
+                // SAFETY: both non-null and writable (checked, header).
+                unsafe {
+                    *argc = n;
+                    *argv = array;
+                }
+                ffi::STATUS_OK
+            }
+            Err(status) => status,
+        }
+    });
+    outcome.unwrap_or(ffi::STATUS_INVALID_ARGUMENT)
 }

@@ -8,11 +8,14 @@
 //! use [`loader`] and [`host`]. Bytes cross as (pointer, length) and are
 //! copied by the receiver; calls are identified by tokens, not pointers.
 
+pub mod args;
 pub mod ffi;
 pub mod host;
 pub mod loader;
+mod params;
 pub mod retcode;
 pub mod sdk;
+pub mod signature;
 
 pub use host::{pending_calls, Completion, HostSettings};
 pub use loader::{

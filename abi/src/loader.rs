@@ -12,6 +12,14 @@
 //! so its `/proc/self/fd/N` name is never reused, which also lets a changed
 //! file load beside the old one (glibc hands back the old handle for a name
 //! or inode it already has).
+//!
+//! Signatures ([`crate::signature`]): when a `.sig` exists beside the file,
+//! or the policy requires one, the checked descriptor is read whole, the
+//! bytes are verified, copied into a sealed memfd (`F_SEAL_WRITE`,
+//! `F_SEAL_SHRINK`, `F_SEAL_GROW`, `F_SEAL_SEAL`), and *that* is what
+//! `dlopen` maps: the bytes verified are the bytes run, whatever happens to
+//! the file afterwards. Comparing `fstat` before and after would only
+//! notice a rewrite after the constructors of the rewritten file had run.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::{c_char, CStr};
@@ -26,6 +34,7 @@ use basicagent_fstrust::{Follow, TrustError, TrustedFile};
 use crate::ffi::{self, CallId, HostApi, PluginDescriptor, VersionHeader};
 use crate::host::{self, Completer, Completion, HostSettings};
 use crate::retcode;
+use crate::signature::{self, FileBytes, SigError, SignaturePolicy, Verdict};
 
 /// Why a method cannot be served by a plugin file.
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +82,14 @@ pub enum LoadError {
     /// before any byte of it was mapped.
     #[error("{0}")]
     Untrusted(TrustError),
-    #[error("{reason} (refused earlier; not retried until the file changes)")]
+    /// The signature rule refused the file (before any byte was mapped).
+    #[error("{path}: {source}")]
+    Signature {
+        path: PathBuf,
+        #[source]
+        source: SigError,
+    },
+    #[error("{reason} (refused earlier; not retried until the file or its .sig changes)")]
     Refused {
         path: PathBuf,
         retcode: u32,
@@ -93,6 +109,13 @@ impl LoadError {
             LoadError::Refused { retcode, .. } => *retcode,
             _ => retcode::PLUGIN_FAILURE,
         }
+    }
+
+    /// The response message: the retcode's standard text, then this
+    /// error (`Unknown method: no plugin serves ...`, `Plugin failure:
+    /// PATH: ...`), as every message on the wire starts.
+    pub fn message(&self) -> String {
+        format!("{}: {self}", retcode::message(self.retcode()))
     }
 }
 
@@ -163,11 +186,33 @@ impl FileId {
     }
 }
 
+/// A version of a plugin file for the refusal memo: the file's identity
+/// and its `.sig`'s (so signing a refused file is enough for a retry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Version {
+    file: FileId,
+    sig: Option<FileId>,
+}
+
+impl Version {
+    fn of(path: &Path, meta: &std::fs::Metadata) -> Version {
+        Version {
+            file: FileId::of(meta),
+            sig: std::fs::symlink_metadata(signature::sig_path(path))
+                .ok()
+                .map(|m| FileId::of(&m)),
+        }
+    }
+}
+
 /// A loaded, initialised plugin. Never unloaded.
 pub struct Plugin {
     info: PluginInfo,
     desc: &'static PluginDescriptor,
     file_id: FileId,
+    signature: Verdict,
+    /// argv\[0\] of a request without a `"method"`, shared by its calls.
+    argv0: Arc<str>,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -184,9 +229,23 @@ impl Plugin {
     /// (N kept open for ever), so a file replaced on disk is mapped anew
     /// beside the old one; `_unique` is kept for API compatibility.
     pub fn load(path: &Path, settings: &HostSettings, _unique: bool) -> Result<Plugin, LoadError> {
+        Plugin::load_with(path, settings, &SignaturePolicy::default())
+    }
+
+    /// [`Plugin::load`] under a signature policy.
+    pub fn load_with(
+        path: &Path,
+        settings: &HostSettings,
+        policy: &SignaturePolicy,
+    ) -> Result<Plugin, LoadError> {
         let opened =
             basicagent_fstrust::open_file(path, Follow::No).map_err(LoadError::Untrusted)?;
-        Plugin::load_opened(path, opened, settings)
+        Plugin::load_opened(path, opened, settings, policy)
+    }
+
+    /// How the file stood with respect to signatures when it was loaded.
+    pub fn signature(&self) -> Verdict {
+        self.signature
     }
 
     /// Loads the plugin from a file already opened by the trust rule.
@@ -194,16 +253,45 @@ impl Plugin {
         path: &Path,
         opened: TrustedFile,
         settings: &HostSettings,
+        policy: &SignaturePolicy,
     ) -> Result<Plugin, LoadError> {
         let TrustedFile { mut file, meta, .. } = opened;
         let file_id = FileId::of(&meta);
-        let mut magic = [0u8; 4];
-        if file.read_exact(&mut magic).is_err() || magic != *b"\x7fELF" {
-            return Err(LoadError::NotElf {
+        let sig_error = |source| LoadError::Signature {
+            path: path.to_owned(),
+            source,
+        };
+        let sig = signature::read_sig(path).map_err(sig_error)?;
+        let not_elf = || LoadError::NotElf {
+            path: path.to_owned(),
+        };
+        let (fd, verdict) = if sig.is_none() && !policy.require {
+            let mut magic = [0u8; 4];
+            if file.read_exact(&mut magic).is_err() || magic != *b"\x7fELF" {
+                return Err(not_elf());
+            }
+            (file.as_raw_fd(), Verdict::Unsigned)
+        } else {
+            let bytes =
+                FileBytes::read(&mut file, meta.size()).map_err(|source| LoadError::Io {
+                    path: path.to_owned(),
+                    source,
+                })?;
+            if !bytes.file().starts_with(b"\x7fELF") {
+                return Err(not_elf());
+            }
+            let verdict = policy
+                .check(path, &bytes, sig.as_deref())
+                .map_err(sig_error)?;
+            let sealed = sealed_copy(bytes.file()).map_err(|source| LoadError::Io {
                 path: path.to_owned(),
-            });
-        }
-        let fd = file.as_raw_fd();
+                source,
+            })?;
+            // The memfd is what is mapped; the file is done with.
+            drop(file);
+            file = sealed;
+            (file.as_raw_fd(), verdict)
+        };
         // The fd stays open (leaked) so that its number, and therefore the
         // name glibc records, is never reused in this process.
         std::mem::forget(file);
@@ -247,10 +335,13 @@ impl Plugin {
                 });
             }
         }
+        let argv0 = Arc::from(info.name.as_str());
         Ok(Plugin {
             info,
             desc,
             file_id,
+            signature: verdict,
+            argv0,
         })
     }
 
@@ -267,7 +358,7 @@ impl Plugin {
     /// Starts a call. `done` runs exactly once, on the thread that
     /// completes the call (possibly this one, before `call` returns).
     pub fn call(&self, request: &[u8], done: Completer) -> CallId {
-        let id = host::register(done);
+        let id = host::register(done, request, Arc::clone(&self.argv0));
         match self.desc.call {
             // SAFETY: `request` is live for the duration of the call; the
             // plugin copies what it keeps (contract).
@@ -276,7 +367,7 @@ impl Plugin {
                 host::finish(Completion {
                     call: id,
                     retcode: retcode::PLUGIN_FAILURE,
-                    message: "plugin has no call function".to_owned(),
+                    message: "Plugin failure: plugin has no call function".to_owned(),
                     data: None,
                 });
             }
@@ -300,6 +391,37 @@ impl Plugin {
             unsafe { fini() };
         }
     }
+}
+
+/// Copies `bytes` into a new memfd and seals it against any change, so
+/// that what `dlopen` maps is exactly what was verified.
+fn sealed_copy(bytes: &[u8]) -> std::io::Result<std::fs::File> {
+    use std::io::Write as _;
+    use std::os::unix::io::FromRawFd;
+    const MFD_EXEC: libc::c_uint = 0x0010;
+    let name = c"basicagent-plugin";
+    let base = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
+    // SAFETY: a NUL-terminated name and flags; returns a new fd or -1.
+    // MFD_EXEC (Linux 6.3+) keeps the memfd executable where
+    // vm.memfd_noexec would make it noexec; older kernels refuse the flag
+    // with EINVAL, and there memfds are always executable.
+    let mut fd = unsafe { libc::memfd_create(name.as_ptr(), base | MFD_EXEC) };
+    if fd < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+        // SAFETY: as above.
+        fd = unsafe { libc::memfd_create(name.as_ptr(), base) };
+    }
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a new descriptor that nothing else owns.
+    let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
+    file.write_all(bytes)?;
+    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+    // SAFETY: fcntl on our own descriptor with an integer argument.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(file)
 }
 
 fn check_descriptor(
@@ -410,6 +532,7 @@ fn read_info(path: &Path, desc: &PluginDescriptor) -> Result<PluginInfo, LoadErr
 pub struct PluginRegistry {
     dir: PathBuf,
     settings: HostSettings,
+    policy: SignaturePolicy,
     /// Held while a file is loaded, so that a plugin's `init` never runs
     /// twice for one file version, even with concurrent first calls.
     state: Mutex<RegistryState>,
@@ -431,7 +554,7 @@ struct RegistryState {
 }
 
 struct Refusal {
-    file_id: FileId,
+    file_id: Version,
     retcode: u32,
     reason: String,
     /// Refused by the trust rule (re-checked each time), not by loading.
@@ -439,13 +562,29 @@ struct Refusal {
 }
 
 impl PluginRegistry {
-    /// A registry over `dir`.
+    /// A registry over `dir` (no signature required; a `.sig` that exists
+    /// must still verify).
     pub fn new(dir: impl Into<PathBuf>, settings: HostSettings) -> Self {
+        PluginRegistry::with_signatures(dir, settings, SignaturePolicy::default())
+    }
+
+    /// A registry over `dir` whose loads follow `policy`.
+    pub fn with_signatures(
+        dir: impl Into<PathBuf>,
+        settings: HostSettings,
+        policy: SignaturePolicy,
+    ) -> Self {
         PluginRegistry {
             dir: dir.into(),
             settings,
+            policy,
             state: Mutex::new(RegistryState::default()),
         }
+    }
+
+    /// The signature policy of every load.
+    pub fn signature_policy(&self) -> &SignaturePolicy {
+        &self.policy
     }
 
     /// The directory searched.
@@ -477,7 +616,7 @@ impl PluginRegistry {
                 })
             }
         };
-        let file_id = FileId::of(&meta);
+        let file_id = Version::of(&path, &meta);
         let opened = match basicagent_fstrust::open_file(&path, Follow::No) {
             Ok(opened) => opened,
             Err(e) => return Err(note_untrusted(&mut state, file, file_id, e).0),
@@ -493,24 +632,26 @@ impl PluginRegistry {
                 reason: r.reason.clone(),
             });
         }
-        let loaded = Plugin::load_opened(&path, opened, &self.settings).and_then(|plugin| {
-            if plugin.serves(method) {
-                Ok(plugin)
-            } else {
-                Err(LoadError::MethodNotServed {
-                    path: path.clone(),
-                    method: method.to_owned(),
-                    served: plugin.info.methods.join(", "),
-                })
-            }
-        });
+        let loaded =
+            Plugin::load_opened(&path, opened, &self.settings, &self.policy).and_then(|plugin| {
+                if plugin.serves(method) {
+                    Ok(plugin)
+                } else {
+                    Err(LoadError::MethodNotServed {
+                        path: path.clone(),
+                        method: method.to_owned(),
+                        served: plugin.info.methods.join(", "),
+                    })
+                }
+            });
         match loaded {
             Ok(plugin) => {
                 log::info!(
-                    "loaded plugin {} {} from {}",
+                    "loaded plugin {} {} from {} ({})",
                     plugin.info.name,
                     plugin.info.version,
-                    path.display()
+                    path.display(),
+                    plugin.signature
                 );
                 let plugin = Arc::new(plugin);
                 state.refused.remove(&file);
@@ -543,14 +684,15 @@ impl PluginRegistry {
             .iter()
             .map(|(k, v)| (k.clone(), v.file_id))
             .collect();
+        let policy = &self.policy;
         let mut out = Vec::new();
         for (file, old_id) in current {
             let path = self.dir.join(&file);
             let Ok(meta) = std::fs::symlink_metadata(&path) else {
                 continue;
             };
-            let file_id = FileId::of(&meta);
-            if file_id == old_id
+            let file_id = Version::of(&path, &meta);
+            if file_id.file == old_id
                 || state
                     .refused
                     .get(&file)
@@ -569,7 +711,7 @@ impl PluginRegistry {
                     continue;
                 }
             };
-            match Plugin::load_opened(&path, opened, &self.settings) {
+            match Plugin::load_opened(&path, opened, &self.settings, policy) {
                 Ok(new) => {
                     out.push(Ok(new.info.clone()));
                     state.refused.remove(&file);
@@ -665,7 +807,7 @@ impl PluginRegistry {
 fn note_untrusted(
     state: &mut RegistryState,
     file: String,
-    file_id: FileId,
+    file_id: Version,
     e: TrustError,
 ) -> (LoadError, bool) {
     let err = LoadError::Untrusted(e);

@@ -114,6 +114,143 @@ impl Call {
     }
 }
 
+/// Why a request reader of ABI 1.1 gave no value (`BA_STATUS_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ParamError {
+    /// No such top-level key, or its value is null.
+    #[error("not found")]
+    NotFound,
+    /// Another JSON type, or a number that does not fit.
+    #[error("of the wrong type")]
+    WrongType,
+    /// The request is not one JSON object with distinct keys (3020).
+    #[error("the request is not a JSON object")]
+    BadRequest,
+    /// `args` does not split, or a word holds a NUL (3021).
+    #[error("args do not split")]
+    BadArgs,
+    /// The call is not pending (completed already).
+    #[error("the call is not pending")]
+    UnknownCall,
+    /// The host is older than ABI 1.1 (no readers in its table).
+    #[error("the host has no request readers (ABI 1.0)")]
+    Unsupported,
+    /// Any other status.
+    #[error("status {0}")]
+    Other(Status),
+}
+
+impl ParamError {
+    fn of(status: Status) -> ParamError {
+        match status {
+            ffi::STATUS_NOT_FOUND => ParamError::NotFound,
+            ffi::STATUS_WRONG_TYPE => ParamError::WrongType,
+            ffi::STATUS_BAD_REQUEST => ParamError::BadRequest,
+            ffi::STATUS_BAD_ARGS => ParamError::BadArgs,
+            ffi::STATUS_UNKNOWN_CALL => ParamError::UnknownCall,
+            s => ParamError::Other(s),
+        }
+    }
+}
+
+/// The host's reader `$field` if its table is big enough and has it.
+macro_rules! reader {
+    ($field:ident) => {{
+        let api = host_api().ok_or(ParamError::Unsupported)?;
+        let end = std::mem::offset_of!(HostApi, $field) + std::mem::size_of::<usize>();
+        if !api.covers(end) {
+            return Err(ParamError::Unsupported);
+        }
+        api.$field.ok_or(ParamError::Unsupported)?
+    }};
+}
+
+fn key_cstr(key: &str) -> Result<CString, ParamError> {
+    CString::new(key).map_err(|_| ParamError::NotFound)
+}
+
+fn status_to(status: Status) -> Result<(), ParamError> {
+    if status == ffi::STATUS_OK {
+        Ok(())
+    } else {
+        Err(ParamError::of(status))
+    }
+}
+
+impl Call {
+    /// The request's top-level string `key` (ABI 1.1 host), copied.
+    pub fn param_str(&self, key: &str) -> Result<String, ParamError> {
+        let f = reader!(param_str);
+        let key = key_cstr(key)?;
+        let (mut ptr, mut len): (*const c_char, usize) = (std::ptr::null(), 0);
+        // SAFETY: a NUL-terminated key and two writable outputs; the host
+        // keeps the text alive while the call is pending (it is: we hold
+        // the uncompleted Call), and we copy it before returning.
+        status_to(unsafe { f(self.id, key.as_ptr(), &mut ptr, &mut len) })?;
+        if ptr.is_null() {
+            return Err(ParamError::Other(ffi::STATUS_INVALID_ARGUMENT));
+        }
+        // SAFETY: the host wrote a pointer to `len` live bytes.
+        let bytes = unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), len) };
+        Ok(String::from_utf8_lossy(bytes).into_owned())
+    }
+
+    /// The request's top-level integer `key` (fits i64, no fraction).
+    pub fn param_i64(&self, key: &str) -> Result<i64, ParamError> {
+        let f = reader!(param_int64);
+        let key = key_cstr(key)?;
+        let mut v = 0i64;
+        // SAFETY: a NUL-terminated key and a writable output.
+        status_to(unsafe { f(self.id, key.as_ptr(), &mut v) })?;
+        Ok(v)
+    }
+
+    /// The request's top-level number `key`.
+    pub fn param_f64(&self, key: &str) -> Result<f64, ParamError> {
+        let f = reader!(param_double);
+        let key = key_cstr(key)?;
+        let mut v = 0f64;
+        // SAFETY: a NUL-terminated key and a writable output.
+        status_to(unsafe { f(self.id, key.as_ptr(), &mut v) })?;
+        Ok(v)
+    }
+
+    /// The request's top-level boolean `key`.
+    pub fn param_bool(&self, key: &str) -> Result<bool, ParamError> {
+        let f = reader!(param_bool);
+        let key = key_cstr(key)?;
+        let mut v: std::ffi::c_int = 0;
+        // SAFETY: a NUL-terminated key and a writable output.
+        status_to(unsafe { f(self.id, key.as_ptr(), &mut v) })?;
+        Ok(v != 0)
+    }
+
+    /// The request's `args` as the host splits them for C plugins, with
+    /// argv\[0\] (the method) first, copied.
+    pub fn args_argv(&self) -> Result<Vec<String>, ParamError> {
+        let f = reader!(args_argv);
+        let mut argc: std::ffi::c_int = 0;
+        let mut argv: *mut *mut c_char = std::ptr::null_mut();
+        // SAFETY: two writable outputs; the host keeps the array alive
+        // while the call is pending, and we copy before returning.
+        status_to(unsafe { f(self.id, &mut argc, &mut argv) })?;
+        if argv.is_null() {
+            return Err(ParamError::Other(ffi::STATUS_INVALID_ARGUMENT));
+        }
+        let n = usize::try_from(argc).unwrap_or(0);
+        Ok((0..n)
+            .map(|i| {
+                // SAFETY: argc NUL-terminated words precede the NULL.
+                let p = unsafe { *argv.add(i) };
+                // SAFETY: each entry is a NUL-terminated host string.
+                unsafe { std::ffi::CStr::from_ptr(p) }
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect())
+    }
+}
+
 impl Drop for Call {
     fn drop(&mut self) {
         if self.done {
@@ -122,10 +259,10 @@ impl Drop for Call {
         let message = if std::thread::panicking() {
             LAST_PANIC
                 .with(|p| p.borrow_mut().take())
-                .map(|m| format!("plugin panicked: {m}"))
-                .unwrap_or_else(|| "plugin panicked".to_owned())
+                .map(|m| format!("Plugin failure: plugin panicked: {m}"))
+                .unwrap_or_else(|| "Plugin failure: plugin panicked".to_owned())
         } else {
-            "plugin dropped the call without completing it".to_owned()
+            "Plugin failure: plugin dropped the call without completing it".to_owned()
         };
         complete_raw(self.id, retcode::PLUGIN_FAILURE, &message, None);
     }
@@ -298,7 +435,10 @@ unsafe extern "C" fn call_trampoline(id: CallId, request: *const c_char, request
     };
     let outcome = panic::catch_unwind(AssertUnwindSafe(|| match spec() {
         Some(spec) => (spec.call)(Call { id, done: false }, bytes),
-        None => Call { id, done: false }.fail(retcode::PLUGIN_FAILURE, "plugin not initialised"),
+        None => Call { id, done: false }.fail(
+            retcode::PLUGIN_FAILURE,
+            "Plugin failure: plugin not initialised",
+        ),
     }));
     if let Err(payload) = outcome {
         // The Call was dropped while unwinding and has completed the call
@@ -309,7 +449,7 @@ unsafe extern "C" fn call_trampoline(id: CallId, request: *const c_char, request
         complete_raw(
             id,
             retcode::PLUGIN_FAILURE,
-            &format!("plugin panicked: {text}"),
+            &format!("Plugin failure: plugin panicked: {text}"),
             None,
         );
     }

@@ -361,6 +361,12 @@ int main(void) {
     printf("%zu %zu %zu %zu %zu %zu %zu\n", sizeof(ba_host_api), offsetof(ba_host_api, log),
            offsetof(ba_host_api, complete), offsetof(ba_host_api, config),
            offsetof(ba_host_api, config_len), offsetof(ba_host_api, max_log_level), sizeof(ba_call_id));
+    printf("%zu %zu %zu %zu %zu %zu %d %d %d %d %d %d %d %d\n", offsetof(ba_host_api, param_str),
+           offsetof(ba_host_api, param_int64), offsetof(ba_host_api, param_double),
+           offsetof(ba_host_api, param_bool), offsetof(ba_host_api, args_argv),
+           sizeof(ba_status), BA_STATUS_OK, BA_STATUS_UNKNOWN_CALL, BA_STATUS_INVALID_ARGUMENT,
+           BA_STATUS_FAILED, BA_STATUS_NOT_FOUND, BA_STATUS_WRONG_TYPE, BA_STATUS_BAD_REQUEST,
+           BA_STATUS_BAD_ARGS);
     printf("%zu %zu %zu %zu %zu %zu %zu %zu %zu %zu\n", sizeof(ba_plugin_descriptor),
            offsetof(ba_plugin_descriptor, name), offsetof(ba_plugin_descriptor, version),
            offsetof(ba_plugin_descriptor, description), offsetof(ba_plugin_descriptor, methods),
@@ -399,6 +405,29 @@ int main(void) {
         offset_of!(HostApi, max_log_level),
         size_of::<u64>()
     );
+    use basicagent_abi::ffi;
+    let readers = format!(
+        "{} {} {} {} {} {} {} {} {} {} {} {} {} {}",
+        offset_of!(HostApi, param_str),
+        offset_of!(HostApi, param_int64),
+        offset_of!(HostApi, param_double),
+        offset_of!(HostApi, param_bool),
+        offset_of!(HostApi, args_argv),
+        size_of::<ffi::Status>(),
+        ffi::STATUS_OK,
+        ffi::STATUS_UNKNOWN_CALL,
+        ffi::STATUS_INVALID_ARGUMENT,
+        ffi::STATUS_FAILED,
+        ffi::STATUS_NOT_FOUND,
+        ffi::STATUS_WRONG_TYPE,
+        ffi::STATUS_BAD_REQUEST,
+        ffi::STATUS_BAD_ARGS,
+    );
+    // The 1.0 table ends where the readers begin: what an old host says.
+    assert_eq!(
+        ffi::HOST_API_V1_0_SIZE as usize,
+        offset_of!(HostApi, param_str)
+    );
     let desc = format!(
         "{} {} {} {} {} {} {} {} {} {}",
         size_of::<PluginDescriptor>(),
@@ -412,5 +441,182 @@ int main(void) {
         offset_of!(PluginDescriptor, cancel),
         offset_of!(PluginDescriptor, fini)
     );
-    assert_eq!(out, format!("{host}\n{desc}\n"));
+    assert_eq!(out, format!("{host}\n{readers}\n{desc}\n"));
+}
+
+/// A C plugin that reads its request through the ABI 1.1 readers only and
+/// answers what it read; it also tries a NULL message with a length.
+const READERS: &str = r#"
+#include <stdio.h>
+#include <string.h>
+#include "basicagent_plugin.h"
+static const ba_host_api *host;
+static ba_call_id last;
+static int old_host;
+static ba_status rd_init(const ba_host_api *api) {
+    host = api;
+    old_host = !BA_HOST_HAS(api, args_argv);
+    return old_host ? BA_STATUS_FAILED : BA_STATUS_OK;
+}
+static void rd_call(ba_call_id call, const char *req, size_t len) {
+    (void)req; (void)len;
+    const char *s = "unset"; size_t slen = 5;
+    int64_t i = -1; double d = -1; int b = -1, argc = -1;
+    char **argv = NULL;
+    int st_s = host->param_str(call, "s", &s, &slen);
+    int st_i = host->param_int64(call, "i", &i);
+    int st_d = host->param_double(call, "d", &d);
+    int st_b = host->param_bool(call, "b", &b);
+    int st_a = host->args_argv(call, &argc, &argv);
+    int st_null = host->param_str(call, NULL, &s, &slen);
+    const char *x; int st_after = last ? (int)host->param_str(last, "s", &x, NULL) : -1;
+    if (st_b == BA_STATUS_OK && b == 1 && st_i == BA_STATUS_OK && i == 99) {
+        /* asked to misuse complete: NULL message with a length */
+        int st = host->complete(call, BA_RETCODE_SUCCESS, NULL, 5, NULL, 0);
+        int again = host->complete(call, BA_RETCODE_SUCCESS, NULL, 0, NULL, 0);
+        char m[64];
+        snprintf(m, sizeof m, "complete gave %d then %d", st, again);
+        host->log(BA_LOG_ERROR, m, strlen(m));
+        return;
+    }
+    char data[1024];
+    int n = snprintf(data, sizeof data,
+        "{\"st\":[%d,%d,%d,%d,%d,%d,%d],\"s\":\"%.*s\",\"slen\":%zu,\"i\":%lld,\"d\":%g,\"b\":%d,\"argc\":%d,\"argv\":[",
+        st_s, st_i, st_d, st_b, st_a, st_null, st_after, (int)slen, s, slen, (long long)i, d, b, argc);
+    for (int k = 0; st_a == BA_STATUS_OK && k < argc; k++) {
+        n += snprintf(data + n, sizeof data - (size_t)n, "%s\"%s\"", k ? "," : "", argv[k]);
+    }
+    n += snprintf(data + n, sizeof data - (size_t)n, "],\"nul_end\":%d}",
+                  st_a == BA_STATUS_OK && argv[argc] == NULL);
+    last = call;
+    host->complete(call, BA_RETCODE_SUCCESS, NULL, 0, data, (size_t)n);
+}
+static const char *const rd_methods[] = {"getinfo.readers", NULL};
+static const ba_plugin_descriptor rd = {
+    BA_ABI_VERSION, sizeof(ba_plugin_descriptor), "getinfo_readers", "1.1.0",
+    "readers fixture", rd_methods, "no arguments", rd_init, rd_call, NULL, NULL,
+};
+const ba_plugin_descriptor *basicagent_plugin_v1(void) { return &rd; }
+"#;
+
+fn compile_source(dir: &Path, file: &str, source: &str) -> PathBuf {
+    let src = dir.join(format!("{file}.c"));
+    std::fs::write(&src, source).unwrap();
+    let out = dir.join(file);
+    let include = Path::new(basicagent_abi::HEADER_PATH).parent().unwrap();
+    let ok = Command::new("cc")
+        .args([
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-pedantic",
+            "-std=c11",
+            "-fPIC",
+            "-shared",
+            "-I",
+        ])
+        .arg(include)
+        .arg("-o")
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "cc failed for {file}");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o755)).unwrap();
+    out
+}
+
+fn data(c: &Completion) -> serde_json::Value {
+    serde_json::from_str(c.data.as_deref().unwrap_or("null")).unwrap()
+}
+
+#[test]
+fn a_c_plugin_reads_its_request_through_the_readers_without_a_json_parser() {
+    let dir = tempfile::tempdir().unwrap();
+    let so = compile_source(dir.path(), "libgetinfo_readers.so", READERS);
+    let plugin = load(&so).unwrap();
+    let c = call(
+        &plugin,
+        r#"{"id":7,"method":"getinfo.readers","s":"a\u00e9b","i":-42,"d":2.5,"b":false,"args":"-rr -n '1 2' -- \"x y\""}"#,
+    );
+    let v = data(&c);
+    // OK x5, NULL key INVALID_ARGUMENT, no earlier call (-1).
+    assert_eq!(v["st"], serde_json::json!([0, 0, 0, 0, 0, 2, -1]), "{v}");
+    assert_eq!(v["s"], "aéb");
+    assert_eq!(v["slen"], 4);
+    assert_eq!(v["i"], -42);
+    assert_eq!(v["d"], 2.5);
+    assert_eq!(v["b"], 0);
+    assert_eq!(
+        v["argv"],
+        serde_json::json!(["getinfo.readers", "-rr", "-n", "1 2", "--", "x y"])
+    );
+    assert_eq!(v["argc"], 6);
+    assert_eq!(v["nul_end"], 1);
+
+    // Absent, null and mistyped values; the earlier call's memory is gone
+    // (UNKNOWN_CALL), and outputs are left as they were.
+    let c = call(&plugin, r#"{"s":null,"i":1.5,"d":"2","b":1,"args":7}"#);
+    let v = data(&c);
+    assert_eq!(v["st"], serde_json::json!([4, 5, 5, 5, 5, 2, 1]), "{v}");
+    assert_eq!(
+        (v["s"].as_str(), v["i"].as_i64(), v["b"].as_i64()),
+        (Some("unset"), Some(-1), Some(-1))
+    );
+    // Not one object: every reader says BAD_REQUEST.
+    let c = call(&plugin, r#"{"s":"a","s":"b"}"#);
+    assert_eq!(data(&c)["st"], serde_json::json!([6, 6, 6, 6, 6, 2, 1]));
+    // An unterminated quote in args.
+    let c = call(&plugin, r#"{"args":"-a 'x"}"#);
+    assert_eq!(data(&c)["st"][4], 7);
+    // No args: argv is the method alone (else the plugin's name).
+    let c = call(&plugin, r#"{}"#);
+    assert_eq!(data(&c)["argv"], serde_json::json!(["getinfo_readers"]));
+}
+
+#[test]
+fn complete_with_a_null_message_of_nonzero_length_answers_3025_and_ends_the_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let so = compile_source(dir.path(), "libgetinfo_readers.so", READERS);
+    let plugin = load(&so).unwrap();
+    let c = call(&plugin, r#"{"b":true,"i":99}"#);
+    assert_eq!(c.retcode, retcode::PLUGIN_FAILURE);
+    assert_eq!(
+        c.message,
+        "Plugin failure: complete() got a NULL message with a length > 0 (retcode 2)"
+    );
+}
+
+#[test]
+fn a_1_1_plugin_sees_a_1_0_host_table_by_its_size_and_an_old_plugin_runs_on_this_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let so = compile_source(dir.path(), "libgetinfo_readers.so", READERS);
+    // SAFETY: a fixture compiled above from the header.
+    let lib = unsafe { libloading::Library::new(&so) }.unwrap();
+    // SAFETY: the entry symbol has the header's type.
+    let entry: libloading::Symbol<basicagent_abi::ffi::EntryV1> =
+        unsafe { lib.get(basicagent_abi::ffi::ENTRY_SYMBOL_V1) }.unwrap();
+    // SAFETY: calling the fixture's entry and init with a valid table.
+    let desc = unsafe { &*entry() };
+    let new = basicagent_abi::host::host_api(&HostSettings::default());
+    let old = HostApi {
+        size: basicagent_abi::ffi::HOST_API_V1_0_SIZE,
+        param_str: None,
+        param_int64: None,
+        param_double: None,
+        param_bool: None,
+        args_argv: None,
+        ..*new
+    };
+    // SAFETY: both tables are valid for the test's duration.
+    unsafe {
+        assert_eq!(desc.init.unwrap()(&old), basicagent_abi::ffi::STATUS_FAILED);
+        assert_eq!(desc.init.unwrap()(new), basicagent_abi::ffi::STATUS_OK);
+    }
+    // A plugin built before the readers (TEMPLATE uses none) loads and answers.
+    let old_plugin = compile(dir.path(), "libgetinfo_fixture.so", &[]);
+    let c = call(&load(&old_plugin).unwrap(), "{}");
+    assert_eq!(c.retcode, retcode::SUCCESS);
 }

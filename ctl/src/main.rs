@@ -15,22 +15,39 @@ macro_rules! out {
 }
 
 mod run;
+mod sign;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-const USAGE: &str = "Usage: BasicAgentCtl -c METHOD [-a ARGS] [-j JSON] [-p PLUGIN_DIR]
-       BasicAgentCtl -l [-p PLUGIN_DIR]
+const USAGE: &str = "Usage: BasicAgentCtl -c METHOD [-a ARGS] [-j JSON] [-p PLUGIN_DIR] [-C CONFIG]
+       BasicAgentCtl -l [-p PLUGIN_DIR] [-C CONFIG]
+       BasicAgentCtl plugin keygen|sign|verify ... (BasicAgentCtl plugin -h)
 
 Loads the plugin serving METHOD (getinfo.users -> libgetinfo_users.so) and
 prints its response as JSON: {\"resp\",\"retcode\",\"message\",\"data\"}.
 Exit status: 0 success, 1 the call failed (message on stderr too), 2 usage.
 
 Plugin directory: -p, else $BASICAGENT_PLUGIN_DIR, else
-/usr/lib/basicagent/plugins if it exists, else this program's directory.";
+/usr/lib/basicagent/plugins if it exists, else this program's directory.
+Plugin signatures are checked as the daemon checks them, by [agent]
+trusted_keys and require_signature of CONFIG (default
+/etc/basicagent/agent.toml, if it exists).";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("plugin") {
+        let mut rest = args[1..].to_vec();
+        // `plugin verify -C FILE ...`: the daemon's config for trusted_keys.
+        let mut config = None;
+        if let Some(i) = rest.iter().position(|a| a == "-C") {
+            if i + 1 < rest.len() {
+                config = Some(PathBuf::from(rest.remove(i + 1)));
+                rest.remove(i);
+            }
+        }
+        return sign::main(&rest, || sign::policy_from_config(config.as_deref()));
+    }
     let mut opts = getopts::Options::new();
     opts.optopt("c", "call", "method to call, e.g. getinfo.kernel", "METHOD");
     opts.optopt(
@@ -46,6 +63,12 @@ fn main() -> ExitCode {
         "JSON",
     );
     opts.optopt("p", "plugin-dir", "plugin directory", "DIR");
+    opts.optopt(
+        "C",
+        "config",
+        "the daemon's config, for trusted_keys and require_signature",
+        "FILE",
+    );
     opts.optopt(
         "t",
         "wait",
@@ -99,8 +122,15 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
+    let policy = match sign::policy_from_config(m.opt_str("C").map(PathBuf::from).as_deref()) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("BasicAgentCtl: {e}");
+            return ExitCode::from(2);
+        }
+    };
     if m.opt_present("l") {
-        return run::list(&dir);
+        return run::list(&dir, policy);
     }
     let Some(method) = m.opt_str("c") else {
         eprintln!("BasicAgentCtl: -c METHOD or -l is required\n\n{}", usage());
@@ -120,7 +150,7 @@ fn main() -> ExitCode {
         }
     };
     match run::build_request(&method, m.opt_str("a"), m.opt_str("j")) {
-        Ok(request) => run::call(&dir, &method, &request, wait),
+        Ok(request) => run::call(&dir, &method, &request, wait, policy),
         Err(e) => {
             eprintln!("BasicAgentCtl: {e}");
             ExitCode::from(2)

@@ -6,6 +6,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use basicagent_abi::signature::SignaturePolicy;
 use basicagent_abi::{Completion, HostSettings, Plugin, PluginRegistry};
 use basicagent_proto::{Response, Retcode};
 use serde_json::{Map, Value};
@@ -53,14 +54,18 @@ fn print_response(mut response: Response) -> ExitCode {
 /// Loads the plugin for `method`, calls it, waits for its completion and
 /// prints the response. SIGINT/SIGTERM cancel the call (the plugin then
 /// answers `3028 Cancelled`, which is printed like any answer).
-pub fn call(dir: &Path, method: &str, request: &[u8], wait: Option<Duration>) -> ExitCode {
+pub fn call(
+    dir: &Path,
+    method: &str,
+    request: &[u8],
+    wait: Option<Duration>,
+    policy: SignaturePolicy,
+) -> ExitCode {
     let signals = block_stop_signals();
-    let registry = PluginRegistry::new(dir, HostSettings::default());
+    let registry = PluginRegistry::with_signatures(dir, HostSettings::default(), policy);
     let plugin = match registry.get(method) {
         Ok(p) => p,
-        Err(e) => {
-            return print_response(Response::failed(None, Retcode(e.retcode()), e.to_string()))
-        }
+        Err(e) => return print_response(Response::failed(None, Retcode(e.retcode()), e.message())),
     };
     let (tx, rx) = mpsc::channel();
     let on_signal = tx.clone();
@@ -89,7 +94,7 @@ pub fn call(dir: &Path, method: &str, request: &[u8], wait: Option<Duration>) ->
             Response::failed(
                 None,
                 Retcode::TIMEOUT,
-                "no answer from the plugin within the -t limit",
+                "Timeout: no answer from the plugin within the -t limit",
             )
         }
     };
@@ -133,7 +138,9 @@ fn forward_signals_as_cancel(
         let _ = done.send(Completion {
             call: id,
             retcode: Retcode::CANCELLED.0,
-            message: format!("interrupted by signal {sig}; the plugin did not answer the cancel"),
+            message: format!(
+                "Cancelled: interrupted by signal {sig}; the plugin did not answer the cancel"
+            ),
             data: None,
         });
     });
@@ -144,8 +151,8 @@ const CANCEL_GRACE: Duration = Duration::from_secs(3);
 
 /// `-l`: every plugin in the directory with its methods, version and
 /// usage; refused files are listed with the reason (exit 1 if any).
-pub fn list(dir: &Path) -> ExitCode {
-    let registry = PluginRegistry::new(dir, HostSettings::default());
+pub fn list(dir: &Path, policy: SignaturePolicy) -> ExitCode {
+    let registry = PluginRegistry::with_signatures(dir, HostSettings::default(), policy);
     let found = match registry.scan() {
         Ok(f) => f,
         Err(e) => {

@@ -102,6 +102,24 @@ fn a_misbehaving_plugin_never_breaks_the_output() {
     let (v, out) = ctl_json(&["-t", "0.5", "-c", "getinfo.testkit", "-a", "-d"]);
     assert_eq!(code(&out), 1);
     assert_eq!(v["retcode"], 3023);
+    assert_eq!(
+        v["message"], "Timeout: no answer from the plugin within the -t limit",
+        "the ctl's own message starts with the standard text"
+    );
+    // The SDK's ABI 1.1 readers, from a plugin thread.
+    let (v, out) = ctl_json(&[
+        "-c",
+        "getinfo.testkit",
+        "-a",
+        "-r -n '1 2'",
+        "-j",
+        r#"{"s":"x y","i":5,"f":1.5,"b":true}"#,
+    ]);
+    assert_eq!(code(&out), 0, "{v}");
+    assert_eq!(
+        v["data"],
+        serde_json::json!({"argv":["getinfo.testkit","-r","-n","1 2"],"s":"x y","i":5,"f":1.5,"b":true,"missing":"not found"})
+    );
     // Completed later from another thread.
     let (v, _) = ctl_json(&["-c", "getinfo.testkit", "-a", "-s 20"]);
     assert_eq!(v["data"]["slept_ms"], 20);

@@ -247,7 +247,14 @@ pub fn run(opts: Options) -> Result<(), StartError> {
         config_json: config.plugin_settings_json(),
         max_log_level: log::max_level() as u32,
     };
-    let registry = PluginRegistry::new(plugin_dir, settings);
+    let policy = config.signature_policy()?;
+    if policy.require {
+        log::info!(
+            "plugins must be signed by one of {} trusted key(s)",
+            policy.trusted.len()
+        );
+    }
+    let registry = PluginRegistry::with_signatures(plugin_dir, settings, policy);
     let now = Instant::now();
     let facts = AgentFacts {
         host_id: host_id.clone(),

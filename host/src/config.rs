@@ -125,6 +125,13 @@ pub struct AgentConfig {
     /// room is needed.
     #[serde(deserialize_with = "de_seconds")]
     pub task_retention: Duration,
+    /// Public keys whose plugin signatures are trusted: absolute paths of
+    /// `.pub` files (opened by the file-trust rule) or inline keys
+    /// (`"ed25519 BASE64"`). Read at start; a SIGHUP does not change them.
+    pub trusted_keys: Vec<String>,
+    /// Refuse plugins without a `.sig` by a trusted key (a `.sig` that
+    /// exists must verify either way).
+    pub require_signature: bool,
 }
 
 impl Default for AgentConfig {
@@ -140,6 +147,8 @@ impl Default for AgentConfig {
             max_tasks: 1000,
             max_outbox_bytes: 64 * 1024 * 1024,
             task_retention: Duration::from_secs(7 * 24 * 3600),
+            trusted_keys: Vec::new(),
+            require_signature: false,
         }
     }
 }
@@ -297,6 +306,22 @@ impl Config {
         if a.max_concurrent == 0 {
             return Err(("agent.max_concurrent", "must be at least 1".into()));
         }
+        if a.require_signature && a.trusted_keys.is_empty() {
+            return Err((
+                "agent.require_signature",
+                "is true but agent.trusted_keys is empty: no plugin could load".into(),
+            ));
+        }
+        for entry in &a.trusted_keys {
+            if !entry.starts_with('/') {
+                if let Err(reason) = basicagent_abi::signature::PublicKey::parse(entry) {
+                    return Err((
+                        "agent.trusted_keys",
+                        format!("{entry:?}: {reason} (an absolute path to a .pub file, or \"ed25519 BASE64\")"),
+                    ));
+                }
+            }
+        }
         if a.max_output_limit < a.max_output {
             return Err((
                 "agent.max_output_limit",
@@ -307,6 +332,22 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The plugin signature policy: `trusted_keys` read (key files by the
+    /// file-trust rule) and `require_signature`.
+    pub fn signature_policy(
+        &self,
+    ) -> Result<basicagent_abi::signature::SignaturePolicy, ConfigError> {
+        basicagent_abi::signature::SignaturePolicy::from_entries(
+            &self.agent.trusted_keys,
+            self.agent.require_signature,
+        )
+        .map_err(|e| ConfigError::Invalid {
+            path: None,
+            key: "agent.trusted_keys",
+            reason: e.to_string(),
+        })
     }
 
     /// The host settings handed to plugins, as a JSON object:
@@ -433,6 +474,30 @@ mod tests {
             Config::from_toml_str(&uncommented).unwrap(),
             Config::default()
         );
+    }
+
+    #[test]
+    fn signature_keys() {
+        assert!(err("[agent]\nrequire_signature = true\n").contains("agent.require_signature"));
+        let e = err("[agent]\ntrusted_keys = [\"not a key\"]\n");
+        assert!(
+            e.contains("agent.trusted_keys") && e.contains("not a key"),
+            "{e}"
+        );
+        let key = "ed25519 aXlNdjLhGNXb3SahU1eWhUZMGpVraAV2QcJaHLQU3iM=";
+        let c = Config::from_toml_str(&format!(
+            "[agent]\nrequire_signature = true\ntrusted_keys = [\"{key}\"]\n"
+        ))
+        .unwrap();
+        let policy = c.signature_policy().unwrap();
+        assert!(policy.require);
+        assert_eq!(policy.trusted.len(), 1);
+        assert_eq!(policy.trusted[0].to_line(), format!("{key}\n"));
+        // A key file that does not exist stops the start, naming it.
+        let c =
+            Config::from_toml_str("[agent]\ntrusted_keys = [\"/nonexistent/k.pub\"]\n").unwrap();
+        let e = c.signature_policy().unwrap_err().to_string();
+        assert!(e.contains("/nonexistent"), "{e}");
     }
 
     #[test]

@@ -270,7 +270,7 @@ impl Dispatcher {
                 return Some(self.frame_of(&Response::failed(
                     id,
                     Retcode(e.retcode()),
-                    e.to_string(),
+                    e.message(),
                 )));
             }
         };
@@ -396,7 +396,7 @@ impl Dispatcher {
         }
         let plugin = match self.plugin("sync.bash") {
             Ok(p) => p,
-            Err(e) => return Response::failed(id, Retcode(e.retcode()), e.to_string()),
+            Err(e) => return Response::failed(id, Retcode(e.retcode()), e.message()),
         };
         let task = tasks::new_task_id();
         let cmd = serde_json::from_slice::<Value>(frame)

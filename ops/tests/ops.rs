@@ -403,10 +403,17 @@ fn install_tree_and_the_init_script_start_status_reload_stop() {
         "etc/basicagent/agent.toml",
         "etc/logrotate.d/basicagent",
         "usr/lib/basicagent/install-manifest",
+        "usr/include/basicagent/basicagent_plugin.h",
+        "usr/share/pkgconfig/basicagent-plugin.pc",
+        "usr/share/doc/basicagent/examples/getinfo_loadavg.c",
     ] {
         assert!(root.join(f).exists(), "{f} installed");
     }
-    for f in ["libgetinfo_testkit.so", "libgetinfo_hello.so"] {
+    for f in [
+        "libgetinfo_testkit.so",
+        "libgetinfo_hello.so",
+        "libgetinfo_loadavg.so",
+    ] {
         assert!(
             !root.join("usr/lib/basicagent/plugins").join(f).exists(),
             "{f} is not installed"
@@ -591,6 +598,8 @@ fn install_tree_and_the_init_script_start_status_reload_stop() {
         "usr/sbin/BasicAgent",
         "usr/bin/BasicAgentCtl",
         "usr/lib/basicagent",
+        "usr/include/basicagent",
+        "usr/share/pkgconfig/basicagent-plugin.pc",
         "usr/lib/systemd/system/basicagent.service",
         "etc/init.d/basicagent",
         "etc/logrotate.d/basicagent",

@@ -122,7 +122,7 @@ impl Response {
                         return Response::failed(
                             id,
                             Retcode::PLUGIN_FAILURE,
-                            format!("plugin returned invalid JSON data: {e}"),
+                            format!("Plugin failure: plugin returned invalid JSON data: {e}"),
                         )
                     }
                 }

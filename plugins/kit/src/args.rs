@@ -1,6 +1,8 @@
 //! The `args` string: split into words with shell-like quoting, then
 //! parsed by getopts with operands refused.
 
+use basicagent_abi::args::SplitError;
+
 /// Why an `args` string is refused; every one is answered `3021`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ArgsError {
@@ -19,66 +21,17 @@ pub enum ArgsError {
     Operand(String),
 }
 
-/// Splits `args` into words: runs of whitespace separate words; `'...'`
-/// keeps everything literally; in `"..."` only `\"` and `\\` are escapes;
-/// outside quotes `\` makes the next character literal (a trailing `\`
-/// stands for itself). Adjacent pieces join (`-U'a b'` is one word), and
-/// `''` is an empty word. Blank `args` give no words.
+/// Splits `args` into words by the one rule of [`basicagent_abi::args`]
+/// (the same code the host's `args_argv` uses for C plugins): runs of
+/// whitespace separate words; `'...'` keeps everything literally; in
+/// `"..."` only `\"` and `\\` are escapes; outside quotes `\` makes the
+/// next character literal (a trailing `\` stands for itself). Adjacent
+/// pieces join (`-U'a b'` is one word), and `''` is an empty word. Blank
+/// `args` give no words.
 pub fn split_args(args: &str) -> Result<Vec<String>, ArgsError> {
-    let mut words = Vec::new();
-    let mut word = String::new();
-    let mut in_word = false;
-    let mut chars = args.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            c if c.is_whitespace() => {
-                if in_word {
-                    words.push(std::mem::take(&mut word));
-                    in_word = false;
-                }
-            }
-            '\'' => {
-                in_word = true;
-                loop {
-                    match chars.next() {
-                        Some('\'') => break,
-                        Some(c) => word.push(c),
-                        None => return Err(ArgsError::UnterminatedQuote('\'')),
-                    }
-                }
-            }
-            '"' => {
-                in_word = true;
-                loop {
-                    match chars.next() {
-                        Some('"') => break,
-                        Some('\\') => match chars.next() {
-                            Some(e @ ('"' | '\\')) => word.push(e),
-                            Some(other) => {
-                                word.push('\\');
-                                word.push(other);
-                            }
-                            None => return Err(ArgsError::UnterminatedQuote('"')),
-                        },
-                        Some(c) => word.push(c),
-                        None => return Err(ArgsError::UnterminatedQuote('"')),
-                    }
-                }
-            }
-            '\\' => {
-                in_word = true;
-                word.push(chars.next().unwrap_or('\\'));
-            }
-            c => {
-                in_word = true;
-                word.push(c);
-            }
-        }
-    }
-    if in_word {
-        words.push(word);
-    }
-    Ok(words)
+    basicagent_abi::args::split_args(args).map_err(|e| match e {
+        SplitError::UnterminatedQuote(q) => ArgsError::UnterminatedQuote(q),
+    })
 }
 
 /// Parses `words` with the plugin's `opts`; an operand (a word that is

@@ -10,7 +10,7 @@ basicagent_abi::export_plugin!(PluginSpec {
     version: env!("CARGO_PKG_VERSION"),
     description: "test fixture: misbehaves on request (never installed)",
     methods: &["getinfo.testkit"],
-    usage: "args: -p panic now | -t panic in a thread | -d never complete (forget) | -x complete twice\n      -b invalid JSON data | -e echo the request | -s MS complete after MS ms\n      -f fail with 3021 | -g BYTES [MS] complete after MS ms (from a thread) with BYTES bytes of data",
+    usage: "args: -p panic now | -t panic in a thread | -d never complete (forget) | -x complete twice\n      -b invalid JSON data | -e echo the request | -s MS complete after MS ms\n      -f fail with 3021 | -g BYTES [MS] complete after MS ms (from a thread) with BYTES bytes of data\n      -r read \"s\", \"i\", \"f\", \"b\" and argv through the SDK's ABI 1.1 readers, on a thread",
     init: None,
     call,
     cancel: None,
@@ -69,6 +69,29 @@ fn call(call: Call, request: &[u8]) {
                 data.push_str(&"x".repeat(bytes));
                 data.push_str("\"}");
                 call.success(&data);
+            });
+        }
+        Some("-r") => {
+            // From another thread while the call is pending, as allowed.
+            std::thread::spawn(move || {
+                let argv = call.args_argv();
+                let (s, i, f, b) = (
+                    call.param_str("s"),
+                    call.param_i64("i"),
+                    call.param_f64("f"),
+                    call.param_bool("b"),
+                );
+                let missing = call.param_str("missing");
+                let text = format!(
+                    "{{\"argv\":{:?},\"s\":{:?},\"i\":{:?},\"f\":{:?},\"b\":{:?},\"missing\":{:?}}}",
+                    argv.unwrap_or_default(),
+                    s.unwrap_or_default(),
+                    i.unwrap_or(-1),
+                    f.unwrap_or(-1.0),
+                    b.unwrap_or(false),
+                    missing.err().map(|e| e.to_string()).unwrap_or_default(),
+                );
+                call.success(&text);
             });
         }
         _ => call.success("{\"ok\":true}"),
