@@ -94,6 +94,15 @@ pub(crate) fn finish(completion: Completion) -> bool {
     }
 }
 
+/// Answers a pending call from the host side and retires its id (a
+/// deadline passed): the completer runs now with `completion`, and a later
+/// `complete` of the same id by the plugin finds nothing and returns
+/// `BA_STATUS_UNKNOWN_CALL` (its bytes stay the plugin's). Returns false if
+/// the call was no longer pending (it completed meanwhile).
+pub fn expire(completion: Completion) -> bool {
+    finish(completion)
+}
+
 /// Settings the host shares with every plugin it loads in this process.
 #[derive(Debug, Clone)]
 pub struct HostSettings {

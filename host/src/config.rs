@@ -42,6 +42,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// `[agent]`: identity, plugins and limits of this host.
     pub agent: AgentConfig,
+    /// `[plugins]`: per-call deadlines and quarantine.
+    pub plugins: crate::quarantine::PluginsConfig,
 }
 
 /// The `[server]` table.
@@ -132,6 +134,9 @@ pub struct AgentConfig {
     /// Refuse plugins without a `.sig` by a trusted key (a `.sig` that
     /// exists must verify either way).
     pub require_signature: bool,
+    /// The root-only control socket `BasicAgentCtl` talks to (its
+    /// directory is made 0700); empty: none.
+    pub ctl_socket: PathBuf,
 }
 
 impl Default for AgentConfig {
@@ -149,6 +154,7 @@ impl Default for AgentConfig {
             task_retention: Duration::from_secs(7 * 24 * 3600),
             trusted_keys: Vec::new(),
             require_signature: false,
+            ctl_socket: PathBuf::from("/run/basicagent/ctl.sock"),
         }
     }
 }
@@ -279,7 +285,14 @@ impl Config {
                 format!("{} is outside 1024..={MAX_FRAME_MAX} bytes", s.max_frame),
             ));
         }
+        self.plugins.validate()?;
         let a = &mut self.agent;
+        if !a.ctl_socket.as_os_str().is_empty() && !a.ctl_socket.is_absolute() {
+            return Err((
+                "agent.ctl_socket",
+                "must be an absolute path (or empty: none)".into(),
+            ));
+        }
         if let Some(id) = &a.host_id {
             match hostid::parse_uuid(id) {
                 Some(norm) => a.host_id = Some(norm),
