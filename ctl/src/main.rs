@@ -144,14 +144,15 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    let policy = match sign::policy_from_config(m.opt_str("C").map(PathBuf::from).as_deref()) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("BasicAgentCtl: {e}");
-            return ExitCode::from(2);
-        }
-    };
     let config = m.opt_str("C").map(PathBuf::from);
+    // Only a local load checks signatures itself (the daemon applies its
+    // own policy): read the config's keys only then.
+    let policy = || {
+        sign::policy_from_config(config.as_deref()).map_err(|e| {
+            eprintln!("BasicAgentCtl: {e}");
+            ExitCode::from(2)
+        })
+    };
     let socket = (!m.opt_present("local")
         && !m.opt_present("p")
         && std::env::var_os("BASICAGENT_PLUGIN_DIR").is_none())
@@ -166,7 +167,10 @@ fn main() -> ExitCode {
                     let dir = data["plugin_dir"]
                         .as_str()
                         .map_or_else(|| dir.clone(), PathBuf::from);
-                    return run::list(&dir, policy, Some(&data["quarantined"]));
+                    return match policy() {
+                        Ok(p) => run::list(&dir, p, Some(&data["quarantined"])),
+                        Err(code) => code,
+                    };
                 }
                 Err(e) => {
                     eprintln!("BasicAgentCtl: {e}");
@@ -174,7 +178,10 @@ fn main() -> ExitCode {
                 }
             }
         }
-        return run::list(&dir, policy, None);
+        return match policy() {
+            Ok(p) => run::list(&dir, p, None),
+            Err(code) => code,
+        };
     }
     let Some(method) = m.opt_str("c") else {
         eprintln!("BasicAgentCtl: -c METHOD or -l is required\n\n{}", usage());
@@ -205,7 +212,10 @@ fn main() -> ExitCode {
                     }
                 }
             }
-            run::call(&dir, &method, &request, wait, policy)
+            match policy() {
+                Ok(p) => run::call(&dir, &method, &request, wait, p),
+                Err(code) => code,
+            }
         }
         Err(e) => {
             eprintln!("BasicAgentCtl: {e}");
