@@ -206,6 +206,14 @@ fn main() -> ExitCode {
                 match client::ask(socket, &request, wait) {
                     Ok(None) => {}
                     Ok(Some(line)) => return run::print_line(&line),
+                    Err(client::ClientError::Timeout) => {
+                        // As a local call prints it: a 3023 response.
+                        return run::print_response(basicagent_proto::Response::failed(
+                            None,
+                            basicagent_proto::Retcode::TIMEOUT,
+                            "Timeout: no answer from the daemon within the -t limit",
+                        ));
+                    }
                     Err(e) => {
                         eprintln!("BasicAgentCtl: {e}");
                         return ExitCode::from(1);

@@ -51,7 +51,9 @@ pub fn print_line(line: &str) -> ExitCode {
     }
 }
 
-fn print_response(mut response: Response) -> ExitCode {
+/// Prints a response as the tool's output (stdout JSON, stderr line on a
+/// failure) and gives the exit status.
+pub fn print_response(mut response: Response) -> ExitCode {
     response.omit_id = true;
     out!("{}", response.to_json());
     if response.retcode.is_success() {

@@ -403,3 +403,28 @@ fn a_plugin_that_segfaults_the_daemon_is_refused_after_the_restart_until_its_fil
     let mut conn = r.server.accept(T);
     assert_eq!(testkit(&mut conn, "-e")["retcode"], 2);
 }
+
+#[test]
+fn the_ctl_wait_limit_through_the_daemon_prints_3023_like_a_local_call() {
+    let mut r = rig(14, "default_timeout = 3600\n");
+    r.agent.spawn(&["-f"]);
+    let _conn = r.server.accept(T);
+    wait_for("the control socket", T, || r.socket.exists().then_some(()));
+    let out = ctl(&[
+        "-S",
+        s(&r.socket),
+        "-t",
+        "0.5",
+        "-c",
+        "getinfo.testkit",
+        "-a",
+        "-d",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["retcode"], 3023, "{v}");
+    assert!(text(&v, "message").starts_with("Timeout: "), "{v}");
+    // The daemon keeps the call until its own deadline and serves on.
+    let ok = ctl(&["-S", s(&r.socket), "-c", "getinfo.testkit", "-a", "-e"]);
+    assert!(ok.status.success());
+}
