@@ -346,3 +346,53 @@ fn peer_uid(stream: &UnixStream) -> io::Result<u32> {
         Ok(cred.uid)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn the_socket_is_0600_in_a_0700_directory_and_removed_when_dropped() {
+        let poll = mio::Poll::new().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("run/ctl.sock");
+        let ctl = CtlServer::bind(&path, 4096, poll.registry()).unwrap();
+        assert_eq!(mode(path.parent().unwrap()), 0o700);
+        assert_eq!(mode(&path), 0o600);
+        // A live socket is never taken over.
+        let e = CtlServer::bind(&path, 4096, poll.registry()).err().unwrap();
+        assert!(e.to_string().contains("another process serves"), "{e}");
+        drop(ctl);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_stale_socket_is_replaced_and_unsafe_places_are_refused() {
+        let poll = mio::Poll::new().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("run");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let path = dir.join("ctl.sock");
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(path.exists(), "a stale socket file");
+        let ctl = CtlServer::bind(&path, 4096, poll.registry()).unwrap();
+        assert_eq!(ctl.open(), 0);
+        drop(ctl);
+        // Not a socket: left alone.
+        std::fs::write(&path, b"x").unwrap();
+        let e = CtlServer::bind(&path, 4096, poll.registry()).err().unwrap();
+        assert!(e.to_string().contains("is not a socket"), "{e}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"x");
+        std::fs::remove_file(&path).unwrap();
+        // A directory others may write: refused.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = CtlServer::bind(&path, 4096, poll.registry()).err().unwrap();
+        assert!(e.to_string().contains("not group/other-writable"), "{e}");
+        assert!(!path.exists());
+    }
+}
