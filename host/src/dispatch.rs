@@ -434,7 +434,10 @@ impl Dispatcher {
             return Response::failed(id, Retcode::BUSY, message);
         }
         let plugin = match self.plugin("sync.bash") {
-            Ok(p) => p,
+            Ok(p) => match self.admit("sync.bash", p, now) {
+                Ok(p) => p,
+                Err((retcode, message)) => return Response::failed(id, Retcode(retcode), message),
+            },
             Err(e) => return Response::failed(id, Retcode(e.retcode()), e.message()),
         };
         let task = tasks::new_task_id();
@@ -689,9 +692,24 @@ impl Dispatcher {
         self.guard.clock = now;
         match self.guard.quarantine.check(&plugin.info().path, now) {
             crate::quarantine::Check::Clear => Ok(plugin),
-            crate::quarantine::Check::Changed => {
+            crate::quarantine::Check::Changed(old) => {
                 self.reload_plugins();
-                self.plugin(method).map_err(|e| (e.retcode(), e.message()))
+                let new = self
+                    .plugin(method)
+                    .map_err(|e| (e.retcode(), e.message()))?;
+                match old {
+                    // The new file did not load: the old code stays out.
+                    Some(entry) if Arc::ptr_eq(&new, &plugin) => {
+                        self.guard.quarantine.restore(*entry);
+                        match self.guard.quarantine.check(&plugin.info().path, now) {
+                            crate::quarantine::Check::Refused(r) => {
+                                Err((Retcode::PLUGIN_FAILURE.0, r.message))
+                            }
+                            _ => Ok(new),
+                        }
+                    }
+                    _ => Ok(new),
+                }
             }
             crate::quarantine::Check::Refused(r) => Err((Retcode::PLUGIN_FAILURE.0, r.message)),
         }

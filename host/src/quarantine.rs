@@ -246,7 +246,7 @@ impl FileStamp {
 }
 
 /// One quarantined plugin.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     /// The plugin's name (`getinfo_testkit`).
     pub name: String,
@@ -360,9 +360,9 @@ impl Quarantine {
                 e.name,
                 path.display()
             );
-            rec.entry = None;
+            let old = rec.entry.take();
             rec.strikes.clear();
-            return Check::Changed;
+            return Check::Changed(old.map(Box::new));
         }
         Check::Refused(Refusal {
             message: format!(
@@ -372,6 +372,16 @@ impl Quarantine {
                 e.name
             ),
         })
+    }
+
+    /// Puts back a quarantine lifted by a file change whose new version
+    /// did not load (the old code would be called again), stamped with
+    /// the file as it is now.
+    pub fn restore(&mut self, mut entry: Entry) {
+        entry.stamp = FileStamp::of(&entry.path);
+        entry.reason = format!("{}; its new file did not load", entry.reason);
+        let rec = self.plugins.entry(entry.path.clone()).or_default();
+        rec.entry = Some(entry);
     }
 
     /// Lifts the quarantine of the plugin named `name` (its plugin name,
@@ -417,8 +427,10 @@ impl Quarantine {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Check {
     Clear,
-    /// Was quarantined; its file changed since: load the new version.
-    Changed,
+    /// Was quarantined (the lifted entry); its file changed since: load
+    /// the new version, or [`Quarantine::restore`] the entry if it does
+    /// not load.
+    Changed(Option<Box<Entry>>),
     Refused(Refusal),
 }
 
@@ -559,7 +571,7 @@ mod tests {
             matches!(q.check(&path, far), Check::Refused(r) if r.message.contains("its file changes"))
         );
         std::fs::write(&path, b"xy").unwrap();
-        assert_eq!(q.check(&path, t0), Check::Changed);
+        assert!(matches!(q.check(&path, t0), Check::Changed(Some(_))));
         assert_eq!(q.check(&path, t0), Check::Clear);
         q.until_changed(&path, "getinfo_x", "1", "crashed".into());
         assert!(!q.release("getinfo_y"));

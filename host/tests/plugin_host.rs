@@ -393,6 +393,17 @@ fn a_plugin_that_segfaults_the_daemon_is_refused_after_the_restart_until_its_fil
     );
     // Other plugins and built-ins are served meanwhile.
     assert_eq!(conn.call(r#"{"method":"ping"}"#, T)["retcode"], 2);
+    // A replacement that does not load keeps the old code out.
+    let tmp = r.plugins.join(".broken.tmp");
+    std::fs::write(&tmp, b"not an ELF file").unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&tmp, r.plugins.join(TESTKIT)).unwrap();
+    let still = testkit(&mut conn, "-e");
+    assert_eq!(still["retcode"], 3025, "{still}");
+    assert!(
+        text(&still, "message").contains("its new file did not load"),
+        "{still}"
+    );
     // A new version of the file is loaded and served.
     install(&r.plugins);
     assert_eq!(testkit(&mut conn, "-e")["retcode"], 2);
@@ -427,4 +438,47 @@ fn the_ctl_wait_limit_through_the_daemon_prints_3023_like_a_local_call() {
     // The daemon keeps the call until its own deadline and serves on.
     let ok = ctl(&["-S", s(&r.socket), "-c", "getinfo.testkit", "-a", "-e"]);
     assert!(ok.status.success());
+}
+
+#[test]
+fn a_namespace_timeout_expires_sync_bash_and_its_quarantine_also_refuses_async_bash() {
+    let mut r = rig(
+        15,
+        "timeouts = { sync = 1 }\nquarantine_after = 1\nquarantine_window = 3600\n",
+    );
+    install_sync_bash(&r.plugins);
+    r.agent.spawn(&["-f"]);
+    let mut conn = r.server.accept(T);
+    let slow = conn.call(
+        r#"{"method":"sync.bash","cmd":"sleep 30; echo plugin-host-nslimit"}"#,
+        T,
+    );
+    assert_eq!(slow["retcode"], 3023, "{slow}");
+    assert!(text(&slow, "message").starts_with("Timeout: sync.bash did not answer within 1 s"));
+    let task = conn.call(r#"{"method":"async.bash","cmd":"true"}"#, T);
+    assert_eq!(task["retcode"], 3025, "{task}");
+    assert!(
+        text(&task, "message").starts_with("Plugin failure: quarantined until"),
+        "{task}"
+    );
+    let info = conn.call(r#"{"method":"agent.info"}"#, T);
+    assert_eq!(
+        info["data"]["quarantined"][0]["plugin"], "sync_bash",
+        "{info}"
+    );
+    // The cancelled command is gone (sync.bash killed it on cancel).
+    wait_for("the cancelled command to end", T, || {
+        let out = Command::new("pgrep")
+            .args(["-f", "plugin-host-nslimit"])
+            .output()
+            .unwrap();
+        (!out.status.success()).then_some(())
+    });
+}
+
+fn install_sync_bash(dir: &Path) {
+    let tmp = dir.join(".sync.tmp");
+    std::fs::copy(bin_dir().join("libsync_bash.so"), &tmp).unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&tmp, dir.join("libsync_bash.so")).unwrap();
 }
