@@ -279,6 +279,7 @@ pub fn run(opts: Options) -> Result<(), StartError> {
     );
     dispatcher.set_max_frame(config.server.max_frame);
     dispatcher.set_limits(config.plugins.limits());
+    dispatcher.set_isolated(&config.plugins.isolate, config_path.clone());
     if let Some(c) = crashed {
         log::error!(
             "the previous run died of signal {} in a call of plugin {} {} ({}): quarantined until its file changes",

@@ -134,9 +134,11 @@ pub struct Dispatcher {
     guard: Guard,
 }
 
-/// Deadlines of the plugin calls in flight and the plugins quarantined.
-#[derive(Debug)]
+/// Deadlines of the plugin calls in flight, the plugins quarantined, and
+/// the isolated ones.
 pub struct Guard {
+    /// Method → its helper process (`[plugins] isolate`).
+    pub isolated: HashMap<String, crate::isolate::Helper>,
     /// The loop's latest `now` (for strikes counted outside a dispatch).
     pub clock: Instant,
     pub limits: crate::quarantine::Limits,
@@ -172,6 +174,7 @@ impl Dispatcher {
             backlog: Arc::default(),
             guard: Guard {
                 clock: started,
+                isolated: HashMap::new(),
                 limits: Default::default(),
                 watchdog: Default::default(),
                 quarantine: Default::default(),
@@ -287,6 +290,15 @@ impl Dispatcher {
                 Retcode::UNKNOWN_METHOD,
                 format!("Unknown method: {method}"),
             )));
+        }
+        if self.guard.isolated.contains_key(method.as_str()) {
+            let done = self.answer_with(generation, id, move |id, c| {
+                Response::from_plugin_owned(id, c.retcode, c.message, c.data)
+            });
+            if let Some(helper) = self.guard.isolated.get_mut(method.as_str()) {
+                helper.call(frame, done, now);
+            }
+            return None;
         }
         let plugin = match self.plugin(&method).map_err(|e| {
             log::debug!("{method}: {e}");
@@ -630,6 +642,15 @@ impl Dispatcher {
 
 /// Deadlines and quarantine (see [`crate::quarantine`]).
 impl Dispatcher {
+    /// Runs the plugins of `methods` in helper processes (`crate::isolate`).
+    pub fn set_isolated(&mut self, methods: &[String], config: Option<std::path::PathBuf>) {
+        for m in methods {
+            log::info!("plugin of {m} isolated in a helper process");
+            let h = crate::isolate::Helper::new(m, config.clone(), self.max_frame);
+            self.guard.isolated.insert(m.clone(), h);
+        }
+    }
+
     /// The deadlines and quarantine thresholds (`[plugins]`).
     pub fn set_limits(&mut self, limits: crate::quarantine::Limits) {
         self.guard.limits = limits;

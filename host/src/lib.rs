@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod deadline;
 pub mod dispatch;
 pub mod hostid;
+pub mod isolate;
 pub mod quarantine;
 pub mod reactor;
 pub mod resolve;

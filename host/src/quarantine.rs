@@ -48,6 +48,8 @@ pub struct PluginsConfig {
     /// Seconds of the window; also how long a quarantine lasts after the
     /// last strike.
     pub quarantine_window: u64,
+    /// Methods whose plugin runs in a helper process (`crate::isolate`).
+    pub isolate: Vec<String>,
 }
 
 impl Default for PluginsConfig {
@@ -58,6 +60,7 @@ impl Default for PluginsConfig {
             grace: 5,
             quarantine_after: 3,
             quarantine_window: 600,
+            isolate: Vec::new(),
         }
     }
 }
@@ -83,6 +86,14 @@ impl PluginsConfig {
                 return Err((
                     "plugins.timeouts",
                     format!("{key:?} is not a method or namespace"),
+                ));
+            }
+        }
+        for m in &self.isolate {
+            if basicagent_abi::loader::split_method(m).is_err() {
+                return Err((
+                    "plugins.isolate",
+                    format!("{m:?} is not a method (ns.name)"),
                 ));
             }
         }

@@ -482,3 +482,77 @@ fn install_sync_bash(dir: &Path) {
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::rename(&tmp, dir.join("libsync_bash.so")).unwrap();
 }
+
+/// The median time of `n` calls through the control socket (one
+/// connection each; the mini server's polling reads would dominate).
+fn timed_calls(socket: &Path, n: u32) -> Duration {
+    let mut times = Vec::new();
+    for _ in 0..n {
+        let start = std::time::Instant::now();
+        let mut s = UnixStream::connect(socket).unwrap();
+        s.write_all(b"{\"method\":\"getinfo.testkit\",\"args\":\"-e\"}\n")
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(&s).read_line(&mut line).unwrap();
+        times.push(start.elapsed());
+        assert!(line.contains("\"retcode\":2"), "{line}");
+    }
+    times.sort();
+    times[times.len() / 2]
+}
+
+#[test]
+fn an_isolated_plugin_that_segfaults_answers_3025_the_daemon_lives_on_and_the_helper_restarts() {
+    let mut r = rig(16, "isolate = [\"getinfo.testkit\"]\n");
+    spawn_without_core(&mut r.agent);
+    let mut conn = r.server.accept(T);
+    let echo = testkit(&mut conn, "-e");
+    assert_eq!(echo["retcode"], 2, "{echo}");
+    assert_eq!(
+        echo["data"]["args"], "-e",
+        "the request's bytes reach the plugin: {echo}"
+    );
+    let log = r.agent.log();
+    assert!(
+        log.contains("isolated plugin getinfo.testkit: helper pid"),
+        "{log}"
+    );
+    // A call in flight when the helper crashes, and the crash itself.
+    conn.send(r#"{"id":"slow","method":"getinfo.testkit","args":"-s 60000"}"#);
+    let crash = testkit(&mut conn, "-S");
+    assert_eq!(crash["retcode"], 3025, "{crash}");
+    assert!(
+        text(&crash, "message").contains("crashed during the call"),
+        "{crash}"
+    );
+    let slow = conn.read_until(T, |v| v["id"] == "slow");
+    assert_eq!(slow["retcode"], 3025, "the call in flight too: {slow}");
+    assert!(r.agent.running(), "the daemon lives on");
+    assert_eq!(conn.call(r#"{"method":"ping"}"#, T)["retcode"], 2);
+    // Restarted with backoff: refused meanwhile, then served.
+    let served = wait_for("the helper to restart", T, || {
+        let v = testkit(&mut conn, "-e");
+        if v["retcode"] == 2 {
+            return Some(v);
+        }
+        assert!(text(&v, "message").contains("restarting in"), "{v}");
+        None
+    });
+    assert_eq!(served["retcode"], 2);
+    assert!(r.agent.log().contains("restarting after"));
+    // Overhead (printed, not asserted): the same calls in process.
+    let isolated = timed_calls(&r.socket, 500);
+    let mut plain = rig(17, "");
+    plain.agent.spawn(&["-f"]);
+    let _pconn = plain.server.accept(T);
+    wait_for("the control socket", T, || {
+        plain.socket.exists().then_some(())
+    });
+    let in_process = timed_calls(&plain.socket, 500);
+    eprintln!(
+        "isolated call {:?}, in-process {:?}: overhead {:?} per call",
+        isolated,
+        in_process,
+        isolated.saturating_sub(in_process)
+    );
+}

@@ -78,10 +78,14 @@ fn call(call: Call, request: &[u8]) {
             });
         }
         Some("-S") => {
-            // SAFETY: raise(3) with a valid signal number; the point is to
-            // kill the process the way a wild pointer would.
+            // SAFETY: none, deliberately: a load from an unmapped address,
+            // the wild pointer this fixture exists to model. The kernel
+            // sends SIGSEGV at the faulting instruction (a raise(3) would
+            // be swallowed by Rust's own stack-overflow handler, which
+            // returns for a fault outside a guard page).
             unsafe {
-                libc::raise(libc::SIGSEGV);
+                let wild = std::hint::black_box(8usize) as *const u8;
+                std::ptr::read_volatile(wild);
             }
             call.fail(retcode::PLUGIN_FAILURE, "testkit survived its SIGSEGV");
         }
