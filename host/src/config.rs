@@ -560,7 +560,7 @@ mod tests {
         assert_eq!(c.agent.max_concurrent, 2);
         assert_eq!(
             c.plugin_settings_json(),
-            r#"{"max_output":10,"max_output_limit":10,"max_concurrent":2}"#
+            r#"{"max_output":10,"max_output_limit":10,"max_concurrent":2,"max_frame":65536}"#
         );
     }
 

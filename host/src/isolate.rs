@@ -155,14 +155,19 @@ impl Helper {
             cmd.arg("-c").arg(c);
         }
         // SAFETY: only async-signal-safe calls between fork and exec:
-        // dup2 of the socket to fd 3 (clearing close-on-exec), and the
-        // parent-death signal so the helper never outlives the daemon.
+        // dup2 of the socket to fd 3 (clearing close-on-exec), the
+        // parent-death signal so the helper never outlives the daemon, and
+        // an empty signal mask (the daemon blocks its signals for the
+        // signalfd; the helper and its children must not inherit that).
         unsafe {
             cmd.pre_exec(move || {
                 if libc::dup2(raw, 3) < 0 {
                     return Err(io::Error::last_os_error());
                 }
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                let mut empty: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut empty);
+                libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
                 Ok(())
             });
         }
