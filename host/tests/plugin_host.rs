@@ -48,12 +48,11 @@ fn rig(last_octet: u8, plugins_toml: &str) -> Rig {
     let config = std::fs::read_to_string(agent.path("agent.toml")).unwrap();
     let config = config.replace(
         &format!("plugin_dir = \"{}\"", bin_dir().display()),
-        &format!(
-            "plugin_dir = \"{}\"\nctl_socket = \"{}\"\n[plugins]\n{plugins_toml}",
-            plugins.display(),
-            socket.display()
-        ),
+        &format!("plugin_dir = \"{}\"", plugins.display()),
     );
+    // The harness gives every daemon its own socket: agent.path("run/ctl.sock").
+    assert!(config.contains(&format!("ctl_socket = \"{}\"", socket.display())));
+    let config = format!("{config}\n[plugins]\n{plugins_toml}\n");
     std::fs::write(agent.path("agent.toml"), config).unwrap();
     Rig {
         _pki: pki,
