@@ -607,5 +607,21 @@ mod tests {
         c.default_timeout = 5;
         c.timeouts.insert("getinfo".into(), 0);
         assert_eq!(c.validate().unwrap_err().0, "plugins.timeouts");
+        c.timeouts.clear();
+        c.isolate = vec!["getinfo testkit".into()];
+        assert_eq!(c.validate().unwrap_err().0, "plugins.isolate");
+        c.isolate = vec!["getinfo.testkit".into()];
+        c.quarantine_window = 0;
+        assert_eq!(c.validate().unwrap_err().0, "plugins.quarantine_window");
+        c.quarantine_window = 1;
+        assert!(c.validate().is_ok());
+        // Through the config file: an unknown [plugins] key is named.
+        let e = crate::config::Config::from_toml_str(
+            "[plugins]
+default_timeot = 3
+",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("default_timeot"), "{e}");
     }
 }
