@@ -1,0 +1,917 @@
+//! The cluster layer against a real nats-server 2.9 (Debian's, started by
+//! scripts/nats.sh per test): membership, death, routing, fan-out, drain,
+//! NATS restarts, hostile input.
+
+mod util;
+
+use std::collections::{HashMap, HashSet};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use basicagent_cluster::{Cluster, ClusterError, ConnectionState, FanoutEvent, MemberEvent};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use util::*;
+
+const T: Duration = Duration::from_secs(5);
+
+/// The client's core features on the installed server: pub/sub,
+/// request/reply with headers, "no responders". No JetStream is involved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_nats_core_features_work_against_installed_server() {
+    let nats = Nats::start();
+    let c = async_nats::connect(nats.url.as_str())
+        .await
+        .expect("connect");
+    let info = c.server_info();
+    eprintln!(
+        "nats-server version {}, headers {}, max_payload {}",
+        info.version, info.headers, info.max_payload
+    );
+    assert!(info.headers, "server must support headers");
+
+    let mut sub = c.subscribe("t.pub").await.unwrap();
+    c.publish("t.pub", "hello".into()).await.unwrap();
+    let m = sub.next().await.unwrap();
+    assert_eq!(&m.payload[..], b"hello");
+
+    let mut svc = c.subscribe("t.svc").await.unwrap();
+    let c2 = c.clone();
+    tokio::spawn(async move {
+        while let Some(m) = svc.next().await {
+            let h = m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("X-Test"))
+                .map(|v| v.as_str().to_string());
+            c2.publish(
+                m.reply.unwrap(),
+                format!("re:{}", h.unwrap_or_default()).into(),
+            )
+            .await
+            .unwrap();
+        }
+    });
+    c.flush().await.unwrap();
+    let mut h = async_nats::HeaderMap::new();
+    h.insert("X-Test", "v");
+    let r = c
+        .request_with_headers("t.svc", h, "q".into())
+        .await
+        .unwrap();
+    assert_eq!(&r.payload[..], b"re:v");
+
+    let started = Instant::now();
+    let e = c.request("t.nobody", "q".into()).await.unwrap_err();
+    assert_eq!(e.kind(), async_nats::RequestErrorKind::NoResponders);
+    eprintln!("no responders after {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_options_are_refused_with_a_clear_error() {
+    for name in ["", "a b", "a.*", "x>"] {
+        let e = Cluster::connect(opts("nats://127.0.0.1:1", name))
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            matches!(e, ClusterError::InvalidOptions(_)),
+            "{name:?}: {e}"
+        );
+    }
+    let mut o = opts("nats://127.0.0.1:1", "n1");
+    o.dead_after = o.heartbeat_interval;
+    assert!(matches!(
+        Cluster::connect(o).await,
+        Err(ClusterError::InvalidOptions(_))
+    ));
+    // Nothing listens there: a Connect error, not a hang.
+    let dir = tempfile::tempdir().unwrap();
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    drop(l);
+    drop(dir);
+    let e = Cluster::connect(opts(&format!("nats://127.0.0.1:{port}"), "n1"))
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(e, ClusterError::Connect { .. }), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_converges_and_clean_leave_is_seen_at_once() {
+    let nats = Nats::start();
+    let a = node(&nats.url, "node-a").await;
+    let b = node(&nats.url, "node-b").await;
+    let c = node(&nats.url, "node-c").await;
+    converge(&[&a, &b, &c]).await;
+    let me = a
+        .members()
+        .into_iter()
+        .find(|n| n.name == "node-b")
+        .unwrap();
+    assert_eq!(me.peer_addr, b.me().peer_addr);
+    assert!(!me.draining);
+
+    let mut ev = a.subscribe_members();
+    let t = Instant::now();
+    c.leave().await;
+    loop {
+        match ev.recv().await.unwrap() {
+            MemberEvent::Left(n) if n.name == "node-c" => break,
+            _ => {}
+        }
+    }
+    eprintln!("clean leave seen after {:?}", t.elapsed());
+    converge(&[&a, &b]).await;
+}
+
+/// A separate process joins, holds a host and answers fan-outs; it is then
+/// SIGKILLed and must be seen dead by the others. The measured time is
+/// printed, not asserted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkilled_member_process_is_seen_dead() {
+    let nats = Nats::start();
+    let a = node(&nats.url, "node-a").await;
+    let b = node(&nats.url, "node-b").await;
+    let mut child = spawn_child(&nats.url, "node-k", &["held-by-k"], false);
+    wait_for("child to join", || {
+        names(&a).contains(&"node-k".to_string())
+    })
+    .await;
+    // Its host answers from the other node.
+    let r = b.request_host("held-by-k", "ping".into(), T).await.unwrap();
+    assert_eq!(&r[..], b"node-k:held-by-k:ping");
+    assert_eq!(
+        a.members()
+            .iter()
+            .find(|n| n.name == "node-k")
+            .unwrap()
+            .sessions,
+        1
+    );
+
+    let mut ev = a.subscribe_members();
+    let killed = Instant::now();
+    child.kill();
+    loop {
+        match ev.recv().await.unwrap() {
+            MemberEvent::Dead(n) if n.name == "node-k" => break,
+            MemberEvent::Left(n) if n.name == "node-k" => {
+                panic!("a SIGKILLed node cannot leave cleanly")
+            }
+            _ => {}
+        }
+    }
+    eprintln!(
+        "MEASURED: SIGKILLed node seen dead after {:?} (dead_after 3 s)",
+        killed.elapsed()
+    );
+    assert!(
+        !names(&b).contains(&"node-k".to_string()) || {
+            wait_for("b to see k dead", || {
+                !names(&b).contains(&"node-k".to_string())
+            })
+            .await;
+            true
+        }
+    );
+    // And its host now has no holder.
+    wait_for_no_holder(&b, "held-by-k").await;
+}
+
+async fn wait_for_no_holder(c: &Cluster, host: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match c.request_host(host, "x".into(), T).await {
+            Err(ClusterError::NoHolder) => return,
+            other => {
+                assert!(Instant::now() < deadline, "still answered: {other:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_member_without_leave_is_seen_dead() {
+    let nats = Nats::start();
+    let a = node(&nats.url, "node-a").await;
+    let b = node(&nats.url, "node-b").await;
+    converge(&[&a, &b]).await;
+    let mut ev = a.subscribe_members();
+    let t = Instant::now();
+    drop(b);
+    loop {
+        if let MemberEvent::Dead(n) = ev.recv().await.unwrap() {
+            assert_eq!(n.name, "node-b");
+            break;
+        }
+    }
+    eprintln!("MEASURED: dropped node seen dead after {:?}", t.elapsed());
+    assert_eq!(names(&a), vec!["node-a"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_reaches_the_holder_on_another_node_and_unheld_fails_at_once() {
+    let nats = Nats::start();
+    let a = node(&nats.url, "node-a").await;
+    let b = node(&nats.url, "node-b").await;
+    // Ids with subject metacharacters are escaped, not broken.
+    let hosts = [
+        "0b7f5d1c-445e-49c0-8612-111b741b920f",
+        "web.01",
+        "a*b",
+        "x >",
+        "%2E",
+    ];
+    let mut holds = Vec::new();
+    for h in hosts {
+        let mut hold = a.hold(h).await.unwrap();
+        assert_eq!(hold.host_id(), h);
+        let host = h.to_string();
+        holds.push(tokio::spawn(async move {
+            while let Some(req) = hold.next().await {
+                let reply = format!("{host}:{}", String::from_utf8_lossy(req.payload()));
+                req.respond(reply.into()).await.unwrap();
+            }
+        }));
+    }
+    a.sync().await.unwrap();
+    for h in hosts {
+        let r = b.request_host(h, "q".into(), T).await.unwrap();
+        assert_eq!(String::from_utf8_lossy(&r), format!("{h}:q"));
+    }
+    wait_for("sessions in heartbeat", || {
+        b.members()
+            .iter()
+            .any(|n| n.name == "node-a" && n.sessions == hosts.len() as u64)
+    })
+    .await;
+    // "web.01" is held, "web" and "web.*" are other hosts.
+    for h in ["web", "web.*", ".", "%252E", "unheld"] {
+        let t = Instant::now();
+        let e = b
+            .request_host(h, "q".into(), Duration::from_secs(20))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ClusterError::NoHolder), "{h}: {e}");
+        eprintln!(
+            "NoHolder for {h:?} after {:?} (timeout was 20 s)",
+            t.elapsed()
+        );
+    }
+    for bad in ["", &"x".repeat(300)] {
+        assert!(matches!(
+            b.request_host(bad, "q".into(), T).await,
+            Err(ClusterError::InvalidHostId(_))
+        ));
+        assert!(matches!(
+            a.hold(bad).await,
+            Err(ClusterError::InvalidHostId(_))
+        ));
+    }
+    // A holder that never answers: Timeout, not NoHolder.
+    let _silent = a.hold("silent").await.unwrap();
+    a.sync().await.unwrap();
+    let e = b
+        .request_host("silent", "q".into(), Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ClusterError::Timeout), "{e}");
+    // Dropping the hold unsubscribes.
+    for h in holds {
+        h.abort();
+        let _ = h.await;
+    }
+    wait_for_no_holder(&b, "web.01").await;
+}
+
+/// Drives `n` requests from `b` to a host held on `a`; prints p50/p99.
+async fn measure_requests(n: usize) {
+    let nats = Nats::start();
+    let a = node(&nats.url, "node-a").await;
+    let b = node(&nats.url, "node-b").await;
+    let mut hold = a.hold("bench-host").await.unwrap();
+    tokio::spawn(async move {
+        while let Some(req) = hold.next().await {
+            let _ = req
+                .respond(Bytes::from_static(b"{\"retcode\":0,\"data\":\"6.1.0\"}"))
+                .await;
+        }
+    });
+    a.sync().await.unwrap();
+    let mut lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        b.request_host(
+            "bench-host",
+            Bytes::from_static(b"{\"method\":\"getinfo.kernel\"}"),
+            T,
+        )
+        .await
+        .unwrap();
+        lat.push(t.elapsed());
+    }
+    lat.sort();
+    eprintln!(
+        "MEASURED: {n} requests to a host on another node: p50 {:?}, p99 {:?}, max {:?}",
+        pct(&lat, 0.5),
+        pct(&lat, 0.99),
+        lat[lat.len() - 1]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_latency_small() {
+    measure_requests(500).await;
+}
+
+/// The 10 000-request measurement: `cargo test -p basicagent-cluster --release -- --ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn bench_request_latency_10000() {
+    measure_requests(10_000).await;
+}
+
+/// Registers a handler answering for `hosts` (the filter is ignored: every
+/// host matches), from memory.
+fn answer_from_memory(c: &Cluster, hosts: Vec<String>) {
+    let hosts = std::sync::Arc::new(hosts);
+    c.on_fanout(move |req, sink| {
+        let hosts = hosts.clone();
+        async move {
+            for h in hosts.iter() {
+                let reply = format!(
+                    "{{\"retcode\":0,\"data\":\"6.1.0\",\"p\":{}}}",
+                    req.payload.len()
+                );
+                if sink.send(h.as_str(), reply.into()).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+}
+
+async fn fanout_over(nodes: usize, hosts: usize) -> Duration {
+    let nats = Nats::start();
+    let mut cs = Vec::new();
+    for i in 0..nodes {
+        cs.push(node(&nats.url, &format!("node-{i}")).await);
+    }
+    converge(&cs.iter().collect::<Vec<_>>()).await;
+    let mut want = HashMap::new();
+    for (i, c) in cs.iter().enumerate() {
+        let mine: Vec<String> = (0..hosts)
+            .filter(|h| h % nodes == i)
+            .map(|h| format!("host-{h:06}"))
+            .collect();
+        for h in &mine {
+            want.insert(h.clone(), c.node_name().to_string());
+        }
+        answer_from_memory(c, mine);
+    }
+    let t = Instant::now();
+    let mut s = cs[0]
+        .fanout(
+            "all".into(),
+            "getinfo.kernel".into(),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    let (mut replies, mut done, mut last) = (0usize, HashSet::new(), Duration::ZERO);
+    let mut seen = HashSet::new();
+    while let Some(ev) = s.next().await {
+        match ev {
+            FanoutEvent::Reply { node, host, reply } => {
+                assert_eq!(want.get(&host), Some(&node), "{host} answered by {node}");
+                assert!(seen.insert(host), "duplicate answer");
+                assert!(reply.starts_with(b"{\"retcode\":0"));
+                replies += 1;
+                last = t.elapsed();
+            }
+            FanoutEvent::NodeDone {
+                node,
+                hosts: n,
+                complete,
+            } => {
+                assert!(complete, "{node} incomplete");
+                assert_eq!(n as usize, want.values().filter(|v| **v == node).count());
+                assert!(done.insert(node));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(replies, hosts);
+    assert_eq!(done.len(), nodes);
+    eprintln!(
+        "MEASURED: fan-out of {hosts} hosts over {nodes} nodes: last answer {last:?}, all end markers {:?}",
+        t.elapsed()
+    );
+    last
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_across_three_nodes_gathers_all_answers_and_end_markers() {
+    fanout_over(3, 3_000).await;
+}
+
+/// The 76 000-host measurement: `cargo test -p basicagent-cluster --release -- --ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn bench_fanout_76000_over_4_nodes() {
+    fanout_over(4, 76_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_node_without_handler_sends_an_empty_end_marker() {
+    let nats = Nats::start();
+    let a = node(&nats.url, "node-a").await;
+    let b = node(&nats.url, "node-b").await;
+    converge(&[&a, &b]).await;
+    answer_from_memory(&a, vec!["h1".into()]);
+    let evs: Vec<FanoutEvent> = a
+        .fanout("f".into(), "p".into(), T)
+        .await
+        .unwrap()
+        .collect()
+        .await;
+    assert!(evs.contains(&FanoutEvent::NodeDone {
+        node: "node-b".into(),
+        hosts: 0,
+        complete: true
+    }));
+    assert!(evs.contains(&FanoutEvent::NodeDone {
+        node: "node-a".into(),
+        hosts: 1,
+        complete: true
+    }));
+    assert_eq!(evs.len(), 3);
+}
+
+/// A node that answers part of a fan-out and is then SIGKILLed: the
+/// caller stops waiting for it once membership says dead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_caller_stops_waiting_for_a_node_that_dies_midway() {
+    let nats = Nats::start();
+    let a = node(&nats.url, "node-a").await;
+    answer_from_memory(&a, vec!["a1".into(), "a2".into()]);
+    let mut child = spawn_child(&nats.url, "node-slow", &["s1"], true);
+    wait_for("child to join", || {
+        names(&a).contains(&"node-slow".to_string())
+    })
+    .await;
+    let mut s = a
+        .fanout("all".into(), "p".into(), Duration::from_secs(120))
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut killed = None;
+    while let Some(ev) = s.next().await {
+        if matches!(&ev, FanoutEvent::Reply { node, .. } if node == "node-slow") {
+            // It answered one host and now hangs: kill it.
+            child.kill();
+            killed = Some(Instant::now());
+        }
+        got.push(ev);
+    }
+    let killed = killed.expect("the slow node answered");
+    eprintln!(
+        "MEASURED: fan-out gave up on the killed node after {:?}",
+        killed.elapsed()
+    );
+    assert!(got.contains(&FanoutEvent::NodeDone {
+        node: "node-a".into(),
+        hosts: 2,
+        complete: true
+    }));
+    assert!(
+        got.contains(&FanoutEvent::NodeLost {
+            node: "node-slow".into(),
+            hosts: 1
+        }),
+        "{got:?}"
+    );
+    assert!(!got
+        .iter()
+        .any(|e| matches!(e, FanoutEvent::TimedOut { .. })));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_times_out_with_the_pending_nodes() {
+    let nats = Nats::start();
+    let a = node(&nats.url, "node-a").await;
+    let b = node(&nats.url, "node-b").await;
+    converge(&[&a, &b]).await;
+    b.on_fanout(|_req, sink| async move {
+        let _keep = sink;
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    });
+    let evs: Vec<FanoutEvent> = a
+        .fanout("f".into(), "p".into(), Duration::from_millis(500))
+        .await
+        .unwrap()
+        .collect()
+        .await;
+    // node-b's deadline is the same as ours: either its cut end marker
+    // arrives first or we give up first.
+    let b_cut = evs.contains(&FanoutEvent::NodeDone {
+        node: "node-b".into(),
+        hosts: 0,
+        complete: false,
+    });
+    let b_pending = evs.contains(&FanoutEvent::TimedOut {
+        pending: vec!["node-b".into()],
+    });
+    assert!(b_cut || b_pending, "{evs:?}");
+    assert!(evs.contains(&FanoutEvent::NodeDone {
+        node: "node-a".into(),
+        hosts: 0,
+        complete: true
+    }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_takes_a_node_out_of_placement() {
+    let nats = Nats::start();
+    let a = node(&nats.url, "node-a").await;
+    let b = node(&nats.url, "node-b").await;
+    let c = node(&nats.url, "node-c").await;
+    converge(&[&a, &b, &c]).await;
+    let hosts: Vec<String> = (0..3000).map(|i| format!("h-{i}")).collect();
+    // All nodes agree on owners, and the owner does not redirect.
+    let mut on_b = 0;
+    for h in &hosts {
+        let o = a.owner(h).unwrap();
+        assert_eq!(Some(&o), b.owner(h).as_ref());
+        assert_eq!(Some(&o), c.owner(h).as_ref());
+        let owner = [&a, &b, &c]
+            .into_iter()
+            .find(|n| n.node_name() == o.name)
+            .unwrap();
+        assert_eq!(owner.redirect_for(h), None);
+        if o.name == "node-b" {
+            on_b += 1;
+            assert_eq!(a.redirect_for(h), Some(b.me().peer_addr));
+        }
+    }
+    assert!(on_b > 500 && on_b < 1500, "{on_b}");
+    b.drain();
+    assert!(b.is_draining());
+    wait_for("a to see b draining", || {
+        a.members().iter().any(|n| n.name == "node-b" && n.draining)
+    })
+    .await;
+    wait_for("c to see b draining", || {
+        c.members().iter().any(|n| n.name == "node-b" && n.draining)
+    })
+    .await;
+    for h in &hosts {
+        for n in [&a, &b, &c] {
+            assert_ne!(n.owner(h).unwrap().name, "node-b");
+        }
+        // b sends every agent away.
+        assert!(b.redirect_for(h).is_some());
+    }
+    b.set_draining(false);
+    wait_for("b back in placement", || {
+        a.members()
+            .iter()
+            .any(|n| n.name == "node-b" && !n.draining)
+    })
+    .await;
+    assert_eq!(
+        hosts
+            .iter()
+            .filter(|h| a.owner(h).unwrap().name == "node-b")
+            .count(),
+        on_b
+    );
+}
+
+/// NATS killed: calls fail with Disconnected (not hang); restarted: the
+/// cluster reconnects by itself, holds are re-subscribed and heartbeats
+/// resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_killed_calls_fail_disconnected_and_restart_recovers() {
+    let nats = Nats::start();
+    let a = node(&nats.url, "node-a").await;
+    let b = node(&nats.url, "node-b").await;
+    converge(&[&a, &b]).await;
+    let mut hold = a.hold("h1").await.unwrap();
+    tokio::spawn(async move {
+        while let Some(req) = hold.next().await {
+            let _ = req.respond("ok".into()).await;
+        }
+    });
+    a.sync().await.unwrap();
+    assert_eq!(
+        &b.request_host("h1", "q".into(), T).await.unwrap()[..],
+        b"ok"
+    );
+
+    let t = Instant::now();
+    nats.kill9();
+    wait_for("b to notice the loss", || {
+        b.connection_state() != ConnectionState::Connected
+    })
+    .await;
+    eprintln!("MEASURED: NATS loss noticed after {:?}", t.elapsed());
+    let e = b
+        .request_host("h1", "q".into(), Duration::from_secs(30))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ClusterError::Disconnected), "{e}");
+    assert!(matches!(
+        b.fanout("f".into(), "p".into(), T).await.err(),
+        Some(ClusterError::Disconnected)
+    ));
+    // Peers fall out of the view while cut off; this node stays.
+    wait_for("a alone", || names(&a) == vec!["node-a"]).await;
+
+    let t = Instant::now();
+    nats.restart();
+    wait_for("a reconnects", || {
+        a.connection_state() == ConnectionState::Connected
+    })
+    .await;
+    wait_for("b reconnects", || {
+        b.connection_state() == ConnectionState::Connected
+    })
+    .await;
+    converge(&[&a, &b]).await;
+    eprintln!(
+        "MEASURED: reconnected and converged {:?} after restart",
+        t.elapsed()
+    );
+    // The hold was re-subscribed by the client.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match b.request_host("h1", "q".into(), T).await {
+            Ok(r) => {
+                assert_eq!(&r[..], b"ok");
+                break;
+            }
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "h1 not reachable after restart: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Garbage on every cluster subject is dropped with a log line; the nodes
+/// keep serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_messages_on_cluster_subjects_are_ignored() {
+    let nats = Nats::start();
+    let a = node(&nats.url, "node-a").await;
+    let b = node(&nats.url, "node-b").await;
+    converge(&[&a, &b]).await;
+    answer_from_memory(&b, vec!["b1".into()]);
+    let evil = async_nats::connect(nats.url.as_str()).await.unwrap();
+    let big = "x".repeat(10_000);
+    let bad_heartbeats = [
+        "not json".to_string(),
+        "{}".into(),
+        r#"{"node":"a b","peer_addr":"x","sessions":1,"draining":false,"started_at":0}"#.into(),
+        r#"{"node":"ok-name","peer_addr":"x","sessions":-1,"draining":false,"started_at":0}"#.into(),
+        format!(r#"{{"node":"n2","peer_addr":"{big}","sessions":1,"draining":false,"started_at":0}}"#),
+        // Someone else claiming node-a's name: b takes it for a restart of
+        // node-a (NATS authorization is what keeps strangers off these
+        // subjects); node-a itself ignores it, and its next heartbeat puts
+        // b right. Its leave does not match node-a's instance.
+        r#"{"node":"node-a","peer_addr":"evil:1","sessions":1,"draining":true,"started_at":0,"instance":"other"}"#.into(),
+    ];
+    for hb in &bad_heartbeats {
+        evil.publish("ba.nodes.heartbeat", hb.clone().into())
+            .await
+            .unwrap();
+        evil.publish("ba.nodes.leave", hb.clone().into())
+            .await
+            .unwrap();
+    }
+    // Malformed fan-out requests: short, lying length, no reply subject.
+    for body in [&b""[..], &[0, 0], &[0xff, 0xff, 0xff, 0xff, 1]] {
+        evil.publish_with_reply("ba.fanout", "evil.inbox", Bytes::copy_from_slice(body))
+            .await
+            .unwrap();
+    }
+    evil.publish("ba.fanout", "x".into()).await.unwrap();
+    evil.flush().await.unwrap();
+
+    // A caller's inbox gets forged chunks and end markers too.
+    let mut s = a.fanout("f".into(), "p".into(), T).await.unwrap();
+    let first = s.next().await;
+    assert!(first.is_some());
+    let mut evs = vec![first.unwrap()];
+    evs.extend(s.collect::<Vec<_>>().await);
+    assert!(evs.contains(&FanoutEvent::Reply {
+        node: "node-b".into(),
+        host: "b1".into(),
+        reply: evs_reply(&evs)
+    }));
+    assert!(evs.contains(&FanoutEvent::NodeDone {
+        node: "node-b".into(),
+        hosts: 1,
+        complete: true
+    }));
+
+    let mut want = vec!["node-a".to_string(), "node-b".to_string()];
+    want.sort();
+    assert_eq!(names(&a), want);
+    // The forged "restart" of node-a and its matching leave may have
+    // removed node-a from b's view; node-a's next heartbeat brings it back.
+    wait_for("b to see node-a again", || names(&b) == want).await;
+    assert!(!a.me().draining);
+    assert_eq!(a.me().peer_addr, opts(&nats.url, "node-a").peer_addr);
+    wait_for("b to see the real node-a again", || {
+        b.members()
+            .iter()
+            .any(|n| n.name == "node-a" && !n.draining && n.peer_addr != "evil:1")
+    })
+    .await;
+}
+
+fn evs_reply(evs: &[FanoutEvent]) -> Bytes {
+    evs.iter()
+        .find_map(|e| match e {
+            FanoutEvent::Reply { reply, .. } => Some(reply.clone()),
+            _ => None,
+        })
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_fanout_answers_do_not_break_the_caller() {
+    let nats = Nats::start();
+    let a = node(&nats.url, "node-a").await;
+    let evil = async_nats::connect(nats.url.as_str()).await.unwrap();
+    // Watch ba.fanout and answer with garbage before the real node.
+    let mut spy = evil.subscribe("ba.fanout").await.unwrap();
+    evil.flush().await.unwrap();
+    let evil2 = evil.clone();
+    tokio::spawn(async move {
+        while let Some(m) = spy.next().await {
+            let inbox = m.reply.unwrap();
+            let mut h = async_nats::HeaderMap::new();
+            h.insert("Ba-Node", "node-evil");
+            h.insert("Ba-Kind", "chunk");
+            evil2
+                .publish_with_headers(inbox.clone(), h, Bytes::from_static(&[0, 9, 1]))
+                .await
+                .unwrap();
+            let mut h = async_nats::HeaderMap::new();
+            h.insert("Ba-Node", "bad name*");
+            h.insert("Ba-Kind", "end");
+            evil2
+                .publish_with_headers(inbox.clone(), h, Bytes::new())
+                .await
+                .unwrap();
+            evil2.publish(inbox, "no headers".into()).await.unwrap();
+        }
+    });
+    answer_from_memory(&a, vec!["a1".into()]);
+    let evs: Vec<FanoutEvent> = a
+        .fanout("f".into(), "p".into(), T)
+        .await
+        .unwrap()
+        .collect()
+        .await;
+    assert!(
+        evs.contains(&FanoutEvent::NodeDone {
+            node: "node-a".into(),
+            hosts: 1,
+            complete: true
+        }),
+        "{evs:?}"
+    );
+    assert!(
+        !evs.iter()
+            .any(|e| matches!(e, FanoutEvent::TimedOut { .. })),
+        "{evs:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_payloads_are_refused() {
+    let nats = Nats::start();
+    let a = node(&nats.url, "node-a").await;
+    let max = a.nats().server_info().max_payload;
+    let big = Bytes::from(vec![b'x'; max + 1]);
+    assert!(matches!(
+        a.request_host("h", big.clone(), T).await,
+        Err(ClusterError::PayloadTooLarge { .. })
+    ));
+    assert!(matches!(
+        a.fanout("f".into(), big, T).await,
+        Err(ClusterError::PayloadTooLarge { .. })
+    ));
+    // A handler's oversized reply is refused by the sink; it can send an error instead.
+    a.on_fanout(move |_req, sink| async move {
+        let e = sink
+            .send("h", Bytes::from(vec![b'y'; max]))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ClusterError::PayloadTooLarge { .. }));
+        sink.send("h", "too large".into()).await.unwrap();
+    });
+    let evs: Vec<FanoutEvent> = a
+        .fanout("f".into(), "p".into(), T)
+        .await
+        .unwrap()
+        .collect()
+        .await;
+    assert!(evs.contains(&FanoutEvent::Reply {
+        node: "node-a".into(),
+        host: "h".into(),
+        reply: "too large".into()
+    }));
+}
+
+/// Spawns this test binary as a cluster member in its own process (see
+/// `child_member`). `slow`: its fan-out handler answers one host and hangs.
+fn spawn_child(url: &str, name: &str, hosts: &[&str], slow: bool) -> Kid {
+    Kid(Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_member", "--nocapture", "--test-threads=1"])
+        .env("BA_CLUSTER_CHILD_URL", url)
+        .env("BA_CLUSTER_CHILD_NAME", name)
+        .env("BA_CLUSTER_CHILD_HOSTS", hosts.join(","))
+        .env("BA_CLUSTER_CHILD_SLOW", if slow { "1" } else { "0" })
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap())
+}
+
+/// A child member, SIGKILLed and reaped on drop (so a failing test leaves
+/// no process behind).
+struct Kid(Child);
+
+impl Kid {
+    fn kill(&mut self) {
+        let _ = self.0.kill(); // SIGKILL
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Kid {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Not a test on its own: a no-op unless started by `spawn_child`, when it
+/// runs a member until killed.
+#[test]
+fn child_member() {
+    let Ok(url) = std::env::var("BA_CLUSTER_CHILD_URL") else {
+        return;
+    };
+    let name = std::env::var("BA_CLUSTER_CHILD_NAME").unwrap();
+    let hosts: Vec<String> = std::env::var("BA_CLUSTER_CHILD_HOSTS")
+        .unwrap()
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
+    let slow = std::env::var("BA_CLUSTER_CHILD_SLOW").as_deref() == Ok("1");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let c = node(&url, &name).await;
+        let node_name = name.clone();
+        let answer: Vec<String> = hosts.clone();
+        c.on_fanout(move |_req, sink| {
+            let answer = answer.clone();
+            async move {
+                for h in &answer {
+                    let _ = sink.send(h.as_str(), "child".into()).await;
+                    if slow {
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                    }
+                }
+            }
+        });
+        for h in hosts {
+            let mut hold = c.hold(&h).await.unwrap();
+            let node_name = node_name.clone();
+            tokio::spawn(async move {
+                while let Some(req) = hold.next().await {
+                    let r = format!("{node_name}:{h}:{}", String::from_utf8_lossy(req.payload()));
+                    let _ = req.respond(r.into()).await;
+                }
+            });
+        }
+        // A safety net should the parent die without killing us.
+        tokio::time::sleep(Duration::from_secs(300)).await;
+    });
+}
