@@ -3,9 +3,15 @@
 //! one batch, agents_seen of 19 000 agents, agents() at 19 000 rows, and a
 //! few reads and a prune. Bounded: a few seconds in release mode.
 //!
-//! `cargo run --release -p basicagent-store --example store_bench [DIR [full|normal|prune|memory|all]]`
+//! `cargo run --release -p basicagent-store --example store_bench [DIR [full|normal|prune|memory|pg|all]]`
 //! (DIR: where the database files go, on the disk to measure; default: a
 //! temporary directory under the system's temp dir).
+//!
+//! `pg` (in `all` too, with the `postgres` feature): the same against
+//! PostgreSQL at `$BA_PG_URL`, or, without it, a throwaway cluster that
+//! `scripts/pg.sh` starts in the temp dir and stops when the bench exits. The
+//! tables go into a schema of their own, dropped at the end. PostgreSQL's
+//! own CPU is in another process: its "cpu" column is the client's only.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -307,6 +313,10 @@ fn main() {
             let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
         }
     }
+    #[cfg(feature = "postgres")]
+    if which == "all" || which == "pg" {
+        postgres_bench();
+    }
     if which != "all" && which != "memory" {
         return;
     }
@@ -316,4 +326,53 @@ fn main() {
     if arg.is_none() {
         let _ = std::fs::remove_dir(dir);
     }
+}
+
+#[cfg(feature = "postgres")]
+fn postgres_bench() {
+    use basicagent_store::{PgOptions, PgStore};
+    let url = match std::env::var("BA_PG_URL") {
+        Ok(url) => url,
+        Err(_) => {
+            // Under the system's temp dir: the postgres user must reach it.
+            let pg_dir =
+                std::env::temp_dir().join(format!("store-bench-pg-{}", std::process::id()));
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/pg.sh");
+            let out = std::process::Command::new("bash")
+                .arg(&script)
+                .arg("start")
+                .arg(&pg_dir)
+                .arg("--watch")
+                .arg(std::process::id().to_string())
+                .output()
+                .expect("run scripts/pg.sh");
+            assert!(
+                out.status.success(),
+                "pg.sh start: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        }
+    };
+    let schema = format!("bench_{}", std::process::id());
+    let store = PgStore::open_with(
+        &url,
+        &PgOptions {
+            schema: schema.clone(),
+            ..PgOptions::default()
+        },
+    )
+    .expect("open PostgreSQL");
+    let info = store.info().expect("info");
+    println!(
+        "postgres       {} (server {})",
+        store.describe(),
+        info.server_version
+    );
+    put_tasks_throughput(&store, "postgres");
+    fleet(&store, "postgres");
+    drop(store);
+    let mut c = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
+    c.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .expect("drop the bench schema");
 }

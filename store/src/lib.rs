@@ -4,10 +4,12 @@
 //! Key design decision: one synchronous [`Store`] trait with nothing
 //! SQLite-specific in it, so that the server calls it from a writer thread
 //! (or `spawn_blocking`) and a PostgreSQL backend can come later behind the
-//! same trait. Two backends today: [`SqliteStore`] (embedded, the default,
-//! durable: a write that returned `Ok` survives `kill -9` and power loss) and
-//! [`MemoryStore`] (same semantics, nothing on disk; tests and
-//! `--state-dir none`). Both run the same test suite (`store/tests/`).
+//! same trait. Three backends: [`SqliteStore`] (embedded, the default,
+//! durable: a write that returned `Ok` survives `kill -9` and power loss),
+//! `PgStore` (feature `postgres`, on by default: PostgreSQL, shared by the
+//! nodes of a cluster, as durable) and [`MemoryStore`] (same semantics,
+//! nothing on disk; tests and `--state-dir none`). All run the same test
+//! suite (`store/tests/`).
 //!
 //! Semantics shared by both backends (the tests pin every one of them):
 //! - Every `String` documented as JSON is checked to be one JSON value before
@@ -17,6 +19,8 @@
 //!   `last_seen` only moves forward. `agents_gone` clears `connected_at`
 //!   only if the session it ends is not newer than `at` (a late "gone" for an
 //!   old session does not mark a reconnected agent offline).
+//! - `node_gone` is `agents_gone` for every agent connected through a node
+//!   that died, so the cluster-wide list does not show them on a dead node.
 //! - `agent_fact` keeps the latest fact per (host, method) by `at`; on a tie
 //!   the later write wins.
 //! - Call ids increase and are never reused, even after `prune`. A host has
@@ -30,11 +34,15 @@
 //!   the retention and the oldest beyond `max_tasks`.
 
 mod memory;
+#[cfg(feature = "postgres")]
+mod pg;
 mod sqlite;
 
 use std::time::Duration;
 
 pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use pg::{PgInfo, PgOptions, PgStore, PG_SCHEMA_VERSION};
 pub use sqlite::{SqliteOptions, SqliteStore, StoreInfo, Synchronous, FILE_NAME, SCHEMA_VERSION};
 
 /// Unix time in milliseconds (UTC).
@@ -207,8 +215,9 @@ pub enum StoreError {
     #[error("migrating the store to schema version {version} failed: {source}")]
     Migrate {
         version: i64,
+        /// A `rusqlite::Error` or a `tokio_postgres::Error`.
         #[source]
-        source: rusqlite::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("the store's file is corrupt or not a database: {0}")]
     Corrupt(String),
@@ -222,6 +231,17 @@ pub enum StoreError {
     UnknownCall(CallId),
     #[error("store query failed: {0}")]
     Sql(#[source] rusqlite::Error),
+    /// The database server cannot be reached now (down, restarting, too
+    /// many connections, the network, a timeout). The store reconnects by
+    /// itself on a later call. A write that failed so may or may not have
+    /// committed (the connection can die during the commit): every write
+    /// except `call_begin` can be repeated safely.
+    #[error("the store's database is unavailable: {0}")]
+    Unavailable(String),
+    /// PostgreSQL refused a statement (not a connection problem).
+    #[cfg(feature = "postgres")]
+    #[error("PostgreSQL refused: {}", pg::detail(.0))]
+    Pg(#[source] tokio_postgres::Error),
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -248,6 +268,13 @@ pub trait Store: Send + Sync + 'static {
     /// `connected_at` is cleared unless it is newer than `at`. Unknown hosts
     /// are ignored.
     fn agents_gone(&self, hosts: &[String], at: Millis) -> Result<(), StoreError>;
+    /// Server node `node` died or stopped at `at`: every agent whose session
+    /// is on that node (its `node`, with `connected_at` not newer than `at`)
+    /// is marked offline as by `agents_gone`. Agents that reconnected to
+    /// another node since (their `node` changed) or anew to this one (a
+    /// later `connected_at`) are left alone, and so are agents already
+    /// offline. Returns how many were marked offline.
+    fn node_gone(&self, node: &str, at: Millis) -> Result<u64, StoreError>;
     /// Record the latest fact per (host, method); an older `at` than the one
     /// stored is ignored. `data` is JSON.
     fn agent_fact(

@@ -171,6 +171,19 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    fn node_gone(&self, node: &str, at: Millis) -> Result<u64, StoreError> {
+        let mut inner = self.lock();
+        let mut n = 0;
+        for row in inner.agents.values_mut() {
+            if row.node.as_deref() == Some(node) && row.connected_at.is_some_and(|c| c <= at) {
+                row.last_seen = row.last_seen.max(at);
+                row.connected_at = None;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     fn agent_fact(
         &self,
         host: &str,

@@ -260,7 +260,10 @@ fn migrate(
     for (i, (description, sql)) in migrations.iter().enumerate() {
         let version = i as i64 + 1;
         let failed = |source: rusqlite::Error| match StoreError::from(source) {
-            StoreError::Sql(source) => StoreError::Migrate { version, source },
+            StoreError::Sql(source) => StoreError::Migrate {
+                version,
+                source: Box::new(source),
+            },
             corrupt => corrupt,
         };
         let tx = conn
@@ -586,6 +589,14 @@ impl Store for SqliteStore {
                 stmt.execute(params![h, at])?;
             }
             Ok(())
+        })
+    }
+
+    fn node_gone(&self, node: &str, at: Millis) -> Result<u64, StoreError> {
+        self.write(|tx| {
+            Ok(tx
+                .prepare_cached(sql::NODE_GONE)?
+                .execute(params![node, at])? as u64)
         })
     }
 

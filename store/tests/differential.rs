@@ -1,9 +1,12 @@
 //! Differential test: the same random sequence of operations (small key
 //! spaces, so upserts, duplicates, ties and unknown ids happen often) is run
-//! against `MemoryStore` and `SqliteStore`; every answer must be equal,
+//! against `MemoryStore` and `SqliteStore` (and `PgStore`); every answer must be equal,
 //! errors by kind. Seeded; the seed is printed on failure.
 
 use std::time::Duration;
+
+#[cfg(feature = "postgres")]
+mod common;
 
 use basicagent_store::{
     AgentRecord, CallRecord, HostResult, MemoryStore, Retention, SqliteOptions, SqliteStore, Store,
@@ -51,7 +54,7 @@ fn same<T: PartialEq + std::fmt::Debug>(
         _ => assert_eq!(
             kind(&a),
             kind(&b),
-            "seed {seed:#x} step {step}: {op}: memory {a:?} vs sqlite {b:?}"
+            "seed {seed:#x} step {step}: {op}: memory {a:?} vs other {b:?}"
         ),
     }
     // An error from an operation that should never fail is a failure.
@@ -71,21 +74,12 @@ fn json(rng: &mut Rng, text: &str) -> String {
     }
 }
 
-fn run(seed: u64, steps: usize) {
+/// Run `steps` random operations on a new `MemoryStore` and on `other`
+/// (an empty store of another backend).
+fn run(seed: u64, steps: usize, other: &dyn Store) {
     let mut rng = Rng(seed | 1);
-    let dir = tempfile::tempdir().unwrap();
-    let sqlite = SqliteStore::open_with(
-        &dir.path().join("store.db"),
-        &SqliteOptions {
-            // Semantics, not durability, are compared here.
-            synchronous: Synchronous::Normal,
-            readers: 1,
-            prune_chunk: 3,
-        },
-    )
-    .unwrap();
     let memory = MemoryStore::new();
-    let stores: [&dyn Store; 2] = [&memory, &sqlite];
+    let stores: [&dyn Store; 2] = [&memory, other];
     let host = |rng: &mut Rng| format!("h{}", rng.below(6));
     let mut last_call = 0i64;
 
@@ -106,6 +100,11 @@ fn run(seed: u64, steps: usize) {
                     .collect();
                 let [a, b] = stores.map(|s| s.agents_seen(&batch));
                 same("agents_seen", seed, step, a, b);
+            }
+            1 if rng.chance(20) => {
+                let node = if rng.chance(50) { "node" } else { "other" };
+                let [a, b] = stores.map(|s| s.node_gone(node, at));
+                same("node_gone", seed, step, a, b);
             }
             1 => {
                 let hosts: Vec<String> = (0..rng.below(3)).map(|_| host(&mut rng)).collect();
@@ -234,6 +233,38 @@ fn memory_and_sqlite_answer_the_same_random_operations() {
         .as_nanos() as u64;
     // Two fixed seeds (reproducible) and two new ones each run.
     for seed in [0x5eed_0001, 0x5eed_0002, base, base.rotate_left(17)] {
-        run(seed, 1500);
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = SqliteStore::open_with(
+            &dir.path().join("store.db"),
+            &SqliteOptions {
+                // Semantics, not durability, are compared here.
+                synchronous: Synchronous::Normal,
+                readers: 1,
+                prune_chunk: 3,
+            },
+        )
+        .unwrap();
+        run(seed, 1500, &sqlite);
+    }
+}
+
+/// The same against PostgreSQL (a throwaway cluster, scripts/pg.sh), each
+/// seed in a schema of its own, prune in chunks of 3 rows, batches cut
+/// into several statements.
+#[cfg(feature = "postgres")]
+#[test]
+fn memory_and_postgres_answer_the_same_random_operations() {
+    let base = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    for seed in [0x5eed_0001, 0x5eed_0002, base, base.rotate_left(17)] {
+        let pg = common::pg::open(&basicagent_store::PgOptions {
+            prune_chunk: 3,
+            // Batches cut into statements of one or two rows.
+            batch_bytes: 100,
+            ..common::pg::options()
+        });
+        run(seed, 1500, &pg);
     }
 }

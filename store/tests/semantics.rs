@@ -1,7 +1,11 @@
-//! Every `Store` method, written once and run against both backends
-//! (`memory::*` and `sqlite::*`), so the two cannot drift apart.
+//! Every `Store` method, written once and run against every backend
+//! (`memory::*`, `sqlite::*` and, with the `postgres` feature, `pg::*`
+//! against a real PostgreSQL), so they cannot drift apart.
 
 use std::sync::Arc;
+
+#[cfg(feature = "postgres")]
+mod common;
 use std::time::Duration;
 
 use basicagent_store::{
@@ -145,6 +149,39 @@ fn agents_gone_clears_connected_at_unless_a_newer_session(s: &dyn Store) {
     // Gone twice: harmless; last_seen never goes back.
     s.agents_gone(&["h1".into()], 120).unwrap();
     assert_eq!(s.agent("h1").unwrap().unwrap().last_seen, 150);
+}
+
+fn node_gone_marks_offline_only_the_sessions_still_on_that_node(s: &dyn Store) {
+    let on = |host: &str, node: Option<&str>, at: i64| {
+        let mut a = agent(host, at);
+        a.node = node.map(String::from);
+        a
+    };
+    s.agents_seen(&[
+        on("a", Some("n1"), 10),
+        on("b", Some("n1"), 10),
+        on("c", Some("n2"), 10),
+        on("d", None, 10),
+        on("e", Some("n1"), 10),
+    ])
+    .unwrap();
+    // b moved to n2 before n1 died; e reconnected to n1 after "death" time
+    // (n1 restarted); a stays on n1.
+    s.agents_seen(&[on("b", Some("n2"), 20), on("e", Some("n1"), 60)])
+        .unwrap();
+    assert_eq!(s.node_gone("n1", 50).unwrap(), 1);
+    let a = s.agent("a").unwrap().unwrap();
+    assert_eq!((a.connected_at, a.last_seen), (None, 50));
+    assert_eq!(s.agent("b").unwrap().unwrap().connected_at, Some(20));
+    assert_eq!(s.agent("c").unwrap().unwrap().connected_at, Some(10));
+    assert_eq!(s.agent("d").unwrap().unwrap().connected_at, Some(10));
+    assert_eq!(s.agent("e").unwrap().unwrap().connected_at, Some(60));
+    // Again, later: a is already offline and keeps its last_seen.
+    assert_eq!(s.node_gone("n1", 55).unwrap(), 0);
+    assert_eq!(s.agent("a").unwrap().unwrap().last_seen, 50);
+    assert_eq!(s.node_gone("nobody", 100).unwrap(), 0);
+    // The node keeps showing as the last node the agent was on.
+    assert_eq!(s.agent("a").unwrap().unwrap().node.as_deref(), Some("n1"));
 }
 
 fn agent_fact_keeps_the_latest_per_method(s: &dyn Store) {
@@ -616,6 +653,40 @@ macro_rules! sqlite_backend {
     };
 }
 
+/// PostgreSQL (scripts/pg.sh, one cluster for this binary): each test in a
+/// schema of its own, reopened at the end like SQLite.
+#[cfg(feature = "postgres")]
+macro_rules! pg_backend {
+    ($module:ident, $chunk:literal, $bytes:expr, $($name:ident),*) => {
+        mod $module {
+            use super::*;
+            use basicagent_store::PgOptions;
+            fn options() -> PgOptions {
+                PgOptions { prune_chunk: $chunk, batch_bytes: $bytes, ..common::pg::options() }
+            }
+            $(
+                #[test]
+                fn $name() {
+                    let options = options();
+                    let store = common::pg::open(&options);
+                    super::$name(&store);
+                    let before = (store.agents().unwrap(), store.calls(1000, None).unwrap(),
+                                  store.tasks(None, 1000).unwrap());
+                    drop(store);
+                    let store = common::pg::open(&options);
+                    let after = (store.agents().unwrap(), store.calls(1000, None).unwrap(),
+                                 store.tasks(None, 1000).unwrap());
+                    assert_eq!(before, after);
+                }
+            )*
+            #[test]
+            fn concurrent_writers_and_readers() {
+                super::concurrent_writers_and_readers(Arc::new(common::pg::open(&options())));
+            }
+        }
+    };
+}
+
 macro_rules! both_backends {
     ($($name:ident),* $(,)?) => {
         mod memory {
@@ -628,6 +699,12 @@ macro_rules! both_backends {
         }
         sqlite_backend!(sqlite, "default", $($name),*);
         sqlite_backend!(sqlite_small_chunks, "small", $($name),*);
+        #[cfg(feature = "postgres")]
+        pg_backend!(pg, 20_000, 32 << 20, $($name),*);
+        // Prune 2 rows per transaction; every batch cut into statements of
+        // about one row.
+        #[cfg(feature = "postgres")]
+        pg_backend!(pg_small_chunks, 2, 64, $($name),*);
     };
 }
 
@@ -637,6 +714,7 @@ both_backends!(
     agents_sorted_by_host_without_facts,
     agents_empty_batches_and_unknown_host,
     agents_gone_clears_connected_at_unless_a_newer_session,
+    node_gone_marks_offline_only_the_sessions_still_on_that_node,
     agent_fact_keeps_the_latest_per_method,
     odd_strings_round_trip,
     calls_ids_increase_and_list_newest_first,

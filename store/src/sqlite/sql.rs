@@ -15,6 +15,11 @@ UPDATE agents SET last_seen = max(last_seen, ?2),
     connected_at = CASE WHEN connected_at <= ?2 THEN NULL ELSE connected_at END
 WHERE host = ?1";
 
+/// A node's sessions ended: rare, so a scan of agents (no index on node).
+pub(super) const NODE_GONE: &str = "\
+UPDATE agents SET last_seen = max(last_seen, ?2), connected_at = NULL
+WHERE node = ?1 AND connected_at <= ?2";
+
 pub(super) const FACT_UPSERT: &str = "\
 INSERT INTO facts (host, method, data, at) VALUES (?1, ?2, ?3, ?4)
 ON CONFLICT (host, method) DO UPDATE SET data = excluded.data, at = excluded.at
@@ -97,6 +102,8 @@ DELETE FROM tasks WHERE seq IN (SELECT seq FROM tasks ORDER BY received_at, seq 
 pub(super) const ALL: &[(&str, &str, &[&str])] = &[
     ("AGENT_UPSERT", AGENT_UPSERT, &[]),
     ("AGENT_GONE", AGENT_GONE, &[]),
+    // Once per dead node; the one-node server never calls it.
+    ("NODE_GONE", NODE_GONE, &["SCAN agents"]),
     ("FACT_UPSERT", FACT_UPSERT, &[]),
     ("AGENT", AGENT, &[]),
     // All agents, in primary-key order: the scan is the point.
