@@ -92,6 +92,7 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, over_lim
         pending: HashMap::new(),
         null_waiters: Vec::new(),
         closing: None,
+        hold: None,
     };
     let (tx, rx) = mpsc::channel(OUTBOX_FRAMES);
     if !over_limit {
@@ -161,6 +162,8 @@ struct Session {
     /// Callers of raw sends, waiting for `"id": null` answers.
     null_waiters: Vec<mpsc::UnboundedSender<CallEvent>>,
     closing: Option<String>,
+    /// Cluster mode: the task answering requests routed to this host.
+    hold: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Session {
@@ -225,6 +228,19 @@ impl Session {
 
     /// The ready loop: frames from the agent, frames for the agent.
     async fn serve(&mut self, mut rx: mpsc::Receiver<Outgoing>) -> String {
+        if let (Some(cm), Some(host)) = (&self.shared.cluster, &self.host) {
+            match cm.cluster.hold(host).await {
+                Ok(hold) => {
+                    self.hold = Some(tokio::spawn(crate::node::serve_hold(
+                        self.shared.clone(),
+                        hold,
+                    )));
+                }
+                // Local calls still reach it; other nodes see it offline
+                // until it reconnects.
+                Err(e) => log::error!("{host}: cannot hold its cluster subject: {e}"),
+            }
+        }
         // Frames that came with init.
         if let Err(e) = self.handle_frames().await {
             return e;
@@ -398,7 +414,29 @@ impl Session {
                     "rejected",
                 );
             }
-            Decision::Accept => self.accept(init),
+            Decision::Accept => {
+                // Cluster mode: the host's owner over the live, non-draining
+                // nodes holds it; one hop, the agent's redirect limit is the
+                // loop guard.
+                let owner = shared
+                    .cluster
+                    .as_ref()
+                    .and_then(|c| c.cluster.redirect_for(&host));
+                match owner {
+                    Some(peer_addr) => {
+                        log::info!("{peer}: host {host} redirected to its owner {peer_addr}");
+                        shared.metrics.refuse("owner");
+                        shared.events.emit(
+                            "redirect",
+                            json!({"host": host, "peer": peer, "listen": listen,
+                                   "server": peer_addr, "owner": true}),
+                        );
+                        self.line(&redirect_json(&peer_addr));
+                        self.close("redirected to owner");
+                    }
+                    None => self.accept(init),
+                }
+            }
         }
     }
 
@@ -457,6 +495,7 @@ impl Session {
             peer,
             listen,
             connected_at: unix_now(),
+            node: shared.cluster.as_ref().map(|c| c.name.clone()),
         };
         let cert = if shared.mtls {
             self.identity.as_ref().map(|i| i.fingerprint)
@@ -499,7 +538,7 @@ impl Session {
             addr: peer.to_string(),
             version: init.version,
             plugins: init.plugins,
-            node: None,
+            node: shared.cluster.as_ref().map(|c| c.name.clone()),
             connected_at: now_millis(),
         }));
         self.line(
@@ -635,6 +674,9 @@ impl Session {
                     break;
                 }
             }
+        }
+        if let Some(hold) = self.hold.take() {
+            hold.abort();
         }
         for (_, (tx, tag)) in self.pending.drain() {
             let _ = tx.send(CallEvent::Gone { tag });

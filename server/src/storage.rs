@@ -52,6 +52,18 @@ pub enum Op {
     Task(TaskResult, oneshot::Sender<Result<(), String>>),
 }
 
+/// Why a read (or `call_begin`) failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ReadError {
+    /// The database cannot be reached now (PostgreSQL down or restarting);
+    /// the API answers 503.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Any other failure.
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// The server's handle: queue writes, run reads.
 #[derive(Clone)]
 pub struct Storage {
@@ -88,7 +100,7 @@ impl Storage {
     }
 
     /// Runs a read (or `call_begin`) on the blocking pool; timed as op `read`.
-    pub async fn read<T, F>(&self, f: F) -> Result<T, String>
+    pub async fn read<T, F>(&self, f: F) -> Result<T, ReadError>
     where
         T: Send + 'static,
         F: FnOnce(&dyn Store) -> Result<T, basicagent_store::StoreError> + Send + 'static,
@@ -100,8 +112,13 @@ impl Storage {
         let ok = matches!(done, Ok(Ok(_)));
         metrics.store_op("read", started.elapsed().as_secs_f64(), ok);
         match done {
-            Ok(r) => r.map_err(|e| e.to_string()),
-            Err(e) => Err(format!("store task: {e}")),
+            Ok(r) => r.map_err(|e| match e {
+                basicagent_store::StoreError::Unavailable(_) => {
+                    ReadError::Unavailable(e.to_string())
+                }
+                e => ReadError::Failed(e.to_string()),
+            }),
+            Err(e) => Err(ReadError::Failed(format!("store task: {e}"))),
         }
     }
 
