@@ -420,9 +420,10 @@ async fn agent(State(api): State<Api>, Path(host): Path<String>) -> ApiResult {
     let row = store(&api, move |s| s.agent(&key)).await?;
     if let (None, Some(cm), Some(r)) = (&online, &api.shared.cluster, &row) {
         // Connected on another node that is alive.
-        let live = r.node.as_ref().is_some_and(|n| {
-            cm.cluster.members().iter().any(|m| &m.name == n)
-        });
+        let live = r
+            .node
+            .as_ref()
+            .is_some_and(|n| cm.cluster.members().iter().any(|m| &m.name == n));
         if r.connected_at.is_some() && live {
             online = Some(Arc::new(row_info(r)));
         }
@@ -793,9 +794,11 @@ async fn nodes(State(api): State<Api>) -> ApiResult {
                 })
                 .collect()
         }
-        None => vec![json!({"name": null, "peer_addr": api.shared.settings.listen.to_string(),
+        None => vec![
+            json!({"name": null, "peer_addr": api.shared.settings.listen.to_string(),
                             "sessions": api.shared.registry.agents_len(), "state": "live",
-                            "self": true})],
+                            "self": true}),
+        ],
     };
     Ok(axum::Json(list).into_response())
 }

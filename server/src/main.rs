@@ -369,14 +369,19 @@ fn serve_options(m: &getopts::Matches, admin: PathBuf) -> Result<ServeOptions, S
         (None, None) => {
             for o in ["node-name", "peer-addr"] {
                 if m.opt_present(o) {
-                    return Err(format!("--{o} needs --nats URL and --db URL (cluster mode)"));
+                    return Err(format!(
+                        "--{o} needs --nats URL and --db URL (cluster mode)"
+                    ));
                 }
             }
             None
         }
         (Some(nats), Some(db)) => {
             if m.opt_present("state-dir") {
-                return Err("--state-dir and --db cannot be combined (the cluster's store is PostgreSQL)".into());
+                return Err(
+                    "--state-dir and --db cannot be combined (the cluster's store is PostgreSQL)"
+                        .into(),
+                );
             }
             let node_name = m
                 .opt_str("node-name")

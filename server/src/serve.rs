@@ -358,14 +358,13 @@ async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     };
     let cluster = match &options.cluster {
         Some(c) => {
-            let cluster = basicagent_cluster::Cluster::connect(
-                basicagent_cluster::ClusterOptions::new(
+            let cluster =
+                basicagent_cluster::Cluster::connect(basicagent_cluster::ClusterOptions::new(
                     c.nats.clone(),
                     c.node_name.clone(),
                     c.peer_addr.clone(),
-                ),
-            )
-            .await?;
+                ))
+                .await?;
             Some(crate::node::ClusterMode {
                 cluster,
                 name: c.node_name.clone(),

@@ -48,7 +48,10 @@ impl Services {
             std::os::unix::fs::PermissionsExt::from_mode(0o711),
         )
         .unwrap();
-        let nats = run_script("nats.sh", &["start", &dir.path().join("nats").to_string_lossy()]);
+        let nats = run_script(
+            "nats.sh",
+            &["start", &dir.path().join("nats").to_string_lossy()],
+        );
         let pid = std::process::id().to_string();
         let db = run_script(
             "pg.sh",
@@ -65,15 +68,24 @@ impl Services {
     }
 
     fn nats_stop(&self) {
-        run_script("nats.sh", &["stop", &self.dir.path().join("nats").to_string_lossy()]);
+        run_script(
+            "nats.sh",
+            &["stop", &self.dir.path().join("nats").to_string_lossy()],
+        );
     }
 
     fn nats_start(&self) {
-        run_script("nats.sh", &["start", &self.dir.path().join("nats").to_string_lossy()]);
+        run_script(
+            "nats.sh",
+            &["start", &self.dir.path().join("nats").to_string_lossy()],
+        );
     }
 
     fn pg(&self, what: &str) {
-        run_script("pg.sh", &[what, &self.dir.path().join("pg").to_string_lossy()]);
+        run_script(
+            "pg.sh",
+            &[what, &self.dir.path().join("pg").to_string_lossy()],
+        );
     }
 }
 
@@ -226,7 +238,11 @@ fn eventually(what: &str, mut f: impl FnMut() -> bool) -> Duration {
 /// Connects `host` to the first of `addrs` that takes it, following
 /// redirects (at most 3 in a row, as the agent). Returns the agent and
 /// the node that holds it, and whether the first node redirected.
-fn home(cfg: &Arc<ClientConfig>, addrs: &[SocketAddr], host: &str) -> Option<(Agent, SocketAddr, bool)> {
+fn home(
+    cfg: &Arc<ClientConfig>,
+    addrs: &[SocketAddr],
+    host: &str,
+) -> Option<(Agent, SocketAddr, bool)> {
     for &first in addrs {
         let mut addr = first;
         let mut redirected = false;
@@ -416,7 +432,11 @@ fn redirect_cross_node_call_list_and_fanout() {
             .map(|n| n["sessions"].as_u64().unwrap())
             .sum();
         total == hosts.len() as u64
-            && list.as_array().unwrap().iter().all(|n| n["state"] == "live")
+            && list
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|n| n["state"] == "live")
     });
 
     // Cross-node call: through a node that does not hold the host.
@@ -457,7 +477,10 @@ fn redirect_cross_node_call_list_and_fanout() {
     assert_eq!(s["answered"], 3, "{lines:?}");
     assert_eq!(s["offline"], 1, "{lines:?}");
     assert!(s["seconds"].as_f64().unwrap() < 20.0);
-    let off = lines.iter().find(|l| l["host"] == "nobody-holds-me").unwrap();
+    let off = lines
+        .iter()
+        .find(|l| l["host"] == "nobody-holds-me")
+        .unwrap();
     assert_eq!(off["retcode"], 3100);
 
     // Fan-out to all through each node: one stream, one summary, every host once.
@@ -659,17 +682,26 @@ fn drain_sends_a_nodes_agents_to_the_others() {
             .cloned()
             .unwrap_or(Value::Null);
         n0["state"] == "draining"
-            && nodes.get(0, "/v1/nodes").as_array().unwrap().iter().any(|n| {
-                n["name"] == "node0" && n["sessions"] == 0
-            })
+            && nodes
+                .get(0, "/v1/nodes")
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n["name"] == "node0" && n["sessions"] == 0)
     });
     eventually("all agents on node1", || {
         agents.iter().all(|a| a.at() == Some(nodes.listens[1]))
     });
     // A new agent trying node0 is redirected to node1.
-    let (_, at, redirected) = home(&nodes.pki.client_config(true), &nodes.listens[..1], "drain-newcomer").unwrap();
+    let (newcomer, at, redirected) = home(
+        &nodes.pki.client_config(true),
+        &nodes.listens[..1],
+        "drain-newcomer",
+    )
+    .unwrap();
     assert!(redirected);
     assert_eq!(at, nodes.listens[1]);
+    let _newcomer = FakeResponder::start(newcomer, "drain-newcomer");
     // Everything still answers through the drained node's API.
     let (_, lines) = nodes.call(
         0,
@@ -695,7 +727,8 @@ fn nats_down_and_postgres_down_fail_clearly_and_recover() {
         .iter()
         .find(|a| a.at() == Some(nodes.listens[1]))
         .expect("an agent on node1");
-    let body = json!({"target": {"hosts": [&remote.host]}, "request": {"method": "ping"}, "timeout": 5});
+    let body =
+        json!({"target": {"hosts": [&remote.host]}, "request": {"method": "ping"}, "timeout": 5});
     eventually("remote call works", || {
         let (s, l) = nodes.call(0, body.clone());
         s == 200 && l.first().is_some_and(|l| l["resp"] == "success")
@@ -732,7 +765,10 @@ fn nats_down_and_postgres_down_fail_clearly_and_recover() {
     eventually("503 store_unavailable", || {
         let (s1, t1) = http(nodes.node(0), "GET", "/v1/tasks", None);
         let (s2, t2) = http(nodes.node(1), "POST", "/v1/call", Some(&body.to_string()));
-        s1 == 503 && t1.contains("store_unavailable") && s2 == 503 && t2.contains("store_unavailable")
+        s1 == 503
+            && t1.contains("store_unavailable")
+            && s2 == 503
+            && t2.contains("store_unavailable")
     });
     let (status, _) = http(nodes.node(0), "GET", "/v1/nodes", None);
     assert_eq!(status, 200, "the node keeps serving what needs no store");
@@ -742,5 +778,8 @@ fn nats_down_and_postgres_down_fail_clearly_and_recover() {
         s == 200 && l.first().is_some_and(|l| l["resp"] == "success")
     });
     eprintln!("MEASURE PostgreSQL restarted: calls work again after {back:?}");
-    assert_eq!(nodes.get(0, "/v1/agents").as_array().unwrap().len(), agents.len());
+    assert_eq!(
+        nodes.get(0, "/v1/agents").as_array().unwrap().len(),
+        agents.len()
+    );
 }
