@@ -372,6 +372,8 @@ pub async fn start(shared: &Arc<Shared>) -> Result<(), basicagent_cluster::Clust
         }
     });
 
+    tokio::spawn(resync_loop(Arc::downgrade(shared)));
+
     let mut sub = cm
         .cluster
         .nats()
@@ -390,6 +392,77 @@ pub async fn start(shared: &Arc<Shared>) -> Result<(), basicagent_cluster::Clust
         }
     });
     Ok(())
+}
+
+/// After a failed agents write (PostgreSQL was down), makes the agents
+/// table match this node's sessions again: rows of ours that are gone are
+/// marked offline, sessions missing or on another node are written again.
+async fn resync_loop(shared: Weak<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if !shared.storage.take_agents_stale() {
+            continue;
+        }
+        let Some(me) = shared.cluster.as_ref().map(|c| c.name.clone()) else {
+            return;
+        };
+        // Rows written after this moment (a host re-homed meanwhile) are
+        // newer than the "gone" below and stay connected.
+        let read_at = now_millis();
+        let rows = match shared.storage.read(|s| s.agents()).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                log::warn!("agents resync: {e} (retried)");
+                // Put the flag back: try again next round.
+                shared.storage.queue_stale();
+                continue;
+            }
+        };
+        let local = shared.registry.agents();
+        let mine: std::collections::HashSet<&str> = local.iter().map(|a| a.host.as_str()).collect();
+        let stale: Vec<String> = rows
+            .iter()
+            .filter(|r| {
+                r.connected_at.is_some()
+                    && r.node.as_deref() == Some(me.as_str())
+                    && !mine.contains(r.host.as_str())
+            })
+            .map(|r| r.host.clone())
+            .collect();
+        let by_host: std::collections::HashMap<&str, &basicagent_store::AgentRow> =
+            rows.iter().map(|r| (r.host.as_str(), r)).collect();
+        let mut again = 0usize;
+        for a in &local {
+            let ok = by_host.get(a.host.as_str()).is_some_and(|r| {
+                r.connected_at.is_some() && r.node.as_deref() == Some(me.as_str())
+            });
+            if !ok {
+                again += 1;
+                shared
+                    .storage
+                    .queue(crate::storage::Op::Seen(basicagent_store::AgentRecord {
+                        host: a.host.clone(),
+                        name: a.name.clone(),
+                        addr: a.peer.to_string(),
+                        version: a.version.clone(),
+                        plugins: a.plugins.clone(),
+                        node: Some(me.clone()),
+                        connected_at: (a.connected_at * 1000.0) as i64,
+                    }));
+            }
+        }
+        let gone = stale.len();
+        for host in stale {
+            shared
+                .storage
+                .queue(crate::storage::Op::Gone { host, at: read_at });
+        }
+        log::info!("agents resync: {again} sessions written again, {gone} stale rows offline");
+    }
 }
 
 #[cfg(test)]

@@ -775,16 +775,19 @@ fn nats_down_and_postgres_down_fail_clearly_and_recover() {
     });
     let (status, _) = http(nodes.node(0), "GET", "/v1/nodes", None);
     assert_eq!(status, 200, "the node keeps serving what needs no store");
+    // An agent that connects while PostgreSQL is down is listed once it is back.
+    let late = FakeAgent::start(pki.clone(), addrs.clone(), "outage-late-host");
     nodes.svc.pg("resume");
     let back = eventually("calls recorded again", || {
         let (s, l) = nodes.call(1, body.clone());
         s == 200 && l.first().is_some_and(|l| l["resp"] == "success")
     });
     eprintln!("MEASURE PostgreSQL restarted: calls work again after {back:?}");
-    assert_eq!(
-        nodes.get(0, "/v1/agents").as_array().unwrap().len(),
-        agents.len()
-    );
+    eventually("the agent that came during the outage is listed", || {
+        let list = nodes.get(0, "/v1/agents");
+        let list = list.as_array().unwrap();
+        list.len() == agents.len() + 1 && list.iter().any(|a| a["host"] == late.host.as_str())
+    });
 }
 
 /// The agent daemon built next to the server (`cargo build --workspace`).
