@@ -57,6 +57,8 @@
 //! # Ok(()) }
 //! ```
 
+#![deny(missing_docs)]
+
 pub mod placement;
 pub mod subject;
 pub mod wire;
@@ -64,7 +66,7 @@ pub mod wire;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -277,6 +279,7 @@ struct Inner {
     beat_now: Notify,
     fanout_handler: RwLock<Option<FanoutFn>>,
     left: AtomicBool,
+    fanouts_running: AtomicUsize,
 }
 
 /// Aborts the background tasks when the last [`Cluster`] handle goes,
@@ -308,6 +311,15 @@ fn unix_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
+}
+
+/// `now + d`, saturating at about a year from now (a huge timeout from a
+/// caller or a peer must not overflow the clock).
+fn deadline_after(d: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(d)
+        .or_else(|| now.checked_add(Duration::from_secs(365 * 86_400)))
+        .unwrap_or(now)
 }
 
 fn nats_err(e: impl std::fmt::Display) -> ClusterError {
@@ -380,6 +392,7 @@ impl Cluster {
             beat_now: Notify::new(),
             fanout_handler: RwLock::new(None),
             left: AtomicBool::new(false),
+            fanouts_running: AtomicUsize::new(0),
             opts,
         });
         inner.publish_members();
@@ -413,7 +426,8 @@ impl Cluster {
                 }
             }));
         }
-        let _ = inner.client.flush().await;
+        // No flush here: with `retry_initial_connect` it would wait for
+        // the server. The heartbeat task sends the first beat.
         inner.beat_now.notify_one();
         Ok(Cluster {
             inner,
@@ -504,7 +518,9 @@ impl Cluster {
 
     /// Starts holding `host_id`: subscribes `ba.host.<escaped id>` (queue
     /// group `holders`, so each request reaches one holder even while a
-    /// re-homed agent briefly has two sessions). The returned [`HostHold`]
+    /// re-homed agent briefly has two sessions). It returns once the NATS
+    /// server has the subscription; while NATS is down it returns at once
+    /// and the subscription takes effect on reconnect. The returned [`HostHold`]
     /// is a stream of [`HostRequest`]s; dropping it unsubscribes. Each live
     /// hold counts as one session in heartbeats.
     pub async fn hold(&self, host_id: &str) -> Result<HostHold, ClusterError> {
@@ -522,9 +538,12 @@ impl Cluster {
             host_id: host_id.to_string(),
         };
         // Return only once the server has the subscription, so a request
-        // sent from any node right after finds this holder.
-        self.sync().await?;
-        Ok(hold)
+        // sent from any node right after finds this holder. While NATS is
+        // down the hold is kept: the client subscribes it on reconnect.
+        match self.sync().await {
+            Ok(()) | Err(ClusterError::Disconnected) => Ok(hold),
+            Err(e) => Err(e),
+        }
     }
 
     /// Returns once the NATS server has processed everything this node sent
@@ -622,7 +641,9 @@ impl Cluster {
     /// left) before its end marker, and ends when every node it waits for
     /// is done or lost, or with [`FanoutEvent::TimedOut`] after `timeout`.
     /// Nodes that answer without being in the membership view when the
-    /// fan-out started are waited for too.
+    /// fan-out started are waited for too if they are live members by
+    /// then; answers under names that are not members are passed on but
+    /// not waited for.
     pub async fn fanout(
         &self,
         filter: Bytes,
@@ -659,14 +680,17 @@ impl Cluster {
             .publish_with_reply_and_headers(wire::FANOUT_SUBJECT, inbox, headers, body)
             .await
             .map_err(nats_err)?;
-        self.inner
-            .client
-            .flush()
-            .await
-            .map_err(|_| ClusterError::Disconnected)?;
+        match tokio::time::timeout(self.inner.opts.connect_timeout, self.inner.client.flush()).await
+        {
+            Ok(Ok(())) => {}
+            _ => return Err(ClusterError::Disconnected),
+        }
         let (tx, rx) = mpsc::channel(4096);
-        let deadline = tokio::time::Instant::now() + timeout;
-        let task = tokio::spawn(fanout_collector(sub, member_rx, expected, deadline, tx));
+        let deadline = deadline_after(timeout);
+        let view = self.inner.members_tx.subscribe();
+        let task = tokio::spawn(fanout_collector(
+            sub, member_rx, view, expected, deadline, tx,
+        ));
         Ok(FanoutStream { rx, task })
     }
 
@@ -1045,7 +1069,7 @@ async fn fanout_responder(inner: Arc<Inner>, mut sub: Subscriber) {
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(5_000)
             .min(3_600_000);
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
+        let deadline = deadline_after(Duration::from_millis(timeout_ms));
         let from = header(wire::H_FROM).unwrap_or_default();
         let req = FanoutRequest {
             filter,
@@ -1053,8 +1077,43 @@ async fn fanout_responder(inner: Arc<Inner>, mut sub: Subscriber) {
             from,
             deadline,
         };
-        tokio::spawn(answer_fanout(inner.clone(), req, reply));
+        // A flood of fan-outs (a bug or a hostile publisher) must not pile
+        // up handler tasks: past the limit a fan-out is answered at once
+        // with an empty end marker marked cut, so its caller knows.
+        if inner.fanouts_running.fetch_add(1, Ordering::SeqCst) >= MAX_CONCURRENT_FANOUTS {
+            inner.fanouts_running.fetch_sub(1, Ordering::SeqCst);
+            log::warn!(
+                "cluster: over {MAX_CONCURRENT_FANOUTS} fan-outs at once, one from {:?} refused",
+                req.from
+            );
+            let h = end_marker(&inner.opts.node_name, 0, 0, true);
+            let _ = inner
+                .client
+                .publish_with_headers(reply, h, Bytes::new())
+                .await;
+            continue;
+        }
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            answer_fanout(inner.clone(), req, reply).await;
+            inner.fanouts_running.fetch_sub(1, Ordering::SeqCst);
+        });
     }
+}
+
+/// Fan-outs a node answers at once; more are refused with a cut end marker.
+pub const MAX_CONCURRENT_FANOUTS: usize = 64;
+
+fn end_marker(node: &str, count: u64, chunks: u64, cut: bool) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(wire::H_NODE, node);
+    h.insert(wire::H_KIND, "end");
+    h.insert(wire::H_COUNT, count.to_string());
+    h.insert(wire::H_CHUNKS, chunks.to_string());
+    if cut {
+        h.insert(wire::H_CUT, "1");
+    }
+    h
 }
 
 async fn answer_fanout(inner: Arc<Inner>, req: FanoutRequest, reply: Subject) {
@@ -1090,7 +1149,8 @@ async fn answer_fanout(inner: Arc<Inner>, req: FanoutRequest, reply: Subject) {
         tokio::select! {
             item = rx.recv() => match item {
                 Some((host, r)) => {
-                    if buf.len() + host.len() + r.len() + wire::ENTRY_OVERHEAD > chunk_bytes && !buf.is_empty() {
+                    let entry = host.len().saturating_add(r.len()).saturating_add(wire::ENTRY_OVERHEAD);
+                    if buf.len().saturating_add(entry) > chunk_bytes && !buf.is_empty() {
                         let full = std::mem::take(&mut buf);
                         if publish(full, &mut chunks).await.is_err() { break; }
                         linger = None;
@@ -1099,7 +1159,7 @@ async fn answer_fanout(inner: Arc<Inner>, req: FanoutRequest, reply: Subject) {
                         count = count.saturating_add(1);
                     }
                     if linger.is_none() {
-                        linger = Some(tokio::time::Instant::now() + inner.opts.fanout_linger);
+                        linger = Some(deadline_after(inner.opts.fanout_linger));
                     }
                 }
                 None => break,
@@ -1123,14 +1183,7 @@ async fn answer_fanout(inner: Arc<Inner>, req: FanoutRequest, reply: Subject) {
     if !buf.is_empty() {
         let _ = publish(buf, &mut chunks).await;
     }
-    let mut h = HeaderMap::new();
-    h.insert(wire::H_NODE, node.as_str());
-    h.insert(wire::H_KIND, "end");
-    h.insert(wire::H_COUNT, count.to_string());
-    h.insert(wire::H_CHUNKS, chunks.to_string());
-    if cut {
-        h.insert(wire::H_CUT, "1");
-    }
+    let h = end_marker(&node, count, chunks, cut);
     let _ = inner
         .client
         .publish_with_headers(reply, h, Bytes::new())
@@ -1199,6 +1252,7 @@ impl Drop for FanoutStream {
 async fn fanout_collector(
     mut sub: Subscriber,
     mut members: broadcast::Receiver<MemberEvent>,
+    view: watch::Receiver<Vec<Node>>,
     mut pending: HashSet<String>,
     deadline: tokio::time::Instant,
     tx: mpsc::Sender<FanoutEvent>,
@@ -1222,7 +1276,12 @@ async fn fanout_collector(
                             log::warn!("cluster: malformed fan-out chunk from {node} dropped");
                             continue;
                         };
-                        pending.insert(node.clone());
+                        // A node that joined after the snapshot is waited
+                        // for too, but only a live member: an answer under
+                        // an unknown name is passed on, not waited for.
+                        if !pending.contains(&node) && view.borrow().iter().any(|n| n.name == node) {
+                            pending.insert(node.clone());
+                        }
                         let g = got.entry(node.clone()).or_default();
                         g.0 = g.0.saturating_add(u64::try_from(entries.len()).unwrap_or(u64::MAX));
                         g.1 = g.1.saturating_add(1);

@@ -285,6 +285,14 @@ async fn request_reaches_the_holder_on_another_node_and_unheld_fails_at_once() {
         let _ = h.await;
     }
     wait_for_no_holder(&b, "web.01").await;
+    // Only the silent hold is left in the heartbeat's session count.
+    assert_eq!(a.me().sessions, 1);
+    wait_for("sessions to drop", || {
+        b.members()
+            .iter()
+            .any(|n| n.name == "node-a" && n.sessions == 1)
+    })
+    .await;
 }
 
 /// Drives `n` requests from `b` to a host held on `a`; prints p50/p99.
@@ -589,6 +597,16 @@ async fn drain_takes_a_node_out_of_placement() {
             .count(),
         on_b
     );
+    // Every node draining: no owner, and nobody redirects (agents stay).
+    for n in [&a, &b, &c] {
+        n.drain();
+    }
+    wait_for("a sees all draining", || {
+        a.members().iter().all(|n| n.draining)
+    })
+    .await;
+    assert_eq!(a.owner("h-1"), None);
+    assert_eq!(a.redirect_for("h-1"), None);
 }
 
 /// NATS killed: calls fail with Disconnected (not hang); restarted: the
@@ -914,4 +932,288 @@ fn child_member() {
         // A safety net should the parent die without killing us.
         tokio::time::sleep(Duration::from_secs(300)).await;
     });
+}
+
+/// A node started while NATS is down (`retry_initial_connect`) is usable at
+/// once (calls fail with Disconnected) and joins by itself when NATS comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_started_before_nats_joins_when_it_comes() {
+    let nats = Nats::start();
+    nats.kill9();
+    let mut o = opts(&nats.url, "node-early");
+    o.retry_initial_connect = true;
+    let early = Cluster::connect(o)
+        .await
+        .expect("connect returns while NATS is down");
+    assert_ne!(early.connection_state(), ConnectionState::Connected);
+    assert!(matches!(
+        early.request_host("h", "q".into(), T).await,
+        Err(ClusterError::Disconnected)
+    ));
+    assert_eq!(names(&early), vec!["node-early"]);
+    // A hold taken while NATS is down works once it is back.
+    let mut hold = early.hold("early-host").await.unwrap();
+    tokio::spawn(async move {
+        while let Some(req) = hold.next().await {
+            let _ = req.respond("early".into()).await;
+        }
+    });
+    nats.restart();
+    let late = node(&nats.url, "node-late").await;
+    wait_for("early connects", || {
+        early.connection_state() == ConnectionState::Connected
+    })
+    .await;
+    converge(&[&early, &late]).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match late.request_host("early-host", "q".into(), T).await {
+            Ok(r) => break assert_eq!(&r[..], b"early"),
+            Err(e) => assert!(Instant::now() < deadline, "{e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The membership watch follows joins, drains and deaths.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_members_follows_changes() {
+    let nats = Nats::start();
+    let a = node(&nats.url, "node-a").await;
+    let mut w = a.watch_members();
+    let b = node(&nats.url, "node-b").await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let list: Vec<String> = w
+            .borrow_and_update()
+            .iter()
+            .map(|n| n.name.clone())
+            .collect();
+        if list == ["node-a", "node-b"] {
+            break;
+        }
+        assert!(Instant::now() < deadline);
+        tokio::time::timeout(Duration::from_secs(5), w.changed())
+            .await
+            .ok();
+    }
+    let mut ev = a.subscribe_members();
+    b.drain();
+    loop {
+        if let MemberEvent::Changed(n) = ev.recv().await.unwrap() {
+            assert!(n.draining);
+            break;
+        }
+    }
+    assert!(w.borrow().iter().any(|n| n.name == "node-b" && n.draining));
+}
+
+/// scripts/nats.sh binds loopback only.
+#[test]
+fn nats_script_refuses_a_non_loopback_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/nats.sh"))
+        .arg("start")
+        .arg(dir.path())
+        .env("NATS_ADDR", "0.0.0.0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("loopback"));
+    assert!(!dir.path().join("pid").exists());
+}
+
+/// Two holders of one host (an agent re-homed while its old node still
+/// holds it): each request is answered once, by one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_held_twice_answers_each_request_once() {
+    let nats = Nats::start();
+    let a = node(&nats.url, "node-a").await;
+    let b = node(&nats.url, "node-b").await;
+    let c = node(&nats.url, "node-c").await;
+    for n in [&a, &b] {
+        let mut hold = n.hold("twice").await.unwrap();
+        let name = n.node_name().to_string();
+        tokio::spawn(async move {
+            while let Some(req) = hold.next().await {
+                let _ = req.respond(name.clone().into()).await;
+            }
+        });
+    }
+    // Count every reply that reaches the inbox, not just the first.
+    let mut by = HashMap::new();
+    for _ in 0..200 {
+        let inbox = c.nats().new_inbox();
+        let mut sub = c.nats().subscribe(inbox.clone()).await.unwrap();
+        c.nats()
+            .publish_with_reply("ba.host.twice", inbox, "q".into())
+            .await
+            .unwrap();
+        let first = tokio::time::timeout(T, sub.next()).await.unwrap().unwrap();
+        *by.entry(String::from_utf8_lossy(&first.payload).to_string())
+            .or_insert(0) += 1;
+        c.sync().await.unwrap();
+        // Anything else would have arrived before our own round trip came back
+        // from the holders' side; give it a moment too.
+        let second = tokio::time::timeout(Duration::from_millis(5), sub.next()).await;
+        assert!(second.is_err(), "answered twice");
+    }
+    eprintln!("answers per holder: {by:?}");
+    assert_eq!(by.values().sum::<i32>(), 200);
+}
+
+/// A forged node name's answers are passed on but not waited for, and an
+/// end marker whose counts disagree with what arrived says incomplete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_detects_missing_chunks_and_does_not_wait_for_strangers() {
+    let nats = Nats::start();
+    let a = node(&nats.url, "node-a").await;
+    let b = node(&nats.url, "node-b").await;
+    converge(&[&a, &b]).await;
+    // node-b's handler is replaced by a hand-made responder on a raw client
+    // that claims 3 chunks but sends 1; a stranger sends a chunk, no end.
+    b.leave().await;
+    wait_for("b gone", || names(&a) == vec!["node-a"]).await;
+    let raw = async_nats::connect(nats.url.as_str()).await.unwrap();
+    let hb = r#"{"node":"node-b","peer_addr":"x:1","sessions":0,"draining":false,"started_at":1,"instance":"raw"}"#;
+    let mut spy = raw.subscribe("ba.fanout").await.unwrap();
+    raw.flush().await.unwrap();
+    let r2 = raw.clone();
+    tokio::spawn(async move {
+        loop {
+            r2.publish("ba.nodes.heartbeat", hb.into()).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    wait_for("raw node-b joins", || {
+        names(&a).contains(&"node-b".to_string())
+    })
+    .await;
+    let r3 = raw.clone();
+    tokio::spawn(async move {
+        while let Some(m) = spy.next().await {
+            let inbox = m.reply.unwrap();
+            let mut chunk = vec![0u8, 2, b'h', b'1', 0, 0, 0, 1, b'x'];
+            for (node, end) in [("node-b", true), ("stranger", false)] {
+                let mut h = async_nats::HeaderMap::new();
+                h.insert("Ba-Node", node);
+                h.insert("Ba-Kind", "chunk");
+                r3.publish_with_headers(inbox.clone(), h, Bytes::from(chunk.clone()))
+                    .await
+                    .unwrap();
+                if end {
+                    let mut h = async_nats::HeaderMap::new();
+                    h.insert("Ba-Node", node);
+                    h.insert("Ba-Kind", "end");
+                    h.insert("Ba-Count", "3");
+                    h.insert("Ba-Chunks", "3");
+                    r3.publish_with_headers(inbox.clone(), h, Bytes::new())
+                        .await
+                        .unwrap();
+                }
+                chunk[3] = b'2';
+            }
+        }
+    });
+    let evs: Vec<FanoutEvent> = a
+        .fanout("f".into(), "p".into(), Duration::from_secs(60))
+        .await
+        .unwrap()
+        .collect()
+        .await;
+    assert!(
+        evs.contains(&FanoutEvent::NodeDone {
+            node: "node-b".into(),
+            hosts: 1,
+            complete: false
+        }),
+        "{evs:?}"
+    );
+    assert!(
+        evs.contains(&FanoutEvent::NodeDone {
+            node: "node-a".into(),
+            hosts: 0,
+            complete: true
+        }),
+        "{evs:?}"
+    );
+    assert!(
+        !evs.iter()
+            .any(|e| matches!(e, FanoutEvent::TimedOut { .. })),
+        "{evs:?}"
+    );
+}
+
+/// Huge timeouts saturate instead of overflowing the clock (a panic).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_timeouts_do_not_overflow() {
+    let nats = Nats::start();
+    let a = node(&nats.url, "node-a").await;
+    answer_from_memory(&a, vec!["h".into()]);
+    let evs: Vec<FanoutEvent> = a
+        .fanout("f".into(), "p".into(), Duration::MAX)
+        .await
+        .unwrap()
+        .collect()
+        .await;
+    assert!(
+        evs.contains(&FanoutEvent::NodeDone {
+            node: "node-a".into(),
+            hosts: 1,
+            complete: true
+        }),
+        "{evs:?}"
+    );
+    assert!(matches!(
+        a.request_host("nobody", "q".into(), Duration::MAX).await,
+        Err(ClusterError::NoHolder)
+    ));
+}
+
+/// A flood of fan-outs does not pile up handler tasks: past
+/// MAX_CONCURRENT_FANOUTS a fan-out is answered at once, empty and cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_flood_is_refused_past_the_limit() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let nats = Nats::start();
+    let a = node(&nats.url, "node-a").await;
+    let calls = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    a.on_fanout(move |_req, sink| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let _keep = sink;
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+    });
+    let limit = basicagent_cluster::MAX_CONCURRENT_FANOUTS;
+    let mut running = Vec::new();
+    for _ in 0..limit {
+        running.push(
+            a.fanout("f".into(), "p".into(), Duration::from_secs(60))
+                .await
+                .unwrap(),
+        );
+    }
+    let evs: Vec<FanoutEvent> = a
+        .fanout("f".into(), "p".into(), Duration::from_secs(60))
+        .await
+        .unwrap()
+        .collect()
+        .await;
+    assert_eq!(
+        evs,
+        vec![FanoutEvent::NodeDone {
+            node: "node-a".into(),
+            hosts: 0,
+            complete: false
+        }]
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), limit);
+    // Still serving requests meanwhile.
+    assert!(matches!(
+        a.request_host("nobody", "q".into(), T).await,
+        Err(ClusterError::NoHolder)
+    ));
 }
