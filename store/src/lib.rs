@@ -3,8 +3,8 @@
 //!
 //! Key design decision: one synchronous [`Store`] trait with nothing
 //! SQLite-specific in it, so that the server calls it from a writer thread
-//! (or `spawn_blocking`) and a PostgreSQL backend can come later behind the
-//! same trait. Three backends: [`SqliteStore`] (embedded, the default,
+//! (or `spawn_blocking`) and a PostgreSQL backend sits behind the same
+//! trait. Three backends: [`SqliteStore`] (embedded, the default,
 //! durable: a write that returned `Ok` survives `kill -9` and power loss),
 //! `PgStore` (feature `postgres`, on by default: PostgreSQL, shared by the
 //! nodes of a cluster, as durable) and [`MemoryStore`] (same semantics,

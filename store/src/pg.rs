@@ -297,7 +297,9 @@ impl Conn {
                 Ok(v)
             }
             Err(e) => {
-                if self.client.batch("ROLLBACK").is_err() {
+                // A connection already given up is not asked again (it
+                // would cost another full wait on a frozen server).
+                if !self.client.is_closed() && self.client.batch("ROLLBACK").is_err() {
                     self.client.set_broken();
                 }
                 Err(e)
