@@ -93,6 +93,7 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, over_lim
         null_waiters: Vec::new(),
         closing: None,
         hold: None,
+        since: 0,
     };
     let (tx, rx) = mpsc::channel(OUTBOX_FRAMES);
     if !over_limit {
@@ -164,6 +165,8 @@ struct Session {
     closing: Option<String>,
     /// Cluster mode: the task answering requests routed to this host.
     hold: Option<tokio::task::JoinHandle<()>>,
+    /// When init was accepted (Unix ms): the session's `connected_at`.
+    since: i64,
 }
 
 impl Session {
@@ -484,6 +487,7 @@ impl Session {
     }
 
     fn accept(&mut self, init: Init) {
+        self.since = now_millis();
         let shared = self.shared.clone();
         let (peer, listen) = (self.peer, self.local);
         let host = init.hostname.clone();
@@ -539,7 +543,7 @@ impl Session {
             version: init.version,
             plugins: init.plugins,
             node: shared.cluster.as_ref().map(|c| c.name.clone()),
-            connected_at: now_millis(),
+            connected_at: self.since,
         }));
         self.line(
             &InitReply::Accepted {
@@ -685,10 +689,16 @@ impl Session {
         if self.id != 0 {
             if let Some(host) = shared.registry.remove_conn(self.id, self.host.as_deref()) {
                 shared.metrics.agents.dec();
-                shared.storage.queue(Op::Gone {
-                    host,
-                    at: now_millis(),
-                });
+                // Cluster mode: the host may have a newer session on another
+                // node already (this one had not noticed the loss); "gone as
+                // of this session's start" never clears that newer one. The
+                // price: last_seen stays at the connect time.
+                let at = if shared.cluster.is_some() {
+                    self.since
+                } else {
+                    now_millis()
+                };
+                shared.storage.queue(Op::Gone { host, at });
             }
         }
         log::info!(

@@ -991,3 +991,65 @@ fn kill_9_of_a_node_during_async_tasks_loses_and_duplicates_no_result() {
         start.elapsed()
     );
 }
+
+#[test]
+fn a_late_disconnect_on_the_old_node_does_not_hide_the_newer_session() {
+    // node0 alone takes host H; node1 joins and owns H; H's new session on
+    // node1 comes before node0 notices the old one is gone.
+    let mut nodes = Nodes::start(1);
+    let host = (0..1000)
+        .map(|i| format!("late-gone-{i}"))
+        .find(|h| basicagent_cluster::placement::owner_index(&["node0", "node1"], h) == Some(1))
+        .unwrap();
+    let cfg = nodes.pki.client_config(true);
+    let (old, at, _) = home(&cfg, &nodes.listens[..1], &host).unwrap();
+    assert_eq!(at, nodes.listens[0]);
+    nodes.listens.push(free_addr());
+    nodes.nodes.push(None);
+    nodes.start_node(1);
+    eventually("membership", || {
+        nodes.get(0, "/v1/nodes").as_array().unwrap().len() == 2
+    });
+    let (new, at, _) = home(&cfg, &nodes.listens[1..], &host).unwrap();
+    assert_eq!(at, nodes.listens[1]);
+    let _new = FakeResponder::start(new, &host);
+    eventually("listed on node1", || {
+        let list = nodes.get(0, "/v1/agents");
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["host"] == host.as_str() && a["node"] == "node1")
+    });
+    // Now node0 sees its old session end.
+    drop(old);
+    nodes
+        .node(0)
+        .wait_event("disconnect", |e| e["host"] == host.as_str());
+    // A later write on node0: a call's result (an agent it owns). Once it
+    // is in PostgreSQL the disconnect queued before it is too (one writer;
+    // within a round, results are written after disconnects).
+    let marker = (0..1000)
+        .map(|i| format!("late-marker-{i}"))
+        .find(|h| basicagent_cluster::placement::owner_index(&["node0", "node1"], h) == Some(0))
+        .unwrap();
+    let (m, at, _) = home(&cfg, &nodes.listens[..1], &marker).unwrap();
+    assert_eq!(at, nodes.listens[0]);
+    let _m = FakeResponder::start(m, &marker);
+    eventually("marker listed", || {
+        let list = nodes.get(1, "/v1/agents");
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["host"] == marker.as_str())
+    });
+    let list = nodes.get(1, "/v1/agents");
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["host"] == host.as_str() && a["node"] == "node1"),
+        "the newer session vanished from the list: {list}"
+    );
+    let one = nodes.get(1, &format!("/v1/agents/{host}"));
+    assert_eq!(one["online"], true, "{one}");
+}
