@@ -1053,3 +1053,61 @@ fn a_late_disconnect_on_the_old_node_does_not_hide_the_newer_session() {
     let one = nodes.get(1, &format!("/v1/agents/{host}"));
     assert_eq!(one["online"], true, "{one}");
 }
+
+#[test]
+fn cluster_flags_are_checked_with_clear_errors() {
+    let pki = Pki::new();
+    let run = |extra: &[&str]| -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(util::BIN)
+            .arg("serve")
+            .arg("--listen")
+            .arg(free_addr().to_string())
+            .arg("--cert")
+            .arg(pki.path("server.pem"))
+            .arg("--key")
+            .arg(pki.path("server.key"))
+            .arg("--admin")
+            .arg(dir.path().join("admin.sock"))
+            .arg("--api")
+            .arg("none")
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{extra:?} was accepted");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let e = run(&["--nats", "nats://127.0.0.1:1"]);
+    assert!(e.contains("--nats URL and --db URL go together"), "{e}");
+    let e = run(&["--node-name", "n1"]);
+    assert!(e.contains("--node-name needs --nats"), "{e}");
+    let e = run(&[
+        "--nats",
+        "nats://127.0.0.1:1",
+        "--db",
+        "postgres://u:p@127.0.0.1:1/x",
+    ]);
+    assert!(e.contains("needs --node-name"), "{e}");
+    let e = run(&[
+        "--nats",
+        "nats://127.0.0.1:1",
+        "--db",
+        "postgres://u:p@127.0.0.1:1/x",
+        "--node-name",
+        "n1",
+        "--state-dir",
+        "/tmp/x",
+    ]);
+    assert!(e.contains("--state-dir and --db cannot be combined"), "{e}");
+    // PostgreSQL unreachable: a clear error, no password in it.
+    let e = run(&[
+        "--nats",
+        "nats://127.0.0.1:1",
+        "--db",
+        "postgres://u:secretpw@127.0.0.1:1/x",
+        "--node-name",
+        "n1",
+    ]);
+    assert!(e.contains("store"), "{e}");
+    assert!(!e.contains("secretpw"), "the password leaked: {e}");
+}
