@@ -1010,6 +1010,16 @@ fn a_late_disconnect_on_the_old_node_does_not_hide_the_newer_session() {
     eventually("membership", || {
         nodes.get(0, "/v1/nodes").as_array().unwrap().len() == 2
     });
+    // A join moves no existing session: node0 still holds H.
+    let me = nodes.get(0, "/v1/nodes");
+    let me = me
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["self"] == true)
+        .unwrap()
+        .clone();
+    assert_eq!(me["sessions"], 1, "{me}");
     let (new, at, _) = home(&cfg, &nodes.listens[1..], &host).unwrap();
     assert_eq!(at, nodes.listens[1]);
     let _new = FakeResponder::start(new, &host);
@@ -1110,4 +1120,75 @@ fn cluster_flags_are_checked_with_clear_errors() {
     ]);
     assert!(e.contains("store"), "{e}");
     assert!(!e.contains("secretpw"), "the password leaked: {e}");
+}
+
+#[test]
+fn cluster_sh_brings_up_a_cluster_reports_it_and_takes_it_down() {
+    let parent = tempfile::Builder::new()
+        .prefix("cluster-sh")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(
+        parent.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o711),
+    )
+    .unwrap();
+    let dir = parent.path().join("c");
+    let dir_s = dir.to_string_lossy().into_owned();
+    let sh = |args: &[&str]| {
+        Command::new(script("cluster.sh"))
+            .args(args)
+            .env("BIN", util::BIN)
+            .env("BASE", "127.0.94")
+            .output()
+            .unwrap()
+    };
+    // Whatever happens, the cluster goes down with the test.
+    struct Down(String);
+    impl Drop for Down {
+        fn drop(&mut self) {
+            if Path::new(&self.0).exists() {
+                let _ = Command::new(script("cluster.sh"))
+                    .args(["down", "--dir", &self.0])
+                    .status();
+            }
+        }
+    }
+    let _down = Down(dir_s.clone());
+    let up = sh(&["up", "--nodes", "2", "--dir", &dir_s]);
+    assert!(
+        up.status.success(),
+        "cluster.sh up failed: {}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let status = eventually_output(|| {
+        let out = sh(&["status", "--dir", &dir_s]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (text.contains("node1 listen 127.0.94.101:8443")
+            && text.matches("\"state\":\"live\"").count() == 2)
+            .then_some(text)
+    });
+    assert!(status.contains(&format!("dir {dir_s}")), "{status}");
+    assert!(status.contains("postgres up"), "{status}");
+    let down = sh(&["down", "--dir", &dir_s]);
+    assert!(
+        down.status.success(),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    assert!(!dir.exists(), "down removes the state dir");
+}
+
+fn eventually_output(mut f: impl FnMut() -> Option<String>) -> String {
+    let start = Instant::now();
+    loop {
+        if let Some(t) = f() {
+            return t;
+        }
+        assert!(
+            start.elapsed() < CONVERGE,
+            "cluster.sh status never showed both nodes live"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
