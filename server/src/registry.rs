@@ -250,6 +250,19 @@ impl Registry {
         lock(&self.inner).agents.len()
     }
 
+    /// Whether session `conn` is still open.
+    pub fn has_conn(&self, conn: u64) -> bool {
+        lock(&self.inner).conns.contains_key(&conn)
+    }
+
+    /// Queues `msg` to session `conn` (no waiting); false if it is gone or full.
+    pub fn send_conn(&self, conn: u64, msg: Outgoing) -> bool {
+        lock(&self.inner)
+            .conns
+            .get(&conn)
+            .is_some_and(|tx| tx.try_send(msg).is_ok())
+    }
+
     /// Asks every session to close (shutdown).
     pub fn close_all(&self, reason: &str) {
         for tx in lock(&self.inner).conns.values() {

@@ -42,6 +42,37 @@ const KEEPALIVE_IDLE_SECS: libc::c_int = 60;
 /// Requests remembered before answered-or-abandoned ones are swept.
 const PENDING_SWEEP: usize = 256;
 
+/// How often a task result the store refused is offered to it again.
+const TASK_RETRY: Duration = Duration::from_secs(2);
+
+/// Stores `result` again every [`TASK_RETRY`] until it commits, then acks
+/// it on session `conn`; gives up when that session is gone (the agent
+/// sends the result again after its next init).
+async fn retry_task(shared: Arc<Shared>, conn: u64, result: TaskResult) {
+    loop {
+        tokio::time::sleep(TASK_RETRY).await;
+        if !shared.registry.has_conn(conn) {
+            return;
+        }
+        let task = result.task.clone();
+        if shared.storage.put_task(result.clone()).await.is_ok() {
+            log::info!("{}: task {task} stored on retry", result.host);
+            if shared.settings.auto_ack {
+                let mut ack = TaskAck::new(task).to_json().into_bytes();
+                ack.push(b'\n');
+                shared.registry.send_conn(
+                    conn,
+                    Outgoing::Raw {
+                        bytes: bytes::Bytes::from(ack),
+                        reply: None,
+                    },
+                );
+            }
+            return;
+        }
+    }
+}
+
 /// Decrements the open-session count however the task ends.
 struct Slot<'a>(&'a Shared, bool);
 
@@ -580,16 +611,24 @@ impl Session {
                     schedule: None,
                 };
                 // The ack promises the result is kept: only after the commit.
-                match self.shared.storage.put_task(result).await {
+                match self.shared.storage.put_task(result.clone()).await {
                     Ok(()) => {
                         if self.shared.settings.auto_ack {
                             self.line(&TaskAck::new(done.task).to_json());
                         }
                     }
-                    Err(e) => log::error!(
-                        "{host}: task {} not stored, not acknowledged (the agent will send it again): {e}",
-                        done.task
-                    ),
+                    Err(e) => {
+                        log::error!(
+                            "{host}: task {} not stored, not acknowledged yet (retried every {} s \
+                             while the session lasts; the agent sends it again after a reconnect): {e}",
+                            done.task,
+                            TASK_RETRY.as_secs()
+                        );
+                        // The agent pushes un-acked results only after an
+                        // init: without a retry here a result that met a
+                        // store outage would wait for the next reconnect.
+                        tokio::spawn(retry_task(self.shared.clone(), self.id, result));
+                    }
                 }
             }
             Ok(Incoming::TaskAck(ack)) => {

@@ -775,6 +775,24 @@ fn nats_down_and_postgres_down_fail_clearly_and_recover() {
     });
     let (status, _) = http(nodes.node(0), "GET", "/v1/nodes", None);
     assert_eq!(status, 200, "the node keeps serving what needs no store");
+    // A task result that meets the outage is acknowledged, on the same
+    // session, once PostgreSQL has it (the agent only re-pushes after init).
+    let mut pusher = Agent::connect(nodes.listens[0], pki.clone()).unwrap();
+    let reply = pusher.init("outage-pusher");
+    let reply: Value = serde_json::from_str(&reply).unwrap();
+    let pusher_host = if reply["method"] == "redirect" {
+        // Not ours: push to the owner instead.
+        let owner: SocketAddr = reply["server"].as_str().unwrap().parse().unwrap();
+        pusher = Agent::connect(owner, pki.clone()).unwrap();
+        let r: Value = serde_json::from_str(&pusher.init("outage-pusher")).unwrap();
+        assert_eq!(r["resp"], "success", "{r}");
+        owner
+    } else {
+        nodes.listens[0]
+    };
+    pusher
+        .send(r#"{"method":"task.done","task":"outage-task-1","resp":"success","retcode":2,"message":"Normal termination","data":{"exitcode":0}}"#)
+        .unwrap();
     // An agent that connects while PostgreSQL is down is listed once it is back.
     let late = FakeAgent::start(pki.clone(), addrs.clone(), "outage-late-host");
     nodes.svc.pg("resume");
@@ -783,10 +801,16 @@ fn nats_down_and_postgres_down_fail_clearly_and_recover() {
         s == 200 && l.first().is_some_and(|l| l["resp"] == "success")
     });
     eprintln!("MEASURE PostgreSQL restarted: calls work again after {back:?}");
+    let ack = pusher.recv_json();
+    assert_eq!(ack["method"], "task.ack", "{ack}");
+    assert_eq!(ack["task"], "outage-task-1");
+    let via = (nodes.index_of(pusher_host) + 1) % 2;
+    let stored = nodes.get(via, "/v1/tasks/outage-task-1");
+    assert_eq!(stored.as_array().unwrap().len(), 1, "{stored}");
     eventually("the agent that came during the outage is listed", || {
         let list = nodes.get(0, "/v1/agents");
         let list = list.as_array().unwrap();
-        list.len() == agents.len() + 1 && list.iter().any(|a| a["host"] == late.host.as_str())
+        list.len() == agents.len() + 2 && list.iter().any(|a| a["host"] == late.host.as_str())
     });
 }
 
