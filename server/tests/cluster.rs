@@ -1216,3 +1216,65 @@ fn eventually_output(mut f: impl FnMut() -> Option<String>) -> String {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// Figures for docs/cluster.md (not run by default):
+/// `cargo test --release -p basicagent-server --test cluster bench -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn bench_cross_node_call_and_fanout() {
+    let nodes = Nodes::start(3);
+    let cfg = nodes.pki.client_config(true);
+    let addrs = Arc::new(std::sync::Mutex::new(nodes.listens.clone()));
+    let agents: Vec<FakeAgent> = (0..150)
+        .map(|i| FakeAgent::start(cfg.clone(), addrs.clone(), &format!("bench-host-{i}")))
+        .collect();
+    let target = &agents[0];
+    let holder = nodes.index_of(target.at().unwrap());
+    let via = (holder + 1) % 3;
+    let http = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(30))
+        .build();
+    let url = format!("http://{}/v1/call", nodes.node(via).api.unwrap());
+    let body =
+        json!({"target": {"hosts": [&target.host]}, "request": {"method": "ping"}, "timeout": 5})
+            .to_string();
+    let mut lat = Vec::new();
+    for i in 0..1100 {
+        let started = Instant::now();
+        let text = http
+            .post(&url)
+            .set("Content-Type", "application/json")
+            .send_string(&body)
+            .unwrap()
+            .into_string()
+            .unwrap();
+        if i >= 100 {
+            lat.push(started.elapsed());
+        }
+        assert!(text.contains("\"answered\":1"), "{text}");
+    }
+    lat.sort();
+    eprintln!(
+        "MEASURE cross-node call via the API of a non-holder (keep-alive HTTP, call recorded in \
+         PostgreSQL), 1000 sequential: p50 {:?} p99 {:?}",
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99)
+    );
+    let mut fan = Vec::new();
+    for _ in 0..10 {
+        let started = Instant::now();
+        let (_, lines) = nodes.call(
+            via,
+            json!({"target": {"all": true}, "request": {"method": "getinfo.kernel"}, "timeout": 10}),
+        );
+        fan.push(started.elapsed());
+        assert_eq!(summary(&lines)["answered"], agents.len());
+    }
+    fan.sort();
+    eprintln!(
+        "MEASURE fan-out to {} fake agents over 3 nodes through one API: p50 {:?} max {:?}",
+        agents.len(),
+        percentile(&fan, 0.5),
+        fan[fan.len() - 1]
+    );
+}
