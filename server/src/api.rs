@@ -612,12 +612,17 @@ async fn call_handler(
             let fanout = spec.fanout.is_some();
             let mut items = call::start_recorded(api.shared.clone(), spec)
                 .await
-                .map_err(|e| {
-                    err(
+                .map_err(|e| match e {
+                    crate::storage::ReadError::Unavailable(e) => err(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "store_unavailable",
                         format!("the call cannot be recorded: {e}"),
-                    )
+                    ),
+                    crate::storage::ReadError::Failed(e) => err(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "store",
+                        format!("the call cannot be recorded: {e}"),
+                    ),
                 })?;
             if fanout {
                 // The first line decides the status: a fan-out that met no
