@@ -148,6 +148,7 @@ connect_timeout = 2
 [agent]
 state_dir = "$D/state"
 plugin_dir = "$BIN"
+ctl_socket = "$D/run/ctl.sock"
 EOF
 
 HF=(hyperfine -N --style none --warmup 20)
@@ -248,6 +249,14 @@ for _ in $(seq 100); do
 done
 [ -n "$connected" ] || { echo "bench.sh: the agent did not connect" >&2; tail "$D/agent.log" >&2; exit 1; }
 sleep 2
+# The one-shot command through the running daemon's control socket (the
+# default path of BasicAgentCtl when the daemon runs; without
+# BASICAGENT_PLUGIN_DIR, which means --local).
+for i in $(seq "$RUNS"); do
+    log "one-shot command through the daemon: BasicAgentCtl -S ctl.sock -c sync.bash vs bash -c true (round $i/$RUNS)"
+    timeout 300 env -u BASICAGENT_PLUGIN_DIR "${HF[@]}" --runs 100 --export-json "$D/hf_ctlsock_$i.json" \
+        "$CTL -S $D/run/ctl.sock -c sync.bash -j '{\"cmd\":\"true\"}'" "bash -c true" >/dev/null
+done
 read -r IDLE_RSS IDLE_PROCS IDLE_THREADS IDLE_ANON _ < <(proc rss "$AGENT")
 log "idle: ${IDLE_RSS} kB in $IDLE_PROCS process(es), $IDLE_THREADS threads"
 # Server restart to reconnected: stop the server, start it again, time
@@ -422,6 +431,10 @@ fig("oneshot_command_overhead", "one-shot sync.bash true (ctl) vs bash -c true",
     + (f"; zabbix_agentd -t system.run[true] {zt*1e3:.2f} ms" if zt else ""))
 if zratio:
     peer["oneshot_command_overhead"] = (round((zratio - 1) * 100, 1), round(ratio / zratio, 2))
+ratio, ctls, bash, rs, _, _ = pair("hf_ctlsock")
+fig("oneshot_command_daemon_ratio", "one-shot sync.bash true through the daemon's socket (ctl) / bash -c true",
+    round(ratio, 2), "x", "<= 1.3x", ratio <= 1.3,
+    f"{ctls*1e3:.2f} ms vs {bash*1e3:.2f} ms (hyperfine medians); rounds {[round(r, 2) for r in rs]}")
 fig("idle_rss", "idle daemon after connect: RSS", round(idle_rss / 1024, 2), "MiB",
     "<= 4 MiB", idle_rss <= 4096, f"{idle_rss} kB, of which anonymous {idle_anon} kB (the rest is mapped files: the executable, libc)"
     + (f"; zabbix_agentd {zabbix['rss_kb']} kB, anonymous {zabbix['anon_kb']} kB" if zabbix else ""))

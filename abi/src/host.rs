@@ -94,6 +94,15 @@ pub(crate) fn finish(completion: Completion) -> bool {
     }
 }
 
+/// Answers a pending call from the host side and retires its id (a
+/// deadline passed): the completer runs now with `completion`, and a later
+/// `complete` of the same id by the plugin finds nothing and returns
+/// `BA_STATUS_UNKNOWN_CALL` (its bytes stay the plugin's). Returns false if
+/// the call was no longer pending (it completed meanwhile).
+pub fn expire(completion: Completion) -> bool {
+    finish(completion)
+}
+
 /// Settings the host shares with every plugin it loads in this process.
 #[derive(Debug, Clone)]
 pub struct HostSettings {
@@ -355,4 +364,54 @@ unsafe extern "C" fn host_args_argv(
         }
     });
     outcome.unwrap_or(ffi::STATUS_INVALID_ARGUMENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU32;
+
+    #[test]
+    fn an_expired_call_is_answered_once_and_its_late_complete_is_unknown() {
+        static ANSWERS: AtomicU32 = AtomicU32::new(0);
+        let id = register(
+            Box::new(|c: Completion| {
+                assert_eq!(c.retcode, crate::retcode::TIMEOUT);
+                ANSWERS.fetch_add(1, Ordering::Relaxed);
+            }),
+            b"{}",
+            Arc::from("t"),
+        );
+        assert!(call_state(id).is_some());
+        assert!(expire(Completion {
+            call: id,
+            retcode: crate::retcode::TIMEOUT,
+            message: "Timeout: test".to_owned(),
+            data: None,
+        }));
+        assert!(
+            call_state(id).is_none(),
+            "the entry and its request copy are gone"
+        );
+        let data = b"{\"late\":true}";
+        // SAFETY: live (pointer, length) pairs for the duration of the call.
+        let status = unsafe {
+            host_complete(
+                id,
+                crate::retcode::SUCCESS,
+                std::ptr::null(),
+                0,
+                data.as_ptr().cast(),
+                data.len(),
+            )
+        };
+        assert_eq!(status, ffi::STATUS_UNKNOWN_CALL);
+        assert!(!expire(Completion {
+            call: id,
+            retcode: crate::retcode::TIMEOUT,
+            message: String::new(),
+            data: None,
+        }));
+        assert_eq!(ANSWERS.load(Ordering::Relaxed), 1);
+    }
 }

@@ -1,5 +1,7 @@
-//! `BasicAgentCtl`: loads one plugin, calls it once, prints the response
-//! object the daemon would send.
+//! `BasicAgentCtl`: calls one plugin once and prints the response object
+//! the daemon would send: through the running daemon's control socket
+//! ([`client`]) when it answers, else (or with `--local`) by loading the
+//! plugin itself.
 //!
 //! `main` parses flags and delegates to [`run`]. The ctl tool uses the very
 //! same loader and ABI as the daemon, so what it prints is what a server
@@ -14,19 +16,28 @@ macro_rules! out {
     }};
 }
 
+mod client;
 mod run;
 mod sign;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-const USAGE: &str = "Usage: BasicAgentCtl -c METHOD [-a ARGS] [-j JSON] [-p PLUGIN_DIR] [-C CONFIG]
-       BasicAgentCtl -l [-p PLUGIN_DIR] [-C CONFIG]
+const USAGE: &str = "Usage: BasicAgentCtl -c METHOD [-a ARGS] [-j JSON] [--local] [-p PLUGIN_DIR] [-C CONFIG] [-S SOCKET]
+       BasicAgentCtl -l [--local] [-p PLUGIN_DIR] [-C CONFIG] [-S SOCKET]
+       BasicAgentCtl plugin release NAME [-S SOCKET]
        BasicAgentCtl plugin keygen|sign|verify ... (BasicAgentCtl plugin -h)
 
-Loads the plugin serving METHOD (getinfo.users -> libgetinfo_users.so) and
+Calls the plugin serving METHOD (getinfo.users -> libgetinfo_users.so) and
 prints its response as JSON: {\"resp\",\"retcode\",\"message\",\"data\"}.
 Exit status: 0 success, 1 the call failed (message on stderr too), 2 usage.
+
+When the daemon runs, the request goes through its root-only control
+socket (-S, else $BASICAGENT_CTL_SOCKET, else agent.ctl_socket of CONFIG,
+else /run/basicagent/ctl.sock), so the answer reflects the daemon's
+plugins, quarantine and limits; -l adds the daemon's quarantined plugins.
+--local, -p or $BASICAGENT_PLUGIN_DIR load the plugin in this process.
+`plugin release NAME` lifts the daemon's quarantine of plugin NAME.
 
 Plugin directory: -p, else $BASICAGENT_PLUGIN_DIR, else
 /usr/lib/basicagent/plugins if it exists, else this program's directory.
@@ -36,6 +47,11 @@ trusted_keys and require_signature of CONFIG (default
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("plugin")
+        && args.get(1).map(String::as_str) == Some("release")
+    {
+        return release(&args[2..]);
+    }
     if args.first().map(String::as_str) == Some("plugin") {
         let mut rest = args[1..].to_vec();
         // `plugin verify -C FILE ...`: the daemon's config for trusted_keys.
@@ -75,6 +91,12 @@ fn main() -> ExitCode {
         "give up after SECS seconds without an answer (default: wait)",
         "SECS",
     );
+    opts.optflag(
+        "",
+        "local",
+        "load the plugin in this process even when the daemon runs",
+    );
+    opts.optopt("S", "socket", "the daemon's control socket", "SOCKET");
     opts.optflag(
         "l",
         "list",
@@ -122,15 +144,44 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    let policy = match sign::policy_from_config(m.opt_str("C").map(PathBuf::from).as_deref()) {
-        Ok(p) => p,
-        Err(e) => {
+    let config = m.opt_str("C").map(PathBuf::from);
+    // Only a local load checks signatures itself (the daemon applies its
+    // own policy): read the config's keys only then.
+    let policy = || {
+        sign::policy_from_config(config.as_deref()).map_err(|e| {
             eprintln!("BasicAgentCtl: {e}");
-            return ExitCode::from(2);
-        }
+            ExitCode::from(2)
+        })
     };
+    let socket = (!m.opt_present("local")
+        && !m.opt_present("p")
+        && std::env::var_os("BASICAGENT_PLUGIN_DIR").is_none())
+    .then(|| client::socket_path(m.opt_str("S").map(PathBuf::from), config.as_deref()));
     if m.opt_present("l") {
-        return run::list(&dir, policy);
+        if let Some(socket) = &socket {
+            match client::ask(socket, br#"{"method":"agent.info"}"#, None) {
+                Ok(None) => {}
+                Ok(Some(line)) => {
+                    let info: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                    let data = &info["data"];
+                    let dir = data["plugin_dir"]
+                        .as_str()
+                        .map_or_else(|| dir.clone(), PathBuf::from);
+                    return match policy() {
+                        Ok(p) => run::list(&dir, p, Some(&data["quarantined"])),
+                        Err(code) => code,
+                    };
+                }
+                Err(e) => {
+                    eprintln!("BasicAgentCtl: {e}");
+                    return ExitCode::from(1);
+                }
+            }
+        }
+        return match policy() {
+            Ok(p) => run::list(&dir, p, None),
+            Err(code) => code,
+        };
     }
     let Some(method) = m.opt_str("c") else {
         eprintln!("BasicAgentCtl: -c METHOD or -l is required\n\n{}", usage());
@@ -150,10 +201,71 @@ fn main() -> ExitCode {
         }
     };
     match run::build_request(&method, m.opt_str("a"), m.opt_str("j")) {
-        Ok(request) => run::call(&dir, &method, &request, wait, policy),
+        Ok(request) => {
+            if let Some(socket) = &socket {
+                match client::ask(socket, &request, wait) {
+                    Ok(None) => {}
+                    Ok(Some(line)) => return run::print_line(&line),
+                    Err(client::ClientError::Timeout) => {
+                        // As a local call prints it: a 3023 response.
+                        return run::print_response(basicagent_proto::Response::failed(
+                            None,
+                            basicagent_proto::Retcode::TIMEOUT,
+                            "Timeout: no answer from the daemon within the -t limit",
+                        ));
+                    }
+                    Err(e) => {
+                        eprintln!("BasicAgentCtl: {e}");
+                        return ExitCode::from(1);
+                    }
+                }
+            }
+            match policy() {
+                Ok(p) => run::call(&dir, &method, &request, wait, p),
+                Err(code) => code,
+            }
+        }
         Err(e) => {
             eprintln!("BasicAgentCtl: {e}");
             ExitCode::from(2)
+        }
+    }
+}
+
+/// `plugin release NAME [-S SOCKET]`: asks the running daemon to lift the
+/// quarantine of plugin NAME (`getinfo_testkit` or `getinfo.testkit`).
+fn release(args: &[String]) -> ExitCode {
+    let mut socket = None;
+    let mut name = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "-S" => socket = it.next().map(PathBuf::from),
+            _ if name.is_none() && !a.starts_with('-') => name = Some(a.clone()),
+            _ => {
+                eprintln!("BasicAgentCtl: usage: BasicAgentCtl plugin release NAME [-S SOCKET]");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let Some(name) = name else {
+        eprintln!("BasicAgentCtl: usage: BasicAgentCtl plugin release NAME [-S SOCKET]");
+        return ExitCode::from(2);
+    };
+    let path = client::socket_path(socket, None);
+    let request = serde_json::json!({"method": "agent.release", "plugin": name}).to_string();
+    match client::ask(&path, request.as_bytes(), None) {
+        Ok(Some(line)) => run::print_line(&line),
+        Ok(None) => {
+            eprintln!(
+                "BasicAgentCtl: {}: no daemon answers there (a quarantine lives in the running daemon)",
+                path.display()
+            );
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("BasicAgentCtl: {e}");
+            ExitCode::from(1)
         }
     }
 }

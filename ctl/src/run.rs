@@ -40,7 +40,20 @@ pub fn build_request(
     Ok(serde_json::to_vec(&Value::Object(obj)).unwrap_or_default())
 }
 
-fn print_response(mut response: Response) -> ExitCode {
+/// Prints an answer line from the daemon as a local answer is printed.
+pub fn print_line(line: &str) -> ExitCode {
+    match Response::parse(line.as_bytes()) {
+        Ok(r) => print_response(r),
+        Err(e) => {
+            eprintln!("BasicAgentCtl: the daemon's answer is not a response: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Prints a response as the tool's output (stdout JSON, stderr line on a
+/// failure) and gives the exit status.
+pub fn print_response(mut response: Response) -> ExitCode {
     response.omit_id = true;
     out!("{}", response.to_json());
     if response.retcode.is_success() {
@@ -151,7 +164,7 @@ const CANCEL_GRACE: Duration = Duration::from_secs(3);
 
 /// `-l`: every plugin in the directory with its methods, version and
 /// usage; refused files are listed with the reason (exit 1 if any).
-pub fn list(dir: &Path, policy: SignaturePolicy) -> ExitCode {
+pub fn list(dir: &Path, policy: SignaturePolicy, quarantined: Option<&Value>) -> ExitCode {
     let registry = PluginRegistry::with_signatures(dir, HostSettings::default(), policy);
     let found = match registry.scan() {
         Ok(f) => f,
@@ -186,6 +199,24 @@ pub fn list(dir: &Path, policy: SignaturePolicy) -> ExitCode {
                 out!();
                 out!("REFUSED: {e}");
             }
+        }
+    }
+    if let Some(q) = quarantined {
+        let entries = q.as_array().map(Vec::as_slice).unwrap_or_default();
+        out!();
+        out!("Quarantined by the running daemon:");
+        if entries.is_empty() {
+            out!("  (none)");
+        }
+        for e in entries {
+            out!(
+                "  {} {} until {}: {}",
+                e["plugin"].as_str().unwrap_or("?"),
+                e["version"].as_str().unwrap_or("?"),
+                e["until"].as_str().unwrap_or("?"),
+                e["reason"].as_str().unwrap_or("?")
+            );
+            out!("    file: {}", e["file"].as_str().unwrap_or("?"));
         }
     }
     if refused {

@@ -230,6 +230,14 @@ pub fn run(opts: Options) -> Result<(), StartError> {
     for w in &tls_warnings {
         log::warn!("{w}");
     }
+    let crashed = match crate::crashmark::arm(&config.agent.state_dir) {
+        Ok(crate::crashmark::Previous::Crash(c)) => Some(c),
+        Ok(crate::crashmark::Previous::Clean) => None,
+        Err(e) => {
+            log::error!("crash marker: {e}; a plugin that crashes the daemon will not be named");
+            None
+        }
+    };
 
     let name = nodename();
     log::info!(
@@ -283,6 +291,21 @@ pub fn run(opts: Options) -> Result<(), StartError> {
         Arc::clone(&waker),
     )?;
     dispatcher.set_schedules(schedules);
+    dispatcher.set_limits(config.plugins.limits());
+    dispatcher.set_isolated(&config.plugins.isolate, config_path.clone());
+    if let Some(c) = crashed {
+        log::error!(
+            "the previous run died of signal {} in a call of plugin {} {} ({}): quarantined until its file changes",
+            c.signal,
+            c.name,
+            c.version,
+            c.path.display()
+        );
+        let reason = format!("it crashed the daemon (signal {}) in a call", c.signal);
+        dispatcher
+            .quarantine_mut()
+            .until_changed(&c.path, &c.name, &c.version, reason);
+    }
     let init = Init {
         hostname: host_id,
         version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -312,6 +335,9 @@ pub fn run(opts: Options) -> Result<(), StartError> {
     )
     .map_err(|e| StartError::Io("reactor", e))?;
     reactor.set_max_frame(config.server.max_frame);
+    if !config.agent.ctl_socket.as_os_str().is_empty() {
+        reactor.serve_ctl(&config.agent.ctl_socket, config.server.max_frame);
+    }
     let mut reloader = AgentReloader { config_path, log };
     let result = reactor
         .run(&mut reloader)

@@ -42,6 +42,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// `[agent]`: identity, plugins and limits of this host.
     pub agent: AgentConfig,
+    /// `[plugins]`: per-call deadlines and quarantine.
+    pub plugins: crate::quarantine::PluginsConfig,
 }
 
 /// The `[server]` table.
@@ -138,6 +140,9 @@ pub struct AgentConfig {
     pub schedule_min_interval: u64,
     /// Unacknowledged results kept per schedule (oldest dropped past it).
     pub schedule_keep_results: usize,
+    /// The root-only control socket `BasicAgentCtl` talks to (its
+    /// directory is made 0700); empty: none.
+    pub ctl_socket: PathBuf,
 }
 
 impl Default for AgentConfig {
@@ -158,6 +163,7 @@ impl Default for AgentConfig {
             max_schedules: 64,
             schedule_min_interval: 1,
             schedule_keep_results: 100,
+            ctl_socket: PathBuf::from("/run/basicagent/ctl.sock"),
         }
     }
 }
@@ -288,7 +294,14 @@ impl Config {
                 format!("{} is outside 1024..={MAX_FRAME_MAX} bytes", s.max_frame),
             ));
         }
+        self.plugins.validate()?;
         let a = &mut self.agent;
+        if !a.ctl_socket.as_os_str().is_empty() && !a.ctl_socket.is_absolute() {
+            return Err((
+                "agent.ctl_socket",
+                "must be an absolute path (or empty: none)".into(),
+            ));
+        }
         if let Some(id) = &a.host_id {
             match hostid::parse_uuid(id) {
                 Some(norm) => a.host_id = Some(norm),

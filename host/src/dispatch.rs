@@ -48,6 +48,8 @@ pub struct Finished {
     pub id: Option<Box<RawValue>>,
     /// For a task: how it ended.
     pub task: Option<TaskEnd>,
+    /// The plugin panicked in this call (a quarantine strike).
+    pub panicked: bool,
 }
 
 /// Answer bytes between the plugins' threads and the socket, shared with
@@ -132,6 +134,20 @@ pub struct Dispatcher {
     congested: Option<String>,
     backlog: Arc<Backlog>,
     schedules: Option<ScheduleTable>,
+    /// Per-call deadlines and quarantine (`crate::quarantine`).
+    guard: Guard,
+}
+
+/// Deadlines of the plugin calls in flight, the plugins quarantined, and
+/// the isolated ones.
+pub struct Guard {
+    /// Method → its helper process (`[plugins] isolate`).
+    pub isolated: HashMap<String, crate::isolate::Helper>,
+    /// The loop's latest `now` (for strikes counted outside a dispatch).
+    pub clock: Instant,
+    pub limits: crate::quarantine::Limits,
+    pub watchdog: crate::quarantine::Watchdog,
+    pub quarantine: crate::quarantine::Quarantine,
 }
 
 impl Dispatcher {
@@ -144,6 +160,7 @@ impl Dispatcher {
         tasks: TaskStore,
     ) -> Self {
         let (tx, rx) = mpsc::channel();
+        let started = facts.started;
         Dispatcher {
             registry,
             cache: HashMap::new(),
@@ -160,6 +177,13 @@ impl Dispatcher {
             congested: None,
             backlog: Arc::default(),
             schedules: None,
+            guard: Guard {
+                clock: started,
+                isolated: HashMap::new(),
+                limits: Default::default(),
+                watchdog: Default::default(),
+                quarantine: Default::default(),
+            },
         }
     }
 
@@ -251,6 +275,10 @@ impl Dispatcher {
         match method.as_str() {
             "ping" => return Some(self.frame_of(&Response::new(id, Retcode::SUCCESS))),
             "agent.info" => return Some(self.frame_of(&self.agent_info(id, now))),
+            "agent.release" => {
+                let r = self.release(id, frame);
+                return Some(self.frame_of(&r));
+            }
             "async.bash" => {
                 let r = self.start_task(id, frame, now);
                 return Some(self.frame_of(&r));
@@ -283,15 +311,26 @@ impl Dispatcher {
                 format!("Unknown method: {method}"),
             )));
         }
-        let plugin = match self.plugin(&method) {
+        if self.guard.isolated.contains_key(method.as_str()) {
+            let done = self.answer_with(generation, id, move |id, c| {
+                Response::from_plugin_owned(id, c.retcode, c.message, c.data)
+            });
+            if let Some(helper) = self.guard.isolated.get_mut(method.as_str()) {
+                helper.call(frame, done, now);
+            }
+            return None;
+        }
+        let plugin = match self.plugin(&method).map_err(|e| {
+            log::debug!("{method}: {e}");
+            (e.retcode(), e.message())
+        }) {
+            Ok(p) => self.admit(&method, p, now),
+            Err(e) => Err(e),
+        };
+        let plugin = match plugin {
             Ok(p) => p,
-            Err(e) => {
-                log::debug!("{method}: {e}");
-                return Some(self.frame_of(&Response::failed(
-                    id,
-                    Retcode(e.retcode()),
-                    e.message(),
-                )));
+            Err((retcode, message)) => {
+                return Some(self.frame_of(&Response::failed(id, Retcode(retcode), message)))
             }
         };
         if self.in_flight.len() >= self.max_concurrent {
@@ -304,12 +343,16 @@ impl Dispatcher {
                 ),
             )));
         }
+        let noted = crate::crashmark::Guard::enter(&plugin);
         let call = plugin.call(
             frame,
             self.answer_with(generation, id, move |id, c| {
                 Response::from_plugin_owned(id, c.retcode, c.message, c.data)
             }),
         );
+        drop(noted);
+        let limit = self.guard.limits.deadline_for(&method, frame);
+        self.guard.watchdog.watch(call, now, limit);
         self.in_flight.insert(call, InFlight { plugin, method });
         None
     }
@@ -327,6 +370,8 @@ impl Dispatcher {
         let backlog = Arc::clone(&self.backlog);
         Box::new(move |c: Completion| {
             let call = c.call;
+            let panicked = c.retcode == Retcode::PLUGIN_FAILURE.0
+                && c.message.starts_with("Plugin failure: plugin panicked");
             let response = match backlog.full() {
                 Some(held) => {
                     let size = c.data.as_ref().map_or(0, String::len);
@@ -348,6 +393,7 @@ impl Dispatcher {
                 frame: out,
                 id: response.id,
                 task: None,
+                panicked,
             });
             // The loop drains completions right after each dispatch: only a
             // completion from another thread needs a wake-up.
@@ -370,8 +416,13 @@ impl Dispatcher {
                     Some(n.saturating_sub(done.frame.len()))
                 });
         }
+        self.guard.watchdog.forget(done.call);
         if let Some(f) = self.in_flight.remove(&done.call) {
             log::trace!("{} finished", f.method);
+            if done.panicked {
+                let now = self.guard.clock;
+                self.strike(&f.plugin, "panicked", now);
+            }
         }
         if let Some(t) = &done.task {
             log::info!("task {} finished with {}", t.id, t.retcode);
@@ -424,7 +475,10 @@ impl Dispatcher {
             return Response::failed(id, Retcode::BUSY, message);
         }
         let plugin = match self.plugin("sync.bash") {
-            Ok(p) => p,
+            Ok(p) => match self.admit("sync.bash", p, now) {
+                Ok(p) => p,
+                Err((retcode, message)) => return Response::failed(id, Retcode(retcode), message),
+            },
             Err(e) => return Response::failed(id, Retcode(e.retcode()), e.message()),
         };
         let task = tasks::new_task_id();
@@ -442,6 +496,7 @@ impl Dispatcher {
             task.clone(),
             self.max_frame,
         );
+        let _noted = crate::crashmark::Guard::enter(&plugin);
         let call = plugin.call(
             frame,
             Box::new(move |c: Completion| {
@@ -458,7 +513,7 @@ impl Dispatcher {
                     }
                 };
                 let task = TaskEnd { id: task_id, retcode: c.retcode, stored, schedule: None };
-                let _ = tx.send(Finished { generation: None, call: c.call, frame, id: None, task: Some(task) });
+                let _ = tx.send(Finished { generation: None, call: c.call, frame, id: None, task: Some(task), panicked: false });
                 if let Err(e) = waker.wake() {
                     log::error!("cannot wake the loop: {e}");
                 }
@@ -716,6 +771,7 @@ impl Dispatcher {
             };
             // Output so far: ask the plugin (answered from its own thread).
             let peek = format!("{{\"method\":\"sync.bash\",\"peek\":{call}}}");
+            let _noted = crate::crashmark::Guard::enter(&plugin);
             plugin.call(
                 peek.as_bytes(),
                 self.answer_with(generation, id, move |id, c| {
@@ -802,6 +858,8 @@ impl Dispatcher {
             "max_concurrent": self.max_concurrent,
             "requests_served": self.served,
             "schedules": self.schedules.as_ref().map_or(0, ScheduleTable::len),
+            "quarantined": self.guard.quarantine.list(now),
+            "calls_pending": basicagent_abi::pending_calls(),
         });
         Response::new(id, Retcode::SUCCESS).with_data(&data)
     }
@@ -886,10 +944,150 @@ impl RunSink {
             frame,
             id: None,
             task: Some(task),
+            panicked: false,
         });
         if let Err(e) = self.waker.wake() {
             log::error!("cannot wake the loop: {e}");
         }
+    }
+}
+
+/// Deadlines and quarantine (see [`crate::quarantine`]).
+impl Dispatcher {
+    /// Runs the plugins of `methods` in helper processes (`crate::isolate`).
+    pub fn set_isolated(&mut self, methods: &[String], config: Option<std::path::PathBuf>) {
+        for m in methods {
+            log::info!("plugin of {m} isolated in a helper process");
+            let h = crate::isolate::Helper::new(m, config.clone(), self.max_frame);
+            self.guard.isolated.insert(m.clone(), h);
+        }
+    }
+
+    /// The deadlines and quarantine thresholds (`[plugins]`).
+    pub fn set_limits(&mut self, limits: crate::quarantine::Limits) {
+        self.guard.limits = limits;
+    }
+
+    /// The plugins quarantined (for tests and the crash marker).
+    pub fn quarantine_mut(&mut self) -> &mut crate::quarantine::Quarantine {
+        &mut self.guard.quarantine
+    }
+
+    /// The earliest deadline of a call in flight (the loop's poll timeout).
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.guard.watchdog.next()
+    }
+
+    /// Calls in flight with a deadline (tests: empty when all answered).
+    pub fn watched(&self) -> usize {
+        self.guard.watchdog.len()
+    }
+
+    /// Answers `3023` for every call whose deadline passed, retires its id
+    /// (a late `complete` gets `BA_STATUS_UNKNOWN_CALL`), asks the plugin
+    /// to cancel it and counts a strike. The answers go out through
+    /// [`Self::poll_finished`] like any completion.
+    pub fn expire_due(&mut self, now: Instant) {
+        self.guard.clock = now;
+        for (call, limit) in self.guard.watchdog.expired(now) {
+            let Some(f) = self.in_flight.get(&call) else {
+                continue;
+            };
+            let (plugin, method) = (Arc::clone(&f.plugin), f.method.clone());
+            let message = format!(
+                "Timeout: {method} did not answer within {} s; the call was cancelled",
+                limit.as_secs_f64()
+            );
+            let expired = basicagent_abi::host::expire(Completion {
+                call,
+                retcode: Retcode::TIMEOUT.0,
+                message,
+                data: None,
+            });
+            if expired {
+                log::warn!("{method} (call {call}) passed its deadline of {limit:?}: answered 3023, cancelled");
+                let noted = crate::crashmark::Guard::enter(&plugin);
+                plugin.cancel(call);
+                drop(noted);
+                self.strike(&plugin, "timed out", now);
+            }
+        }
+    }
+
+    /// The plugin for a request if it is not quarantined: a quarantine
+    /// whose file changed loads the new file first.
+    fn admit(
+        &mut self,
+        method: &str,
+        plugin: Arc<Plugin>,
+        now: Instant,
+    ) -> Result<Arc<Plugin>, (u32, String)> {
+        self.guard.clock = now;
+        match self.guard.quarantine.check(&plugin.info().path, now) {
+            crate::quarantine::Check::Clear => Ok(plugin),
+            crate::quarantine::Check::Changed(old) => {
+                self.reload_plugins();
+                let new = self
+                    .plugin(method)
+                    .map_err(|e| (e.retcode(), e.message()))?;
+                match old {
+                    // The new file did not load: the old code stays out.
+                    Some(entry) if Arc::ptr_eq(&new, &plugin) => {
+                        self.guard.quarantine.restore(*entry);
+                        match self.guard.quarantine.check(&plugin.info().path, now) {
+                            crate::quarantine::Check::Refused(r) => {
+                                Err((Retcode::PLUGIN_FAILURE.0, r.message))
+                            }
+                            _ => Ok(new),
+                        }
+                    }
+                    _ => Ok(new),
+                }
+            }
+            crate::quarantine::Check::Refused(r) => Err((Retcode::PLUGIN_FAILURE.0, r.message)),
+        }
+    }
+
+    fn strike(&mut self, plugin: &Plugin, what: &str, now: Instant) {
+        let info = plugin.info();
+        let limits = &self.guard.limits;
+        if let Some(e) =
+            self.guard
+                .quarantine
+                .strike(limits, &info.path, &info.name, &info.version, what, now)
+        {
+            log::error!(
+                "plugin {} {} ({}) quarantined: {}",
+                e.name,
+                e.version,
+                e.path.display(),
+                e.reason
+            );
+        }
+    }
+
+    /// `agent.release {"plugin": NAME}`: lifts a quarantine (NAME is the
+    /// plugin's name, `getinfo_testkit`, or a method, `getinfo.testkit`).
+    fn release(&mut self, id: Option<Box<RawValue>>, frame: &[u8]) -> Response {
+        let name = serde_json::from_slice::<Value>(frame)
+            .ok()
+            .and_then(|v| v.get("plugin").and_then(Value::as_str).map(str::to_owned));
+        let Some(name) = name.filter(|n| !n.is_empty() && n.len() <= 256) else {
+            return Response::failed(
+                id,
+                Retcode::INVALID_PARAMS,
+                "Invalid params: \"plugin\" must be a plugin name such as getinfo_testkit",
+            );
+        };
+        if self.guard.quarantine.release(&name.replace('.', "_")) {
+            return Response::new(id, Retcode::SUCCESS)
+                .with_data(&serde_json::json!({"plugin": name, "released": true}));
+        }
+        Response::failed(
+            id,
+            Retcode::INVALID_PARAMS,
+            format!("Invalid params: plugin {name} is not quarantined"),
+        )
     }
 }
 

@@ -7,10 +7,14 @@
 
 pub mod agent;
 pub mod config;
+pub mod crashmark;
+pub mod ctlsock;
 pub mod daemon;
 pub mod deadline;
 pub mod dispatch;
 pub mod hostid;
+pub mod isolate;
+pub mod quarantine;
 pub mod reactor;
 pub mod resolve;
 pub mod schedule;

@@ -13,6 +13,18 @@ the configuration and changed plugins, SIGUSR1 reopens the log.";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // Hidden: the helper process of an isolated plugin (host/src/isolate.rs).
+    if args.first().map(String::as_str) == Some("--plugin-host") {
+        let method = args.get(1).cloned().unwrap_or_default();
+        let config = (args.get(2).map(String::as_str) == Some("-c"))
+            .then(|| args.get(3).map(PathBuf::from))
+            .flatten();
+        env_logger::Builder::new()
+            .filter_level(log::LevelFilter::Warn)
+            .init();
+        let code = basicagent_host::isolate::helper_main(&method, config.as_deref());
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     let mut opts = getopts::Options::new();
     opts.optopt(
         "c",

@@ -256,6 +256,8 @@ pub struct Reactor {
     deferred: VecDeque<String>,
     /// A budget ran out with work left: the next poll must not sleep.
     more_io: bool,
+    /// The local control socket (`crate::ctlsock`), if configured.
+    ctl: Option<crate::ctlsock::CtlServer>,
 }
 
 impl Reactor {
@@ -290,7 +292,34 @@ impl Reactor {
             read_stop: read_stop(basicagent_proto::DEFAULT_MAX_FRAME),
             deferred: VecDeque::new(),
             more_io: false,
+            ctl: None,
         })
+    }
+
+    /// Serves the control socket at `path` (see [`crate::ctlsock`]); a
+    /// failure is logged and the daemon runs on without it.
+    pub fn serve_ctl(&mut self, path: &std::path::Path, max_line: usize) {
+        match crate::ctlsock::CtlServer::bind(path, max_line, self.poll.registry()) {
+            Ok(ctl) => self.ctl = Some(ctl),
+            Err(e) => log::error!("control socket not served: {e}"),
+        }
+    }
+
+    /// A control-socket event: requests read are dispatched like the
+    /// server's, their answers go back on the same connection.
+    fn on_ctl(&mut self, token: Token, now: Instant) {
+        let Some(ctl) = self.ctl.as_mut() else {
+            return;
+        };
+        for (generation, frame) in ctl.on_event(token, self.poll.registry()) {
+            self.dispatcher.set_congested(None);
+            if let Some(answer) = self.dispatcher.dispatch(generation, &frame, now) {
+                if let Some(ctl) = self.ctl.as_mut() {
+                    ctl.answer(generation, answer, self.poll.registry());
+                }
+            }
+            self.deliver_finished(now);
+        }
     }
 
     /// Sets the frame limit the answer bound derives from.
@@ -328,6 +357,7 @@ impl Reactor {
                 None => self.dispatcher.run_schedules(now),
                 Some(_) => None,
             };
+            self.dispatcher.expire_due(now);
             self.deliver_finished(now);
             self.run_actions(now);
             self.pump_deferred(now);
@@ -351,6 +381,10 @@ impl Reactor {
                 let left = deadline.saturating_duration_since(now);
                 timeout = Some(timeout.map_or(left, |t| t.min(left)));
             }
+            if let Some(call_deadline) = self.dispatcher.next_deadline() {
+                let left = call_deadline.saturating_duration_since(now);
+                timeout = Some(timeout.map_or(left, |t| t.min(left)));
+            }
             let more_io = std::mem::take(&mut self.more_io);
             if more_io {
                 timeout = Some(Duration::ZERO);
@@ -369,6 +403,7 @@ impl Reactor {
                         self.on_upstream(now);
                     }
                     UPSTREAM => {}
+                    t if crate::ctlsock::CtlServer::owns(t) => self.on_ctl(t, now),
                     WAKER => {
                         while let Some(r) = self.resolver.try_result() {
                             self.session.handle_resolved(
@@ -451,6 +486,11 @@ impl Reactor {
                     }
                 }
                 (None, None) => {}
+                (Some(g), _) if g & crate::ctlsock::GENERATION_BIT != 0 => {
+                    if let Some(ctl) = self.ctl.as_mut() {
+                        ctl.answer(g, f.frame, self.poll.registry());
+                    }
+                }
                 (Some(g), _) => {
                     if g != self.session.generation() {
                         log::info!(

@@ -218,6 +218,7 @@ async fn admin_call(
         timeout: seconds(timeout),
         who: "admin".into(),
         target: target.to_string(),
+        fanout: None,
     };
     let mut items = call::start(shared.clone(), spec);
     while let Some(item) = items.recv().await {

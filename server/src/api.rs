@@ -198,6 +198,8 @@ pub fn router(shared: Arc<Shared>, token: Option<String>) -> Router {
         .route("/v1/calls/{id}", get(call_by_id))
         .route("/v1/tasks", get(schedules::tasks))
         .route("/v1/tasks/{task}", get(task))
+        .route("/v1/nodes", get(nodes))
+        .route("/v1/nodes/{name}/drain", post(drain))
         .route("/metrics", get(metrics))
         .merge(schedules::routes())
         .fallback(not_found)
@@ -303,8 +305,46 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
 }
 
 fn agent_json(a: &AgentInfo) -> Value {
-    json!({"host": a.host, "name": a.name, "addr": a.peer, "version": a.version,
-           "plugins": a.plugins, "connected_at": a.connected_at})
+    let mut v = json!({"host": a.host, "name": a.name, "addr": a.peer, "version": a.version,
+           "plugins": a.plugins, "connected_at": a.connected_at});
+    if let Some(node) = &a.node {
+        v["node"] = json!(node);
+    }
+    v
+}
+
+/// Cluster mode: the agents PostgreSQL says are connected, on a node that
+/// is alive now (a dead node's agents are not shown even before its
+/// `node_gone` is written), with the node each is on.
+async fn cluster_agents(api: &Api) -> Result<Option<Vec<AgentInfo>>, ApiError> {
+    let Some(cm) = &api.shared.cluster else {
+        return Ok(None);
+    };
+    let live: std::collections::HashSet<String> =
+        cm.cluster.members().into_iter().map(|n| n.name).collect();
+    let rows = store(api, |s| s.agents()).await?;
+    Ok(Some(
+        rows.into_iter()
+            .filter(|r| {
+                r.connected_at.is_some() && r.node.as_ref().is_some_and(|n| live.contains(n))
+            })
+            .map(|r| row_info(&r))
+            .collect(),
+    ))
+}
+
+fn row_info(r: &basicagent_store::AgentRow) -> AgentInfo {
+    let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+    AgentInfo {
+        host: r.host.clone(),
+        name: r.name.clone(),
+        version: r.version.clone(),
+        plugins: r.plugins.clone(),
+        peer: r.addr.parse().unwrap_or(unspecified),
+        listen: unspecified,
+        connected_at: r.connected_at.unwrap_or(0) as f64 / 1000.0,
+        node: r.node.clone(),
+    }
 }
 
 async fn agents(
@@ -312,6 +352,14 @@ async fn agents(
     q: Result<Query<AgentFilter>, QueryRejection>,
 ) -> ApiResult {
     let filter = query(q)?;
+    if let Some(list) = cluster_agents(&api).await? {
+        let list: Vec<Value> = list
+            .iter()
+            .filter(|a| filter.keeps(a))
+            .map(agent_json)
+            .collect();
+        return Ok(axum::Json(list).into_response());
+    }
     let list: Vec<Value> = api
         .shared
         .registry
@@ -328,8 +376,13 @@ async fn agents_count(
     q: Result<Query<AgentFilter>, QueryRejection>,
 ) -> ApiResult {
     let filter = query(q)?;
-    let agents = api.shared.registry.agents();
-    let count = agents.iter().filter(|a| filter.keeps(a)).count();
+    let count = match cluster_agents(&api).await? {
+        Some(list) => list.iter().filter(|a| filter.keeps(a)).count(),
+        None => {
+            let agents = api.shared.registry.agents();
+            agents.iter().filter(|a| filter.keeps(a)).count()
+        }
+    };
     Ok(axum::Json(json!({"count": count})).into_response())
 }
 
@@ -342,7 +395,14 @@ async fn store<T: Send + 'static>(
 ) -> Result<T, ApiError> {
     match tokio::time::timeout(STORE_TIMEOUT, api.shared.storage.read(f)).await {
         Ok(Ok(t)) => Ok(t),
-        Ok(Err(e)) => Err(err(StatusCode::INTERNAL_SERVER_ERROR, "store", e)),
+        Ok(Err(crate::storage::ReadError::Unavailable(e))) => {
+            Err(err(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e))
+        }
+        Ok(Err(e)) => Err(err(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "store",
+            e.to_string(),
+        )),
         Err(_) => Err(err(
             StatusCode::GATEWAY_TIMEOUT,
             "store_timeout",
@@ -359,9 +419,19 @@ fn json_text(text: &str) -> Value {
 }
 
 async fn agent(State(api): State<Api>, Path(host): Path<String>) -> ApiResult {
-    let online = api.shared.registry.agent(&host);
+    let mut online = api.shared.registry.agent(&host);
     let key = host.clone();
     let row = store(&api, move |s| s.agent(&key)).await?;
+    if let (None, Some(cm), Some(r)) = (&online, &api.shared.cluster, &row) {
+        // Connected on another node that is alive.
+        let live = r
+            .node
+            .as_ref()
+            .is_some_and(|n| cm.cluster.members().iter().any(|m| &m.name == n));
+        if r.connected_at.is_some() && live {
+            online = Some(Arc::new(row_info(r)));
+        }
+    }
     if online.is_none() && row.is_none() {
         return Err(err(
             StatusCode::NOT_FOUND,
@@ -405,6 +475,34 @@ struct CallBody {
     request: Box<serde_json::value::RawValue>,
     #[serde(default)]
     timeout: Option<f64>,
+}
+
+/// What a target names: listed hosts, or (cluster mode, `name`/`all`) a
+/// filter every node applies to its own sessions.
+enum Resolved {
+    Hosts(Vec<String>),
+    Fanout(Value),
+}
+
+fn resolve_target(shared: &Shared, target: &Value) -> Result<Resolved, ApiError> {
+    if shared.cluster.is_some() {
+        if let Some(obj) = target.as_object().filter(|o| o.len() == 1) {
+            if let Some(glob) = obj.get("name") {
+                if !glob.is_string() {
+                    return Err(err(
+                        StatusCode::BAD_REQUEST,
+                        "bad_target",
+                        "target.name must be a string (a glob)",
+                    ));
+                }
+                return Ok(Resolved::Fanout(target.clone()));
+            }
+            if obj.get("all") == Some(&Value::Bool(true)) {
+                return Ok(Resolved::Fanout(target.clone()));
+            }
+        }
+    }
+    resolve(shared, target).map(Resolved::Hosts)
 }
 
 /// The hosts a target names (connected ones for `name` and `all`; listed ones as given).
@@ -485,8 +583,24 @@ async fn call_handler(
             format!("timeout must be a number of seconds in (0, {MAX_CALL_TIMEOUT}]"),
         ));
     }
-    let hosts = resolve(&api.shared, &parsed.target)?;
-    if hosts.is_empty() {
+    run_call(&api, peer, &parsed.target, request, timeout).await
+}
+
+/// Sends a checked `request` to `target` through the call engine (one
+/// node's sessions, or the cluster's fan-out) and streams the NDJSON answer.
+/// Shared by `POST /v1/call` and the schedule endpoints.
+async fn run_call(
+    api: &Api,
+    peer: SocketAddr,
+    target: &Value,
+    request: String,
+    timeout: f64,
+) -> ApiResult {
+    let (hosts, fanout) = match resolve_target(&api.shared, target)? {
+        Resolved::Hosts(h) => (h, None),
+        Resolved::Fanout(f) => (Vec::new(), Some(f)),
+    };
+    if hosts.is_empty() && fanout.is_none() {
         return Err(err(
             StatusCode::NOT_FOUND,
             "no_target",
@@ -498,12 +612,65 @@ async fn call_handler(
         request,
         timeout: crate::admin::seconds(timeout),
         who: format!("api {peer}"),
-        target: parsed.target.to_string(),
+        target: target.to_string(),
+        fanout,
     };
-    let items = call::start(api.shared.clone(), spec);
-    let stream = futures_util::stream::unfold(Some(items), |state| async move {
-        let mut items = state?;
-        let first = items.recv().await?;
+    let mut first = None;
+    let items = match &api.shared.cluster {
+        None => call::start(api.shared.clone(), spec),
+        Some(cm) => {
+            if cm.cluster.connection_state() != basicagent_cluster::ConnectionState::Connected {
+                return Err(err(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "cluster_unavailable",
+                    "this node is not connected to NATS now (it reconnects by itself); retry",
+                ));
+            }
+            let fanout = spec.fanout.is_some();
+            let mut items = call::start_recorded(api.shared.clone(), spec)
+                .await
+                .map_err(|e| match e {
+                    crate::storage::ReadError::Unavailable(e) => err(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "store_unavailable",
+                        format!("the call cannot be recorded: {e}"),
+                    ),
+                    crate::storage::ReadError::Failed(e) => err(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "store",
+                        format!("the call cannot be recorded: {e}"),
+                    ),
+                })?;
+            if fanout {
+                // The first line decides the status: a fan-out that met no
+                // agent on any node is 404, one that could not start 503.
+                match items.recv().await {
+                    Some(CallItem::Summary(s)) if s.error.is_some() => {
+                        return Err(err(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "cluster_unavailable",
+                            format!("fan-out: {}", s.error.unwrap_or_default()),
+                        ))
+                    }
+                    Some(CallItem::Summary(s)) if s.targeted == 0 => {
+                        return Err(err(
+                            StatusCode::NOT_FOUND,
+                            "no_target",
+                            "the target matches no connected agent on any node",
+                        ))
+                    }
+                    other => first = other,
+                }
+            }
+            items
+        }
+    };
+    let stream = futures_util::stream::unfold(Some((first, items)), |state| async move {
+        let (early, mut items) = state?;
+        let first = match early {
+            Some(item) => item,
+            None => items.recv().await?,
+        };
         let mut buf = Vec::new();
         let mut done = push_item(&mut buf, first);
         // Coalesce what is already there into one chunk.
@@ -513,7 +680,7 @@ async fn call_handler(
                 Err(_) => break,
             }
         }
-        let next = if done { None } else { Some(items) };
+        let next = if done { None } else { Some((None, items)) };
         Some((Ok::<_, Infallible>(Bytes::from(buf)), next))
     });
     let mut r = Body::from_stream(stream).into_response();
@@ -617,6 +784,82 @@ async fn task(State(api): State<Api>, Path(task): Path<String>) -> ApiResult {
         ));
     }
     Ok(axum::Json(rows.iter().map(task_json).collect::<Vec<_>>()).into_response())
+}
+
+/// `GET /v1/nodes`: live nodes with their session counts and state (one
+/// node, this one, without a cluster).
+async fn nodes(State(api): State<Api>) -> ApiResult {
+    let list: Vec<Value> = match &api.shared.cluster {
+        Some(cm) => {
+            let me = cm.cluster.me();
+            cm.cluster
+                .members()
+                .iter()
+                .map(|n| {
+                    // Our own count is exact now; the others' as of their last heartbeat.
+                    let sessions = if n.name == me.name {
+                        api.shared.registry.agents_len() as u64
+                    } else {
+                        n.sessions
+                    };
+                    json!({"name": n.name, "peer_addr": n.peer_addr, "sessions": sessions,
+                           "state": if n.draining { "draining" } else { "live" },
+                           "started_at": n.started_at, "self": n.name == me.name})
+                })
+                .collect()
+        }
+        None => vec![
+            json!({"name": null, "peer_addr": api.shared.settings.listen.to_string(),
+                            "sessions": api.shared.registry.agents_len(), "state": "live",
+                            "self": true}),
+        ],
+    };
+    Ok(axum::Json(list).into_response())
+}
+
+/// `POST /v1/nodes/NAME/drain`: marks the node draining (through NATS if
+/// it is another one); it closes its sessions, paced, and its agents are
+/// redirected to their owners when they come back.
+async fn drain(State(api): State<Api>, Path(name): Path<String>) -> ApiResult {
+    let Some(cm) = &api.shared.cluster else {
+        return Err(err(
+            StatusCode::NOT_FOUND,
+            "not_clustered",
+            "this server is not in a cluster (no --nats)",
+        ));
+    };
+    if name == cm.name {
+        crate::node::start_drain(&api.shared);
+        return Ok(axum::Json(json!({"node": name, "state": "draining"})).into_response());
+    }
+    if !cm.cluster.members().iter().any(|n| n.name == name) {
+        return Err(err(
+            StatusCode::NOT_FOUND,
+            "unknown_node",
+            format!("no live node named {name:?}"),
+        ));
+    }
+    let asked = tokio::time::timeout(
+        Duration::from_secs(5),
+        cm.cluster.nats().request(
+            crate::node::drain_subject(&name),
+            bytes::Bytes::from_static(b"drain"),
+        ),
+    )
+    .await;
+    match asked {
+        Ok(Ok(_)) => Ok(axum::Json(json!({"node": name, "state": "draining"})).into_response()),
+        Ok(Err(e)) => Err(err(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "cluster_unavailable",
+            format!("drain request to {name}: {e}"),
+        )),
+        Err(_) => Err(err(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "cluster_unavailable",
+            format!("node {name} did not answer the drain request within 5 s"),
+        )),
+    }
 }
 
 async fn metrics(State(api): State<Api>) -> Response {

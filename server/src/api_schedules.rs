@@ -1,19 +1,18 @@
 //! Schedules through the API: `schedule.*` requests fanned out by the call engine, and task results filtered by schedule.
 //!
 //! Every endpoint builds one agent request (protocol §7a) and hands it to
-//! [`call::start`], exactly as `POST /v1/call` does, so answers stream as
+//! the call engine exactly as `POST /v1/call` does (one
+//! node's sessions, or the cluster's fan-out for `name`/`all` targets), so answers stream as
 //! NDJSON (one line per host, then the summary), are recorded in the call
 //! history, and hosts that do not answer get the server's 3100–3103 lines.
 //! The agent checks the trigger and options itself: its `3021 Invalid
 //! params: "FIELD": REASON` answers are passed through per host. The server
 //! checks only the body's shape, with 400 errors naming the field.
 
-use std::convert::Infallible;
-
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Router;
@@ -21,11 +20,10 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::{
-    err, limit, push_item, query, resolve, store, Api, ApiError, ApiResult, Page, Peer,
-    DEFAULT_CALL_TIMEOUT, MAX_CALL_TIMEOUT, MAX_LIMIT,
+    err, limit, query, run_call, store, Api, ApiError, ApiResult, Page, Peer, DEFAULT_CALL_TIMEOUT,
+    MAX_CALL_TIMEOUT, MAX_LIMIT,
 };
 use crate::admin::task_json;
-use crate::call::{self, CallSpec};
 
 /// Longest schedule id accepted in a path (the agent's are UUIDs).
 const MAX_SCHEDULE_ID: usize = 128;
@@ -85,8 +83,8 @@ fn schedule_id(id: &str) -> Result<&str, ApiError> {
     Ok(id)
 }
 
-/// Fans `request` out to `target` through the call engine; streams the NDJSON answer.
-fn fan_out(
+/// Sends `request` to `target` like `POST /v1/call` (cluster fan-out included); streams the NDJSON answer.
+async fn fan_out(
     api: &Api,
     peer: std::net::SocketAddr,
     target: &Value,
@@ -97,42 +95,7 @@ fn fan_out(
     if let Err((_, e)) = basicagent_proto::Request::parse(request.as_bytes()) {
         return Err(bad("bad_request", format!("request: {e}")));
     }
-    let hosts = resolve(&api.shared, target)?;
-    if hosts.is_empty() {
-        return Err(err(
-            StatusCode::NOT_FOUND,
-            "no_target",
-            "the target matches no connected agent",
-        ));
-    }
-    let spec = CallSpec {
-        hosts,
-        request,
-        timeout: crate::admin::seconds(timeout),
-        who: format!("api {peer}"),
-        target: target.to_string(),
-    };
-    let items = call::start(api.shared.clone(), spec);
-    let stream = futures_util::stream::unfold(Some(items), |state| async move {
-        let mut items = state?;
-        let first = items.recv().await?;
-        let mut buf = Vec::new();
-        let mut done = push_item(&mut buf, first);
-        while !done && buf.len() < 256 * 1024 {
-            match items.try_recv() {
-                Ok(item) => done = push_item(&mut buf, item),
-                Err(_) => break,
-            }
-        }
-        let next = if done { None } else { Some(items) };
-        Some((Ok::<_, Infallible>(Bytes::from(buf)), next))
-    });
-    let mut r = Body::from_stream(stream).into_response();
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/x-ndjson"),
-    );
-    Ok(r)
+    run_call(api, peer, target, request, timeout).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -194,7 +157,7 @@ async fn add(
     request.insert("method".into(), Value::from("schedule.add"));
     request.insert("request".into(), Value::Object(scheduled.clone()));
     request.extend(schedule);
-    fan_out(&api, peer, &parsed.target, &Value::Object(request), timeout)
+    fan_out(&api, peer, &parsed.target, &Value::Object(request), timeout).await
 }
 
 /// Where a GET, DELETE or pause/resume goes: `?host=ID`, `?name=GLOB`, `?all=true` (default for GET: all).
@@ -268,7 +231,7 @@ async fn list(
 ) -> ApiResult {
     let (target, timeout) = target_of(query(q)?, None, true)?;
     let request = serde_json::json!({"method": "schedule.list"});
-    fan_out(&api, peer, &target, &request, timeout)
+    fan_out(&api, peer, &target, &request, timeout).await
 }
 
 /// One `schedule.*` request naming the schedule `id`.
@@ -284,7 +247,7 @@ async fn by_id(
     let body = body.map(body_bytes).transpose()?;
     let (target, timeout) = target_of(query(q)?, body, false)?;
     let request = serde_json::json!({"method": method, "schedule": id});
-    fan_out(&api, peer, &target, &request, timeout)
+    fan_out(&api, peer, &target, &request, timeout).await
 }
 
 /// `GET /v1/schedules/ID?host=…`: `schedule.get`.

@@ -35,6 +35,9 @@ impl ServerCode {
     pub const DISCONNECTED: Retcode = Retcode(3102);
     /// The host's outgoing queue was full; the request was not sent.
     pub const QUEUE_FULL: Retcode = Retcode(3103);
+    /// Cluster mode: the request could not be routed to the node holding
+    /// the host (this node has no NATS connection now, or NATS failed).
+    pub const CLUSTER: Retcode = Retcode(3104);
 }
 
 /// Results batched per store write.
@@ -61,6 +64,9 @@ pub struct Summary {
     pub seconds: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub call: Option<CallId>,
+    /// Cluster mode: why the fan-out could not start (the API answers 503).
+    #[serde(skip)]
+    pub error: Option<String>,
 }
 
 /// What a call yields, in order: host lines as they come, then the summary.
@@ -84,6 +90,9 @@ pub struct CallSpec {
     pub who: String,
     /// The target as the caller gave it (JSON, for the history).
     pub target: String,
+    /// Cluster mode, `name`/`all` targets: the filter every node applies
+    /// to its own sessions (`hosts` is then empty).
+    pub fanout: Option<serde_json::Value>,
 }
 
 /// `{"host": ID, ...response...}`: the agent's object with `"host"` first.
@@ -97,11 +106,30 @@ pub fn host_line(host: &str, response: &Response) -> String {
     }
 }
 
-/// Starts the call; items arrive on the returned channel.
+/// Starts the call; items arrive on the returned channel. A call the
+/// store could not record goes on unrecorded.
 pub fn start(shared: Arc<Shared>, spec: CallSpec) -> mpsc::UnboundedReceiver<CallItem> {
     let (out, rx) = mpsc::unbounded_channel();
-    tokio::spawn(run(shared, spec, out));
+    tokio::spawn(run(shared, spec, out, None));
     rx
+}
+
+/// Cluster mode: records the call first and fails (the API answers 503)
+/// when PostgreSQL cannot, instead of running an unrecorded call.
+pub async fn start_recorded(
+    shared: Arc<Shared>,
+    spec: CallSpec,
+) -> Result<mpsc::UnboundedReceiver<CallItem>, crate::storage::ReadError> {
+    let record = CallRecord {
+        who: spec.who.clone(),
+        at: now_millis(),
+        target: spec.target.clone(),
+        request: spec.request.clone(),
+    };
+    let call = shared.storage.read(move |s| s.call_begin(&record)).await?;
+    let (out, rx) = mpsc::unbounded_channel();
+    tokio::spawn(run(shared, spec, out, Some(call)));
+    Ok(rx)
 }
 
 struct Run {
@@ -193,24 +221,34 @@ impl Run {
     }
 }
 
-async fn run(shared: Arc<Shared>, spec: CallSpec, out: mpsc::UnboundedSender<CallItem>) {
+async fn run(
+    shared: Arc<Shared>,
+    spec: CallSpec,
+    out: mpsc::UnboundedSender<CallItem>,
+    begun: Option<CallId>,
+) {
     let started = Instant::now();
     let Ok(request) = Request::parse(spec.request.as_bytes()) else {
         return;
     };
     let method = request.method.clone();
     let caller_id = request.id.clone();
-    let record = CallRecord {
-        who: spec.who.clone(),
-        at: now_millis(),
-        target: spec.target.clone(),
-        request: spec.request.clone(),
-    };
-    let call = match shared.storage.read(move |s| s.call_begin(&record)).await {
-        Ok(id) => Some(id),
-        Err(e) => {
-            log::error!("store call_begin: {e} (the call goes on unrecorded)");
-            None
+    let call = match begun {
+        Some(id) => Some(id),
+        None => {
+            let record = CallRecord {
+                who: spec.who.clone(),
+                at: now_millis(),
+                target: spec.target.clone(),
+                request: spec.request.clone(),
+            };
+            match shared.storage.read(move |s| s.call_begin(&record)).await {
+                Ok(id) => Some(id),
+                Err(e) => {
+                    log::error!("store call_begin: {e} (the call goes on unrecorded)");
+                    None
+                }
+            }
         }
     };
     let id = shared.registry.next_request_id();
@@ -237,7 +275,12 @@ async fn run(shared: Arc<Shared>, spec: CallSpec, out: mpsc::UnboundedSender<Cal
             ..Summary::default()
         },
     };
+    if let (Some(filter), Some(cm)) = (&spec.fanout, &shared.cluster) {
+        let cluster = cm.cluster.clone();
+        return run_fanout(run, cluster, filter, &spec, started).await;
+    }
     let (tx, mut rx) = mpsc::unbounded_channel();
+    let (remote_tx, mut remote_rx) = mpsc::unbounded_channel::<(usize, Response)>();
     let sent_at = Instant::now();
     let queued = shared.registry.fan_out(&spec.hosts, id, &frame, &tx);
     drop(tx);
@@ -246,6 +289,44 @@ async fn run(shared: Arc<Shared>, spec: CallSpec, out: mpsc::UnboundedSender<Cal
     for (tag, result) in queued.into_iter().enumerate() {
         let host = &spec.hosts[tag];
         match result {
+            // Cluster mode: a host not held here may be held by another node.
+            Err(SendError::Offline(_)) if shared.cluster.is_some() => {
+                waiting[tag] = true;
+                left += 1;
+                let Some(cm) = &shared.cluster else { continue };
+                let cluster = cm.cluster.clone();
+                let payload = crate::node::encode_request(&spec.request, spec.timeout);
+                let wait = spec.timeout.saturating_add(crate::node::ROUTE_MARGIN);
+                let host = host.clone();
+                let remote_tx = remote_tx.clone();
+                let secs = spec.timeout.as_secs_f64();
+                tokio::spawn(async move {
+                    use basicagent_cluster::ClusterError as E;
+                    let failed = |code, m: String| Response::failed(None, code, m);
+                    let response = match cluster.request_host(&host, payload, wait).await {
+                        Ok(reply) => Response::parse(&reply).unwrap_or_else(|e| {
+                            failed(
+                                ServerCode::CLUSTER,
+                                format!("host {host}: bad answer from its node: {e}"),
+                            )
+                        }),
+                        Err(E::NoHolder | E::InvalidHostId(_)) => failed(
+                            ServerCode::OFFLINE,
+                            format!("no agent with host id {host:?} is connected"),
+                        ),
+                        Err(E::Timeout) => failed(
+                            ServerCode::TIMED_OUT,
+                            format!("host {host}: no response within {secs} s"),
+                        ),
+                        Err(E::Disconnected) => failed(
+                            ServerCode::CLUSTER,
+                            format!("host {host}: this node is not connected to NATS now (it reconnects by itself); retry"),
+                        ),
+                        Err(e) => failed(ServerCode::CLUSTER, format!("host {host}: cluster: {e}")),
+                    };
+                    let _ = remote_tx.send((tag, response));
+                });
+            }
             Ok(()) => {
                 waiting[tag] = true;
                 left += 1;
@@ -283,14 +364,31 @@ async fn run(shared: Arc<Shared>, spec: CallSpec, out: mpsc::UnboundedSender<Cal
             .unwrap_or_else(|| sent_at + Duration::from_secs(u64::from(u32::MAX))),
     );
     let mut last_flush = Instant::now();
-    while left > 0 {
-        let event = match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Some(event)) => event,
-            Ok(None) | Err(_) => break,
-        };
-        let (tag, outcome, response) = match event {
-            CallEvent::Answered { tag, response } => (tag, Outcome::Answered, Some(response)),
-            CallEvent::Gone { tag } => (tag, Outcome::Disconnected, None),
+    drop(remote_tx);
+    // Remote answers may come a little after the deadline (the holder
+    // times out first and says so).
+    let remote_deadline = deadline + crate::node::ROUTE_MARGIN;
+    let mut local_open = true;
+    let mut remote_open = true;
+    while left > 0 && (local_open || remote_open) {
+        let (tag, outcome, response) = tokio::select! {
+            event = rx.recv(), if local_open && tokio::time::Instant::now() < deadline => match event {
+                Some(CallEvent::Answered { tag, response }) => (tag, Outcome::Answered, Some(response)),
+                Some(CallEvent::Gone { tag }) => (tag, Outcome::Disconnected, None),
+                None => { local_open = false; continue; }
+            },
+            remote = remote_rx.recv(), if remote_open => match remote {
+                Some((tag, mut response)) => {
+                    let outcome = crate::node::outcome_of(&response);
+                    if outcome != Outcome::Answered {
+                        response.id = run.caller_id.clone();
+                    }
+                    (tag, outcome, Some(response))
+                }
+                None => { remote_open = false; continue; }
+            },
+            _ = tokio::time::sleep_until(deadline), if local_open => { local_open = false; continue; }
+            _ = tokio::time::sleep_until(remote_deadline) => break,
         };
         let Some(slot) = waiting.get_mut(tag) else {
             continue;
@@ -330,6 +428,90 @@ async fn run(shared: Arc<Shared>, spec: CallSpec, out: mpsc::UnboundedSender<Cal
     }
     let seconds = started.elapsed().as_secs_f64();
     shared.metrics.fanout_seconds.observe(seconds);
+    run.summary.seconds = (seconds * 1000.0).round() / 1000.0;
+    if let Some(call) = run.call {
+        run.flush(call);
+        let summary = serde_json::to_string(&run.summary).unwrap_or_default();
+        shared.storage.queue(Op::CallEnd {
+            call,
+            summary,
+            at: now_millis(),
+        });
+    }
+    let _ = run.out.send(CallItem::Summary(run.summary.clone()));
+}
+
+/// Cluster mode, `name`/`all` targets: one fan-out on NATS; every node
+/// answers for its own sessions. `targeted` counts the hosts that answered
+/// or got a server line from their node.
+async fn run_fanout(
+    mut run: Run,
+    cluster: basicagent_cluster::Cluster,
+    filter: &serde_json::Value,
+    spec: &CallSpec,
+    started: Instant,
+) {
+    use basicagent_cluster::FanoutEvent;
+    use futures_util::StreamExt;
+    let payload = crate::node::encode_request(&spec.request, spec.timeout);
+    let wait = spec.timeout.saturating_add(crate::node::ROUTE_MARGIN);
+    let sent_at = Instant::now();
+    let mut seen = std::collections::HashSet::new();
+    match cluster
+        .fanout(Bytes::from(filter.to_string()), payload, wait)
+        .await
+    {
+        Ok(mut events) => {
+            while let Some(ev) = events.next().await {
+                match ev {
+                    FanoutEvent::Reply { host, reply, node } => {
+                        // A host re-homed a moment ago may answer from two nodes.
+                        if !seen.insert(host.clone()) {
+                            continue;
+                        }
+                        run.summary.targeted += 1;
+                        let mut response = Response::parse(&reply).unwrap_or_else(|e| {
+                            Response::failed(
+                                None,
+                                ServerCode::CLUSTER,
+                                format!("host {host}: bad answer from node {node}: {e}"),
+                            )
+                        });
+                        let outcome = crate::node::outcome_of(&response);
+                        if outcome != Outcome::Answered {
+                            response.id = run.caller_id.clone();
+                        }
+                        run.emit(&host, outcome, response, sent_at);
+                    }
+                    FanoutEvent::NodeDone { node, complete, .. } if !complete => {
+                        log::warn!("fan-out: node {node} lost or cut answers")
+                    }
+                    FanoutEvent::NodeLost { node, hosts } => {
+                        log::warn!("fan-out: node {node} died after {hosts} answers")
+                    }
+                    FanoutEvent::TimedOut { pending } => {
+                        log::warn!("fan-out: nodes {pending:?} did not finish in time");
+                        break;
+                    }
+                    FanoutEvent::NodeDone { .. } => {}
+                }
+            }
+        }
+        Err(e) => {
+            log::error!("fan-out: {e}");
+            run.summary.error = Some(e.to_string());
+        }
+    }
+    let shared = run.shared.clone();
+    let seconds = started.elapsed().as_secs_f64();
+    shared.metrics.fanout_seconds.observe(seconds);
+    shared
+        .metrics
+        .sent
+        .get_or_create(&Method {
+            method: run.label.clone(),
+        })
+        .inc_by(run.summary.targeted as u64);
     run.summary.seconds = (seconds * 1000.0).round() / 1000.0;
     if let Some(call) = run.call {
         run.flush(call);

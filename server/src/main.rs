@@ -20,6 +20,7 @@ mod events;
 mod identity;
 mod loadtest;
 mod metrics;
+mod node;
 mod policy;
 mod registry;
 mod serve;
@@ -55,6 +56,7 @@ Usage:
                          [--state-dir DIR|none] [--max-sessions N]
                          [--keep-calls-days D] [--keep-tasks-days D]
                          [--max-calls N] [--max-results N] [--max-tasks N]
+                         [--nats URL --db postgres://... --node-name N [--peer-addr ADDR]]
   BasicAgentServer list  [--admin SOCK | --api ADDR [--api-token-file FILE]]
   BasicAgentServer tasks [--admin SOCK | --api ADDR [--api-token-file FILE]]
   BasicAgentServer call  [--admin SOCK | --api ADDR [--api-token-file FILE]]
@@ -123,6 +125,10 @@ fn dispatch(args: &[String]) -> Result<ExitCode, String> {
                 ("max-calls", "N"),
                 ("max-results", "N"),
                 ("max-tasks", "N"),
+                ("nats", "URL"),
+                ("db", "URL"),
+                ("node-name", "N"),
+                ("peer-addr", "ADDR"),
             ] {
                 opts.optopt("", name, "", hint);
             }
@@ -360,6 +366,41 @@ fn serve_options(m: &getopts::Matches, admin: PathBuf) -> Result<ServeOptions, S
     if let Some(n) = number("max-tasks")? {
         retention.max_tasks = n;
     }
+    let cluster = match (m.opt_str("nats"), m.opt_str("db")) {
+        (None, None) => {
+            for o in ["node-name", "peer-addr"] {
+                if m.opt_present(o) {
+                    return Err(format!(
+                        "--{o} needs --nats URL and --db URL (cluster mode)"
+                    ));
+                }
+            }
+            None
+        }
+        (Some(nats), Some(db)) => {
+            if m.opt_present("state-dir") {
+                return Err(
+                    "--state-dir and --db cannot be combined (the cluster's store is PostgreSQL)"
+                        .into(),
+                );
+            }
+            let node_name = m
+                .opt_str("node-name")
+                .ok_or("cluster mode needs --node-name N")?;
+            let peer_addr = match m.opt_str("peer-addr") {
+                Some(p) => p,
+                None if !listen.ip().is_unspecified() => listen.to_string(),
+                None => return Err("--listen is a wildcard address: give --peer-addr ADDR (where agents are redirected to)".into()),
+            };
+            Some(serve::ClusterOptions {
+                nats,
+                db,
+                node_name,
+                peer_addr,
+            })
+        }
+        _ => return Err("--nats URL and --db URL go together (cluster mode)".into()),
+    };
     let max_frame = number("max-frame")?.map_or(DEFAULT_MAX_FRAME, |v| {
         usize::try_from(v).unwrap_or(usize::MAX)
     });
@@ -375,6 +416,7 @@ fn serve_options(m: &getopts::Matches, admin: PathBuf) -> Result<ServeOptions, S
         state_dir,
         max_sessions,
         retention,
+        cluster,
         settings: Settings {
             listen,
             policy,

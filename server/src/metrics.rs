@@ -101,7 +101,7 @@ impl Metrics {
         );
         registry.register(
             "sessions_refused",
-            "Agent sessions refused, by reason (limit, identity, held, policy, invalid_init, tls)",
+            "Agent sessions refused, by reason (owner, limit, identity, held, policy, invalid_init, tls)",
             m.refused.clone(),
         );
         registry.register(

@@ -58,6 +58,9 @@ pub struct AgentInfo {
     pub peer: SocketAddr,
     pub listen: SocketAddr,
     pub connected_at: f64,
+    /// Cluster mode, in lists from PostgreSQL: the node holding the session.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// Why a request could not be queued.
@@ -233,6 +236,33 @@ impl Registry {
         lock(&self.inner).agents.len()
     }
 
+    /// Asks the session of `host` to close (drain); false if none is here.
+    pub fn close_host(&self, host: &str, reason: &str) -> bool {
+        let g = lock(&self.inner);
+        match g.agents.get(host) {
+            Some(a) => a.tx.try_send(Outgoing::Close(reason.to_owned())).is_ok(),
+            None => false,
+        }
+    }
+
+    /// How many agents are accepted.
+    pub fn agents_len(&self) -> usize {
+        lock(&self.inner).agents.len()
+    }
+
+    /// Whether session `conn` is still open.
+    pub fn has_conn(&self, conn: u64) -> bool {
+        lock(&self.inner).conns.contains_key(&conn)
+    }
+
+    /// Queues `msg` to session `conn` (no waiting); false if it is gone or full.
+    pub fn send_conn(&self, conn: u64, msg: Outgoing) -> bool {
+        lock(&self.inner)
+            .conns
+            .get(&conn)
+            .is_some_and(|tx| tx.try_send(msg).is_ok())
+    }
+
     /// Asks every session to close (shutdown).
     pub fn close_all(&self, reason: &str) {
         for tx in lock(&self.inner).conns.values() {
@@ -260,6 +290,7 @@ mod tests {
             peer: a,
             listen: a,
             connected_at: 0.0,
+            node: None,
         }
     }
 

@@ -98,7 +98,22 @@ pub struct ServeOptions {
     pub state_dir: Option<PathBuf>,
     pub max_sessions: Option<usize>,
     pub retention: Retention,
+    /// `Some`: cluster mode (`--nats`, `--db`).
+    pub cluster: Option<ClusterOptions>,
     pub settings: Settings,
+}
+
+/// Cluster mode's flags.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// `--nats URL`.
+    pub nats: String,
+    /// `--db postgres://…` (never logged: it holds the password).
+    pub db: String,
+    /// `--node-name N`: unique in the cluster.
+    pub node_name: String,
+    /// `--peer-addr ADDR`: where other nodes redirect agents to this one.
+    pub peer_addr: String,
 }
 
 /// What sessions need to know.
@@ -129,6 +144,8 @@ pub struct Shared {
     pub refusing: AtomicUsize,
     /// Most over-limit refusals at once.
     pub refusing_max: usize,
+    /// Cluster mode: the NATS handle and this node's name.
+    pub cluster: Option<crate::node::ClusterMode>,
 }
 
 /// Why the server could not start or stopped abnormally.
@@ -154,6 +171,8 @@ pub enum ServeError {
     StateDir { path: PathBuf, source: io::Error },
     #[error("store: {0}")]
     Store(#[from] basicagent_store::StoreError),
+    #[error("cluster: {0}")]
+    Cluster(#[from] basicagent_cluster::ClusterError),
     #[error("{what}: {source}")]
     Io {
         what: &'static str,
@@ -322,7 +341,37 @@ async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     metrics
         .session_limit
         .set(i64::try_from(limit).unwrap_or(i64::MAX));
-    let store = open_store(options.state_dir.as_deref())?;
+    let store: Arc<dyn Store> = match &options.cluster {
+        Some(c) => {
+            let url = c.db.clone();
+            // Opening connects and migrates: blocking work, off the runtime's workers.
+            let pg = tokio::task::spawn_blocking(move || basicagent_store::PgStore::open(&url))
+                .await
+                .map_err(|e| ServeError::Io {
+                    what: "store open",
+                    source: io::Error::other(e.to_string()),
+                })??;
+            log::info!("cluster store: PostgreSQL {}", pg.describe());
+            Arc::new(pg)
+        }
+        None => open_store(options.state_dir.as_deref())?,
+    };
+    let cluster = match &options.cluster {
+        Some(c) => {
+            let cluster =
+                basicagent_cluster::Cluster::connect(basicagent_cluster::ClusterOptions::new(
+                    c.nats.clone(),
+                    c.node_name.clone(),
+                    c.peer_addr.clone(),
+                ))
+                .await?;
+            Some(crate::node::ClusterMode {
+                cluster,
+                name: c.node_name.clone(),
+            })
+        }
+        None => None,
+    };
     let storage = Storage::start(store, metrics.clone()).map_err(io_err("store writer"))?;
 
     let listener =
@@ -357,7 +406,9 @@ async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         active: AtomicUsize::new(0),
         refusing: AtomicUsize::new(0),
         refusing_max: refusing_max(nofile),
+        cluster,
     });
+    crate::node::start(&shared).await?;
     shared
         .storage
         .spawn_pruner(options.retention.clone(), PRUNE_EVERY, metrics.clone());
@@ -402,7 +453,9 @@ async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         json!({"listen": listen, "admin": options.admin, "api": api_addr,
                "mtls": options.client_ca.is_some(),
                "policy": format!("{:?}", shared.settings.policy),
-               "session_limit": limit, "state_dir": options.state_dir}),
+               "session_limit": limit, "state_dir": options.state_dir,
+               "node": options.cluster.as_ref().map(|c| c.node_name.clone()),
+               "peer_addr": options.cluster.as_ref().map(|c| c.peer_addr.clone())}),
     );
 
     tokio::select! {
@@ -411,6 +464,10 @@ async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     }
 
     log::info!("shutting down");
+    if let Some(cm) = &shared.cluster {
+        // Peers see the leave at once and stop placing agents here.
+        cm.cluster.leave().await;
+    }
     shared.registry.close_all("server shutdown");
     let deadline = Instant::now() + Duration::from_secs(2);
     while shared.registry.conn_count() > 0 && Instant::now() < deadline {

@@ -42,6 +42,37 @@ const KEEPALIVE_IDLE_SECS: libc::c_int = 60;
 /// Requests remembered before answered-or-abandoned ones are swept.
 const PENDING_SWEEP: usize = 256;
 
+/// How often a task result the store refused is offered to it again.
+const TASK_RETRY: Duration = Duration::from_secs(2);
+
+/// Stores `result` again every [`TASK_RETRY`] until it commits, then acks
+/// it on session `conn`; gives up when that session is gone (the agent
+/// sends the result again after its next init).
+async fn retry_task(shared: Arc<Shared>, conn: u64, result: TaskResult) {
+    loop {
+        tokio::time::sleep(TASK_RETRY).await;
+        if !shared.registry.has_conn(conn) {
+            return;
+        }
+        let task = result.task.clone();
+        if shared.storage.put_task(result.clone()).await.is_ok() {
+            log::info!("{}: task {task} stored on retry", result.host);
+            if shared.settings.auto_ack {
+                let mut ack = TaskAck::new(task).to_json().into_bytes();
+                ack.push(b'\n');
+                shared.registry.send_conn(
+                    conn,
+                    Outgoing::Raw {
+                        bytes: bytes::Bytes::from(ack),
+                        reply: None,
+                    },
+                );
+            }
+            return;
+        }
+    }
+}
+
 /// Decrements the open-session count however the task ends.
 struct Slot<'a>(&'a Shared, bool);
 
@@ -92,6 +123,8 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, over_lim
         pending: HashMap::new(),
         null_waiters: Vec::new(),
         closing: None,
+        hold: None,
+        since: 0,
     };
     let (tx, rx) = mpsc::channel(OUTBOX_FRAMES);
     if !over_limit {
@@ -161,6 +194,10 @@ struct Session {
     /// Callers of raw sends, waiting for `"id": null` answers.
     null_waiters: Vec<mpsc::UnboundedSender<CallEvent>>,
     closing: Option<String>,
+    /// Cluster mode: the task answering requests routed to this host.
+    hold: Option<tokio::task::JoinHandle<()>>,
+    /// When init was accepted (Unix ms): the session's `connected_at`.
+    since: i64,
 }
 
 impl Session {
@@ -225,6 +262,19 @@ impl Session {
 
     /// The ready loop: frames from the agent, frames for the agent.
     async fn serve(&mut self, mut rx: mpsc::Receiver<Outgoing>) -> String {
+        if let (Some(cm), Some(host)) = (&self.shared.cluster, &self.host) {
+            match cm.cluster.hold(host).await {
+                Ok(hold) => {
+                    self.hold = Some(tokio::spawn(crate::node::serve_hold(
+                        self.shared.clone(),
+                        hold,
+                    )));
+                }
+                // Local calls still reach it; other nodes see it offline
+                // until it reconnects.
+                Err(e) => log::error!("{host}: cannot hold its cluster subject: {e}"),
+            }
+        }
         // Frames that came with init.
         if let Err(e) = self.handle_frames().await {
             return e;
@@ -398,7 +448,29 @@ impl Session {
                     "rejected",
                 );
             }
-            Decision::Accept => self.accept(init),
+            Decision::Accept => {
+                // Cluster mode: the host's owner over the live, non-draining
+                // nodes holds it; one hop, the agent's redirect limit is the
+                // loop guard.
+                let owner = shared
+                    .cluster
+                    .as_ref()
+                    .and_then(|c| c.cluster.redirect_for(&host));
+                match owner {
+                    Some(peer_addr) => {
+                        log::info!("{peer}: host {host} redirected to its owner {peer_addr}");
+                        shared.metrics.refuse("owner");
+                        shared.events.emit(
+                            "redirect",
+                            json!({"host": host, "peer": peer, "listen": listen,
+                                   "server": peer_addr, "owner": true}),
+                        );
+                        self.line(&redirect_json(&peer_addr));
+                        self.close("redirected to owner");
+                    }
+                    None => self.accept(init),
+                }
+            }
         }
     }
 
@@ -446,6 +518,7 @@ impl Session {
     }
 
     fn accept(&mut self, init: Init) {
+        self.since = now_millis();
         let shared = self.shared.clone();
         let (peer, listen) = (self.peer, self.local);
         let host = init.hostname.clone();
@@ -457,6 +530,7 @@ impl Session {
             peer,
             listen,
             connected_at: unix_now(),
+            node: shared.cluster.as_ref().map(|c| c.name.clone()),
         };
         let cert = if shared.mtls {
             self.identity.as_ref().map(|i| i.fingerprint)
@@ -499,8 +573,8 @@ impl Session {
             addr: peer.to_string(),
             version: init.version,
             plugins: init.plugins,
-            node: None,
-            connected_at: now_millis(),
+            node: shared.cluster.as_ref().map(|c| c.name.clone()),
+            connected_at: self.since,
         }));
         self.line(
             &InitReply::Accepted {
@@ -540,16 +614,24 @@ impl Session {
                     schedule: done.run.as_ref().map(|r| r.schedule.clone()),
                 };
                 // The ack promises the result is kept: only after the commit.
-                match self.shared.storage.put_task(result).await {
+                match self.shared.storage.put_task(result.clone()).await {
                     Ok(()) => {
                         if self.shared.settings.auto_ack {
                             self.line(&TaskAck::new(done.task).to_json());
                         }
                     }
-                    Err(e) => log::error!(
-                        "{host}: task {} not stored, not acknowledged (the agent will send it again): {e}",
-                        done.task
-                    ),
+                    Err(e) => {
+                        log::error!(
+                            "{host}: task {} not stored, not acknowledged yet (retried every {} s \
+                             while the session lasts; the agent sends it again after a reconnect): {e}",
+                            done.task,
+                            TASK_RETRY.as_secs()
+                        );
+                        // The agent pushes un-acked results only after an
+                        // init: without a retry here a result that met a
+                        // store outage would wait for the next reconnect.
+                        tokio::spawn(retry_task(self.shared.clone(), self.id, result));
+                    }
                 }
             }
             Ok(Incoming::TaskAck(ack)) => {
@@ -639,6 +721,9 @@ impl Session {
                 }
             }
         }
+        if let Some(hold) = self.hold.take() {
+            hold.abort();
+        }
         for (_, (tx, tag)) in self.pending.drain() {
             let _ = tx.send(CallEvent::Gone { tag });
         }
@@ -646,10 +731,16 @@ impl Session {
         if self.id != 0 {
             if let Some(host) = shared.registry.remove_conn(self.id, self.host.as_deref()) {
                 shared.metrics.agents.dec();
-                shared.storage.queue(Op::Gone {
-                    host,
-                    at: now_millis(),
-                });
+                // Cluster mode: the host may have a newer session on another
+                // node already (this one had not noticed the loss); "gone as
+                // of this session's start" never clears that newer one. The
+                // price: last_seen stays at the connect time.
+                let at = if shared.cluster.is_some() {
+                    self.since
+                } else {
+                    now_millis()
+                };
+                shared.storage.queue(Op::Gone { host, at });
             }
         }
         log::info!(

@@ -52,12 +52,27 @@ pub enum Op {
     Task(TaskResult, oneshot::Sender<Result<(), String>>),
 }
 
+/// Why a read (or `call_begin`) failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ReadError {
+    /// The database cannot be reached now (PostgreSQL down or restarting);
+    /// the API answers 503.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Any other failure.
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// The server's handle: queue writes, run reads.
 #[derive(Clone)]
 pub struct Storage {
     pub store: Arc<dyn Store>,
     tx: Sender<Op>,
     metrics: Arc<Metrics>,
+    /// Set when an `agents_seen`/`agents_gone` write failed (the store was
+    /// down): the agents table may lag this node's sessions until a resync.
+    agents_stale: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Storage {
@@ -66,10 +81,29 @@ impl Storage {
         let (tx, rx) = std::sync::mpsc::channel();
         let writer = store.clone();
         let writer_metrics = metrics.clone();
+        let agents_stale = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stale = agents_stale.clone();
         std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || write_loop(&*writer, &rx, &writer_metrics))?;
-        Ok(Storage { store, tx, metrics })
+            .spawn(move || write_loop(&*writer, &rx, &writer_metrics, &stale))?;
+        Ok(Storage {
+            store,
+            tx,
+            metrics,
+            agents_stale,
+        })
+    }
+
+    /// Marks the agents table stale again (a resync that could not run).
+    pub fn queue_stale(&self) {
+        self.agents_stale
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// True once after an agents write failed (then cleared).
+    pub fn take_agents_stale(&self) -> bool {
+        self.agents_stale
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Queues a write (never blocks).
@@ -88,7 +122,7 @@ impl Storage {
     }
 
     /// Runs a read (or `call_begin`) on the blocking pool; timed as op `read`.
-    pub async fn read<T, F>(&self, f: F) -> Result<T, String>
+    pub async fn read<T, F>(&self, f: F) -> Result<T, ReadError>
     where
         T: Send + 'static,
         F: FnOnce(&dyn Store) -> Result<T, basicagent_store::StoreError> + Send + 'static,
@@ -100,8 +134,13 @@ impl Storage {
         let ok = matches!(done, Ok(Ok(_)));
         metrics.store_op("read", started.elapsed().as_secs_f64(), ok);
         match done {
-            Ok(r) => r.map_err(|e| e.to_string()),
-            Err(e) => Err(format!("store task: {e}")),
+            Ok(r) => r.map_err(|e| match e {
+                basicagent_store::StoreError::Unavailable(_) => {
+                    ReadError::Unavailable(e.to_string())
+                }
+                e => ReadError::Failed(e.to_string()),
+            }),
+            Err(e) => Err(ReadError::Failed(format!("store task: {e}"))),
         }
     }
 
@@ -157,7 +196,12 @@ pub const FACTS_PER_ROUND: usize = 128;
 /// Facts waiting to be written: the latest per (host, method) only.
 type PendingFacts = std::collections::HashMap<(String, String), (String, Millis)>;
 
-fn write_loop(store: &dyn Store, rx: &Receiver<Op>, metrics: &Metrics) {
+fn write_loop(
+    store: &dyn Store,
+    rx: &Receiver<Op>,
+    metrics: &Metrics,
+    agents_stale: &std::sync::atomic::AtomicBool,
+) {
     let mut facts = PendingFacts::new();
     loop {
         let first = if facts.is_empty() {
@@ -175,7 +219,9 @@ fn write_loop(store: &dyn Store, rx: &Receiver<Op>, metrics: &Metrics) {
                 Err(_) => break,
             }
         }
-        write_batch(store, ops, &mut facts, metrics);
+        if !write_batch(store, ops, &mut facts, metrics) {
+            agents_stale.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         write_facts(store, &mut facts, metrics);
     }
 }
@@ -195,7 +241,14 @@ fn write_facts(store: &dyn Store, facts: &mut PendingFacts, metrics: &Metrics) {
 /// Writes one batch, keeping the order that matters: task commits first
 /// (agents wait for them), agents before their facts, a call's results
 /// before its end. Facts join the pending set (written a few per round).
-fn write_batch(store: &dyn Store, ops: Vec<Op>, facts: &mut PendingFacts, metrics: &Metrics) {
+/// False when an agents write failed.
+fn write_batch(
+    store: &dyn Store,
+    ops: Vec<Op>,
+    facts: &mut PendingFacts,
+    metrics: &Metrics,
+) -> bool {
+    let mut agents_ok = true;
     let mut seen = Vec::new();
     let mut gone: Vec<String> = Vec::new();
     let mut gone_at: Millis = 0;
@@ -236,11 +289,11 @@ fn write_batch(store: &dyn Store, ops: Vec<Op>, facts: &mut PendingFacts, metric
         }
     }
     if !seen.is_empty() {
-        let _ = timed(metrics, "agents_seen", || store.agents_seen(&seen));
+        agents_ok &= timed(metrics, "agents_seen", || store.agents_seen(&seen)).is_ok();
     }
     if !gone.is_empty() {
         // One transaction; last_seen is the batch's latest time (a few ms late at most).
-        let _ = timed(metrics, "agents_gone", || store.agents_gone(&gone, gone_at));
+        agents_ok &= timed(metrics, "agents_gone", || store.agents_gone(&gone, gone_at)).is_ok();
     }
     for (call, r) in results {
         let _ = timed(metrics, "call_results", || store.call_results(call, &r));
@@ -248,6 +301,7 @@ fn write_batch(store: &dyn Store, ops: Vec<Op>, facts: &mut PendingFacts, metric
     for (call, summary, at) in ends {
         let _ = timed(metrics, "call_end", || store.call_end(call, &summary, at));
     }
+    agents_ok
 }
 
 #[cfg(test)]

@@ -301,11 +301,13 @@ impl Agent {
         .unwrap();
         let config = format!(
             "[server]\nport = {port}\nca = \"{ca}\"\nhosts_file = \"{hosts}\"\nnameservers = [\"{dns}\"]\nconnect_timeout = 2\nhandshake_timeout = 3\n{server_extra}\n\
-             [agent]\nstate_dir = \"{state}\"\nplugin_dir = \"{plugins}\"\n{agent_extra}\n",
+             [agent]\nstate_dir = \"{state}\"\nplugin_dir = \"{plugins}\"\nctl_socket = \"{ctl}\"\n{agent_extra}\n",
             ca = pki.path("ca.pem").display(),
             hosts = dir.path().join("hosts").display(),
             state = dir.path().join("state").display(),
             plugins = bin_dir().display(),
+            // Each daemon its own control socket (never /run/basicagent).
+            ctl = dir.path().join("run/ctl.sock").display(),
             dns = nxdomain_server(),
         );
         std::fs::write(dir.path().join("agent.toml"), config).unwrap();

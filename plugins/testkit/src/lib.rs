@@ -10,7 +10,7 @@ basicagent_abi::export_plugin!(PluginSpec {
     version: env!("CARGO_PKG_VERSION"),
     description: "test fixture: misbehaves on request (never installed)",
     methods: &["getinfo.testkit"],
-    usage: "args: -p panic now | -t panic in a thread | -d never complete (forget) | -x complete twice\n      -b invalid JSON data | -e echo the request | -s MS complete after MS ms\n      -f fail with 3021 | -g BYTES [MS] complete after MS ms (from a thread) with BYTES bytes of data\n      -r read \"s\", \"i\", \"f\", \"b\" and argv through the SDK's ABI 1.1 readers, on a thread",
+    usage: "args: -p panic now | -t panic in a thread | -d never complete (forget) | -x complete twice\n      -b invalid JSON data | -e echo the request | -s MS complete after MS ms\n      -f fail with 3021 | -L MS complete late (after MS ms) and log complete's status | -S segfault\n      | -g BYTES [MS] complete after MS ms (from a thread) with BYTES bytes of data\n      -r read \"s\", \"i\", \"f\", \"b\" and argv through the SDK's ABI 1.1 readers, on a thread",
     init: None,
     call,
     cancel: None,
@@ -57,6 +57,37 @@ fn call(call: Call, request: &[u8]) {
                 std::thread::sleep(std::time::Duration::from_millis(ms));
                 call.success(&format!("{{\"slept_ms\":{ms}}}"));
             });
+        }
+        Some("-L") => {
+            // Completes after MS ms and logs what `complete` returned: a
+            // call whose deadline passed was retired by the host.
+            let ms: u64 = words.next().and_then(|w| w.parse().ok()).unwrap_or(100);
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                let id = call.id();
+                let unknown = basicagent_abi::sdk::complete_again_for_tests(id);
+                std::mem::forget(call);
+                log::warn!(
+                    "late complete of call {id}: {}",
+                    if unknown {
+                        "BA_STATUS_UNKNOWN_CALL"
+                    } else {
+                        "accepted"
+                    }
+                );
+            });
+        }
+        Some("-S") => {
+            // SAFETY: none, deliberately: a load from an unmapped address,
+            // the wild pointer this fixture exists to model. The kernel
+            // sends SIGSEGV at the faulting instruction (a raise(3) would
+            // be swallowed by Rust's own stack-overflow handler, which
+            // returns for a fault outside a guard page).
+            unsafe {
+                let wild = std::hint::black_box(8usize) as *const u8;
+                std::ptr::read_volatile(wild);
+            }
+            call.fail(retcode::PLUGIN_FAILURE, "testkit survived its SIGSEGV");
         }
         Some("-f") => call.fail(retcode::INVALID_PARAMS, "testkit asked to fail"),
         Some("-g") => {
