@@ -42,6 +42,93 @@ pub struct Config {
     pub server: ServerConfig,
     /// `[agent]`: identity, plugins and limits of this host.
     pub agent: AgentConfig,
+    /// `[audit]`: the audit trail of executed commands.
+    pub audit: AuditConfig,
+}
+
+/// `audit.commands`: the command text in the log, or only its SHA-256.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditCommands {
+    #[default]
+    Full,
+    Hash,
+}
+
+/// `audit.getinfo`: whether `getinfo.*` calls are logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditGetinfo {
+    #[default]
+    Off,
+    On,
+}
+
+/// `audit.fsync`: when the log is flushed to the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditFsync {
+    /// After every line, before its answer goes out.
+    #[default]
+    Always,
+    /// Once per batch of lines the writer found waiting, before their answers.
+    Batch,
+    /// Never (the kernel writes back when it likes).
+    Never,
+}
+
+/// `audit.on_failure`: what new commands get while the log cannot be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditOnFailure {
+    /// Run them (the failure is logged and counted).
+    #[default]
+    Continue,
+    /// Answer them `3026 Busy` until a line is written again.
+    Refuse,
+}
+
+/// The `[audit]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Log off entirely (default on).
+    pub enabled: bool,
+    /// The log file; default `agent.state_dir/audit.log`.
+    pub path: Option<PathBuf>,
+    pub commands: AuditCommands,
+    pub getinfo: AuditGetinfo,
+    pub fsync: AuditFsync,
+    /// Rotate before a line would take the file past this many bytes.
+    pub max_bytes: u64,
+    /// Rotated files kept (`audit.log.1` … `audit.log.KEEP`).
+    pub keep: u32,
+    pub on_failure: AuditOnFailure,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            enabled: true,
+            path: None,
+            commands: AuditCommands::Full,
+            getinfo: AuditGetinfo::Off,
+            fsync: AuditFsync::Always,
+            max_bytes: 64 * 1024 * 1024,
+            keep: 10,
+            on_failure: AuditOnFailure::Continue,
+        }
+    }
+}
+
+impl Config {
+    /// The audit log's path (`audit.path`, else `state_dir/audit.log`).
+    pub fn audit_path(&self) -> PathBuf {
+        self.audit
+            .path
+            .clone()
+            .unwrap_or_else(|| self.agent.state_dir.join("audit.log"))
+    }
 }
 
 /// The `[server]` table.
@@ -339,6 +426,16 @@ impl Config {
                     ));
                 }
             }
+        }
+        let au = &self.audit;
+        if au.path.as_ref().is_some_and(|p| !p.is_absolute()) {
+            return Err(("audit.path", "must be an absolute path".into()));
+        }
+        if au.max_bytes < 4096 {
+            return Err(("audit.max_bytes", "must be at least 4096".into()));
+        }
+        if au.keep == 0 || au.keep > 1000 {
+            return Err(("audit.keep", "must be between 1 and 1000".into()));
         }
         if a.max_output_limit < a.max_output {
             return Err((

@@ -132,6 +132,9 @@ pub struct Dispatcher {
     congested: Option<String>,
     backlog: Arc<Backlog>,
     schedules: Option<ScheduleTable>,
+    /// The audit trail (see [`crate::audit`]) and the server it records.
+    audit: Option<crate::audit::Audit>,
+    peer: crate::audit::Peer,
 }
 
 impl Dispatcher {
@@ -160,6 +163,31 @@ impl Dispatcher {
             congested: None,
             backlog: Arc::default(),
             schedules: None,
+            audit: None,
+            peer: crate::audit::Peer::local(),
+        }
+    }
+
+    /// Audits executed calls into this log from now on.
+    pub fn set_audit(&mut self, audit: crate::audit::Audit) {
+        self.audit = Some(audit);
+    }
+
+    /// The server of the connection now up (address, certificate hash).
+    pub fn set_peer(&mut self, peer: crate::audit::Peer) {
+        self.peer = peer;
+    }
+
+    /// The audit line of a request (see [`crate::audit::Audit::begin`]).
+    fn audit_begin(
+        &self,
+        method: &str,
+        id: Option<&RawValue>,
+        frame: &[u8],
+    ) -> Result<Option<crate::audit::Note>, String> {
+        match &self.audit {
+            Some(a) => a.begin(&self.peer, method, id, frame),
+            None => Ok(None),
         }
     }
 
@@ -304,12 +332,17 @@ impl Dispatcher {
                 ),
             )));
         }
-        let call = plugin.call(
-            frame,
-            self.answer_with(generation, id, move |id, c| {
-                Response::from_plugin_owned(id, c.retcode, c.message, c.data)
-            }),
-        );
+        let note = match self.audit_begin(&method, id.as_deref(), frame) {
+            Ok(n) => n,
+            Err(busy) => return Some(self.frame_of(&Response::failed(id, Retcode::BUSY, busy))),
+        };
+        let mut completer = self.answer_with(generation, id, move |id, c| {
+            Response::from_plugin_owned(id, c.retcode, c.message, c.data)
+        });
+        if let Some(note) = note {
+            completer = crate::audit::after_line(note, None, completer);
+        }
+        let call = plugin.call(frame, completer);
         self.in_flight.insert(call, InFlight { plugin, method });
         None
     }
@@ -427,6 +460,10 @@ impl Dispatcher {
             Ok(p) => p,
             Err(e) => return Response::failed(id, Retcode(e.retcode()), e.message()),
         };
+        let note = match self.audit_begin("async.bash", id.as_deref(), frame) {
+            Ok(n) => n,
+            Err(busy) => return Response::failed(id, Retcode::BUSY, busy),
+        };
         let task = tasks::new_task_id();
         let cmd = serde_json::from_slice::<Value>(frame)
             .ok()
@@ -442,28 +479,43 @@ impl Dispatcher {
             task.clone(),
             self.max_frame,
         );
-        let call = plugin.call(
-            frame,
-            Box::new(move |c: Completion| {
-                if std::thread::current().id() == loop_thread {
-                    *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(c);
-                    return;
+        let mut completer: basicagent_abi::host::Completer = Box::new(move |c: Completion| {
+            if std::thread::current().id() == loop_thread {
+                *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(c);
+                return;
+            }
+            let frame = tasks::done_frame(&task_id, c.retcode, &c.message, c.data, max_frame);
+            let stored = match tasks::write_result(&dir, &task_id, &frame) {
+                Ok(()) => true,
+                Err(e) => {
+                    log::error!("task {task_id}: cannot write the result durably: {e}; kept in memory and delivered");
+                    false
                 }
-                let frame = tasks::done_frame(&task_id, c.retcode, &c.message, c.data, max_frame);
-                let stored = match tasks::write_result(&dir, &task_id, &frame) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        log::error!("task {task_id}: cannot write the result durably: {e}; kept in memory and delivered");
-                        false
-                    }
-                };
-                let task = TaskEnd { id: task_id, retcode: c.retcode, stored, schedule: None };
-                let _ = tx.send(Finished { generation: None, call: c.call, frame, id: None, task: Some(task) });
-                if let Err(e) = waker.wake() {
-                    log::error!("cannot wake the loop: {e}");
-                }
-            }),
-        );
+            };
+            let task = TaskEnd {
+                id: task_id,
+                retcode: c.retcode,
+                stored,
+                schedule: None,
+            };
+            let _ = tx.send(Finished {
+                generation: None,
+                call: c.call,
+                frame,
+                id: None,
+                task: Some(task),
+            });
+            if let Err(e) = waker.wake() {
+                log::error!("cannot wake the loop: {e}");
+            }
+        });
+        if let Some(mut note) = note {
+            note.set("task", Value::String(task.clone()));
+            // A completion on the loop thread is a refusal inside `call`:
+            // nothing ran, no line.
+            completer = crate::audit::after_line(note, Some(self.loop_thread), completer);
+        }
+        let call = plugin.call(frame, completer);
         let refused = immediate.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(c) = refused {
             return Response::from_plugin(id, c.retcode, &c.message, c.data.as_deref());
@@ -645,10 +697,28 @@ impl Dispatcher {
             return;
         }
         let frame = Value::Object(fire.request.clone()).to_string();
-        let call = plugin.call(
-            frame.as_bytes(),
-            Box::new(move |c: Completion| sink.complete(c)),
-        );
+        let mut completer: basicagent_abi::host::Completer =
+            Box::new(move |c: Completion| sink.complete(c));
+        let local = crate::audit::Peer::local();
+        let note = match &self.audit {
+            Some(a) => a
+                .begin(&local, &fire.method, None, frame.as_bytes())
+                .unwrap_or_else(|busy| {
+                    log::warn!(
+                        "schedule {}: {busy} (run audited anyway: it was decided already)",
+                        fire.schedule
+                    );
+                    a.begin_unchecked(&local, &fire.method, None, frame.as_bytes())
+                }),
+            None => None,
+        };
+        if let Some(mut note) = note {
+            note.set("task", Value::String(task.clone()));
+            note.set("schedule", Value::String(fire.schedule.clone()));
+            note.set("run", Value::from(fire.run));
+            completer = crate::audit::after_line(note, None, completer);
+        }
+        let call = plugin.call(frame.as_bytes(), completer);
         self.note_scheduled_start(&fire, &task, Some(call), now);
         self.in_flight.insert(
             call,

@@ -1,0 +1,807 @@
+//! The audit trail: one JSON line per executed command (and, when enabled,
+//! per `getinfo.*` call) in `audit.log`, each carrying the SHA-256 of the
+//! line before it, so an edited, removed or reordered line breaks the chain.
+//!
+//! The loop never touches the disk: a dispatcher hands each finished call
+//! to [`Audit::submit`] with the closure that delivers its answer; the
+//! writer thread appends the line, fsyncs by `audit.fsync`, and only then
+//! runs that closure (which sends the answer to the loop and wakes it, like
+//! an outbox write). A write that fails still delivers the answer (the
+//! command already ran); the failure is logged and counted, and with
+//! `on_failure = "refuse"` new commands are refused until a write succeeds.
+//!
+//! The line JSON is the agent's own file format (not wire JSON) and is
+//! built with `serde_json` here. `prev` is the lowercase hex SHA-256 of the
+//! previous line's bytes without its `\n`; the first line of a log is
+//! chained to 64 zeros; the first line after a rotation carries
+//! `rotated_from: {file, last}` with the rotated file's last hash.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::config::{AuditCommands, AuditConfig, AuditFsync, AuditGetinfo, AuditOnFailure};
+
+/// The `prev` of the very first line of a log.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Longest command text kept in a line; past it the text is cut
+/// (`command_truncated`) and `command_sha256` still covers all of it. This
+/// bounds a line, so the tail read at start (`TAIL_MAX`) finds the last one.
+pub const COMMAND_MAX: usize = 64 * 1024;
+
+/// Bytes read back from the end of the log at start.
+const TAIL_MAX: u64 = 256 * 1024;
+
+/// Lines written per batch at most (`fsync = "batch"`).
+const BATCH_MAX: usize = 256;
+
+/// Lowercase hex SHA-256.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
+    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The server a request came from: its address and its certificate's
+/// SHA-256, or `"local"` for scheduled runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub server: String,
+    pub fingerprint: String,
+}
+
+impl Peer {
+    /// Scheduled runs and local calls.
+    pub fn local() -> Peer {
+        Peer {
+            server: "local".into(),
+            fingerprint: "local".into(),
+        }
+    }
+
+    /// From an established TLS session (`peer_certificates()`).
+    pub fn of_tls(
+        addr: &std::net::SocketAddr,
+        certs: Option<&[rustls_pki_types::CertificateDer<'_>]>,
+    ) -> Peer {
+        Peer {
+            server: addr.to_string(),
+            fingerprint: certs
+                .and_then(|c| c.first())
+                .map_or_else(|| "none".to_owned(), |c| sha256_hex(c.as_ref())),
+        }
+    }
+}
+
+/// Something the log is written to (a file; a recorder in tests).
+pub trait Disk: Send {
+    fn append(&mut self, line: &[u8]) -> io::Result<()>;
+    fn sync(&mut self) -> io::Result<()>;
+    fn len(&self) -> u64;
+    /// Moves the current file aside and starts an empty one; returns the
+    /// name the old file has now.
+    fn rotate(&mut self) -> io::Result<String>;
+}
+
+/// One line to write and the delivery that waits for it.
+pub struct Job {
+    pub entry: Map<String, Value>,
+    pub then: Box<dyn FnOnce() + Send>,
+}
+
+/// Failure counters shared with the dispatcher.
+#[derive(Debug, Default)]
+pub struct Health {
+    failing: AtomicBool,
+    failures: AtomicU64,
+    written: AtomicU64,
+}
+
+impl Health {
+    fn note(&self, r: &io::Result<()>) {
+        match r {
+            Ok(()) => {
+                self.written.fetch_add(1, Ordering::Relaxed);
+                self.failing.store(false, Ordering::Relaxed);
+            }
+            Err(e) => {
+                let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+                self.failing.store(true, Ordering::Relaxed);
+                log::error!("audit log: cannot write a line ({n} failure(s) so far): {e}");
+            }
+        }
+    }
+    /// The last write failed.
+    pub fn failing(&self) -> bool {
+        self.failing.load(Ordering::Relaxed)
+    }
+    /// Lines that could not be written.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+    /// Lines written.
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
+}
+
+/// The chain state and the disk: run on the writer thread.
+pub struct Writer<D: Disk> {
+    disk: D,
+    last: String,
+    max_bytes: u64,
+    fsync: AuditFsync,
+    /// Set for the next line: what the previous file was.
+    rotated_from: Option<Value>,
+    /// Set for the next line: a torn tail found (and cut) at start.
+    torn: Option<Value>,
+    health: Arc<Health>,
+}
+
+impl<D: Disk> Writer<D> {
+    pub fn new(
+        disk: D,
+        start: Start,
+        max_bytes: u64,
+        fsync: AuditFsync,
+        health: Arc<Health>,
+    ) -> Self {
+        Writer {
+            disk,
+            last: start.last,
+            max_bytes,
+            fsync,
+            rotated_from: start.rotated_from,
+            torn: start.torn,
+            health,
+        }
+    }
+
+    /// The hash the next line will carry as `prev`.
+    pub fn last(&self) -> &str {
+        &self.last
+    }
+
+    fn write_line(&mut self, mut entry: Map<String, Value>) -> io::Result<()> {
+        let estimate = serde_json::to_vec(&entry).map_or(0, |v| v.len()) as u64 + 256;
+        if self.disk.len() > 0 && self.disk.len().saturating_add(estimate) > self.max_bytes {
+            let name = self.disk.rotate()?;
+            log::info!("audit log rotated: the old file is now {name}");
+            self.rotated_from = Some(serde_json::json!({ "file": name, "last": self.last }));
+        }
+        entry.insert("prev".into(), Value::String(self.last.clone()));
+        if let Some(r) = &self.rotated_from {
+            entry.insert("rotated_from".into(), r.clone());
+        }
+        if let Some(t) = &self.torn {
+            entry.insert("torn".into(), t.clone());
+        }
+        let mut bytes = serde_json::to_vec(&Value::Object(entry)).map_err(io::Error::other)?;
+        let hash = sha256_hex(&bytes);
+        bytes.push(b'\n');
+        self.disk.append(&bytes)?;
+        self.last = hash;
+        self.rotated_from = None;
+        self.torn = None;
+        Ok(())
+    }
+
+    /// Writes the jobs in order, fsyncs by the policy, and runs each job's
+    /// delivery only after its line is written (and synced, unless
+    /// `never`). Failures deliver too.
+    pub fn write_batch(&mut self, jobs: Vec<Job>) {
+        let mut waiting = Vec::new();
+        let mut results = Vec::new();
+        for job in jobs {
+            let mut r = self.write_line(job.entry);
+            match self.fsync {
+                AuditFsync::Always => {
+                    if r.is_ok() {
+                        r = self.disk.sync();
+                    }
+                    self.health.note(&r);
+                    (job.then)();
+                }
+                AuditFsync::Never => {
+                    self.health.note(&r);
+                    (job.then)();
+                }
+                AuditFsync::Batch => {
+                    results.push(r);
+                    waiting.push(job.then);
+                }
+            }
+        }
+        if waiting.is_empty() {
+            return;
+        }
+        let synced = if results.iter().any(Result::is_ok) {
+            self.disk.sync()
+        } else {
+            Ok(())
+        };
+        for r in results {
+            let r = match (&r, &synced) {
+                (Ok(()), Err(e)) => Err(io::Error::new(e.kind(), e.to_string())),
+                _ => r,
+            };
+            self.health.note(&r);
+        }
+        for then in waiting {
+            then();
+        }
+    }
+}
+
+/// Where the chain continues, read back from the log at start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Start {
+    pub last: String,
+    pub rotated_from: Option<Value>,
+    pub torn: Option<Value>,
+}
+
+/// The log file with its rotated predecessors `PATH.1` … `PATH.KEEP`.
+pub struct FileDisk {
+    path: PathBuf,
+    file: File,
+    len: u64,
+    keep: u32,
+}
+
+/// The file of rotation `n` (`audit.log.3`).
+pub fn rotated_path(path: &Path, n: u32) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(format!(".{n}"));
+    PathBuf::from(s)
+}
+
+fn open_log(path: &Path) -> io::Result<File> {
+    let (file, _) =
+        basicagent_fstrust::create_file(path, 0o600, basicagent_fstrust::CreateHow::ReadWrite)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    Ok(file)
+}
+
+/// The last complete line of `file` (bounded tail read) and the torn bytes
+/// after it, if the file does not end with `\n`.
+fn read_tail(file: &mut File) -> io::Result<(Option<Vec<u8>>, u64, Option<Vec<u8>>)> {
+    let len = file.metadata()?.len();
+    let from = len.saturating_sub(TAIL_MAX);
+    file.seek(SeekFrom::Start(from))?;
+    let mut tail = Vec::new();
+    Read::by_ref(file).take(TAIL_MAX).read_to_end(&mut tail)?;
+    let (complete_end, torn) = match tail.iter().rposition(|&b| b == b'\n') {
+        Some(i) if i + 1 == tail.len() => (tail.len(), None),
+        Some(i) => (i + 1, Some(tail[i + 1..].to_vec())),
+        None if from == 0 => (0, (!tail.is_empty()).then(|| tail.clone())),
+        None => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("no line end in the last {TAIL_MAX} bytes: not an audit log"),
+            ))
+        }
+    };
+    let lines = &tail[..complete_end];
+    let last = if lines.is_empty() {
+        None
+    } else {
+        let body = &lines[..lines.len() - 1];
+        let start = body.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        if start == 0 && from > 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("the last line is longer than {TAIL_MAX} bytes: not an audit log"),
+            ));
+        }
+        Some(body[start..].to_vec())
+    };
+    Ok((last, from + complete_end as u64, torn))
+}
+
+impl FileDisk {
+    /// Opens (creates) the log by the file-trust rule, 0600, and reads the
+    /// chain's last hash back; a torn last line is cut off and recorded in
+    /// the next line (`torn: {bytes, sha256}`).
+    pub fn open(path: &Path, keep: u32) -> io::Result<(FileDisk, Start)> {
+        let mut file = open_log(path)?;
+        let (last, end, torn) = read_tail(&mut file)?;
+        let torn = match torn {
+            Some(t) => {
+                log::warn!(
+                    "audit log {}: a torn last line ({} bytes, a crash mid-write) was cut off; the next line records it",
+                    path.display(),
+                    t.len()
+                );
+                file.set_len(end)?;
+                file.sync_data()?;
+                Some(serde_json::json!({ "bytes": t.len(), "sha256": sha256_hex(&t) }))
+            }
+            None => None,
+        };
+        let mut start = Start {
+            last: GENESIS.to_owned(),
+            rotated_from: None,
+            torn,
+        };
+        match last {
+            Some(line) => start.last = sha256_hex(&line),
+            None => {
+                // Empty: a crash right after a rotation continues from the
+                // rotated file.
+                let old = rotated_path(path, 1);
+                if let Ok(mut f) = File::open(&old) {
+                    if let Ok((Some(line), _, _)) = read_tail(&mut f) {
+                        start.last = sha256_hex(&line);
+                        let name = old.file_name().map(|n| n.to_string_lossy().into_owned());
+                        start.rotated_from =
+                            Some(serde_json::json!({ "file": name, "last": start.last }));
+                    }
+                }
+            }
+        }
+        let len = file.seek(SeekFrom::End(0))?;
+        Ok((
+            FileDisk {
+                path: path.to_owned(),
+                file,
+                len,
+                keep,
+            },
+            start,
+        ))
+    }
+}
+
+impl Disk for FileDisk {
+    fn append(&mut self, line: &[u8]) -> io::Result<()> {
+        let r = self.file.write_all(line);
+        if r.is_err() {
+            // Leave no torn line behind if we can.
+            let _ = self.file.set_len(self.len);
+            let _ = self.file.seek(SeekFrom::Start(self.len));
+        } else {
+            self.len = self.len.saturating_add(line.len() as u64);
+        }
+        r
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+    fn len(&self) -> u64 {
+        self.len
+    }
+    fn rotate(&mut self) -> io::Result<String> {
+        self.file.sync_data()?;
+        for n in (1..self.keep).rev() {
+            match std::fs::rename(rotated_path(&self.path, n), rotated_path(&self.path, n + 1)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        let first = rotated_path(&self.path, 1);
+        std::fs::rename(&self.path, &first)?;
+        self.file = open_log(&self.path)?;
+        self.len = 0;
+        if let Some(dir) = self.path.parent() {
+            if let Ok(d) = File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(first
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned()))
+    }
+}
+
+/// The dispatcher's handle: settings, the writer thread's queue, health.
+#[derive(Clone)]
+pub struct Audit {
+    tx: mpsc::Sender<Job>,
+    commands: AuditCommands,
+    getinfo: AuditGetinfo,
+    on_failure: AuditOnFailure,
+    health: Arc<Health>,
+}
+
+/// A request being audited: its line so far, finished at answer time.
+pub struct Note {
+    audit: Audit,
+    entry: Map<String, Value>,
+}
+
+/// Result fields copied from a plugin's answer data (others are skipped
+/// unread: the streams themselves never reach the log).
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Outcome {
+    exitcode: Option<Value>,
+    signal: Option<Value>,
+    killed_by: Option<Value>,
+    processes_killed: Option<Value>,
+    containment: Option<Value>,
+    usage: Option<Value>,
+    stdout_bytes: Option<Value>,
+    stderr_bytes: Option<Value>,
+    stdout_sha256: Option<Value>,
+    stderr_sha256: Option<Value>,
+    user: Option<Value>,
+    group: Option<Value>,
+    uid: Option<Value>,
+    gid: Option<Value>,
+}
+
+/// Request keys recorded as the limits applied.
+const LIMIT_KEYS: [&str; 8] = [
+    "timeout",
+    "memory_max",
+    "pids_max",
+    "cpu_max",
+    "nice",
+    "max_output",
+    "user",
+    "group",
+];
+
+fn now_fields(entry: &mut Map<String, Value>, key_time: &str, key_ms: &str) {
+    let now = chrono::Utc::now();
+    entry.insert(
+        key_time.into(),
+        Value::String(now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+    );
+    entry.insert(key_ms.into(), Value::from(now.timestamp_millis()));
+}
+
+impl Audit {
+    /// Opens the log and starts the writer thread.
+    pub fn start(path: &Path, cfg: &AuditConfig) -> io::Result<Audit> {
+        let (disk, start) = FileDisk::open(path, cfg.keep)?;
+        log::info!(
+            "audit log {} (commands {:?}, fsync {:?}), chain continues from {}",
+            path.display(),
+            cfg.commands,
+            cfg.fsync,
+            &start.last[..12]
+        );
+        Self::with_disk(disk, start, cfg)
+    }
+
+    /// The writer thread over any [`Disk`].
+    pub fn with_disk<D: Disk + 'static>(
+        disk: D,
+        start: Start,
+        cfg: &AuditConfig,
+    ) -> io::Result<Audit> {
+        let health = Arc::new(Health::default());
+        let mut writer = Writer::new(disk, start, cfg.max_bytes, cfg.fsync, Arc::clone(&health));
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("audit".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < BATCH_MAX {
+                        match rx.try_recv() {
+                            Ok(j) => batch.push(j),
+                            Err(_) => break,
+                        }
+                    }
+                    writer.write_batch(batch);
+                }
+            })?;
+        Ok(Audit {
+            tx,
+            commands: cfg.commands,
+            getinfo: cfg.getinfo,
+            on_failure: cfg.on_failure,
+            health,
+        })
+    }
+
+    /// Failure counters.
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// Hands a line to the writer; `then` runs once it is written (or
+    /// failed). If the writer is gone, `then` runs at once.
+    pub fn submit(&self, entry: Map<String, Value>, then: Box<dyn FnOnce() + Send>) {
+        if let Err(mpsc::SendError(job)) = self.tx.send(Job { entry, then }) {
+            log::error!("audit log: the writer thread is gone; answer sent unaudited");
+            self.health
+                .note(&Err(io::Error::other("writer thread gone")));
+            (job.then)();
+        }
+    }
+
+    /// Starts the line of a request to `method` (`Ok(None)`: not audited;
+    /// `Err`: refused while the log fails, with `on_failure = "refuse"`).
+    pub fn begin(
+        &self,
+        peer: &Peer,
+        method: &str,
+        id: Option<&serde_json::value::RawValue>,
+        frame: &[u8],
+    ) -> Result<Option<Note>, String> {
+        if method.starts_with("getinfo.") && self.getinfo == AuditGetinfo::Off {
+            return Ok(None);
+        }
+        if self.on_failure == AuditOnFailure::Refuse && self.health.failing() {
+            return Err(format!(
+                "Busy: the audit log cannot be written ({} failure(s)); commands are refused (audit.on_failure = \"refuse\")",
+                self.health.failures()
+            ));
+        }
+        Ok(self.begin_unchecked(peer, method, id, frame))
+    }
+
+    /// [`Self::begin`] without the `on_failure` check (a scheduled run,
+    /// decided already, is run and audited).
+    pub fn begin_unchecked(
+        &self,
+        peer: &Peer,
+        method: &str,
+        id: Option<&serde_json::value::RawValue>,
+        frame: &[u8],
+    ) -> Option<Note> {
+        if method.starts_with("getinfo.") && self.getinfo == AuditGetinfo::Off {
+            return None;
+        }
+        let mut entry = Map::new();
+        now_fields(&mut entry, "requested", "requested_ms");
+        entry.insert("server".into(), Value::String(peer.server.clone()));
+        entry.insert(
+            "fingerprint".into(),
+            Value::String(peer.fingerprint.clone()),
+        );
+        entry.insert(
+            "id".into(),
+            id.and_then(|r| serde_json::from_str::<Value>(r.get()).ok())
+                .unwrap_or(Value::Null),
+        );
+        entry.insert("method".into(), Value::String(method.to_owned()));
+        let request = serde_json::from_slice::<Value>(frame).unwrap_or(Value::Null);
+        if let Some(cmd) = request.get("cmd").and_then(Value::as_str) {
+            entry.insert(
+                "command_sha256".into(),
+                Value::String(sha256_hex(cmd.as_bytes())),
+            );
+            if self.commands == AuditCommands::Full {
+                let mut cut = cmd.len().min(COMMAND_MAX);
+                while !cmd.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                entry.insert("command".into(), Value::String(cmd[..cut].to_owned()));
+                if cut < cmd.len() {
+                    entry.insert("command_truncated".into(), Value::Bool(true));
+                }
+            }
+        }
+        if let Some(args) = request.get("args") {
+            entry.insert("args".into(), args.clone());
+        }
+        let limits: Map<String, Value> = LIMIT_KEYS
+            .iter()
+            .filter_map(|k| request.get(*k).map(|v| ((*k).to_owned(), v.clone())))
+            .collect();
+        if !limits.is_empty() {
+            entry.insert("limits".into(), Value::Object(limits));
+        }
+        Some(Note {
+            audit: self.clone(),
+            entry,
+        })
+    }
+}
+
+impl Note {
+    /// Adds a field (`task`, `schedule`).
+    pub fn set(&mut self, key: &str, value: Value) {
+        self.entry.insert(key.to_owned(), value);
+    }
+
+    /// The line at answer time: retcode and the outcome from the data.
+    pub fn finish(mut self, retcode: u32, data: Option<&str>) -> Finished {
+        now_fields(&mut self.entry, "time", "unix_ms");
+        self.entry.insert("retcode".into(), Value::from(retcode));
+        let outcome = data
+            .and_then(|d| serde_json::from_str::<Outcome>(d).ok())
+            .unwrap_or_default();
+        let fields = [
+            ("exitcode", outcome.exitcode),
+            ("signal", outcome.signal),
+            ("killed_by", outcome.killed_by),
+            ("processes_killed", outcome.processes_killed),
+            ("containment", outcome.containment),
+            ("usage", outcome.usage),
+            ("stdout_bytes", outcome.stdout_bytes),
+            ("stderr_bytes", outcome.stderr_bytes),
+            ("stdout_sha256", outcome.stdout_sha256),
+            ("stderr_sha256", outcome.stderr_sha256),
+            ("user", outcome.user),
+            ("group", outcome.group),
+            ("uid", outcome.uid),
+            ("gid", outcome.gid),
+        ];
+        for (k, v) in fields {
+            if let Some(v) = v {
+                self.entry.insert(k.into(), v);
+            }
+        }
+        Finished {
+            audit: self.audit,
+            entry: self.entry,
+        }
+    }
+}
+
+/// A finished line waiting to be submitted with its delivery.
+pub struct Finished {
+    audit: Audit,
+    entry: Map<String, Value>,
+}
+
+impl Finished {
+    /// Writes the line, then runs `deliver`.
+    pub fn submit(self, deliver: impl FnOnce() + Send + 'static) {
+        self.audit.submit(self.entry, Box::new(deliver));
+    }
+}
+
+/// A completer that writes the call's audit line first and runs `inner`
+/// (which builds and delivers the answer) on the writer thread once the
+/// line is written. A completion on `skip_on` (the loop thread: a refusal
+/// inside `call`, nothing ran) goes to `inner` at once, without a line.
+pub fn after_line(
+    note: Note,
+    skip_on: Option<std::thread::ThreadId>,
+    inner: basicagent_abi::host::Completer,
+) -> basicagent_abi::host::Completer {
+    Box::new(move |c: basicagent_abi::Completion| {
+        if skip_on == Some(std::thread::current().id()) {
+            return inner(c);
+        }
+        let line = note.finish(c.retcode, c.data.as_deref());
+        line.submit(move || inner(c));
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Verification
+
+/// Where and how the chain broke.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}:{line}: {what}", .file.display())]
+pub struct VerifyError {
+    pub file: PathBuf,
+    /// 1-based; 0 for the file itself.
+    pub line: usize,
+    pub what: String,
+}
+
+/// A chain that verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub lines: usize,
+    pub files: usize,
+    /// The hash of the last line (record it elsewhere: an edit of the very
+    /// last line is only found against it).
+    pub last: String,
+    /// Remarks (a torn line recorded, a predecessor not given).
+    pub notes: Vec<String>,
+}
+
+/// The configured log's files, oldest first (`PATH.KEEP` … `PATH.1`, `PATH`),
+/// those that exist.
+pub fn default_files(path: &Path, keep: u32) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = (1..=keep)
+        .rev()
+        .map(|n| rotated_path(path, n))
+        .filter(|p| p.exists())
+        .collect();
+    v.push(path.to_owned());
+    v
+}
+
+/// Verifies the chain through `files`, oldest first.
+pub fn verify(files: &[PathBuf]) -> Result<Verified, VerifyError> {
+    let mut last: Option<String> = None;
+    let mut lines = 0;
+    let mut notes = Vec::new();
+    for (k, file) in files.iter().enumerate() {
+        let err = |line: usize, what: String| VerifyError {
+            file: file.clone(),
+            line,
+            what,
+        };
+        let bytes = std::fs::read(file).map_err(|e| err(0, format!("cannot read: {e}")))?;
+        if bytes.is_empty() {
+            continue;
+        }
+        let mut parts: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
+        let torn = parts.pop().filter(|p| !p.is_empty());
+        for (i, raw) in parts.iter().enumerate() {
+            let n = i + 1;
+            let v: Value =
+                serde_json::from_slice(raw).map_err(|e| err(n, format!("bad JSON: {e}")))?;
+            let prev = v
+                .get("prev")
+                .and_then(Value::as_str)
+                .ok_or_else(|| err(n, "no \"prev\" field".into()))?;
+            let rotated = v.get("rotated_from");
+            let expected = match (&last, i, rotated) {
+                (Some(h), 0, Some(r)) => {
+                    let named = r.get("last").and_then(Value::as_str).unwrap_or("");
+                    if named != h {
+                        return Err(err(
+                            n,
+                            format!(
+                                "chain break across files: rotated_from names {named}, the previous file ends with {h}"
+                            ),
+                        ));
+                    }
+                    h.clone()
+                }
+                (Some(_), 0, None) => {
+                    return Err(err(
+                        n,
+                        "chain break across files: the first line has no rotated_from".into(),
+                    ))
+                }
+                (Some(h), _, _) => h.clone(),
+                (None, _, Some(r)) if k == 0 && i == 0 => {
+                    let named = r
+                        .get("last")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_owned();
+                    notes.push(format!(
+                        "{}: continues a rotated file ({}) not given",
+                        file.display(),
+                        r.get("file").and_then(Value::as_str).unwrap_or("?")
+                    ));
+                    named
+                }
+                (None, _, _) => GENESIS.to_owned(),
+            };
+            if prev != expected {
+                let what = if i == 0 && last.is_none() {
+                    format!("prev {prev} is not the start of a chain (lines before it removed?)")
+                } else {
+                    format!(
+                        "hash mismatch of prev: {prev}, the line before hashes to {expected} (a line edited, removed or reordered)"
+                    )
+                };
+                return Err(err(n, what));
+            }
+            if v.get("torn").is_some() {
+                notes.push(format!(
+                    "{}:{n}: records a torn line cut at start ({})",
+                    file.display(),
+                    v["torn"]
+                ));
+            }
+            last = Some(sha256_hex(raw));
+            lines += 1;
+        }
+        if let Some(t) = torn {
+            return Err(err(
+                parts.len() + 1,
+                format!("torn last line ({} bytes without a line end)", t.len()),
+            ));
+        }
+    }
+    Ok(Verified {
+        lines,
+        files: files.len(),
+        last: last.unwrap_or_else(|| GENESIS.to_owned()),
+        notes,
+    })
+}
