@@ -805,3 +805,329 @@ pub fn verify(files: &[PathBuf]) -> Result<Verified, VerifyError> {
         notes,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A disk that records the calls made on it, in order.
+    struct Recorder {
+        ops: Arc<Mutex<Vec<String>>>,
+        len: u64,
+        fail: bool,
+    }
+
+    impl Disk for Recorder {
+        fn append(&mut self, line: &[u8]) -> io::Result<()> {
+            self.ops.lock().unwrap().push("append".into());
+            if self.fail {
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            self.len += line.len() as u64;
+            Ok(())
+        }
+        fn sync(&mut self) -> io::Result<()> {
+            self.ops.lock().unwrap().push("sync".into());
+            Ok(())
+        }
+        fn len(&self) -> u64 {
+            self.len
+        }
+        fn rotate(&mut self) -> io::Result<String> {
+            self.ops.lock().unwrap().push("rotate".into());
+            self.len = 0;
+            Ok("audit.log.1".into())
+        }
+    }
+
+    fn start() -> Start {
+        Start {
+            last: GENESIS.into(),
+            rotated_from: None,
+            torn: None,
+        }
+    }
+
+    fn order(fsync: AuditFsync, fail: bool) -> (Vec<String>, Arc<Health>) {
+        let ops = Arc::new(Mutex::new(Vec::new()));
+        let disk = Recorder {
+            ops: Arc::clone(&ops),
+            len: 0,
+            fail,
+        };
+        let health = Arc::new(Health::default());
+        let mut w = Writer::new(disk, start(), 1 << 20, fsync, Arc::clone(&health));
+        let jobs = (0..2)
+            .map(|i| {
+                let ops = Arc::clone(&ops);
+                Job {
+                    entry: Map::from_iter([("n".to_owned(), Value::from(i))]),
+                    then: Box::new(move || ops.lock().unwrap().push(format!("answer {i}"))),
+                }
+            })
+            .collect();
+        w.write_batch(jobs);
+        let v = ops.lock().unwrap().clone();
+        (v, health)
+    }
+
+    #[test]
+    fn fsync_always_syncs_each_line_before_its_answer() {
+        let (ops, h) = order(AuditFsync::Always, false);
+        assert_eq!(
+            ops,
+            ["append", "sync", "answer 0", "append", "sync", "answer 1"]
+        );
+        assert_eq!(h.written(), 2);
+    }
+
+    #[test]
+    fn fsync_batch_syncs_once_before_all_answers() {
+        let (ops, _) = order(AuditFsync::Batch, false);
+        assert_eq!(ops, ["append", "append", "sync", "answer 0", "answer 1"]);
+    }
+
+    #[test]
+    fn fsync_never_answers_after_the_write_only() {
+        let (ops, _) = order(AuditFsync::Never, false);
+        assert_eq!(ops, ["append", "answer 0", "append", "answer 1"]);
+    }
+
+    #[test]
+    fn a_failing_disk_still_answers_and_counts() {
+        let (ops, h) = order(AuditFsync::Always, true);
+        assert_eq!(ops, ["append", "answer 0", "append", "answer 1"]);
+        assert_eq!(h.failures(), 2);
+        assert!(h.failing());
+    }
+
+    fn cfg(max_bytes: u64) -> AuditConfig {
+        AuditConfig {
+            max_bytes,
+            keep: 3,
+            ..AuditConfig::default()
+        }
+    }
+
+    /// Writes `n` lines through a real file, like the writer thread does.
+    fn write_lines(path: &Path, n: usize, max_bytes: u64) -> String {
+        let (disk, start) = FileDisk::open(path, 3).unwrap();
+        let mut w = Writer::new(disk, start, max_bytes, AuditFsync::Always, Arc::default());
+        for i in 0..n {
+            let entry = Map::from_iter([
+                ("n".to_owned(), Value::from(i)),
+                ("command".to_owned(), Value::String("x".repeat(100))),
+            ]);
+            w.write_batch(vec![Job {
+                entry,
+                then: Box::new(|| {}),
+            }]);
+        }
+        w.last().to_owned()
+    }
+
+    fn lines(path: &Path) -> Vec<String> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn put(path: &Path, lines: &[String]) {
+        std::fs::write(
+            path,
+            lines.iter().map(|l| format!("{l}\n")).collect::<String>(),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_written_log_verifies_and_is_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let last = write_lines(&path, 5, 1 << 20);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let ok = verify(&[path.clone()]).unwrap();
+        assert_eq!((ok.lines, ok.last.as_str()), (5, last.as_str()));
+        let first: Value = serde_json::from_str(&lines(&path)[0]).unwrap();
+        assert_eq!(first["prev"], GENESIS);
+    }
+
+    #[test]
+    fn the_chain_continues_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        write_lines(&path, 3, 1 << 20);
+        write_lines(&path, 2, 1 << 20);
+        assert_eq!(verify(&[path]).unwrap().lines, 5);
+    }
+
+    #[test]
+    fn an_edited_line_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        write_lines(&path, 5, 1 << 20);
+        let mut l = lines(&path);
+        l[1] = l[1].replace("\"n\":1", "\"n\":7");
+        put(&path, &l);
+        let e = verify(&[path]).unwrap_err();
+        assert_eq!(e.line, 3, "{e}");
+        assert!(e.what.contains("hash mismatch of prev"), "{e}");
+    }
+
+    #[test]
+    fn a_deleted_line_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        write_lines(&path, 5, 1 << 20);
+        let mut l = lines(&path);
+        l.remove(2);
+        put(&path, &l);
+        let e = verify(&[path]).unwrap_err();
+        assert_eq!(e.line, 3, "{e}");
+        // The first line removed: the chain does not start at GENESIS.
+        let path2 = dir.path().join("b.log");
+        write_lines(&path2, 3, 1 << 20);
+        let mut l = lines(&path2);
+        l.remove(0);
+        put(&path2, &l);
+        let e = verify(&[path2]).unwrap_err();
+        assert_eq!(e.line, 1, "{e}");
+    }
+
+    #[test]
+    fn swapped_lines_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        write_lines(&path, 5, 1 << 20);
+        let mut l = lines(&path);
+        l.swap(1, 2);
+        put(&path, &l);
+        let e = verify(&[path]).unwrap_err();
+        assert_eq!(e.line, 2, "{e}");
+    }
+
+    #[test]
+    fn bad_json_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        write_lines(&path, 3, 1 << 20);
+        let mut l = lines(&path);
+        l[1].truncate(10);
+        put(&path, &l);
+        let e = verify(&[path]).unwrap_err();
+        assert_eq!(e.line, 2);
+        assert!(e.what.contains("bad JSON"), "{e}");
+    }
+
+    #[test]
+    fn a_rotated_log_verifies_across_files_and_a_missing_file_breaks_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        // ~150 bytes a line, 4096 per file: rotations, keep 3.
+        write_lines(&path, 150, 4096);
+        let files = default_files(&path, 3);
+        assert_eq!(files.len(), 4, "the log and 3 rotated: {files:?}");
+        let ok = verify(&files).unwrap();
+        assert!(
+            ok.notes.iter().any(|n| n.contains("not given")),
+            "{:?}",
+            ok.notes
+        );
+        let first: Value = serde_json::from_str(&lines(&path)[0]).unwrap();
+        assert_eq!(first["rotated_from"]["file"], "audit.log.1");
+        // Without a middle file the chain breaks where it is missing.
+        let e = verify(&[files[0].clone(), files[2].clone()]).unwrap_err();
+        assert_eq!((e.file.clone(), e.line), (files[2].clone(), 1));
+        assert!(e.what.contains("chain break across files"), "{e}");
+        // Out of order: a break too.
+        assert!(verify(&[files[1].clone(), files[0].clone()]).is_err());
+        // Within the keep: fewer lines than written, but a full chain.
+        let total: usize = files.iter().map(|f| lines(f).len()).sum();
+        assert_eq!(ok.lines, total);
+    }
+
+    #[test]
+    fn a_torn_last_line_is_reported_then_cut_and_recorded_on_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        write_lines(&path, 3, 1 << 20);
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(b"{\"n\":3,\"comm").unwrap();
+        drop(f);
+        let e = verify(&[path.clone()]).unwrap_err();
+        assert_eq!(e.line, 4);
+        assert!(e.what.contains("torn"), "{e}");
+        write_lines(&path, 1, 1 << 20);
+        let ok = verify(&[path.clone()]).unwrap();
+        assert_eq!(ok.lines, 4);
+        let l: Value = serde_json::from_str(&lines(&path)[3]).unwrap();
+        assert_eq!(l["torn"]["bytes"], 12);
+        assert_eq!(l["torn"]["sha256"], sha256_hex(b"{\"n\":3,\"comm"));
+    }
+
+    #[test]
+    fn a_symlinked_log_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("elsewhere");
+        std::fs::write(&target, "").unwrap();
+        let path = dir.path().join("audit.log");
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        assert!(Audit::start(&path, &cfg(1 << 20)).is_err());
+    }
+
+    #[test]
+    fn begin_records_the_request_and_hash_mode_drops_the_text() {
+        let (tx, _rx) = mpsc::channel();
+        let mut a = Audit {
+            tx,
+            commands: AuditCommands::Hash,
+            getinfo: AuditGetinfo::Off,
+            on_failure: AuditOnFailure::Refuse,
+            health: Arc::default(),
+        };
+        let peer = Peer {
+            server: "127.0.0.1:1".into(),
+            fingerprint: "ab".into(),
+        };
+        let frame =
+            br#"{"id":7,"method":"sync.bash","cmd":"echo secret","timeout":5,"user":"nobody"}"#;
+        let id = serde_json::value::RawValue::from_string("7".into()).unwrap();
+        let note = a
+            .begin(&peer, "sync.bash", Some(&id), frame)
+            .unwrap()
+            .unwrap();
+        let data = r#"{"exitcode":0,"signal":null,"killed_by":null,"stdout":"secret\n","stdout_bytes":7,"stderr_bytes":0,"uid":65534,"user":"nobody","usage":{"cpu_user_ms":1}}"#;
+        let line = note.finish(0, Some(data)).entry;
+        assert!(line.get("command").is_none());
+        assert_eq!(line["command_sha256"], sha256_hex(b"echo secret"));
+        assert_eq!(line["id"], 7);
+        assert_eq!(line["limits"]["timeout"], 5);
+        assert_eq!(line["uid"], 65534);
+        assert_eq!(line["stdout_bytes"], 7);
+        assert_eq!(line["usage"]["cpu_user_ms"], 1);
+        assert!(line.get("stdout").is_none(), "streams never reach the log");
+        assert!(a
+            .begin(&peer, "getinfo.kernel", None, b"{}")
+            .unwrap()
+            .is_none());
+        a.getinfo = AuditGetinfo::On;
+        assert!(a
+            .begin(&peer, "getinfo.kernel", None, b"{}")
+            .unwrap()
+            .is_some());
+        a.health.note(&Err(io::Error::other("disk full")));
+        assert!(
+            a.begin(&peer, "sync.bash", None, frame).is_err(),
+            "refuse while failing"
+        );
+        a.on_failure = AuditOnFailure::Continue;
+        assert!(a.begin(&peer, "sync.bash", None, frame).is_ok());
+    }
+}
