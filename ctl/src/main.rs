@@ -14,6 +14,7 @@ macro_rules! out {
     }};
 }
 
+mod audit;
 mod run;
 mod sign;
 
@@ -23,6 +24,7 @@ use std::process::ExitCode;
 const USAGE: &str = "Usage: BasicAgentCtl -c METHOD [-a ARGS] [-j JSON] [-p PLUGIN_DIR] [-C CONFIG]
        BasicAgentCtl -l [-p PLUGIN_DIR] [-C CONFIG]
        BasicAgentCtl plugin keygen|sign|verify ... (BasicAgentCtl plugin -h)
+       BasicAgentCtl audit verify [-C CONFIG] [FILE...]
 
 Loads the plugin serving METHOD (getinfo.users -> libgetinfo_users.so) and
 prints its response as JSON: {\"resp\",\"retcode\",\"message\",\"data\"}.
@@ -47,6 +49,9 @@ fn main() -> ExitCode {
             }
         }
         return sign::main(&rest, || sign::policy_from_config(config.as_deref()));
+    }
+    if args.first().map(String::as_str) == Some("audit") {
+        return audit::main(&args[1..]);
     }
     let mut opts = getopts::Options::new();
     opts.optopt("c", "call", "method to call, e.g. getinfo.kernel", "METHOD");

@@ -554,6 +554,25 @@ mod tests {
     }
 
     #[test]
+    fn the_audit_table_parses_and_bad_values_name_the_key() {
+        let c = Config::from_toml_str(
+            "[agent]\nstate_dir = \"/s\"\n[audit]\ncommands = \"hash\"\ngetinfo = \"on\"\nfsync = \"batch\"\nmax_bytes = 8192\nkeep = 2\non_failure = \"refuse\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.audit.commands, AuditCommands::Hash);
+        assert_eq!(c.audit.getinfo, AuditGetinfo::On);
+        assert_eq!(c.audit.fsync, AuditFsync::Batch);
+        assert_eq!(c.audit.on_failure, AuditOnFailure::Refuse);
+        assert_eq!(c.audit_path(), PathBuf::from("/s/audit.log"));
+        assert_eq!(Config::default().audit.fsync, AuditFsync::Always);
+        assert!(err("[audit]\nkeep = 0").contains("audit.keep"));
+        assert!(err("[audit]\nmax_bytes = 10").contains("audit.max_bytes"));
+        assert!(err("[audit]\npath = \"rel/audit.log\"").contains("audit.path"));
+        assert!(err("[audit]\nfsync = \"sometimes\"").contains("fsync"));
+        assert!(err("[audit]\ncommand = \"hash\"").contains("command"));
+    }
+
+    #[test]
     fn empty_is_all_defaults() {
         assert_eq!(Config::from_toml_str("").unwrap(), Config::default());
         let c = Config::default();
