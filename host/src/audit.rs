@@ -83,7 +83,8 @@ impl Peer {
 pub trait Disk: Send {
     fn append(&mut self, line: &[u8]) -> io::Result<()>;
     fn sync(&mut self) -> io::Result<()>;
-    fn len(&self) -> u64;
+    /// Bytes in the current file.
+    fn size(&self) -> u64;
     /// Moves the current file aside and starts an empty one; returns the
     /// name the old file has now.
     fn rotate(&mut self) -> io::Result<String>;
@@ -170,7 +171,7 @@ impl<D: Disk> Writer<D> {
 
     fn write_line(&mut self, mut entry: Map<String, Value>) -> io::Result<()> {
         let estimate = serde_json::to_vec(&entry).map_or(0, |v| v.len()) as u64 + 256;
-        if self.disk.len() > 0 && self.disk.len().saturating_add(estimate) > self.max_bytes {
+        if self.disk.size() > 0 && self.disk.size().saturating_add(estimate) > self.max_bytes {
             let name = self.disk.rotate()?;
             log::info!("audit log rotated: the old file is now {name}");
             self.rotated_from = Some(serde_json::json!({ "file": name, "last": self.last }));
@@ -270,9 +271,19 @@ fn open_log(path: &Path) -> io::Result<File> {
     Ok(file)
 }
 
+/// What the end of a log holds.
+struct Tail {
+    /// The last complete line, without its `\n`.
+    last: Option<Vec<u8>>,
+    /// Where the complete lines end.
+    end: u64,
+    /// Bytes after them (a torn line).
+    torn: Option<Vec<u8>>,
+}
+
 /// The last complete line of `file` (bounded tail read) and the torn bytes
 /// after it, if the file does not end with `\n`.
-fn read_tail(file: &mut File) -> io::Result<(Option<Vec<u8>>, u64, Option<Vec<u8>>)> {
+fn read_tail(file: &mut File) -> io::Result<Tail> {
     let len = file.metadata()?.len();
     let from = len.saturating_sub(TAIL_MAX);
     file.seek(SeekFrom::Start(from))?;
@@ -303,7 +314,11 @@ fn read_tail(file: &mut File) -> io::Result<(Option<Vec<u8>>, u64, Option<Vec<u8
         }
         Some(body[start..].to_vec())
     };
-    Ok((last, from + complete_end as u64, torn))
+    Ok(Tail {
+        last,
+        end: from + complete_end as u64,
+        torn,
+    })
 }
 
 impl FileDisk {
@@ -312,7 +327,7 @@ impl FileDisk {
     /// the next line (`torn: {bytes, sha256}`).
     pub fn open(path: &Path, keep: u32) -> io::Result<(FileDisk, Start)> {
         let mut file = open_log(path)?;
-        let (last, end, torn) = read_tail(&mut file)?;
+        let Tail { last, end, torn } = read_tail(&mut file)?;
         let torn = match torn {
             Some(t) => {
                 log::warn!(
@@ -338,7 +353,10 @@ impl FileDisk {
                 // rotated file.
                 let old = rotated_path(path, 1);
                 if let Ok(mut f) = File::open(&old) {
-                    if let Ok((Some(line), _, _)) = read_tail(&mut f) {
+                    if let Ok(Tail {
+                        last: Some(line), ..
+                    }) = read_tail(&mut f)
+                    {
                         start.last = sha256_hex(&line);
                         let name = old.file_name().map(|n| n.to_string_lossy().into_owned());
                         start.rotated_from =
@@ -375,7 +393,7 @@ impl Disk for FileDisk {
     fn sync(&mut self) -> io::Result<()> {
         self.file.sync_data()
     }
-    fn len(&self) -> u64 {
+    fn size(&self) -> u64 {
         self.len
     }
     fn rotate(&mut self) -> io::Result<String> {
@@ -831,7 +849,7 @@ mod tests {
             self.ops.lock().unwrap().push("sync".into());
             Ok(())
         }
-        fn len(&self) -> u64 {
+        fn size(&self) -> u64 {
             self.len
         }
         fn rotate(&mut self) -> io::Result<String> {
@@ -950,7 +968,7 @@ mod tests {
         let last = write_lines(&path, 5, 1 << 20);
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let ok = verify(&[path.clone()]).unwrap();
+        let ok = verify(std::slice::from_ref(&path)).unwrap();
         assert_eq!((ok.lines, ok.last.as_str()), (5, last.as_str()));
         let first: Value = serde_json::from_str(&lines(&path)[0]).unwrap();
         assert_eq!(first["prev"], GENESIS);
@@ -1061,11 +1079,11 @@ mod tests {
             .unwrap();
         f.write_all(b"{\"n\":3,\"comm").unwrap();
         drop(f);
-        let e = verify(&[path.clone()]).unwrap_err();
+        let e = verify(std::slice::from_ref(&path)).unwrap_err();
         assert_eq!(e.line, 4);
         assert!(e.what.contains("torn"), "{e}");
         write_lines(&path, 1, 1 << 20);
-        let ok = verify(&[path.clone()]).unwrap();
+        let ok = verify(std::slice::from_ref(&path)).unwrap();
         assert_eq!(ok.lines, 4);
         let l: Value = serde_json::from_str(&lines(&path)[3]).unwrap();
         assert_eq!(l["torn"]["bytes"], 12);
