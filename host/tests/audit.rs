@@ -104,3 +104,75 @@ fn the_daemon_audits_sync_async_and_getinfo_before_answering() {
     );
     assert_eq!(mode & 0o777, 0o600);
 }
+
+#[test]
+fn scheduled_runs_are_audited_as_local_and_a_rotated_daemon_log_verifies() {
+    let pki = Pki::new();
+    let port = free_port();
+    let ip = "127.0.41.8";
+    let listen = format!("{ip}:{port}");
+    let server = Server::start(&pki, &listen, "server", &[]);
+    let mut agent = Agent::start(
+        &pki,
+        port,
+        &[ip],
+        "dns = false",
+        "\n[audit]\nmax_bytes = 4096\nkeep = 3\nfsync = \"batch\"\n",
+        &["-f"],
+    );
+    let host = server.wait_agent(Duration::from_secs(15));
+    let v = server.call(
+        &host,
+        &json!({"method": "schedule.add", "every": 1,
+                "request": {"method": "sync.bash", "cmd": "echo scheduled-audit"}})
+        .to_string(),
+    );
+    assert_eq!(v["retcode"], 2, "{v}");
+    let sid = v["data"]["schedule"].as_str().unwrap().to_owned();
+    let line = wait_for("a scheduled run's line", Duration::from_secs(15), || {
+        audit_lines(&agent)
+            .into_iter()
+            .find(|l| l["schedule"] == sid.as_str())
+    });
+    assert_eq!(line["server"], "local");
+    assert_eq!(line["fingerprint"], "local");
+    assert_eq!(
+        line["command"], "echo scheduled-audit",
+        "commands = full by default"
+    );
+    assert!(line["task"].is_string(), "{line}");
+    // Enough commands (each line ~1 KiB) to rotate several times.
+    for i in 0..40 {
+        let v = server.call(
+            &host,
+            &json!({"method": "sync.bash", "cmd": format!("echo rotate-{i}")}).to_string(),
+        );
+        assert_eq!(v["retcode"], 2, "{v}");
+    }
+    let log = agent.path("state/audit.log");
+    assert!(
+        audit::rotated_path(&log, 2).exists(),
+        "rotated at least twice"
+    );
+    let files = audit::default_files(&log, 3);
+    let ok = audit::verify(&files).unwrap();
+    // keep = 3: the oldest files are gone; the kept ones chain, and the
+    // oldest kept one is noted as continuing a file no longer there.
+    assert_eq!(ok.files, 4, "{ok:?}");
+    assert!(ok.notes.iter().any(|n| n.contains("not given")), "{ok:?}");
+    // A restart continues the chain in the same file.
+    agent.signal(libc::SIGTERM);
+    assert!(agent.wait_exit(Duration::from_secs(15)).is_some());
+    agent.spawn(&["-f"]);
+    let host = server.wait_agent(Duration::from_secs(15));
+    let v = server.call(
+        &host,
+        r#"{"method":"sync.bash","cmd":"echo after-restart"}"#,
+    );
+    assert_eq!(v["retcode"], 2, "{v}");
+    let files = audit::default_files(&log, 3);
+    audit::verify(&files).unwrap();
+    assert!(audit_lines(&agent)
+        .iter()
+        .any(|l| l["command"] == "echo after-restart"));
+}
