@@ -552,6 +552,13 @@ impl Audit {
             return Ok(None);
         }
         if self.on_failure == AuditOnFailure::Refuse && self.health.failing() {
+            // The refusal is a line too: it records what was refused and,
+            // once the disk has room again, its write clears the failure.
+            if let Some(mut note) = self.begin_unchecked(peer, method, id, frame) {
+                note.set("refused", Value::String("audit log failing".into()));
+                let line = note.finish(3026, None);
+                self.submit(line.entry, Box::new(|| {}));
+            }
             return Err(format!(
                 "Busy: the audit log cannot be written ({} failure(s)); commands are refused (audit.on_failure = \"refuse\")",
                 self.health.failures()

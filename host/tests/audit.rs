@@ -176,3 +176,95 @@ fn scheduled_runs_are_audited_as_local_and_a_rotated_daemon_log_verifies() {
         .iter()
         .any(|l| l["command"] == "echo after-restart"));
 }
+
+/// A tmpfs of 16 KiB for the audit log, unmounted on drop.
+struct SmallFs(std::path::PathBuf);
+
+impl SmallFs {
+    fn new(at: std::path::PathBuf) -> SmallFs {
+        std::fs::create_dir(&at).unwrap();
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=16k,mode=0700", "tmpfs"])
+            .arg(&at)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs (the test runs as root)");
+        SmallFs(at)
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_still_answers_then_refuse_mode_refuses_until_there_is_room() {
+    let pki = Pki::new();
+    let port = free_port();
+    let ip = "127.0.41.9";
+    let listen = format!("{ip}:{port}");
+    let server = Server::start(&pki, &listen, "server", &[]);
+    let mut agent = Agent::configure(
+        &pki,
+        port,
+        &[ip],
+        "dns = false",
+        "", // [audit] below, once the mount exists
+    );
+    let fs = SmallFs::new(agent.path("auditfs"));
+    let log = fs.0.join("audit.log");
+    let mut config = std::fs::read_to_string(agent.path("agent.toml")).unwrap();
+    config.push_str(&format!(
+        "\n[audit]\npath = \"{}\"\non_failure = \"refuse\"\n",
+        log.display()
+    ));
+    std::fs::write(agent.path("agent.toml"), config).unwrap();
+    agent.spawn(&["-f"]);
+    let host = server.wait_agent(Duration::from_secs(15));
+    let call = |cmd: &str| {
+        server.call(
+            &host,
+            &json!({"method": "sync.bash", "cmd": cmd}).to_string(),
+        )
+    };
+    assert_eq!(call("echo fits")["retcode"], 2);
+    // Fill the file system: the next line cannot be written (ENOSPC).
+    let filler = fs.0.join("filler");
+    let _ = std::fs::write(&filler, vec![0u8; 64 << 10]);
+    // A line of ~5 KiB needs a page the file system no longer has.
+    let v = call(&format!("echo ran-unaudited # {}", "a".repeat(5000)));
+    assert_eq!(v["retcode"], 2, "the command ran: its answer goes out: {v}");
+    assert_eq!(v["data"]["stdout"], "ran-unaudited\n");
+    let v = call("echo refused");
+    assert_eq!(v["retcode"], 3026, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("audit log"), "{v}");
+    assert_eq!(server.call(&host, r#"{"method":"ping"}"#)["retcode"], 2);
+    assert!(agent.log().contains("audit log: cannot write a line"));
+    // Room again: the refusal's own line is written and clears the failure.
+    std::fs::remove_file(&filler).unwrap();
+    let v = wait_for("commands accepted again", Duration::from_secs(10), || {
+        let v = call("echo again");
+        (v["retcode"] == 2).then_some(v)
+    });
+    assert_eq!(v["data"]["stdout"], "again\n");
+    let ok = audit::verify(&[log.clone()]).unwrap();
+    let lines = audit_lines_at(&log);
+    assert!(lines.iter().any(|l| l["refused"].is_string()), "{lines:?}");
+    assert!(!lines.iter().any(|l| l["command"]
+        .as_str()
+        .is_some_and(|c| c.starts_with("echo ran-unaudited"))));
+    assert_eq!(ok.lines, lines.len());
+    agent.signal(libc::SIGTERM);
+    let _ = agent.wait_exit(Duration::from_secs(15));
+    drop(fs);
+}
+
+fn audit_lines_at(path: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
