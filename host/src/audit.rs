@@ -130,6 +130,14 @@ impl Health {
     pub fn written(&self) -> u64 {
         self.written.load(Ordering::Relaxed)
     }
+    /// For `agent.info`: `{"lines","failures","failing"}`.
+    pub fn report(&self) -> Value {
+        serde_json::json!({
+            "lines": self.written(),
+            "failures": self.failures(),
+            "failing": self.failing(),
+        })
+    }
 }
 
 /// The chain state and the disk: run on the writer thread.

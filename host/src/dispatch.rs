@@ -872,6 +872,7 @@ impl Dispatcher {
             "max_concurrent": self.max_concurrent,
             "requests_served": self.served,
             "schedules": self.schedules.as_ref().map_or(0, ScheduleTable::len),
+            "audit": self.audit.as_ref().map(|a| a.health().report()),
         });
         Response::new(id, Retcode::SUCCESS).with_data(&data)
     }

@@ -247,6 +247,12 @@ fn a_full_disk_still_answers_then_refuse_mode_refuses_until_there_is_room() {
     assert!(v["message"].as_str().unwrap().contains("audit log"), "{v}");
     assert_eq!(server.call(&host, r#"{"method":"ping"}"#)["retcode"], 2);
     assert!(agent.log().contains("audit log: cannot write a line"));
+    let info = server.call(&host, r#"{"method":"agent.info"}"#);
+    // (`failing` may be false again: the small refusal line may fit.)
+    assert!(
+        info["data"]["audit"]["failures"].as_u64().unwrap() >= 1,
+        "{info}"
+    );
     // Room again: the refusal's own line is written and clears the failure.
     std::fs::remove_file(&filler).unwrap();
     let v = wait_for("commands accepted again", Duration::from_secs(10), || {
