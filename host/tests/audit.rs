@@ -260,7 +260,7 @@ fn a_full_disk_still_answers_then_refuse_mode_refuses_until_there_is_room() {
         (v["retcode"] == 2).then_some(v)
     });
     assert_eq!(v["data"]["stdout"], "again\n");
-    let ok = audit::verify(&[log.clone()]).unwrap();
+    let ok = audit::verify(std::slice::from_ref(&log)).unwrap();
     let lines = audit_lines_at(&log);
     assert!(lines.iter().any(|l| l["refused"].is_string()), "{lines:?}");
     assert!(!lines.iter().any(|l| l["command"]
