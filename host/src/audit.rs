@@ -1164,3 +1164,38 @@ mod tests {
         assert!(a.begin(&peer, "sync.bash", None, frame).is_ok());
     }
 }
+
+#[cfg(test)]
+mod measure {
+    use super::*;
+
+    /// Lines per second through a real file for each fsync policy (run
+    /// by hand: `cargo test -p basicagent-host --lib audit::measure -- --ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn lines_per_second_by_fsync_policy() {
+        for fsync in [AuditFsync::Always, AuditFsync::Batch, AuditFsync::Never] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("audit.log");
+            let (disk, start) = FileDisk::open(&path, 3).unwrap();
+            let mut w = Writer::new(disk, start, 1 << 30, fsync, Arc::default());
+            let n = 500;
+            let t = std::time::Instant::now();
+            // Batches of 8, as concurrent completions arrive.
+            for _ in 0..n / 8 {
+                let jobs = (0..8)
+                    .map(|i| Job {
+                        entry: Map::from_iter([
+                            ("n".to_owned(), Value::from(i)),
+                            ("command".to_owned(), Value::String("true".into())),
+                        ]),
+                        then: Box::new(|| {}),
+                    })
+                    .collect();
+                w.write_batch(jobs);
+            }
+            let rate = f64::from(n / 8 * 8) / t.elapsed().as_secs_f64();
+            println!("fsync {fsync:?}: {rate:.0} lines/s");
+        }
+    }
+}

@@ -69,9 +69,10 @@ pub enum AuditGetinfo {
 #[serde(rename_all = "lowercase")]
 pub enum AuditFsync {
     /// After every line, before its answer goes out.
-    #[default]
     Always,
-    /// Once per batch of lines the writer found waiting, before their answers.
+    /// Once per batch of lines the writer found waiting, before their
+    /// answers (the same guarantee per answer, one fsync for many).
+    #[default]
     Batch,
     /// Never (the kernel writes back when it likes).
     Never,
@@ -113,7 +114,7 @@ impl Default for AuditConfig {
             path: None,
             commands: AuditCommands::Full,
             getinfo: AuditGetinfo::Off,
-            fsync: AuditFsync::Always,
+            fsync: AuditFsync::Batch,
             max_bytes: 64 * 1024 * 1024,
             keep: 10,
             on_failure: AuditOnFailure::Continue,
@@ -556,15 +557,15 @@ mod tests {
     #[test]
     fn the_audit_table_parses_and_bad_values_name_the_key() {
         let c = Config::from_toml_str(
-            "[agent]\nstate_dir = \"/s\"\n[audit]\ncommands = \"hash\"\ngetinfo = \"on\"\nfsync = \"batch\"\nmax_bytes = 8192\nkeep = 2\non_failure = \"refuse\"\n",
+            "[agent]\nstate_dir = \"/s\"\n[audit]\ncommands = \"hash\"\ngetinfo = \"on\"\nfsync = \"always\"\nmax_bytes = 8192\nkeep = 2\non_failure = \"refuse\"\n",
         )
         .unwrap();
         assert_eq!(c.audit.commands, AuditCommands::Hash);
         assert_eq!(c.audit.getinfo, AuditGetinfo::On);
-        assert_eq!(c.audit.fsync, AuditFsync::Batch);
+        assert_eq!(c.audit.fsync, AuditFsync::Always);
         assert_eq!(c.audit.on_failure, AuditOnFailure::Refuse);
         assert_eq!(c.audit_path(), PathBuf::from("/s/audit.log"));
-        assert_eq!(Config::default().audit.fsync, AuditFsync::Always);
+        assert_eq!(Config::default().audit.fsync, AuditFsync::Batch);
         assert!(err("[audit]\nkeep = 0").contains("audit.keep"));
         assert!(err("[audit]\nmax_bytes = 10").contains("audit.max_bytes"));
         assert!(err("[audit]\npath = \"rel/audit.log\"").contains("audit.path"));
