@@ -36,6 +36,22 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 /// bounds a line, so the tail read at start (`TAIL_MAX`) finds the last one.
 pub const COMMAND_MAX: usize = 64 * 1024;
 
+/// Longest JSON text of any other recorded value (`id`, `args`, a limit,
+/// a result field); past it the value is replaced by
+/// `{"sha256": H, "bytes": N}` of its JSON. With [`COMMAND_MAX`] this keeps
+/// every line well under [`TAIL_MAX`], whatever a peer sends.
+pub const VALUE_MAX: usize = 4096;
+
+/// A value as recorded: itself, or its digest if its JSON is too long.
+fn bounded(v: Value) -> Value {
+    let text = v.to_string();
+    if text.len() <= VALUE_MAX {
+        v
+    } else {
+        serde_json::json!({ "sha256": sha256_hex(text.as_bytes()), "bytes": text.len() })
+    }
+}
+
 /// Bytes read back from the end of the log at start.
 const TAIL_MAX: u64 = 256 * 1024;
 
@@ -596,10 +612,12 @@ impl Audit {
         );
         entry.insert(
             "id".into(),
-            id.and_then(|r| serde_json::from_str::<Value>(r.get()).ok())
-                .unwrap_or(Value::Null),
+            bounded(
+                id.and_then(|r| serde_json::from_str::<Value>(r.get()).ok())
+                    .unwrap_or(Value::Null),
+            ),
         );
-        entry.insert("method".into(), Value::String(method.to_owned()));
+        entry.insert("method".into(), bounded(Value::String(method.to_owned())));
         let request = serde_json::from_slice::<Value>(frame).unwrap_or(Value::Null);
         if let Some(cmd) = request.get("cmd").and_then(Value::as_str) {
             entry.insert(
@@ -618,11 +636,15 @@ impl Audit {
             }
         }
         if let Some(args) = request.get("args") {
-            entry.insert("args".into(), args.clone());
+            entry.insert("args".into(), bounded(args.clone()));
         }
         let limits: Map<String, Value> = LIMIT_KEYS
             .iter()
-            .filter_map(|k| request.get(*k).map(|v| ((*k).to_owned(), v.clone())))
+            .filter_map(|k| {
+                request
+                    .get(*k)
+                    .map(|v| ((*k).to_owned(), bounded(v.clone())))
+            })
             .collect();
         if !limits.is_empty() {
             entry.insert("limits".into(), Value::Object(limits));
@@ -665,7 +687,7 @@ impl Note {
         ];
         for (k, v) in fields {
             if let Some(v) = v {
-                self.entry.insert(k.into(), v);
+                self.entry.insert(k.into(), bounded(v));
             }
         }
         Finished {
@@ -1113,6 +1135,39 @@ mod tests {
         let path = dir.path().join("audit.log");
         std::os::unix::fs::symlink(&target, &path).unwrap();
         assert!(Audit::start(&path, &cfg(1 << 20)).is_err());
+    }
+
+    #[test]
+    fn a_huge_request_makes_a_bounded_line_and_the_log_still_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let a = Audit::start(&path, &cfg(1 << 30)).unwrap();
+        let big = "x".repeat(1 << 20);
+        let frame = serde_json::json!({
+            "method": "sync.bash", "cmd": big, "args": big, "user": big, "timeout": [big],
+        })
+        .to_string();
+        let id = serde_json::value::RawValue::from_string(format!("\"{big}\"")).unwrap();
+        let note = a
+            .begin(&Peer::local(), "sync.bash", Some(&id), frame.as_bytes())
+            .unwrap()
+            .unwrap();
+        let data = serde_json::json!({ "user": big, "signal": big }).to_string();
+        let (tx, rx) = mpsc::channel();
+        note.finish(0, Some(&data))
+            .submit(move || tx.send(()).unwrap());
+        rx.recv().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.len() < 100 * 1024, "line of {} bytes", text.len());
+        let line: Value = serde_json::from_str(text.trim_end()).unwrap();
+        assert_eq!(line["command_truncated"], true);
+        assert_eq!(line["command_sha256"], sha256_hex(big.as_bytes()));
+        assert!(line["args"]["sha256"].is_string(), "{}", line["args"]);
+        assert!(line["user"]["bytes"].as_u64().unwrap() > 1 << 20);
+        // The next start reads the tail back and continues the chain.
+        drop(a);
+        write_lines(&path, 1, 1 << 30);
+        assert_eq!(verify(&[path]).unwrap().lines, 2);
     }
 
     #[test]
