@@ -4,25 +4,42 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 
-use basicagent_host::audit::{FileDisk, Job, Writer};
-use basicagent_host::config::AuditFsync;
-use serde_json::{Map, Value};
+use serde_json::json;
 
-fn write_lines(path: &Path, n: usize, max_bytes: u64) {
-    let (disk, start) = FileDisk::open(path, 5).unwrap();
-    let mut w = Writer::new(disk, start, max_bytes, AuditFsync::Batch, Arc::default());
-    let jobs = (0..n)
-        .map(|i| Job {
-            entry: Map::from_iter([
-                ("n".to_owned(), Value::from(i)),
-                ("command".to_owned(), Value::String(format!("echo {i}"))),
-            ]),
-            then: Box::new(|| {}),
-        })
-        .collect();
-    w.write_batch(jobs);
+fn sha256_hex(b: &[u8]) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, b);
+    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Writes a chained log by the documented rule (independently of the
+/// daemon's writer): `n` lines, rotated into `PATH.1` … every
+/// `per_file` lines (the newest file last).
+fn write_lines(path: &Path, n: usize, per_file: usize) {
+    let mut files: Vec<String> = vec![String::new()];
+    let mut prev = "0".repeat(64);
+    for i in 0..n {
+        let mut line = json!({"n": i, "command": format!("echo {i}"), "prev": prev});
+        if i > 0 && i % per_file == 0 {
+            files.push(String::new());
+            line["rotated_from"] = json!({"file": "audit.log.1", "last": prev});
+        }
+        let text = line.to_string();
+        prev = sha256_hex(text.as_bytes());
+        files.last_mut().unwrap().push_str(&format!("{text}\n"));
+    }
+    let count = files.len();
+    for (k, body) in files.into_iter().enumerate() {
+        let age = count - 1 - k;
+        let p = if age == 0 {
+            path.to_owned()
+        } else {
+            let mut s = path.as_os_str().to_owned();
+            s.push(format!(".{age}"));
+            s.into()
+        };
+        std::fs::write(p, body).unwrap();
+    }
 }
 
 fn ctl(args: &[&str]) -> (i32, String) {
@@ -52,7 +69,7 @@ fn verify_reports_ok_then_the_first_broken_line() {
     let dir = tempfile::tempdir().unwrap();
     for (name, change, line) in [("edited", 0, 4), ("deleted", 1, 3), ("swapped", 2, 3)] {
         let path = dir.path().join(name);
-        write_lines(&path, 6, 1 << 20);
+        write_lines(&path, 6, usize::MAX);
         let p = path.to_str().unwrap();
         let (code, out) = ctl(&["audit", "verify", p]);
         assert_eq!(code, 0, "{out}");
@@ -79,13 +96,13 @@ fn verify_defaults_to_the_configured_log_and_its_rotated_files() {
     std::fs::write(
         &config,
         format!(
-            "[server]\nname = \"x\"\nport = 1\nca = \"/x\"\n[agent]\nstate_dir = \"{}\"\n[audit]\nkeep = 5\nmax_bytes = 4096\n",
+            "[server]\nname = \"x\"\nport = 1\nca = \"/x\"\n[agent]\nstate_dir = \"{}\"\n[audit]\nkeep = 5\n",
             state.display()
         ),
     )
     .unwrap();
-    write_lines(&state.join("audit.log"), 200, 4096);
-    assert!(state.join("audit.log.3").exists());
+    write_lines(&state.join("audit.log"), 60, 10);
+    assert!(state.join("audit.log.5").exists());
     let (code, out) = ctl(&["audit", "verify", "-C", config.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("in 6 file(s)"), "{out}");
