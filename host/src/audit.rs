@@ -579,6 +579,32 @@ impl Audit {
         Ok(self.begin_unchecked(peer, method, id, frame))
     }
 
+    /// The line of a scheduled run (`server: "local"`, with its schedule,
+    /// run and task). Never refused: the run was decided (and made
+    /// durable) already; with `on_failure = "refuse"` while failing it is
+    /// run and audited anyway, with a warning. `getinfo.*` follows
+    /// `audit.getinfo` as for a server's request.
+    pub fn scheduled(
+        &self,
+        method: &str,
+        frame: &[u8],
+        schedule: &str,
+        run: u64,
+        task: &str,
+    ) -> Option<Note> {
+        if method.starts_with("getinfo.") && self.getinfo == AuditGetinfo::Off {
+            return None;
+        }
+        if self.on_failure == AuditOnFailure::Refuse && self.health.failing() {
+            log::warn!("schedule {schedule}: run {run} starts although the audit log is failing (decided already)");
+        }
+        let mut note = self.line(&Peer::local(), method, None, frame);
+        note.set("schedule", Value::String(schedule.to_owned()));
+        note.set("run", Value::from(run));
+        note.set("task", Value::String(task.to_owned()));
+        Some(note)
+    }
+
     /// [`Self::begin`] without the `on_failure` check (a scheduled run,
     /// decided already, is run and audited).
     pub fn begin_unchecked(
@@ -591,6 +617,16 @@ impl Audit {
         if method.starts_with("getinfo.") && self.getinfo == AuditGetinfo::Off {
             return None;
         }
+        Some(self.line(peer, method, id, frame))
+    }
+
+    fn line(
+        &self,
+        peer: &Peer,
+        method: &str,
+        id: Option<&serde_json::value::RawValue>,
+        frame: &[u8],
+    ) -> Note {
         let mut entry = Map::new();
         now_fields(&mut entry, "requested", "requested_ms");
         entry.insert("server".into(), Value::String(peer.server.clone()));
@@ -637,10 +673,10 @@ impl Audit {
         if !limits.is_empty() {
             entry.insert("limits".into(), Value::Object(limits));
         }
-        Some(Note {
+        Note {
             audit: self.clone(),
             entry,
-        })
+        }
     }
 }
 

@@ -479,43 +479,37 @@ impl Dispatcher {
             task.clone(),
             self.max_frame,
         );
-        let mut completer: basicagent_abi::host::Completer = Box::new(move |c: Completion| {
-            if std::thread::current().id() == loop_thread {
-                *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(c);
-                return;
+        // The line is written when the task ends (a completion on the loop
+        // thread is a refusal inside `call`: nothing ran, no line).
+        let audited = |inner: basicagent_abi::host::Completer| match note {
+            Some(mut note) => {
+                note.set("task", Value::String(task.clone()));
+                crate::audit::after_line(note, Some(self.loop_thread), inner)
             }
-            let frame = tasks::done_frame(&task_id, c.retcode, &c.message, c.data, max_frame);
-            let stored = match tasks::write_result(&dir, &task_id, &frame) {
-                Ok(()) => true,
-                Err(e) => {
-                    log::error!("task {task_id}: cannot write the result durably: {e}; kept in memory and delivered");
-                    false
+            None => inner,
+        };
+        let call = plugin.call(
+            frame,
+            audited(Box::new(move |c: Completion| {
+                if std::thread::current().id() == loop_thread {
+                    *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(c);
+                    return;
                 }
-            };
-            let task = TaskEnd {
-                id: task_id,
-                retcode: c.retcode,
-                stored,
-                schedule: None,
-            };
-            let _ = tx.send(Finished {
-                generation: None,
-                call: c.call,
-                frame,
-                id: None,
-                task: Some(task),
-            });
-            if let Err(e) = waker.wake() {
-                log::error!("cannot wake the loop: {e}");
-            }
-        });
-        if let Some(mut note) = note {
-            note.set("task", Value::String(task.clone()));
-            // A completion on the loop thread is a refusal inside `call`:
-            // nothing ran, no line.
-            completer = crate::audit::after_line(note, Some(self.loop_thread), completer);
-        }
-        let call = plugin.call(frame, completer);
+                let frame = tasks::done_frame(&task_id, c.retcode, &c.message, c.data, max_frame);
+                let stored = match tasks::write_result(&dir, &task_id, &frame) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        log::error!("task {task_id}: cannot write the result durably: {e}; kept in memory and delivered");
+                        false
+                    }
+                };
+                let task = TaskEnd { id: task_id, retcode: c.retcode, stored, schedule: None };
+                let _ = tx.send(Finished { generation: None, call: c.call, frame, id: None, task: Some(task) });
+                if let Err(e) = waker.wake() {
+                    log::error!("cannot wake the loop: {e}");
+                }
+            })),
+        );
         let refused = immediate.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(c) = refused {
             return Response::from_plugin(id, c.retcode, &c.message, c.data.as_deref());
@@ -699,23 +693,16 @@ impl Dispatcher {
         let frame = Value::Object(fire.request.clone()).to_string();
         let mut completer: basicagent_abi::host::Completer =
             Box::new(move |c: Completion| sink.complete(c));
-        let local = crate::audit::Peer::local();
-        let note = match &self.audit {
-            Some(a) => a
-                .begin(&local, &fire.method, None, frame.as_bytes())
-                .unwrap_or_else(|busy| {
-                    log::warn!(
-                        "schedule {}: {busy} (run audited anyway: it was decided already)",
-                        fire.schedule
-                    );
-                    a.begin_unchecked(&local, &fire.method, None, frame.as_bytes())
-                }),
-            None => None,
-        };
-        if let Some(mut note) = note {
-            note.set("task", Value::String(task.clone()));
-            note.set("schedule", Value::String(fire.schedule.clone()));
-            note.set("run", Value::from(fire.run));
+        let note = self.audit.as_ref().and_then(|a| {
+            a.scheduled(
+                &fire.method,
+                frame.as_bytes(),
+                &fire.schedule,
+                fire.run,
+                &task,
+            )
+        });
+        if let Some(note) = note {
             completer = crate::audit::after_line(note, None, completer);
         }
         let call = plugin.call(frame.as_bytes(), completer);
