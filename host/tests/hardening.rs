@@ -299,11 +299,7 @@ fn an_answer_larger_than_the_frame_limit_becomes_3025_and_the_agent_keeps_servin
         stdout.len()
     );
     let frame = serde_json::to_string(&done).unwrap();
-    assert!(
-        frame.len() <= 65536,
-        "the task.done fits: {} bytes",
-        frame.len()
-    );
+    assert!(frame.len() <= 65536, "the task.done fits: {} bytes", frame.len());
     assert_eq!(conn.call(r#"{"method":"ping"}"#, T)["retcode"], 2);
 }
 
