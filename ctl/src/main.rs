@@ -17,6 +17,7 @@ macro_rules! out {
 }
 
 mod client;
+mod audit;
 mod run;
 mod sign;
 
@@ -27,6 +28,7 @@ const USAGE: &str = "Usage: BasicAgentCtl -c METHOD [-a ARGS] [-j JSON] [--local
        BasicAgentCtl -l [--local] [-p PLUGIN_DIR] [-C CONFIG] [-S SOCKET]
        BasicAgentCtl plugin release NAME [-S SOCKET]
        BasicAgentCtl plugin keygen|sign|verify ... (BasicAgentCtl plugin -h)
+       BasicAgentCtl audit verify [-C CONFIG] [FILE...]
 
 Calls the plugin serving METHOD (getinfo.users -> libgetinfo_users.so) and
 prints its response as JSON: {\"resp\",\"retcode\",\"message\",\"data\"}.
@@ -63,6 +65,9 @@ fn main() -> ExitCode {
             }
         }
         return sign::main(&rest, || sign::policy_from_config(config.as_deref()));
+    }
+    if args.first().map(String::as_str) == Some("audit") {
+        return audit::main(&args[1..]);
     }
     let mut opts = getopts::Options::new();
     opts.optopt("c", "call", "method to call, e.g. getinfo.kernel", "METHOD");

@@ -279,6 +279,11 @@ pub fn run(opts: Options) -> Result<(), StartError> {
         tasks,
     );
     dispatcher.set_max_frame(config.server.max_frame);
+    if config.audit.enabled {
+        let audit = crate::audit::Audit::start(&config.audit_path(), &config.audit)
+            .map_err(|e| StartError::Io("audit log", e))?;
+        dispatcher.set_audit(audit);
+    }
     let schedules = crate::schedule::ScheduleTable::open(
         config.agent.state_dir.join("schedules"),
         crate::schedule::ScheduleLimits {

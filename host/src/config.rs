@@ -44,6 +44,94 @@ pub struct Config {
     pub agent: AgentConfig,
     /// `[plugins]`: per-call deadlines and quarantine.
     pub plugins: crate::quarantine::PluginsConfig,
+    /// `[audit]`: the audit trail of executed commands.
+    pub audit: AuditConfig,
+}
+
+/// `audit.commands`: the command text in the log, or only its SHA-256.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditCommands {
+    #[default]
+    Full,
+    Hash,
+}
+
+/// `audit.getinfo`: whether `getinfo.*` calls are logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditGetinfo {
+    #[default]
+    Off,
+    On,
+}
+
+/// `audit.fsync`: when the log is flushed to the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditFsync {
+    /// After every line, before its answer goes out.
+    Always,
+    /// Once per batch of lines the writer found waiting, before their
+    /// answers (the same guarantee per answer, one fsync for many).
+    #[default]
+    Batch,
+    /// Never (the kernel writes back when it likes).
+    Never,
+}
+
+/// `audit.on_failure`: what new commands get while the log cannot be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditOnFailure {
+    /// Run them (the failure is logged and counted).
+    #[default]
+    Continue,
+    /// Answer them `3026 Busy` until a line is written again.
+    Refuse,
+}
+
+/// The `[audit]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Log off entirely (default on).
+    pub enabled: bool,
+    /// The log file; default `agent.state_dir/audit.log`.
+    pub path: Option<PathBuf>,
+    pub commands: AuditCommands,
+    pub getinfo: AuditGetinfo,
+    pub fsync: AuditFsync,
+    /// Rotate before a line would take the file past this many bytes.
+    pub max_bytes: u64,
+    /// Rotated files kept (`audit.log.1` … `audit.log.KEEP`).
+    pub keep: u32,
+    pub on_failure: AuditOnFailure,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            enabled: true,
+            path: None,
+            commands: AuditCommands::Full,
+            getinfo: AuditGetinfo::Off,
+            fsync: AuditFsync::Batch,
+            max_bytes: 64 * 1024 * 1024,
+            keep: 10,
+            on_failure: AuditOnFailure::Continue,
+        }
+    }
+}
+
+impl Config {
+    /// The audit log's path (`audit.path`, else `state_dir/audit.log`).
+    pub fn audit_path(&self) -> PathBuf {
+        self.audit
+            .path
+            .clone()
+            .unwrap_or_else(|| self.agent.state_dir.join("audit.log"))
+    }
 }
 
 /// The `[server]` table.
@@ -353,6 +441,16 @@ impl Config {
                 }
             }
         }
+        let au = &self.audit;
+        if au.path.as_ref().is_some_and(|p| !p.is_absolute()) {
+            return Err(("audit.path", "must be an absolute path".into()));
+        }
+        if au.max_bytes < 4096 {
+            return Err(("audit.max_bytes", "must be at least 4096".into()));
+        }
+        if au.keep == 0 || au.keep > 1000 {
+            return Err(("audit.keep", "must be between 1 and 1000".into()));
+        }
         if a.max_output_limit < a.max_output {
             return Err((
                 "agent.max_output_limit",
@@ -467,6 +565,25 @@ mod tests {
             Ok(c) => panic!("accepted: {c:?}"),
             Err(e) => e.to_string(),
         }
+    }
+
+    #[test]
+    fn the_audit_table_parses_and_bad_values_name_the_key() {
+        let c = Config::from_toml_str(
+            "[agent]\nstate_dir = \"/s\"\n[audit]\ncommands = \"hash\"\ngetinfo = \"on\"\nfsync = \"always\"\nmax_bytes = 8192\nkeep = 2\non_failure = \"refuse\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.audit.commands, AuditCommands::Hash);
+        assert_eq!(c.audit.getinfo, AuditGetinfo::On);
+        assert_eq!(c.audit.fsync, AuditFsync::Always);
+        assert_eq!(c.audit.on_failure, AuditOnFailure::Refuse);
+        assert_eq!(c.audit_path(), PathBuf::from("/s/audit.log"));
+        assert_eq!(Config::default().audit.fsync, AuditFsync::Batch);
+        assert!(err("[audit]\nkeep = 0").contains("audit.keep"));
+        assert!(err("[audit]\nmax_bytes = 10").contains("audit.max_bytes"));
+        assert!(err("[audit]\npath = \"rel/audit.log\"").contains("audit.path"));
+        assert!(err("[audit]\nfsync = \"sometimes\"").contains("fsync"));
+        assert!(err("[audit]\ncommand = \"hash\"").contains("command"));
     }
 
     #[test]

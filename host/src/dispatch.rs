@@ -134,6 +134,9 @@ pub struct Dispatcher {
     congested: Option<String>,
     backlog: Arc<Backlog>,
     schedules: Option<ScheduleTable>,
+    /// The audit trail (see [`crate::audit`]) and the server it records.
+    audit: Option<crate::audit::Audit>,
+    peer: crate::audit::Peer,
     /// Per-call deadlines and quarantine (`crate::quarantine`).
     guard: Guard,
 }
@@ -184,6 +187,31 @@ impl Dispatcher {
                 watchdog: Default::default(),
                 quarantine: Default::default(),
             },
+            audit: None,
+            peer: crate::audit::Peer::local(),
+        }
+    }
+
+    /// Audits executed calls into this log from now on.
+    pub fn set_audit(&mut self, audit: crate::audit::Audit) {
+        self.audit = Some(audit);
+    }
+
+    /// The server of the connection now up (address, certificate hash).
+    pub fn set_peer(&mut self, peer: crate::audit::Peer) {
+        self.peer = peer;
+    }
+
+    /// The audit line of a request (see [`crate::audit::Audit::begin`]).
+    fn audit_begin(
+        &self,
+        method: &str,
+        id: Option<&RawValue>,
+        frame: &[u8],
+    ) -> Result<Option<crate::audit::Note>, String> {
+        match &self.audit {
+            Some(a) => a.begin(&self.peer, method, id, frame),
+            None => Ok(None),
         }
     }
 
@@ -343,13 +371,18 @@ impl Dispatcher {
                 ),
             )));
         }
+        let note = match self.audit_begin(&method, id.as_deref(), frame) {
+            Ok(n) => n,
+            Err(busy) => return Some(self.frame_of(&Response::failed(id, Retcode::BUSY, busy))),
+        };
+        let mut completer = self.answer_with(generation, id, move |id, c| {
+            Response::from_plugin_owned(id, c.retcode, c.message, c.data)
+        });
+        if let Some(note) = note {
+            completer = crate::audit::after_line(note, None, completer);
+        }
         let noted = crate::crashmark::Guard::enter(&plugin);
-        let call = plugin.call(
-            frame,
-            self.answer_with(generation, id, move |id, c| {
-                Response::from_plugin_owned(id, c.retcode, c.message, c.data)
-            }),
-        );
+        let call = plugin.call(frame, completer);
         drop(noted);
         let limit = self.guard.limits.deadline_for(&method, frame);
         self.guard.watchdog.watch(call, now, limit);
@@ -481,6 +514,10 @@ impl Dispatcher {
             },
             Err(e) => return Response::failed(id, Retcode(e.retcode()), e.message()),
         };
+        let note = match self.audit_begin("async.bash", id.as_deref(), frame) {
+            Ok(n) => n,
+            Err(busy) => return Response::failed(id, Retcode::BUSY, busy),
+        };
         let task = tasks::new_task_id();
         let cmd = serde_json::from_slice::<Value>(frame)
             .ok()
@@ -497,9 +534,18 @@ impl Dispatcher {
             self.max_frame,
         );
         let _noted = crate::crashmark::Guard::enter(&plugin);
+        // The line is written when the task ends (a completion on the loop
+        // thread is a refusal inside `call`: nothing ran, no line).
+        let audited = |inner: basicagent_abi::host::Completer| match note {
+            Some(mut note) => {
+                note.set("task", Value::String(task.clone()));
+                crate::audit::after_line(note, Some(self.loop_thread), inner)
+            }
+            None => inner,
+        };
         let call = plugin.call(
             frame,
-            Box::new(move |c: Completion| {
+            audited(Box::new(move |c: Completion| {
                 if std::thread::current().id() == loop_thread {
                     *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(c);
                     return;
@@ -517,7 +563,7 @@ impl Dispatcher {
                 if let Err(e) = waker.wake() {
                     log::error!("cannot wake the loop: {e}");
                 }
-            }),
+            })),
         );
         let refused = immediate.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(c) = refused {
@@ -700,10 +746,21 @@ impl Dispatcher {
             return;
         }
         let frame = Value::Object(fire.request.clone()).to_string();
-        let call = plugin.call(
-            frame.as_bytes(),
-            Box::new(move |c: Completion| sink.complete(c)),
-        );
+        let mut completer: basicagent_abi::host::Completer =
+            Box::new(move |c: Completion| sink.complete(c));
+        let note = self.audit.as_ref().and_then(|a| {
+            a.scheduled(
+                &fire.method,
+                frame.as_bytes(),
+                &fire.schedule,
+                fire.run,
+                &task,
+            )
+        });
+        if let Some(note) = note {
+            completer = crate::audit::after_line(note, None, completer);
+        }
+        let call = plugin.call(frame.as_bytes(), completer);
         self.note_scheduled_start(&fire, &task, Some(call), now);
         self.in_flight.insert(
             call,
@@ -860,6 +917,7 @@ impl Dispatcher {
             "schedules": self.schedules.as_ref().map_or(0, ScheduleTable::len),
             "quarantined": self.guard.quarantine.list(now),
             "calls_pending": basicagent_abi::pending_calls(),
+            "audit": self.audit.as_ref().map(|a| a.health().report()),
         });
         Response::new(id, Retcode::SUCCESS).with_data(&data)
     }

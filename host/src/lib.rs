@@ -6,6 +6,7 @@
 //! unit-tested on its own; `main.rs` only parses flags.
 
 pub mod agent;
+pub mod audit;
 pub mod config;
 pub mod crashmark;
 pub mod ctlsock;

@@ -726,6 +726,10 @@ impl Reactor {
             };
             if !t.tls_up && !t.tls.is_handshaking() {
                 t.tls_up = true;
+                self.dispatcher.set_peer(crate::audit::Peer::of_tls(
+                    &t.addr,
+                    t.tls.peer_certificates(),
+                ));
                 self.session.handle_tls_established(now);
             }
             let mut pending = state.plaintext_bytes_to_read();
