@@ -16,8 +16,8 @@ macro_rules! out {
     }};
 }
 
-mod client;
 mod audit;
+mod client;
 mod run;
 mod sign;
 
