@@ -91,7 +91,8 @@ say "starting BasicAgentServer on $SERVER_ADDR:$PORT and BasicAgent"
 ADMIN=$D/admin.sock
 RUST_LOG=warn "$BIN/BasicAgentServer" serve --listen "$SERVER_ADDR:$PORT" \
     --cert "$D/server.pem" --key "$D/server.key" \
-    --admin "$ADMIN" --events "$D/events.jsonl" 2>"$D/server.log" &
+    --admin "$ADMIN" --events "$D/events.jsonl" --api "$SERVER_ADDR:0" \
+    --state-dir "$D/server-state" 2>"$D/server.log" &
 SERVER_PID=$!
 for _ in $(seq 50); do [ -S "$ADMIN" ] && break; sleep 0.1; done
 [ -S "$ADMIN" ] || { echo "demo.sh: the server did not start:" >&2; cat "$D/server.log" >&2; exit 1; }
@@ -160,6 +161,34 @@ call "schedule.get (two runs done, finished)" "{\"method\":\"schedule.get\",\"sc
 say "the scheduled results, listed with the tasks"
 "$BIN/BasicAgentServer" tasks --admin "$ADMIN" | grep "$SCHED" | python3 -m json.tool --json-lines
 call "a bad cron expression (3021 naming the field)" '{"method":"schedule.add","request":{"method":"getinfo.kernel"},"cron":"*/5 * * * *"}'
+
+# The operator HTTP API (docs/api.md): the address is in the `listening` event.
+API=$(python3 -c '
+import json, sys
+for line in open(sys.argv[1]):
+    e = json.loads(line)
+    if e.get("event") == "listening" and e.get("api"):
+        print(e["api"]); break
+' "$D/events.jsonl")
+http() {  # METHOD PATH [BODY]: prints the answer (NDJSON lines pretty-printed one by one)
+    python3 - "$API" "$@" <<'PY'
+import json, sys, urllib.request
+api, method, path = sys.argv[1:4]
+body = sys.argv[4].encode() if len(sys.argv) > 4 else None
+req = urllib.request.Request(f"http://{api}{path}", data=body, method=method,
+                             headers={"Content-Type": "application/json"})
+with urllib.request.urlopen(req, timeout=20) as r:
+    for line in r:
+        if line.strip():
+            print(json.dumps(json.loads(line), indent=2))
+PY
+}
+say "HTTP API on $API: GET /v1/agents"
+http GET /v1/agents
+say "HTTP API: POST /v1/call getinfo.kernel to all agents (NDJSON: one line per host, then the summary)"
+echo 'body: {"target":{"all":true},"request":{"method":"getinfo.kernel"},"timeout":10}'
+http POST /v1/call '{"target":{"all":true},"request":{"method":"getinfo.kernel"},"timeout":10}'
+say "the operator console: http://$API/ (in a browser on this machine while the demo runs)"
 
 say "agent log (last lines): 127.0.0.1 refused, then 127.0.0.2"
 tail -n 12 "$D/agent.log"
