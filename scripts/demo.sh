@@ -82,7 +82,7 @@ EOF
 # the test fixture that misbehaves on purpose.
 mkdir -p "$D/plugins"
 for so in "$BIN"/lib*_*.so; do
-    case "$so" in *libgetinfo_testkit.so) continue ;; esac
+    case "$so" in *libfixture_misbehave.so) continue ;; esac
     cp "$so" "$D/plugins/"
 done
 echo "hosts file $D/hosts:"; sed 's/^/    /' "$D/hosts"

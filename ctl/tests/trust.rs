@@ -3,10 +3,11 @@
 //! over an attacker's directory print the reason, and the fixture's ELF
 //! constructor, which writes a marker file, never ran.
 
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use basicagent_testsupport::{chmod, is_root};
 
 const CTOR_PLUGIN: &str = r#"
 #include <stdio.h>
@@ -31,15 +32,6 @@ const ba_plugin_descriptor *basicagent_plugin_v1(void) { return &fx; }
 "#;
 
 const NOBODY: u32 = 65534;
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-fn chmod(p: &Path, mode: u32) {
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
-}
 
 /// base (0755) / staging / libgetinfo_ctor.so (0644), and its marker.
 fn fixture(base: &Path) -> (PathBuf, PathBuf) {

@@ -331,7 +331,7 @@ fn a_shared_client_certificate_works_where_host_ids_are_not_bound() {
     );
     if common::server_has_api() {
         // This server binds host ids to certificates: one certificate for
-        // "swarm agent" cannot claim these host ids.
+        // "agent" cannot claim these host ids.
         let report = swarm.finish();
         assert_eq!(report["peak_up"], 0, "{report}");
         assert_eq!(report["refused_total"], 2, "{report}");

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use basicagent_plugin_kit::testing::{
+use basicagent_testsupport::plugin::{
     assert_refusals, call_args, call_args_timed, data, load_built,
 };
 

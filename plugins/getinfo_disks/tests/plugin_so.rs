@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use basicagent_abi::retcode;
-use basicagent_plugin_kit::testing::{
+use basicagent_testsupport::plugin::{
     assert_refusals, call_args, call_args_timed, data, load_built,
 };
 

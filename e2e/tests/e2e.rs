@@ -1,4 +1,4 @@
-//! Operations end to end, with the real artefacts on loopback: the install
+//! End to end, with the real artefacts on loopback: the install
 //! tree from `scripts/install.sh --destdir`, the LSB init script driving
 //! it, the Debian package from `scripts/package.sh` (dpkg -i / -r / -P),
 //! plugins dropped into a running daemon's directory and replaced under
@@ -9,51 +9,28 @@
 //! temporary directory and the package are removed, also on failure
 //! (guards with `Drop`).
 
-use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use basicagent_testsupport::wait::wait_until;
+use basicagent_testsupport::{
+    alive, bins, is_root, script, wait_for, workspace, AgentConfig, Dns, Pki, Server, NAME, WAIT,
+};
 
 // ---------------------------------------------------------------- paths
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
-}
-
-/// target/debug (this test runs from target/debug/deps).
+/// target/debug, with what these tests need built.
 fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().to_owned();
-    for f in [
+    bins::bin_dir_with(&[
         "BasicAgent",
         "BasicAgentCtl",
         "BasicAgentServer",
         "libgetinfo_hello.so",
         "libgetinfo_kernel.so",
         "libsync_bash.so",
-    ] {
-        assert!(
-            dir.join(f).exists(),
-            "{} missing: run `cargo build --workspace` first (scripts/test.sh does)",
-            dir.join(f).display()
-        );
-    }
-    dir
-}
-
-fn script(name: &str) -> PathBuf {
-    workspace().join("scripts").join(name)
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    ])
 }
 
 fn have(cmd: &str) -> bool {
@@ -79,33 +56,9 @@ fn run_ok(cmd: &mut Command) -> Output {
     out
 }
 
-fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn alive(pid: i32) -> bool {
-    // A zombie of ours counts as gone.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
-}
-
 fn kill(pid: i32, sig: libc::c_int) {
-    // SAFETY: kill(2) on a pid this test started.
-    unsafe { libc::kill(pid, sig) };
+    // Whether it was sent does not matter here: gone is fine.
+    let _ = basicagent_testsupport::kill(pid, sig);
 }
 
 fn read_pid(path: &Path) -> Option<i32> {
@@ -129,172 +82,27 @@ impl Drop for PidGuard {
     }
 }
 
-// ---------------------------------------------------------------- certificates, server
+// ---------------------------------------------------------------- server, agent config
 
-struct Pki {
-    dir: tempfile::TempDir,
+/// The server on `ip` (a port free there) with the Pki's certificate.
+fn server_on(pki: &Pki, ip: &str) -> Server {
+    let port = std::net::TcpListener::bind((ip, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap();
+    Server::serve(pki, &format!("{ip}:{port}"), "server", &[])
 }
 
-impl Pki {
-    fn new() -> Pki {
-        let dir = tempfile::tempdir().unwrap();
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "BasicAgent ops test CA");
-        let ca = params.self_signed(&ca_key).unwrap();
-        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let params = rcgen::CertificateParams::new(vec!["config.cargo.com".to_owned()]).unwrap();
-        let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
-        std::fs::write(dir.path().join("server.pem"), cert.pem()).unwrap();
-        std::fs::write(dir.path().join("server.key"), key.serialize_pem()).unwrap();
-        Pki { dir }
-    }
-
-    fn path(&self, file: &str) -> PathBuf {
-        self.dir.path().join(file)
-    }
-}
-
-/// A DNS server on loopback answering NXDOMAIN, so nothing leaves the host.
-fn nxdomain_server() -> SocketAddr {
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let addr = socket.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 512];
-        while let Ok((n, peer)) = socket.recv_from(&mut buf) {
-            if n < 12 {
-                continue;
-            }
-            let mut reply = buf[..n].to_vec();
-            reply[2] |= 0x80;
-            reply[3] = (reply[3] & 0xf0) | 0x80 | 3;
-            let _ = socket.send_to(&reply, peer);
-        }
-    });
-    addr
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Server {
-    child: Child,
-    dir: tempfile::TempDir,
-    ip: String,
-    port: u16,
-}
-
-impl Server {
-    fn start(pki: &Pki, ip: &str) -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let child = Command::new(bin_dir().join("BasicAgentServer"))
-            .arg("serve")
-            .args(["--listen", &format!("{ip}:{port}")])
-            .arg("--cert")
-            .arg(pki.path("server.pem"))
-            .arg("--key")
-            .arg(pki.path("server.key"))
-            .arg("--admin")
-            .arg(dir.path().join("admin.sock"))
-            .arg("--events")
-            .arg(dir.path().join("events.jsonl"))
-            .args(["--api", "127.0.0.1:0"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let s = Server {
-            child,
-            dir,
-            ip: ip.to_owned(),
-            port,
-        };
-        wait_for("the server to listen", Duration::from_secs(10), || {
-            std::fs::read_to_string(s.dir.path().join("events.jsonl"))
-                .unwrap_or_default()
-                .contains("\"listening\"")
-                .then_some(())
-        });
-        s
-    }
-
-    fn admin(&self) -> PathBuf {
-        self.dir.path().join("admin.sock")
-    }
-
-    fn hosts(&self) -> Vec<String> {
-        let out = Command::new(bin_dir().join("BasicAgentServer"))
-            .arg("list")
-            .arg("--admin")
-            .arg(self.admin())
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter_map(|v| v["host"].as_str().map(str::to_owned))
-            .collect()
-    }
-
-    fn wait_agent(&self) -> String {
-        wait_for("the agent to connect", Duration::from_secs(20), || {
-            self.hosts().into_iter().next()
-        })
-    }
-
-    fn call(&self, host: &str, request: &str) -> Value {
-        let out = Command::new(bin_dir().join("BasicAgentServer"))
-            .arg("call")
-            .arg("--admin")
-            .arg(self.admin())
-            .args(["--host", host, "--timeout", "30", request])
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        serde_json::from_str(stdout.trim())
-            .unwrap_or_else(|e| panic!("call {request}: {e}: {}", text(&out)))
-    }
-
-    /// Writes an agent configuration for this server into `dir/agent.toml`
-    /// (with a private hosts file); `plugin_dir` None leaves the default.
-    fn agent_config(&self, dir: &Path, plugin_dir: Option<&Path>, pki: &Pki) -> PathBuf {
-        std::fs::create_dir_all(dir).unwrap();
-        let hosts = dir.join("hosts");
-        std::fs::write(&hosts, format!("{} config.cargo.com\n", self.ip)).unwrap();
-        let plugin_line = plugin_dir
-            .map(|p| format!("plugin_dir = \"{}\"\n", p.display()))
-            .unwrap_or_default();
-        let config = format!(
-            "[server]\nname = \"config.cargo.com\"\nport = {port}\nca = \"{ca}\"\nhosts_file = \"{hosts}\"\n\
-             nameservers = [\"{dns}\"]\nconnect_timeout = 2\nhandshake_timeout = 3\n\n\
-             [agent]\nstate_dir = \"{state}\"\n{plugin_line}",
-            port = self.port,
-            ca = pki.path("ca.pem").display(),
-            hosts = hosts.display(),
-            dns = nxdomain_server(),
-            state = dir.join("state").display(),
-        );
-        let path = dir.join("agent.toml");
-        std::fs::write(&path, config).unwrap();
-        path
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Writes an agent configuration for `server` into `dir/agent.toml`
+/// (with a private hosts file); `plugin_dir` None leaves the default.
+fn agent_config(server: &Server, dir: &Path, plugin_dir: Option<&Path>, pki: &Pki) -> PathBuf {
+    let ip = server.listen.ip().to_string();
+    let mut config = AgentConfig::new(pki, server.listen.port(), &[&ip]);
+    config.name = Some(NAME.to_owned());
+    config.dns = Dns::Nxdomain;
+    config.plugin_dir = plugin_dir.map(Path::to_owned);
+    config.private_ctl = false;
+    config.write(dir)
 }
 
 /// A daemon started in the foreground by the test (its child).
@@ -331,11 +139,9 @@ impl Daemon {
     }
 
     fn wait_log(&self, needle: &str) {
-        wait_for(
-            &format!("{needle:?} in the log"),
-            Duration::from_secs(10),
-            || self.log().contains(needle).then_some(()),
-        );
+        wait_until(&format!("{needle:?} in the log"), || {
+            self.log().contains(needle)
+        });
     }
 }
 
@@ -410,7 +216,7 @@ fn install_tree_and_the_init_script_start_status_reload_stop() {
         assert!(root.join(f).exists(), "{f} installed");
     }
     for f in [
-        "libgetinfo_testkit.so",
+        "libfixture_misbehave.so",
         "libgetinfo_hello.so",
         "libgetinfo_loadavg.so",
     ] {
@@ -449,9 +255,14 @@ fn install_tree_and_the_init_script_start_status_reload_stop() {
     // The installed configuration for this test: the server on 127.0.7.1,
     // the installed plugins.
     let pki = Pki::new();
-    let server = Server::start(&pki, "127.0.7.1");
+    let server = server_on(&pki, "127.0.7.1");
     let etc = root.join("etc/basicagent");
-    let config = server.agent_config(&etc, Some(&root.join("usr/lib/basicagent/plugins")), &pki);
+    let config = agent_config(
+        &server,
+        &etc,
+        Some(&root.join("usr/lib/basicagent/plugins")),
+        &pki,
+    );
     let pid_file = root.join("run/basicagent.pid");
     let log_file = root.join("var/log/basicagent/agent.log");
     let defaults = root.join("etc/default/basicagent");
@@ -485,7 +296,7 @@ fn install_tree_and_the_init_script_start_status_reload_stop() {
     assert_eq!(out.status.code(), Some(0), "status: {}", text(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains(&pid.to_string()));
 
-    let host = server.wait_agent();
+    let host = server.wait_agent(WAIT);
     let kernel = server.call(&host, r#"{"method":"getinfo.kernel"}"#);
     assert_eq!(kernel["retcode"], 2, "{kernel}");
     let info = server.call(&host, r#"{"method":"agent.info"}"#);
@@ -729,9 +540,9 @@ fn the_debian_package_installs_runs_and_removes_cleanly() {
     // test's (BASICAGENT_DEFAULTS); binary, plugins and init script are the
     // package's.
     let pki = Pki::new();
-    let server = Server::start(&pki, "127.0.7.2");
+    let server = server_on(&pki, "127.0.7.2");
     let run = tmp.path().join("run");
-    let config = server.agent_config(&run, None, &pki);
+    let config = agent_config(&server, &run, None, &pki);
     let pid_file = run.join("agent.pid");
     let defaults = run.join("defaults");
     std::fs::write(
@@ -753,7 +564,7 @@ fn the_debian_package_installs_runs_and_removes_cleanly() {
         std::fs::read_link(format!("/proc/{pid}/exe")).unwrap(),
         Path::new("/usr/sbin/BasicAgent")
     );
-    let host = server.wait_agent();
+    let host = server.wait_agent(WAIT);
     let info = server.call(&host, r#"{"method":"agent.info"}"#);
     assert_eq!(
         info["data"]["plugin_dir"], "/usr/lib/basicagent/plugins",
@@ -903,20 +714,20 @@ static const ba_plugin_descriptor desc = {{
 fn plugins_dropped_into_a_running_daemon_are_served_and_replaced_on_sighup() {
     let bins = bin_dir();
     let pki = Pki::new();
-    let server = Server::start(&pki, "127.0.7.3");
+    let server = server_on(&pki, "127.0.7.3");
     let tmp = tempfile::tempdir().unwrap();
     let plugins = tmp.path().join("plugins");
     let build = tmp.path().join("build");
     std::fs::create_dir_all(&plugins).unwrap();
     std::fs::create_dir_all(&build).unwrap();
     install_plugin(&bins.join("libsync_bash.so"), &plugins, "libsync_bash.so");
-    let config = server.agent_config(tmp.path(), Some(&plugins), &pki);
+    let config = agent_config(&server, tmp.path(), Some(&plugins), &pki);
     let daemon = Daemon::start(
         &bins.join("BasicAgent"),
         &config,
         &tmp.path().join("agent.log"),
     );
-    let host = server.wait_agent();
+    let host = server.wait_agent(WAIT);
 
     // Not there yet: unknown method.
     let v = server.call(&host, r#"{"method":"getinfo.hello"}"#);
@@ -945,7 +756,7 @@ fn plugins_dropped_into_a_running_daemon_are_served_and_replaced_on_sighup() {
     // A call in flight in a plugin that is replaced meanwhile finishes
     // normally in the old copy.
     let slow = {
-        let admin = server.admin();
+        let admin = server.admin.clone();
         let host = host.clone();
         std::thread::spawn(move || {
             Command::new(bin_dir().join("BasicAgentServer"))
@@ -1018,19 +829,19 @@ fn plugins_dropped_into_a_running_daemon_are_served_and_replaced_on_sighup() {
 fn a_refused_plugin_replaced_by_a_good_build_is_served() {
     let bins = bin_dir();
     let pki = Pki::new();
-    let server = Server::start(&pki, "127.0.7.5");
+    let server = server_on(&pki, "127.0.7.5");
     let tmp = tempfile::tempdir().unwrap();
     let plugins = tmp.path().join("plugins");
     let build = tmp.path().join("build");
     std::fs::create_dir_all(&plugins).unwrap();
     std::fs::create_dir_all(&build).unwrap();
-    let config = server.agent_config(tmp.path(), Some(&plugins), &pki);
+    let config = agent_config(&server, tmp.path(), Some(&plugins), &pki);
     let daemon = Daemon::start(
         &bins.join("BasicAgent"),
         &config,
         &tmp.path().join("agent.log"),
     );
-    let host = server.wait_agent();
+    let host = server.wait_agent(WAIT);
     let bad = c_plugin(&build, "getinfo.fixme", "1", false);
     install_plugin(&bad, &plugins, "libgetinfo_fixme.so");
     let v = server.call(&host, r#"{"method":"getinfo.fixme"}"#);
@@ -1052,12 +863,12 @@ fn a_refused_plugin_replaced_by_a_good_build_is_served() {
 fn a_renamed_log_is_replaced_by_a_fresh_file_on_sighup_and_sigusr1() {
     let bins = bin_dir();
     let pki = Pki::new();
-    let server = Server::start(&pki, "127.0.7.4");
+    let server = server_on(&pki, "127.0.7.4");
     let tmp = tempfile::tempdir().unwrap();
-    let config = server.agent_config(tmp.path(), Some(&bins), &pki);
+    let config = agent_config(&server, tmp.path(), Some(&bins), &pki);
     let log = tmp.path().join("agent.log");
     let daemon = Daemon::start(&bins.join("BasicAgent"), &config, &log);
-    let host = server.wait_agent();
+    let host = server.wait_agent(WAIT);
     daemon.wait_log("BasicAgent");
 
     for (round, sig) in [(1, libc::SIGHUP), (2, libc::SIGUSR1)] {
@@ -1118,11 +929,11 @@ fn a_renamed_log_is_replaced_by_a_fresh_file_on_sighup_and_sigusr1() {
 fn a_refused_plugin_is_logged_at_the_default_level() {
     let bins = bin_dir();
     let pki = Pki::new();
-    let server = Server::start(&pki, "127.0.7.6");
+    let server = server_on(&pki, "127.0.7.6");
     let tmp = tempfile::tempdir().unwrap();
     let plugins = tmp.path().join("plugins");
     std::fs::create_dir_all(&plugins).unwrap();
-    let config = server.agent_config(tmp.path(), Some(&plugins), &pki);
+    let config = agent_config(&server, tmp.path(), Some(&plugins), &pki);
     let log = tmp.path().join("agent.log");
     let child = Command::new(bins.join("BasicAgent"))
         .arg("-c")
@@ -1135,7 +946,7 @@ fn a_refused_plugin_is_logged_at_the_default_level() {
         .spawn()
         .unwrap();
     let daemon = Daemon { child, log };
-    let host = server.wait_agent();
+    let host = server.wait_agent(WAIT);
     std::fs::write(plugins.join("libgetinfo_junk.so"), b"not a plugin\n").unwrap();
     let v = server.call(&host, r#"{"method":"getinfo.junk"}"#);
     assert_eq!(v["retcode"], 3025, "{v}");
