@@ -24,6 +24,7 @@
 
 pub mod agent;
 pub mod bins;
+pub mod cplugin;
 pub mod fake;
 pub mod files;
 pub mod mini;

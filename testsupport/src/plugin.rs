@@ -128,3 +128,18 @@ pub fn assert_refusals(plugin: &Plugin, bad_args: &[&str]) {
         assert!(c.data.is_none(), "{what}");
     }
 }
+
+/// The bad `args` every getopt-style collector refuses: an unknown
+/// option, an unterminated quote, an operand.
+pub const COMMON_BAD_ARGS: [&str; 3] = ["-Z", "'unterminated", "stray operand"];
+
+/// Loads the collector `lib{lib_stem}.so` and checks what every collector
+/// promises: its descriptor names it `lib_stem` and serves `method` only,
+/// and it refuses what [`assert_refusals`] sends, with `bad_args`.
+pub fn assert_collector(lib_stem: &str, method: &str, bad_args: &[&str]) -> Plugin {
+    let p = load_built(lib_stem);
+    assert_eq!(p.info().name, lib_stem);
+    assert_eq!(p.info().methods, vec![method.to_owned()]);
+    assert_refusals(&p, bad_args);
+    p
+}
