@@ -29,6 +29,7 @@ pub mod fake;
 pub mod files;
 pub mod mini;
 pub mod net;
+pub mod ns;
 pub mod pki;
 pub mod plugin;
 pub mod server;
