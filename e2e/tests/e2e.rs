@@ -177,6 +177,13 @@ fn init(defaults: &Path, action: &str) -> Output {
         .unwrap()
 }
 
+/// [`init_at`], asserting the exit status `code` (`what` names the step).
+fn init_expect(init_path: &Path, defaults: &Path, action: &str, code: i32, what: &str) -> Output {
+    let out = init_at(init_path, defaults, action);
+    assert_eq!(out.status.code(), Some(code), "{what}: {}", text(&out));
+    out
+}
+
 fn init_at(init_path: &Path, defaults: &Path, action: &str) -> Output {
     Command::new(init_path)
         .arg(action)
@@ -280,20 +287,12 @@ fn install_tree_and_the_init_script_start_status_reload_stop() {
     let _guard = PidGuard(pid_file.clone());
     let init_script = root.join("etc/init.d/basicagent");
 
-    let out = init_at(&init_script, &defaults, "status");
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "not running yet: {}",
-        text(&out)
-    );
-    let out = init_at(&init_script, &defaults, "start");
-    assert_eq!(out.status.code(), Some(0), "start: {}", text(&out));
+    init_expect(&init_script, &defaults, "status", 3, "not running yet");
+    init_expect(&init_script, &defaults, "start", 0, "start");
     // The starter returned after the daemon took the pid file.
     let pid = read_pid(&pid_file).expect("the pid file is written when start returns");
     assert!(alive(pid));
-    let out = init_at(&init_script, &defaults, "status");
-    assert_eq!(out.status.code(), Some(0), "status: {}", text(&out));
+    let out = init_expect(&init_script, &defaults, "status", 0, "status");
     assert!(String::from_utf8_lossy(&out.stdout).contains(&pid.to_string()));
 
     let host = server.wait_agent(WAIT);
@@ -306,8 +305,7 @@ fn install_tree_and_the_init_script_start_status_reload_stop() {
     );
 
     // A second start is harmless: same daemon, exit 0.
-    let out = init_at(&init_script, &defaults, "start");
-    assert_eq!(out.status.code(), Some(0), "second start: {}", text(&out));
+    let out = init_expect(&init_script, &defaults, "start", 0, "second start");
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("already running"),
         "{}",
@@ -327,54 +325,30 @@ fn install_tree_and_the_init_script_start_status_reload_stop() {
     assert_eq!(read_pid(&pid_file), Some(pid));
 
     // reload → SIGHUP: the log is reopened, the daemon keeps serving.
-    let out = init_at(&init_script, &defaults, "reload");
-    assert_eq!(out.status.code(), Some(0), "reload: {}", text(&out));
+    init_expect(&init_script, &defaults, "reload", 0, "reload");
     wait_for("the reload in the log", Duration::from_secs(10), || {
         std::fs::read_to_string(&log_file)
             .unwrap_or_default()
             .contains("log reopened")
             .then_some(())
     });
-    let out = init_at(&init_script, &defaults, "force-reload");
-    assert_eq!(out.status.code(), Some(0), "force-reload: {}", text(&out));
+    init_expect(&init_script, &defaults, "force-reload", 0, "force-reload");
     assert_eq!(server.call(&host, r#"{"method":"ping"}"#)["retcode"], 2);
     assert_eq!(read_pid(&pid_file), Some(pid));
 
     // stop waits for the process to end.
-    let out = init_at(&init_script, &defaults, "stop");
-    assert_eq!(out.status.code(), Some(0), "stop: {}", text(&out));
+    init_expect(&init_script, &defaults, "stop", 0, "stop");
     assert!(!alive(pid), "stop returned while pid {pid} still ran");
     assert!(!pid_file.exists(), "the daemon removed its pid file");
-    let out = init_at(&init_script, &defaults, "status");
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "status after stop: {}",
-        text(&out)
-    );
-    let out = init_at(&init_script, &defaults, "stop");
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stop when stopped: {}",
-        text(&out)
-    );
-    let out = init_at(&init_script, &defaults, "reload");
-    assert_eq!(
-        out.status.code(),
-        Some(7),
-        "reload when stopped: {}",
-        text(&out)
-    );
-    let out = init_at(&init_script, &defaults, "bogus");
-    assert_eq!(out.status.code(), Some(2));
+    init_expect(&init_script, &defaults, "status", 3, "status after stop");
+    init_expect(&init_script, &defaults, "stop", 0, "stop when stopped");
+    init_expect(&init_script, &defaults, "reload", 7, "reload when stopped");
+    init_expect(&init_script, &defaults, "bogus", 2, "an unknown action");
 
     // A stale pid file (a crash): status 1, and start still works.
     std::fs::write(&pid_file, "999999999\n").unwrap();
-    let out = init_at(&init_script, &defaults, "status");
-    assert_eq!(out.status.code(), Some(1), "stale pid file: {}", text(&out));
-    let out = init_at(&init_script, &defaults, "restart");
-    assert_eq!(out.status.code(), Some(0), "restart: {}", text(&out));
+    init_expect(&init_script, &defaults, "status", 1, "stale pid file");
+    init_expect(&init_script, &defaults, "restart", 0, "restart");
     let pid2 = read_pid(&pid_file).unwrap();
     assert!(pid2 != pid && alive(pid2));
     // The repository copy (environment overrides only) sees the same daemon.
@@ -386,8 +360,7 @@ fn install_tree_and_the_init_script_start_status_reload_stop() {
 
     // A configuration error: start fails with the daemon's message, status 3.
     std::fs::write(&config, "[server]\nprot = 1\n").unwrap();
-    let out = init_at(&init_script, &defaults, "start");
-    assert_eq!(out.status.code(), Some(1), "bad config: {}", text(&out));
+    let out = init_expect(&init_script, &defaults, "start", 1, "bad config");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("prot"),
         "{}",
