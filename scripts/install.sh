@@ -71,9 +71,10 @@ UNITDIR=$PREFIX/lib/systemd/system
 DOCDIR=$PREFIX/share/doc/basicagent
 MANIFEST=$LIBDIR/install-manifest
 CONFDIR=/etc/basicagent
-# Plugins that are never installed: the misbehaving test fixture and the C
-# example (build it yourself from plugins/examples if you want it).
-SKIP_PLUGINS=" libfixture_misbehave.so libgetinfo_hello.so libgetinfo_loadavg.so "
+# Plugins that are never installed: the misbehaving test fixture (and its
+# name before the rename, in a build dir from before it) and the C example
+# (build it yourself from plugins/examples if you want it).
+SKIP_PLUGINS=" libfixture_misbehave.so libgetinfo_testkit.so libgetinfo_hello.so libgetinfo_loadavg.so "
 INCLUDEDIR=$PREFIX/include/basicagent
 PKGCONFIGDIR=$PREFIX/share/pkgconfig
 
