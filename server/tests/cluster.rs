@@ -20,7 +20,7 @@ use basicagent_testsupport::script;
 use basicagent_testsupport::wait::wait_until as eventually;
 use rustls::ClientConfig;
 use serde_json::{json, Value};
-use util::{free_addr, Agent, Pki, Server};
+use util::{free_addr, wait_for, Agent, Pki, Server};
 
 /// Longest anything here waits for the cluster to converge.
 const CONVERGE: Duration = Duration::from_secs(30);
@@ -1118,13 +1118,17 @@ fn cluster_sh_brings_up_a_cluster_reports_it_and_takes_it_down() {
         "cluster.sh up failed: {}",
         String::from_utf8_lossy(&up.stderr)
     );
-    let status = eventually_output(|| {
-        let out = sh(&["status", "--dir", &dir_s]);
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        (text.contains("node1 listen 127.0.94.101:8443")
-            && text.matches("\"state\":\"live\"").count() == 2)
-            .then_some(text)
-    });
+    let status = wait_for(
+        "cluster.sh status to show both nodes live",
+        CONVERGE,
+        || {
+            let out = sh(&["status", "--dir", &dir_s]);
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            (text.contains("node1 listen 127.0.94.101:8443")
+                && text.matches("\"state\":\"live\"").count() == 2)
+                .then_some(text)
+        },
+    );
     assert!(status.contains(&format!("dir {dir_s}")), "{status}");
     assert!(status.contains("postgres up"), "{status}");
     let down = sh(&["down", "--dir", &dir_s]);
@@ -1134,20 +1138,6 @@ fn cluster_sh_brings_up_a_cluster_reports_it_and_takes_it_down() {
         String::from_utf8_lossy(&down.stderr)
     );
     assert!(!dir.exists(), "down removes the state dir");
-}
-
-fn eventually_output(mut f: impl FnMut() -> Option<String>) -> String {
-    let start = Instant::now();
-    loop {
-        if let Some(t) = f() {
-            return t;
-        }
-        assert!(
-            start.elapsed() < CONVERGE,
-            "cluster.sh status never showed both nodes live"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// Figures for docs/cluster.md (not run by default):
