@@ -22,6 +22,8 @@
 //!   (`target/<profile>/deps/..`), so every crate's tests use what the
 //!   workspace build made, never an installed copy.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod agent;
 pub mod bins;
 pub mod cplugin;
