@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use basicagent_testsupport::wait::wait_until;
 use basicagent_testsupport::{
-    alive, bins, is_root, script, wait_for, workspace, AgentConfig, Dns, Pki, Server, NAME, WAIT,
+    alive, bins, free_addr_on, is_root, script, wait_for, workspace, AgentConfig, Dns, Pki, Server,
+    NAME, WAIT,
 };
 
 // ---------------------------------------------------------------- paths
@@ -86,11 +87,7 @@ impl Drop for PidGuard {
 
 /// The server on `ip` (a port free there) with the Pki's certificate.
 fn server_on(pki: &Pki, ip: &str) -> Server {
-    let port = std::net::TcpListener::bind((ip, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap();
-    Server::serve(pki, &format!("{ip}:{port}"), "server", &[])
+    Server::serve(pki, &free_addr_on(ip).to_string(), "server", &[])
 }
 
 /// Writes an agent configuration for `server` into `dir/agent.toml`

@@ -40,7 +40,9 @@ pub mod wait;
 pub use agent::{agent_bin, pgrep, Agent, AgentConfig, Dns};
 pub use bins::{bin, bin_dir, built_plugin, script, workspace};
 pub use files::chmod;
-pub use net::{alive, free_addr, free_port, is_root, kill, nxdomain_server, unique_ip};
+pub use net::{
+    alive, free_addr, free_addr_on, free_port, is_root, kill, nxdomain_server, unique_ip,
+};
 pub use pki::{make_ca, Pki, CLIENT_HOST_ID, NAME};
 pub use server::{server_bin, stdout_lines, Server};
 pub use wait::{wait_for, wait_until, WAIT};

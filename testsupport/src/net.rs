@@ -40,15 +40,19 @@ pub fn unique_ip() -> String {
     unique_ip_in(block)
 }
 
+/// `ip` with a port free there (the kernel's choice, released again).
+pub fn free_addr_on(ip: &str) -> SocketAddr {
+    TcpListener::bind((ip, 0))
+        .and_then(|l| l.local_addr())
+        .unwrap_or_else(|e| panic!("a free port on {ip}: {e}"))
+}
+
 /// A free address on a loopback address of its own (127.0.0.20 and up,
 /// as the server's tests always had).
 pub fn free_addr() -> SocketAddr {
     static NEXT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(20);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let ip = format!("127.0.0.{n}");
-    TcpListener::bind((ip.as_str(), 0))
-        .and_then(|l| l.local_addr())
-        .unwrap_or_else(|e| panic!("a free port on {ip}: {e}"))
+    free_addr_on(&format!("127.0.0.{n}"))
 }
 
 /// A DNS server on loopback that answers NXDOMAIN to everything, so that

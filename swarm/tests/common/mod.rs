@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
@@ -74,98 +74,23 @@ pub fn json_lines(path: &Path) -> Vec<Value> {
         .collect()
 }
 
-/// A running BasicAgentServer; killed on drop.
-pub struct Server {
-    pub child: Child,
-    pub listen: SocketAddr,
-    /// The HTTP API's address, when the server has one (bound to port 0 here).
-    pub api: Option<SocketAddr>,
-    pub admin: PathBuf,
-    pub events: PathBuf,
-    _dir: tempfile::TempDir,
-}
+pub use basicagent_testsupport::Server;
 
-impl Server {
-    /// `serve` on a fresh loopback address, port chosen by the kernel;
-    /// returns once the events file says `listening`.
-    pub fn start(pki: &Pki, extra: &[&str]) -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let admin = dir.path().join("admin.sock");
-        let events = dir.path().join("events.jsonl");
-        let ip = server_ip();
-        // Never the default API address (127.0.0.1:8080, shared by everyone).
-        let api_flags: Vec<String> = if server_has_api() {
-            vec!["--api".into(), format!("{ip}:0")]
-        } else {
-            Vec::new()
-        };
-        let child = Command::new(server_bin())
-            .arg("serve")
-            .arg("--listen")
-            .arg(format!("{ip}:0"))
-            .args(&api_flags)
-            .arg("--cert")
-            .arg(pki.path("server.pem"))
-            .arg("--key")
-            .arg(pki.path("server.key"))
-            .arg("--admin")
-            .arg(&admin)
-            .arg("--events")
-            .arg(&events)
-            .args(extra)
-            .stdin(Stdio::null())
-            .env("RUST_LOG", "warn")
-            .spawn()
-            .unwrap();
-        let listening = wait_for("the server's listening event", || {
-            json_lines(&events)
-                .into_iter()
-                .find(|e| e["event"] == "listening")
-        });
-        let listen = listening["listen"].as_str().unwrap().parse().unwrap();
-        let api = listening["api"].as_str().and_then(|a| a.parse().ok());
-        Server {
-            child,
-            listen,
-            api,
-            admin,
-            events,
-            _dir: dir,
-        }
-    }
-
-    /// Runs an admin subcommand (`list`, `call ...`) and returns its output.
-    pub fn admin(&self, args: &[&str]) -> Output {
-        let (cmd, rest) = args.split_first().unwrap();
-        Command::new(server_bin())
-            .arg(cmd)
-            .arg("--admin")
-            .arg(&self.admin)
-            .args(rest)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    }
-
-    /// The JSON lines a subcommand printed on stdout.
-    pub fn admin_lines(&self, args: &[&str]) -> Vec<Value> {
-        let out = self.admin(args);
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
-            .collect()
-    }
-
-    pub fn events(&self) -> Vec<Value> {
-        json_lines(&self.events)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The real server on a loopback address of this binary's own
+/// ([`server_ip`]), its API there too; returns once it listens.
+pub fn start_server(pki: &Pki, extra: &[&str]) -> Server {
+    let ip = server_ip();
+    let api = format!("{ip}:0");
+    // Never the default API address (127.0.0.1:8080, shared by everyone).
+    let mut args = vec!["--api", api.as_str()];
+    args.extend_from_slice(extra);
+    let (cert, key) = (pki.path("server.pem"), pki.path("server.key"));
+    Server::start_at(
+        basicagent_testsupport::free_addr_on(&ip),
+        &cert,
+        &key,
+        &args,
+    )
 }
 
 /// A running BasicAgentSwarm with its status file.
