@@ -149,6 +149,49 @@ impl Drop for Daemon {
     }
 }
 
+/// A server on `ip` and a daemon in the foreground whose plugin directory
+/// starts with copies of the built `initial` plugins; `build/` for the
+/// test's own plugin builds. Everything is stopped and removed on drop.
+struct HotDir {
+    // Dropped first: the daemon, then the server, then the files.
+    daemon: Daemon,
+    server: Server,
+    host: String,
+    plugins: PathBuf,
+    build: PathBuf,
+    _pki: Pki,
+    _tmp: tempfile::TempDir,
+}
+
+impl HotDir {
+    fn start(ip: &str, initial: &[&str]) -> HotDir {
+        let bins = bin_dir();
+        let pki = Pki::new();
+        let server = server_on(&pki, ip);
+        let tmp = tempfile::tempdir().unwrap();
+        let plugins = tmp.path().join("plugins");
+        let build = tmp.path().join("build");
+        std::fs::create_dir_all(&plugins).unwrap();
+        std::fs::create_dir_all(&build).unwrap();
+        for name in initial {
+            install_plugin(&bins.join(name), &plugins, name);
+        }
+        let config = agent_config(&server, tmp.path(), Some(&plugins), &pki);
+        let log = tmp.path().join("agent.log");
+        let daemon = Daemon::start(&bins.join("BasicAgent"), &config, &log);
+        let host = server.wait_agent(WAIT);
+        HotDir {
+            daemon,
+            server,
+            host,
+            plugins,
+            build,
+            _pki: pki,
+            _tmp: tmp,
+        }
+    }
+}
+
 /// Copies `src` into `dir/name` the way operators must: a temporary name
 /// in the same directory, then rename(2) over the target.
 fn install_plugin(src: &Path, dir: &Path, name: &str) {
@@ -683,21 +726,9 @@ static const ba_plugin_descriptor desc = {{
 #[test]
 fn plugins_dropped_into_a_running_daemon_are_served_and_replaced_on_sighup() {
     let bins = bin_dir();
-    let pki = Pki::new();
-    let server = server_on(&pki, "127.0.7.3");
-    let tmp = tempfile::tempdir().unwrap();
-    let plugins = tmp.path().join("plugins");
-    let build = tmp.path().join("build");
-    std::fs::create_dir_all(&plugins).unwrap();
-    std::fs::create_dir_all(&build).unwrap();
-    install_plugin(&bins.join("libsync_bash.so"), &plugins, "libsync_bash.so");
-    let config = agent_config(&server, tmp.path(), Some(&plugins), &pki);
-    let daemon = Daemon::start(
-        &bins.join("BasicAgent"),
-        &config,
-        &tmp.path().join("agent.log"),
-    );
-    let host = server.wait_agent(WAIT);
+    let hot = HotDir::start("127.0.7.3", &["libsync_bash.so"]);
+    let (server, daemon, host) = (&hot.server, &hot.daemon, hot.host.clone());
+    let (plugins, build) = (hot.plugins.clone(), hot.build.clone());
 
     // Not there yet: unknown method.
     let v = server.call(&host, r#"{"method":"getinfo.hello"}"#);
@@ -797,21 +828,9 @@ fn plugins_dropped_into_a_running_daemon_are_served_and_replaced_on_sighup() {
 /// does not stand in for the new file.
 #[test]
 fn a_refused_plugin_replaced_by_a_good_build_is_served() {
-    let bins = bin_dir();
-    let pki = Pki::new();
-    let server = server_on(&pki, "127.0.7.5");
-    let tmp = tempfile::tempdir().unwrap();
-    let plugins = tmp.path().join("plugins");
-    let build = tmp.path().join("build");
-    std::fs::create_dir_all(&plugins).unwrap();
-    std::fs::create_dir_all(&build).unwrap();
-    let config = agent_config(&server, tmp.path(), Some(&plugins), &pki);
-    let daemon = Daemon::start(
-        &bins.join("BasicAgent"),
-        &config,
-        &tmp.path().join("agent.log"),
-    );
-    let host = server.wait_agent(WAIT);
+    let hot = HotDir::start("127.0.7.5", &[]);
+    let (server, daemon, host) = (&hot.server, &hot.daemon, hot.host.clone());
+    let (plugins, build) = (hot.plugins.clone(), hot.build.clone());
     let bad = c_plugin(&build, "getinfo.fixme", "1", false);
     install_plugin(&bad, &plugins, "libgetinfo_fixme.so");
     let v = server.call(&host, r#"{"method":"getinfo.fixme"}"#);
