@@ -946,3 +946,68 @@ fn a_refused_plugin_is_logged_at_the_default_level() {
         "no log line names the refused file at level info:\n{text}"
     );
 }
+
+// ---------------------------------------------------------------- scripts/lib/loopback.sh
+
+/// The set-up demo.sh, bench.sh and soak.sh share, run as they run it:
+/// certificates with openssl, the hosts file, the agent config (DNS off),
+/// a port free on two addresses, the real server and agent, the wait for
+/// the agent, the stop; and, as root, a private /etc by unshare -m.
+#[test]
+fn the_scripts_loopback_library_brings_up_a_server_and_an_agent() {
+    if !have("openssl") {
+        eprintln!("skipped: needs openssl");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let bins = bin_dir();
+    let script = r#"
+set -euo pipefail
+. scripts/lib/loopback.sh
+D=$1 BIN=$2
+ba_certs "$D" >/dev/null
+PORT=$(ba_free_port 127.0.7.8 127.0.7.9)
+ba_hosts_file "$D/hosts" 127.0.7.9 127.0.7.8
+ba_agent_config "$D/agent.toml" "$D" "$PORT" "$BIN" "ctl_socket = \"$D/run/ctl.sock\""
+"$BIN/BasicAgentServer" serve --listen "127.0.7.8:$PORT" --cert "$D/server.pem" --key "$D/server.key" \
+    --admin "$D/admin.sock" --api none 2>"$D/server.log" &
+SERVER=$!
+ba_wait_socket "$D/admin.sock" || { cat "$D/server.log" >&2; exit 1; }
+ba_wait_port 127.0.7.8 "$PORT"
+"$BIN/BasicAgent" -c "$D/agent.toml" -f -L "$D/agent.log" &
+AGENT=$!
+HOST=$(ba_wait_agent "$BIN/BasicAgentServer" "$D/admin.sock") || { tail "$D/agent.log" >&2; exit 1; }
+echo "host=$HOST"
+ba_stop "$AGENT" "$SERVER"
+kill -0 "$AGENT" 2>/dev/null && { echo "the agent survived ba_stop" >&2; exit 1; }
+if [ "$(id -u)" = 0 ] && [ -e /etc/hostname ]; then
+    mkdir "$D/etc"
+    printf 'e2e-private-etc\n' > "$D/etc/hostname"
+    ba_private_etc "$D/etc" 60 -- cat /etc/hostname
+fi
+"#;
+    let out = run_ok(
+        Command::new("bash")
+            .args(["-c", script, "loopback"])
+            .arg(tmp.path())
+            .arg(&bins)
+            .current_dir(workspace()),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("host="), "{}", text(&out));
+    let config = std::fs::read_to_string(tmp.path().join("agent.toml")).unwrap();
+    assert!(config.contains("dns = false"), "{config}");
+    let hosts = std::fs::read_to_string(tmp.path().join("hosts")).unwrap();
+    assert_eq!(
+        hosts,
+        "127.0.7.9 config.cargo.com\n127.0.7.8 config.cargo.com\n"
+    );
+    if is_root() && Path::new("/etc/hostname").exists() {
+        assert!(stdout.contains("e2e-private-etc"), "{}", text(&out));
+        let real = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+        assert!(
+            !real.contains("e2e-private-etc"),
+            "the machine's /etc is untouched"
+        );
+    }
+}
