@@ -98,7 +98,10 @@ fn agent_config(server: &Server, dir: &Path, plugin_dir: Option<&Path>, pki: &Pk
     config.name = Some(NAME.to_owned());
     config.dns = Dns::Nxdomain;
     config.plugin_dir = plugin_dir.map(Path::to_owned);
-    config.private_ctl = false;
+    // Its own control socket (DIR/run/ctl.sock), never the default
+    // /run/basicagent/ctl.sock: tests run at once, and a BasicAgentCtl
+    // call of one test must not reach the daemon of another.
+    config.private_ctl = true;
     config.write(dir)
 }
 
