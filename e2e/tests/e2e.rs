@@ -183,6 +183,9 @@ impl HotDir {
         let log = tmp.path().join("agent.log");
         let daemon = Daemon::start(&bins.join("BasicAgent"), &config, &log);
         let host = server.wait_agent(WAIT);
+        // Its own control socket: another test's BasicAgentCtl never reaches it.
+        let ctl = tmp.path().join("run/ctl.sock");
+        wait_until("the daemon's own control socket", || ctl.exists());
         HotDir {
             daemon,
             server,
