@@ -22,16 +22,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+. scripts/lib/loopback.sh
 RUNS=${BENCH_RUNS:-3}
 ADDR=127.0.0.2
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 
-need_pkg() { # need_pkg COMMAND PACKAGE
-    command -v "$1" >/dev/null 2>&1 && return 0
-    log "installing $2"
-    apt-get install -y "$2" >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y "$2" >/dev/null; }
-}
+need_pkg() { ba_need_pkg "$@"; }
 [ "$(id -u)" = 0 ] || { echo "bench.sh: run as root (unshare -m, mount --bind, clear_refs)" >&2; exit 1; }
 need_pkg hyperfine hyperfine
 need_pkg openssl openssl
@@ -68,12 +65,7 @@ PIDS=()
 cleanup() {
     local status=$?
     trap - EXIT INT TERM
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
+    ba_stop "${PIDS[@]}"
     rm -rf "$D"
     exit "$status"
 }
@@ -130,26 +122,10 @@ elif cmd == "hwm":    # peak and current RSS in kB
 EOF
 proc() { python3 "$D/proc.py" "$@"; }
 
-PORT=$(python3 -c '
-import socket
-s = socket.socket(); s.bind(("127.0.0.2", 0)); print(s.getsockname()[1])')
-scripts/make-certs.sh "$D" config.cargo.com >/dev/null
-printf '%s config.cargo.com\n' "$ADDR" > "$D/hosts"
-cat > "$D/agent.toml" <<EOF
-[server]
-name = "config.cargo.com"
-port = $PORT
-ca = "$D/ca.pem"
-hosts_file = "$D/hosts"
-# The hosts file only: no DNS query leaves this machine.
-dns = false
-connect_timeout = 2
-
-[agent]
-state_dir = "$D/state"
-plugin_dir = "$BIN"
-ctl_socket = "$D/run/ctl.sock"
-EOF
+PORT=$(ba_free_port "$ADDR")
+ba_certs "$D" >/dev/null
+ba_hosts_file "$D/hosts" "$ADDR"
+ba_agent_config "$D/agent.toml" "$D" "$PORT" "$BIN" "ctl_socket = \"$D/run/ctl.sock\""
 
 HF=(hyperfine -N --style none --warmup 20)
 
@@ -218,11 +194,9 @@ EOF
 for n in 1000 5000 10000; do
     log "getinfo.users -A with $n extra users (private mount namespace)"
     gen_users "$n" "$D/users$n"
-    U=$D/users$n CTL=$CTL OUT=$D/hf_users$n.json timeout 300 unshare --mount --propagation private -- bash -c '
-        set -euo pipefail
-        for f in passwd group shadow; do mount --bind "$U/$f" "/etc/$f"; done
-        hyperfine -N --style none --warmup 5 --runs 40 --export-json "$OUT" \
-            "$CTL -c getinfo.users -a -A" "$CTL -c getinfo.kernel" >/dev/null'
+    ba_private_etc "$D/users$n" 300 -- \
+        hyperfine -N --style none --warmup 5 --runs 40 --export-json "$D/hf_users$n.json" \
+        "$CTL -c getinfo.users -a -A" "$CTL -c getinfo.kernel" >/dev/null
 done
 
 # ----------------------------------------------------- the daemon, idle
@@ -230,7 +204,7 @@ log "idle daemon after connect (reference server on $ADDR:$PORT)"
 "$SERVER" serve --api none --listen "$ADDR:$PORT" --cert "$D/server.pem" --key "$D/server.key" \
     --admin "$D/admin.sock" 2>"$D/server.log" &
 SERVE_PID=$!; PIDS+=("$SERVE_PID")
-for _ in $(seq 50); do [ -S "$D/admin.sock" ] && break; sleep 0.1; done
+ba_wait_socket "$D/admin.sock" || true
 # Time from daemon start to the first served request (a getinfo.kernel
 # call through the server answered), RUNS times, each a fresh daemon.
 stop_pid() { kill "$1" 2>/dev/null || true; for _ in $(seq 100); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.05; done; kill -9 "$1" 2>/dev/null || true; }

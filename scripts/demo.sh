@@ -12,27 +12,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+. scripts/lib/loopback.sh
 SERVER_ADDR=127.0.0.2     # the server; 127.0.0.1 is listed first with nothing listening
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-if ! command -v openssl >/dev/null 2>&1; then
-    say "installing openssl"
-    apt-get install -y openssl >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y openssl >/dev/null; }
-fi
+ba_need_pkg openssl openssl
 command -v python3 >/dev/null 2>&1 || { echo "demo.sh: python3 is needed to pretty-print JSON" >&2; exit 1; }
 # A port free on both 127.0.0.1 and 127.0.0.2, unless one is given.
-PORT=${DEMO_PORT:-$(python3 -c '
-import socket
-for _ in range(50):
-    a = socket.socket(); a.bind(("127.0.0.2", 0)); port = a.getsockname()[1]
-    b = socket.socket()
-    try:
-        b.bind(("127.0.0.1", port))
-    except OSError:
-        continue
-    print(port); break
-')}
+PORT=${DEMO_PORT:-$(ba_free_port "$SERVER_ADDR" 127.0.0.1)}
 
 say "building (cargo build --release --workspace)"
 cargo build --release --workspace
@@ -44,14 +32,8 @@ AGENT_PID=
 cleanup() {
     local status=$?
     trap - EXIT INT TERM
-    for pid in $AGENT_PID $SERVER_PID; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in $AGENT_PID $SERVER_PID; do
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
+    # shellcheck disable=SC2086 # unquoted: an unset pid is no argument
+    ba_stop $AGENT_PID $SERVER_PID
     rm -rf "$D"
     exit "$status"
 }
@@ -60,29 +42,16 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 say "certificates (scripts/make-certs.sh)"
-scripts/make-certs.sh "$D" config.cargo.com
+ba_certs "$D"
 
 # Two addresses for the server name: the agent tries them in file order.
-printf '127.0.0.1 config.cargo.com\n%s config.cargo.com\n' "$SERVER_ADDR" > "$D/hosts"
-cat > "$D/agent.toml" <<EOF
-[server]
-name = "config.cargo.com"
-port = $PORT
-ca = "$D/ca.pem"
-hosts_file = "$D/hosts"
-# The hosts file only: no DNS query leaves this machine.
-dns = false
-connect_timeout = 2
-
-[agent]
-state_dir = "$D/state"
-plugin_dir = "$D/plugins"
-EOF
+ba_hosts_file "$D/hosts" 127.0.0.1 "$SERVER_ADDR"
+ba_agent_config "$D/agent.toml" "$D" "$PORT" "$D/plugins"
 # The plugins as installed (scripts/install.sh): every one built, but not
 # the test fixture that misbehaves on purpose.
 mkdir -p "$D/plugins"
 for so in "$BIN"/lib*_*.so; do
-    case "$so" in *libgetinfo_testkit.so) continue ;; esac
+    case "$so" in *libfixture_misbehave.so | *libgetinfo_testkit.so) continue ;; esac
     cp "$so" "$D/plugins/"
 done
 echo "hosts file $D/hosts:"; sed 's/^/    /' "$D/hosts"
@@ -94,8 +63,7 @@ RUST_LOG=warn "$BIN/BasicAgentServer" serve --listen "$SERVER_ADDR:$PORT" \
     --admin "$ADMIN" --events "$D/events.jsonl" --api "$SERVER_ADDR:0" \
     --state-dir "$D/server-state" 2>"$D/server.log" &
 SERVER_PID=$!
-for _ in $(seq 50); do [ -S "$ADMIN" ] && break; sleep 0.1; done
-[ -S "$ADMIN" ] || { echo "demo.sh: the server did not start:" >&2; cat "$D/server.log" >&2; exit 1; }
+ba_wait_socket "$ADMIN" || { echo "demo.sh: the server did not start:" >&2; cat "$D/server.log" >&2; exit 1; }
 
 "$BIN/BasicAgent" -c "$D/agent.toml" -f -L "$D/agent.log" -P "$D/agent.pid" &
 AGENT_PID=$!

@@ -8,7 +8,7 @@
 #   P/sbin/BasicAgent                 the daemon
 #   P/bin/BasicAgentCtl               the ctl tool
 #   P/lib/basicagent/plugins/lib*.so  every plugin built (not the test fixture
-#                                     libgetinfo_testkit.so, not the C example
+#                                     libfixture_misbehave.so, not the C example
 #                                     libgetinfo_hello.so), each with its
 #                                     lib*.so.sig when the build dir has one
 #   P/include/basicagent/basicagent_plugin.h  the plugin ABI header (C SDK)
@@ -71,9 +71,10 @@ UNITDIR=$PREFIX/lib/systemd/system
 DOCDIR=$PREFIX/share/doc/basicagent
 MANIFEST=$LIBDIR/install-manifest
 CONFDIR=/etc/basicagent
-# Plugins that are never installed: the misbehaving test fixture and the C
-# example (build it yourself from plugins/examples if you want it).
-SKIP_PLUGINS=" libgetinfo_testkit.so libgetinfo_hello.so libgetinfo_loadavg.so "
+# Plugins that are never installed: the misbehaving test fixture (and its
+# name before the rename, in a build dir from before it) and the C example
+# (build it yourself from plugins/examples if you want it).
+SKIP_PLUGINS=" libfixture_misbehave.so libgetinfo_testkit.so libgetinfo_hello.so libgetinfo_loadavg.so "
 INCLUDEDIR=$PREFIX/include/basicagent
 PKGCONFIGDIR=$PREFIX/share/pkgconfig
 

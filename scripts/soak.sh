@@ -20,6 +20,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+. scripts/lib/loopback.sh
 SECS=${SOAK_SECONDS:-180}
 WORKERS=${SOAK_WORKERS:-4}
 RESTART=${SOAK_RESTART_EVERY:-40}
@@ -53,25 +54,10 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-PORT=$(python3 -c '
-import socket
-s = socket.socket(); s.bind(("127.0.0.3", 0)); print(s.getsockname()[1])')
-scripts/make-certs.sh "$D" config.cargo.com >/dev/null
-printf '%s config.cargo.com\n' "$ADDR" > "$D/hosts"
-cat > "$D/agent.toml" <<EOC
-[server]
-name = "config.cargo.com"
-port = $PORT
-ca = "$D/ca.pem"
-hosts_file = "$D/hosts"
-# The hosts file only: no DNS query leaves this machine.
-dns = false
-connect_timeout = 2
-
-[agent]
-state_dir = "$D/state"
-plugin_dir = "$BIN"
-EOC
+PORT=$(ba_free_port "$ADDR")
+ba_certs "$D" >/dev/null
+ba_hosts_file "$D/hosts" "$ADDR"
+ba_agent_config "$D/agent.toml" "$D" "$PORT" "$BIN"
 mkdir -p bench
 log "soak: ${SECS}s, $WORKERS clients, server killed every ${RESTART}s, RSS bound ${BOUND} kB"
 timeout $((SECS * 2 + 300)) python3 scripts/soak.py --dir "$D" \

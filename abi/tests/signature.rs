@@ -5,14 +5,14 @@
 //! signature loads, from a sealed memfd. Without the requirement a bad
 //! `.sig` is still refused.
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::Duration;
 
 use basicagent_abi::signature::{SecretKey, SigError, SignaturePolicy, Verdict};
 use basicagent_abi::{retcode, HostSettings, LoadError, PluginRegistry};
+use basicagent_testsupport::chmod;
+use basicagent_testsupport::cplugin::compile_marking;
 
 const CTOR_PLUGIN: &str = r#"
 #include <stdio.h>
@@ -38,10 +38,6 @@ static const ba_plugin_descriptor fx = {
 const ba_plugin_descriptor *basicagent_plugin_v1(void) { return &fx; }
 "#;
 
-fn chmod(p: &Path, mode: u32) {
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
-}
-
 /// A root-or-me 0755 plugin directory with the fixture compiled into a
 /// staging copy, and the marker path.
 struct Scratch {
@@ -59,24 +55,8 @@ impl Scratch {
         std::fs::create_dir(&dir).unwrap();
         chmod(&dir, 0o755);
         let marker = tmp.path().join("constructor-ran");
-        let src = tmp.path().join("signed.c");
-        std::fs::write(&src, CTOR_PLUGIN).unwrap();
         let out = tmp.path().join("built.so");
-        let include = Path::new(basicagent_abi::HEADER_PATH).parent().unwrap();
-        let ok = Command::new("cc")
-            .args([
-                "-Wall", "-Wextra", "-Werror", "-std=c11", "-fPIC", "-shared",
-            ])
-            .arg("-I")
-            .arg(include)
-            .arg(format!("-DMARKER=\"{}\"", marker.display()))
-            .arg("-o")
-            .arg(&out)
-            .arg(&src)
-            .status()
-            .expect("the C compiler runs")
-            .success();
-        assert!(ok, "cc failed");
+        compile_marking(CTOR_PLUGIN, &out, &marker);
         let built = std::fs::read(&out).unwrap();
         Scratch {
             _tmp: tmp,

@@ -4,7 +4,6 @@
 //! file still loads (marker written). And `fini_all` after a reload
 //! reaches the old copy of the real `sync.bash` plugin.
 
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,36 +11,10 @@ use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
 use basicagent_abi::{retcode, Completion, HostSettings, LoadError, Plugin, PluginRegistry};
-
-/// A valid plugin serving `getinfo.ctor` whose constructor writes MARKER.
-const CTOR_PLUGIN: &str = r#"
-#include <stdio.h>
-#include "basicagent_plugin.h"
-__attribute__((constructor)) static void write_marker(void) {
-    FILE *f = fopen(MARKER, "w");
-    if (f) { fputs("constructor ran\n", f); fclose(f); }
-}
-static const ba_host_api *host;
-static ba_status fx_init(const ba_host_api *api) { host = api; return BA_STATUS_OK; }
-static void fx_call(ba_call_id call, const char *req, size_t len) {
-    (void)req; (void)len;
-    static const char data[] = "{\"ok\":true}";
-    host->complete(call, BA_RETCODE_SUCCESS, NULL, 0, data, sizeof data - 1);
-}
-static const char *const fx_methods[] = {"getinfo.ctor", NULL};
-static const ba_plugin_descriptor fx = {
-    BA_ABI_VERSION, sizeof(ba_plugin_descriptor), "getinfo_ctor", "1.0.0",
-    "constructor fixture", fx_methods, "no arguments", fx_init, fx_call, NULL, NULL,
-};
-const ba_plugin_descriptor *basicagent_plugin_v1(void) { return &fx; }
-"#;
+use basicagent_testsupport::cplugin::{compile_marking, CTOR_PLUGIN};
+use basicagent_testsupport::{chmod, is_root};
 
 const NOBODY: u32 = 65534;
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
 
 macro_rules! needs_root {
     () => {
@@ -50,10 +23,6 @@ macro_rules! needs_root {
             return;
         }
     };
-}
-
-fn chmod(p: &Path, mode: u32) {
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
 /// A scratch tree: `base` (0755, root) with `staging/` holding the
@@ -74,24 +43,8 @@ impl Scratch {
         std::fs::create_dir(&staging).unwrap();
         chmod(&staging, 0o755);
         let marker = base.join("constructor-ran");
-        let src = staging.join("ctor.c");
-        std::fs::write(&src, CTOR_PLUGIN).unwrap();
         let so = staging.join("libgetinfo_ctor.so");
-        let include = Path::new(basicagent_abi::HEADER_PATH).parent().unwrap();
-        let ok = Command::new("cc")
-            .args([
-                "-Wall", "-Wextra", "-Werror", "-std=c11", "-fPIC", "-shared",
-            ])
-            .arg("-I")
-            .arg(include)
-            .arg(format!("-DMARKER=\"{}\"", marker.display()))
-            .arg("-o")
-            .arg(&so)
-            .arg(&src)
-            .status()
-            .expect("the C compiler runs")
-            .success();
-        assert!(ok, "cc failed");
+        compile_marking(CTOR_PLUGIN, &so, &marker);
         chmod(&so, 0o644);
         Scratch {
             _tmp: tmp,

@@ -238,7 +238,7 @@ fn main() -> ExitCode {
 }
 
 /// `plugin release NAME [-S SOCKET]`: asks the running daemon to lift the
-/// quarantine of plugin NAME (`getinfo_testkit` or `getinfo.testkit`).
+/// quarantine of plugin NAME (`fixture_misbehave` or `fixture.misbehave`).
 fn release(args: &[String]) -> ExitCode {
     let mut socket = None;
     let mut name = None;

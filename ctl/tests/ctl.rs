@@ -11,20 +11,12 @@ fn exe() -> PathBuf {
 }
 
 fn plugin_dir() -> PathBuf {
-    let dir = exe().parent().unwrap().to_owned();
-    for so in [
+    basicagent_testsupport::bins::bin_dir_with(&[
         "libgetinfo_kernel.so",
         "libgetinfo_users.so",
-        "libgetinfo_testkit.so",
+        "libfixture_misbehave.so",
         "libgetinfo_hello.so",
-    ] {
-        assert!(
-            dir.join(so).exists(),
-            "{so} missing in {}: run `cargo build --workspace` first",
-            dir.display()
-        );
-    }
-    dir
+    ])
 }
 
 fn ctl(args: &[&str]) -> Output {
@@ -75,10 +67,10 @@ fn the_c_example_plugin_answers() {
 #[test]
 fn a_panicking_rust_plugin_yields_3025() {
     for (arg, expect) in [
-        ("-p", "testkit asked to panic"),
-        ("-t", "testkit asked to panic in a thread"),
+        ("-p", "fixture asked to panic"),
+        ("-t", "fixture asked to panic in a thread"),
     ] {
-        let (v, out) = ctl_json(&["-c", "getinfo.testkit", "-a", arg]);
+        let (v, out) = ctl_json(&["-c", "fixture.misbehave", "-a", arg]);
         assert_eq!(code(&out), 1);
         assert_eq!(v["resp"], "failed");
         assert_eq!(v["retcode"], 3025, "{v}");
@@ -88,18 +80,18 @@ fn a_panicking_rust_plugin_yields_3025() {
 
 #[test]
 fn a_misbehaving_plugin_never_breaks_the_output() {
-    let (v, _) = ctl_json(&["-c", "getinfo.testkit", "-a", "-b"]);
+    let (v, _) = ctl_json(&["-c", "fixture.misbehave", "-a", "-b"]);
     assert_eq!(v["retcode"], 3025);
     assert!(
         v["message"].as_str().unwrap().contains("invalid JSON"),
         "{v}"
     );
     // Completing twice: the first answer counts, the second is ignored.
-    let (v, out) = ctl_json(&["-c", "getinfo.testkit", "-a", "-x"]);
+    let (v, out) = ctl_json(&["-c", "fixture.misbehave", "-a", "-x"]);
     assert_eq!(code(&out), 0);
     assert_eq!(v["data"]["first"], true);
     // A call the plugin never completes: -t gives up with 3023.
-    let (v, out) = ctl_json(&["-t", "0.5", "-c", "getinfo.testkit", "-a", "-d"]);
+    let (v, out) = ctl_json(&["-t", "0.5", "-c", "fixture.misbehave", "-a", "-d"]);
     assert_eq!(code(&out), 1);
     assert_eq!(v["retcode"], 3023);
     assert_eq!(
@@ -109,7 +101,7 @@ fn a_misbehaving_plugin_never_breaks_the_output() {
     // The SDK's ABI 1.1 readers, from a plugin thread.
     let (v, out) = ctl_json(&[
         "-c",
-        "getinfo.testkit",
+        "fixture.misbehave",
         "-a",
         "-r -n '1 2'",
         "-j",
@@ -118,10 +110,10 @@ fn a_misbehaving_plugin_never_breaks_the_output() {
     assert_eq!(code(&out), 0, "{v}");
     assert_eq!(
         v["data"],
-        serde_json::json!({"argv":["getinfo.testkit","-r","-n","1 2"],"s":"x y","i":5,"f":1.5,"b":true,"missing":"not found"})
+        serde_json::json!({"argv":["fixture.misbehave","-r","-n","1 2"],"s":"x y","i":5,"f":1.5,"b":true,"missing":"not found"})
     );
     // Completed later from another thread.
-    let (v, _) = ctl_json(&["-c", "getinfo.testkit", "-a", "-s 20"]);
+    let (v, _) = ctl_json(&["-c", "fixture.misbehave", "-a", "-s 20"]);
     assert_eq!(v["data"]["slept_ms"], 20);
 }
 
@@ -129,13 +121,13 @@ fn a_misbehaving_plugin_never_breaks_the_output() {
 fn the_request_carries_args_and_merged_json() {
     let (v, _) = ctl_json(&[
         "-c",
-        "getinfo.testkit",
+        "fixture.misbehave",
         "-a",
         "-e",
         "-j",
         r#"{"x":1,"method":"ignored"}"#,
     ]);
-    assert_eq!(v["data"]["method"], "getinfo.testkit");
+    assert_eq!(v["data"]["method"], "fixture.misbehave");
     assert_eq!(v["data"]["args"], "-e");
     assert_eq!(v["data"]["x"], 1);
 }

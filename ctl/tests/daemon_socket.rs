@@ -18,10 +18,7 @@ fn ctl(args: &[&str]) -> Output {
 }
 
 fn plugin_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_BasicAgentCtl"))
-        .parent()
-        .unwrap()
-        .to_owned()
+    basicagent_testsupport::bin_dir()
 }
 
 #[test]
@@ -31,7 +28,7 @@ fn plugin_release_without_a_daemon_says_so_and_bad_usage_exits_2() {
     let out = ctl(&[
         "plugin",
         "release",
-        "getinfo_testkit",
+        "fixture_misbehave",
         "-S",
         sock.to_str().unwrap(),
     ]);
@@ -53,7 +50,7 @@ fn a_missing_socket_means_a_local_call_and_local_flags_skip_the_socket() {
         "-S",
         sock.to_str().unwrap(),
         "-c",
-        "getinfo.testkit",
+        "fixture.misbehave",
         "-a",
         "-e",
     ]);
@@ -64,7 +61,7 @@ fn a_missing_socket_means_a_local_call_and_local_flags_skip_the_socket() {
         vec!["--local", "-p", dir.to_str().unwrap()],
     ] {
         let mut a = args.clone();
-        a.extend(["-c", "getinfo.testkit", "-a", "-e"]);
+        a.extend(["-c", "fixture.misbehave", "-a", "-e"]);
         let out = ctl(&a);
         assert!(
             out.status.success(),
@@ -90,7 +87,7 @@ fn a_peer_that_answers_with_a_refusal_line_is_an_error_not_a_local_call() {
         )
         .unwrap();
     });
-    let out = ctl(&["-S", sock.to_str().unwrap(), "-c", "getinfo.testkit"]);
+    let out = ctl(&["-S", sock.to_str().unwrap(), "-c", "fixture.misbehave"]);
     server.join().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.is_empty(), "no local answer");

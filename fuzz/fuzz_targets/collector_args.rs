@@ -1,12 +1,12 @@
 //! Fuzzes the getopt-style `args` of the collectors: the shared parser in
-//! `basicagent_plugin_kit` (`request_args` on the raw request bytes,
+//! `basicagent_collector_kit` (`request_args` on the raw request bytes,
 //! `split_args`, `parse_opts`), which every getinfo collector uses.
 //! Nothing may panic; words quoted back (`'...'`, `'\''` for a quote) and
 //! joined with spaces must split into the same words.
 #![no_main]
 
-use basicagent_plugin_kit::args::{parse_opts, split_args};
-use basicagent_plugin_kit::request::request_args;
+use basicagent_collector_kit::args::{parse_opts, split_args};
+use basicagent_collector_kit::request::request_args;
 use libfuzzer_sys::fuzz_target;
 
 fn quote(word: &str) -> String {

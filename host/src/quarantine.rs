@@ -608,9 +608,9 @@ mod tests {
         c.timeouts.insert("getinfo".into(), 0);
         assert_eq!(c.validate().unwrap_err().0, "plugins.timeouts");
         c.timeouts.clear();
-        c.isolate = vec!["getinfo testkit".into()];
+        c.isolate = vec!["fixture misbehave".into()];
         assert_eq!(c.validate().unwrap_err().0, "plugins.isolate");
-        c.isolate = vec!["getinfo.testkit".into()];
+        c.isolate = vec!["fixture.misbehave".into()];
         c.quarantine_window = 0;
         assert_eq!(c.validate().unwrap_err().0, "plugins.quarantine_window");
         c.quarantine_window = 1;

@@ -3,12 +3,10 @@
 //! before each answer; with `commands = "hash"` the text is absent and its
 //! SHA-256 matches; the server's certificate fingerprint is recorded.
 
-mod common;
-
 use std::time::Duration;
 
 use basicagent_host::audit;
-use common::*;
+use basicagent_testsupport::*;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use serde_json::{json, Value};
@@ -27,7 +25,7 @@ fn the_daemon_audits_sync_async_and_getinfo_before_answering() {
     let port = free_port();
     let ip = "127.0.41.7";
     let listen = format!("{ip}:{port}");
-    let server = Server::start(&pki, &listen, "server", &[]);
+    let server = Server::serve(&pki, &listen, "server", &[]);
     let agent = Agent::start(
         &pki,
         port,
@@ -111,7 +109,7 @@ fn scheduled_runs_are_audited_as_local_and_a_rotated_daemon_log_verifies() {
     let port = free_port();
     let ip = "127.0.41.8";
     let listen = format!("{ip}:{port}");
-    let server = Server::start(&pki, &listen, "server", &[]);
+    let server = Server::serve(&pki, &listen, "server", &[]);
     let mut agent = Agent::start(
         &pki,
         port,
@@ -210,7 +208,7 @@ fn a_full_disk_still_answers_then_refuse_mode_refuses_until_there_is_room() {
     let port = free_port();
     let ip = "127.0.41.9";
     let listen = format!("{ip}:{port}");
-    let server = Server::start(&pki, &listen, "server", &[]);
+    let server = Server::serve(&pki, &listen, "server", &[]);
     let mut agent = Agent::configure(
         &pki,
         port,

@@ -3,12 +3,10 @@
 //! (the `hosts_file` key). Needs the whole workspace built (`scripts/test.sh`)
 //! and root for the identity checks of sync.bash.
 
-mod common;
-
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::*;
+use basicagent_testsupport::*;
 use serde_json::Value;
 
 fn is_uuid(s: &str) -> bool {
@@ -24,7 +22,7 @@ fn is_uuid(s: &str) -> bool {
 fn lands_on_the_second_hosts_line_and_serves_every_request_on_one_connection() {
     let pki = Pki::new();
     let port = free_port();
-    let server = Server::start(&pki, &format!("127.0.0.2:{port}"), "server", &[]);
+    let server = Server::serve(&pki, &format!("127.0.0.2:{port}"), "server", &[]);
     // 127.0.0.1:port has nothing listening: refused, next line.
     let agent = Agent::start(&pki, port, &["127.0.0.1", "127.0.0.2"], "", "", &["-f"]);
     let host = server.wait_agent(Duration::from_secs(15));
@@ -120,12 +118,12 @@ fn lands_on_the_second_hosts_line_and_serves_every_request_on_one_connection() {
 fn a_slow_command_does_not_delay_a_fast_request() {
     let pki = Pki::new();
     let port = free_port();
-    let server = Server::start(&pki, &format!("127.0.0.2:{port}"), "server", &[]);
+    let server = Server::serve(&pki, &format!("127.0.0.2:{port}"), "server", &[]);
     // The hosts file only (server.dns = false).
     let _agent = Agent::start(&pki, port, &["127.0.0.2"], "dns = false", "", &["-f"]);
     let host = server.wait_agent(Duration::from_secs(15));
     let slow = {
-        let admin = server.admin();
+        let admin = server.admin.clone();
         let host = host.clone();
         std::thread::spawn(move || {
             let start = Instant::now();
@@ -165,9 +163,9 @@ fn a_slow_command_does_not_delay_a_fast_request() {
 fn a_redirect_is_followed_to_the_next_live_address_with_the_same_host_id() {
     let pki = Pki::new();
     let port = free_port();
-    let target = Server::start(&pki, &format!("127.0.0.3:{port}"), "server", &[]);
+    let target = Server::serve(&pki, &format!("127.0.0.3:{port}"), "server", &[]);
     let list = format!("127.0.0.9:{port},127.0.0.3:{port}");
-    let front = Server::start(
+    let front = Server::serve(
         &pki,
         &format!("127.0.0.2:{port}"),
         "server",
@@ -194,7 +192,7 @@ fn a_redirect_loop_stops_after_max_redirects_and_backs_off() {
     let pki = Pki::new();
     let port = free_port();
     let me = format!("127.0.0.2:{port}");
-    let server = Server::start(&pki, &me, "server", &["--redirect", &me]);
+    let server = Server::serve(&pki, &me, "server", &["--redirect", &me]);
     let agent = Agent::start(&pki, port, &["127.0.0.2"], "max_redirects = 2", "", &["-f"]);
     // 1 first init + 2 redirects followed = 3 inits, each answered with a
     // redirect; then a backoff of at least half a second.
@@ -221,9 +219,9 @@ fn a_redirect_loop_stops_after_max_redirects_and_backs_off() {
 fn a_server_with_a_bad_certificate_never_receives_init() {
     let pki = Pki::new();
     let port = free_port();
-    let other_ca = Server::start(&pki, &format!("127.0.0.4:{port}"), "otherca", &[]);
-    let wrong_name = Server::start(&pki, &format!("127.0.0.5:{port}"), "wrongname", &[]);
-    let good = Server::start(&pki, &format!("127.0.0.6:{port}"), "server", &[]);
+    let other_ca = Server::serve(&pki, &format!("127.0.0.4:{port}"), "otherca", &[]);
+    let wrong_name = Server::serve(&pki, &format!("127.0.0.5:{port}"), "wrongname", &[]);
+    let good = Server::serve(&pki, &format!("127.0.0.6:{port}"), "server", &[]);
     let agent = Agent::start(
         &pki,
         port,
@@ -256,7 +254,7 @@ fn mutual_tls_works_when_the_server_requires_a_client_certificate() {
     let pki = Pki::new();
     let port = free_port();
     let ca = pki.path("ca.pem");
-    let server = Server::start(
+    let server = Server::serve(
         &pki,
         &format!("127.0.0.2:{port}"),
         "server",
@@ -275,14 +273,14 @@ fn mutual_tls_works_when_the_server_requires_a_client_certificate() {
     drop(without);
     let client = format!(
         "cert = \"{}\"\nkey = \"{}\"",
-        pki.path("client.pem").display(),
-        pki.path("client.key").display()
+        pki.path("host-client.pem").display(),
+        pki.path("host-client.key").display()
     );
     // Its host id is the one its certificate is issued for (the server checks).
-    let id = format!("host_id = \"{}\"", common::CLIENT_HOST_ID);
+    let id = format!("host_id = \"{}\"", CLIENT_HOST_ID);
     let _with = Agent::start(&pki, port, &["127.0.0.2"], &client, &id, &["-f"]);
     let host = server.wait_agent(Duration::from_secs(15));
-    assert_eq!(host, common::CLIENT_HOST_ID);
+    assert_eq!(host, CLIENT_HOST_ID);
     assert_eq!(server.call(&host, r#"{"method":"ping"}"#)["retcode"], 2);
 }
 
@@ -291,12 +289,12 @@ fn the_agent_comes_back_after_the_server_restarts() {
     let pki = Pki::new();
     let port = free_port();
     let listen = format!("127.0.0.2:{port}");
-    let server = Server::start(&pki, &listen, "server", &[]);
+    let server = Server::serve(&pki, &listen, "server", &[]);
     let agent = Agent::start(&pki, port, &["127.0.0.1", "127.0.0.2"], "", "", &["-f"]);
     let host = server.wait_agent(Duration::from_secs(15));
     server.stop();
     std::thread::sleep(Duration::from_millis(1500));
-    let server = Server::start(&pki, &listen, "server", &[]);
+    let server = Server::serve(&pki, &listen, "server", &[]);
     // First backoff steps are 1, 2, 4 s (with jitter): back well within 10 s.
     let again = server.wait_agent(Duration::from_secs(10));
     assert_eq!(again, host);
@@ -312,7 +310,7 @@ fn the_agent_comes_back_after_the_server_restarts() {
 fn pid_file_second_instance_sigterm_and_sighup() {
     let pki = Pki::new();
     let port = free_port();
-    let server = Server::start(&pki, &format!("127.0.0.2:{port}"), "server", &[]);
+    let server = Server::serve(&pki, &format!("127.0.0.2:{port}"), "server", &[]);
     // In the foreground: a detached first daemon would survive the SIGTERM
     // sent to its starter and then fight the restart for the host id.
     let mut agent = Agent::start(&pki, port, &["127.0.0.2"], "", "", &["-f"]);
@@ -424,10 +422,10 @@ fn pid_file_second_instance_sigterm_and_sighup() {
 fn sigterm_stops_a_running_command_and_leaves_nothing_behind() {
     let pki = Pki::new();
     let port = free_port();
-    let server = Server::start(&pki, &format!("127.0.0.2:{port}"), "server", &[]);
+    let server = Server::serve(&pki, &format!("127.0.0.2:{port}"), "server", &[]);
     let mut agent = Agent::start(&pki, port, &["127.0.0.2"], "", "", &["-f"]);
     let host = server.wait_agent(Duration::from_secs(15));
-    let admin = server.admin();
+    let admin = server.admin.clone();
     // A duration of this test run's own (GNU sleep takes fractions), matched
     // as the whole command line: neither the `call` client (whose argv holds
     // the request) nor another run's sleep can match.
@@ -489,7 +487,7 @@ fn a_bad_configuration_or_certificate_fails_at_start_with_a_clear_message() {
             format!(
                 "[server]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
                 pki.path("ca.pem").display(),
-                pki.path("client.pem").display(),
+                pki.path("host-client.pem").display(),
                 pki.path("server.key").display()
             ),
             "client",

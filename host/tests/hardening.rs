@@ -3,16 +3,14 @@
 //! configuration durations, a full disk at start, answers larger than the
 //! frame limit, a server that stops reading, and secrets in logs and
 //! loose files. The control server is the harness's tiny rustls server
-//! (`common::mini`), so the test decides every byte the agent receives.
-
-mod common;
+//! (`basicagent_testsupport::mini`), so the test decides every byte the agent receives.
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::Duration;
 
-use common::mini::{MiniConn, MiniServer};
-use common::*;
+use basicagent_testsupport::mini::{MiniConn, MiniServer};
+use basicagent_testsupport::*;
 use serde_json::Value;
 
 const ACCEPTED: &str =
@@ -251,7 +249,7 @@ fn an_answer_larger_than_the_frame_limit_becomes_3025_and_the_agent_keeps_servin
     let mut conn = server.accept(T);
     let id = "big-1";
     conn.send(&format!(
-        r#"{{"id":"{id}","method":"getinfo.testkit","args":"-g 200000"}}"#
+        r#"{{"id":"{id}","method":"fixture.misbehave","args":"-g 200000"}}"#
     ));
     let line = loop {
         let line = conn.read_line(T).expect("an answer");
@@ -275,7 +273,7 @@ fn an_answer_larger_than_the_frame_limit_becomes_3025_and_the_agent_keeps_servin
         "{v}"
     );
     // Below the limit: answered in full.
-    let ok = conn.call(r#"{"method":"getinfo.testkit","args":"-g 1000"}"#, T);
+    let ok = conn.call(r#"{"method":"fixture.misbehave","args":"-g 1000"}"#, T);
     assert_eq!(ok["retcode"], 2, "{ok}");
     // A task whose output cannot fit: the host hands `server.max_frame` to
     // sync.bash in its plugin config, so the plugin cuts the capture until the
@@ -357,14 +355,17 @@ fn results_the_server_never_acknowledges_do_not_block_new_tasks_for_ever() {
 #[test]
 fn a_server_that_stops_reading_keeps_the_agent_bounded_and_new_requests_get_3026() {
     // Answers of 6 MB each, completing 60 ms apart, while the server
-    // reads nothing: the old agent queued them all (288 MB).
-    let (_pki, server, mut agent) = setup(ACCEPTED, 50, "", "");
+    // reads nothing: the old agent queued them all (288 MB). The fixture
+    // is outside `getinfo.*`, so the audit trail would hold each answer on
+    // its writer thread first: off here, as for a `getinfo.*` call, so the
+    // bound measured is the send queue's.
+    let (_pki, server, mut agent) = setup(ACCEPTED, 50, "", "[audit]\nenabled = false\n");
     agent.spawn(&["-f"]);
     let mut conn = server.accept(T);
     let count = 48;
     for i in 0..count {
         conn.send(&format!(
-            r#"{{"id":"big-{i}","method":"getinfo.testkit","args":"-g 6000000 {}"}}"#,
+            r#"{{"id":"big-{i}","method":"fixture.misbehave","args":"-g 6000000 {}"}}"#,
             200 + i * 60
         ));
     }
@@ -417,7 +418,7 @@ fn sigterm_while_a_large_answer_is_blocked_stops_the_daemon() {
     let mut conn = server.accept(T);
     for i in 0..4 {
         conn.send(&format!(
-            r#"{{"id":"big-{i}","method":"getinfo.testkit","args":"-g 12000000"}}"#
+            r#"{{"id":"big-{i}","method":"fixture.misbehave","args":"-g 12000000"}}"#
         ));
     }
     wait_for("the answers to queue", Duration::from_secs(60), || {

@@ -6,8 +6,6 @@
 //! `BasicAgentCtl plugin release`, and the ctl through the daemon's
 //! root-only control socket.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
@@ -15,14 +13,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::mini::{MiniConn, MiniServer};
-use common::*;
+use basicagent_testsupport::mini::{MiniConn, MiniServer};
+use basicagent_testsupport::*;
 use serde_json::Value;
 
 const ACCEPTED: &str =
     r#"{"method":"init","resp":"success","retcode":2,"message":"Normal termination"}"#;
 const T: Duration = Duration::from_secs(30);
-const TESTKIT: &str = "libgetinfo_testkit.so";
+const TESTKIT: &str = "libfixture_misbehave.so";
 
 struct Rig {
     _pki: Pki,
@@ -33,7 +31,7 @@ struct Rig {
 }
 
 /// A mini server on a fresh 127.0.x.y, an agent with a private plugin
-/// directory holding a copy of the testkit, its control socket in its own
+/// directory holding a copy of the fixture, its control socket in its own
 /// directory, and `[plugins]` settings `plugins`.
 fn rig(last_octet: u8, plugins_toml: &str) -> Rig {
     let pki = Pki::new();
@@ -63,9 +61,9 @@ fn rig(last_octet: u8, plugins_toml: &str) -> Rig {
     }
 }
 
-/// Copies the testkit into `dir` as a new file (a new inode: a new version).
+/// Copies the fixture into `dir` as a new file (a new inode: a new version).
 fn install(dir: &Path) {
-    let tmp = dir.join(".testkit.tmp");
+    let tmp = dir.join(".fixture.tmp");
     std::fs::copy(bin_dir().join(TESTKIT), &tmp).unwrap();
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::rename(&tmp, dir.join(TESTKIT)).unwrap();
@@ -84,9 +82,9 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-fn testkit(conn: &mut MiniConn, args: &str) -> Value {
+fn fixture(conn: &mut MiniConn, args: &str) -> Value {
     conn.call(
-        &format!(r#"{{"method":"getinfo.testkit","args":"{args}"}}"#),
+        &format!(r#"{{"method":"fixture.misbehave","args":"{args}"}}"#),
         T,
     )
 }
@@ -106,10 +104,10 @@ fn a_call_past_its_deadline_gets_3023_its_late_completion_is_retired_and_repeate
     let mut conn = r.server.accept(T);
 
     // Completes after 2.5 s, past its 1 s deadline.
-    let late = testkit(&mut conn, "-L 2500");
+    let late = fixture(&mut conn, "-L 2500");
     assert_eq!(late["retcode"], 3023, "{late}");
     assert!(
-        text(&late, "message").starts_with("Timeout: getinfo.testkit did not answer within 1 s"),
+        text(&late, "message").starts_with("Timeout: fixture.misbehave did not answer within 1 s"),
         "{late}"
     );
     let log = wait_for("the late completion", T, || {
@@ -129,9 +127,9 @@ fn a_call_past_its_deadline_gets_3023_its_late_completion_is_retired_and_repeate
     assert_eq!(ping["retcode"], 2);
 
     // The second expiry within the window quarantines the plugin.
-    let never = testkit(&mut conn, "-d");
+    let never = fixture(&mut conn, "-d");
     assert_eq!(never["retcode"], 3023, "{never}");
-    let refused = testkit(&mut conn, "-e");
+    let refused = fixture(&mut conn, "-e");
     assert_eq!(refused["retcode"], 3025, "{refused}");
     let message = text(&refused, "message");
     assert!(
@@ -141,7 +139,7 @@ fn a_call_past_its_deadline_gets_3023_its_late_completion_is_retired_and_repeate
     assert!(message.contains("timed out"), "{message}");
     let info = conn.call(r#"{"method":"agent.info"}"#, T);
     let q = &info["data"]["quarantined"];
-    assert_eq!(q[0]["plugin"], "getinfo_testkit", "{info}");
+    assert_eq!(q[0]["plugin"], "fixture_misbehave", "{info}");
     assert!(text(&q[0], "reason").contains("2 calls"), "{info}");
     assert_eq!(
         info["data"]["calls_pending"], 0,
@@ -153,16 +151,16 @@ fn a_call_past_its_deadline_gets_3023_its_late_completion_is_retired_and_repeate
     let listed = ctl(&["-l", "-S", s(&r.socket)]);
     let out = String::from_utf8_lossy(&listed.stdout);
     assert!(out.contains("Quarantined by the running daemon:"), "{out}");
-    assert!(out.contains("getinfo_testkit"), "{out}");
+    assert!(out.contains("fixture_misbehave"), "{out}");
     assert!(out.contains("timed out"), "{out}");
-    let through = ctl(&["-S", s(&r.socket), "-c", "getinfo.testkit"]);
+    let through = ctl(&["-S", s(&r.socket), "-c", "fixture.misbehave"]);
     assert_eq!(through.status.code(), Some(1));
     let v: Value = serde_json::from_slice(&through.stdout).unwrap();
     assert_eq!(v["retcode"], 3025, "{v}");
 
     // A new version of the file lifts the quarantine and is loaded.
     install(&r.plugins);
-    let served = testkit(&mut conn, "-e");
+    let served = fixture(&mut conn, "-e");
     assert_eq!(served["retcode"], 2, "{served}");
     let log = r.agent.log();
     assert!(log.contains("released from quarantine"), "{log}");
@@ -178,11 +176,11 @@ fn repeated_panics_quarantine_a_plugin_and_basicagentctl_plugin_release_lifts_it
     r.agent.spawn(&["-f"]);
     let mut conn = r.server.accept(T);
     for _ in 0..2 {
-        let p = testkit(&mut conn, "-p");
+        let p = fixture(&mut conn, "-p");
         assert_eq!(p["retcode"], 3025, "{p}");
         assert!(text(&p, "message").contains("panicked"), "{p}");
     }
-    let refused = testkit(&mut conn, "-e");
+    let refused = fixture(&mut conn, "-e");
     assert!(
         text(&refused, "message").starts_with("Plugin failure: quarantined until"),
         "{refused}"
@@ -195,9 +193,9 @@ fn repeated_panics_quarantine_a_plugin_and_basicagentctl_plugin_release_lifts_it
     let v: Value = serde_json::from_slice(&bad.stdout).unwrap();
     assert_eq!(v["retcode"], 3021, "{v}");
     assert!(text(&v, "message").contains("is not quarantined"), "{v}");
-    assert_eq!(testkit(&mut conn, "-e")["retcode"], 3025);
+    assert_eq!(fixture(&mut conn, "-e")["retcode"], 3025);
 
-    let ok = ctl(&["plugin", "release", "getinfo_testkit", "-S", s(&r.socket)]);
+    let ok = ctl(&["plugin", "release", "fixture_misbehave", "-S", s(&r.socket)]);
     assert!(
         ok.status.success(),
         "{}",
@@ -205,7 +203,7 @@ fn repeated_panics_quarantine_a_plugin_and_basicagentctl_plugin_release_lifts_it
     );
     let v: Value = serde_json::from_slice(&ok.stdout).unwrap();
     assert_eq!(v["data"]["released"], true, "{v}");
-    assert_eq!(testkit(&mut conn, "-e")["retcode"], 2);
+    assert_eq!(fixture(&mut conn, "-e")["retcode"], 2);
 }
 
 #[test]
@@ -225,7 +223,7 @@ fn the_ctl_goes_through_the_daemon_socket_with_the_same_output_and_refuses_non_r
     // Same bytes through the daemon and locally (-e echoes the request).
     let args = [
         "-c",
-        "getinfo.testkit",
+        "fixture.misbehave",
         "-a",
         "-e",
         "-j",
@@ -289,7 +287,7 @@ fn the_ctl_goes_through_the_daemon_socket_with_the_same_output_and_refuses_non_r
             .output()
             .unwrap()
     };
-    let denied = nobody(&["-S", s(&r.socket), "-c", "getinfo.testkit"]);
+    let denied = nobody(&["-S", s(&r.socket), "-c", "fixture.misbehave"]);
     assert_eq!(denied.status.code(), Some(1));
     let err = String::from_utf8_lossy(&denied.stderr);
     assert!(err.contains("root-only"), "{err}");
@@ -303,7 +301,7 @@ fn the_ctl_goes_through_the_daemon_socket_with_the_same_output_and_refuses_non_r
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o711)).unwrap();
     }
     std::fs::set_permissions(&r.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let refused = nobody(&["-S", s(&r.socket), "-c", "getinfo.testkit"]);
+    let refused = nobody(&["-S", s(&r.socket), "-c", "fixture.misbehave"]);
     assert_eq!(refused.status.code(), Some(1));
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(
@@ -312,7 +310,7 @@ fn the_ctl_goes_through_the_daemon_socket_with_the_same_output_and_refuses_non_r
     );
     assert!(r.agent.log().contains("refused a client with uid 65534"));
     // And root is still served.
-    let again = ctl(&["-S", s(&r.socket), "-c", "getinfo.testkit"]);
+    let again = ctl(&["-S", s(&r.socket), "-c", "fixture.misbehave"]);
     assert!(again.status.success());
     assert!(r.agent.running());
 
@@ -325,12 +323,12 @@ fn the_ctl_goes_through_the_daemon_socket_with_the_same_output_and_refuses_non_r
         "-p",
         s(&r.plugins),
         "-c",
-        "getinfo.testkit",
+        "fixture.misbehave",
     ]);
     assert!(alone.status.success());
     // Without --local and no daemon there: the local path (an answer, from
     // whichever plugin directory the tool finds, not a socket error).
-    let fallback = ctl(&["-S", s(&gone), "-c", "getinfo.testkit"]);
+    let fallback = ctl(&["-S", s(&gone), "-c", "fixture.misbehave"]);
     let v: Value = serde_json::from_slice(&fallback.stdout).unwrap();
     assert!(v["retcode"] == 2 || v["retcode"] == 3022, "{v}");
 }
@@ -360,8 +358,8 @@ fn a_plugin_that_segfaults_the_daemon_is_refused_after_the_restart_until_its_fil
     let mut r = rig(13, "");
     spawn_without_core(&mut r.agent);
     let mut conn = r.server.accept(T);
-    assert_eq!(testkit(&mut conn, "-e")["retcode"], 2);
-    conn.send(r#"{"id":"boom","method":"getinfo.testkit","args":"-S"}"#);
+    assert_eq!(fixture(&mut conn, "-e")["retcode"], 2);
+    conn.send(r#"{"id":"boom","method":"fixture.misbehave","args":"-S"}"#);
     // The supervisor's part: the daemon died of the signal; start it again.
     let child = r.agent.child.as_mut().unwrap();
     let status = wait_for("the daemon to die", T, || child.try_wait().unwrap());
@@ -369,7 +367,7 @@ fn a_plugin_that_segfaults_the_daemon_is_refused_after_the_restart_until_its_fil
     assert_eq!(status.signal(), Some(libc::SIGSEGV), "{status:?}");
     spawn_without_core(&mut r.agent);
     let mut conn = r.server.accept(T);
-    let refused = testkit(&mut conn, "-e");
+    let refused = fixture(&mut conn, "-e");
     assert_eq!(refused["retcode"], 3025, "{refused}");
     let message = text(&refused, "message");
     assert!(
@@ -382,7 +380,7 @@ fn a_plugin_that_segfaults_the_daemon_is_refused_after_the_restart_until_its_fil
     );
     let log = r.agent.log();
     assert!(
-        log.contains("died of signal 11 in a call of plugin getinfo_testkit"),
+        log.contains("died of signal 11 in a call of plugin fixture_misbehave"),
         "{log}"
     );
     let info = conn.call(r#"{"method":"agent.info"}"#, T);
@@ -397,7 +395,7 @@ fn a_plugin_that_segfaults_the_daemon_is_refused_after_the_restart_until_its_fil
     std::fs::write(&tmp, b"not an ELF file").unwrap();
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::rename(&tmp, r.plugins.join(TESTKIT)).unwrap();
-    let still = testkit(&mut conn, "-e");
+    let still = fixture(&mut conn, "-e");
     assert_eq!(still["retcode"], 3025, "{still}");
     assert!(
         text(&still, "message").contains("its new file did not load"),
@@ -405,13 +403,13 @@ fn a_plugin_that_segfaults_the_daemon_is_refused_after_the_restart_until_its_fil
     );
     // A new version of the file is loaded and served.
     install(&r.plugins);
-    assert_eq!(testkit(&mut conn, "-e")["retcode"], 2);
+    assert_eq!(fixture(&mut conn, "-e")["retcode"], 2);
     // The marker was cleared: a clean restart quarantines nothing.
     r.agent.signal(libc::SIGTERM);
     r.agent.wait_exit(T);
     spawn_without_core(&mut r.agent);
     let mut conn = r.server.accept(T);
-    assert_eq!(testkit(&mut conn, "-e")["retcode"], 2);
+    assert_eq!(fixture(&mut conn, "-e")["retcode"], 2);
 }
 
 #[test]
@@ -426,7 +424,7 @@ fn the_ctl_wait_limit_through_the_daemon_prints_3023_like_a_local_call() {
         "-t",
         "0.5",
         "-c",
-        "getinfo.testkit",
+        "fixture.misbehave",
         "-a",
         "-d",
     ]);
@@ -435,7 +433,7 @@ fn the_ctl_wait_limit_through_the_daemon_prints_3023_like_a_local_call() {
     assert_eq!(v["retcode"], 3023, "{v}");
     assert!(text(&v, "message").starts_with("Timeout: "), "{v}");
     // The daemon keeps the call until its own deadline and serves on.
-    let ok = ctl(&["-S", s(&r.socket), "-c", "getinfo.testkit", "-a", "-e"]);
+    let ok = ctl(&["-S", s(&r.socket), "-c", "fixture.misbehave", "-a", "-e"]);
     assert!(ok.status.success());
 }
 
@@ -489,7 +487,7 @@ fn timed_calls(socket: &Path, n: u32) -> Duration {
     for _ in 0..n {
         let start = std::time::Instant::now();
         let mut s = UnixStream::connect(socket).unwrap();
-        s.write_all(b"{\"method\":\"getinfo.testkit\",\"args\":\"-e\"}\n")
+        s.write_all(b"{\"method\":\"fixture.misbehave\",\"args\":\"-e\"}\n")
             .unwrap();
         let mut line = String::new();
         BufReader::new(&s).read_line(&mut line).unwrap();
@@ -502,10 +500,10 @@ fn timed_calls(socket: &Path, n: u32) -> Duration {
 
 #[test]
 fn an_isolated_plugin_that_segfaults_answers_3025_the_daemon_lives_on_and_the_helper_restarts() {
-    let mut r = rig(16, "isolate = [\"getinfo.testkit\"]\n");
+    let mut r = rig(16, "isolate = [\"fixture.misbehave\"]\n");
     spawn_without_core(&mut r.agent);
     let mut conn = r.server.accept(T);
-    let echo = testkit(&mut conn, "-e");
+    let echo = fixture(&mut conn, "-e");
     assert_eq!(echo["retcode"], 2, "{echo}");
     assert_eq!(
         echo["data"]["args"], "-e",
@@ -513,12 +511,12 @@ fn an_isolated_plugin_that_segfaults_answers_3025_the_daemon_lives_on_and_the_he
     );
     let log = r.agent.log();
     assert!(
-        log.contains("isolated plugin getinfo.testkit: helper pid"),
+        log.contains("isolated plugin fixture.misbehave: helper pid"),
         "{log}"
     );
     // A call in flight when the helper crashes, and the crash itself.
-    conn.send(r#"{"id":"slow","method":"getinfo.testkit","args":"-s 60000"}"#);
-    let crash = testkit(&mut conn, "-S");
+    conn.send(r#"{"id":"slow","method":"fixture.misbehave","args":"-s 60000"}"#);
+    let crash = fixture(&mut conn, "-S");
     assert_eq!(crash["retcode"], 3025, "{crash}");
     assert!(
         text(&crash, "message").contains("crashed during the call"),
@@ -530,7 +528,7 @@ fn an_isolated_plugin_that_segfaults_answers_3025_the_daemon_lives_on_and_the_he
     assert_eq!(conn.call(r#"{"method":"ping"}"#, T)["retcode"], 2);
     // Restarted with backoff: refused meanwhile, then served.
     let served = wait_for("the helper to restart", T, || {
-        let v = testkit(&mut conn, "-e");
+        let v = fixture(&mut conn, "-e");
         if v["retcode"] == 2 {
             return Some(v);
         }

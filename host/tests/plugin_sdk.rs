@@ -7,14 +7,12 @@
 //! `3025` with the reason for unsigned, changed and untrusted ones, logs
 //! each once, and keeps serving.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::*;
+use basicagent_testsupport::*;
 use serde_json::Value;
 
 fn chmod(p: &Path, mode: u32) {
@@ -184,7 +182,7 @@ fn a_c_plugin_built_from_the_installed_header_via_pkg_config_answers_through_ctl
     // Through the daemon.
     let pki = Pki::new();
     let port = free_port();
-    let server = Server::start(&pki, &format!("127.0.77.1:{port}"), "server", &[]);
+    let server = Server::serve(&pki, &format!("127.0.77.1:{port}"), "server", &[]);
     let agent = agent_with(&pki, port, "127.0.77.1", &plugins, "");
     let host = server.wait_agent(Duration::from_secs(15));
     let v = server.call(
@@ -332,7 +330,7 @@ fn with_require_signature_the_daemon_serves_signed_plugins_and_answers_3025_for_
 
     let pki = Pki::new();
     let port = free_port();
-    let server = Server::start(&pki, &format!("127.0.77.2:{port}"), "server", &[]);
+    let server = Server::serve(&pki, &format!("127.0.77.2:{port}"), "server", &[]);
     let extra = format!(
         "require_signature = true\ntrusted_keys = [\"{}.pub\"]",
         key.display()

@@ -1,11 +1,9 @@
 //! Scheduled requests end to end: the real daemon, the real reference server, real commands; runs go on while the server is away, survive `kill -9` without running a slot twice, and follow their overlap, catch-up and on-boot rules.
 
-mod common;
-
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::*;
+use basicagent_testsupport::*;
 use serde_json::{json, Value};
 
 /// `task_done` events the server recorded for schedule `sid`, in arrival order.
@@ -28,7 +26,7 @@ fn add(server: &Server, host: &str, params: Value) -> String {
 fn start(pki: &Pki, ip: &str, agent_extra: &str) -> (Server, Agent, String, String) {
     let port = free_port();
     let listen = format!("{ip}:{port}");
-    let server = Server::start(pki, &listen, "server", &[]);
+    let server = Server::serve(pki, &listen, "server", &[]);
     let agent = Agent::start(pki, port, &[ip], "dns = false", agent_extra, &["-f"]);
     let host = server.wait_agent(Duration::from_secs(15));
     (server, agent, host, listen)
@@ -75,7 +73,7 @@ fn every_second_while_the_server_is_away_is_delivered_once_each_in_order() {
     });
     server.stop();
     std::thread::sleep(Duration::from_secs(5));
-    let server = Server::start(&pki, &listen, "server", &[]);
+    let server = Server::serve(&pki, &listen, "server", &[]);
     server.wait_agent(Duration::from_secs(15));
     let got = wait_for("the runs made while away", Duration::from_secs(15), || {
         let r = runs(&server, &sid);
@@ -101,7 +99,7 @@ fn every_second_while_the_server_is_away_is_delivered_once_each_in_order() {
     let out = std::process::Command::new(server_bin())
         .arg("tasks")
         .arg("--admin")
-        .arg(server.admin())
+        .arg(server.admin.clone())
         .output()
         .unwrap();
     let listed: Vec<Value> = String::from_utf8_lossy(&out.stdout)
@@ -495,7 +493,7 @@ fn results_kept_per_schedule_are_bounded_oldest_dropped_and_async_tasks_still_ru
         },
     );
     std::thread::sleep(Duration::from_secs(2));
-    let server = Server::start(&pki, &listen, "server", &[]);
+    let server = Server::serve(&pki, &listen, "server", &[]);
     server.wait_agent(Duration::from_secs(15));
     // More results than max_tasks are kept, yet async.bash is admitted.
     let v = server.call(

@@ -4,14 +4,12 @@
 //! key, an untrusted plugin, and a plugin replaced while one of its
 //! commands runs, then a shutdown.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::*;
+use basicagent_testsupport::*;
 
 fn chmod(p: &Path, mode: u32) {
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
@@ -142,7 +140,7 @@ fn a_pid_or_log_file_in_a_directory_others_can_write_is_refused() {
 fn a_log_symlink_planted_before_a_reopen_is_refused_and_logging_goes_on() {
     let pki = Pki::new();
     let port = free_port();
-    let server = Server::start(&pki, &format!("127.0.41.3:{port}"), "server", &[]);
+    let server = Server::serve(&pki, &format!("127.0.41.3:{port}"), "server", &[]);
     let mut agent = agent_with(&pki, port, "127.0.41.3", &bin_dir(), "");
     agent.spawn(&["-f"]);
     let host = server.wait_agent(Duration::from_secs(15));
@@ -201,17 +199,17 @@ fn a_writable_ca_fails_the_start_and_a_readable_key_is_a_warning() {
     chmod(&ca, 0o644);
 
     // mTLS with a key readable by others: a warning line, and it works.
-    let server = Server::start(
+    let server = Server::serve(
         &pki,
         &format!("127.0.41.4:{port}"),
         "server",
         &["--client-ca", ca.to_str().unwrap()],
     );
-    let key = pki.path("client.key");
+    let key = pki.path("host-client.key");
     chmod(&key, 0o644);
     let client = format!(
         "cert = \"{}\"\nkey = \"{}\"",
-        pki.path("client.pem").display(),
+        pki.path("host-client.pem").display(),
         key.display()
     );
     let mut agent = agent_with(&pki, port, "127.0.41.4", &bin_dir(), &client);
@@ -219,11 +217,11 @@ fn a_writable_ca_fails_the_start_and_a_readable_key_is_a_warning() {
     // the agent claims the id its certificate was issued for ([agent] is last).
     let config = agent.path("agent.toml");
     let mut text = std::fs::read_to_string(&config).unwrap();
-    text.push_str(&format!("host_id = \"{}\"\n", common::CLIENT_HOST_ID));
+    text.push_str(&format!("host_id = \"{}\"\n", CLIENT_HOST_ID));
     std::fs::write(&config, text).unwrap();
     agent.spawn(&["-f"]);
     let host = server.wait_agent(Duration::from_secs(15));
-    assert_eq!(host, common::CLIENT_HOST_ID);
+    assert_eq!(host, CLIENT_HOST_ID);
     assert_eq!(server.call(&host, r#"{"method":"ping"}"#)["retcode"], 2);
     let warning = format!(
         "server.key {}: readable by group or others (mode 0644); used anyway, make it 0600",
@@ -236,7 +234,7 @@ fn a_writable_ca_fails_the_start_and_a_readable_key_is_a_warning() {
 fn an_untrusted_plugin_is_answered_3025_with_the_reason_logged_once() {
     let pki = Pki::new();
     let port = free_port();
-    let server = Server::start(&pki, &format!("127.0.41.5:{port}"), "server", &[]);
+    let server = Server::serve(&pki, &format!("127.0.41.5:{port}"), "server", &[]);
     let (_tmp, plugins) = plugin_copy(&["libgetinfo_kernel.so", "libgetinfo_os.so"]);
     let loose = plugins.join("libgetinfo_os.so");
     chmod(&loose, 0o666);
@@ -275,7 +273,7 @@ fn an_untrusted_plugin_is_answered_3025_with_the_reason_logged_once() {
 fn shutdown_kills_a_command_of_a_plugin_copy_replaced_by_a_reload() {
     let pki = Pki::new();
     let port = free_port();
-    let server = Server::start(&pki, &format!("127.0.41.6:{port}"), "server", &[]);
+    let server = Server::serve(&pki, &format!("127.0.41.6:{port}"), "server", &[]);
     let (_tmp, plugins) = plugin_copy(&["libsync_bash.so"]);
     let mut agent = agent_with(&pki, port, "127.0.41.6", &plugins, "");
     agent.spawn(&["-f"]);
@@ -284,7 +282,7 @@ fn shutdown_kills_a_command_of_a_plugin_copy_replaced_by_a_reload() {
     let marker = format!("sleep 4{}.3", std::process::id());
     let request =
         format!(r#"{{"method":"sync.bash","cmd":"trap '' TERM; {marker}","timeout":3600}}"#);
-    let admin = server.admin();
+    let admin = server.admin.clone();
     let call = std::thread::spawn(move || {
         Command::new(server_bin())
             .arg("call")
@@ -333,7 +331,7 @@ fn shutdown_kills_a_command_of_a_plugin_copy_replaced_by_a_reload() {
 fn a_ca_made_writable_is_refused_at_sighup_and_the_agent_keeps_serving() {
     let pki = Pki::new();
     let port = free_port();
-    let server = Server::start(&pki, &format!("127.0.41.7:{port}"), "server", &[]);
+    let server = Server::serve(&pki, &format!("127.0.41.7:{port}"), "server", &[]);
     let mut agent = agent_with(&pki, port, "127.0.41.7", &bin_dir(), "");
     agent.spawn(&["-f"]);
     let host = server.wait_agent(Duration::from_secs(15));

@@ -2,11 +2,9 @@
 //! commands; results survive a lost connection, `kill -9` and a redirect,
 //! and go away only after `task.ack`.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use basicagent_testsupport::*;
 use serde_json::Value;
 
 /// `task_done` events the server recorded for `task`.
@@ -23,7 +21,7 @@ fn result(server: &Server, task: &str) -> Option<Value> {
     let out = std::process::Command::new(server_bin())
         .arg("tasks")
         .arg("--admin")
-        .arg(server.admin())
+        .arg(server.admin.clone())
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout)
@@ -51,7 +49,7 @@ fn a_result_is_delivered_after_the_connection_was_lost_while_it_ran() {
     let pki = Pki::new();
     let port = free_port();
     let listen = format!("127.0.0.2:{port}");
-    let server = Server::start(&pki, &listen, "server", &[]);
+    let server = Server::serve(&pki, &listen, "server", &[]);
     let _agent = Agent::start(&pki, port, &["127.0.0.2"], "", "", &["-f"]);
     let host = server.wait_agent(Duration::from_secs(15));
     let task = start_task(&server, &host, "echo zero; sleep 2; echo one");
@@ -67,7 +65,7 @@ fn a_result_is_delivered_after_the_connection_was_lost_while_it_ran() {
     assert!(status["data"]["elapsed_ms"].as_u64().is_some(), "{status}");
     server.stop();
     std::thread::sleep(Duration::from_millis(2500));
-    let server = Server::start(&pki, &listen, "server", &[]);
+    let server = Server::serve(&pki, &listen, "server", &[]);
     server.wait_agent(Duration::from_secs(15));
     let r = wait_for(
         "the result at the new connection",
@@ -82,7 +80,7 @@ fn a_result_is_delivered_after_the_connection_was_lost_while_it_ran() {
 fn an_unacknowledged_result_survives_kill_9_and_an_ack_ends_it() {
     let pki = Pki::new();
     let port = free_port();
-    let server = Server::start(
+    let server = Server::serve(
         &pki,
         &format!("127.0.0.2:{port}"),
         "server",
@@ -137,7 +135,7 @@ fn unacknowledged_results_follow_the_agent_through_a_redirect() {
     let pki = Pki::new();
     let port = free_port();
     let first = format!("127.0.0.2:{port}");
-    let server = Server::start(&pki, &first, "server", &["--no-auto-ack"]);
+    let server = Server::serve(&pki, &first, "server", &["--no-auto-ack"]);
     let _agent = Agent::start(&pki, port, &["127.0.0.2"], "", "", &["-f"]);
     let host = server.wait_agent(Duration::from_secs(15));
     let task = start_task(&server, &host, "echo three");
@@ -146,8 +144,8 @@ fn unacknowledged_results_follow_the_agent_through_a_redirect() {
     });
     server.stop();
     // The same address now redirects to another server.
-    let target = Server::start(&pki, &format!("127.0.0.3:{port}"), "server", &[]);
-    let _front = Server::start(
+    let target = Server::serve(&pki, &format!("127.0.0.3:{port}"), "server", &[]);
+    let _front = Server::serve(
         &pki,
         &first,
         "server",
@@ -165,7 +163,7 @@ fn unacknowledged_results_follow_the_agent_through_a_redirect() {
 fn task_cancel_stops_the_command_with_3028() {
     let pki = Pki::new();
     let port = free_port();
-    let server = Server::start(&pki, &format!("127.0.0.2:{port}"), "server", &[]);
+    let server = Server::serve(&pki, &format!("127.0.0.2:{port}"), "server", &[]);
     let _agent = Agent::start(&pki, port, &["127.0.0.2"], "", "", &["-f"]);
     let host = server.wait_agent(Duration::from_secs(15));
     let task = start_task(&server, &host, "sleep 1099");
@@ -200,7 +198,7 @@ fn task_cancel_stops_the_command_with_3028() {
 fn bounds_refuse_new_tasks_rather_than_lose_results() {
     let pki = Pki::new();
     let port = free_port();
-    let server = Server::start(
+    let server = Server::serve(
         &pki,
         &format!("127.0.0.2:{port}"),
         "server",
@@ -232,7 +230,7 @@ fn bounds_refuse_new_tasks_rather_than_lose_results() {
 fn a_task_running_at_kill_9_is_reported_failed_after_restart() {
     let pki = Pki::new();
     let port = free_port();
-    let server = Server::start(&pki, &format!("127.0.0.2:{port}"), "server", &[]);
+    let server = Server::serve(&pki, &format!("127.0.0.2:{port}"), "server", &[]);
     let mut agent = Agent::start(&pki, port, &["127.0.0.2"], "", "", &["-f"]);
     let host = server.wait_agent(Duration::from_secs(15));
     let task = start_task(&server, &host, "sleep 1098");
@@ -262,7 +260,7 @@ fn a_task_running_at_kill_9_is_reported_failed_after_restart() {
 fn bad_task_requests_get_clear_errors_and_create_nothing() {
     let pki = Pki::new();
     let port = free_port();
-    let server = Server::start(&pki, &format!("127.0.0.2:{port}"), "server", &[]);
+    let server = Server::serve(&pki, &format!("127.0.0.2:{port}"), "server", &[]);
     let _agent = Agent::start(&pki, port, &["127.0.0.2"], "", "", &["-f"]);
     let host = server.wait_agent(Duration::from_secs(15));
     let v = server.call(&host, r#"{"method":"async.bash"}"#);

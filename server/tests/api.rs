@@ -5,10 +5,10 @@ mod util;
 use std::io::{BufRead, BufReader};
 use std::process::Command;
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
-use util::{stdout_lines, Agent, Pki, Server, BIN, WAIT};
+use util::{stdout_lines, wait_for, Agent, Pki, Server, BIN, WAIT};
 
 /// Answers the next request on `agent` with success and `data`; returns the request.
 fn answer(agent: &mut Agent, data: Value) -> Value {
@@ -20,15 +20,8 @@ fn answer(agent: &mut Agent, data: Value) -> Value {
 }
 
 /// Polls `f` until it gives `Some` (store writes are asynchronous).
-fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(t) = f() {
-            return t;
-        }
-        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn eventually<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    wait_for(what, WAIT, f)
 }
 
 #[test]

@@ -9,25 +9,21 @@
 mod util;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use basicagent_testsupport::script;
+use basicagent_testsupport::wait::wait_until as eventually;
 use rustls::ClientConfig;
 use serde_json::{json, Value};
-use util::{free_addr, Agent, Pki, Server};
+use util::{free_addr, wait_for, Agent, Pki, Server};
 
 /// Longest anything here waits for the cluster to converge.
 const CONVERGE: Duration = Duration::from_secs(30);
-
-fn script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../scripts")
-        .join(name)
-}
 
 /// nats-server and PostgreSQL of one test, in a temp dir; stopped on drop.
 struct Services {
@@ -221,17 +217,6 @@ fn http(server: &Server, method: &str, path: &str, body: Option<&str>) -> (u16, 
         Ok(r) => (r.status(), r.into_string().unwrap()),
         Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap()),
         Err(e) => panic!("{method} {url}: {e}"),
-    }
-}
-
-fn eventually(what: &str, mut f: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    loop {
-        if f() {
-            return start.elapsed();
-        }
-        assert!(start.elapsed() < CONVERGE, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -815,80 +800,28 @@ fn nats_down_and_postgres_down_fail_clearly_and_recover() {
 }
 
 /// The agent daemon built next to the server (`cargo build --workspace`).
-fn agent_bin() -> PathBuf {
-    let p = PathBuf::from(util::BIN).with_file_name("BasicAgent");
-    assert!(
-        p.exists(),
-        "{} is missing: build the workspace first (cargo build --workspace)",
-        p.display()
-    );
-    p
-}
-
 /// A real BasicAgent daemon with its own host id, whose server name
 /// resolves (hosts file) to every node.
 struct Daemon {
-    child: std::process::Child,
-    dir: tempfile::TempDir,
+    agent: basicagent_testsupport::Agent,
     host: String,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Daemon {
     fn start(pki: &Pki, nodes: &[SocketAddr], host: &str) -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
-        let hosts: String = nodes
-            .iter()
-            .map(|n| format!("{} {}\n", n.ip(), util::NAME))
-            .collect();
-        std::fs::write(dir.path().join("hosts"), hosts).unwrap();
-        let config = format!(
-            "[server]\nport = {port}\nca = \"{ca}\"\nhosts_file = \"{hosts}\"\ndns = false\n\
-             connect_timeout = 2\nhandshake_timeout = 3\n\
-             [agent]\nhost_id = \"{host}\"\nstate_dir = \"{state}\"\nplugin_dir = \"{plugins}\"\n",
-            port = nodes[0].port(),
-            ca = pki.path("ca.pem").display(),
-            hosts = dir.path().join("hosts").display(),
-            state = dir.path().join("state").display(),
-            plugins = PathBuf::from(util::BIN).parent().unwrap().display(),
-        );
-        std::fs::write(dir.path().join("agent.toml"), config).unwrap();
-        let child = Command::new(agent_bin())
-            .arg("-c")
-            .arg(dir.path().join("agent.toml"))
-            .arg("-L")
-            .arg(dir.path().join("agent.log"))
-            .arg("-f")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
         Daemon {
-            child,
-            dir,
+            agent: util::real_agent(pki, nodes, Some(host.to_owned())),
             host: host.to_owned(),
         }
     }
 
     /// Results the agent still holds (not acknowledged yet).
     fn unacked(&self) -> usize {
-        std::fs::read_dir(self.dir.path().join("state/tasks"))
-            .map(|d| {
-                d.filter_map(Result::ok)
-                    .filter(|e| e.file_name().to_string_lossy().ends_with(".done"))
-                    .count()
-            })
-            .unwrap_or(0)
+        self.agent.unacked()
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+        self.agent.log()
     }
 }
 
@@ -1185,13 +1118,17 @@ fn cluster_sh_brings_up_a_cluster_reports_it_and_takes_it_down() {
         "cluster.sh up failed: {}",
         String::from_utf8_lossy(&up.stderr)
     );
-    let status = eventually_output(|| {
-        let out = sh(&["status", "--dir", &dir_s]);
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        (text.contains("node1 listen 127.0.94.101:8443")
-            && text.matches("\"state\":\"live\"").count() == 2)
-            .then_some(text)
-    });
+    let status = wait_for(
+        "cluster.sh status to show both nodes live",
+        CONVERGE,
+        || {
+            let out = sh(&["status", "--dir", &dir_s]);
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            (text.contains("node1 listen 127.0.94.101:8443")
+                && text.matches("\"state\":\"live\"").count() == 2)
+                .then_some(text)
+        },
+    );
     assert!(status.contains(&format!("dir {dir_s}")), "{status}");
     assert!(status.contains("postgres up"), "{status}");
     let down = sh(&["down", "--dir", &dir_s]);
@@ -1201,20 +1138,6 @@ fn cluster_sh_brings_up_a_cluster_reports_it_and_takes_it_down() {
         String::from_utf8_lossy(&down.stderr)
     );
     assert!(!dir.exists(), "down removes the state dir");
-}
-
-fn eventually_output(mut f: impl FnMut() -> Option<String>) -> String {
-    let start = Instant::now();
-    loop {
-        if let Some(t) = f() {
-            return t;
-        }
-        assert!(
-            start.elapsed() < CONVERGE,
-            "cluster.sh status never showed both nodes live"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// Figures for docs/cluster.md (not run by default):

@@ -2,92 +2,25 @@
 
 mod util;
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use basicagent_testsupport::Agent;
 use serde_json::{json, Value};
-use util::{Pki, Server, BIN, WAIT};
-
-/// The agent daemon built next to the server (`cargo build --workspace`).
-fn agent_bin() -> PathBuf {
-    let p = PathBuf::from(BIN).with_file_name("BasicAgent");
-    assert!(
-        p.exists(),
-        "{} is missing: build the workspace first (cargo build --workspace)",
-        p.display()
-    );
-    p
-}
-
-struct Daemon {
-    child: Child,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Daemon {
-    /// An agent with host id `5ced0a91-0000-4000-8000-00000000000N` (N = `n`): each its own.
-    fn start(pki: &Pki, server: std::net::SocketAddr, n: usize) -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("hosts"),
-            format!("{} {}\n", server.ip(), util::NAME),
-        )
-        .unwrap();
-        let config = format!(
-            "[server]\nport = {port}\nca = \"{ca}\"\nhosts_file = \"{hosts}\"\ndns = false\n\
-             connect_timeout = 2\nhandshake_timeout = 3\n\
-             [agent]\nhost_id = \"5ced0a91-0000-4000-8000-{n:012}\"\n\
-             state_dir = \"{state}\"\nplugin_dir = \"{plugins}\"\n",
-            port = server.port(),
-            ca = pki.path("ca.pem").display(),
-            hosts = dir.path().join("hosts").display(),
-            state = dir.path().join("state").display(),
-            plugins = PathBuf::from(BIN).parent().unwrap().display(),
-        );
-        std::fs::write(dir.path().join("agent.toml"), config).unwrap();
-        let child = Command::new(agent_bin())
-            .arg("-c")
-            .arg(dir.path().join("agent.toml"))
-            .arg("-L")
-            .arg(dir.path().join("agent.log"))
-            .arg("-f")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        Daemon { child, dir }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
-    }
-}
-
-fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(t) = f() {
-            return t;
-        }
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+use util::{real_agent, wait_for, Pki, Server, WAIT};
 
 /// The server and `n` real agents connected to it; their host ids, sorted.
-fn fleet(n: usize) -> (Pki, Server, Vec<Daemon>, Vec<String>) {
+fn fleet(n: usize) -> (Pki, Server, Vec<Agent>, Vec<String>) {
     let pki = Pki::new();
     let server = Server::start(&pki, &[]);
-    let daemons: Vec<Daemon> = (0..n)
-        .map(|i| Daemon::start(&pki, server.listen, i))
+    // Each agent its host id: 5ced0a91-0000-4000-8000-00000000000N.
+    let daemons: Vec<Agent> = (0..n)
+        .map(|i| {
+            real_agent(
+                &pki,
+                &[server.listen],
+                Some(format!("5ced0a91-0000-4000-8000-{i:012}")),
+            )
+        })
         .collect();
     let hosts = wait_for("the agents", Duration::from_secs(60), || {
         let agents = server.get("/v1/agents");

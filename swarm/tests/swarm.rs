@@ -5,13 +5,13 @@ mod common;
 use std::collections::HashSet;
 use std::process::{Command, Stdio};
 
-use common::{Pki, Server, Swarm};
+use common::{start_server, Pki, Swarm};
 use serde_json::Value;
 
 #[test]
 fn fifty_sessions_come_up_and_answer_a_fan_out() {
     let pki = Pki::new();
-    let server = Server::start(&pki, &[]);
+    let server = start_server(&pki, &[]);
     let mut swarm = Swarm::start(&pki, server.listen, "ca.pem", 50, &["--concurrency", "8"]);
     swarm.wait("50 sessions up", |s| s["up"] == 50);
 
@@ -102,7 +102,7 @@ fn fifty_sessions_come_up_and_answer_a_fan_out() {
 #[test]
 fn a_rejected_init_is_counted_as_refused() {
     let pki = Pki::new();
-    let server = Server::start(&pki, &["--reject", "swarm test: go away"]);
+    let server = start_server(&pki, &["--reject", "swarm test: go away"]);
     let mut swarm = Swarm::start(&pki, server.listen, "ca.pem", 3, &[]);
     // Without --retry each agent tries once; the swarm ends by itself.
     let report = swarm.finish();
@@ -121,7 +121,7 @@ fn a_rejected_init_is_counted_as_refused() {
 #[test]
 fn retry_backs_off_and_tries_again() {
     let pki = Pki::new();
-    let server = Server::start(&pki, &["--reject", "full"]);
+    let server = start_server(&pki, &["--reject", "full"]);
     let mut swarm = Swarm::start(&pki, server.listen, "ca.pem", 2, &["--retry"]);
     // The first retry comes after 0.5..1 s of backoff.
     swarm.wait("a second round of refusals", |s| {
@@ -134,8 +134,8 @@ fn retry_backs_off_and_tries_again() {
 #[test]
 fn a_redirect_is_followed() {
     let pki = Pki::new();
-    let target = Server::start(&pki, &[]);
-    let front = Server::start(&pki, &["--redirect", &target.listen.to_string()]);
+    let target = start_server(&pki, &[]);
+    let front = start_server(&pki, &["--redirect", &target.listen.to_string()]);
     let mut swarm = Swarm::start(&pki, front.listen, "ca.pem", 5, &[]);
     swarm.wait("5 sessions up on the target", |s| s["up"] == 5);
     assert_eq!(target.admin_lines(&["list"]).len(), 5);
@@ -203,7 +203,7 @@ fn a_redirect_loop_is_refused_after_the_limit() {
 #[test]
 fn a_bad_ca_is_a_tls_refusal() {
     let pki = Pki::new();
-    let server = Server::start(&pki, &[]);
+    let server = start_server(&pki, &[]);
     let mut swarm = Swarm::start(&pki, server.listen, "other-ca.pem", 4, &[]);
     let report = swarm.finish();
     assert_eq!(report["refused"]["tls"], 4, "{report}");
@@ -219,7 +219,7 @@ fn a_bad_ca_is_a_tls_refusal() {
 #[test]
 fn a_wrong_server_name_is_a_tls_refusal() {
     let pki = Pki::new();
-    let server = Server::start(&pki, &[]);
+    let server = start_server(&pki, &[]);
     let mut swarm = Swarm::start(
         &pki,
         server.listen,
@@ -235,7 +235,7 @@ fn a_wrong_server_name_is_a_tls_refusal() {
 fn mutual_tls_with_per_agent_certificates() {
     let pki = Pki::new();
     let ca = pki.path("ca.pem");
-    let server = Server::start(&pki, &["--client-ca", ca.to_str().unwrap()]);
+    let server = start_server(&pki, &["--client-ca", ca.to_str().unwrap()]);
     let certs = tempfile::tempdir().unwrap();
     let ids = common::host_ids(&["--agents", "3", "--seed", "mtls"]);
     assert_eq!(ids.len(), 3);
@@ -314,7 +314,7 @@ fn mutual_tls_with_per_agent_certificates() {
 fn a_shared_client_certificate_works_where_host_ids_are_not_bound() {
     let pki = Pki::new();
     let ca = pki.path("ca.pem");
-    let server = Server::start(&pki, &["--client-ca", ca.to_str().unwrap()]);
+    let server = start_server(&pki, &["--client-ca", ca.to_str().unwrap()]);
     let cert = pki.path("client.pem");
     let key = pki.path("client.key");
     let mut swarm = Swarm::start(
@@ -331,7 +331,7 @@ fn a_shared_client_certificate_works_where_host_ids_are_not_bound() {
     );
     if common::server_has_api() {
         // This server binds host ids to certificates: one certificate for
-        // "swarm agent" cannot claim these host ids.
+        // "agent" cannot claim these host ids.
         let report = swarm.finish();
         assert_eq!(report["peak_up"], 0, "{report}");
         assert_eq!(report["refused_total"], 2, "{report}");
@@ -356,7 +356,7 @@ fn nothing_listening_is_a_connect_refusal() {
 #[test]
 fn heartbeats_follow_the_servers_period() {
     let pki = Pki::new();
-    let server = Server::start(&pki, &["--heartbeat", "1"]);
+    let server = start_server(&pki, &["--heartbeat", "1"]);
     let mut swarm = Swarm::start(&pki, server.listen, "ca.pem", 2, &[]);
     swarm.wait("heartbeats sent and answered", |s| {
         s["heartbeats"].as_u64() >= Some(4) && s["ignored"].as_u64() >= Some(2)
@@ -368,7 +368,7 @@ fn heartbeats_follow_the_servers_period() {
 #[test]
 fn hostile_frames_get_3020_and_the_session_stays_up() {
     let pki = Pki::new();
-    let server = Server::start(&pki, &[]);
+    let server = start_server(&pki, &[]);
     let mut swarm = Swarm::start(&pki, server.listen, "ca.pem", 1, &["--max-frame", "1024"]);
     swarm.wait("1 session up", |s| s["up"] == 1);
     let host = server.admin_lines(&["list"])[0]["host"]
@@ -438,7 +438,7 @@ fn a_run_that_cannot_fit_is_refused_with_a_clear_message() {
 #[test]
 fn duration_ends_the_run() {
     let pki = Pki::new();
-    let server = Server::start(&pki, &[]);
+    let server = start_server(&pki, &[]);
     let mut swarm = Swarm::start(&pki, server.listen, "ca.pem", 2, &["--duration", "1"]);
     // Ends by itself; how many came up within the second is not asserted.
     let report = swarm.finish();
@@ -474,7 +474,7 @@ fn sigusr1_closes_the_ramp() {
 #[test]
 fn a_fan_out_through_the_http_api_streams_every_answer() {
     let pki = Pki::new();
-    let server = Server::start(&pki, &[]);
+    let server = start_server(&pki, &[]);
     let Some(api) = server.api else {
         eprintln!("this server has no HTTP API (thread-per-session server): skipped");
         return;

@@ -12,8 +12,9 @@
 pub mod parse;
 pub mod plugin;
 
+pub use basicagent_collector_kit::CollectorError;
 pub use parse::{parse_cpu_list, parse_cpuinfo, parse_loadavg, CpuInfo, LoadAvg};
-pub use plugin::{collect, CpuError, CpuPaths};
+pub use plugin::{collect, CpuPaths};
 
 /// Shown by `BasicAgentCtl -l` and in every `3021` message.
 pub const USAGE: &str = "args (getopt-style string):

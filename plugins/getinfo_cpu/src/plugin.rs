@@ -4,43 +4,14 @@
 use std::io::Read;
 use std::path::PathBuf;
 
-use basicagent_abi::{retcode, Call};
+use basicagent_abi::Call;
 
 use crate::parse::{
     average, parse_cpu_list, parse_cpuinfo, parse_loadavg, topology_from_pairs, CpuInfo,
 };
-use basicagent_plugin_kit::{self as kit, Refusal};
+use basicagent_collector_kit::{self as kit, CollectorError};
 
 use crate::USAGE;
-
-/// Why a `getinfo.cpu` call fails.
-#[derive(Debug, thiserror::Error)]
-pub enum CpuError {
-    /// The request is not a JSON object (3020), or its args are refused
-    /// (3021, with the usage).
-    #[error(transparent)]
-    Refused(#[from] Refusal),
-    /// `/proc/cpuinfo` cannot be read (3025).
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    /// The data could not be serialised (3025).
-    #[error("cannot serialise the data: {0}")]
-    Serialise(#[source] serde_json::Error),
-}
-
-impl CpuError {
-    /// The protocol retcode for this failure.
-    pub fn retcode(&self) -> u32 {
-        match self {
-            CpuError::Refused(r) => r.retcode(),
-            CpuError::Read { .. } | CpuError::Serialise(_) => retcode::PLUGIN_FAILURE,
-        }
-    }
-}
 
 /// Where the kernel's files are (the defaults are the real ones).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,7 +33,7 @@ impl Default for CpuPaths {
 }
 
 /// Parses the request: `Ok(true)` when `-f` (flags) was given.
-pub fn parse_request(request: &[u8]) -> Result<bool, CpuError> {
+pub fn parse_request(request: &[u8]) -> Result<bool, CollectorError> {
     let mut opts = getopts::Options::new();
     opts.optflagmulti("f", "", "report the feature flags");
     Ok(kit::parse_request(request, USAGE, |words| {
@@ -123,10 +94,10 @@ fn sysfs_topology(sys_cpu: &std::path::Path) -> Option<(usize, usize)> {
 }
 
 /// Reads and parses everything; the `data` JSON.
-pub fn collect(paths: &CpuPaths, with_flags: bool) -> Result<String, CpuError> {
+pub fn collect(paths: &CpuPaths, with_flags: bool) -> Result<String, CollectorError> {
     let mut cpuinfo = String::with_capacity(16 * 1024);
-    read_text(&paths.cpuinfo, &mut cpuinfo).map_err(|source| CpuError::Read {
-        path: paths.cpuinfo.display().to_string(),
+    read_text(&paths.cpuinfo, &mut cpuinfo).map_err(|source| CollectorError::Read {
+        path: paths.cpuinfo.to_path_buf(),
         source,
     })?;
     let facts = parse_cpuinfo(&cpuinfo);
@@ -160,20 +131,21 @@ pub fn collect(paths: &CpuPaths, with_flags: bool) -> Result<String, CpuError> {
         load,
         flags: with_flags.then_some(facts.flags),
     };
-    serde_json::to_string(&info).map_err(CpuError::Serialise)
+    kit::to_data(&info)
 }
 
 /// The plugin's `call`: validate, collect, complete at once.
 pub fn call(call: Call, request: &[u8]) {
-    match parse_request(request).and_then(|flags| collect(&CpuPaths::default(), flags)) {
-        Ok(data) => call.success(&data),
-        Err(e) => call.fail(e.retcode(), &e.to_string()),
-    }
+    kit::complete(
+        call,
+        parse_request(request).and_then(|flags| collect(&CpuPaths::default(), flags)),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use basicagent_abi::retcode;
     use std::fs;
 
     #[test]

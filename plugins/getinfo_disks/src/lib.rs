@@ -15,8 +15,9 @@
 pub mod parse;
 pub mod plugin;
 
+pub use basicagent_collector_kit::CollectorError;
 pub use parse::{decode_octal, parse_mountinfo, Mount};
-pub use plugin::{collect, DisksError, Options};
+pub use plugin::{collect, Options};
 
 /// Shown by `BasicAgentCtl -l` and in every `3021` message.
 pub const USAGE: &str = "args (getopt-style string):

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use basicagent_abi::{retcode, Call};
-use basicagent_plugin_kit::{self as kit, Refusal};
+use basicagent_abi::Call;
+use basicagent_collector_kit::{self as kit, CollectorError};
 use serde::Serialize;
 
 use crate::parse::{is_network, is_pseudo, parse_mountinfo, Mount, RawStat, Space};
@@ -24,44 +24,6 @@ pub const MAX_STUCK: usize = 16;
 /// statvfs helper threads that have not returned yet.
 static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 
-/// Why a `getinfo.disks` call fails.
-#[derive(Debug, thiserror::Error)]
-pub enum DisksError {
-    /// The request is not a JSON object (3020), or its args are refused
-    /// (3021, with the usage).
-    #[error(transparent)]
-    Refused(#[from] Refusal),
-    /// `-m MOUNTPOINT` names no mount point (3021).
-    #[error("no filesystem is mounted at {0:?}; usage: {USAGE}")]
-    NotMounted(String),
-    /// mountinfo cannot be read (3025).
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    /// The `-n` worker thread could not be started (3025).
-    #[error("cannot start the worker thread: {0}")]
-    Spawn(#[source] std::io::Error),
-    /// The data could not be serialised (3025).
-    #[error("cannot serialise the data: {0}")]
-    Serialise(#[source] serde_json::Error),
-}
-
-impl DisksError {
-    /// The protocol retcode for this failure.
-    pub fn retcode(&self) -> u32 {
-        match self {
-            DisksError::Refused(r) => r.retcode(),
-            DisksError::NotMounted(_) => retcode::INVALID_PARAMS,
-            DisksError::Read { .. } | DisksError::Spawn(_) | DisksError::Serialise(_) => {
-                retcode::PLUGIN_FAILURE
-            }
-        }
-    }
-}
-
 /// What a request asks for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Options {
@@ -74,7 +36,7 @@ pub struct Options {
 }
 
 /// Parses the request into [`Options`].
-pub fn parse_request(request: &[u8]) -> Result<Options, DisksError> {
+pub fn parse_request(request: &[u8]) -> Result<Options, CollectorError> {
     let mut opts = getopts::Options::new();
     opts.optflagmulti("a", "", "all mounts");
     opts.optflagmulti("n", "", "statvfs network filesystems");
@@ -238,7 +200,7 @@ enum Plan {
 pub fn select<'m, 'a>(
     mounts: &'m [Mount<'a>],
     opts: &Options,
-) -> Result<Vec<&'m Mount<'a>>, DisksError> {
+) -> Result<Vec<&'m Mount<'a>>, CollectorError> {
     if let Some(want) = &opts.mount_point {
         // The last line for a mount point is the one on top.
         return mounts
@@ -246,7 +208,11 @@ pub fn select<'m, 'a>(
             .rev()
             .find(|m| m.mount_point == want.as_str())
             .map(|m| vec![m])
-            .ok_or_else(|| DisksError::NotMounted(want.clone()));
+            .ok_or_else(|| {
+                CollectorError::InvalidValue(format!(
+                    "no filesystem is mounted at {want:?}; usage: {USAGE}"
+                ))
+            });
     }
     Ok(mounts
         .iter()
@@ -257,9 +223,9 @@ pub fn select<'m, 'a>(
 /// Reads `mountinfo` (normally `/proc/self/mountinfo`), selects, stats;
 /// the `data` JSON. With `opts.network` it may wait up to
 /// [`REMOTE_TIMEOUT`]: call it off the host's thread then.
-pub fn collect(mountinfo: &Path, opts: &Options) -> Result<String, DisksError> {
-    let text = std::fs::read(mountinfo).map_err(|source| DisksError::Read {
-        path: mountinfo.display().to_string(),
+pub fn collect(mountinfo: &Path, opts: &Options) -> Result<String, CollectorError> {
+    let text = std::fs::read(mountinfo).map_err(|source| CollectorError::Read {
+        path: mountinfo.to_path_buf(),
         source,
     })?;
     let text = String::from_utf8_lossy(&text);
@@ -294,7 +260,7 @@ pub fn collect(mountinfo: &Path, opts: &Options) -> Result<String, DisksError> {
         count: filesystems.len(),
         filesystems,
     };
-    serde_json::to_string(&report).map_err(DisksError::Serialise)
+    kit::to_data(&report)
 }
 
 fn report<'a>(m: &'a Mount<'_>, outcome: StatOutcome) -> FsReport<'a> {
@@ -329,23 +295,16 @@ fn report<'a>(m: &'a Mount<'_>, outcome: StatOutcome) -> FsReport<'a> {
     }
 }
 
-fn finish(call: Call, result: Result<String, DisksError>) {
-    match result {
-        Ok(data) => call.success(&data),
-        Err(e) => call.fail(e.retcode(), &e.to_string()),
-    }
-}
-
 /// The plugin's `call`: without `-n` everything is local and answered at
 /// once; with `-n` the work moves to a thread, which completes the call.
 pub fn call(call: Call, request: &[u8]) {
     let opts = match parse_request(request) {
         Ok(o) => o,
-        Err(e) => return finish(call, Err(e)),
+        Err(e) => return kit::complete(call, Err(e)),
     };
     let mountinfo = Path::new("/proc/self/mountinfo");
     if !opts.network {
-        return finish(call, collect(mountinfo, &opts));
+        return kit::complete(call, collect(mountinfo, &opts));
     }
     // The call goes to the thread through a slot, so that it can be
     // failed here with a clear message if the thread cannot start.
@@ -356,13 +315,19 @@ pub fn call(call: Call, request: &[u8]) {
         .spawn(move || {
             let call = theirs.lock().unwrap_or_else(PoisonError::into_inner).take();
             if let Some(call) = call {
-                finish(call, collect(mountinfo, &opts));
+                kit::complete(call, collect(mountinfo, &opts));
             }
         });
     if let Err(e) = spawned {
         let call = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
         if let Some(call) = call {
-            finish(call, Err(DisksError::Spawn(e)));
+            kit::complete(
+                call,
+                Err(CollectorError::Spawn {
+                    what: "worker thread",
+                    source: e,
+                }),
+            );
         }
     }
 }
@@ -370,6 +335,7 @@ pub fn call(call: Call, request: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use basicagent_abi::retcode;
     use serde_json::Value;
 
     #[test]
@@ -398,7 +364,7 @@ mod tests {
         );
     }
 
-    fn run(text: &str, opts: &Options) -> Result<Value, DisksError> {
+    fn run(text: &str, opts: &Options) -> Result<Value, CollectorError> {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("mountinfo");
         std::fs::write(&p, text).unwrap();

@@ -10,12 +10,11 @@
 //! injectable) and completes.
 
 pub mod args;
-pub mod error;
 pub mod plugin;
 pub mod report;
 
 pub use args::{parse_args, ArgsError, Selection};
-pub use error::GroupsError;
+pub use basicagent_collector_kit::CollectorError;
 pub use report::collect;
 
 /// Shown by `BasicAgentCtl -l` and in every `3021` message.

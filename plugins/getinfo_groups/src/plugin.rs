@@ -4,10 +4,10 @@
 use std::path::{Path, PathBuf};
 
 use basicagent_abi::Call;
-use basicagent_plugin_kit as kit;
+use basicagent_collector_kit as kit;
 
 use crate::args::{parse_words, Selection};
-use crate::{collect, GroupsError, USAGE};
+use crate::{collect, CollectorError, USAGE};
 
 /// Where the files are (the defaults are /etc's).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,20 +25,20 @@ impl Default for Paths {
     }
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, GroupsError> {
-    std::fs::read(path).map_err(|source| GroupsError::Read {
+fn read(path: &Path) -> Result<Vec<u8>, CollectorError> {
+    std::fs::read(path).map_err(|source| CollectorError::Read {
         path: path.to_owned(),
         source,
     })
 }
 
 /// The selection a request asks for.
-pub fn parse_request(request: &[u8]) -> Result<Selection, GroupsError> {
+pub fn parse_request(request: &[u8]) -> Result<Selection, CollectorError> {
     Ok(kit::parse_request(request, USAGE, parse_words)?)
 }
 
 /// Request in, `data` JSON out.
-pub fn answer(request: &[u8], paths: &Paths) -> Result<String, GroupsError> {
+pub fn answer(request: &[u8], paths: &Paths) -> Result<String, CollectorError> {
     let sel = parse_request(request)?;
     let group = read(&paths.group)?;
     let passwd = read(&paths.passwd)?;
@@ -47,10 +47,7 @@ pub fn answer(request: &[u8], paths: &Paths) -> Result<String, GroupsError> {
 
 /// The plugin's `call`: answers synchronously.
 pub fn call(call: Call, request: &[u8]) {
-    match answer(request, &Paths::default()) {
-        Ok(data) => call.success(&data),
-        Err(e) => call.fail(e.retcode(), &e.to_string()),
-    }
+    kit::complete(call, answer(request, &Paths::default()))
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use serde::ser::{SerializeSeq, Serializer};
 use serde::Serialize;
 
 use crate::args::Selection;
-use crate::GroupsError;
+use crate::CollectorError;
 
 /// Lines of `text` that can hold a record, without a trailing `\r`.
 fn records(text: &[u8]) -> impl Iterator<Item = &str> {
@@ -111,8 +111,8 @@ fn group_out<'a, 'p>(
 
 /// Renders the `data` object for `sel`. `-G NAME` matches the first group
 /// with that name; failing that, an all-digit NAME matches the first
-/// group with that gid; failing both: [`GroupsError::UnknownGroup`].
-pub fn collect(group: &[u8], passwd: &[u8], sel: &Selection) -> Result<String, GroupsError> {
+/// group with that gid; failing both: [`CollectorError::UnknownGroup`].
+pub fn collect(group: &[u8], passwd: &[u8], sel: &Selection) -> Result<String, CollectorError> {
     let primary = primary_users(passwd);
     let out = |g| group_out(g, &primary);
     let picked: Vec<GroupOut<'_, '_>> = match sel {
@@ -129,7 +129,7 @@ pub fn collect(group: &[u8], passwd: &[u8], sel: &Selection) -> Result<String, G
             let found = groups(group).find(|g| g.name == name).or_else(by_gid);
             match found {
                 Some(g) => vec![out(g)],
-                None => return Err(GroupsError::UnknownGroup(name.clone())),
+                None => return Err(CollectorError::UnknownGroup(name.clone())),
             }
         }
     };
@@ -137,7 +137,7 @@ pub fn collect(group: &[u8], passwd: &[u8], sel: &Selection) -> Result<String, G
         count: picked.len(),
         groups: picked,
     };
-    serde_json::to_string(&data).map_err(GroupsError::Serialise)
+    basicagent_collector_kit::to_data(&data)
 }
 
 #[cfg(test)]
@@ -210,7 +210,7 @@ ghost:x:1003:5555::/:/bin/false\n";
     fn unknown_group() {
         for name in ["nosuch", "5555", "99999999999"] {
             let e = collect(GROUP, PASSWD, &Selection::One(name.into())).unwrap_err();
-            assert!(matches!(&e, GroupsError::UnknownGroup(n) if n == name));
+            assert!(matches!(&e, CollectorError::UnknownGroup(n) if n == name));
             assert_eq!(e.retcode(), basicagent_abi::retcode::UNKNOWN_USER);
         }
     }

@@ -3,7 +3,7 @@
 //! `getent group root`.
 
 use basicagent_abi::retcode;
-use basicagent_plugin_kit::testing::{call, call_args, data, load_built};
+use basicagent_testsupport::plugin::{call, call_args, data, load_built};
 use serde_json::Value;
 
 /// (name, gid, members) of every well-formed line of /etc/group.

@@ -11,8 +11,9 @@
 pub mod parse;
 pub mod plugin;
 
+pub use basicagent_collector_kit::CollectorError;
 pub use parse::{parse_btime, parse_cmdline, parse_uptime, KernelInfo};
-pub use plugin::{collect, KernelError, USAGE};
+pub use plugin::{collect, USAGE};
 
 basicagent_abi::export_plugin!(basicagent_abi::PluginSpec {
     name: "getinfo_kernel",

@@ -7,8 +7,8 @@ use std::ffi::c_char;
 use std::fs::File;
 use std::io::Read;
 
-use basicagent_abi::{retcode, Call};
-use basicagent_plugin_kit::{self as kit, Refusal};
+use basicagent_abi::Call;
+use basicagent_collector_kit::{self as kit, CollectorError};
 
 use crate::parse::{parse_btime, parse_cmdline, parse_uptime, KernelInfo};
 
@@ -20,33 +20,8 @@ Output data:
   boot_time       integer, unix seconds at boot (btime of /proc/stat; null if unreadable)
   uptime_seconds  number, seconds since boot (CLOCK_BOOTTIME, the clock of /proc/uptime)";
 
-/// Why a `getinfo.kernel` call fails.
-#[derive(Debug, thiserror::Error)]
-pub enum KernelError {
-    /// The request is not a JSON object (3020), or arguments were given
-    /// (3021, with the usage): the method takes none.
-    #[error(transparent)]
-    Refused(#[from] Refusal),
-    /// `uname(2)` failed (it cannot on Linux, but it returns a status).
-    #[error("uname(2) failed: {0}")]
-    Uname(#[source] std::io::Error),
-    /// The data could not be serialised.
-    #[error("cannot serialise the data: {0}")]
-    Serialise(#[source] serde_json::Error),
-}
-
-impl KernelError {
-    /// The protocol retcode for this failure.
-    pub fn retcode(&self) -> u32 {
-        match self {
-            KernelError::Refused(r) => r.retcode(),
-            KernelError::Uname(_) | KernelError::Serialise(_) => retcode::PLUGIN_FAILURE,
-        }
-    }
-}
-
 /// Accepts a request whose `args` is absent, `null` or a blank string.
-pub fn check_request(request: &[u8]) -> Result<(), KernelError> {
+pub fn check_request(request: &[u8]) -> Result<(), CollectorError> {
     Ok(kit::no_args(request, USAGE)?)
 }
 
@@ -54,14 +29,17 @@ pub fn check_request(request: &[u8]) -> Result<(), KernelError> {
 struct Uname(libc::utsname);
 
 impl Uname {
-    fn get() -> Result<Uname, KernelError> {
+    fn get() -> Result<Uname, CollectorError> {
         // SAFETY: utsname is plain old data (arrays of c_char); all-zero
         // bytes are a valid value.
         let mut buf: libc::utsname = unsafe { std::mem::zeroed() };
         // SAFETY: `buf` is a valid, writable utsname for the whole call.
         let rc = unsafe { libc::uname(&mut buf) };
         if rc != 0 {
-            return Err(KernelError::Uname(std::io::Error::last_os_error()));
+            return Err(CollectorError::Sys {
+                call: "uname(2)",
+                source: std::io::Error::last_os_error(),
+            });
         }
         Ok(Uname(buf))
     }
@@ -134,7 +112,7 @@ fn uptime_seconds() -> Option<f64> {
 }
 
 /// Collects everything and returns the `data` JSON text.
-pub fn collect() -> Result<String, KernelError> {
+pub fn collect() -> Result<String, CollectorError> {
     let uts = Uname::get()?;
     let boot = boot_facts();
     let info = KernelInfo {
@@ -148,20 +126,19 @@ pub fn collect() -> Result<String, KernelError> {
         boot_time: boot.boot_time,
         uptime_seconds: uptime_seconds(),
     };
-    serde_json::to_string(&info).map_err(KernelError::Serialise)
+    kit::to_data(&info)
 }
 
 /// The plugin's `call`: validate, collect, complete at once.
 pub fn call(call: Call, request: &[u8]) {
-    match check_request(request).and_then(|()| collect()) {
-        Ok(data) => call.success(&data),
-        Err(e) => call.fail(e.retcode(), &e.to_string()),
-    }
+    kit::complete(call, check_request(request).and_then(|()| collect()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use basicagent_abi::retcode;
+    use basicagent_collector_kit::Refusal;
 
     #[test]
     fn args_accepted() {
@@ -192,7 +169,10 @@ mod tests {
         ] {
             let e = check_request(req).err();
             assert!(
-                matches!(e, Some(KernelError::Refused(Refusal::InvalidParams { .. }))),
+                matches!(
+                    e,
+                    Some(CollectorError::Refused(Refusal::InvalidParams { .. }))
+                ),
                 "{}",
                 String::from_utf8_lossy(req)
             );

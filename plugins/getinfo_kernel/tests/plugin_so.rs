@@ -2,7 +2,7 @@
 //! checks its answer against `uname` and libc.
 
 use basicagent_abi::retcode;
-use basicagent_plugin_kit::testing::{call, data, load_built};
+use basicagent_testsupport::plugin::{call, data, load_built};
 
 fn uname(flag: &str) -> String {
     let out = std::process::Command::new("uname")

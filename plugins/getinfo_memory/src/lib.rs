@@ -10,8 +10,9 @@
 pub mod parse;
 pub mod plugin;
 
+pub use basicagent_collector_kit::CollectorError;
 pub use parse::{parse_meminfo, MemInfo};
-pub use plugin::{collect, MemoryError};
+pub use plugin::collect;
 
 /// Shown by `BasicAgentCtl -l` and in every `3021` message.
 pub const USAGE: &str = "getinfo.memory takes no arguments (\"args\" absent, null or blank).

@@ -4,70 +4,42 @@
 use std::io::Read;
 use std::path::Path;
 
-use basicagent_abi::{retcode, Call};
-use basicagent_plugin_kit::{self as kit, Refusal};
+use basicagent_abi::Call;
+use basicagent_collector_kit::{self as kit, CollectorError};
 
 use crate::parse::parse_meminfo;
 use crate::USAGE;
 
-/// Why a `getinfo.memory` call fails.
-#[derive(Debug, thiserror::Error)]
-pub enum MemoryError {
-    /// The request is not a JSON object (3020), or its args are refused
-    /// (3021, with the usage).
-    #[error(transparent)]
-    Refused(#[from] Refusal),
-    /// `/proc/meminfo` cannot be read (3025).
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    /// The data could not be serialised (3025).
-    #[error("cannot serialise the data: {0}")]
-    Serialise(#[source] serde_json::Error),
-}
-
-impl MemoryError {
-    /// The protocol retcode for this failure.
-    pub fn retcode(&self) -> u32 {
-        match self {
-            MemoryError::Refused(r) => r.retcode(),
-            MemoryError::Read { .. } | MemoryError::Serialise(_) => retcode::PLUGIN_FAILURE,
-        }
-    }
-}
-
 /// Checks that the request carries no arguments.
-pub fn check_request(request: &[u8]) -> Result<(), MemoryError> {
+pub fn check_request(request: &[u8]) -> Result<(), CollectorError> {
     Ok(kit::no_args(request, USAGE)?)
 }
 
 /// Reads and parses `meminfo` (normally `/proc/meminfo`); the `data` JSON.
-pub fn collect(meminfo: &Path) -> Result<String, MemoryError> {
+pub fn collect(meminfo: &Path) -> Result<String, CollectorError> {
     // /proc/meminfo is about 1.5 kB; one read call fills it.
     let mut buf = Vec::with_capacity(4096);
     std::fs::File::open(meminfo)
         .and_then(|mut f| f.read_to_end(&mut buf))
-        .map_err(|source| MemoryError::Read {
-            path: meminfo.display().to_string(),
+        .map_err(|source| CollectorError::Read {
+            path: meminfo.to_path_buf(),
             source,
         })?;
-    serde_json::to_string(&parse_meminfo(&buf)).map_err(MemoryError::Serialise)
+    serde_json::to_string(&parse_meminfo(&buf)).map_err(CollectorError::Serialise)
 }
 
 /// The plugin's `call`: validate, collect, complete at once.
 pub fn call(call: Call, request: &[u8]) {
-    match check_request(request).and_then(|()| collect(Path::new("/proc/meminfo"))) {
-        Ok(data) => call.success(&data),
-        Err(e) => call.fail(e.retcode(), &e.to_string()),
-    }
+    kit::complete(
+        call,
+        check_request(request).and_then(|()| collect(Path::new("/proc/meminfo"))),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use basicagent_abi::retcode;
 
     #[test]
     fn args_refused_3021_with_usage() {

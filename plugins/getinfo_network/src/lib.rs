@@ -12,8 +12,9 @@
 pub mod parse;
 pub mod plugin;
 
+pub use basicagent_collector_kit::CollectorError;
 pub use parse::{flag_names, prefix_len, type_name, IfAddr};
-pub use plugin::{collect, getifaddrs, NetworkError};
+pub use plugin::{collect, getifaddrs};
 
 /// Shown by `BasicAgentCtl -l` and in every `3021` message.
 pub const USAGE: &str = "args (getopt-style string):

@@ -7,53 +7,15 @@ use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
-use basicagent_abi::{retcode, Call};
-use basicagent_plugin_kit::{self as kit, Refusal};
+use basicagent_abi::Call;
+use basicagent_collector_kit::{self as kit, CollectorError};
 use serde::Serialize;
 
 use crate::parse::{flag_names, parse_hex, type_name, IfAddr};
 use crate::USAGE;
 
-/// Why a `getinfo.network` call fails.
-#[derive(Debug, thiserror::Error)]
-pub enum NetworkError {
-    /// The request is not a JSON object (3020), or its args are refused
-    /// (3021, with the usage).
-    #[error(transparent)]
-    Refused(#[from] Refusal),
-    /// `-i IF` names no interface (3021).
-    #[error("no interface {0:?}; usage: {USAGE}")]
-    NoSuchInterface(String),
-    /// The sysfs directory cannot be listed (3025).
-    #[error("cannot list {path}: {source}")]
-    List {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    /// getifaddrs(3) failed (3025).
-    #[error("getifaddrs failed: {0}")]
-    Getifaddrs(#[source] std::io::Error),
-    /// The data could not be serialised (3025).
-    #[error("cannot serialise the data: {0}")]
-    Serialise(#[source] serde_json::Error),
-}
-
-impl NetworkError {
-    /// The protocol retcode for this failure.
-    pub fn retcode(&self) -> u32 {
-        match self {
-            NetworkError::Refused(r) => r.retcode(),
-            NetworkError::NoSuchInterface(_) => retcode::INVALID_PARAMS,
-            NetworkError::List { .. }
-            | NetworkError::Getifaddrs(_)
-            | NetworkError::Serialise(_) => retcode::PLUGIN_FAILURE,
-        }
-    }
-}
-
 /// Parses the request: `Some(IF)` for `-i IF`.
-pub fn parse_request(request: &[u8]) -> Result<Option<String>, NetworkError> {
+pub fn parse_request(request: &[u8]) -> Result<Option<String>, CollectorError> {
     let mut opts = getopts::Options::new();
     opts.optopt("i", "", "one interface", "IF");
     Ok(kit::parse_request(request, USAGE, |words| {
@@ -178,17 +140,19 @@ pub fn collect(
     sys_net: &Path,
     addrs: &[IfAddr],
     only: Option<&str>,
-) -> Result<String, NetworkError> {
+) -> Result<String, CollectorError> {
     let mut names: Vec<String> = match only {
         Some(name) => {
             if !sys_net.join(name).is_dir() {
-                return Err(NetworkError::NoSuchInterface(name.to_owned()));
+                return Err(CollectorError::InvalidValue(format!(
+                    "no interface {name:?}; usage: {USAGE}"
+                )));
             }
             vec![name.to_owned()]
         }
         None => std::fs::read_dir(sys_net)
-            .map_err(|source| NetworkError::List {
-                path: sys_net.display().to_string(),
+            .map_err(|source| CollectorError::List {
+                path: sys_net.to_path_buf(),
                 source,
             })?
             .flatten()
@@ -206,16 +170,19 @@ pub fn collect(
         count: interfaces.len(),
         interfaces,
     };
-    serde_json::to_string(&report).map_err(NetworkError::Serialise)
+    kit::to_data(&report)
 }
 
 /// The IPv4 and IPv6 addresses of every interface, via getifaddrs(3).
-pub fn getifaddrs() -> Result<Vec<IfAddr>, NetworkError> {
+pub fn getifaddrs() -> Result<Vec<IfAddr>, CollectorError> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: `head` is a valid place for the list pointer; on success the
     // list is ours until freeifaddrs below.
     if unsafe { libc::getifaddrs(&mut head) } != 0 {
-        return Err(NetworkError::Getifaddrs(std::io::Error::last_os_error()));
+        return Err(CollectorError::Sys {
+            call: "getifaddrs",
+            source: std::io::Error::last_os_error(),
+        });
     }
     let mut out = Vec::new();
     let mut cur = head;
@@ -275,15 +242,13 @@ pub fn call(call: Call, request: &[u8]) {
         let addrs = getifaddrs()?;
         collect(Path::new("/sys/class/net"), &addrs, only.as_deref())
     });
-    match result {
-        Ok(data) => call.success(&data),
-        Err(e) => call.fail(e.retcode(), &e.to_string()),
-    }
+    kit::complete(call, result)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use basicagent_abi::retcode;
     use serde_json::Value;
     use std::fs;
 

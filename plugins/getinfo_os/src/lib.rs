@@ -12,8 +12,9 @@
 pub mod parse;
 pub mod plugin;
 
+pub use basicagent_collector_kit::CollectorError;
 pub use parse::{parse_os_release, OsInfo};
-pub use plugin::{collect, OsError, OsPaths};
+pub use plugin::{collect, OsPaths};
 
 /// Shown by `BasicAgentCtl -l` and in every `3021` message.
 pub const USAGE: &str = "getinfo.os takes no arguments (\"args\" absent, null or blank).

@@ -4,8 +4,8 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use basicagent_abi::{retcode, Call};
-use basicagent_plugin_kit::{self as kit, Refusal};
+use basicagent_abi::Call;
+use basicagent_collector_kit::{self as kit, CollectorError};
 
 use crate::parse::{
     container_from_environ, cpuinfo_has_hypervisor_flag, hypervisor_from_dmi, parse_btime,
@@ -13,28 +13,6 @@ use crate::parse::{
     Virtualization,
 };
 use crate::USAGE;
-
-/// Why a `getinfo.os` call fails.
-#[derive(Debug, thiserror::Error)]
-pub enum OsError {
-    /// The request is not a JSON object (3020), or its args are refused
-    /// (3021, with the usage).
-    #[error(transparent)]
-    Refused(#[from] Refusal),
-    /// The data could not be serialised (3025).
-    #[error("cannot serialise the data: {0}")]
-    Serialise(#[source] serde_json::Error),
-}
-
-impl OsError {
-    /// The protocol retcode for this failure.
-    pub fn retcode(&self) -> u32 {
-        match self {
-            OsError::Refused(r) => r.retcode(),
-            OsError::Serialise(_) => retcode::PLUGIN_FAILURE,
-        }
-    }
-}
 
 /// Where the files are: every absolute path the collector reads is taken
 /// below `root` (`/` in production, a fixture tree in tests).
@@ -83,7 +61,7 @@ impl OsPaths {
 const SMALL: u64 = 64 * 1024;
 
 /// Checks that the request carries no arguments.
-pub fn check_request(request: &[u8]) -> Result<(), OsError> {
+pub fn check_request(request: &[u8]) -> Result<(), CollectorError> {
     Ok(kit::no_args(request, USAGE)?)
 }
 
@@ -184,7 +162,7 @@ fn virtualization(paths: &OsPaths) -> Virtualization {
 
 /// Reads everything below `paths.root`; the `data` JSON. Nothing here is
 /// fatal: an unreadable file gives `null` fields.
-pub fn collect(paths: &OsPaths) -> Result<String, OsError> {
+pub fn collect(paths: &OsPaths) -> Result<String, CollectorError> {
     let (text, os_release_source) = os_release(paths);
     let mut os_release = text.as_deref().map(parse_os_release).unwrap_or_default();
     let get = |k: &str| os_release.get(k).filter(|v| !v.is_empty()).cloned();
@@ -212,20 +190,21 @@ pub fn collect(paths: &OsPaths) -> Result<String, OsError> {
         timezone_source,
         virtualization: virtualization(paths),
     };
-    serde_json::to_string(&info).map_err(OsError::Serialise)
+    kit::to_data(&info)
 }
 
 /// The plugin's `call`: validate, collect, complete at once.
 pub fn call(call: Call, request: &[u8]) {
-    match check_request(request).and_then(|()| collect(&OsPaths::default())) {
-        Ok(data) => call.success(&data),
-        Err(e) => call.fail(e.retcode(), &e.to_string()),
-    }
+    kit::complete(
+        call,
+        check_request(request).and_then(|()| collect(&OsPaths::default())),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use basicagent_abi::retcode;
     use serde_json::Value;
     use std::fs;
 

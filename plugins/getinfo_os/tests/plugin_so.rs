@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use basicagent_abi::retcode;
-use basicagent_plugin_kit::testing::{
-    assert_refusals, call_args, call_args_timed, data, load_built,
+use basicagent_testsupport::plugin::{
+    assert_collector, call_args, call_args_timed, data, load_built, COMMON_BAD_ARGS,
 };
 
 const NAME: &str = "getinfo_os";
@@ -14,10 +14,7 @@ const METHOD: &str = "getinfo.os";
 
 #[test]
 fn descriptor_usage_and_refusals() {
-    let p = load_built(NAME);
-    assert_eq!(p.info().name, NAME);
-    assert_eq!(p.info().methods, vec![METHOD.to_owned()]);
-    assert_refusals(&p, &["-Z", "'unterminated", "stray operand"]);
+    assert_collector(NAME, METHOD, &COMMON_BAD_ARGS);
 }
 
 /// os-release parsed by an independent implementation: python3's shlex

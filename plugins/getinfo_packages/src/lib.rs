@@ -11,11 +11,10 @@
 
 pub mod args;
 pub mod dpkg;
-pub mod error;
 pub mod plugin;
 
 pub use args::{parse_args, ArgsError, Selection};
-pub use error::PackagesError;
+pub use basicagent_collector_kit::CollectorError;
 
 /// Shown by `BasicAgentCtl -l` and in every `3021` message.
 pub const USAGE: &str = r#"args (getopt-style string):

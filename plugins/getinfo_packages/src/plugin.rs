@@ -8,11 +8,11 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use basicagent_abi::Call;
-use basicagent_plugin_kit as kit;
+use basicagent_collector_kit as kit;
 
 use crate::args::{parse_words, Selection};
 use crate::dpkg::{for_each_installed, matches};
-use crate::{PackagesError, USAGE};
+use crate::{CollectorError, USAGE};
 
 /// Where the package databases are.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,7 +42,7 @@ impl Default for Paths {
 }
 
 /// The selection a request asks for.
-pub fn parse_request(request: &[u8]) -> Result<Selection, PackagesError> {
+pub fn parse_request(request: &[u8]) -> Result<Selection, CollectorError> {
     Ok(kit::parse_request(request, USAGE, parse_words)?)
 }
 
@@ -106,19 +106,25 @@ fn rpm_present(paths: &Paths) -> Option<&Path> {
 }
 
 /// Request in, `data` JSON out.
-pub fn answer(request: &[u8], paths: &Paths) -> Result<String, PackagesError> {
+pub fn answer(request: &[u8], paths: &Paths) -> Result<String, CollectorError> {
     let sel = parse_request(request)?;
     let rpm = rpm_present(paths);
     let file = match File::open(&paths.dpkg_status) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(match rpm {
-                Some(rpm) => PackagesError::RpmUnsupported(rpm.to_owned()),
-                None => PackagesError::NoDatabase(paths.dpkg_status.clone()),
+                Some(rpm) => CollectorError::Unavailable(format!(
+                    "rpm database present at {} but not supported (getinfo.packages reads the dpkg database only)",
+                    rpm.display()
+                )),
+                None => CollectorError::Unavailable(format!(
+                    "no package database found (no {}, no rpm database)",
+                    paths.dpkg_status.display()
+                )),
             })
         }
         Err(source) => {
-            return Err(PackagesError::Read {
+            return Err(CollectorError::Read {
                 path: paths.dpkg_status.clone(),
                 source,
             })
@@ -131,20 +137,17 @@ pub fn answer(request: &[u8], paths: &Paths) -> Result<String, PackagesError> {
         )
     });
     render(file, &sel, note.as_deref()).map_err(|e| match e {
-        RenderError::Io(source) => PackagesError::Read {
+        RenderError::Io(source) => CollectorError::Read {
             path: paths.dpkg_status.clone(),
             source,
         },
-        RenderError::Json(e) => PackagesError::Serialise(e),
+        RenderError::Json(e) => CollectorError::Serialise(e),
     })
 }
 
 /// The plugin's `call`: answers synchronously.
 pub fn call(call: Call, request: &[u8]) {
-    match answer(request, &Paths::default()) {
-        Ok(data) => call.success(&data),
-        Err(e) => call.fail(e.retcode(), &e.to_string()),
-    }
+    kit::complete(call, answer(request, &Paths::default()))
 }
 
 #[cfg(test)]
@@ -223,7 +226,14 @@ Architecture: i386\nSource: glibc (2.36)\nVersion: 2.36\n";
         assert!(e.to_string().contains("rpm database present at"), "{e}");
         std::fs::remove_file(&paths.rpm[0]).unwrap();
         let e = answer(b"{}", &paths).unwrap_err();
-        assert!(matches!(e, PackagesError::NoDatabase(_)), "{e}");
+        assert!(matches!(e, CollectorError::Unavailable(_)), "{e}");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "no package database found (no {}, no rpm database)",
+                paths.dpkg_status.display()
+            )
+        );
     }
 
     #[test]
@@ -241,6 +251,6 @@ Architecture: i386\nSource: glibc (2.36)\nVersion: 2.36\n";
             rpm: vec![],
         };
         let e = answer(b"{}", &dir).unwrap_err();
-        assert!(matches!(e, PackagesError::Read { .. }), "a directory: {e}");
+        assert!(matches!(e, CollectorError::Read { .. }), "a directory: {e}");
     }
 }

@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use basicagent_abi::retcode;
-use basicagent_plugin_kit::testing::{call, call_args, data, load_built};
+use basicagent_testsupport::plugin::{call, call_args, data, load_built};
 
 fn dpkg_query(format: &str, packages: &[&str]) -> String {
     let out = Command::new("dpkg-query")

@@ -15,14 +15,13 @@
 
 pub mod args;
 pub mod cmdline;
-pub mod error;
 pub mod parse;
 pub mod plugin;
 pub mod scan;
 pub mod worker;
 
 pub use args::{parse_args, ArgsError, Selection, Sort};
-pub use error::ProcessesError;
+pub use basicagent_collector_kit::CollectorError;
 
 /// Shown by `BasicAgentCtl -l` and in every `3021` message.
 pub const USAGE: &str = r#"args (getopt-style string; options combine):

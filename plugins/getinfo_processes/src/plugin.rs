@@ -5,12 +5,12 @@
 use std::path::{Path, PathBuf};
 
 use basicagent_abi::Call;
-use basicagent_plugin_kit as kit;
+use basicagent_collector_kit as kit;
 
 use crate::args::{parse_words, Selection};
 use crate::parse::{parse_btime, Accounts};
 use crate::scan::{collect, Clock};
-use crate::{ProcessesError, USAGE};
+use crate::{CollectorError, USAGE};
 
 /// Where the sources are.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,7 +30,7 @@ impl Default for Paths {
 }
 
 /// The selection a request asks for.
-pub fn parse_request(request: &[u8]) -> Result<Selection, ProcessesError> {
+pub fn parse_request(request: &[u8]) -> Result<Selection, CollectorError> {
     Ok(kit::parse_request(request, USAGE, parse_words)?)
 }
 
@@ -54,7 +54,7 @@ pub fn host_clock(proc_root: &Path) -> Clock {
 }
 
 /// Request in, `data` JSON out.
-pub fn answer(request: &[u8], paths: &Paths) -> Result<String, ProcessesError> {
+pub fn answer(request: &[u8], paths: &Paths) -> Result<String, CollectorError> {
     let sel = parse_request(request)?;
     let accounts = match std::fs::read(&paths.passwd) {
         Ok(bytes) => Accounts::parse(&bytes),
@@ -68,26 +68,23 @@ pub fn answer(request: &[u8], paths: &Paths) -> Result<String, ProcessesError> {
         Some(user) => Some(
             accounts
                 .resolve(user)
-                .ok_or_else(|| ProcessesError::UnknownUser(user.clone()))?,
+                .ok_or_else(|| CollectorError::UnknownUser(user.clone()))?,
         ),
     };
     let clock = host_clock(&paths.proc_root);
     let report = collect(&paths.proc_root, &sel, uid, &clock, &accounts)?;
-    serde_json::to_string(&report).map_err(ProcessesError::Serialise)
+    kit::to_data(&report)
 }
 
 /// The plugin's `call`: refuses a bad request at once; otherwise hands
 /// the walk to the worker thread, which completes the call.
 pub fn call(call: Call, request: &[u8]) {
     if let Err(e) = parse_request(request) {
-        return call.fail(e.retcode(), &e.to_string());
+        return kit::complete(call, Err(e));
     }
     let request = request.to_vec();
     crate::worker::submit(call, move |call| {
-        match answer(&request, &Paths::default()) {
-            Ok(data) => call.success(&data),
-            Err(e) => call.fail(e.retcode(), &e.to_string()),
-        }
+        kit::complete(call, answer(&request, &Paths::default()))
     });
 }
 

@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::args::{Selection, Sort};
 use crate::cmdline::{CmdlineReader, Outcome, READ_BUDGET};
 use crate::parse::{cmdline_text, parse_stat, parse_status_euid, Accounts, Stat};
-use crate::ProcessesError;
+use crate::CollectorError;
 
 /// A cmdline longer than this is cut (kernel limit is far higher).
 pub const CMDLINE_MAX: u64 = 32 * 1024;
@@ -70,8 +70,8 @@ fn read_into(path: &Path, buf: &mut Vec<u8>, max: u64) -> io::Result<()> {
 }
 
 /// The pids under `root`, ascending.
-fn pids(root: &Path) -> Result<Vec<u32>, ProcessesError> {
-    let list = std::fs::read_dir(root).map_err(|source| ProcessesError::ListProc {
+fn pids(root: &Path) -> Result<Vec<u32>, CollectorError> {
+    let list = std::fs::read_dir(root).map_err(|source| CollectorError::List {
         path: root.to_owned(),
         source,
     })?;
@@ -97,7 +97,7 @@ pub fn collect<'a>(
     uid: Option<u32>,
     clock: &Clock,
     accounts: &'a Accounts,
-) -> Result<Report<'a>, ProcessesError> {
+) -> Result<Report<'a>, CollectorError> {
     collect_with(root, sel, uid, clock, accounts, READ_BUDGET)
 }
 
@@ -109,7 +109,7 @@ pub fn collect_with<'a>(
     clock: &Clock,
     accounts: &'a Accounts,
     budget: std::time::Duration,
-) -> Result<Report<'a>, ProcessesError> {
+) -> Result<Report<'a>, CollectorError> {
     let candidates = match sel.pid {
         Some(pid) => vec![pid],
         None => pids(root)?,
@@ -464,7 +464,7 @@ mod tests {
             &acc,
         )
         .unwrap_err();
-        assert!(matches!(e, ProcessesError::ListProc { .. }));
+        assert!(matches!(e, CollectorError::List { .. }));
         // -p does not list the directory: simply not found.
         let sel = Selection {
             pid: Some(1),

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use basicagent_abi::retcode;
-use basicagent_plugin_kit::testing::{call, call_args, data, load_built};
+use basicagent_testsupport::plugin::{call, call_args, data, load_built};
 use serde_json::Value;
 
 fn id(flag: &str) -> String {

@@ -8,13 +8,12 @@
 //! netlink (sock_diag would give the same facts without owners), no `ss`.
 
 pub mod args;
-pub mod error;
 pub mod owners;
 pub mod parse;
 pub mod plugin;
 
 pub use args::{parse_args, ArgsError, Selection};
-pub use error::SocketsError;
+pub use basicagent_collector_kit::CollectorError;
 
 /// Shown by `BasicAgentCtl -l` and in every `3021` message.
 pub const USAGE: &str = r#"args (getopt-style string; flags combine):

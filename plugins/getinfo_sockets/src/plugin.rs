@@ -7,13 +7,13 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use basicagent_abi::Call;
-use basicagent_plugin_kit as kit;
+use basicagent_collector_kit as kit;
 use serde::Serialize;
 
 use crate::args::{parse_words, Selection};
 use crate::owners::find_owners;
 use crate::parse::{parse_table, state_name, Entry, Proto, TCP_ESTABLISHED, TCP_LISTEN};
-use crate::{SocketsError, USAGE};
+use crate::{CollectorError, USAGE};
 
 /// One socket as reported.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -38,7 +38,7 @@ pub struct Report<'a> {
 }
 
 /// The selection a request asks for.
-pub fn parse_request(request: &[u8]) -> Result<Selection, SocketsError> {
+pub fn parse_request(request: &[u8]) -> Result<Selection, CollectorError> {
     Ok(kit::parse_request(request, USAGE, parse_words)?)
 }
 
@@ -51,7 +51,7 @@ pub fn keep(sel: &Selection, proto: Proto, e: &Entry) -> bool {
 }
 
 /// Request in, `data` JSON out. `proc_root` holds `net/` and the pids.
-pub fn answer(request: &[u8], proc_root: &Path) -> Result<String, SocketsError> {
+pub fn answer(request: &[u8], proc_root: &Path) -> Result<String, CollectorError> {
     let sel = parse_request(request)?;
     let mut kept: Vec<(Proto, Entry)> = Vec::new();
     let mut first_error = None;
@@ -75,7 +75,7 @@ pub fn answer(request: &[u8], proc_root: &Path) -> Result<String, SocketsError> 
             // A kernel without IPv6 has no tcp6/udp6: not an error alone.
             Err(source) => {
                 log::debug!("cannot read {}: {source}", path.display());
-                first_error.get_or_insert(SocketsError::Read {
+                first_error.get_or_insert(CollectorError::Read {
                     path: path.clone(),
                     source,
                 });
@@ -114,15 +114,12 @@ pub fn answer(request: &[u8], proc_root: &Path) -> Result<String, SocketsError> 
         count: sockets.len(),
         sockets,
     };
-    serde_json::to_string(&report).map_err(SocketsError::Serialise)
+    kit::to_data(&report)
 }
 
 /// The plugin's `call`: answers synchronously.
 pub fn call(call: Call, request: &[u8]) {
-    match answer(request, Path::new("/proc")) {
-        Ok(data) => call.success(&data),
-        Err(e) => call.fail(e.retcode(), &e.to_string()),
-    }
+    kit::complete(call, answer(request, Path::new("/proc")))
 }
 
 #[cfg(test)]

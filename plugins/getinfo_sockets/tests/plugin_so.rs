@@ -5,7 +5,7 @@
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 
 use basicagent_abi::{retcode, Plugin};
-use basicagent_plugin_kit::testing::{self, call_args, data, load_built};
+use basicagent_testsupport::plugin::{self, call_args, data, load_built};
 use serde_json::Value;
 
 fn call(plugin: &Plugin, args: &str) -> Vec<Value> {
@@ -158,7 +158,7 @@ fn errors() {
     let p = load_built("getinfo_sockets");
     for bad in ["-x", "-l -a", "tcp", "-t 'x", "--all"] {
         let request = serde_json::json!({"args": bad}).to_string();
-        let c = testing::call(&p, &request);
+        let c = plugin::call(&p, &request);
         assert_eq!(c.retcode, retcode::INVALID_PARAMS, "{bad}: {}", c.message);
         assert!(
             c.message.contains("remote_address"),
@@ -169,7 +169,7 @@ fn errors() {
     }
     for bad in ["[1]", "\"x\"", "{", "42"] {
         assert_eq!(
-            testing::call(&p, bad).retcode,
+            plugin::call(&p, bad).retcode,
             retcode::INVALID_REQUEST,
             "{bad}"
         );

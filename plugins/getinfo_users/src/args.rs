@@ -1,7 +1,7 @@
 //! The `args` words → one [`Selection`]: this plugin's options and the
 //! checks of their values (splitting and getopts come from the kit).
 
-use basicagent_plugin_kit as kit;
+use basicagent_collector_kit as kit;
 
 /// Which accounts a call reports.
 #[derive(Debug, Clone, PartialEq, Eq)]

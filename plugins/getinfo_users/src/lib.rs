@@ -11,7 +11,6 @@
 //! NSS (LDAP, sssd) on a thread of its own, because that may block.
 
 pub mod args;
-pub mod error;
 pub mod hash;
 pub mod nss;
 pub mod parse;
@@ -19,7 +18,7 @@ pub mod plugin;
 pub mod report;
 
 pub use args::{parse_args, ArgsError, Selection};
-pub use error::UsersError;
+pub use basicagent_collector_kit::CollectorError;
 pub use report::{collect, ShadowSource, Sources};
 
 /// Shown by `BasicAgentCtl -l`.

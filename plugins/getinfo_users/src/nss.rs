@@ -8,7 +8,7 @@ use uzers::os::unix::UserExt;
 use crate::args::Selection;
 use crate::parse::{GroupIndex, PasswdEntry};
 use crate::report::{render, Context, Sources};
-use crate::UsersError;
+use crate::CollectorError;
 
 /// An account as NSS returned it, with owned text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,7 +50,7 @@ pub fn lookup(name: &str) -> Option<NssUser> {
 /// The `data` JSON for one NSS account, with the same rules as the files
 /// path: `group` is the primary group's name, `groups` the other groups
 /// getgrouplist(3) lists (in gid order), shadow from /etc/shadow if there.
-pub fn render_user(user: &NssUser, src: &Sources<'_>) -> Result<String, UsersError> {
+pub fn render_user(user: &NssUser, src: &Sources<'_>) -> Result<String, CollectorError> {
     let entry = PasswdEntry {
         name: &user.name,
         uid: user.uid,

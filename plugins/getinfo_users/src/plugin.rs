@@ -7,11 +7,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use basicagent_abi::Call;
-use basicagent_plugin_kit as kit;
+use basicagent_collector_kit as kit;
 
 use crate::args::{parse_words, Selection, SYNOPSIS};
 use crate::report::{collect, ShadowSource, Sources};
-use crate::{nss, UsersError};
+use crate::{nss, CollectorError};
 
 /// Where the account files are (the defaults are /etc's).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,9 +50,9 @@ impl Files {
     /// Reads the files. /etc/passwd and /etc/group must be readable;
     /// login.defs and shells fall back to defaults; /etc/shadow is read
     /// only when `euid` is 0.
-    pub fn read(paths: &Paths, euid: u32) -> Result<Files, UsersError> {
+    pub fn read(paths: &Paths, euid: u32) -> Result<Files, CollectorError> {
         let must = |path: &PathBuf| {
-            fs::read(path).map_err(|source| UsersError::Read {
+            fs::read(path).map_err(|source| CollectorError::Read {
                 path: path.clone(),
                 source,
             })
@@ -102,7 +102,7 @@ impl Files {
 }
 
 /// The selection a request asks for: `args` absent, null or blank is -A.
-pub fn parse_request(request: &[u8]) -> Result<Selection, UsersError> {
+pub fn parse_request(request: &[u8]) -> Result<Selection, CollectorError> {
     Ok(kit::parse_request(request, SYNOPSIS, parse_words)?)
 }
 
@@ -110,7 +110,7 @@ pub fn parse_request(request: &[u8]) -> Result<Selection, UsersError> {
 #[derive(Debug)]
 pub enum Outcome {
     /// Complete with this `data` or error.
-    Done(Result<String, UsersError>),
+    Done(Result<String, CollectorError>),
     /// `-U NAME` is not in the passwd file: ask NSS (may block).
     AskNss(String),
 }
@@ -126,23 +126,16 @@ pub fn answer(request: &[u8], paths: &Paths, euid: u32) -> (Outcome, Option<File
         Err(e) => return (Outcome::Done(Err(e)), None),
     };
     match collect(&files.sources(), &sel) {
-        Err(UsersError::UnknownUser(name)) => (Outcome::AskNss(name), Some(files)),
+        Err(CollectorError::UnknownUser(name)) => (Outcome::AskNss(name), Some(files)),
         other => (Outcome::Done(other), Some(files)),
     }
 }
 
 /// The NSS path for `-U NAME`: 3024 if NSS does not know the name either.
-pub fn answer_nss(name: &str, files: &Files) -> Result<String, UsersError> {
+pub fn answer_nss(name: &str, files: &Files) -> Result<String, CollectorError> {
     match nss::lookup(name) {
         Some(user) => nss::render_user(&user, &files.sources()),
-        None => Err(UsersError::UnknownUser(name.to_owned())),
-    }
-}
-
-fn finish(call: Call, result: Result<String, UsersError>) {
-    match result {
-        Ok(data) => call.success(&data),
-        Err(e) => call.fail(e.retcode(), &e.to_string()),
+        None => Err(CollectorError::UnknownUser(name.to_owned())),
     }
 }
 
@@ -152,9 +145,11 @@ fn finish(call: Call, result: Result<String, UsersError>) {
 pub fn call(call: Call, request: &[u8]) {
     let (outcome, files) = answer(request, &Paths::default(), uzers::get_effective_uid());
     let (name, files) = match (outcome, files) {
-        (Outcome::Done(result), _) => return finish(call, result),
+        (Outcome::Done(result), _) => return kit::complete(call, result),
         (Outcome::AskNss(name), Some(files)) => (name, files),
-        (Outcome::AskNss(name), None) => return finish(call, Err(UsersError::UnknownUser(name))),
+        (Outcome::AskNss(name), None) => {
+            return kit::complete(call, Err(CollectorError::UnknownUser(name)))
+        }
     };
     // The call goes to the thread through a slot, so that it can be
     // failed here with a clear message if the thread cannot start.
@@ -165,13 +160,19 @@ pub fn call(call: Call, request: &[u8]) {
         .spawn(move || {
             let call = theirs.lock().unwrap_or_else(PoisonError::into_inner).take();
             if let Some(call) = call {
-                finish(call, answer_nss(&name, &files));
+                kit::complete(call, answer_nss(&name, &files));
             }
         });
     if let Err(e) = spawned {
         let call = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
         if let Some(call) = call {
-            finish(call, Err(UsersError::Spawn(e)));
+            kit::complete(
+                call,
+                Err(CollectorError::Spawn {
+                    what: "NSS lookup thread",
+                    source: e,
+                }),
+            );
         }
     }
 }
@@ -206,7 +207,7 @@ mod tests {
         (dir, paths)
     }
 
-    fn done(request: &str, paths: &Paths, euid: u32) -> Result<serde_json::Value, UsersError> {
+    fn done(request: &str, paths: &Paths, euid: u32) -> Result<serde_json::Value, CollectorError> {
         match answer(request.as_bytes(), paths, euid).0 {
             Outcome::Done(r) => r.map(|s| serde_json::from_str(&s).unwrap()),
             Outcome::AskNss(n) => panic!("unexpected NSS lookup for {n}"),

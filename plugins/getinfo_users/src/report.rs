@@ -12,7 +12,7 @@ use serde::{Serialize, Serializer};
 use crate::args::Selection;
 use crate::hash::{FastMap, FastSet};
 use crate::parse::{self, GroupIndex, PasswdEntry, ShadowEntry, UidRange};
-use crate::UsersError;
+use crate::CollectorError;
 
 /// What the shadow file gave, decided by the caller (root or not,
 /// readable or not).
@@ -168,7 +168,7 @@ pub fn render<'a>(
     ctx: &Context<'a>,
     sel: &Selection,
     size_hint: usize,
-) -> Result<String, UsersError> {
+) -> Result<String, CollectorError> {
     let count = Cell::new(0);
     let out = ReportOut {
         users: UsersOut {
@@ -184,16 +184,16 @@ pub fn render<'a>(
         shadow_note: ctx.shadow.as_ref().err().copied(),
     };
     let mut buf = Vec::with_capacity(size_hint);
-    serde_json::to_writer(&mut buf, &out).map_err(UsersError::Serialise)?;
+    serde_json::to_writer(&mut buf, &out).map_err(CollectorError::Serialise)?;
     // serde_json writes UTF-8 only; checked anyway, it is cheap.
-    String::from_utf8(buf).map_err(|e| UsersError::Serialise(serde::ser::Error::custom(e)))
+    String::from_utf8(buf).map_err(|e| CollectorError::Serialise(serde::ser::Error::custom(e)))
 }
 
 /// The whole core over file contents: the `data` JSON for `sel`.
 ///
-/// `-U NAME` for a name not in `passwd` is [`UsersError::UnknownUser`];
+/// `-U NAME` for a name not in `passwd` is [`CollectorError::UnknownUser`];
 /// the plugin glue may then ask NSS.
-pub fn collect(src: &Sources<'_>, sel: &Selection) -> Result<String, UsersError> {
+pub fn collect(src: &Sources<'_>, sel: &Selection) -> Result<String, CollectorError> {
     let only = match sel {
         Selection::One(name) => Some(name.as_str()),
         _ => None,
@@ -201,7 +201,7 @@ pub fn collect(src: &Sources<'_>, sel: &Selection) -> Result<String, UsersError>
     let one = match only {
         Some(name) => match parse::passwd(src.passwd).find(|e| e.name == name) {
             Some(entry) => Some(entry),
-            None => return Err(UsersError::UnknownUser(name.to_owned())),
+            None => return Err(CollectorError::UnknownUser(name.to_owned())),
         },
         None => None,
     };
@@ -448,7 +448,7 @@ above:!:::::::\n";
             &Selection::One("nosuch".into()),
         )
         .unwrap_err();
-        assert!(matches!(&e, UsersError::UnknownUser(n) if n == "nosuch"));
+        assert!(matches!(&e, CollectorError::UnknownUser(n) if n == "nosuch"));
         assert_eq!(e.retcode(), basicagent_abi::retcode::UNKNOWN_USER);
     }
 

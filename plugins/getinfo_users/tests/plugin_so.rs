@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use basicagent_abi::retcode;
-use basicagent_plugin_kit::testing::{call_args, data, load_built};
+use basicagent_testsupport::plugin::{call_args, data, load_built};
 use serde_json::Value;
 
 fn names(v: &Value) -> Vec<String> {

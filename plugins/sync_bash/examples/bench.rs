@@ -4,7 +4,7 @@
 //! concurrent callers, and whole-process cost (this binary with `--once`,
 //! a ctl-like load-call-print, vs `bash -c true`).
 //!
-//! `cargo run --release -p sync-bash --example bench [-- --ctl PATH]`;
+//! `cargo run --release -p basicagent-sync-bash --example bench [-- --ctl PATH]`;
 //! `-- --containment`: the `true` rate with a cgroup per command vs
 //! `containment = "off"`, same run (issue 15).
 
@@ -27,7 +27,7 @@ fn plugin_path() -> PathBuf {
         .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
         .max()
         .map(|(_, p)| p)
-        .expect("libsync_bash.so: build it with cargo build --release -p sync-bash")
+        .expect("libsync_bash.so: build it with cargo build --release -p basicagent-sync-bash")
 }
 
 fn load() -> Plugin {

@@ -10,10 +10,10 @@
 mod common;
 
 use std::ffi::CString;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use basicagent_abi::retcode;
+use basicagent_testsupport::ns::unshared;
 use common::{live, Reap};
 use serde_json::json;
 
@@ -21,25 +21,13 @@ const INNER: &str = "SYNC_BASH_CHDIR_HANG_INNER";
 
 #[test]
 fn a_hung_working_directory_does_not_stop_the_executor() {
-    if std::env::var_os(INNER).is_some() {
-        return inner();
+    if unshared(
+        INNER,
+        &["-m", "--propagation", "private"],
+        "a_hung_working_directory_does_not_stop_the_executor",
+    ) {
+        inner();
     }
-    let exe = std::env::current_exe().unwrap();
-    let st = Command::new("unshare")
-        .args(["-m", "--propagation", "private"])
-        .arg(&exe)
-        .args([
-            "--exact",
-            "a_hung_working_directory_does_not_stop_the_executor",
-            "--nocapture",
-        ])
-        .env(INNER, "1")
-        .status()
-        .expect("unshare");
-    assert!(
-        st.success(),
-        "the test in its own mount namespace failed: {st}"
-    );
 }
 
 /// Children of this process in state D (uninterruptible wait).

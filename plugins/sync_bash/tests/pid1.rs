@@ -7,28 +7,23 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use basicagent_abi::retcode;
+use basicagent_testsupport::ns::unshared;
 use serde_json::json;
 
 const INNER: &str = "SYNC_BASH_PID1_INNER";
 
 #[test]
 fn as_pid_1_orphans_are_reaped() {
-    if std::env::var_os(INNER).is_some() {
-        return inner();
+    if unshared(
+        INNER,
+        &["-p", "-f", "--mount-proc"],
+        "as_pid_1_orphans_are_reaped",
+    ) {
+        inner();
     }
-    let exe = std::env::current_exe().unwrap();
-    let st = Command::new("unshare")
-        .args(["-p", "-f", "--mount-proc"])
-        .arg(&exe)
-        .args(["--exact", "as_pid_1_orphans_are_reaped", "--nocapture"])
-        .env(INNER, "1")
-        .status()
-        .expect("unshare");
-    assert!(st.success(), "the test as PID 1 failed: {st}");
 }
 
 /// (pid, state) of every child of ours.

@@ -170,7 +170,7 @@ def fleet():
         plugins = os.path.join(agent_dir, "plugins")
         os.makedirs(plugins)
         for so in sorted(os.listdir(BIN)):
-            if re.fullmatch(r"lib[a-z0-9]+_[a-z0-9_]+\.so", so) and "testkit" not in so:
+            if re.fullmatch(r"lib[a-z0-9]+_[a-z0-9_]+\.so", so) and "fixture" not in so:
                 shutil.copy(os.path.join(BIN, so), plugins)
         with open(os.path.join(agent_dir, "hosts"), "w") as f:
             f.write(f"{SERVER_IP} {NAME}\n")

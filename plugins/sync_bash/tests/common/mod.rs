@@ -9,20 +9,9 @@ use std::time::Duration;
 use basicagent_abi::{Completion, HostSettings, Plugin};
 use serde_json::Value;
 
-/// The freshest libsync_bash.so near the test binary: cargo rebuilds the
-/// one in target/<profile>/deps/ for the tests (the lib's cdylib and rlib
-/// come from one rustc run), while target/<profile>/ may hold an older
-/// copy from the last `cargo build`.
+/// The freshest built libsync_bash.so (`target/<profile>/deps` or its parent).
 pub fn plugin_path() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let deps = exe.parent().unwrap();
-    [deps.to_owned(), deps.parent().unwrap().to_owned()]
-        .into_iter()
-        .map(|dir| dir.join("libsync_bash.so"))
-        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
-        .max()
-        .map(|(_, p)| p)
-        .unwrap_or_else(|| panic!("libsync_bash.so not found near {}", exe.display()))
+    basicagent_testsupport::built_plugin("sync_bash")
 }
 
 /// The plugin, loaded once per test binary with `config`.
@@ -61,21 +50,12 @@ impl From<Completion> for Answer {
 
 /// Starts a request; returns the call id and the receiver of its answer.
 pub fn start(p: &Plugin, request: &Value) -> (u64, mpsc::Receiver<Completion>) {
-    let (tx, rx) = mpsc::channel();
     let bytes = serde_json::to_vec(request).unwrap();
-    let id = p.call(
-        &bytes,
-        Box::new(move |c| {
-            let _ = tx.send(c);
-        }),
-    );
-    (id, rx)
+    basicagent_testsupport::plugin::start(p, bytes)
 }
 
 pub fn wait(rx: &mpsc::Receiver<Completion>) -> Answer {
-    rx.recv_timeout(Duration::from_secs(60))
-        .expect("answer within 60 s")
-        .into()
+    basicagent_testsupport::plugin::wait(rx).into()
 }
 
 pub fn run_with(p: &Plugin, request: Value) -> Answer {
@@ -100,16 +80,7 @@ pub fn live(argv: &[&str]) -> Vec<u32> {
 
 /// Waits up to `within` for no live process with that argv.
 pub fn gone(argv: &[&str], within: Duration) -> bool {
-    let end = std::time::Instant::now() + within;
-    loop {
-        if live(argv).is_empty() {
-            return true;
-        }
-        if std::time::Instant::now() > end {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    basicagent_testsupport::wait::within(within, || live(argv).is_empty())
 }
 
 /// Kills leftovers of a test (by exact argv) when dropped, even on failure.

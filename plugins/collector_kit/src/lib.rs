@@ -1,7 +1,6 @@
 //! What every collector plugin shares: the request envelope and its
 //! getopt-style `args` turned into typed options, with the `3020` and
-//! `3021` answers; and (feature `test-support`) the test harness that
-//! dlopens a built plugin.
+//! `3021` answers; the collectors' one error type and their call glue.
 //!
 //! Key design decision: the kit parses, the plugin decides. Each plugin
 //! keeps its own `getopts::Options`, its checks of option values and its
@@ -11,10 +10,14 @@
 //! `args` is answered `3021 "REASON; usage: USAGE"`. It is an rlib linked
 //! into every plugin, so it exports no `#[no_mangle]` symbol.
 //!
+//! Every collector fails with the one [`CollectorError`] (its retcode and
+//! text fixed here) and completes through [`complete`]; the tests that
+//! load a built plugin live in basicagent-testsupport (`plugin`).
+//!
 //! A plugin's request parsing, whole:
 //!
 //! ```
-//! use basicagent_plugin_kit::{parse_opts, parse_request, Refusal};
+//! use basicagent_collector_kit::{parse_opts, parse_request, Refusal};
 //!
 //! const USAGE: &str = "args: [-f] (also the flags)";
 //!
@@ -22,7 +25,7 @@
 //!     parse_request(request, USAGE, |words| {
 //!         let mut opts = getopts::Options::new();
 //!         opts.optflagmulti("f", "", "also the flags");
-//!         Ok::<_, basicagent_plugin_kit::ArgsError>(parse_opts(&opts, words)?.opt_present("f"))
+//!         Ok::<_, basicagent_collector_kit::ArgsError>(parse_opts(&opts, words)?.opt_present("f"))
 //!     })
 //! }
 //!
@@ -33,9 +36,9 @@
 //! ```
 
 pub mod args;
+pub mod error;
 pub mod request;
-#[cfg(feature = "test-support")]
-pub mod testing;
 
 pub use args::{parse_opts, split_args, ArgsError};
+pub use error::{complete, to_data, CollectorError};
 pub use request::{no_args, parse_request, request_args, Refusal, RequestError};

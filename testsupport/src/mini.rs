@@ -9,12 +9,10 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::{ServerConfig, ServerConnection, StreamOwned};
+use rustls::{ServerConnection, StreamOwned};
 use serde_json::Value;
 
-use super::Pki;
+use crate::pki::Pki;
 
 pub struct MiniServer {
     pub addr: SocketAddr,
@@ -32,30 +30,14 @@ pub struct MiniConn {
     skipped: std::collections::VecDeque<Value>,
 }
 
-fn server_config(pki: &Pki) -> Arc<ServerConfig> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(pki.path("server.pem"))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    let key = PrivateKeyDer::from_pem_file(pki.path("server.key")).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Arc::new(
-        ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .unwrap(),
-    )
-}
-
 impl MiniServer {
     /// Listens on `listen` (`IP:PORT`); every connection gets `init_reply`
     /// (one JSON line, without `\n`) after the agent's init.
     pub fn start(pki: &Pki, listen: &str, init_reply: &str) -> MiniServer {
-        let listener = TcpListener::bind(listen).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let config = server_config(pki);
+        let listener =
+            TcpListener::bind(listen).unwrap_or_else(|e| panic!("listen on {listen}: {e}"));
+        let addr = listener.local_addr().expect("the listener's address");
+        let config = pki.server_config("server");
         let reply = format!("{init_reply}\n");
         let (tx, conns) = mpsc::channel();
         std::thread::spawn(move || {
@@ -64,8 +46,12 @@ impl MiniServer {
                 let Ok(tls) = ServerConnection::new(Arc::clone(&config)) else {
                     continue;
                 };
-                sock.set_read_timeout(Some(Duration::from_millis(100)))
-                    .unwrap();
+                if sock
+                    .set_read_timeout(Some(Duration::from_millis(100)))
+                    .is_err()
+                {
+                    continue;
+                }
                 let mut conn = MiniConn {
                     tls: StreamOwned::new(tls, sock),
                     init: Value::Null,
@@ -99,9 +85,10 @@ impl MiniServer {
 impl MiniConn {
     /// Sends one line (`\n` added).
     pub fn send(&mut self, line: &str) {
-        self.tls.write_all(line.as_bytes()).unwrap();
-        self.tls.write_all(b"\n").unwrap();
-        self.tls.flush().unwrap();
+        let sent = self.tls.write_all(line.as_bytes());
+        let sent = sent.and_then(|()| self.tls.write_all(b"\n"));
+        sent.and_then(|()| self.tls.flush())
+            .unwrap_or_else(|e| panic!("send to the agent: {e}"));
     }
 
     /// The next line (without `\n`), or `None` at EOF or after `limit`.
@@ -158,7 +145,8 @@ impl MiniConn {
     pub fn call(&mut self, request: &str, limit: Duration) -> Value {
         self.next_id += 1;
         let id = format!("t{}", self.next_id);
-        let mut v: Value = serde_json::from_str(request).unwrap();
+        let mut v: Value =
+            serde_json::from_str(request).unwrap_or_else(|e| panic!("{e}: {request}"));
         v["id"] = Value::String(id.clone());
         self.send(&v.to_string());
         self.read_until(limit, |a| a["id"] == id.as_str())

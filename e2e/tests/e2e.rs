@@ -1,4 +1,4 @@
-//! Operations end to end, with the real artefacts on loopback: the install
+//! End to end, with the real artefacts on loopback: the install
 //! tree from `scripts/install.sh --destdir`, the LSB init script driving
 //! it, the Debian package from `scripts/package.sh` (dpkg -i / -r / -P),
 //! plugins dropped into a running daemon's directory and replaced under
@@ -9,51 +9,29 @@
 //! temporary directory and the package are removed, also on failure
 //! (guards with `Drop`).
 
-use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use basicagent_testsupport::wait::wait_until;
+use basicagent_testsupport::{
+    alive, bins, free_addr_on, is_root, script, wait_for, workspace, AgentConfig, Dns, Pki, Server,
+    NAME, WAIT,
+};
 
 // ---------------------------------------------------------------- paths
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
-}
-
-/// target/debug (this test runs from target/debug/deps).
+/// target/debug, with what these tests need built.
 fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().to_owned();
-    for f in [
+    bins::bin_dir_with(&[
         "BasicAgent",
         "BasicAgentCtl",
         "BasicAgentServer",
         "libgetinfo_hello.so",
         "libgetinfo_kernel.so",
         "libsync_bash.so",
-    ] {
-        assert!(
-            dir.join(f).exists(),
-            "{} missing: run `cargo build --workspace` first (scripts/test.sh does)",
-            dir.join(f).display()
-        );
-    }
-    dir
-}
-
-fn script(name: &str) -> PathBuf {
-    workspace().join("scripts").join(name)
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    ])
 }
 
 fn have(cmd: &str) -> bool {
@@ -79,33 +57,9 @@ fn run_ok(cmd: &mut Command) -> Output {
     out
 }
 
-fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn alive(pid: i32) -> bool {
-    // A zombie of ours counts as gone.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
-}
-
 fn kill(pid: i32, sig: libc::c_int) {
-    // SAFETY: kill(2) on a pid this test started.
-    unsafe { libc::kill(pid, sig) };
+    // Whether it was sent does not matter here: gone is fine.
+    let _ = basicagent_testsupport::kill(pid, sig);
 }
 
 fn read_pid(path: &Path) -> Option<i32> {
@@ -129,172 +83,26 @@ impl Drop for PidGuard {
     }
 }
 
-// ---------------------------------------------------------------- certificates, server
+// ---------------------------------------------------------------- server, agent config
 
-struct Pki {
-    dir: tempfile::TempDir,
+/// The server on `ip` (a port free there) with the Pki's certificate.
+fn server_on(pki: &Pki, ip: &str) -> Server {
+    Server::serve(pki, &free_addr_on(ip).to_string(), "server", &[])
 }
 
-impl Pki {
-    fn new() -> Pki {
-        let dir = tempfile::tempdir().unwrap();
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "BasicAgent ops test CA");
-        let ca = params.self_signed(&ca_key).unwrap();
-        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let params = rcgen::CertificateParams::new(vec!["config.cargo.com".to_owned()]).unwrap();
-        let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
-        std::fs::write(dir.path().join("server.pem"), cert.pem()).unwrap();
-        std::fs::write(dir.path().join("server.key"), key.serialize_pem()).unwrap();
-        Pki { dir }
-    }
-
-    fn path(&self, file: &str) -> PathBuf {
-        self.dir.path().join(file)
-    }
-}
-
-/// A DNS server on loopback answering NXDOMAIN, so nothing leaves the host.
-fn nxdomain_server() -> SocketAddr {
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let addr = socket.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 512];
-        while let Ok((n, peer)) = socket.recv_from(&mut buf) {
-            if n < 12 {
-                continue;
-            }
-            let mut reply = buf[..n].to_vec();
-            reply[2] |= 0x80;
-            reply[3] = (reply[3] & 0xf0) | 0x80 | 3;
-            let _ = socket.send_to(&reply, peer);
-        }
-    });
-    addr
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Server {
-    child: Child,
-    dir: tempfile::TempDir,
-    ip: String,
-    port: u16,
-}
-
-impl Server {
-    fn start(pki: &Pki, ip: &str) -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let child = Command::new(bin_dir().join("BasicAgentServer"))
-            .arg("serve")
-            .args(["--listen", &format!("{ip}:{port}")])
-            .arg("--cert")
-            .arg(pki.path("server.pem"))
-            .arg("--key")
-            .arg(pki.path("server.key"))
-            .arg("--admin")
-            .arg(dir.path().join("admin.sock"))
-            .arg("--events")
-            .arg(dir.path().join("events.jsonl"))
-            .args(["--api", "127.0.0.1:0"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let s = Server {
-            child,
-            dir,
-            ip: ip.to_owned(),
-            port,
-        };
-        wait_for("the server to listen", Duration::from_secs(10), || {
-            std::fs::read_to_string(s.dir.path().join("events.jsonl"))
-                .unwrap_or_default()
-                .contains("\"listening\"")
-                .then_some(())
-        });
-        s
-    }
-
-    fn admin(&self) -> PathBuf {
-        self.dir.path().join("admin.sock")
-    }
-
-    fn hosts(&self) -> Vec<String> {
-        let out = Command::new(bin_dir().join("BasicAgentServer"))
-            .arg("list")
-            .arg("--admin")
-            .arg(self.admin())
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter_map(|v| v["host"].as_str().map(str::to_owned))
-            .collect()
-    }
-
-    fn wait_agent(&self) -> String {
-        wait_for("the agent to connect", Duration::from_secs(20), || {
-            self.hosts().into_iter().next()
-        })
-    }
-
-    fn call(&self, host: &str, request: &str) -> Value {
-        let out = Command::new(bin_dir().join("BasicAgentServer"))
-            .arg("call")
-            .arg("--admin")
-            .arg(self.admin())
-            .args(["--host", host, "--timeout", "30", request])
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        serde_json::from_str(stdout.trim())
-            .unwrap_or_else(|e| panic!("call {request}: {e}: {}", text(&out)))
-    }
-
-    /// Writes an agent configuration for this server into `dir/agent.toml`
-    /// (with a private hosts file); `plugin_dir` None leaves the default.
-    fn agent_config(&self, dir: &Path, plugin_dir: Option<&Path>, pki: &Pki) -> PathBuf {
-        std::fs::create_dir_all(dir).unwrap();
-        let hosts = dir.join("hosts");
-        std::fs::write(&hosts, format!("{} config.cargo.com\n", self.ip)).unwrap();
-        let plugin_line = plugin_dir
-            .map(|p| format!("plugin_dir = \"{}\"\n", p.display()))
-            .unwrap_or_default();
-        let config = format!(
-            "[server]\nname = \"config.cargo.com\"\nport = {port}\nca = \"{ca}\"\nhosts_file = \"{hosts}\"\n\
-             nameservers = [\"{dns}\"]\nconnect_timeout = 2\nhandshake_timeout = 3\n\n\
-             [agent]\nstate_dir = \"{state}\"\n{plugin_line}",
-            port = self.port,
-            ca = pki.path("ca.pem").display(),
-            hosts = hosts.display(),
-            dns = nxdomain_server(),
-            state = dir.join("state").display(),
-        );
-        let path = dir.join("agent.toml");
-        std::fs::write(&path, config).unwrap();
-        path
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Writes an agent configuration for `server` into `dir/agent.toml`
+/// (with a private hosts file); `plugin_dir` None leaves the default.
+fn agent_config(server: &Server, dir: &Path, plugin_dir: Option<&Path>, pki: &Pki) -> PathBuf {
+    let ip = server.listen.ip().to_string();
+    let mut config = AgentConfig::new(pki, server.listen.port(), &[&ip]);
+    config.name = Some(NAME.to_owned());
+    config.dns = Dns::Nxdomain;
+    config.plugin_dir = plugin_dir.map(Path::to_owned);
+    // Its own control socket (DIR/run/ctl.sock), never the default
+    // /run/basicagent/ctl.sock: tests run at once, and a BasicAgentCtl
+    // call of one test must not reach the daemon of another.
+    config.private_ctl = true;
+    config.write(dir)
 }
 
 /// A daemon started in the foreground by the test (its child).
@@ -331,11 +139,9 @@ impl Daemon {
     }
 
     fn wait_log(&self, needle: &str) {
-        wait_for(
-            &format!("{needle:?} in the log"),
-            Duration::from_secs(10),
-            || self.log().contains(needle).then_some(()),
-        );
+        wait_until(&format!("{needle:?} in the log"), || {
+            self.log().contains(needle)
+        });
     }
 }
 
@@ -343,6 +149,52 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A server on `ip` and a daemon in the foreground whose plugin directory
+/// starts with copies of the built `initial` plugins; `build/` for the
+/// test's own plugin builds. Everything is stopped and removed on drop.
+struct HotDir {
+    // Dropped first: the daemon, then the server, then the files.
+    daemon: Daemon,
+    server: Server,
+    host: String,
+    plugins: PathBuf,
+    build: PathBuf,
+    _pki: Pki,
+    _tmp: tempfile::TempDir,
+}
+
+impl HotDir {
+    fn start(ip: &str, initial: &[&str]) -> HotDir {
+        let bins = bin_dir();
+        let pki = Pki::new();
+        let server = server_on(&pki, ip);
+        let tmp = tempfile::tempdir().unwrap();
+        let plugins = tmp.path().join("plugins");
+        let build = tmp.path().join("build");
+        std::fs::create_dir_all(&plugins).unwrap();
+        std::fs::create_dir_all(&build).unwrap();
+        for name in initial {
+            install_plugin(&bins.join(name), &plugins, name);
+        }
+        let config = agent_config(&server, tmp.path(), Some(&plugins), &pki);
+        let log = tmp.path().join("agent.log");
+        let daemon = Daemon::start(&bins.join("BasicAgent"), &config, &log);
+        let host = server.wait_agent(WAIT);
+        // Its own control socket: another test's BasicAgentCtl never reaches it.
+        let ctl = tmp.path().join("run/ctl.sock");
+        wait_until("the daemon's own control socket", || ctl.exists());
+        HotDir {
+            daemon,
+            server,
+            host,
+            plugins,
+            build,
+            _pki: pki,
+            _tmp: tmp,
+        }
     }
 }
 
@@ -369,6 +221,13 @@ fn init(defaults: &Path, action: &str) -> Output {
         .env_remove("BASICAGENT_PLUGIN_DIR")
         .output()
         .unwrap()
+}
+
+/// [`init_at`], asserting the exit status `code` (`what` names the step).
+fn init_expect(init_path: &Path, defaults: &Path, action: &str, code: i32, what: &str) -> Output {
+    let out = init_at(init_path, defaults, action);
+    assert_eq!(out.status.code(), Some(code), "{what}: {}", text(&out));
+    out
 }
 
 fn init_at(init_path: &Path, defaults: &Path, action: &str) -> Output {
@@ -410,7 +269,7 @@ fn install_tree_and_the_init_script_start_status_reload_stop() {
         assert!(root.join(f).exists(), "{f} installed");
     }
     for f in [
-        "libgetinfo_testkit.so",
+        "libfixture_misbehave.so",
         "libgetinfo_hello.so",
         "libgetinfo_loadavg.so",
     ] {
@@ -449,9 +308,14 @@ fn install_tree_and_the_init_script_start_status_reload_stop() {
     // The installed configuration for this test: the server on 127.0.7.1,
     // the installed plugins.
     let pki = Pki::new();
-    let server = Server::start(&pki, "127.0.7.1");
+    let server = server_on(&pki, "127.0.7.1");
     let etc = root.join("etc/basicagent");
-    let config = server.agent_config(&etc, Some(&root.join("usr/lib/basicagent/plugins")), &pki);
+    let config = agent_config(
+        &server,
+        &etc,
+        Some(&root.join("usr/lib/basicagent/plugins")),
+        &pki,
+    );
     let pid_file = root.join("run/basicagent.pid");
     let log_file = root.join("var/log/basicagent/agent.log");
     let defaults = root.join("etc/default/basicagent");
@@ -469,23 +333,15 @@ fn install_tree_and_the_init_script_start_status_reload_stop() {
     let _guard = PidGuard(pid_file.clone());
     let init_script = root.join("etc/init.d/basicagent");
 
-    let out = init_at(&init_script, &defaults, "status");
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "not running yet: {}",
-        text(&out)
-    );
-    let out = init_at(&init_script, &defaults, "start");
-    assert_eq!(out.status.code(), Some(0), "start: {}", text(&out));
+    init_expect(&init_script, &defaults, "status", 3, "not running yet");
+    init_expect(&init_script, &defaults, "start", 0, "start");
     // The starter returned after the daemon took the pid file.
     let pid = read_pid(&pid_file).expect("the pid file is written when start returns");
     assert!(alive(pid));
-    let out = init_at(&init_script, &defaults, "status");
-    assert_eq!(out.status.code(), Some(0), "status: {}", text(&out));
+    let out = init_expect(&init_script, &defaults, "status", 0, "status");
     assert!(String::from_utf8_lossy(&out.stdout).contains(&pid.to_string()));
 
-    let host = server.wait_agent();
+    let host = server.wait_agent(WAIT);
     let kernel = server.call(&host, r#"{"method":"getinfo.kernel"}"#);
     assert_eq!(kernel["retcode"], 2, "{kernel}");
     let info = server.call(&host, r#"{"method":"agent.info"}"#);
@@ -495,8 +351,7 @@ fn install_tree_and_the_init_script_start_status_reload_stop() {
     );
 
     // A second start is harmless: same daemon, exit 0.
-    let out = init_at(&init_script, &defaults, "start");
-    assert_eq!(out.status.code(), Some(0), "second start: {}", text(&out));
+    let out = init_expect(&init_script, &defaults, "start", 0, "second start");
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("already running"),
         "{}",
@@ -516,54 +371,30 @@ fn install_tree_and_the_init_script_start_status_reload_stop() {
     assert_eq!(read_pid(&pid_file), Some(pid));
 
     // reload → SIGHUP: the log is reopened, the daemon keeps serving.
-    let out = init_at(&init_script, &defaults, "reload");
-    assert_eq!(out.status.code(), Some(0), "reload: {}", text(&out));
+    init_expect(&init_script, &defaults, "reload", 0, "reload");
     wait_for("the reload in the log", Duration::from_secs(10), || {
         std::fs::read_to_string(&log_file)
             .unwrap_or_default()
             .contains("log reopened")
             .then_some(())
     });
-    let out = init_at(&init_script, &defaults, "force-reload");
-    assert_eq!(out.status.code(), Some(0), "force-reload: {}", text(&out));
+    init_expect(&init_script, &defaults, "force-reload", 0, "force-reload");
     assert_eq!(server.call(&host, r#"{"method":"ping"}"#)["retcode"], 2);
     assert_eq!(read_pid(&pid_file), Some(pid));
 
     // stop waits for the process to end.
-    let out = init_at(&init_script, &defaults, "stop");
-    assert_eq!(out.status.code(), Some(0), "stop: {}", text(&out));
+    init_expect(&init_script, &defaults, "stop", 0, "stop");
     assert!(!alive(pid), "stop returned while pid {pid} still ran");
     assert!(!pid_file.exists(), "the daemon removed its pid file");
-    let out = init_at(&init_script, &defaults, "status");
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "status after stop: {}",
-        text(&out)
-    );
-    let out = init_at(&init_script, &defaults, "stop");
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stop when stopped: {}",
-        text(&out)
-    );
-    let out = init_at(&init_script, &defaults, "reload");
-    assert_eq!(
-        out.status.code(),
-        Some(7),
-        "reload when stopped: {}",
-        text(&out)
-    );
-    let out = init_at(&init_script, &defaults, "bogus");
-    assert_eq!(out.status.code(), Some(2));
+    init_expect(&init_script, &defaults, "status", 3, "status after stop");
+    init_expect(&init_script, &defaults, "stop", 0, "stop when stopped");
+    init_expect(&init_script, &defaults, "reload", 7, "reload when stopped");
+    init_expect(&init_script, &defaults, "bogus", 2, "an unknown action");
 
     // A stale pid file (a crash): status 1, and start still works.
     std::fs::write(&pid_file, "999999999\n").unwrap();
-    let out = init_at(&init_script, &defaults, "status");
-    assert_eq!(out.status.code(), Some(1), "stale pid file: {}", text(&out));
-    let out = init_at(&init_script, &defaults, "restart");
-    assert_eq!(out.status.code(), Some(0), "restart: {}", text(&out));
+    init_expect(&init_script, &defaults, "status", 1, "stale pid file");
+    init_expect(&init_script, &defaults, "restart", 0, "restart");
     let pid2 = read_pid(&pid_file).unwrap();
     assert!(pid2 != pid && alive(pid2));
     // The repository copy (environment overrides only) sees the same daemon.
@@ -575,8 +406,7 @@ fn install_tree_and_the_init_script_start_status_reload_stop() {
 
     // A configuration error: start fails with the daemon's message, status 3.
     std::fs::write(&config, "[server]\nprot = 1\n").unwrap();
-    let out = init_at(&init_script, &defaults, "start");
-    assert_eq!(out.status.code(), Some(1), "bad config: {}", text(&out));
+    let out = init_expect(&init_script, &defaults, "start", 1, "bad config");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("prot"),
         "{}",
@@ -729,9 +559,9 @@ fn the_debian_package_installs_runs_and_removes_cleanly() {
     // test's (BASICAGENT_DEFAULTS); binary, plugins and init script are the
     // package's.
     let pki = Pki::new();
-    let server = Server::start(&pki, "127.0.7.2");
+    let server = server_on(&pki, "127.0.7.2");
     let run = tmp.path().join("run");
-    let config = server.agent_config(&run, None, &pki);
+    let config = agent_config(&server, &run, None, &pki);
     let pid_file = run.join("agent.pid");
     let defaults = run.join("defaults");
     std::fs::write(
@@ -753,7 +583,7 @@ fn the_debian_package_installs_runs_and_removes_cleanly() {
         std::fs::read_link(format!("/proc/{pid}/exe")).unwrap(),
         Path::new("/usr/sbin/BasicAgent")
     );
-    let host = server.wait_agent();
+    let host = server.wait_agent(WAIT);
     let info = server.call(&host, r#"{"method":"agent.info"}"#);
     assert_eq!(
         info["data"]["plugin_dir"], "/usr/lib/basicagent/plugins",
@@ -902,21 +732,9 @@ static const ba_plugin_descriptor desc = {{
 #[test]
 fn plugins_dropped_into_a_running_daemon_are_served_and_replaced_on_sighup() {
     let bins = bin_dir();
-    let pki = Pki::new();
-    let server = Server::start(&pki, "127.0.7.3");
-    let tmp = tempfile::tempdir().unwrap();
-    let plugins = tmp.path().join("plugins");
-    let build = tmp.path().join("build");
-    std::fs::create_dir_all(&plugins).unwrap();
-    std::fs::create_dir_all(&build).unwrap();
-    install_plugin(&bins.join("libsync_bash.so"), &plugins, "libsync_bash.so");
-    let config = server.agent_config(tmp.path(), Some(&plugins), &pki);
-    let daemon = Daemon::start(
-        &bins.join("BasicAgent"),
-        &config,
-        &tmp.path().join("agent.log"),
-    );
-    let host = server.wait_agent();
+    let hot = HotDir::start("127.0.7.3", &["libsync_bash.so"]);
+    let (server, daemon, host) = (&hot.server, &hot.daemon, hot.host.clone());
+    let (plugins, build) = (hot.plugins.clone(), hot.build.clone());
 
     // Not there yet: unknown method.
     let v = server.call(&host, r#"{"method":"getinfo.hello"}"#);
@@ -945,7 +763,7 @@ fn plugins_dropped_into_a_running_daemon_are_served_and_replaced_on_sighup() {
     // A call in flight in a plugin that is replaced meanwhile finishes
     // normally in the old copy.
     let slow = {
-        let admin = server.admin();
+        let admin = server.admin.clone();
         let host = host.clone();
         std::thread::spawn(move || {
             Command::new(bin_dir().join("BasicAgentServer"))
@@ -1016,21 +834,9 @@ fn plugins_dropped_into_a_running_daemon_are_served_and_replaced_on_sighup() {
 /// does not stand in for the new file.
 #[test]
 fn a_refused_plugin_replaced_by_a_good_build_is_served() {
-    let bins = bin_dir();
-    let pki = Pki::new();
-    let server = Server::start(&pki, "127.0.7.5");
-    let tmp = tempfile::tempdir().unwrap();
-    let plugins = tmp.path().join("plugins");
-    let build = tmp.path().join("build");
-    std::fs::create_dir_all(&plugins).unwrap();
-    std::fs::create_dir_all(&build).unwrap();
-    let config = server.agent_config(tmp.path(), Some(&plugins), &pki);
-    let daemon = Daemon::start(
-        &bins.join("BasicAgent"),
-        &config,
-        &tmp.path().join("agent.log"),
-    );
-    let host = server.wait_agent();
+    let hot = HotDir::start("127.0.7.5", &[]);
+    let (server, daemon, host) = (&hot.server, &hot.daemon, hot.host.clone());
+    let (plugins, build) = (hot.plugins.clone(), hot.build.clone());
     let bad = c_plugin(&build, "getinfo.fixme", "1", false);
     install_plugin(&bad, &plugins, "libgetinfo_fixme.so");
     let v = server.call(&host, r#"{"method":"getinfo.fixme"}"#);
@@ -1052,12 +858,12 @@ fn a_refused_plugin_replaced_by_a_good_build_is_served() {
 fn a_renamed_log_is_replaced_by_a_fresh_file_on_sighup_and_sigusr1() {
     let bins = bin_dir();
     let pki = Pki::new();
-    let server = Server::start(&pki, "127.0.7.4");
+    let server = server_on(&pki, "127.0.7.4");
     let tmp = tempfile::tempdir().unwrap();
-    let config = server.agent_config(tmp.path(), Some(&bins), &pki);
+    let config = agent_config(&server, tmp.path(), Some(&bins), &pki);
     let log = tmp.path().join("agent.log");
     let daemon = Daemon::start(&bins.join("BasicAgent"), &config, &log);
-    let host = server.wait_agent();
+    let host = server.wait_agent(WAIT);
     daemon.wait_log("BasicAgent");
 
     for (round, sig) in [(1, libc::SIGHUP), (2, libc::SIGUSR1)] {
@@ -1118,11 +924,11 @@ fn a_renamed_log_is_replaced_by_a_fresh_file_on_sighup_and_sigusr1() {
 fn a_refused_plugin_is_logged_at_the_default_level() {
     let bins = bin_dir();
     let pki = Pki::new();
-    let server = Server::start(&pki, "127.0.7.6");
+    let server = server_on(&pki, "127.0.7.6");
     let tmp = tempfile::tempdir().unwrap();
     let plugins = tmp.path().join("plugins");
     std::fs::create_dir_all(&plugins).unwrap();
-    let config = server.agent_config(tmp.path(), Some(&plugins), &pki);
+    let config = agent_config(&server, tmp.path(), Some(&plugins), &pki);
     let log = tmp.path().join("agent.log");
     let child = Command::new(bins.join("BasicAgent"))
         .arg("-c")
@@ -1135,7 +941,7 @@ fn a_refused_plugin_is_logged_at_the_default_level() {
         .spawn()
         .unwrap();
     let daemon = Daemon { child, log };
-    let host = server.wait_agent();
+    let host = server.wait_agent(WAIT);
     std::fs::write(plugins.join("libgetinfo_junk.so"), b"not a plugin\n").unwrap();
     let v = server.call(&host, r#"{"method":"getinfo.junk"}"#);
     assert_eq!(v["retcode"], 3025, "{v}");
@@ -1145,4 +951,69 @@ fn a_refused_plugin_is_logged_at_the_default_level() {
         text.contains("libgetinfo_junk.so"),
         "no log line names the refused file at level info:\n{text}"
     );
+}
+
+// ---------------------------------------------------------------- scripts/lib/loopback.sh
+
+/// The set-up demo.sh, bench.sh and soak.sh share, run as they run it:
+/// certificates with openssl, the hosts file, the agent config (DNS off),
+/// a port free on two addresses, the real server and agent, the wait for
+/// the agent, the stop; and, as root, a private /etc by unshare -m.
+#[test]
+fn the_scripts_loopback_library_brings_up_a_server_and_an_agent() {
+    if !have("openssl") {
+        eprintln!("skipped: needs openssl");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let bins = bin_dir();
+    let script = r#"
+set -euo pipefail
+. scripts/lib/loopback.sh
+D=$1 BIN=$2
+ba_certs "$D" >/dev/null
+PORT=$(ba_free_port 127.0.7.8 127.0.7.9)
+ba_hosts_file "$D/hosts" 127.0.7.9 127.0.7.8
+ba_agent_config "$D/agent.toml" "$D" "$PORT" "$BIN" "ctl_socket = \"$D/run/ctl.sock\""
+"$BIN/BasicAgentServer" serve --listen "127.0.7.8:$PORT" --cert "$D/server.pem" --key "$D/server.key" \
+    --admin "$D/admin.sock" --api none 2>"$D/server.log" &
+SERVER=$!
+ba_wait_socket "$D/admin.sock" || { cat "$D/server.log" >&2; exit 1; }
+ba_wait_port 127.0.7.8 "$PORT"
+"$BIN/BasicAgent" -c "$D/agent.toml" -f -L "$D/agent.log" &
+AGENT=$!
+HOST=$(ba_wait_agent "$BIN/BasicAgentServer" "$D/admin.sock") || { tail "$D/agent.log" >&2; exit 1; }
+echo "host=$HOST"
+ba_stop "$AGENT" "$SERVER"
+kill -0 "$AGENT" 2>/dev/null && { echo "the agent survived ba_stop" >&2; exit 1; }
+if [ "$(id -u)" = 0 ] && [ -e /etc/hostname ]; then
+    mkdir "$D/etc"
+    printf 'e2e-private-etc\n' > "$D/etc/hostname"
+    ba_private_etc "$D/etc" 60 -- cat /etc/hostname
+fi
+"#;
+    let out = run_ok(
+        Command::new("bash")
+            .args(["-c", script, "loopback"])
+            .arg(tmp.path())
+            .arg(&bins)
+            .current_dir(workspace()),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("host="), "{}", text(&out));
+    let config = std::fs::read_to_string(tmp.path().join("agent.toml")).unwrap();
+    assert!(config.contains("dns = false"), "{config}");
+    let hosts = std::fs::read_to_string(tmp.path().join("hosts")).unwrap();
+    assert_eq!(
+        hosts,
+        "127.0.7.9 config.cargo.com\n127.0.7.8 config.cargo.com\n"
+    );
+    if is_root() && Path::new("/etc/hostname").exists() {
+        assert!(stdout.contains("e2e-private-etc"), "{}", text(&out));
+        let real = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+        assert!(
+            !real.contains("e2e-private-etc"),
+            "the machine's /etc is untouched"
+        );
+    }
 }

@@ -1,1 +1,0 @@
-//! Operations tests only (`tests/ops.rs`): install.sh, the init script, the Debian package, hot-added plugins and log rotation against the built workspace.
