@@ -6,6 +6,7 @@
 //! the previous line's bytes (without its `\n`); the first line of a log
 //! has [`GENESIS`]; the first line of a file after a rotation carries
 //! `rotated_from: {"file", "last"}` with `prev` equal to `last`.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 use std::path::{Path, PathBuf};
 

@@ -11,6 +11,7 @@
 //! is; [`request`], [`response`], [`init`], [`task`] read and write each
 //! message; [`server_list`] parses redirect targets; [`retcode`] holds the
 //! result codes.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod envelope;
 pub mod frame;

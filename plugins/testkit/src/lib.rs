@@ -1,6 +1,7 @@
 //! `getinfo.testkit`: a plugin that misbehaves on request, so tests can
 //! prove the host survives it (panics, dropped calls, double completion,
 //! invalid JSON, slow completions). Never installed.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 use basicagent_abi::retcode;
 use basicagent_abi::sdk::{Call, PluginSpec};
