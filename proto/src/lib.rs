@@ -17,6 +17,7 @@ pub mod envelope;
 pub mod frame;
 pub mod incoming;
 pub mod init;
+pub mod quarantine;
 pub mod request;
 pub mod response;
 pub mod retcode;
