@@ -8,6 +8,8 @@
 //! `rotated_from: {"file", "last"}` with `prev` equal to `last`.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod record;
+
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;

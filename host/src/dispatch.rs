@@ -210,7 +210,7 @@ impl Dispatcher {
         frame: &[u8],
     ) -> Result<Option<crate::audit::Note>, String> {
         match &self.audit {
-            Some(a) => a.begin(&self.peer, method, id, frame),
+            Some(a) => a.begin(&self.peer, method, id.map(RawValue::get), frame),
             None => Ok(None),
         }
     }
@@ -538,7 +538,7 @@ impl Dispatcher {
         // thread is a refusal inside `call`: nothing ran, no line).
         let audited = |inner: basicagent_abi::host::Completer| match note {
             Some(mut note) => {
-                note.set("task", Value::String(task.clone()));
+                note.set_task(&task);
                 crate::audit::after_line(note, Some(self.loop_thread), inner)
             }
             None => inner,

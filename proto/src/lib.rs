@@ -13,6 +13,7 @@
 //! result codes.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod audit;
 pub mod envelope;
 pub mod frame;
 pub mod incoming;
