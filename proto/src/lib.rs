@@ -22,6 +22,7 @@ pub mod quarantine;
 pub mod request;
 pub mod response;
 pub mod retcode;
+pub mod schedule;
 pub mod server_list;
 pub mod task;
 
