@@ -304,7 +304,8 @@ impl ScheduleFile {
     /// it. `None`: not a schedule file.
     pub fn parse(bytes: &[u8], id: &str) -> Option<ScheduleFile> {
         let v: Value = serde_json::from_slice(bytes).ok()?;
-        if !v.is_object() {
+        // Objects only: serde would read a struct from an array too.
+        if !v.is_object() || !v.get("state").is_some_and(Value::is_object) {
             return None;
         }
         let f: FileRead = serde_json::from_value(v).ok()?;
@@ -485,6 +486,7 @@ mod tests {
             r#"{"params":{},"state":{"anchor":0,"created":0,"runs":-1,"paused":false}}"#,
             r#"{"params":{},"state":{"anchor":0,"created":0,"runs":0}}"#,
             r#"{"params":{}}"#,
+            r#"{"params":{},"state":[0,0,null,0,false,null]}"#,
         ] {
             assert!(ScheduleFile::parse(bad.as_bytes(), "x").is_none(), "{bad}");
         }
