@@ -10,7 +10,8 @@
 //! Map: [`frame`] splits bytes into lines; [`incoming`] says what a line
 //! is; [`request`], [`response`], [`init`], [`task`] read and write each
 //! message; [`server_list`] parses redirect targets; [`retcode`] holds the
-//! result codes.
+//! result codes; [`schedule`], [`quarantine`] and [`audit`] hold the
+//! agent's `schedule.*` types, its quarantine entries and audit health.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod audit;
