@@ -453,6 +453,40 @@ mod tests {
     }
 
     #[test]
+    fn verify_accepts_a_line_of_the_map_era_followed_by_records() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.log");
+        // As the agent wrote it before Record (a sorted Map), with a member
+        // no Record has (`n`): verify reads only the chain members.
+        let old = format!(
+            r#"{{"fingerprint":"local","id":null,"method":"getinfo.kernel","n":1,"prev":"{}","requested":"2026-12-01T20:00:00.000Z","requested_ms":1796155200000,"retcode":0,"server":"local","time":"2026-12-01T20:00:00.001Z","unix_ms":1796155200001}}"#,
+            crate::GENESIS
+        );
+        let mut text = format!("{old}\n");
+        let mut prev = sha256_hex(old.as_bytes());
+        for i in 0..2 {
+            let mut r = Record::request(
+                "127.0.0.1:1",
+                "ab",
+                Some(&i.to_string()),
+                "sync.bash",
+                br#"{"cmd":"true"}"#,
+                CommandText::Full,
+                stamp(i),
+            );
+            r.finish(0, Some(r#"{"exitcode":0}"#), stamp(i + 1));
+            r.prev = Some(prev.clone());
+            let line = r.to_line().expect("line");
+            prev = sha256_hex(&line);
+            text.push_str(std::str::from_utf8(&line).expect("utf-8"));
+            text.push('\n');
+        }
+        std::fs::write(&path, text).expect("write");
+        let ok = crate::verify(&[path]).expect("verifies");
+        assert_eq!((ok.lines, ok.last), (3, prev));
+    }
+
+    #[test]
     fn a_multibyte_command_is_cut_on_a_character_boundary() {
         let cmd = "é".repeat(COMMAND_MAX);
         let frame = json!({ "cmd": cmd }).to_string();
