@@ -1,5 +1,6 @@
 //! Compiles `shim/descriptor_shim.c` into `libfuzz_descriptor.so` (for the
 //! `plugin_descriptor` target) and passes its path as `FUZZ_DESCRIPTOR_SO`.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -7,6 +7,7 @@
 //! use [`sdk`] and [`export_plugin!`]; hosts (the daemon and the ctl tool)
 //! use [`loader`] and [`host`]. Bytes cross as (pointer, length) and are
 //! copied by the receiver; calls are identified by tokens, not pointers.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod args;
 pub mod ffi;

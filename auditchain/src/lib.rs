@@ -6,6 +6,9 @@
 //! the previous line's bytes (without its `\n`); the first line of a log
 //! has [`GENESIS`]; the first line of a file after a rotation carries
 //! `rotated_from: {"file", "last"}` with `prev` equal to `last`.
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+pub mod record;
 
 use std::path::{Path, PathBuf};
 

@@ -57,6 +57,7 @@
 //! # Ok(()) }
 //! ```
 
+#![deny(clippy::undocumented_unsafe_blocks)]
 #![deny(missing_docs)]
 
 pub mod placement;

@@ -6,6 +6,7 @@
 //! `main` parses flags and delegates to [`run`]. The ctl tool uses the very
 //! same loader and ABI as the daemon, so what it prints is what a server
 //! would receive (without the `id`).
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 /// `println!` that treats a closed stdout (`BasicAgentCtl -l | head`) as
 /// the end of the output, not as a panic.

@@ -34,6 +34,7 @@
 //! already opened descriptor. Callers that need the very bytes checked use
 //! the returned [`File`] (the plugin loader hands `/proc/self/fd/N` of it
 //! to `dlopen`).
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 use std::collections::VecDeque;
 use std::ffi::{CString, OsStr, OsString};
@@ -184,8 +185,8 @@ pub struct Policy {
 impl Policy {
     /// The rule for this process's effective uid.
     pub fn current() -> Policy {
-        // SAFETY: geteuid has no preconditions and cannot fail.
         Policy {
+            // SAFETY: geteuid has no preconditions and cannot fail.
             euid: unsafe { libc::geteuid() },
         }
     }

@@ -3,6 +3,7 @@
 //! `split_args`, `parse_opts`), which every getinfo collector uses.
 //! Nothing may panic; words quoted back (`'...'`, `'\''` for a quote) and
 //! joined with spaces must split into the same words.
+#![deny(clippy::undocumented_unsafe_blocks)]
 #![no_main]
 
 use basicagent_collector_kit::args::{parse_opts, split_args};

@@ -4,6 +4,7 @@
 //! longer than the maximum (plus a `\r`), and that the buffered partial
 //! line stays bounded by the maximum (memory bounded whatever the peer
 //! sends).
+#![deny(clippy::undocumented_unsafe_blocks)]
 #![no_main]
 
 use basicagent_proto::FrameDecoder;

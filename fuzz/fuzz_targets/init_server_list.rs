@@ -2,6 +2,7 @@
 //! server-list parser behind it (`parse_server_list`, `parse_server_addr`).
 //! Nothing may panic; every accepted address, written back with `Display`,
 //! must parse to the same address.
+#![deny(clippy::undocumented_unsafe_blocks)]
 #![no_main]
 
 use basicagent_proto::{parse_server_addr, parse_server_list, InitReply};

@@ -4,6 +4,7 @@
 //! up to 300 method names with or without a terminator within 256 entries,
 //! NULL or present `call`, an `init` that succeeds or fails. Nothing may
 //! panic; an accepted plugin serves only valid method names.
+#![deny(clippy::undocumented_unsafe_blocks)]
 #![no_main]
 
 use std::ffi::{c_char, CString};

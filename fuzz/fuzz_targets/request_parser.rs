@@ -3,6 +3,7 @@
 //! `Incoming::classify`, and the `Response`, `Init`, `TaskDone` and
 //! `TaskAck` decoders. Nothing may panic; a request renumbered with
 //! `with_id` must parse again with the same method and the new id.
+#![deny(clippy::undocumented_unsafe_blocks)]
 #![no_main]
 
 use basicagent_proto::init::Init;

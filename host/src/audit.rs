@@ -10,8 +10,9 @@
 //! command already ran); the failure is logged and counted, and with
 //! `on_failure = "refuse"` new commands are refused until a write succeeds.
 //!
-//! The line JSON is the agent's own file format (not wire JSON) and is
-//! built with `serde_json` here. `prev` is the lowercase hex SHA-256 of the
+//! The line is the agent's own file format (not wire JSON); its record
+//! type and how it is built from a request and its answer live in
+//! `basicagent_auditchain::record`, beside the chain rule. `prev` is the lowercase hex SHA-256 of the
 //! previous line's bytes without its `\n`; the first line of a log is
 //! chained to 64 zeros; the first line after a rotation carries
 //! `rotated_from: {file, last}` with the rotated file's last hash.
@@ -23,37 +24,18 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 
-use serde::Deserialize;
-use serde_json::{Map, Value};
+use basicagent_auditchain::record::{CommandText, Record, RotatedFrom, Stamp, Torn};
+use basicagent_proto::audit::AuditHealth;
 
+pub use basicagent_auditchain::record::{COMMAND_MAX, VALUE_MAX};
 pub use basicagent_auditchain::{
     default_files, rotated_path, sha256_hex, verify, Verified, VerifyError, GENESIS,
 };
 
 use crate::config::{AuditCommands, AuditConfig, AuditFsync, AuditGetinfo, AuditOnFailure};
 
-/// Longest command text kept in a line; past it the text is cut
-/// (`command_truncated`) and `command_sha256` still covers all of it. This
-/// bounds a line, so the tail read at start (`TAIL_MAX`) finds the last one.
-pub const COMMAND_MAX: usize = 64 * 1024;
-
-/// Longest JSON text of any other recorded value (`id`, `args`, a limit,
-/// a result field); past it the value is replaced by
-/// `{"sha256": H, "bytes": N}` of its JSON. With [`COMMAND_MAX`] this keeps
-/// every line well under [`TAIL_MAX`], whatever a peer sends.
-pub const VALUE_MAX: usize = 4096;
-
-/// A value as recorded: itself, or its digest if its JSON is too long.
-fn bounded(v: Value) -> Value {
-    let text = v.to_string();
-    if text.len() <= VALUE_MAX {
-        v
-    } else {
-        serde_json::json!({ "sha256": sha256_hex(text.as_bytes()), "bytes": text.len() })
-    }
-}
-
-/// Bytes read back from the end of the log at start.
+/// Bytes read back from the end of the log at start ([`COMMAND_MAX`] and
+/// [`VALUE_MAX`] keep every line well under it, whatever a peer sends).
 const TAIL_MAX: u64 = 256 * 1024;
 
 /// Lines written per batch at most (`fsync = "batch"`).
@@ -103,7 +85,7 @@ pub trait Disk: Send {
 
 /// One line to write and the delivery that waits for it.
 pub struct Job {
-    pub entry: Map<String, Value>,
+    pub entry: Record,
     pub then: Box<dyn FnOnce() + Send>,
 }
 
@@ -142,12 +124,12 @@ impl Health {
         self.written.load(Ordering::Relaxed)
     }
     /// For `agent.info`: `{"lines","failures","failing"}`.
-    pub fn report(&self) -> Value {
-        serde_json::json!({
-            "lines": self.written(),
-            "failures": self.failures(),
-            "failing": self.failing(),
-        })
+    pub fn report(&self) -> AuditHealth {
+        AuditHealth {
+            lines: self.written(),
+            failures: self.failures(),
+            failing: self.failing(),
+        }
     }
 }
 
@@ -158,9 +140,9 @@ pub struct Writer<D: Disk> {
     max_bytes: u64,
     fsync: AuditFsync,
     /// Set for the next line: what the previous file was.
-    rotated_from: Option<Value>,
+    rotated_from: Option<RotatedFrom>,
     /// Set for the next line: a torn tail found (and cut) at start.
-    torn: Option<Value>,
+    torn: Option<Torn>,
     health: Arc<Health>,
 }
 
@@ -188,21 +170,24 @@ impl<D: Disk> Writer<D> {
         &self.last
     }
 
-    fn write_line(&mut self, mut entry: Map<String, Value>) -> io::Result<()> {
-        let estimate = serde_json::to_vec(&entry).map_or(0, |v| v.len()) as u64 + 256;
+    fn write_line(&mut self, mut entry: Record) -> io::Result<()> {
+        let estimate = entry.to_line().map_or(0, |v| v.len()) as u64 + 256;
         if self.disk.size() > 0 && self.disk.size().saturating_add(estimate) > self.max_bytes {
             let name = self.disk.rotate()?;
             log::info!("audit log rotated: the old file is now {name}");
-            self.rotated_from = Some(serde_json::json!({ "file": name, "last": self.last }));
+            self.rotated_from = Some(RotatedFrom {
+                file: Some(name),
+                last: self.last.clone(),
+            });
         }
-        entry.insert("prev".into(), Value::String(self.last.clone()));
+        entry.prev = Some(self.last.clone());
         if let Some(r) = &self.rotated_from {
-            entry.insert("rotated_from".into(), r.clone());
+            entry.rotated_from = Some(r.clone());
         }
         if let Some(t) = &self.torn {
-            entry.insert("torn".into(), t.clone());
+            entry.torn = Some(t.clone());
         }
-        let mut bytes = serde_json::to_vec(&Value::Object(entry)).map_err(io::Error::other)?;
+        let mut bytes = entry.to_line().map_err(io::Error::other)?;
         let hash = sha256_hex(&bytes);
         bytes.push(b'\n');
         self.disk.append(&bytes)?;
@@ -263,8 +248,8 @@ impl<D: Disk> Writer<D> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Start {
     pub last: String,
-    pub rotated_from: Option<Value>,
-    pub torn: Option<Value>,
+    pub rotated_from: Option<RotatedFrom>,
+    pub torn: Option<Torn>,
 }
 
 /// The log file with its rotated predecessors `PATH.1` … `PATH.KEEP`.
@@ -349,7 +334,7 @@ impl FileDisk {
                 );
                 file.set_len(end)?;
                 file.sync_data()?;
-                Some(serde_json::json!({ "bytes": t.len(), "sha256": sha256_hex(&t) }))
+                Some(Torn::of(&t))
             }
             None => None,
         };
@@ -371,8 +356,10 @@ impl FileDisk {
                     {
                         start.last = sha256_hex(&line);
                         let name = old.file_name().map(|n| n.to_string_lossy().into_owned());
-                        start.rotated_from =
-                            Some(serde_json::json!({ "file": name, "last": start.last }));
+                        start.rotated_from = Some(RotatedFrom {
+                            file: name,
+                            last: start.last.clone(),
+                        });
                     }
                 }
             }
@@ -444,49 +431,16 @@ pub struct Audit {
 /// A request being audited: its line so far, finished at answer time.
 pub struct Note {
     audit: Audit,
-    entry: Map<String, Value>,
+    entry: Record,
 }
 
-/// Result fields copied from a plugin's answer data (others are skipped
-/// unread: the streams themselves never reach the log).
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct Outcome {
-    exitcode: Option<Value>,
-    signal: Option<Value>,
-    killed_by: Option<Value>,
-    processes_killed: Option<Value>,
-    containment: Option<Value>,
-    usage: Option<Value>,
-    stdout_bytes: Option<Value>,
-    stderr_bytes: Option<Value>,
-    stdout_sha256: Option<Value>,
-    stderr_sha256: Option<Value>,
-    user: Option<Value>,
-    group: Option<Value>,
-    uid: Option<Value>,
-    gid: Option<Value>,
-}
-
-/// Request keys recorded as the limits applied.
-const LIMIT_KEYS: [&str; 8] = [
-    "timeout",
-    "memory_max",
-    "pids_max",
-    "cpu_max",
-    "nice",
-    "max_output",
-    "user",
-    "group",
-];
-
-fn now_fields(entry: &mut Map<String, Value>, key_time: &str, key_ms: &str) {
+/// The wall clock now, as a line records it.
+fn stamp() -> Stamp {
     let now = chrono::Utc::now();
-    entry.insert(
-        key_time.into(),
-        Value::String(now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
-    );
-    entry.insert(key_ms.into(), Value::from(now.timestamp_millis()));
+    Stamp {
+        rfc3339: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        unix_ms: now.timestamp_millis(),
+    }
 }
 
 impl Audit {
@@ -542,7 +496,7 @@ impl Audit {
 
     /// Hands a line to the writer; `then` runs once it is written (or
     /// failed). If the writer is gone, `then` runs at once.
-    pub fn submit(&self, entry: Map<String, Value>, then: Box<dyn FnOnce() + Send>) {
+    pub fn submit(&self, entry: Record, then: Box<dyn FnOnce() + Send>) {
         if let Err(mpsc::SendError(job)) = self.tx.send(Job { entry, then }) {
             log::error!("audit log: the writer thread is gone; answer sent unaudited");
             self.health
@@ -551,13 +505,14 @@ impl Audit {
         }
     }
 
-    /// Starts the line of a request to `method` (`Ok(None)`: not audited;
+    /// Starts the line of a request to `method` (`id`: the JSON text of its
+    /// id; `Ok(None)`: not audited;
     /// `Err`: refused while the log fails, with `on_failure = "refuse"`).
     pub fn begin(
         &self,
         peer: &Peer,
         method: &str,
-        id: Option<&serde_json::value::RawValue>,
+        id: Option<&str>,
         frame: &[u8],
     ) -> Result<Option<Note>, String> {
         if method.starts_with("getinfo.") && self.getinfo == AuditGetinfo::Off {
@@ -567,7 +522,7 @@ impl Audit {
             // The refusal is a line too: it records what was refused and,
             // once the disk has room again, its write clears the failure.
             if let Some(mut note) = self.begin_unchecked(peer, method, id, frame) {
-                note.set("refused", Value::String("audit log failing".into()));
+                note.entry.refused = Some("audit log failing".into());
                 let line = note.finish(3026, None);
                 self.submit(line.entry, Box::new(|| {}));
             }
@@ -599,9 +554,9 @@ impl Audit {
             log::warn!("schedule {schedule}: run {run} starts although the audit log is failing (decided already)");
         }
         let mut note = self.line(&Peer::local(), method, None, frame);
-        note.set("schedule", Value::String(schedule.to_owned()));
-        note.set("run", Value::from(run));
-        note.set("task", Value::String(task.to_owned()));
+        note.entry.schedule = Some(schedule.to_owned());
+        note.entry.run = Some(run);
+        note.entry.task = Some(task.to_owned());
         Some(note)
     }
 
@@ -611,7 +566,7 @@ impl Audit {
         &self,
         peer: &Peer,
         method: &str,
-        id: Option<&serde_json::value::RawValue>,
+        id: Option<&str>,
         frame: &[u8],
     ) -> Option<Note> {
         if method.starts_with("getinfo.") && self.getinfo == AuditGetinfo::Off {
@@ -620,59 +575,20 @@ impl Audit {
         Some(self.line(peer, method, id, frame))
     }
 
-    fn line(
-        &self,
-        peer: &Peer,
-        method: &str,
-        id: Option<&serde_json::value::RawValue>,
-        frame: &[u8],
-    ) -> Note {
-        let mut entry = Map::new();
-        now_fields(&mut entry, "requested", "requested_ms");
-        entry.insert("server".into(), Value::String(peer.server.clone()));
-        entry.insert(
-            "fingerprint".into(),
-            Value::String(peer.fingerprint.clone()),
+    fn line(&self, peer: &Peer, method: &str, id: Option<&str>, frame: &[u8]) -> Note {
+        let text = match self.commands {
+            AuditCommands::Full => CommandText::Full,
+            AuditCommands::Hash => CommandText::Hash,
+        };
+        let entry = Record::request(
+            &peer.server,
+            &peer.fingerprint,
+            id,
+            method,
+            frame,
+            text,
+            stamp(),
         );
-        entry.insert(
-            "id".into(),
-            bounded(
-                id.and_then(|r| serde_json::from_str::<Value>(r.get()).ok())
-                    .unwrap_or(Value::Null),
-            ),
-        );
-        entry.insert("method".into(), bounded(Value::String(method.to_owned())));
-        let request = serde_json::from_slice::<Value>(frame).unwrap_or(Value::Null);
-        if let Some(cmd) = request.get("cmd").and_then(Value::as_str) {
-            entry.insert(
-                "command_sha256".into(),
-                Value::String(sha256_hex(cmd.as_bytes())),
-            );
-            if self.commands == AuditCommands::Full {
-                let mut cut = cmd.len().min(COMMAND_MAX);
-                while !cmd.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                entry.insert("command".into(), Value::String(cmd[..cut].to_owned()));
-                if cut < cmd.len() {
-                    entry.insert("command_truncated".into(), Value::Bool(true));
-                }
-            }
-        }
-        if let Some(args) = request.get("args") {
-            entry.insert("args".into(), bounded(args.clone()));
-        }
-        let limits: Map<String, Value> = LIMIT_KEYS
-            .iter()
-            .filter_map(|k| {
-                request
-                    .get(*k)
-                    .map(|v| ((*k).to_owned(), bounded(v.clone())))
-            })
-            .collect();
-        if !limits.is_empty() {
-            entry.insert("limits".into(), Value::Object(limits));
-        }
         Note {
             audit: self.clone(),
             entry,
@@ -681,39 +597,14 @@ impl Audit {
 }
 
 impl Note {
-    /// Adds a field (`task`, `schedule`).
-    pub fn set(&mut self, key: &str, value: Value) {
-        self.entry.insert(key.to_owned(), value);
+    /// Records the task the request became (`async.bash`).
+    pub fn set_task(&mut self, task: &str) {
+        self.entry.task = Some(task.to_owned());
     }
 
     /// The line at answer time: retcode and the outcome from the data.
     pub fn finish(mut self, retcode: u32, data: Option<&str>) -> Finished {
-        now_fields(&mut self.entry, "time", "unix_ms");
-        self.entry.insert("retcode".into(), Value::from(retcode));
-        let outcome = data
-            .and_then(|d| serde_json::from_str::<Outcome>(d).ok())
-            .unwrap_or_default();
-        let fields = [
-            ("exitcode", outcome.exitcode),
-            ("signal", outcome.signal),
-            ("killed_by", outcome.killed_by),
-            ("processes_killed", outcome.processes_killed),
-            ("containment", outcome.containment),
-            ("usage", outcome.usage),
-            ("stdout_bytes", outcome.stdout_bytes),
-            ("stderr_bytes", outcome.stderr_bytes),
-            ("stdout_sha256", outcome.stdout_sha256),
-            ("stderr_sha256", outcome.stderr_sha256),
-            ("user", outcome.user),
-            ("group", outcome.group),
-            ("uid", outcome.uid),
-            ("gid", outcome.gid),
-        ];
-        for (k, v) in fields {
-            if let Some(v) = v {
-                self.entry.insert(k.into(), bounded(v));
-            }
-        }
+        self.entry.finish(retcode, data, stamp());
         Finished {
             audit: self.audit,
             entry: self.entry,
@@ -724,7 +615,7 @@ impl Note {
 /// A finished line waiting to be submitted with its delivery.
 pub struct Finished {
     audit: Audit,
-    entry: Map<String, Value>,
+    entry: Record,
 }
 
 impl Finished {
@@ -755,6 +646,7 @@ pub fn after_line(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
     use std::sync::Mutex;
 
     /// A disk that records the calls made on it, in order.
@@ -808,7 +700,10 @@ mod tests {
             .map(|i| {
                 let ops = Arc::clone(&ops);
                 Job {
-                    entry: Map::from_iter([("n".to_owned(), Value::from(i))]),
+                    entry: Record {
+                        run: Some(i),
+                        ..Record::default()
+                    },
                     then: Box::new(move || ops.lock().unwrap().push(format!("answer {i}"))),
                 }
             })
@@ -861,10 +756,11 @@ mod tests {
         let (disk, start) = FileDisk::open(path, 3).unwrap();
         let mut w = Writer::new(disk, start, max_bytes, AuditFsync::Always, Arc::default());
         for i in 0..n {
-            let entry = Map::from_iter([
-                ("n".to_owned(), Value::from(i)),
-                ("command".to_owned(), Value::String("x".repeat(100))),
-            ]);
+            let entry = Record {
+                run: Some(i as u64),
+                command: Some("x".repeat(100)),
+                ..Record::default()
+            };
             w.write_batch(vec![Job {
                 entry,
                 then: Box::new(|| {}),
@@ -917,7 +813,8 @@ mod tests {
         let path = dir.path().join("audit.log");
         write_lines(&path, 5, 1 << 20);
         let mut l = lines(&path);
-        l[1] = l[1].replace("\"n\":1", "\"n\":7");
+        assert!(l[1].contains("\"run\":1"), "{}", l[1]);
+        l[1] = l[1].replace("\"run\":1", "\"run\":7");
         put(&path, &l);
         let e = verify(&[path]).unwrap_err();
         assert_eq!(e.line, 3, "{e}");
@@ -1018,6 +915,28 @@ mod tests {
         assert_eq!(l["torn"]["sha256"], sha256_hex(b"{\"n\":3,\"comm"));
     }
 
+    /// A line byte for byte as the agent wrote it before the line was a
+    /// [`Record`] (a sorted `serde_json::Map`): the chain continues from
+    /// it, and old and new lines verify together.
+    #[test]
+    fn a_log_of_the_previous_agent_continues_and_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let old = format!(
+            r#"{{"command":"echo hi","command_sha256":"{}","fingerprint":"local","id":null,"limits":{{"timeout":5}},"method":"sync.bash","prev":"{GENESIS}","requested":"2026-12-01T20:00:00.000Z","requested_ms":1796155200000,"retcode":0,"run":1,"schedule":"0abc","server":"local","task":"0def","time":"2026-12-01T20:00:00.010Z","unix_ms":1796155200010}}"#,
+            sha256_hex(b"echo hi")
+        );
+        std::fs::write(&path, format!("{old}\n")).unwrap();
+        let last = write_lines(&path, 2, 1 << 20);
+        let ok = verify(std::slice::from_ref(&path)).unwrap();
+        assert_eq!((ok.lines, ok.last.as_str()), (3, last.as_str()));
+        let second: Value = serde_json::from_str(&lines(&path)[1]).unwrap();
+        assert_eq!(second["prev"], sha256_hex(old.as_bytes()));
+        // Read as a record and written again, the old line is the same bytes.
+        let r = Record::from_line(old.as_bytes()).unwrap();
+        assert_eq!(r.to_line().unwrap(), old.as_bytes());
+    }
+
     #[test]
     fn a_symlinked_log_is_refused() {
         let dir = tempfile::tempdir().unwrap();
@@ -1038,7 +957,7 @@ mod tests {
             "method": "sync.bash", "cmd": big, "args": big, "user": big, "timeout": [big],
         })
         .to_string();
-        let id = serde_json::value::RawValue::from_string(format!("\"{big}\"")).unwrap();
+        let id = format!("\"{big}\"");
         let note = a
             .begin(&Peer::local(), "sync.bash", Some(&id), frame.as_bytes())
             .unwrap()
@@ -1077,13 +996,12 @@ mod tests {
         };
         let frame =
             br#"{"id":7,"method":"sync.bash","cmd":"echo secret","timeout":5,"user":"nobody"}"#;
-        let id = serde_json::value::RawValue::from_string("7".into()).unwrap();
         let note = a
-            .begin(&peer, "sync.bash", Some(&id), frame)
+            .begin(&peer, "sync.bash", Some("7"), frame)
             .unwrap()
             .unwrap();
         let data = r#"{"exitcode":0,"signal":null,"killed_by":null,"stdout":"secret\n","stdout_bytes":7,"stderr_bytes":0,"uid":65534,"user":"nobody","usage":{"cpu_user_ms":1}}"#;
-        let line = note.finish(0, Some(data)).entry;
+        let line = serde_json::to_value(note.finish(0, Some(data)).entry).unwrap();
         assert!(line.get("command").is_none());
         assert_eq!(line["command_sha256"], sha256_hex(b"echo secret"));
         assert_eq!(line["id"], 7);
@@ -1131,10 +1049,11 @@ mod measure {
             for _ in 0..n / 8 {
                 let jobs = (0..8)
                     .map(|i| Job {
-                        entry: Map::from_iter([
-                            ("n".to_owned(), Value::from(i)),
-                            ("command".to_owned(), Value::String("true".into())),
-                        ]),
+                        entry: Record {
+                            run: Some(i),
+                            command: Some("true".into()),
+                            ..Record::default()
+                        },
                         then: Box::new(|| {}),
                     })
                     .collect();

@@ -210,7 +210,7 @@ impl Dispatcher {
         frame: &[u8],
     ) -> Result<Option<crate::audit::Note>, String> {
         match &self.audit {
-            Some(a) => a.begin(&self.peer, method, id, frame),
+            Some(a) => a.begin(&self.peer, method, id.map(RawValue::get), frame),
             None => Ok(None),
         }
     }
@@ -538,7 +538,7 @@ impl Dispatcher {
         // thread is a refusal inside `call`: nothing ran, no line).
         let audited = |inner: basicagent_abi::host::Completer| match note {
             Some(mut note) => {
-                note.set("task", Value::String(task.clone()));
+                note.set_task(&task);
                 crate::audit::after_line(note, Some(self.loop_thread), inner)
             }
             None => inner,
@@ -605,34 +605,7 @@ impl Dispatcher {
                 format!("Unknown method: {method} (no schedule table)"),
             );
         };
-        let params = match serde_json::from_slice::<Value>(frame) {
-            Ok(Value::Object(m)) => m,
-            _ => {
-                return Response::failed(
-                    id,
-                    Retcode::INVALID_PARAMS,
-                    "Invalid params: not a JSON object",
-                )
-            }
-        };
-        let sid = || {
-            params
-                .get("schedule")
-                .and_then(Value::as_str)
-                .filter(|s| tasks::valid_task_id(s))
-                .ok_or(crate::schedule::ParamError {
-                    field: "schedule",
-                    reason: "must be a schedule id string".into(),
-                })
-        };
-        let result = match method {
-            "schedule.add" => table.add(&params, &methods, wall),
-            "schedule.list" => Ok(table.list(wall)),
-            "schedule.get" => sid().and_then(|s| table.get(s, wall)),
-            "schedule.remove" => sid().and_then(|s| table.remove(s)),
-            "schedule.pause" => sid().and_then(|s| table.set_paused(s, true, wall)),
-            _ => sid().and_then(|s| table.set_paused(s, false, wall)),
-        };
+        let result = table.request(method, frame, &methods, wall);
         match result {
             Ok(data) => {
                 if method == "schedule.add" {
@@ -745,7 +718,7 @@ impl Dispatcher {
             self.note_scheduled_start(&fire, &task, None, now);
             return;
         }
-        let frame = Value::Object(fire.request.clone()).to_string();
+        let frame = fire.request.to_frame();
         let mut completer: basicagent_abi::host::Completer =
             Box::new(move |c: Completion| sink.complete(c));
         let note = self.audit.as_ref().and_then(|a| {
@@ -772,7 +745,7 @@ impl Dispatcher {
     }
 
     fn note_scheduled_start(&mut self, fire: &Fire, task: &str, call: Option<u64>, now: Instant) {
-        let what = match fire.request.get("cmd").and_then(Value::as_str) {
+        let what = match fire.request.cmd() {
             Some(cmd) => cmd.to_owned(),
             None => fire.method.clone(),
         };

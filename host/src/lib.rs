@@ -4,6 +4,7 @@
 //! process or DNS ([`resolve`] runs on its own thread). Configuration,
 //! host identity, TLS and process plumbing are separate modules, each
 //! unit-tested on its own; `main.rs` only parses flags.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod agent;
 pub mod audit;

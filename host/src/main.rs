@@ -1,5 +1,6 @@
 //! `BasicAgent`: the host agent daemon. Parses flags and delegates to
 //! [`basicagent_host::agent::run`].
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -21,6 +21,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
+use basicagent_proto::quarantine::QuarantinedPlugin;
 use serde::Deserialize;
 
 use crate::deadline::after;
@@ -167,11 +168,7 @@ impl Limits {
 /// The request's top-level `"timeout"`, when it is a positive finite
 /// number of seconds (parsed only when the bytes mention it).
 fn request_timeout(request: &[u8]) -> Option<Duration> {
-    if !request.windows(9).any(|w| w == b"\"timeout\"") {
-        return None;
-    }
-    let v: serde_json::Value = serde_json::from_slice(request).ok()?;
-    let secs = v.get("timeout")?.as_f64()?;
+    let secs = basicagent_proto::quarantine::request_timeout(request)?;
     (secs.is_finite() && secs > 0.0)
         .then(|| Duration::from_secs_f64(secs.min(TIMEOUT_MAX.as_secs_f64())))
 }
@@ -412,24 +409,22 @@ impl Quarantine {
     }
 
     /// The quarantined plugins (for `agent.info` and `BasicAgentCtl -l`).
-    pub fn list(&self, now: Instant) -> Vec<serde_json::Value> {
+    pub fn list(&self, now: Instant) -> Vec<QuarantinedPlugin> {
         let mut out: Vec<_> = self
             .plugins
             .values()
             .filter_map(|r| r.entry.as_ref())
             .filter(|e| e.until.is_none_or(|t| now < t))
-            .map(|e| {
-                serde_json::json!({
-                    "plugin": e.name,
-                    "version": e.version,
-                    "file": e.path,
-                    "reason": e.reason,
-                    "until": until_text(e.until, now),
-                    "seconds_left": e.until.map(|t| t.saturating_duration_since(now).as_secs()),
-                })
+            .map(|e| QuarantinedPlugin {
+                plugin: e.name.clone(),
+                version: e.version.clone(),
+                file: e.path.to_string_lossy().into_owned(),
+                reason: e.reason.clone(),
+                until: until_text(e.until, now),
+                seconds_left: e.until.map(|t| t.saturating_duration_since(now).as_secs()),
             })
             .collect();
-        out.sort_by(|a, b| a["plugin"].as_str().cmp(&b["plugin"].as_str()));
+        out.sort_by(|a, b| a.plugin.cmp(&b.plugin));
         out
     }
 }

@@ -39,11 +39,14 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use basicagent_proto::schedule::{
+    Member, RequestShape, ScheduleAdded, ScheduleAnswer, ScheduleFile, ScheduleInfo, ScheduleList,
+    ScheduleParams, ScheduleRemoved, ScheduleState, ScheduledRequest, TriggerInfo, ADD_MEMBERS,
+};
 use chrono::{DateTime, TimeZone};
 use chrono_tz::Tz;
 use croner::parser::{CronParser, Seconds};
 use croner::Cron;
-use serde_json::{json, Map, Value};
 
 use crate::tasks::{self, DirError};
 
@@ -119,7 +122,7 @@ pub enum CatchUp {
 #[derive(Debug, Clone)]
 pub struct Spec {
     /// The request repeated (a JSON object with `method`).
-    pub request: Map<String, Value>,
+    pub request: ScheduledRequest,
     pub method: String,
     pub trigger: Trigger,
     pub jitter: u64,
@@ -137,6 +140,15 @@ pub struct Spec {
 pub struct ParamError {
     pub field: &'static str,
     pub reason: String,
+}
+
+/// Why a `schedule.*` request is refused (answered `3021`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error("Invalid params: not a JSON object")]
+    NotAnObject,
+    #[error(transparent)]
+    Param(#[from] ParamError),
 }
 
 fn bad(field: &'static str, reason: impl Into<String>) -> ParamError {
@@ -160,30 +172,31 @@ pub fn host_zone() -> Tz {
         .unwrap_or(Tz::UTC)
 }
 
-fn parse_rfc3339(field: &'static str, v: &Value) -> Result<i64, ParamError> {
-    let s = v
-        .as_str()
-        .ok_or_else(|| bad(field, "must be an RFC 3339 time string"))?;
+fn parse_rfc3339(field: &'static str, v: Member<'_>) -> Result<i64, ParamError> {
+    let Member::Str(s) = v else {
+        return Err(bad(field, "must be an RFC 3339 time string"));
+    };
     DateTime::parse_from_rfc3339(s)
         .map(|t| t.timestamp())
         .map_err(|e| bad(field, format!("not an RFC 3339 time ({e}): {s:?}")))
 }
 
-fn opt_u64(p: &Map<String, Value>, field: &'static str) -> Result<Option<u64>, ParamError> {
-    match p.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_u64()
-            .map(Some)
-            .ok_or_else(|| bad(field, "must be a non-negative integer")),
+fn opt_u64(p: &ScheduleParams, field: &'static str) -> Result<Option<u64>, ParamError> {
+    match p.member(field) {
+        Member::Absent | Member::Null => Ok(None),
+        Member::UInt(n) => Ok(Some(n)),
+        _ => Err(bad(field, "must be a non-negative integer")),
     }
 }
 
-fn rfc3339(t: i64) -> Value {
-    match DateTime::from_timestamp(t, 0) {
-        Some(d) => Value::String(d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
-        None => Value::Null,
-    }
+/// `t` for a log line, as the answers write it (quoted, or `null`).
+fn shown(t: i64) -> String {
+    rfc3339(t).map_or_else(|| "null".to_owned(), |s| format!("{s:?}"))
+}
+
+/// `t` as RFC 3339 (`None`: out of range, written `null`).
+fn rfc3339(t: i64) -> Option<String> {
+    DateTime::from_timestamp(t, 0).map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
 }
 
 impl Spec {
@@ -192,32 +205,24 @@ impl Spec {
     /// `overlap`, `catch_up`, `until`, `count`). `methods`: what the plugin
     /// directory serves.
     pub fn parse(
-        p: &Map<String, Value>,
+        p: &ScheduleParams,
         limits: &ScheduleLimits,
         methods: &[String],
         now: i64,
     ) -> Result<Spec, ParamError> {
-        const KNOWN: [&str; 13] = [
-            "id", "method", "request", "cron", "every", "at", "on_boot", "tz", "jitter", "overlap",
-            "catch_up", "until", "count",
-        ];
-        if let Some(k) = p.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+        if let Some(k) = p.unknown_member(&ADD_MEMBERS) {
             return Err(ParamError {
                 field: "params",
                 reason: format!("unknown field {k:?}"),
             });
         }
-        let request = match p.get("request") {
-            Some(Value::Object(r)) => r.clone(),
-            Some(_) => return Err(bad("request", "must be a request object with \"method\"")),
-            None => return Err(bad("request", "missing (the request to repeat)")),
-        };
-        let method = request
-            .get("method")
-            .and_then(Value::as_str)
-            .ok_or_else(|| bad("request", "\"method\" must be a string"))?
-            .to_owned();
-        if serde_json::to_string(&request).map_or(0, |s| s.len()) > MAX_REQUEST_BYTES {
+        let request = p.request().map_err(|e| match e {
+            RequestShape::NotAnObject => bad("request", "must be a request object with \"method\""),
+            RequestShape::Missing => bad("request", "missing (the request to repeat)"),
+            RequestShape::NoMethod => bad("request", "\"method\" must be a string"),
+        })?;
+        let method = request.method().to_owned();
+        if request.json_len() > MAX_REQUEST_BYTES {
             return Err(bad(
                 "request",
                 format!("larger than {MAX_REQUEST_BYTES} bytes"),
@@ -227,7 +232,7 @@ impl Spec {
             .iter()
             .any(|p| method.starts_with(p));
         if method == "async.bash" {
-            if !request.get("cmd").is_some_and(Value::is_string) {
+            if request.cmd().is_none() {
                 return Err(bad("request", "async.bash needs \"cmd\" (a string)"));
             }
         } else if builtin || method == "ping" {
@@ -242,7 +247,7 @@ impl Spec {
         }
         let triggers: Vec<&str> = ["cron", "every", "at", "on_boot"]
             .into_iter()
-            .filter(|k| p.get(*k).is_some_and(|v| !v.is_null()))
+            .filter(|k| !p.member(k).is_unset())
             .collect();
         if triggers.len() != 1 {
             return Err(bad(
@@ -257,14 +262,14 @@ impl Spec {
                 ),
             ));
         }
-        if p.contains_key("tz") && triggers[0] != "cron" {
+        if p.has("tz") && triggers[0] != "cron" {
             return Err(bad("tz", "only for a cron trigger"));
         }
         let trigger = match triggers[0] {
             "cron" => {
-                let expr = p["cron"]
-                    .as_str()
-                    .ok_or_else(|| bad("cron", "must be a string of six fields"))?;
+                let Member::Str(expr) = p.member("cron") else {
+                    return Err(bad("cron", "must be a string of six fields"));
+                };
                 if expr.split_whitespace().count() != 6 || expr.trim_start().starts_with('@') {
                     return Err(bad(
                         "cron",
@@ -276,13 +281,11 @@ impl Spec {
                     .build()
                     .parse(expr)
                     .map_err(|e| bad("cron", format!("{e} in {expr:?}")))?;
-                let tz = match p.get("tz") {
-                    None | Some(Value::Null) => host_zone(),
-                    Some(v) => {
-                        let name = v.as_str().ok_or_else(|| bad("tz", "must be a zone name"))?;
-                        Tz::from_str(name)
-                            .map_err(|_| bad("tz", format!("unknown time zone {name:?}")))?
-                    }
+                let tz = match p.member("tz") {
+                    Member::Absent | Member::Null => host_zone(),
+                    Member::Str(name) => Tz::from_str(name)
+                        .map_err(|_| bad("tz", format!("unknown time zone {name:?}")))?,
+                    _ => return Err(bad("tz", "must be a zone name")),
                 };
                 Trigger::Cron {
                     expr: expr.to_owned(),
@@ -291,9 +294,9 @@ impl Spec {
                 }
             }
             "every" => {
-                let n = p["every"]
-                    .as_u64()
-                    .ok_or_else(|| bad("every", "must be a whole number of seconds"))?;
+                let Member::UInt(n) = p.member("every") else {
+                    return Err(bad("every", "must be a whole number of seconds"));
+                };
                 if n < limits.min_interval.max(1) {
                     return Err(bad(
                         "every",
@@ -308,9 +311,9 @@ impl Spec {
                 }
                 Trigger::Every(n)
             }
-            "at" => Trigger::At(parse_rfc3339("at", &p["at"])?),
+            "at" => Trigger::At(parse_rfc3339("at", p.member("at"))?),
             _ => {
-                if p["on_boot"] != Value::Bool(true) {
+                if p.member("on_boot") != Member::Bool(true) {
                     return Err(bad("on_boot", "must be true"));
                 }
                 Trigger::OnBoot
@@ -328,20 +331,20 @@ impl Spec {
                 ));
             }
         }
-        let overlap = match p.get("overlap").map(|v| v.as_str()) {
-            None | Some(Some("skip")) => Overlap::Skip,
-            Some(Some("queue")) => Overlap::Queue,
-            Some(Some("replace")) => Overlap::Replace,
-            Some(_) => return Err(bad("overlap", "must be \"skip\", \"queue\" or \"replace\"")),
+        let overlap = match p.member("overlap") {
+            Member::Absent | Member::Str("skip") => Overlap::Skip,
+            Member::Str("queue") => Overlap::Queue,
+            Member::Str("replace") => Overlap::Replace,
+            _ => return Err(bad("overlap", "must be \"skip\", \"queue\" or \"replace\"")),
         };
-        let catch_up = match p.get("catch_up").map(|v| v.as_str()) {
-            None | Some(Some("none")) => CatchUp::None,
-            Some(Some("one")) => CatchUp::One,
-            Some(_) => return Err(bad("catch_up", "must be \"none\" or \"one\"")),
+        let catch_up = match p.member("catch_up") {
+            Member::Absent | Member::Str("none") => CatchUp::None,
+            Member::Str("one") => CatchUp::One,
+            _ => return Err(bad("catch_up", "must be \"none\" or \"one\"")),
         };
-        let until = match p.get("until") {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(parse_rfc3339("until", v)?),
+        let until = match p.member("until") {
+            Member::Absent | Member::Null => None,
+            v => Some(parse_rfc3339("until", v)?),
         };
         let count = opt_u64(p, "count")?;
         if count == Some(0) {
@@ -463,13 +466,16 @@ impl Spec {
         }
     }
 
-    /// The trigger as JSON (for `schedule.get`).
-    fn trigger_json(&self) -> Value {
+    /// The trigger as `schedule.get` shows it.
+    fn trigger_info(&self) -> TriggerInfo {
         match &self.trigger {
-            Trigger::Cron { expr, tz, .. } => json!({"cron": expr, "tz": tz.name()}),
-            Trigger::Every(n) => json!({"every": n}),
-            Trigger::At(t) => json!({"at": rfc3339(*t)}),
-            Trigger::OnBoot => json!({"on_boot": true}),
+            Trigger::Cron { expr, tz, .. } => TriggerInfo::Cron {
+                cron: expr.clone(),
+                tz: tz.name().to_owned(),
+            },
+            Trigger::Every(n) => TriggerInfo::Every { every: *n },
+            Trigger::At(t) => TriggerInfo::At { at: rfc3339(*t) },
+            Trigger::OnBoot => TriggerInfo::OnBoot { on_boot: true },
         }
     }
 }
@@ -582,7 +588,7 @@ pub struct Fire {
     pub schedule: String,
     pub slot: i64,
     pub run: u64,
-    pub request: Map<String, Value>,
+    pub request: ScheduledRequest,
     pub method: String,
     /// `overlap: replace`: the running task to cancel first.
     pub replace: Option<String>,
@@ -605,7 +611,7 @@ struct Ready {
 struct Entry {
     spec: Spec,
     /// The parameters as given (what the file keeps).
-    params: Map<String, Value>,
+    params: ScheduleParams,
     state: State,
     /// Tasks of this schedule running now (oldest first).
     running: Vec<String>,
@@ -748,8 +754,8 @@ impl ScheduleTable {
                     if !meta.is_file() || meta.len() > 4 * MAX_REQUEST_BYTES as u64 {
                         return None;
                     }
-                    let v: Value = serde_json::from_slice(&fs::read(&path).ok()?).ok()?;
-                    Self::entry_from_file(&v, &limits, methods, now)
+                    let file = ScheduleFile::parse(&fs::read(&path).ok()?, id)?;
+                    Self::entry_from_file(file, &limits, methods, now)
                 })
                 .flatten();
             match loaded {
@@ -772,26 +778,26 @@ impl ScheduleTable {
     }
 
     fn entry_from_file(
-        v: &Value,
+        file: ScheduleFile,
         limits: &ScheduleLimits,
         methods: &[String],
         now: i64,
     ) -> Option<Entry> {
-        let params = v.get("params")?.as_object()?.clone();
+        let params = file.params;
         // A schedule kept must load even if the method's plugin is gone
         // for now (its runs then fail with 3020, reported).
-        let method = params.get("request")?.get("method")?.as_str()?.to_owned();
+        let method = params.request().ok()?.method().to_owned();
         let mut known = methods.to_vec();
         known.push(method);
         let spec = Spec::parse(&params, limits, &known, now).ok()?;
-        let s = v.get("state")?;
+        let s = file.state;
         let state = State {
-            created: s.get("created")?.as_i64()?,
-            anchor: s.get("anchor")?.as_i64()?,
-            last: s.get("last").and_then(Value::as_i64),
-            runs: s.get("runs")?.as_u64()?,
-            paused: s.get("paused")?.as_bool()?,
-            boot: s.get("boot").and_then(Value::as_str).map(str::to_owned),
+            created: s.created,
+            anchor: s.anchor,
+            last: s.last,
+            runs: s.runs,
+            paused: s.paused,
+            boot: s.boot,
         };
         Some(Entry {
             spec,
@@ -813,14 +819,19 @@ impl ScheduleTable {
 
     fn file_bytes(id: &str, e: &Entry) -> Vec<u8> {
         let s = &e.state;
-        json!({
-            "id": id,
-            "params": e.params,
-            "state": {"created": s.created, "anchor": s.anchor, "last": s.last, "runs": s.runs,
-                      "paused": s.paused, "boot": s.boot},
-        })
-        .to_string()
-        .into_bytes()
+        ScheduleFile {
+            id: id.to_owned(),
+            params: e.params.clone(),
+            state: ScheduleState {
+                created: s.created,
+                anchor: s.anchor,
+                last: s.last,
+                runs: s.runs,
+                paused: s.paused,
+                boot: s.boot.clone(),
+            },
+        }
+        .to_bytes()
     }
 
     fn persist(&self, id: &str, fire: Option<Fire>) {
@@ -846,14 +857,42 @@ impl ScheduleTable {
         self.entries.is_empty()
     }
 
+    /// A `schedule.*` request (`frame`: the whole request; its parameters
+    /// sit at its top level); `methods`: what the plugin directory serves
+    /// (needed by `schedule.add` only).
+    pub fn request(
+        &mut self,
+        method: &str,
+        frame: &[u8],
+        methods: &[String],
+        now: i64,
+    ) -> Result<ScheduleAnswer, RequestError> {
+        let params = ScheduleParams::from_frame(frame).ok_or(RequestError::NotAnObject)?;
+        let sid = || match params.member("schedule") {
+            Member::Str(s) if tasks::valid_task_id(s) => Ok(s),
+            _ => Err(bad("schedule", "must be a schedule id string")),
+        };
+        let answer = match method {
+            "schedule.add" => ScheduleAnswer::Added(self.add(&params, methods, now)?),
+            "schedule.list" => ScheduleAnswer::List(self.list(now)),
+            "schedule.get" => ScheduleAnswer::Schedule(Some(Box::new(self.get(sid()?, now)?))),
+            "schedule.remove" => ScheduleAnswer::Removed(self.remove(sid()?)?),
+            "schedule.pause" => {
+                ScheduleAnswer::Schedule(self.set_paused(sid()?, true, now)?.map(Box::new))
+            }
+            _ => ScheduleAnswer::Schedule(self.set_paused(sid()?, false, now)?.map(Box::new)),
+        };
+        Ok(answer)
+    }
+
     /// `schedule.add`: validates, stores (durably, on the writer thread)
     /// and answers `{"schedule": ID, "next": [RFC 3339 …]}`.
     pub fn add(
         &mut self,
-        params: &Map<String, Value>,
+        params: &ScheduleParams,
         methods: &[String],
         now: i64,
-    ) -> Result<Value, ParamError> {
+    ) -> Result<ScheduleAdded, ParamError> {
         let spec = Spec::parse(params, &self.limits, methods, now)?;
         if self.entries.len() >= self.limits.max_schedules {
             return Err(bad(
@@ -865,9 +904,7 @@ impl ScheduleTable {
             ));
         }
         let id = tasks::new_task_id();
-        let mut kept = params.clone();
-        kept.remove("id");
-        kept.remove("method");
+        let kept = params.without_envelope();
         let entry = Entry {
             spec,
             params: kept,
@@ -893,16 +930,16 @@ impl ScheduleTable {
         self.persist(&id, None);
         log::info!("schedule {id} added ({})", self.describe_trigger(&id));
         let next = self.next_times(&id, now);
-        Ok(json!({"schedule": id, "next": next}))
+        Ok(ScheduleAdded { next, schedule: id })
     }
 
     fn describe_trigger(&self, id: &str) -> String {
         self.entries.get(id).map_or_else(String::new, |e| {
-            format!("{} on {}", e.spec.method, e.spec.trigger_json())
+            format!("{} on {}", e.spec.method, e.spec.trigger_info())
         })
     }
 
-    fn next_times(&self, id: &str, now: i64) -> Vec<Value> {
+    fn next_times(&self, id: &str, now: i64) -> Vec<Option<String>> {
         let Some(e) = self.entries.get(id) else {
             return Vec::new();
         };
@@ -931,7 +968,7 @@ impl ScheduleTable {
         out
     }
 
-    fn describe(&self, id: &str, now: i64) -> Option<Value> {
+    fn describe(&self, id: &str, now: i64) -> Option<ScheduleInfo> {
         let e = self.entries.get(id)?;
         let state = if e.finished {
             "finished"
@@ -951,60 +988,67 @@ impl ScheduleTable {
             CatchUp::None => "none",
             CatchUp::One => "one",
         };
-        let mut v = json!({
-            "schedule": id,
-            "state": state,
-            "request": e.spec.request,
-            "trigger": e.spec.trigger_json(),
-            "jitter": e.spec.jitter,
-            "overlap": overlap,
-            "catch_up": catch_up,
-            "until": e.spec.until.map(rfc3339),
-            "count": e.spec.count,
-            "runs": e.state.runs,
-            "last_slot": e.state.last.map(rfc3339),
-            "created": rfc3339(e.state.created),
-            "running": e.running,
-            "results_kept": e.results.len(),
-            "results_dropped": e.dropped,
-        });
-        if !e.state.paused && !e.finished {
-            v["next"] = Value::Array(self.next_times(id, now));
-        }
-        Some(v)
+        Some(ScheduleInfo {
+            schedule: id.to_owned(),
+            state,
+            request: e.spec.request.clone(),
+            trigger: e.spec.trigger_info(),
+            jitter: e.spec.jitter,
+            overlap,
+            catch_up,
+            until: e.spec.until.and_then(rfc3339),
+            count: e.spec.count,
+            runs: e.state.runs,
+            last_slot: e.state.last.and_then(rfc3339),
+            created: rfc3339(e.state.created),
+            running: e.running.clone(),
+            results_kept: e.results.len(),
+            results_dropped: e.dropped,
+            next: (!e.state.paused && !e.finished).then(|| self.next_times(id, now)),
+        })
     }
 
     /// `schedule.list` data.
-    pub fn list(&self, now: i64) -> Value {
+    pub fn list(&self, now: i64) -> ScheduleList {
         let mut ids: Vec<&String> = self.entries.keys().collect();
         ids.sort();
-        let all: Vec<Value> = ids
+        let all: Vec<ScheduleInfo> = ids
             .into_iter()
             .filter_map(|id| self.describe(id, now))
             .collect();
-        json!({"count": all.len(), "max_schedules": self.limits.max_schedules, "schedules": all})
+        ScheduleList {
+            count: all.len(),
+            max_schedules: self.limits.max_schedules,
+            schedules: all,
+        }
     }
 
     /// `schedule.get` data.
-    pub fn get(&self, id: &str, now: i64) -> Result<Value, ParamError> {
+    pub fn get(&self, id: &str, now: i64) -> Result<ScheduleInfo, ParamError> {
         self.describe(id, now)
             .ok_or_else(|| bad("schedule", format!("unknown schedule {id:?}")))
     }
 
     /// `schedule.remove`: no run starts after this (a run under way ends
     /// normally and its result is delivered).
-    pub fn remove(&mut self, id: &str) -> Result<Value, ParamError> {
+    pub fn remove(&mut self, id: &str) -> Result<ScheduleRemoved, ParamError> {
         if self.entries.remove(id).is_none() {
             return Err(bad("schedule", format!("unknown schedule {id:?}")));
         }
         let _ = self.jobs.send(Job::Remove(self.path(id)));
         log::info!("schedule {id} removed");
-        Ok(json!({"schedule": id, "state": "removed"}))
+        Ok(ScheduleRemoved::new(id))
     }
 
     /// `schedule.pause` / `schedule.resume`. Slots passing while paused
     /// are never run later.
-    pub fn set_paused(&mut self, id: &str, paused: bool, now: i64) -> Result<Value, ParamError> {
+    /// The answer is the schedule as [`Self::get`] shows it.
+    pub fn set_paused(
+        &mut self,
+        id: &str,
+        paused: bool,
+        now: i64,
+    ) -> Result<Option<ScheduleInfo>, ParamError> {
         let e = self
             .entries
             .get_mut(id)
@@ -1022,7 +1066,7 @@ impl ScheduleTable {
                 if paused { "paused" } else { "resumed" }
             );
         }
-        Ok(self.describe(id, now).unwrap_or(Value::Null))
+        Ok(self.describe(id, now))
     }
 
     /// Decides every schedule at wall time `now`: due runs get their state
@@ -1078,7 +1122,7 @@ impl ScheduleTable {
                     if let (Some(last), Some(_)) = (e.state.last, at) {
                         if now < last && !e.warned_back {
                             e.warned_back = true;
-                            log::warn!("schedule {id}: the wall clock went back before the last run's slot; no slot runs twice, the next is after {}", rfc3339(last));
+                            log::warn!("schedule {id}: the wall clock went back before the last run's slot; no slot runs twice, the next is after {}", shown(last));
                         }
                     }
                     return at;
@@ -1099,14 +1143,14 @@ impl ScheduleTable {
                 Plan::Skip { upto, skipped } => {
                     log::warn!(
                         "schedule {id}: {skipped} missed slot(s) up to {} not run (catch_up: none)",
-                        rfc3339(upto)
+                        shown(upto)
                     );
                     e.state.last = Some(upto);
                     self.persist(id, None);
                 }
                 Plan::Fire { slot, skipped } => {
                     if skipped > 0 {
-                        log::warn!("schedule {id}: {skipped} missed slot(s) not run; running the latest, {} (catch_up: one)", rfc3339(slot));
+                        log::warn!("schedule {id}: {skipped} missed slot(s) not run; running the latest, {} (catch_up: one)", shown(slot));
                     }
                     let fire = Self::fire_of(id, e, slot);
                     self.persist(id, fire);
@@ -1124,14 +1168,14 @@ impl ScheduleTable {
         if busy && e.spec.overlap == Overlap::Skip {
             log::warn!(
                 "schedule {id}: slot {} skipped, the previous run is still going (overlap: skip)",
-                rfc3339(slot)
+                shown(slot)
             );
             return None;
         }
         if busy && e.spec.overlap == Overlap::Queue && e.queued.is_some() {
             log::warn!(
                 "schedule {id}: slot {} skipped, one run waits already (overlap: queue)",
-                rfc3339(slot)
+                shown(slot)
             );
             return None;
         }
@@ -1242,6 +1286,11 @@ impl ScheduleTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{json, Value};
+
+    fn params(v: &Value) -> ScheduleParams {
+        ScheduleParams::from_frame(v.to_string().as_bytes()).unwrap()
+    }
 
     fn at(s: &str) -> i64 {
         DateTime::parse_from_rfc3339(s).unwrap().timestamp()
@@ -1253,7 +1302,7 @@ mod tests {
         p.entry("request")
             .or_insert(json!({"method": "getinfo.kernel"}));
         Spec::parse(
-            &p,
+            &params(&Value::Object(p)),
             &ScheduleLimits::default(),
             &methods,
             at("2026-01-01T00:00:00Z"),
@@ -1268,7 +1317,7 @@ mod tests {
             let Some(x) = s.next_after(t, anchor) else {
                 break;
             };
-            out.push(rfc3339(x).as_str().unwrap().to_owned());
+            out.push(rfc3339(x).unwrap());
             t = x;
         }
         out
@@ -1587,9 +1636,9 @@ mod tests {
             assert!(e.to_string().starts_with("Invalid params: \""), "{e}");
         }
         let e = Spec::parse(
-            json!({"cron": "* * * * * *", "tz": "UTC", "request": {"method": "getinfo.kernel"}})
-                .as_object()
-                .unwrap(),
+            &params(
+                &json!({"cron": "* * * * * *", "tz": "UTC", "request": {"method": "getinfo.kernel"}}),
+            ),
             &ScheduleLimits {
                 min_interval: 5,
                 ..ScheduleLimits::default()
@@ -1633,9 +1682,9 @@ mod tests {
         let mut t = open();
         let p = json!({"request": {"method": "getinfo.kernel"}, "every": 10});
         let now = 1_000_000;
-        let added = t.add(p.as_object().unwrap(), &methods, now).unwrap();
-        let id = added["schedule"].as_str().unwrap().to_owned();
-        assert_eq!(added["next"][0], rfc3339(now + 10));
+        let added = t.add(&params(&p), &methods, now).unwrap();
+        let id = added.schedule.clone();
+        assert_eq!(added.next[0], rfc3339(now + 10));
         assert!(t.tick(now + 5).is_some());
         assert_eq!(t.tick(now + 10), Some(now + 20));
         let fires = ready(&mut t);
@@ -1669,6 +1718,143 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         assert!(t.take_ready().is_empty());
         assert!(!path.exists());
+    }
+
+    /// A schedule file byte for byte as the agent wrote it before the wire
+    /// types moved to `basicagent_proto::schedule` (`json!` of a sorted map).
+    const OLD_FILE: &str = r#"{"id":"0abc-42","params":{"count":5,"every":10,"jitter":3,"overlap":"queue","request":{"method":"getinfo.kernel"}},"state":{"anchor":1000000,"boot":null,"created":1000000,"last":1000020,"paused":false,"runs":2}}"#;
+
+    #[test]
+    fn a_schedule_file_of_the_previous_agent_loads_and_is_written_back_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        let poll = mio::Poll::new().unwrap();
+        let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(0)).unwrap());
+        let methods = vec!["getinfo.kernel".to_owned()];
+        let open = || {
+            ScheduleTable::open(
+                dir.path().join("schedules"),
+                ScheduleLimits::default(),
+                "host",
+                &methods,
+                Arc::clone(&waker),
+            )
+            .unwrap()
+        };
+        drop(open());
+        let path = dir.path().join("schedules/0abc-42.json");
+        fs::write(&path, OLD_FILE).unwrap();
+        let mut t = open();
+        assert_eq!(t.len(), 1);
+        assert!(!dir.path().join("schedules/0abc-42.corrupt").exists());
+        let now = 1_000_025;
+        let got = serde_json::to_value(t.get("0abc-42", now).unwrap()).unwrap();
+        assert_eq!(got["runs"], 2);
+        assert_eq!(got["count"], 5);
+        assert_eq!(got["overlap"], "queue");
+        assert_eq!(got["last_slot"], "1970-01-12T13:47:00Z");
+        assert_eq!(got["trigger"], json!({"every": 10}));
+        // Pausing rewrites the file: the same members, only `paused` changed.
+        t.set_paused("0abc-42", true, now).unwrap();
+        let want = OLD_FILE.replace("\"paused\":false", "\"paused\":true");
+        for _ in 0..1000 {
+            if fs::read_to_string(&path).unwrap() == want {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(fs::read_to_string(&path).unwrap(), want);
+        // Resumed after a restart, it continues with run 3, never slot 1000020 again.
+        drop(t);
+        let mut t = open();
+        t.set_paused("0abc-42", false, 1_000_020).unwrap();
+        assert_eq!(t.tick(1_000_021).map(|w| w >= 1_000_030), Some(true));
+        t.tick(1_000_034);
+        let fires = ready(&mut t);
+        assert_eq!(fires.len(), 1);
+        assert_eq!((fires[0].slot, fires[0].run), (1_000_030, 3));
+    }
+
+    #[test]
+    fn schedule_requests_answer_as_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let poll = mio::Poll::new().unwrap();
+        let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(0)).unwrap());
+        let methods = vec!["getinfo.kernel".to_owned()];
+        let mut t = ScheduleTable::open(
+            dir.path().join("schedules"),
+            ScheduleLimits::default(),
+            "host",
+            &methods,
+            waker,
+        )
+        .unwrap();
+        let now = 2_000_000;
+        let text = |a: ScheduleAnswer| serde_json::to_string(&a).unwrap();
+        assert_eq!(
+            t.request("schedule.list", b"[]", &methods, now),
+            Err(RequestError::NotAnObject)
+        );
+        assert_eq!(
+            RequestError::NotAnObject.to_string(),
+            "Invalid params: not a JSON object"
+        );
+        let e = t
+            .request("schedule.get", br#"{"schedule":"../x"}"#, &methods, now)
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "Invalid params: \"schedule\": must be a schedule id string"
+        );
+        let added = t
+            .request(
+                "schedule.add",
+                br#"{"id":1,"method":"schedule.add","request":{"method":"getinfo.kernel"},"at":"1970-01-24T03:33:30Z"}"#,
+                &methods,
+                now,
+            )
+            .unwrap();
+        let ScheduleAnswer::Added(a) = &added else {
+            panic!("{added:?}");
+        };
+        let id = a.schedule.clone();
+        assert_eq!(
+            text(added),
+            format!(r#"{{"next":["1970-01-24T03:33:30Z"],"schedule":"{id}"}}"#)
+        );
+        let get = format!(r#"{{"schedule":"{id}"}}"#);
+        let want = format!(
+            r#"{{"catch_up":"none","count":null,"created":"1970-01-24T03:33:20Z","jitter":0,"last_slot":null,"next":["1970-01-24T03:33:30Z"],"overlap":"skip","request":{{"method":"getinfo.kernel"}},"results_dropped":0,"results_kept":0,"running":[],"runs":0,"schedule":"{id}","state":"waiting","trigger":{{"at":"1970-01-24T03:33:30Z"}},"until":null}}"#
+        );
+        assert_eq!(
+            text(
+                t.request("schedule.get", get.as_bytes(), &methods, now)
+                    .unwrap()
+            ),
+            want
+        );
+        assert_eq!(
+            text(t.request("schedule.list", b"{}", &methods, now).unwrap()),
+            format!(r#"{{"count":1,"max_schedules":64,"schedules":[{want}]}}"#)
+        );
+        let paused = text(
+            t.request("schedule.pause", get.as_bytes(), &methods, now)
+                .unwrap(),
+        );
+        assert!(
+            paused.contains(r#""state":"paused""#) && !paused.contains("\"next\""),
+            "{paused}"
+        );
+        assert_eq!(
+            text(
+                t.request("schedule.remove", get.as_bytes(), &methods, now)
+                    .unwrap()
+            ),
+            format!(r#"{{"schedule":"{id}","state":"removed"}}"#)
+        );
+        let e = t
+            .request("schedule.resume", get.as_bytes(), &methods, now)
+            .unwrap_err();
+        assert!(e.to_string().contains("unknown schedule"), "{e}");
     }
 
     #[test]

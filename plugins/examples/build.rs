@@ -2,6 +2,7 @@
 //! header alone, and puts `libgetinfo_hello.so` and `libgetinfo_loadavg.so`
 //! beside the other plugins (target/<profile>/), so the ctl tool and tests
 //! find them.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -10,15 +10,20 @@
 //! Map: [`frame`] splits bytes into lines; [`incoming`] says what a line
 //! is; [`request`], [`response`], [`init`], [`task`] read and write each
 //! message; [`server_list`] parses redirect targets; [`retcode`] holds the
-//! result codes.
+//! result codes; [`schedule`], [`quarantine`] and [`audit`] hold the
+//! agent's `schedule.*` types, its quarantine entries and audit health.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod audit;
 pub mod envelope;
 pub mod frame;
 pub mod incoming;
 pub mod init;
+pub mod quarantine;
 pub mod request;
 pub mod response;
 pub mod retcode;
+pub mod schedule;
 pub mod server_list;
 pub mod task;
 

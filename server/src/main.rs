@@ -9,6 +9,7 @@
 //! from `basicagent-proto`. The same binary is the client: `list`, `tasks`
 //! and `call` talk to the HTTP API with `--api`, else to the admin socket;
 //! `send` uses the admin socket. `main` only parses flags.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 mod admin;
 mod admin_client;

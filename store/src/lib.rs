@@ -32,6 +32,7 @@
 //!   than the retention, then the oldest beyond `max_calls`, then the oldest
 //!   while more than `max_results` result rows remain; then tasks older than
 //!   the retention and the oldest beyond `max_tasks`.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 mod memory;
 #[cfg(feature = "postgres")]

@@ -8,6 +8,7 @@
 //! [`options`] (flags), [`ident`] (host ids and names), [`canned`] (the
 //! answers), [`certs`] (per-agent client certificates), [`agent`] (one session), [`run`] (the whole run), [`stats`]
 //! (counters and the report), [`sys`] (limits and /proc).
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod agent;
 pub mod canned;

@@ -1,4 +1,5 @@
 //! BasicAgentSwarm: parses flags, runs the swarm, prints its report line (see the library).
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 use std::process::ExitCode;
 

@@ -34,6 +34,7 @@
 //! assert_eq!(refused.retcode(), 3021);
 //! assert_eq!(refused.to_string(), "Unrecognized option: 'q'; usage: args: [-f] (also the flags)");
 //! ```
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod args;
 pub mod error;

@@ -2,6 +2,7 @@
 //! compiles `getinfo_hello.c` and `getinfo_loadavg.c` into
 //! `libgetinfo_hello.so` and `libgetinfo_loadavg.so` beside the Rust
 //! plugins. This crate has no Rust code of its own.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 /// Where the build script put the freshly compiled C plugin.
 pub const GETINFO_HELLO_SO: &str = env!("GETINFO_HELLO_SO");

@@ -8,6 +8,7 @@
 //! `physical id` / `core id` (one read for everything); only when the
 //! kernel does not print them (arm64, s390) does it fall back to one
 //! small read per cpu in `/sys/devices/system/cpu/cpu*/topology`.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod parse;
 pub mod plugin;

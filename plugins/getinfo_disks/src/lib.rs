@@ -11,6 +11,7 @@
 //! `"timeout"` and abandoned, and at most [`plugin::MAX_STUCK`] may be
 //! abandoned at once). autofs mount points are never statvfs'ed (it would
 //! trigger the automount).
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod parse;
 pub mod plugin;

@@ -8,6 +8,7 @@
 //! every string borrowed from the file contents until the single
 //! serialisation. The glue ([`plugin`]) only reads the files (paths
 //! injectable) and completes.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod args;
 pub mod plugin;

@@ -7,6 +7,7 @@
 //! spawned, and fields borrowed until the single serialisation. The
 //! parsers ([`parse`]) are pure functions over file contents; the plugin
 //! glue ([`plugin`]) only reads, calls them and completes.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod parse;
 pub mod plugin;

@@ -6,6 +6,7 @@
 //! we report ([`parse::parse_meminfo`], a pure function over the file's
 //! bytes); a key the kernel does not have (old kernels lack
 //! `MemAvailable`) is `null`, never a guess. No arguments.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod parse;
 pub mod plugin;

@@ -8,6 +8,7 @@
 //! interface without addresses, a missing statistics directory, garbage
 //! in `mtu`, a stray file like `bonding_masters`) are tested without root.
 //! Every unreadable value is `null`, never an error.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod parse;
 pub mod plugin;

@@ -8,6 +8,7 @@
 //! files are read (no `systemd-detect-virt`, no `hostnamectl`): each hint
 //! is one small read or one `stat`, and the first cpu's block of
 //! `/proc/cpuinfo` is all that is read of it.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod parse;
 pub mod plugin;

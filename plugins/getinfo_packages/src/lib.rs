@@ -8,6 +8,7 @@
 //! packages is ever built. rpm databases are detected but not read (their
 //! sqlite/BDB/ndb formats would need a database reader in the agent);
 //! a host with rpm only is answered `3025` with a message saying so.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod args;
 pub mod dpkg;

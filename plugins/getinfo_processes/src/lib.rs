@@ -12,6 +12,7 @@
 //! from there. /etc/passwd is parsed once per call, not per process. The
 //! parsers ([`parse`]) are pure; `stat` is split at the LAST `)` because a
 //! comm may hold spaces and parentheses.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod args;
 pub mod cmdline;

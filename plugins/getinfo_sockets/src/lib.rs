@@ -6,6 +6,7 @@
 //! from one walk over `/proc/*/fd` per call ([`owners`]) that looks only
 //! for the inodes of the sockets kept and stops once all are found. No
 //! netlink (sock_diag would give the same facts without owners), no `ss`.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod args;
 pub mod owners;

@@ -9,6 +9,7 @@
 //! `locked`, `none`) as it reads it, so no hash is ever held in a value
 //! that could be serialised. `-U NAME` not in /etc/passwd falls back to
 //! NSS (LDAP, sssd) on a thread of its own, because that may block.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod args;
 pub mod hash;

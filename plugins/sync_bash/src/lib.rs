@@ -17,6 +17,7 @@
 //! before `execve`. At `init` the process becomes a child subreaper
 //! ([`reaper`]): orphans are reaped, and escaped processes of a stopped
 //! command killed. Every answer fits the host's frame bound ([`report`]).
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 mod capture;
 mod cgroup;

@@ -246,8 +246,9 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), SpawnError> {
 pub fn set_nonblocking(fd: &OwnedFd) -> Result<(), SpawnError> {
     // SAFETY: fcntl on a descriptor we own.
     let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
-    // SAFETY: as above.
     if flags < 0
+        // SAFETY: fcntl(F_SETFL) on the same descriptor we own; it only
+        // adds O_NONBLOCK to the flags just read.
         || unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0
     {
         return Err(os("fcntl(O_NONBLOCK)"));
@@ -456,8 +457,9 @@ fn clone_child(args: &ChildArgs<'_>) -> Result<(libc::pid_t, OwnedFd), SpawnErro
     // Block every signal around clone: no handler of the host may run in
     // the child while it shares our memory. The child resets dispositions
     // and then its mask before execve.
-    // SAFETY: plain sigset manipulation on local values.
+    // SAFETY: sigset_t is plain data; all zeros is a valid (empty) set.
     let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as for `all`.
     let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: as above.
     unsafe {
@@ -509,7 +511,7 @@ unsafe fn child_main(
     envp: &[*const libc::c_char],
     fds: ChildFds,
 ) -> ! {
-    // SAFETY (whole body): the child is single-threaded after fork and
+    // SAFETY: (the whole body) the child is single-threaded after fork and
     // touches only memory prepared by the parent; every call below is a
     // system call or an async-signal-safe libc wrapper.
     unsafe {
