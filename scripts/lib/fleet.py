@@ -862,6 +862,16 @@ def cluster(a):
         reports = swarms.stop() if swarms else []
         for n in nodes:
             n.stop()
+        # The nodes' warnings and errors (the run's directory is removed on exit).
+        warn = {}
+        for n in nodes:
+            try:
+                with open(os.path.join(n.dir, "server.log"), errors="replace") as f:
+                    lines = [ln.rstrip() for ln in f if " WARN " in ln or " ERROR " in ln]
+            except OSError:
+                lines = []
+            warn[n.name] = {"count": len(lines), "first": lines[:8], "last": lines[-4:]}
+        res["node_warnings"] = warn
         try:
             script(root, "nats.sh", "stop", os.path.join(tmp, "nats"))
         except SystemExit:
