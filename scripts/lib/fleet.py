@@ -617,6 +617,19 @@ class Node:
         except ValueError:
             return None
 
+    def metric_value(self, name):
+        """One unlabelled gauge or counter from /metrics."""
+        st, body = self.request("GET", "/metrics")
+        if st != 200:
+            return None
+        for line in body.decode(errors="replace").splitlines():
+            if line.startswith(name + " "):
+                try:
+                    return float(line.split()[1])
+                except (ValueError, IndexError):
+                    return None
+        return None
+
     def metric_hist(self, name, labels=""):
         """(sum, count, buckets {le: cumulative}) of a histogram on /metrics."""
         st, body = self.request("GET", "/metrics")
@@ -948,8 +961,24 @@ def kill_during_tasks(a, nodes, victim, swarms, hosts, db, held, skip):
             break
         time.sleep(0.05)
     out["noticed_s"] = rounded(noticed, 3)
-    back = wait_up(swarms, held, a.rehome_timeout)
+    # At the descriptor limit the survivors cannot take every agent of the
+    # dead node: wait for as many as fit, then restart it for the rest.
+    survivors = [n for n in nodes if n.alive()]
+    room = 0
+    for n in survivors:
+        limit = n.metric_value("basicagent_session_limit")
+        mine = next((v["sessions"] for v in (n.get_json("/v1/nodes") or []) if v.get("self")), 0)
+        room += max(0, int(limit or 0) - mine)
+    want = held - (victim_sessions or 0) + min(victim_sessions or 0, room)
+    out["survivors_room"] = room
+    back = wait_up(swarms, want, a.rehome_timeout)
     out["all_back_s"] = rounded(time.monotonic() - t_kill, 3) if back is not None else None
+    if want < held:
+        log(f"cluster: the survivors have room for {room} of {victim_sessions}: restarting {victim.name}")
+        t_restart = time.monotonic()
+        victim.start()
+        back2 = wait_up(swarms, held, a.rehome_timeout)
+        out["rest_back_after_restart_s"] = rounded(time.monotonic() - t_restart, 3) if back2 is not None else None
     time.sleep(1.5)  # the swarms' status files are written every second
     st = [read_json(p) or {} for p in swarms.status]
     reh = [s.get("rehome") or {} for s in st]
@@ -973,7 +1002,12 @@ def kill_during_tasks(a, nodes, victim, swarms, hosts, db, held, skip):
         if rows and "|" in rows:
             total, distinct = (int(x) for x in rows.split("|"))
             out["task_rows"], out["task_rows_distinct"] = total, distinct
-            out["tasks_lost"] = made - distinct
+            # Lost: acknowledged to the agent (safe) yet not in PostgreSQL;
+            # undelivered: still in an agent's outbox (no node took it yet).
+            # (Every ack follows the commit, so acked <= distinct unless lost.)
+            out["tasks_lost"] = max(0, acked - distinct)
+            out["tasks_undelivered"] = made - acked
+            out["tasks_missing_from_store"] = made - distinct
             out["tasks_duplicated"] = total - distinct
         out["tasks_settled_s"] = rounded(time.monotonic() - t_kill, 3)
         log(f"cluster: tasks: {made} made, {acked} acked, PostgreSQL rows {rows}")
@@ -1010,6 +1044,7 @@ def cluster_table(r):
         ("kill -9: noticed by peers (s)", g("kill", "noticed_s"), CLUSTER_TARGETS["noticed_s"]),
         ("kill -9: re-homed p50 / p99 (s)", f"{g('kill', 'rehome_p50_s')} / {g('kill', 'rehome_p99_s')}", "<= 10 / <= 30"),
         ("kill -9 in tasks: lost / duplicated", f"{g('kill', 'tasks_lost')} / {g('kill', 'tasks_duplicated')} of {g('kill', 'tasks_made_by_swarm')}", "0 / 0"),
+        ("kill -9 in tasks: in PostgreSQL once", f"{g('kill', 'task_rows_distinct')} of {g('kill', 'tasks_made_by_swarm')}", "all"),
         ("NATS restart: calls work again (s)", g("nats_restart", "recovered_after_restart_s"), ""),
         ("NATS down: answers meanwhile", g("nats_restart", "during_outage"), "clear errors"),
         ("PostgreSQL restart: calls work again (s)", g("pg_restart", "recovered_after_restart_s"), ""),
