@@ -763,8 +763,15 @@ def cluster(a):
     os.chmod(tmp, 0o711)  # PostgreSQL runs as `postgres` and must reach pg/
     skip = set(x for x in (a.skip or "").split(",") if x)
     log(f"cluster: {a.nodes} nodes, {a.agents} agents, files in {tmp}; skipping {sorted(skip) or 'nothing'}")
-    nats = script(root, "nats.sh", "start", os.path.join(tmp, "nats"))
+    # The nodes' own NATS account; both URLs (with their passwords) reach
+    # the nodes through files (--nats @FILE, --db @FILE).
+    script(root, "nats.sh", "start", os.path.join(tmp, "nats"), env={"NATS_AUTH": "1"})
+    nats = "@" + os.path.join(tmp, "nats", "url_auth")
     db = script(root, "pg.sh", "start", os.path.join(tmp, "pg"), "--watch", str(os.getpid()))
+    db_file = os.path.join(tmp, "db_url")
+    with open(os.open(db_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+        f.write(db + "\n")
+    db_url, db = db, "@" + db_file
     nodes, swarms = [], None
     res = {"label": "cluster", "nodes": a.nodes, "agents_requested": a.agents, "skipped": sorted(skip),
            "load_at_start": os.getloadavg()}
@@ -874,7 +881,7 @@ def cluster(a):
         if "kill" not in skip and a.nodes >= 2:
             victim = nodes[-1]
             hosts = [h for hs in by_node.values() for h in hs][: a.tasks]
-            res["kill"] = kill_during_tasks(a, nodes, victim, swarms, hosts, db, held, skip)
+            res["kill"] = kill_during_tasks(a, nodes, victim, swarms, hosts, db_url, held, skip)
         if "restarts" not in skip and "calls" not in skip:
             live = [n for n in nodes if n.alive()]
             agents = live[0].get_json("/v1/agents", timeout=60) or []
