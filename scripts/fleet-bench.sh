@@ -61,7 +61,7 @@ while [ $# -gt 0 ]; do
         --tasks) TASKS=$2; shift 2 ;;
         --task-ms) TASK_MS=$2; shift 2 ;;
         --debug) PROFILE=debug; shift ;;
-        -h|--help) sed -n '2,40p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,39p' "$0"; exit 0 ;;
         *) echo "fleet-bench.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done

@@ -1121,7 +1121,7 @@ def main():
     c.add_argument("--outage", type=float, default=3, help="seconds NATS / PostgreSQL stay down")
     c.add_argument("--ramp-timeout", type=float, default=300)
     c.add_argument("--plateau", type=float, default=20)
-    c.add_argument("--rehome-timeout", type=float, default=120)
+    c.add_argument("--rehome-timeout", type=float, default=180)
     c.add_argument("--call-timeout", type=float, default=60)
     m = sub.add_parser("merge")
     m.add_argument("--cluster", required=True)
