@@ -38,6 +38,10 @@ pub const DRAIN_RATE: u64 = 500;
 /// own answer to travel back (the caller waits this much longer).
 pub const ROUTE_MARGIN: Duration = Duration::from_millis(500);
 
+/// After a peer (re)joins, the agents table is resynced at once and again
+/// this much later (see the membership task).
+pub const REJOIN_RESYNC_AGAIN: Duration = Duration::from_secs(5);
+
 /// `--nats` / `--db` values: `@FILE` reads the URL (with its password)
 /// from FILE, so it is never on a command line (`ps`, shell history); any
 /// other value is the URL itself. FILE must be a regular file of at most
@@ -401,8 +405,26 @@ pub async fn start(shared: &Arc<Shared>) -> Result<(), basicagent_cluster::Clust
                 }
                 Err(_) => return,
             };
-            let (MemberEvent::Dead(node) | MemberEvent::Left(node)) = ev else {
-                continue;
+            let node = match ev {
+                MemberEvent::Dead(node) | MemberEvent::Left(node) => node,
+                MemberEvent::Joined(_) => {
+                    // A peer (re)joined our view. If this node was the one
+                    // cut off or stalled (it saw everyone die, or everyone
+                    // saw it die), its peers have run node_gone for it:
+                    // write our sessions again, now and once more after
+                    // the peers' own node_gone calls have surely landed.
+                    let Some(shared) = weak.upgrade() else { return };
+                    shared.storage.queue_stale();
+                    let later = weak.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(REJOIN_RESYNC_AGAIN).await;
+                        if let Some(shared) = later.upgrade() {
+                            shared.storage.queue_stale();
+                        }
+                    });
+                    continue;
+                }
+                _ => continue,
             };
             let Some(shared) = weak.upgrade() else { return };
             let at = now_millis();

@@ -663,6 +663,53 @@ fn calls_are_recorded_before_any_answer_and_commands_before_they_are_sent() {
     assert_eq!(remote.seen("sync.bash"), 1);
 }
 
+/// Regression (found by the 76 000-agent bench): a node stalled for more
+/// than the death timeout (here SIGSTOP, there a CPU starved during a
+/// fan-out) is declared dead by its peers, which mark its agents offline
+/// (`node_gone`); and on waking it declares them dead and marks theirs.
+/// Both sides' sessions were alive all along; once each sees the other
+/// rejoin, each writes its own sessions again, so the cluster-wide list
+/// shows every agent again (it stayed short for ever before).
+#[test]
+fn a_stalled_node_and_its_peers_list_their_agents_again_after_it_wakes() {
+    let nodes = Nodes::start(2);
+    let pki = nodes.pki.client_config(true);
+    let addrs = Arc::new(std::sync::Mutex::new(nodes.listens.clone()));
+    let agents: Vec<FakeAgent> = (0..8)
+        .map(|i| FakeAgent::start(pki.clone(), addrs.clone(), &format!("stall-host-{i}")))
+        .collect();
+    assert!(agents.iter().any(|a| a.at() == Some(nodes.listens[1])));
+    assert!(agents.iter().any(|a| a.at() == Some(nodes.listens[0])));
+    eventually("all agents listed", || {
+        nodes.get(0, "/v1/agents").as_array().unwrap().len() == agents.len()
+    });
+    let pid = nodes.node(1).child.id().to_string();
+    let signal = |sig: &str| {
+        let st = Command::new("kill").args([sig, &pid]).status().unwrap();
+        assert!(st.success(), "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    eventually("node1 seen dead by node0", || {
+        nodes.get(0, "/v1/nodes").as_array().unwrap().len() == 1
+    });
+    // node0's node_gone(node1) has run (or runs now); wake node1 past its
+    // own death timeout for node0.
+    std::thread::sleep(Duration::from_millis(500));
+    signal("-CONT");
+    eventually("both nodes live and every agent listed on both", || {
+        (0..2).all(|i| {
+            nodes.get(i, "/v1/nodes").as_array().unwrap().len() == 2
+                && nodes.get(i, "/v1/agents").as_array().unwrap().len() == agents.len()
+        })
+    });
+    // And it stays so once the late node_gone calls have landed.
+    std::thread::sleep(Duration::from_secs(7));
+    for i in 0..2 {
+        let list = nodes.get(i, "/v1/agents");
+        assert_eq!(list.as_array().unwrap().len(), agents.len(), "{list}");
+    }
+}
+
 #[test]
 fn a_killed_node_is_noticed_and_its_agents_are_rehomed() {
     let mut nodes = Nodes::start(3);
