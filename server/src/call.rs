@@ -64,6 +64,11 @@ pub struct Summary {
     pub seconds: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub call: Option<CallId>,
+    /// Cluster fan-out: nodes whose answers are missing or partial (died,
+    /// lost answers, cut by their deadline, or did not finish in time);
+    /// their hosts are not all counted in `targeted`. Absent when complete.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub incomplete: Vec<String>,
     /// Cluster mode: why the fan-out could not start (the API answers 503).
     #[serde(skip)]
     pub error: Option<String>,
@@ -550,13 +555,16 @@ async fn run_fanout(
                         run.emit(&host, outcome, response, sent_at);
                     }
                     FanoutEvent::NodeDone { node, complete, .. } if !complete => {
-                        log::warn!("fan-out: node {node} lost or cut answers")
+                        log::warn!("fan-out: node {node} lost or cut answers");
+                        run.summary.incomplete.push(node);
                     }
                     FanoutEvent::NodeLost { node, hosts } => {
-                        log::warn!("fan-out: node {node} died after {hosts} answers")
+                        log::warn!("fan-out: node {node} died after {hosts} answers");
+                        run.summary.incomplete.push(node);
                     }
                     FanoutEvent::TimedOut { pending } => {
                         log::warn!("fan-out: nodes {pending:?} did not finish in time");
+                        run.summary.incomplete.extend(pending);
                         break;
                     }
                     FanoutEvent::NodeDone { .. } => {}

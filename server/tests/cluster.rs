@@ -683,12 +683,28 @@ fn a_stalled_node_and_its_peers_list_their_agents_again_after_it_wakes() {
     eventually("all agents listed", || {
         nodes.get(0, "/v1/agents").as_array().unwrap().len() == agents.len()
     });
+    let all = json!({"target": {"all": true}, "request": {"method": "ping"}, "timeout": 20});
+    let (status, lines) = nodes.call(0, all.clone());
+    assert_eq!(status, 200);
+    assert_eq!(summary(&lines)["targeted"], agents.len(), "{lines:?}");
+    assert!(summary(&lines).get("incomplete").is_none(), "{lines:?}");
     let pid = nodes.node(1).child.id().to_string();
     let signal = |sig: &str| {
         let st = Command::new("kill").args([sig, &pid]).status().unwrap();
         assert!(st.success(), "kill {sig} {pid}");
     };
     signal("-STOP");
+    // A fan-out meanwhile: node1 never answers, and the summary says its
+    // hosts are missing (it used to look complete, only shorter).
+    let on0 = agents
+        .iter()
+        .filter(|a| a.at() == Some(nodes.listens[0]))
+        .count();
+    let (status, lines) = nodes.call(0, all.clone());
+    assert_eq!(status, 200);
+    let s = summary(&lines);
+    assert_eq!(s["incomplete"], json!(["node1"]), "{lines:?}");
+    assert_eq!(s["answered"], on0, "{lines:?}");
     eventually("node1 seen dead by node0", || {
         nodes.get(0, "/v1/nodes").as_array().unwrap().len() == 1
     });
