@@ -15,7 +15,9 @@
 # State lives in a temp dir (DIR, default a fresh mktemp -d; `up` records
 # it in /tmp/basicagent-cluster-$UID.current, so status/down find it):
 # certs/ (scripts/make-certs.sh), nats/, pg/, nodeI/{log,pid,admin.sock},
-# nodes (one "NAME LISTEN API PID" line each), db_url, nats_url.
+# nodes (one "NAME LISTEN API PID" line each), db_url, nats_url (without
+# credentials; nats/url_auth has them: nats-server runs with NATS_AUTH=1,
+# only the nodes' user may connect).
 # Environment: BIN (the server binary, default target/debug/BasicAgentServer),
 # BASE (default 127.0.0; must be loopback), PORT (8443), API_PORT (8080).
 set -euo pipefail
@@ -61,7 +63,7 @@ start_node() {   # start_node I
     setsid "$BIN" serve --listen "$ip:$PORT" --api "$ip:$API_PORT" \
         --cert "$dir/certs/server.pem" --key "$dir/certs/server.key" \
         --admin "$d/admin.sock" --events "$d/events.jsonl" \
-        --nats "$(cat "$dir/nats_url")" --db "$(cat "$dir/db_url")" \
+        --nats "@$dir/nats/url_auth" --db "@$dir/db_url" \
         --node-name "node$i" --peer-addr "$ip:$PORT" \
         </dev/null >>"$d/log" 2>&1 &
     echo $! >"$d/pid"
@@ -87,7 +89,10 @@ up() {
     chmod 0711 "$dir"   # pg.sh's postgres user must reach pg/ inside
     echo "$dir" >"$current"
     "$here/make-certs.sh" "$dir/certs" >/dev/null 2>&1 || die "make-certs.sh failed"
-    "$here/nats.sh" start "$dir/nats" >"$dir/nats_url"
+    # The nodes' own NATS account (nobody else may connect, so nobody else
+    # publishes on ba.>); the nodes read both URLs, passwords included,
+    # from their files (--nats @FILE, --db @FILE), not from a command line.
+    NATS_AUTH=1 "$here/nats.sh" start "$dir/nats" >"$dir/nats_url"
     "$here/pg.sh" start "$dir/pg" >"$dir/db_url"
     chmod 600 "$dir/db_url"
     : >"$dir/nodes"

@@ -12,6 +12,13 @@
 # DIR defaults to $NATS_DIR, else ${TMPDIR:-/tmp}/basicagent-nats. It holds
 # pid, port, url and nats.log. NATS_ADDR (default 127.0.0.1) picks the
 # loopback address to bind.
+#
+# NATS_AUTH=1: the server admits only the cluster's nodes: one user
+# `basicagent` with a random password (nats.conf, 0600), no anonymous
+# clients, so nobody else can publish on ba.> (or anything). DIR/url stays
+# without credentials; DIR/url_auth (0600) is the URL with them, for
+# `BasicAgentServer serve --nats @DIR/url_auth` (read from the file, never
+# on a command line). A DIR started so keeps the account when started again.
 set -euo pipefail
 
 cmd=${1:-}
@@ -59,8 +66,19 @@ start)
     port=$(cat "$dir/port")
     rm -f "$dir/pid"
     [ -f "$dir/nats.log" ] && mv -f "$dir/nats.log" "$dir/nats.log.1"
+    conf=()
+    # A DIR set up with NATS_AUTH=1 keeps its account on every restart.
+    if [ "${NATS_AUTH:-0}" = 1 ] || [ -s "$dir/nats.conf" ]; then
+        if [ ! -s "$dir/nats.conf" ]; then
+            pass=$(head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n')
+            (umask 077
+             printf 'authorization {\n  users = [\n    { user: "basicagent", password: "%s",\n      permissions: { publish: { allow: [">"] }, subscribe: { allow: [">"] } } }\n  ]\n}\n' "$pass" >"$dir/nats.conf"
+             echo "nats://basicagent:$pass@$addr:$port" >"$dir/url_auth")
+        fi
+        conf=(-c "$dir/nats.conf")
+    fi
     # -D would be debug; the default log level is enough for a post-mortem.
-    setsid nats-server -a "$addr" -p "$port" -P "$dir/pid" -l "$dir/nats.log" \
+    setsid nats-server "${conf[@]}" -a "$addr" -p "$port" -P "$dir/pid" -l "$dir/nats.log" \
         </dev/null >/dev/null 2>&1 &
     for _ in $(seq 1 100); do
         if [ -f "$dir/pid" ] && grep -q "Server is ready" "$dir/nats.log" 2>/dev/null; then

@@ -60,6 +60,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![deny(missing_docs)]
 
+pub mod creds;
 pub mod placement;
 pub mod subject;
 pub mod wire;
@@ -369,11 +370,17 @@ impl Cluster {
         if opts.retry_initial_connect {
             co = co.retry_on_initial_connect();
         }
+        // Credentials in the URL go to authentication, never into an error.
+        let split =
+            creds::split(&opts.url).map_err(|e| ClusterError::InvalidOptions(e.to_string()))?;
+        if let Some((user, password)) = split.user_password {
+            co = co.user_and_password(user, password);
+        }
         let client = co
-            .connect(opts.url.as_str())
+            .connect(split.urls.as_str())
             .await
             .map_err(|e| ClusterError::Connect {
-                url: opts.url.clone(),
+                url: split.urls.clone(),
                 reason: e.to_string(),
             })?;
 

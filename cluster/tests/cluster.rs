@@ -1008,6 +1008,58 @@ async fn watch_members_follows_changes() {
     assert!(w.borrow().iter().any(|n| n.name == "node-b" && n.draining));
 }
 
+/// With the nodes' own NATS account (scripts/nats.sh NATS_AUTH=1) a
+/// client without it cannot connect, so it cannot publish on ba.fanout
+/// (or claim a node's name); the nodes, with the credentials in their URL,
+/// work as before, and an error never shows the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_clients_cannot_publish_on_ba_fanout() {
+    let (nats, auth_url) = Nats::start_with_auth();
+    assert!(auth_url.contains('@') && !nats.url.contains('@'));
+    let stranger = async_nats::connect(nats.url.as_str()).await;
+    assert!(
+        stranger.is_err(),
+        "a client without credentials was admitted"
+    );
+    let a = node(&auth_url, "node-a").await;
+    let b = node(&auth_url, "node-b").await;
+    wait_for("both nodes see each other", || {
+        a.members().len() == 2 && b.members().len() == 2
+    })
+    .await;
+    // A fan-out published with the account reaches every node.
+    b.on_fanout(|_req, sink| async move {
+        let _ = sink.send("h-b", Bytes::from_static(b"r")).await;
+    });
+    let mut events = a
+        .fanout(Bytes::from_static(b"f"), Bytes::from_static(b"p"), T)
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while let Some(ev) = events.next().await {
+        if let FanoutEvent::Reply { host, .. } = ev {
+            got.push(host);
+        }
+    }
+    assert_eq!(got, vec!["h-b".to_string()]);
+    let pass = auth_url
+        .rsplit_once('@')
+        .and_then(|(l, _)| l.rsplit_once(':'))
+        .map(|(_, p)| p.to_string())
+        .unwrap();
+    let wrong = auth_url.replace(&pass, "wrong-password");
+    match Cluster::connect(opts(&wrong, "node-c")).await {
+        Ok(_) => panic!("connected with a wrong password"),
+        Err(e) => {
+            let text = e.to_string();
+            assert!(
+                !text.contains("wrong-password") && !text.contains(&pass),
+                "{text}"
+            );
+        }
+    }
+}
+
 /// scripts/nats.sh binds loopback only.
 #[test]
 fn nats_script_refuses_a_non_loopback_address() {

@@ -264,7 +264,9 @@ class Server:
 
 
 class Swarms:
-    def __init__(self, binary, pki, server, agents, count, tmp, seed, retry):
+    def __init__(self, binary, pki, server, agents, count, tmp, seed, retry, servers=None, extra=()):
+        """K swarm processes; `servers(j)`, when given, is swarm j's server
+        list (comma-separated), else every swarm uses `server`."""
         self.procs, self.status = [], []
         per = math.ceil(agents / count)
         first = 1
@@ -275,12 +277,13 @@ class Swarms:
             status = os.path.join(tmp, f"swarm{j}.json")
             out = open(os.path.join(tmp, f"swarm{j}.out"), "wb")
             err = open(os.path.join(tmp, f"swarm{j}.log"), "wb")
-            cmd = [binary, "--server", server, "--ca", os.path.join(pki, "ca.pem"),
+            cmd = [binary, "--server", servers(j) if servers else server, "--ca", os.path.join(pki, "ca.pem"),
                    "--agents", str(n), "--first", str(first), "--seed", seed,
                    "--source", f"127.0.{100 + j}.1-127.0.{100 + j}.20",
                    "--concurrency", "256", "--status-file", status, "--progress", "10"]
             if retry:
                 cmd.append("--retry")
+            cmd += list(extra)
             self.procs.append((subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err), out, err))
             self.status.append(status)
             first += n
@@ -508,6 +511,574 @@ def table(a):
     log(f"wrote {a.out}")
 
 
+# -- cluster mode (fleet-bench.sh --nodes N) ------------------------------------
+
+CLUSTER_TARGETS = {
+    "agents_total": "76 000 (4 x 19 000)",
+    "fanout_last_s": "<= 3 s",
+    "cross_p50_ms": "<= 2 ms",
+    "cross_p99_ms": "<= 10 ms",
+    "noticed_s": "<= 3 s",
+    "rehome_p50_s": "<= 10 s",
+    "rehome_p99_s": "<= 30 s",
+    "tasks_lost": "0",
+    "restart": "reconnect by themselves; clear errors, no hang",
+}
+
+
+def script(root, name, *args, env=None, timeout=180):
+    out = subprocess.run([os.path.join(root, "scripts", name), *args], capture_output=True,
+                         timeout=timeout, env=dict(os.environ, **(env or {})))
+    if out.returncode != 0:
+        raise SystemExit(f"{name} {' '.join(args)} failed: {out.stderr.decode(errors='replace')[-400:]}")
+    return out.stdout.decode().strip()
+
+
+class Node:
+    """One cluster-mode server process (BasicAgentServer serve --nats --db)."""
+
+    def __init__(self, a, i, nats, db, tmp):
+        self.name, self.i = f"node{i}", i
+        self.ip = f"127.0.60.{i + 1}"
+        self.dir = os.path.join(tmp, self.name)
+        os.makedirs(self.dir, exist_ok=True)
+        self.listen = f"{self.ip}:{free_port(self.ip)}"
+        self.api = f"{self.ip}:{free_port(self.ip)}"
+        self.events = os.path.join(self.dir, "events.jsonl")
+        self.cmd = [a.server_bin, "serve", "--listen", self.listen, "--api", self.api,
+                    "--cert", os.path.join(a.pki, "server.pem"), "--key", os.path.join(a.pki, "server.key"),
+                    "--admin", os.path.join(self.dir, "admin.sock"), "--events", self.events,
+                    "--nats", nats, "--db", db, "--node-name", self.name, "--peer-addr", self.listen]
+        self.proc = None
+        self.start()
+
+    def start(self):
+        try:
+            os.unlink(self.events)
+        except OSError:
+            pass
+        self.log = open(os.path.join(self.dir, "server.log"), "ab")
+        self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log,
+                                     env=dict(os.environ, RUST_LOG="warn"))
+        with open(os.path.join(self.dir, "server.pid"), "w") as f:
+            f.write(f"{self.proc.pid}\n")
+        deadline = time.monotonic() + 60
+        while not any(e.get("event") == "listening" for e in events(self.events)):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"{self.name} did not start; see {self.dir}/server.log")
+            time.sleep(0.05)
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill9(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self):
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+    def conn(self, timeout=30):
+        host, port = self.api.rsplit(":", 1)
+        c = http.client.HTTPConnection(host, int(port), timeout=timeout)
+        return c
+
+    def request(self, method, path, body=None, timeout=30, conn=None):
+        """(status, body bytes); status None and the error text when the request failed."""
+        own = conn is None
+        c = conn or self.conn(timeout)
+        try:
+            hdr = {"Content-Type": "application/json"} if body is not None else {}
+            c.request(method, path, body=body, headers=hdr)
+            r = c.getresponse()
+            data = r.read()
+            return r.status, data
+        except (OSError, http.client.HTTPException) as e:
+            if not own:
+                c.close()
+            return None, f"{type(e).__name__}: {e}".encode()
+        finally:
+            if own:
+                c.close()
+
+    def get_json(self, path, timeout=30):
+        st, body = self.request("GET", path, timeout=timeout)
+        if st != 200:
+            return None
+        try:
+            return json.loads(body)
+        except ValueError:
+            return None
+
+    def metric_value(self, name):
+        """One unlabelled gauge or counter from /metrics."""
+        st, body = self.request("GET", "/metrics")
+        if st != 200:
+            return None
+        for line in body.decode(errors="replace").splitlines():
+            if line.startswith(name + " "):
+                try:
+                    return float(line.split()[1])
+                except (ValueError, IndexError):
+                    return None
+        return None
+
+    def metric_hist(self, name, labels=""):
+        """(sum, count, buckets {le: cumulative}) of a histogram on /metrics."""
+        st, body = self.request("GET", "/metrics")
+        out_sum, out_count, buckets = 0.0, 0, {}
+        if st != 200:
+            return None
+        for line in body.decode(errors="replace").splitlines():
+            if not line.startswith(name) or (labels and labels not in line):
+                continue
+            key, _, val = line.rpartition(" ")
+            try:
+                v = float(val)
+            except ValueError:
+                continue
+            if key.startswith(name + "_sum"):
+                out_sum += v
+            elif key.startswith(name + "_count"):
+                out_count += int(v)
+            elif key.startswith(name + "_bucket") and 'le="' in key:
+                le = key.split('le="', 1)[1].split('"', 1)[0]
+                buckets[le] = buckets.get(le, 0) + int(v)
+        return out_sum, out_count, buckets
+
+
+def hist_delta_quantile(h0, h1, q):
+    """A quantile (upper bucket bound, s) of what a histogram gained between two scrapes."""
+    if not h0 or not h1:
+        return None
+    total = h1[1] - h0[1]
+    if total <= 0:
+        return None
+    def key(le):
+        return math.inf if le == "+Inf" else float(le)
+    for le in sorted(h1[2], key=key):
+        if h1[2][le] - h0[2].get(le, 0) >= q * total:
+            return None if le == "+Inf" else key(le)
+    return None
+
+
+def call_loop(node, host, count, keepalive, timeout=5):
+    """`count` sequential single-host pings through `node`; latencies (s) and failures."""
+    body = json.dumps({"target": {"hosts": [host]}, "request": {"method": "ping"}, "timeout": timeout})
+    lat, failures = [], []
+    conn = node.conn(30) if keepalive else None
+    for i in range(count):
+        t0 = time.perf_counter()
+        st, data = node.request("POST", "/v1/call", body=body, conn=conn)
+        dt = time.perf_counter() - t0
+        if st is None and keepalive:
+            conn = node.conn(30)
+        ok = st == 200 and b'"answered":1' in data
+        if ok:
+            lat.append(dt)
+        else:
+            failures.append({"i": i, "status": st, "body": data[:300].decode(errors="replace"),
+                             "at": time.strftime("%H:%M:%S")})
+    if conn:
+        conn.close()
+    return lat, failures
+
+
+def ms_stats(lat):
+    return {"n": len(lat), "p50_ms": rounded(pct(lat, 0.5) * 1000, 3) if lat else None,
+            "p99_ms": rounded(pct(lat, 0.99) * 1000, 3) if lat else None,
+            "max_ms": rounded(max(lat) * 1000, 3) if lat else None}
+
+
+def psql(db, sql):
+    out = subprocess.run(["psql", db, "-At", "-v", "ON_ERROR_STOP=1", "-c", sql], capture_output=True, timeout=120)
+    if out.returncode != 0:
+        return None
+    return out.stdout.decode().strip()
+
+
+def wait_up(swarms, want, limit):
+    """Waits (at most `limit` s) until the swarms hold `want` sessions; seconds waited or None."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < limit:
+        if swarms.totals()["up"] >= want:
+            return time.monotonic() - t0
+        time.sleep(0.2)
+    return None
+
+
+def outage(node, host, stop, start, label, probe_s):
+    """Stops a service, makes calls meanwhile (each must end with a clear error,
+    never hang), starts it again and times the first successful call."""
+    body = json.dumps({"target": {"hosts": [host]}, "request": {"method": "ping"}, "timeout": 5})
+    stop()
+    t_stop = time.monotonic()
+    during = {}
+    worst = 0.0
+    while time.monotonic() - t_stop < probe_s:
+        t0 = time.perf_counter()
+        st, data = node.request("POST", "/v1/call", body=body, timeout=30)
+        worst = max(worst, time.perf_counter() - t0)
+        if st == 200 and b'"answered":1' in data:
+            kind = "200 answered"
+        elif st == 200:
+            try:
+                line = json.loads(data.splitlines()[0])
+                kind = f"200 retcode {line.get('retcode')}"
+            except (ValueError, IndexError):
+                kind = "200 other"
+        else:
+            try:
+                e = json.loads(data).get("error")
+                kind = f"{st} {e.get('code') if isinstance(e, dict) else e}"
+            except (ValueError, AttributeError):
+                kind = f"{st} {data[:80]!r}"
+        during[kind] = during.get(kind, 0) + 1
+        time.sleep(0.1)
+    start()
+    t_start = time.monotonic()
+    recovered = None
+    while time.monotonic() - t_start < 60:
+        st, data = node.request("POST", "/v1/call", body=body, timeout=30)
+        if st == 200 and b'"answered":1' in data:
+            recovered = time.monotonic() - t_start
+            break
+        time.sleep(0.05)
+    log(f"{label}: during the outage {during}; slowest answer {worst:.3f} s; calls work again "
+        f"{recovered} s after the restart")
+    return {"during_outage": during, "slowest_answer_s": rounded(worst, 3),
+            "recovered_after_restart_s": rounded(recovered, 3)}
+
+
+def cluster(a):
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    tmp = tempfile.mkdtemp(prefix="fleet-cluster-", dir=a.workdir)
+    os.chmod(tmp, 0o711)  # PostgreSQL runs as `postgres` and must reach pg/
+    skip = set(x for x in (a.skip or "").split(",") if x)
+    log(f"cluster: {a.nodes} nodes, {a.agents} agents, files in {tmp}; skipping {sorted(skip) or 'nothing'}")
+    # The nodes' own NATS account; both URLs (with their passwords) reach
+    # the nodes through files (--nats @FILE, --db @FILE).
+    script(root, "nats.sh", "start", os.path.join(tmp, "nats"), env={"NATS_AUTH": "1"})
+    nats = "@" + os.path.join(tmp, "nats", "url_auth")
+    db = script(root, "pg.sh", "start", os.path.join(tmp, "pg"), "--watch", str(os.getpid()))
+    db_file = os.path.join(tmp, "db_url")
+    with open(os.open(db_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+        f.write(db + "\n")
+    db_url, db = db, "@" + db_file
+    nodes, swarms = [], None
+    res = {"label": "cluster", "nodes": a.nodes, "agents_requested": a.agents, "skipped": sorted(skip),
+           "load_at_start": os.getloadavg()}
+    try:
+        for i in range(a.nodes):
+            nodes.append(Node(a, i, nats, db, tmp))
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 30:
+            view = nodes[0].get_json("/v1/nodes") or []
+            if len(view) == a.nodes:
+                break
+            time.sleep(0.1)
+        time.sleep(1)
+        before = {n.name: proc_facts(n.proc.pid) for n in nodes}
+        # Swarm j starts at node j and has the others as its fall-backs
+        # (the agent's server list); the nodes' redirect spreads them.
+        listens = [n.listen for n in nodes]
+        def servers(j):
+            k = j % len(listens)
+            return ",".join(listens[k:] + listens[:k])
+        plugins = "getinfo.kernel,sync.bash,async.bash"
+        swarms = Swarms(a.swarm_bin, a.pki, None, a.agents, a.swarms or a.nodes, tmp, "fleet4", True,
+                        servers=servers, extra=["--plugins", plugins, "--task-ms", str(a.task_ms)])
+        t = ramp(swarms, a.agents, a.ramp_timeout, a.plateau, True)
+        time.sleep(2)
+        view = {v["name"]: v for v in (nodes[0].get_json("/v1/nodes") or [])}
+        per_node = []
+        for n in nodes:
+            f = proc_facts(n.proc.pid)
+            own = (n.get_json("/v1/nodes") or [])
+            mine = next((v["sessions"] for v in own if v.get("self")), None)
+            per_node.append({
+                "node": n.name, "sessions": mine,
+                "rss_kib_0": before[n.name]["rss_kib"], "rss_kib_n": f["rss_kib"],
+                "rss_per_session_kib": rounded((f["rss_kib"] - before[n.name]["rss_kib"]) / mine, 2) if mine else None,
+                "threads": f["threads"], "fds": f["fds"],
+            })
+        held = swarms.totals()["up"]
+        res.update({
+            "sessions_held": held, "all_up": held >= a.agents,
+            "time_to_accept_s": rounded(t["ramp_s"] if t["all_up"] else None, 3),
+            "last_up_s": rounded(t["last_up_s"], 3), "refused": t["refused"],
+            "per_node": per_node, "nodes_view": view,
+        })
+        log(f"cluster: {held} sessions held: " + ", ".join(f"{p['node']} {p['sessions']}" for p in per_node))
+        agents = nodes[0].get_json("/v1/agents", timeout=60) or []
+        res["agents_list_count"] = len(agents)
+        by_node = {}
+        for ag in agents:
+            by_node.setdefault(ag.get("node"), []).append(ag["host"])
+        if "fanout" not in skip:
+            srv = Server.__new__(Server)
+            srv.api, srv.token = nodes[0].api, None
+            fan = srv.fanout(a.call_timeout)
+            fan["targeted"] = held
+            res["fanout"] = fan
+            log(f"cluster: fan-out {fan['answered']} answers, last {fan['last_s']} s, summary {fan['summary']}")
+            # The caller node writes every host's getinfo.kernel answer as a
+            # fact (one transaction each); the calls below are measured once
+            # those writes are done, and how long they took is a figure.
+            t1, last, still = time.monotonic(), None, 0
+            while time.monotonic() - t1 < 180:
+                h = nodes[0].metric_hist("basicagent_store_seconds", 'op="agent_fact"')
+                n = h[1] if h else None
+                still = still + 1 if n == last else 0
+                if still >= 4 and n:
+                    break
+                last = n
+                time.sleep(0.25)
+            fan["facts_written"] = last
+            fan["facts_settled_s"] = rounded(time.monotonic() - t1 - 1.0, 2)
+            log(f"cluster: {last} facts written {fan['facts_settled_s']} s after the fan-out")
+        if "calls" not in skip:
+            # A host held by node1, called through node0 (which does not hold it).
+            remote = (by_node.get(nodes[1].name) or [None])[0]
+            local = (by_node.get(nodes[0].name) or [None])[0]
+            calls = {"via": nodes[0].name, "holder": nodes[1].name, "host": remote}
+            if remote:
+                st_lat = []
+                c = nodes[0].conn(30)
+                for _ in range(200):
+                    t1 = time.perf_counter()
+                    nodes[0].request("GET", "/v1/nodes", conn=c)
+                    st_lat.append(time.perf_counter() - t1)
+                c.close()
+                calls["http_only_keepalive"] = ms_stats(st_lat)
+                for mode, keep in (("fresh", False), ("keepalive", True)):
+                    h0 = nodes[0].metric_hist("basicagent_store_seconds", 'op="read"')
+                    lat, fail = call_loop(nodes[0], remote, a.calls, keep)
+                    h1 = nodes[0].metric_hist("basicagent_store_seconds", 'op="read"')
+                    st = ms_stats(lat)
+                    st["failures"] = len(fail)
+                    st["failure_examples"] = fail[:5]
+                    if h0 and h1 and h1[1] > h0[1]:
+                        st["record_mean_ms"] = rounded((h1[0] - h0[0]) / (h1[1] - h0[1]) * 1000, 3)
+                        p50 = hist_delta_quantile(h0, h1, 0.5)
+                        p99 = hist_delta_quantile(h0, h1, 0.99)
+                        st["record_p50_ms_bucket"] = rounded(p50 * 1000, 3) if p50 else None
+                        st["record_p99_ms_bucket"] = rounded(p99 * 1000, 3) if p99 else None
+                    calls[mode] = st
+                    log(f"cluster: cross-node call ({mode}): {st}")
+                if local:
+                    lat, fail = call_loop(nodes[0], local, min(a.calls, 500), True)
+                    calls["same_node_keepalive"] = ms_stats(lat)
+                    calls["same_node_keepalive"]["failures"] = len(fail)
+            res["cross_node_call"] = calls
+        if "kill" not in skip and a.nodes >= 2:
+            victim = nodes[-1]
+            hosts = [h for hs in by_node.values() for h in hs][: a.tasks]
+            res["kill"] = kill_during_tasks(a, nodes, victim, swarms, hosts, db_url, held, skip)
+        if "restarts" not in skip and "calls" not in skip:
+            live = [n for n in nodes if n.alive()]
+            agents = live[0].get_json("/v1/agents", timeout=60) or []
+            remote = next((g["host"] for g in agents if g.get("node") not in (None, live[0].name)), None)
+            if remote:
+                res["nats_restart"] = outage(
+                    live[0], remote, lambda: script(root, "nats.sh", "stop", os.path.join(tmp, "nats")),
+                    lambda: script(root, "nats.sh", "start", os.path.join(tmp, "nats")), "NATS restart", a.outage)
+                time.sleep(3)
+                res["pg_restart"] = outage(
+                    live[0], remote, lambda: script(root, "pg.sh", "pause", os.path.join(tmp, "pg")),
+                    lambda: script(root, "pg.sh", "resume", os.path.join(tmp, "pg")), "PostgreSQL restart", a.outage)
+    finally:
+        reports = swarms.stop() if swarms else []
+        for n in nodes:
+            n.stop()
+        # The nodes' warnings and errors (the run's directory is removed on exit).
+        warn = {}
+        for n in nodes:
+            try:
+                with open(os.path.join(n.dir, "server.log"), errors="replace") as f:
+                    lines = [ln.rstrip() for ln in f if " WARN " in ln or " ERROR " in ln]
+            except OSError:
+                lines = []
+            warn[n.name] = {"count": len(lines), "first": lines[:8], "last": lines[-4:]}
+        res["node_warnings"] = warn
+        try:
+            script(root, "nats.sh", "stop", os.path.join(tmp, "nats"))
+        except SystemExit:
+            pass
+        try:
+            script(root, "pg.sh", "stop", os.path.join(tmp, "pg"))
+        except SystemExit:
+            pass
+    sw = [r for r in reports if r]
+    if sw:
+        res["swarm"] = {
+            "processes": len(sw),
+            "rss_per_session_bytes": max(r.get("rss_per_session_bytes", 0) for r in sw),
+            "cpu_seconds": round(sum(r.get("cpu_seconds", 0) for r in sw), 2),
+            "redirects": sum(r.get("redirects", 0) for r in sw),
+            "lost": sum(r.get("lost", 0) for r in sw),
+            "tasks": sum(r.get("tasks", 0) for r in sw),
+            "tasks_pushed": sum(r.get("tasks_pushed", 0) for r in sw),
+            "tasks_acked": sum(r.get("tasks_acked", 0) for r in sw),
+        }
+    with open(a.out, "w") as f:
+        json.dump(res, f, indent=1)
+    log(f"cluster: wrote {a.out}")
+
+
+def kill_during_tasks(a, nodes, victim, swarms, hosts, db, held, skip):
+    """async.bash to `hosts` through node0, kill -9 of `victim` while the
+    tasks run; then: noticed by peers, re-home times, every result once."""
+    out = {"victim": victim.name, "tasks_requested": len(hosts)}
+    body = json.dumps({"target": {"hosts": hosts}, "request": {"method": "async.bash", "cmd": "true"},
+                       "timeout": 30})
+    before = swarms.totals()
+    t0 = time.monotonic()
+    st, data = nodes[0].request("POST", "/v1/call", body=body, timeout=90) if hosts and "tasks" not in skip else (None, b"")
+    accepted = 0
+    if st == 200:
+        for line in data.splitlines():
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                continue
+            if obj.get("retcode") == 2 and isinstance(obj.get("data"), dict) and "task" in obj["data"]:
+                accepted += 1
+    out["tasks_accepted"] = accepted
+    out["tasks_call_s"] = rounded(time.monotonic() - t0, 3)
+    # The tasks "run" --task-ms; kill in the middle of them.
+    time.sleep(max(0.0, a.task_ms / 2000 - (time.monotonic() - t0)))
+    victim_sessions = next((v["sessions"] for v in (victim.get_json("/v1/nodes") or []) if v.get("self")), None)
+    out["victim_sessions"] = victim_sessions
+    t_kill = time.monotonic()
+    victim.kill9()
+    log(f"cluster: kill -9 {victim.name} ({victim_sessions} sessions), {accepted} tasks accepted")
+    noticed = None
+    while time.monotonic() - t_kill < 30:
+        view = nodes[0].get_json("/v1/nodes", timeout=5) or []
+        if view and all(v["name"] != victim.name for v in view):
+            noticed = time.monotonic() - t_kill
+            break
+        time.sleep(0.05)
+    out["noticed_s"] = rounded(noticed, 3)
+    # At the descriptor limit the survivors cannot take every agent of the
+    # dead node: wait for as many as fit, then restart it for the rest.
+    survivors = [n for n in nodes if n.alive()]
+    room = 0
+    for n in survivors:
+        limit = n.metric_value("basicagent_session_limit")
+        mine = next((v["sessions"] for v in (n.get_json("/v1/nodes") or []) if v.get("self")), 0)
+        room += max(0, int(limit or 0) - mine)
+    want = held - (victim_sessions or 0) + min(victim_sessions or 0, room)
+    out["survivors_room"] = room
+    back = wait_up(swarms, want, a.rehome_timeout)
+    out["all_back_s"] = rounded(time.monotonic() - t_kill, 3) if back is not None else None
+    if want < held:
+        log(f"cluster: the survivors have room for {room} of {victim_sessions}: restarting {victim.name}")
+        t_restart = time.monotonic()
+        victim.start()
+        back2 = wait_up(swarms, held, a.rehome_timeout)
+        out["rest_back_after_restart_s"] = rounded(time.monotonic() - t_restart, 3) if back2 is not None else None
+    time.sleep(1.5)  # the swarms' status files are written every second
+    st = [read_json(p) or {} for p in swarms.status]
+    reh = [s.get("rehome") or {} for s in st]
+    out["rehomed"] = sum(r.get("count", 0) for r in reh)
+    out["rehome_p50_s"] = rounded(max((r.get("p50_us", 0) for r in reh if r.get("count")), default=0) / 1e6, 3)
+    out["rehome_p99_s"] = rounded(max((r.get("p99_us", 0) for r in reh if r.get("count")), default=0) / 1e6, 3)
+    out["rehome_max_s"] = rounded(max((r.get("max_us", 0) for r in reh if r.get("count")), default=0) / 1e6, 3)
+    if accepted:
+        # Every accepted task's result exactly once in PostgreSQL.
+        deadline = time.monotonic() + a.rehome_timeout
+        while True:
+            st = [read_json(p) or {} for p in swarms.status]
+            acked = sum(s.get("tasks_acked", 0) for s in st)
+            made = sum(s.get("tasks", 0) for s in st)
+            rows = psql(db, "SELECT count(*), count(DISTINCT (host, task)) FROM basicagent.tasks")
+            if acked >= made or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        out["tasks_made_by_swarm"] = made
+        out["tasks_acked_by_swarm"] = acked
+        if rows and "|" in rows:
+            total, distinct = (int(x) for x in rows.split("|"))
+            out["task_rows"], out["task_rows_distinct"] = total, distinct
+            # Lost: acknowledged to the agent (safe) yet not in PostgreSQL;
+            # undelivered: still in an agent's outbox (no node took it yet).
+            # (Every ack follows the commit, so acked <= distinct unless lost.)
+            out["tasks_lost"] = max(0, acked - distinct)
+            out["tasks_undelivered"] = made - acked
+            out["tasks_missing_from_store"] = made - distinct
+            out["tasks_duplicated"] = total - distinct
+        out["tasks_settled_s"] = rounded(time.monotonic() - t_kill, 3)
+        log(f"cluster: tasks: {made} made, {acked} acked, PostgreSQL rows {rows}")
+    log(f"cluster: {victim.name} noticed after {noticed} s; re-homed {out['rehomed']}, p50 {out['rehome_p50_s']} s, "
+        f"p99 {out['rehome_p99_s']} s")
+    return out
+
+
+def cluster_table(r):
+    """The cluster figures next to the issue's targets."""
+    if not r:
+        return
+    def g(*path):
+        v = r
+        for k in path:
+            if not isinstance(v, dict):
+                return None
+            v = v.get(k)
+        return v
+    per = r.get("per_node") or []
+    rows = [
+        ("agents held (total)", f"{r.get('sessions_held')} of {r.get('agents_requested')}", CLUSTER_TARGETS["agents_total"]),
+        ("agents held per node", " ".join(str(p.get("sessions")) for p in per), "<= 19 927 each (fd limit - 64 - 9)"),
+        ("time to accept all (s)", r.get("time_to_accept_s") or f"- (last up {r.get('last_up_s')})", ""),
+        ("server RSS per session (KiB)", " ".join(str(p.get("rss_per_session_kib")) for p in per), ""),
+        ("fan-out first / p50 / p99 (s)", f"{g('fanout', 'first_s')} / {g('fanout', 'p50_s')} / {g('fanout', 'p99_s')}", ""),
+        ("fan-out last answer (s)", g("fanout", "last_s"), CLUSTER_TARGETS["fanout_last_s"]),
+        ("fan-out summary answered/targeted", f"{g('fanout', 'summary', 'answered')}/{g('fanout', 'summary', 'targeted')}", "= agents held"),
+        ("fan-out facts written after (s)", g("fanout", "facts_settled_s"), ""),
+        ("cross-node call, fresh conn p50/p99 (ms)", f"{g('cross_node_call', 'fresh', 'p50_ms')} / {g('cross_node_call', 'fresh', 'p99_ms')}", "<= 2 / <= 10"),
+        ("cross-node call, keep-alive p50/p99 (ms)", f"{g('cross_node_call', 'keepalive', 'p50_ms')} / {g('cross_node_call', 'keepalive', 'p99_ms')}", "<= 2 / <= 10"),
+        ("same-node call, keep-alive p50/p99 (ms)", f"{g('cross_node_call', 'same_node_keepalive', 'p50_ms')} / {g('cross_node_call', 'same_node_keepalive', 'p99_ms')}", ""),
+        ("cross-node call failures (fresh+keep-alive)", f"{(g('cross_node_call', 'fresh', 'failures') or 0) + (g('cross_node_call', 'keepalive', 'failures') or 0)}", "0"),
+        ("kill -9: noticed by peers (s)", g("kill", "noticed_s"), CLUSTER_TARGETS["noticed_s"]),
+        ("kill -9: re-homed p50 / p99 (s)", f"{g('kill', 'rehome_p50_s')} / {g('kill', 'rehome_p99_s')}", "<= 10 / <= 30"),
+        ("kill -9 in tasks: lost / duplicated", f"{g('kill', 'tasks_lost')} / {g('kill', 'tasks_duplicated')} of {g('kill', 'tasks_made_by_swarm')}", "0 / 0"),
+        ("kill -9 in tasks: in PostgreSQL once", f"{g('kill', 'task_rows_distinct')} of {g('kill', 'tasks_made_by_swarm')}", "all"),
+        ("NATS restart: calls work again (s)", g("nats_restart", "recovered_after_restart_s"), ""),
+        ("NATS down: answers meanwhile", g("nats_restart", "during_outage"), "clear errors"),
+        ("PostgreSQL restart: calls work again (s)", g("pg_restart", "recovered_after_restart_s"), ""),
+        ("PostgreSQL down: answers meanwhile", g("pg_restart", "during_outage"), "clear errors"),
+    ]
+    width = max(len(x[0]) for x in rows) + 2
+    print("cluster figure".ljust(width) + "measured".ljust(40) + "target")
+    print("-" * (width + 60))
+    for name, v, target in rows:
+        print(name.ljust(width) + ("-" if v is None else str(v)).ljust(40) + target)
+
+
+def merge(a):
+    """Adds the cluster run to bench/fleet.json, keeping the one-node sections."""
+    r = read_json(a.cluster)
+    cluster_table(r)
+    out = read_json(a.out) or {}
+    load = (r or {}).get("load_at_start") or os.getloadavg()
+    # Figures from a loaded machine are kept but marked: not the final ones.
+    out["cluster"] = dict(r or {}, when=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                          host={"cpus": os.cpu_count()}, final=load[0] < 3)
+    with open(a.out, "w") as f:
+        json.dump(out, f, indent=1)
+        f.write("\n")
+    log(f"wrote {a.out} (section cluster)")
+
+
 def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -534,8 +1105,35 @@ def main():
     t.add_argument("--baseline", required=True)
     t.add_argument("--baseline-fit")
     t.add_argument("--out", required=True)
+    c = sub.add_parser("cluster")
+    c.add_argument("--server-bin", required=True)
+    c.add_argument("--swarm-bin", required=True)
+    c.add_argument("--pki", required=True)
+    c.add_argument("--agents", type=int, required=True)
+    c.add_argument("--nodes", type=int, default=4)
+    c.add_argument("--swarms", type=int, default=0, help="swarm processes (default: one per node)")
+    c.add_argument("--out", required=True)
+    c.add_argument("--workdir")
+    c.add_argument("--skip", default="", help="comma list of: fanout, calls, kill, tasks, restarts")
+    c.add_argument("--calls", type=int, default=1000, help="cross-node calls per client mode")
+    c.add_argument("--tasks", type=int, default=10000, help="async.bash tasks during the kill")
+    c.add_argument("--task-ms", type=int, default=3000, help="how long each task runs in the swarm")
+    c.add_argument("--outage", type=float, default=3, help="seconds NATS / PostgreSQL stay down")
+    c.add_argument("--ramp-timeout", type=float, default=300)
+    c.add_argument("--plateau", type=float, default=20)
+    c.add_argument("--rehome-timeout", type=float, default=180)
+    c.add_argument("--call-timeout", type=float, default=60)
+    m = sub.add_parser("merge")
+    m.add_argument("--cluster", required=True)
+    m.add_argument("--out", required=True)
     a = p.parse_args()
-    if a.cmd == "run":
+    if a.cmd == "cluster":
+        if not 1 <= a.nodes <= 50:
+            raise SystemExit("--nodes must be 1..50")
+        cluster(a)
+    elif a.cmd == "merge":
+        merge(a)
+    elif a.cmd == "run":
         ip = a.ip
         if not ip.startswith("127."):
             raise SystemExit("--ip must be a loopback address")

@@ -112,13 +112,20 @@ impl axum::serve::Listener for LimitedListener {
             };
             match self.inner.accept().await {
                 Ok((stream, addr)) => {
+                    // No Nagle: a streamed answer goes out in several writes
+                    // (headers, lines, summary); with Nagle each write after
+                    // the first waits for the client's delayed ACK (40 ms on
+                    // Linux) on a kept-alive connection.
+                    if let Err(e) = stream.set_nodelay(true) {
+                        log::debug!("API TCP_NODELAY: {e}");
+                    }
                     return (
                         LimitedIo {
                             stream,
                             _permit: permit,
                         },
                         addr,
-                    )
+                    );
                 }
                 Err(e) => {
                     log::warn!("API accept: {e}");
@@ -885,6 +892,20 @@ mod tests {
         assert!(!glob_match("web-*", "db-01"));
         assert!(!glob_match("web", "web-01"));
         assert!(glob_match("*-0*", "db-01"));
+    }
+
+    /// Regression: kept-alive API connections paid Nagle + delayed ACK
+    /// (40 ms) per streamed call because TCP_NODELAY was never set.
+    #[tokio::test]
+    async fn api_connections_have_no_nagle() {
+        use axum::serve::Listener as _;
+        let inner = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = inner.local_addr().unwrap();
+        let mut listener = LimitedListener::new(inner, 4);
+        let client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (io, _) = listener.accept().await;
+        assert!(io.stream.nodelay().unwrap());
+        drop(client);
     }
 
     #[test]

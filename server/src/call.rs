@@ -64,6 +64,11 @@ pub struct Summary {
     pub seconds: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub call: Option<CallId>,
+    /// Cluster fan-out: nodes whose answers are missing or partial (died,
+    /// lost answers, cut by their deadline, or did not finish in time);
+    /// their hosts are not all counted in `targeted`. Absent when complete.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub incomplete: Vec<String>,
     /// Cluster mode: why the fan-out could not start (the API answers 503).
     #[serde(skip)]
     pub error: Option<String>,
@@ -110,12 +115,27 @@ pub fn host_line(host: &str, response: &Response) -> String {
 /// store could not record goes on unrecorded.
 pub fn start(shared: Arc<Shared>, spec: CallSpec) -> mpsc::UnboundedReceiver<CallItem> {
     let (out, rx) = mpsc::unbounded_channel();
-    tokio::spawn(run(shared, spec, out, None));
+    tokio::spawn(run(shared, spec, out, Begun::No));
     rx
 }
 
-/// Cluster mode: records the call first and fails (the API answers 503)
-/// when PostgreSQL cannot, instead of running an unrecorded call.
+/// Methods that change nothing on the host: a call of one of these may be
+/// sent while its record commits (see [`start_recorded`]).
+pub fn read_only(method: &str) -> bool {
+    matches!(method, "ping" | "agent.info" | "task.status" | "task.list")
+        || method.starts_with("getinfo.")
+}
+
+/// Cluster mode: records the call and fails (the API answers 503) when
+/// PostgreSQL cannot, instead of running an unrecorded call.
+///
+/// A command (anything not [`read_only`]) is sent only after its record
+/// committed: nothing runs on a host that the history does not show. A
+/// read-only call to a list of hosts is sent while the record commits
+/// (the commit, an fsync in PostgreSQL, is most of a cross-node call's
+/// time); its answers are still held back until the record is durable,
+/// so no answer is returned for a call that is not recorded, and when the
+/// record fails the answers are dropped and the API answers 503 as before.
 pub async fn start_recorded(
     shared: Arc<Shared>,
     spec: CallSpec,
@@ -126,10 +146,42 @@ pub async fn start_recorded(
         target: spec.target.clone(),
         request: spec.request.clone(),
     };
-    let call = shared.storage.read(move |s| s.call_begin(&record)).await?;
+    let overlap = spec.fanout.is_none()
+        && Request::parse(spec.request.as_bytes()).is_ok_and(|r| read_only(&r.method));
+    if !overlap {
+        let call = shared.storage.read(move |s| s.call_begin(&record)).await?;
+        let (out, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(shared, spec, out, Begun::Done(call)));
+        return Ok(rx);
+    }
+    let storage = shared.storage.clone();
+    let recording = tokio::spawn(async move { storage.read(move |s| s.call_begin(&record)).await });
+    let (id_tx, id_rx) = tokio::sync::oneshot::channel();
     let (out, rx) = mpsc::unbounded_channel();
-    tokio::spawn(run(shared, spec, out, Some(call)));
-    Ok(rx)
+    tokio::spawn(run(shared, spec, out, Begun::Pending(id_rx)));
+    match recording.await {
+        Ok(Ok(call)) => {
+            let _ = id_tx.send(call);
+            Ok(rx)
+        }
+        // Dropping `id_tx` tells the run to drop its answers.
+        Ok(Err(e)) => Err(e),
+        Err(e) => Err(crate::storage::ReadError::Failed(format!(
+            "call record task: {e}"
+        ))),
+    }
+}
+
+/// Where a run's call id comes from.
+enum Begun {
+    /// Not recorded yet: the run records it itself (one-node mode; a call
+    /// the store cannot record goes on unrecorded).
+    No,
+    /// Recorded before the run started.
+    Done(CallId),
+    /// Being recorded: the id arrives once committed; a dropped sender
+    /// means the record failed and the run ends without a line.
+    Pending(tokio::sync::oneshot::Receiver<CallId>),
 }
 
 struct Run {
@@ -139,6 +191,8 @@ struct Run {
     label: String,
     caller_id: Option<Box<RawValue>>,
     call: Option<CallId>,
+    /// Results are kept for the store (the call is or will be recorded).
+    recording: bool,
     batch: Vec<HostResult>,
     summary: Summary,
     fact: bool,
@@ -190,14 +244,14 @@ impl Run {
             }
         }
         let line = host_line(host, &response);
-        if let Some(call) = self.call {
+        if self.recording {
             self.batch.push(HostResult {
                 host: host.to_owned(),
                 at: now_millis(),
                 retcode: i64::from(response.retcode.0),
                 response: line.clone(),
             });
-            if self.batch.len() >= RESULT_BATCH {
+            if let Some(call) = self.call.filter(|_| self.batch.len() >= RESULT_BATCH) {
                 self.flush(call);
             }
         }
@@ -225,7 +279,7 @@ async fn run(
     shared: Arc<Shared>,
     spec: CallSpec,
     out: mpsc::UnboundedSender<CallItem>,
-    begun: Option<CallId>,
+    begun: Begun,
 ) {
     let started = Instant::now();
     let Ok(request) = Request::parse(spec.request.as_bytes()) else {
@@ -233,9 +287,14 @@ async fn run(
     };
     let method = request.method.clone();
     let caller_id = request.id.clone();
+    let mut pending = None;
     let call = match begun {
-        Some(id) => Some(id),
-        None => {
+        Begun::Done(id) => Some(id),
+        Begun::Pending(rx) => {
+            pending = Some(rx);
+            None
+        }
+        Begun::No => {
             let record = CallRecord {
                 who: spec.who.clone(),
                 at: now_millis(),
@@ -267,6 +326,7 @@ async fn run(
         label,
         caller_id,
         call,
+        recording: call.is_some() || pending.is_some(),
         batch: Vec::new(),
         counters: Vec::new(),
         summary: Summary {
@@ -358,6 +418,17 @@ async fn run(
             method: run.label.clone(),
         })
         .inc_by(left as u64);
+    // Sent; now the record must be durable before any line goes out.
+    if let Some(rx) = pending {
+        match rx.await {
+            Ok(call) => {
+                run.call = Some(call);
+                run.summary.call = Some(call);
+            }
+            // The record failed: the API answered 503; nothing to return.
+            Err(_) => return,
+        }
+    }
     let deadline = tokio::time::Instant::from_std(
         sent_at
             .checked_add(spec.timeout)
@@ -484,13 +555,16 @@ async fn run_fanout(
                         run.emit(&host, outcome, response, sent_at);
                     }
                     FanoutEvent::NodeDone { node, complete, .. } if !complete => {
-                        log::warn!("fan-out: node {node} lost or cut answers")
+                        log::warn!("fan-out: node {node} lost or cut answers");
+                        run.summary.incomplete.push(node);
                     }
                     FanoutEvent::NodeLost { node, hosts } => {
-                        log::warn!("fan-out: node {node} died after {hosts} answers")
+                        log::warn!("fan-out: node {node} died after {hosts} answers");
+                        run.summary.incomplete.push(node);
                     }
                     FanoutEvent::TimedOut { pending } => {
                         log::warn!("fan-out: nodes {pending:?} did not finish in time");
+                        run.summary.incomplete.extend(pending);
                         break;
                     }
                     FanoutEvent::NodeDone { .. } => {}

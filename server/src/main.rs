@@ -57,7 +57,7 @@ Usage:
                          [--state-dir DIR|none] [--max-sessions N]
                          [--keep-calls-days D] [--keep-tasks-days D]
                          [--max-calls N] [--max-results N] [--max-tasks N]
-                         [--nats URL --db postgres://... --node-name N [--peer-addr ADDR]]
+                         [--nats URL|@FILE --db postgres://...|@FILE --node-name N [--peer-addr ADDR]]
   BasicAgentServer list  [--admin SOCK | --api ADDR [--api-token-file FILE]]
   BasicAgentServer tasks [--admin SOCK | --api ADDR [--api-token-file FILE]]
   BasicAgentServer call  [--admin SOCK | --api ADDR [--api-token-file FILE]]
@@ -379,6 +379,7 @@ fn serve_options(m: &getopts::Matches, admin: PathBuf) -> Result<ServeOptions, S
             None
         }
         (Some(nats), Some(db)) => {
+            let (nats, db) = (node::url_arg("nats", &nats)?, node::url_arg("db", &db)?);
             if m.opt_present("state-dir") {
                 return Err(
                     "--state-dir and --db cannot be combined (the cluster's store is PostgreSQL)"

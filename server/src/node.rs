@@ -38,6 +38,66 @@ pub const DRAIN_RATE: u64 = 500;
 /// own answer to travel back (the caller waits this much longer).
 pub const ROUTE_MARGIN: Duration = Duration::from_millis(500);
 
+/// After a peer (re)joins, the agents table is resynced at once and again
+/// this much later (see the membership task).
+pub const REJOIN_RESYNC_AGAIN: Duration = Duration::from_secs(5);
+
+/// `--nats` / `--db` values: `@FILE` reads the URL (with its password)
+/// from FILE, so it is never on a command line (`ps`, shell history); any
+/// other value is the URL itself. FILE must be a regular file of at most
+/// 4 KiB, readable by its owner only, holding one line.
+pub fn url_arg(flag: &str, arg: &str) -> Result<String, String> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let Some(path) = arg.strip_prefix('@') else {
+        return Ok(arg.to_owned());
+    };
+    let bad = |why: String| format!("--{flag} @{path}: {why}");
+    let file = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
+    let meta = file.metadata().map_err(|e| bad(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(bad("not a regular file".into()));
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(bad(
+            "readable or writable by others (it holds a password: chmod 600)".into(),
+        ));
+    }
+    let mut text = String::new();
+    file.take(4097)
+        .read_to_string(&mut text)
+        .map_err(|e| bad(e.to_string()))?;
+    if text.len() > 4096 {
+        return Err(bad("longer than 4 KiB".into()));
+    }
+    let url = text.trim();
+    if url.is_empty() || url.contains('\n') {
+        return Err(bad("must hold one URL on one line".into()));
+    }
+    Ok(url.to_owned())
+}
+
+/// Descriptors cluster mode holds beyond the one-node server's
+/// [`crate::serve::FD_BASE`]: PostgreSQL's pool (8) and the NATS socket.
+/// (Measured: 19-20 descriptors besides the sessions with part of the pool
+/// open, against about 18 for one node with SQLite's 3 files.)
+pub fn cluster_fds() -> u64 {
+    let pool = basicagent_store::PgOptions::default().pool_size;
+    u64::try_from(pool).unwrap_or(u64::MAX).saturating_add(1)
+}
+
+/// The most sessions a node may hold so the cluster's own descriptors fit
+/// beside the reserve (no limit for a one-node server).
+pub fn room_after_cluster(nofile: u64, clustered: bool) -> usize {
+    if !clustered {
+        return usize::MAX;
+    }
+    let room = nofile
+        .saturating_sub(crate::serve::fd_reserve(nofile))
+        .saturating_sub(cluster_fds());
+    usize::try_from(room).unwrap_or(usize::MAX)
+}
+
 /// This node's cluster handle and name.
 pub struct ClusterMode {
     pub cluster: Cluster,
@@ -345,8 +405,26 @@ pub async fn start(shared: &Arc<Shared>) -> Result<(), basicagent_cluster::Clust
                 }
                 Err(_) => return,
             };
-            let (MemberEvent::Dead(node) | MemberEvent::Left(node)) = ev else {
-                continue;
+            let node = match ev {
+                MemberEvent::Dead(node) | MemberEvent::Left(node) => node,
+                MemberEvent::Joined(_) => {
+                    // A peer (re)joined our view. If this node was the one
+                    // cut off or stalled (it saw everyone die, or everyone
+                    // saw it die), its peers have run node_gone for it:
+                    // write our sessions again, now and once more after
+                    // the peers' own node_gone calls have surely landed.
+                    let Some(shared) = weak.upgrade() else { return };
+                    shared.storage.queue_stale();
+                    let later = weak.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(REJOIN_RESYNC_AGAIN).await;
+                        if let Some(shared) = later.upgrade() {
+                            shared.storage.queue_stale();
+                        }
+                    });
+                    continue;
+                }
+                _ => continue,
             };
             let Some(shared) = weak.upgrade() else { return };
             let at = now_millis();
@@ -468,6 +546,43 @@ async fn resync_loop(shared: Weak<Shared>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_are_read_from_private_files() {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(url_arg("nats", "nats://h:1").unwrap(), "nats://h:1");
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("url");
+        std::fs::write(&f, "nats://node:pw@127.0.0.1:4222\n").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let arg = format!("@{}", f.display());
+        assert_eq!(
+            url_arg("nats", &arg).unwrap(),
+            "nats://node:pw@127.0.0.1:4222"
+        );
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(url_arg("nats", &arg).unwrap_err().contains("chmod 600"));
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(&f, "a\nb\n").unwrap();
+        assert!(url_arg("db", &arg).unwrap_err().contains("one line"));
+        std::fs::write(&f, "x".repeat(5000)).unwrap();
+        assert!(url_arg("db", &arg).unwrap_err().contains("4 KiB"));
+        let d = format!("@{}", dir.path().display());
+        assert!(url_arg("db", &d).is_err());
+        assert!(url_arg("db", "@/nonexistent/x")
+            .unwrap_err()
+            .contains("--db @/nonexistent/x"));
+    }
+
+    /// Regression: with 20 000 descriptors a cluster node allowed 19 936
+    /// sessions, the one-node figure, although its PostgreSQL pool and NATS
+    /// socket take 9 descriptors the reserve's base does not count.
+    #[test]
+    fn cluster_sessions_leave_room_for_the_pool_and_nats() {
+        assert_eq!(room_after_cluster(20_000, false), usize::MAX);
+        assert_eq!(room_after_cluster(20_000, true), 20_000 - 64 - 9);
+        assert_eq!(room_after_cluster(10, true), 0);
+    }
 
     #[test]
     fn routed_requests_round_trip_and_bad_bytes_are_refused() {

@@ -336,7 +336,10 @@ async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         }
     }
     let nofile = raise_nofile();
-    let limit = session_limit(nofile, options.max_sessions);
+    let limit = session_limit(nofile, options.max_sessions).min(crate::node::room_after_cluster(
+        nofile,
+        options.cluster.is_some(),
+    ));
     let metrics = Arc::new(Metrics::new());
     metrics
         .session_limit

@@ -271,6 +271,8 @@ fn home(
 struct FakeAgent {
     host: String,
     at: Arc<std::sync::Mutex<Option<SocketAddr>>>,
+    /// The methods of every request received, in order.
+    seen: Arc<std::sync::Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -282,8 +284,9 @@ impl FakeAgent {
         host: &str,
     ) -> FakeAgent {
         let at = Arc::new(std::sync::Mutex::new(None));
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (h, at2, stop2) = (host.to_owned(), at.clone(), stop.clone());
+        let (h, at2, stop2, seen2) = (host.to_owned(), at.clone(), stop.clone(), seen.clone());
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
             let mut ready = Some(ready_tx);
@@ -309,7 +312,11 @@ impl FakeAgent {
                     match a.recv() {
                         Ok(Some(line)) => {
                             let r: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-                            if r.get("method").is_some() {
+                            if let Some(m) = r.get("method") {
+                                seen2
+                                    .lock()
+                                    .unwrap()
+                                    .push(m.as_str().unwrap_or("").to_owned());
                                 let answer = json!({"id": r["id"], "resp": "success",
                                     "retcode": 2, "message": "Normal termination",
                                     "data": {"host": h}});
@@ -338,6 +345,7 @@ impl FakeAgent {
         FakeAgent {
             host: host.to_owned(),
             at,
+            seen,
             stop,
             thread: Some(thread),
         }
@@ -345,6 +353,15 @@ impl FakeAgent {
 
     fn at(&self) -> Option<SocketAddr> {
         *self.at.lock().unwrap()
+    }
+
+    fn seen(&self, method: &str) -> usize {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|m| *m == method)
+            .count()
     }
 }
 
@@ -566,6 +583,131 @@ impl Drop for FakeResponder {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// A read-only call is sent while its record commits (the commit is most
+/// of a cross-node call's time), a command only after: with PostgreSQL
+/// down a `sync.bash` never reaches the agent, a `ping` may, and both get
+/// 503 `store_unavailable` and no answer line. Once PostgreSQL is back a
+/// read-only call's results are stored under its call id.
+#[test]
+fn calls_are_recorded_before_any_answer_and_commands_before_they_are_sent() {
+    let nodes = Nodes::start(2);
+    let pki = nodes.pki.client_config(true);
+    let addrs = Arc::new(std::sync::Mutex::new(nodes.listens.clone()));
+    let agents: Vec<FakeAgent> = (0..6)
+        .map(|i| FakeAgent::start(pki.clone(), addrs.clone(), &format!("record-host-{i}")))
+        .collect();
+    let remote = agents
+        .iter()
+        .find(|a| a.at() == Some(nodes.listens[1]))
+        .expect("an agent on node1");
+    let ping =
+        json!({"target": {"hosts": [&remote.host]}, "request": {"method": "ping"}, "timeout": 5});
+    let bash = json!({"target": {"hosts": [&remote.host]},
+        "request": {"method": "sync.bash", "cmd": "true"}, "timeout": 5});
+    // Recorded, with its result, under the id the summary gives.
+    let (status, lines) = nodes.call(0, ping.clone());
+    assert_eq!(status, 200, "{lines:?}");
+    assert_eq!(lines[0]["resp"], "success", "{lines:?}");
+    let call = summary(&lines)["call"].as_i64().expect("a call id");
+    eventually("the ping's result stored under its call", || {
+        let c = nodes.get(1, &format!("/v1/calls/{call}"));
+        c["results"].as_array().is_some_and(|r| r.len() == 1)
+            && c["results"][0]["host"] == remote.host.as_str()
+    });
+    nodes.svc.pg("pause");
+    eventually("503 store_unavailable for a command", || {
+        let (s, t) = http(nodes.node(0), "POST", "/v1/call", Some(&bash.to_string()));
+        assert!(
+            !t.contains("\"resp\""),
+            "an answer line for an unrecorded call: {t}"
+        );
+        s == 503 && t.contains("store_unavailable")
+    });
+    for _ in 0..5 {
+        let (s, t) = http(nodes.node(0), "POST", "/v1/call", Some(&bash.to_string()));
+        assert_eq!(s, 503, "{t}");
+        let (s, t) = http(nodes.node(0), "POST", "/v1/call", Some(&ping.to_string()));
+        assert_eq!(s, 503, "{t}");
+        assert!(t.contains("store_unavailable"), "{t}");
+    }
+    // A command that could not be recorded was never sent.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        remote.seen("sync.bash"),
+        0,
+        "an unrecorded command reached the agent"
+    );
+    nodes.svc.pg("resume");
+    eventually("commands recorded and sent again", || {
+        let (s, l) = nodes.call(0, bash.clone());
+        s == 200 && l.first().is_some_and(|l| l["resp"] == "success")
+    });
+    assert_eq!(remote.seen("sync.bash"), 1);
+}
+
+/// Regression (found by the 76 000-agent bench): a node stalled for more
+/// than the death timeout (here SIGSTOP, there a CPU starved during a
+/// fan-out) is declared dead by its peers, which mark its agents offline
+/// (`node_gone`); and on waking it declares them dead and marks theirs.
+/// Both sides' sessions were alive all along; once each sees the other
+/// rejoin, each writes its own sessions again, so the cluster-wide list
+/// shows every agent again (it stayed short for ever before).
+#[test]
+fn a_stalled_node_and_its_peers_list_their_agents_again_after_it_wakes() {
+    let nodes = Nodes::start(2);
+    let pki = nodes.pki.client_config(true);
+    let addrs = Arc::new(std::sync::Mutex::new(nodes.listens.clone()));
+    let agents: Vec<FakeAgent> = (0..8)
+        .map(|i| FakeAgent::start(pki.clone(), addrs.clone(), &format!("stall-host-{i}")))
+        .collect();
+    assert!(agents.iter().any(|a| a.at() == Some(nodes.listens[1])));
+    assert!(agents.iter().any(|a| a.at() == Some(nodes.listens[0])));
+    eventually("all agents listed", || {
+        nodes.get(0, "/v1/agents").as_array().unwrap().len() == agents.len()
+    });
+    let all = json!({"target": {"all": true}, "request": {"method": "ping"}, "timeout": 20});
+    let (status, lines) = nodes.call(0, all.clone());
+    assert_eq!(status, 200);
+    assert_eq!(summary(&lines)["targeted"], agents.len(), "{lines:?}");
+    assert!(summary(&lines).get("incomplete").is_none(), "{lines:?}");
+    let pid = nodes.node(1).child.id().to_string();
+    let signal = |sig: &str| {
+        let st = Command::new("kill").args([sig, &pid]).status().unwrap();
+        assert!(st.success(), "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    // A fan-out meanwhile: node1 never answers, and the summary says its
+    // hosts are missing (it used to look complete, only shorter).
+    let on0 = agents
+        .iter()
+        .filter(|a| a.at() == Some(nodes.listens[0]))
+        .count();
+    let (status, lines) = nodes.call(0, all.clone());
+    assert_eq!(status, 200);
+    let s = summary(&lines);
+    assert_eq!(s["incomplete"], json!(["node1"]), "{lines:?}");
+    assert_eq!(s["answered"], on0, "{lines:?}");
+    eventually("node1 seen dead by node0", || {
+        nodes.get(0, "/v1/nodes").as_array().unwrap().len() == 1
+    });
+    // node0's node_gone(node1) has run (or runs now); wake node1 past its
+    // own death timeout for node0.
+    std::thread::sleep(Duration::from_millis(500));
+    signal("-CONT");
+    eventually("both nodes live and every agent listed on both", || {
+        (0..2).all(|i| {
+            nodes.get(i, "/v1/nodes").as_array().unwrap().len() == 2
+                && nodes.get(i, "/v1/agents").as_array().unwrap().len() == agents.len()
+        })
+    });
+    // And it stays so once the late node_gone calls have landed.
+    std::thread::sleep(Duration::from_secs(7));
+    for i in 0..2 {
+        let list = nodes.get(i, "/v1/agents");
+        assert_eq!(list.as_array().unwrap().len(), agents.len(), "{list}");
     }
 }
 

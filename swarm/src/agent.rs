@@ -83,6 +83,109 @@ impl Ctx {
     }
 }
 
+/// One `async.bash` task of a simulated agent: its `task.done` frame,
+/// pushed once the task has "run" (`ready`) and after every init, until a
+/// server acknowledges it. In memory: the swarm process outlives the server
+/// nodes it measures, which is what the agent's durable outbox gives.
+struct Task {
+    id: String,
+    ready: Instant,
+    /// Pushed on the current session.
+    pushed: bool,
+    frame: Vec<u8>,
+}
+
+/// The tasks of one agent not yet acknowledged, oldest first.
+#[derive(Default)]
+struct Outbox {
+    tasks: Vec<Task>,
+    made: u64,
+}
+
+impl Outbox {
+    /// The next instant a task becomes ready to push on this session.
+    fn next_ready(&self) -> Option<Instant> {
+        self.tasks
+            .iter()
+            .filter(|t| !t.pushed)
+            .map(|t| t.ready)
+            .min()
+    }
+
+    /// Removes an acknowledged task; false for an unknown id.
+    fn ack(&mut self, id: &str) -> bool {
+        let before = self.tasks.len();
+        self.tasks.retain(|t| t.id != id);
+        self.tasks.len() != before
+    }
+}
+
+/// A new session: every task is pushed again (oldest first) once ready.
+fn outbox_new_session(outbox: &mut Outbox) {
+    for t in &mut outbox.tasks {
+        t.pushed = false;
+    }
+}
+
+/// True when `line` may be a frame the outbox handles (cheap test first).
+fn task_frame(line: &[u8]) -> bool {
+    let has = |needle: &[u8]| line.windows(needle.len()).any(|w| w == needle);
+    has(b"async.bash") || has(b"task.ack")
+}
+
+/// Answers `async.bash` (a task id at once; `task.done` later) and takes
+/// `task.ack`; `None` when the frame is something else.
+fn task_answer(
+    ctx: &Ctx,
+    persona: &Persona,
+    index: u64,
+    outbox: &mut Outbox,
+    line: &[u8],
+) -> Option<Option<Vec<u8>>> {
+    use basicagent_proto::{Incoming, Response, Retcode, TaskDone};
+    match Incoming::classify(line) {
+        Ok(Incoming::TaskAck(a)) => {
+            if outbox.ack(&a.task) {
+                ctx.stats.tasks_acked.fetch_add(1, Relaxed);
+            }
+            ctx.stats.ignored.fetch_add(1, Relaxed);
+            Some(None)
+        }
+        Ok(Incoming::Request(r)) if r.method == "async.bash" => {
+            if !persona.plugins.iter().any(|p| p == "async.bash") {
+                return None;
+            }
+            outbox.made = outbox.made.wrapping_add(1);
+            // A UUID-shaped id, unique per (agent, task) and per swarm seed.
+            let seed = crate::ident::host_id(&ctx.opts.seed, index);
+            let id = format!(
+                "{}-{:012x}",
+                seed.get(..23).unwrap_or(&seed),
+                outbox.made & 0xffff_ffff_ffff
+            );
+            let result = Response::new(None, Retcode::SUCCESS).with_data(&serde_json::json!({
+                "exitcode": 0, "stdout": "swarm\n", "stderr": "", "elapsed_ms": ctx.opts.task_time.as_millis() as u64,
+            }));
+            let mut frame = Vec::new();
+            TaskDone::new(id.clone(), &result).write_frame(&mut frame);
+            let now = Instant::now();
+            outbox.tasks.push(Task {
+                id: id.clone(),
+                ready: now.checked_add(ctx.opts.task_time).unwrap_or(now),
+                pushed: false,
+                frame,
+            });
+            ctx.stats.tasks.fetch_add(1, Relaxed);
+            let mut out = Vec::new();
+            Response::new(r.id, Retcode::SUCCESS)
+                .with_data(&serde_json::json!({ "task": id }))
+                .write_frame(&mut out);
+            Some(Some(out))
+        }
+        _ => None,
+    }
+}
+
 /// How an established session ended.
 enum End {
     /// Our shutdown.
@@ -139,6 +242,9 @@ pub async fn run(ctx: Arc<Ctx>, index: u64, mut stop: watch::Receiver<bool>) {
         .copied()
         .unwrap_or(Ipv4Addr::LOCALHOST);
     let mut backoff = Backoff::new(index.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0xdead_beef);
+    let mut outbox = Outbox::default();
+    // When the last session was lost (for the re-home histogram).
+    let mut lost_at: Option<Instant> = None;
     ctx.stats.started.fetch_add(1, Relaxed);
     // With --cert-dir, this agent's own certificate (the server binds host
     // ids to certificates); else the shared configuration.
@@ -185,6 +291,11 @@ pub async fn run(ctx: Arc<Ctx>, index: u64, mut stop: watch::Receiver<bool>) {
         match outcome {
             Ok((stream, heartbeat)) => {
                 ctx.stats.session_up();
+                if let Some(lost) = lost_at.take() {
+                    let us = u64::try_from(lost.elapsed().as_micros()).unwrap_or(u64::MAX);
+                    ctx.stats.rehome.record(us);
+                }
+                outbox_new_session(&mut outbox);
                 let at = u64::try_from(ctx.started.elapsed().as_micros()).unwrap_or(u64::MAX);
                 ctx.last_up_us.fetch_max(at, Relaxed);
                 if ctx.stats.up.load(Relaxed) >= opts.agents {
@@ -193,12 +304,22 @@ pub async fn run(ctx: Arc<Ctx>, index: u64, mut stop: watch::Receiver<bool>) {
                         .ramp_us
                         .compare_exchange(0, at.max(1), Relaxed, Relaxed);
                 }
-                let end = Box::pin(serve(&ctx, &persona, stream, heartbeat, &mut stop)).await;
+                let end = Box::pin(serve(
+                    &ctx,
+                    &persona,
+                    index,
+                    &mut outbox,
+                    stream,
+                    heartbeat,
+                    &mut stop,
+                ))
+                .await;
                 ctx.stats.session_down();
                 match end {
                     End::Stopped => return,
                     End::Lost(why) => {
                         ctx.stats.lost.fetch_add(1, Relaxed);
+                        lost_at = Some(Instant::now());
                         log::info!("{}: session lost: {why}", persona.name);
                         if !opts.retry {
                             return;
@@ -260,7 +381,7 @@ async fn establish(
     source: Ipv4Addr,
 ) -> Result<(Box<TlsStream<TcpStream>>, Duration), Failed> {
     let opts = &ctx.opts;
-    let mut targets = vec![opts.server];
+    let mut targets = opts.servers.clone();
     let mut redirects = 0u32;
     loop {
         let mut last = Failed(Refusal::Connect, "no address to try".into());
@@ -431,6 +552,8 @@ async fn read_some(
 async fn serve(
     ctx: &Ctx,
     persona: &Persona,
+    index: u64,
+    outbox: &mut Outbox,
     mut stream: Box<TlsStream<TcpStream>>,
     heartbeat: Duration,
     stop: &mut watch::Receiver<bool>,
@@ -452,6 +575,8 @@ async fn serve(
                 .checked_add(Duration::from_secs(86_400 * 365))
                 .unwrap_or(last_rx),
         };
+        let task_at = outbox.next_ready();
+        let wake = task_at.map_or(wake, |t| t.min(wake));
         tokio::select! {
             biased;
             _ = stop.changed() => {
@@ -468,6 +593,13 @@ async fn serve(
                     let t0 = Instant::now();
                     let uptime = ctx.started.elapsed().as_secs();
                     let answer = match frame {
+                        Ok(line) if task_frame(&line) => {
+                            match task_answer(ctx, persona, index, outbox, &line) {
+                                Some(Some(bytes)) => Answer::Reply(bytes, crate::stats::Method::SyncBash),
+                                Some(None) => continue,
+                                None => persona.answer(&line, uptime, served),
+                            }
+                        }
                         Ok(line) => persona.answer(&line, uptime, served),
                         Err(e) => persona.too_long(&e),
                     };
@@ -489,6 +621,17 @@ async fn serve(
             }
             _ = sleep_until(wake.into()) => {
                 let now = Instant::now();
+                if task_at.is_some_and(|t| now >= t) {
+                    for t in outbox.tasks.iter_mut().filter(|t| !t.pushed && t.ready <= now) {
+                        if let Err(e) = write(&mut stream, &t.frame).await {
+                            return End::Lost(format!("write: {e}"));
+                        }
+                        t.pushed = true;
+                        ctx.stats.tasks_pushed.fetch_add(1, Relaxed);
+                        last_tx = Instant::now();
+                    }
+                    continue;
+                }
                 if dead_at.is_some_and(|d| now >= d) {
                     return End::Lost(format!("nothing received for {} s (3 heartbeats)", dead_after.as_secs()));
                 }

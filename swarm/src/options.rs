@@ -6,7 +6,7 @@ use std::time::Duration;
 
 pub const USAGE: &str = "\
 Usage:
-  BasicAgentSwarm --server IP:PORT --ca PEM [--name NAME]
+  BasicAgentSwarm --server IP:PORT[,IP:PORT...] --ca PEM [--name NAME]
                   [--cert PEM --key PEM | --cert-dir DIR]
                   [--agents N] [--first K] [--seed TEXT] [--prefix NAME]
                   [--source IP | IP-IP | COUNT] [--concurrency C] [--rate PER_S]
@@ -14,14 +14,18 @@ Usage:
                   [--connect-timeout SECS] [--handshake-timeout SECS]
                   [--max-redirects N] [--max-frame BYTES] [--retry]
                   [--threads T] [--duration SECS] [--status-file FILE]
-                  [--progress SECS]
+                  [--progress SECS] [--task-ms MS]
   BasicAgentSwarm --print-ids [--agents N] [--first K] [--seed TEXT]
       prints the agents' host ids, one a line (for make-certs.sh --agent)
 
 Plays N agents from one process: TLS verified against --ca and --name as the
 agent does, init with distinct host ids, answers ping, getinfo.kernel,
 sync.bash and agent.info with canned data (3022 for any other method),
-follows redirects, sends heartbeats. Runs for --duration seconds, or until
+follows redirects, sends heartbeats. With several --server addresses each
+connection round tries them in order, like the agent's server list (a lost
+session starts a new round). async.bash (when in --plugins) answers a task
+id at once and pushes task.done --task-ms later (default 200), kept in an
+in-memory outbox and pushed again after every init until task.ack. Runs for --duration seconds, or until
 SIGTERM/SIGINT, then prints one JSON report line on stdout. SIGUSR1 closes
 the ramp: attempts in flight finish, agents not yet started give up
 (counted as abandoned), sessions up stay up.
@@ -40,7 +44,12 @@ Log level: RUST_LOG (default warn).";
 /// Everything a run needs.
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// The first of `servers`.
     pub server: SocketAddr,
+    /// The server list, tried in order at every connection round.
+    pub servers: Vec<SocketAddr>,
+    /// `async.bash`: how long a task "runs" before its `task.done`.
+    pub task_time: Duration,
     /// The name the server certificate must be valid for.
     pub name: String,
     pub ca: PathBuf,
@@ -183,6 +192,7 @@ pub fn parse(args: &[String]) -> Result<Option<Options>, OptionsError> {
         ("duration", "SECS"),
         ("status-file", "FILE"),
         ("progress", "SECS"),
+        ("task-ms", "MS"),
     ] {
         o.optopt("", name, "", hint);
     }
@@ -207,9 +217,17 @@ pub fn parse(args: &[String]) -> Result<Option<Options>, OptionsError> {
     let server_text = m
         .opt_str("server")
         .ok_or_else(|| OptionsError::Usage("--server IP:PORT is required".into()))?;
-    let server: SocketAddr = server_text
-        .parse()
-        .map_err(|_| bad("server", &server_text, "want IP:PORT"))?;
+    let servers = server_text
+        .split(',')
+        .map(|s| s.trim().parse::<SocketAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| bad("server", &server_text, "want IP:PORT[,IP:PORT...]"))?;
+    let Some(&server) = servers.first() else {
+        return Err(bad("server", &server_text, "want IP:PORT[,IP:PORT...]"));
+    };
+    if servers.len() > 64 {
+        return Err(bad("server", &server_text, "at most 64 addresses"));
+    }
     let ca = m
         .opt_str("ca")
         .ok_or_else(|| OptionsError::Usage("--ca PEM is required".into()))?;
@@ -242,6 +260,7 @@ pub fn parse(args: &[String]) -> Result<Option<Options>, OptionsError> {
     let max_frame = int("max-frame", 1024 * 1024, 1024, 1 << 30)?;
     let threads = int("threads", 1, 1, 64)?;
     let think_ms = int("think", 0, 0, 3_600_000)?;
+    let task_ms = int("task-ms", 200, 0, 3_600_000)?;
     let rate = match m.opt_str("rate") {
         None => 0.0,
         Some(v) => v
@@ -273,6 +292,8 @@ pub fn parse(args: &[String]) -> Result<Option<Options>, OptionsError> {
     };
     Ok(Some(Options {
         server,
+        servers,
+        task_time: Duration::from_millis(task_ms),
         name: m
             .opt_str("name")
             .unwrap_or_else(|| "config.cargo.com".to_owned()),
@@ -391,6 +412,13 @@ mod tests {
         assert_eq!(o.progress, Some(Duration::from_secs(5)));
         assert!(parse(&args(&["--ca", "x"])).is_err());
         assert!(parse(&args(&["--server", "nope", "--ca", "x"])).is_err());
+        assert!(parse(&args(&["--server", "127.0.0.1:1,", "--ca", "x"])).is_err());
+        let list = parse(&args(&["--server", "127.0.0.1:1,127.0.0.2:2", "--ca", "x"]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(list.server, "127.0.0.1:1".parse().unwrap());
+        assert_eq!(list.servers.len(), 2);
+        assert_eq!(list.task_time, Duration::from_millis(200));
         assert!(parse(&args(&[
             "--server",
             "127.0.0.1:1",

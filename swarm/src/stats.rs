@@ -186,6 +186,15 @@ pub struct Stats {
     pub latency: Histogram,
     /// Microseconds from the first connect to the last session up of the ramp.
     pub ramp_us: AtomicU64,
+    /// Microseconds from a lost session to the same agent's next session up
+    /// (the re-home time when a server node dies).
+    pub rehome: Histogram,
+    /// `async.bash` tasks accepted (a task id answered).
+    pub tasks: AtomicU64,
+    /// `task.done` frames sent (re-pushes counted again).
+    pub tasks_pushed: AtomicU64,
+    /// Tasks acknowledged by a server (`task.ack`), each counted once.
+    pub tasks_acked: AtomicU64,
 }
 
 impl Stats {
@@ -260,6 +269,10 @@ struct Report<'a> {
     heartbeats: u64,
     ignored: u64,
     latency: Latency,
+    rehome: Latency,
+    tasks: u64,
+    tasks_pushed: u64,
+    tasks_acked: u64,
     ramp_seconds: Option<f64>,
     #[serde(flatten)]
     process: &'a Process,
@@ -300,6 +313,15 @@ impl Stats {
                 p99_us: self.latency.quantile(0.99),
                 max_us: self.latency.max(),
             },
+            rehome: Latency {
+                count: self.rehome.count(),
+                p50_us: self.rehome.quantile(0.5),
+                p99_us: self.rehome.quantile(0.99),
+                max_us: self.rehome.max(),
+            },
+            tasks: self.tasks.load(Relaxed),
+            tasks_pushed: self.tasks_pushed.load(Relaxed),
+            tasks_acked: self.tasks_acked.load(Relaxed),
             ramp_seconds: (ramp > 0).then(|| ramp as f64 / 1e6),
             process,
         };

@@ -131,6 +131,71 @@ fn retry_backs_off_and_tries_again() {
     assert_eq!(report["peak_up"], 0, "{report}");
 }
 
+/// async.bash: a task id at once, `task.done` later, kept until acked and
+/// pushed again on the next session; a lost session goes through the
+/// server list (here to the second server) and its re-home is timed.
+#[test]
+fn async_tasks_are_pushed_until_acked_across_a_server_loss() {
+    let pki = Pki::new();
+    let mut first = Server::start(&pki, &["--no-auto-ack"]);
+    let second = Server::start(&pki, &[]);
+    let servers = format!("{},{}", first.listen, second.listen);
+    let mut swarm = Swarm::start_list(
+        &pki,
+        &servers,
+        "ca.pem",
+        3,
+        &[
+            "--retry",
+            "--plugins",
+            "getinfo.kernel,async.bash",
+            "--task-ms",
+            "50",
+        ],
+    );
+    swarm.wait("3 sessions up", |s| s["up"] == 3);
+    assert_eq!(
+        first.admin_lines(&["list"]).len(),
+        3,
+        "the first server of the list"
+    );
+    let answers = first.admin_lines(&[
+        "call",
+        "--all",
+        "--timeout",
+        "30",
+        r#"{"method":"async.bash","cmd":"true"}"#,
+    ]);
+    assert_eq!(answers.len(), 3, "{answers:?}");
+    for a in &answers {
+        assert_eq!(a["retcode"], 2, "{a}");
+        assert!(
+            a["data"]["task"].as_str().is_some_and(|t| t.len() == 36),
+            "{a}"
+        );
+    }
+    // Pushed to the first server, which does not acknowledge.
+    swarm.wait("3 task.done pushed", |s| s["tasks_pushed"] == 3);
+    assert_eq!(swarm.status()["tasks_acked"], 0);
+    let _ = first.child.kill();
+    let _ = first.child.wait();
+    // Lost, re-homed on the second server, pushed again, acked there.
+    let s = swarm.wait("tasks acked on the second server", |s| {
+        s["tasks_acked"] == 3
+    });
+    assert_eq!(s["rehome"]["count"], 3, "{s}");
+    assert!(s["tasks_pushed"].as_u64() >= Some(6), "{s}");
+    let stored = second.admin_lines(&["tasks"]);
+    let ids: HashSet<&str> = answers
+        .iter()
+        .map(|a| a["data"]["task"].as_str().unwrap())
+        .collect();
+    let got: HashSet<&str> = stored.iter().filter_map(|t| t["task"].as_str()).collect();
+    assert_eq!(ids, got, "{stored:?}");
+    let report = swarm.stop();
+    assert_eq!(report["tasks"], 3, "{report}");
+}
+
 #[test]
 fn a_redirect_is_followed() {
     let pki = Pki::new();

@@ -28,6 +28,36 @@ impl Nats {
         Nats { dir, url }
     }
 
+    /// With NATS_AUTH=1: only the user in `url_auth` may connect; returns
+    /// the server and the URL with credentials.
+    pub fn start_with_auth() -> (Nats, String) {
+        let dir = tempfile::Builder::new()
+            .prefix("cp-nats-auth-")
+            .tempdir()
+            .expect("temp dir");
+        let out = Command::new("bash")
+            .arg(script())
+            .arg("start")
+            .arg(dir.path())
+            .env("NATS_AUTH", "1")
+            .output()
+            .expect("run scripts/nats.sh");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let url = String::from_utf8(out.stdout)
+            .expect("utf8")
+            .trim()
+            .to_string();
+        let auth = std::fs::read_to_string(dir.path().join("url_auth"))
+            .expect("url_auth")
+            .trim()
+            .to_string();
+        (Nats { dir, url }, auth)
+    }
+
     /// SIGKILL the server (no goodbye to the clients).
     pub fn kill9(&self) {
         let pid: i32 = std::fs::read_to_string(self.dir.path().join("pid"))

@@ -103,11 +103,16 @@ pub struct Swarm {
 impl Swarm {
     /// Starts `agents` agents against `server` trusting `ca`, with `extra` flags.
     pub fn start(pki: &Pki, server: SocketAddr, ca: &str, agents: u64, extra: &[&str]) -> Swarm {
+        Swarm::start_list(pki, &server.to_string(), ca, agents, extra)
+    }
+
+    /// The same with a server list (`IP:PORT,IP:PORT...`).
+    pub fn start_list(pki: &Pki, servers: &str, ca: &str, agents: u64, extra: &[&str]) -> Swarm {
         let dir = tempfile::tempdir().unwrap();
         let status = dir.path().join("status.json");
         let child = Command::new(swarm_bin())
             .arg("--server")
-            .arg(server.to_string())
+            .arg(servers)
             .arg("--ca")
             .arg(pki.path(ca))
             .arg("--agents")
