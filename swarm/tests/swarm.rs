@@ -137,8 +137,8 @@ fn retry_backs_off_and_tries_again() {
 #[test]
 fn async_tasks_are_pushed_until_acked_across_a_server_loss() {
     let pki = Pki::new();
-    let mut first = Server::start(&pki, &["--no-auto-ack"]);
-    let second = Server::start(&pki, &[]);
+    let mut first = start_server(&pki, &["--no-auto-ack"]);
+    let second = start_server(&pki, &[]);
     let servers = format!("{},{}", first.listen, second.listen);
     let mut swarm = Swarm::start_list(
         &pki,
