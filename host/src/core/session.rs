@@ -300,13 +300,27 @@ impl Session {
         }
     }
 
-    /// Plaintext bytes from the server.
+    /// Plaintext bytes from the server (tests; the core hands whole
+    /// frames from its link to [`Session::handle_frame`]).
     pub fn handle_data(&mut self, now: Instant, bytes: &[u8]) {
+        self.handle_received(now);
+        self.decoder.push(bytes);
+        while let Some(frame) = self.decoder.next_frame() {
+            self.handle_frame(now, frame);
+        }
+    }
+
+    /// Bytes came from the server (a frame or a part of one): the silence
+    /// clock restarts.
+    pub fn handle_received(&mut self, now: Instant) {
         if let State::Ready { last_rx, .. } = &mut self.state {
             *last_rx = now;
         }
-        self.decoder.push(bytes);
-        while let Some(frame) = self.decoder.next_frame() {
+    }
+
+    /// One frame from the server, or the error of one that was too long.
+    pub fn handle_frame(&mut self, now: Instant, frame: Result<Vec<u8>, FrameError>) {
+        {
             match self.state {
                 State::AwaitingInit { addr, .. } => self.handle_init_reply(now, addr, frame),
                 State::Ready { .. } => match frame {

@@ -2,15 +2,16 @@
 //! starts plugin calls, and collects their completions from any thread.
 //!
 //! Every request gets exactly one answer: an immediate one (built-ins,
-//! errors, plugins that complete inside `call`) returned by
-//! [`Dispatcher::dispatch`], or a later one from
-//! [`Dispatcher::poll_finished`] after the plugin completes on its own
-//! thread and wakes the loop through the `mio::Waker`. No lock is held
-//! on the loop's side; completions cross in an mpsc channel.
+//! errors) returned by [`Dispatcher::dispatch`], or a later one that the
+//! plugin's completion hands to the [`Sink`] (the io side: a channel and
+//! the loop's waker) and the core gets back as a [`Mail`]; the core then
+//! calls [`Dispatcher::complete`]. The dispatcher holds no waker, no
+//! channel and touches no file: the task files follow the task table
+//! through the sink ([`Sink::persist`]).
 //!
 //! `async.bash` runs through the same `sync.bash` plugin; its result is
-//! written to the durable outbox ([`crate::tasks`]) by the completing
-//! thread before the loop pushes it as `task.done`.
+//! written to the durable outbox off the loop ([`Sink::task_finished`])
+//! before the loop pushes it as `task.done`.
 //!
 //! Every frame this module builds fits `server.max_frame` by construction:
 //! an answer that would not is replaced by a `3025` failure saying so
@@ -20,7 +21,6 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
@@ -30,8 +30,34 @@ use basicagent_proto::{Incoming, Response, Retcode, DEFAULT_MAX_FRAME};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
+use crate::core::tasks::{self, OutboxBatch, TaskFileOp, TaskStore};
 use crate::schedule::{Fire, ScheduleTable};
-use crate::tasks::{self, TaskStore};
+
+/// Where the plugins' completions go and what the task files must do:
+/// implemented by the io side (a channel plus the loop's waker, the
+/// task-file thread), and by tests.
+pub trait Sink: Send + Sync {
+    /// Hands a finished call to the loop; any thread.
+    fn finished(&self, f: Finished);
+    /// Stores a finished task's result (`f.frame`) durably, off the loop
+    /// thread, then hands it to the loop with `stored` set.
+    fn task_finished(&self, f: Finished);
+    /// Task file work, carried out in the order given (off the loop).
+    fn persist(&self, op: TaskFileOp);
+    /// The next thing handed to the loop, if any (loop thread only).
+    fn try_next(&self) -> Option<Mail>;
+}
+
+/// What reaches the loop from other threads.
+#[derive(Debug)]
+pub enum Mail {
+    /// A plugin call (or a task) finished.
+    Finished(Finished),
+    /// Stored results read back ([`TaskFileOp::Load`]).
+    Batch(OutboxBatch),
+    /// A stored result read back for `task.status` ([`TaskFileOp::Read`]).
+    Read { ctx: u64, frame: Option<Vec<u8>> },
+}
 
 /// A completed plugin call, ready to send.
 #[derive(Debug)]
@@ -114,6 +140,13 @@ struct InFlight {
     method: String,
 }
 
+/// A `task.status` of a done task, waiting for its stored result.
+struct StatusWait {
+    generation: u64,
+    id: Option<Box<RawValue>>,
+    task: String,
+}
+
 /// The request router of the daemon.
 pub struct Dispatcher {
     registry: PluginRegistry,
@@ -122,10 +155,12 @@ pub struct Dispatcher {
     cache: HashMap<String, Arc<Plugin>>,
     in_flight: HashMap<u64, InFlight>,
     max_concurrent: usize,
-    tx: mpsc::Sender<Finished>,
-    rx: mpsc::Receiver<Finished>,
-    waker: Arc<mio::Waker>,
+    sink: Arc<dyn Sink>,
+    /// The loop's thread: a completion on it came inside `call`.
     loop_thread: ThreadId,
+    /// `task.status` requests waiting for their stored result.
+    reading: HashMap<u64, StatusWait>,
+    next_read: u64,
     facts: AgentFacts,
     served: u64,
     tasks: TaskStore,
@@ -158,21 +193,20 @@ impl Dispatcher {
     pub fn new(
         registry: PluginRegistry,
         max_concurrent: usize,
-        waker: Arc<mio::Waker>,
+        sink: Arc<dyn Sink>,
         facts: AgentFacts,
         tasks: TaskStore,
     ) -> Self {
-        let (tx, rx) = mpsc::channel();
         let started = facts.started;
         Dispatcher {
             registry,
             cache: HashMap::new(),
             in_flight: HashMap::new(),
             max_concurrent: max_concurrent.max(1),
-            tx,
-            rx,
-            waker,
+            sink,
             loop_thread: std::thread::current().id(),
+            reading: HashMap::new(),
+            next_read: 0,
             facts,
             served: 0,
             tasks,
@@ -275,6 +309,7 @@ impl Dispatcher {
                 } else {
                     log::warn!("task.ack for unknown or unfinished task {:?}", ack.task);
                 }
+                self.flush_task_ops();
                 return None;
             }
             Ok(Incoming::TaskDone(done)) => {
@@ -309,6 +344,7 @@ impl Dispatcher {
             }
             "async.bash" => {
                 let r = self.start_task(id, frame, now);
+                self.flush_task_ops();
                 return Some(self.frame_of(&r));
             }
             "task.list" => {
@@ -398,7 +434,7 @@ impl Dispatcher {
         id: Option<Box<RawValue>>,
         respond: impl FnOnce(Option<Box<RawValue>>, Completion) -> Response + Send + 'static,
     ) -> basicagent_abi::host::Completer {
-        let (tx, waker, loop_thread) = (self.tx.clone(), Arc::clone(&self.waker), self.loop_thread);
+        let sink = Arc::clone(&self.sink);
         let max_frame = self.max_frame;
         let backlog = Arc::clone(&self.backlog);
         Box::new(move |c: Completion| {
@@ -420,7 +456,7 @@ impl Dispatcher {
             };
             let out = bounded_frame(&response, max_frame);
             backlog.channel.fetch_add(out.len(), Ordering::Relaxed);
-            let _ = tx.send(Finished {
+            sink.finished(Finished {
                 generation: Some(generation),
                 call,
                 frame: out,
@@ -428,19 +464,29 @@ impl Dispatcher {
                 task: None,
                 panicked,
             });
-            // The loop drains completions right after each dispatch: only a
-            // completion from another thread needs a wake-up.
-            if std::thread::current().id() != loop_thread {
-                if let Err(e) = waker.wake() {
-                    log::error!("cannot wake the loop: {e}");
-                }
-            }
         })
     }
 
-    /// The next completed call, if any.
-    pub fn poll_finished(&mut self) -> Option<Finished> {
-        let done = self.rx.try_recv().ok()?;
+    /// The next thing handed to the loop, if any (see [`Sink::try_next`]).
+    pub fn try_next(&self) -> Option<Mail> {
+        self.sink.try_next()
+    }
+
+    /// Hands the table's file work to the io side, in order.
+    fn flush_task_ops(&mut self) {
+        for op in self.tasks.take_ops() {
+            self.sink.persist(op);
+        }
+    }
+
+    /// The task table (the outbox replay reads it).
+    pub fn tasks(&self) -> &TaskStore {
+        &self.tasks
+    }
+
+    /// Books a completed call (in flight, watchdog, strikes, the task
+    /// table, queued schedule runs) and returns it for delivery.
+    pub fn complete(&mut self, done: Finished, now: Instant) -> Finished {
         if done.generation.is_some() {
             let _ = self
                 .backlog
@@ -466,11 +512,12 @@ impl Dispatcher {
                     self.tasks.ack(&old);
                 }
                 if let Some(fire) = queued {
-                    self.launch(fire, Instant::now());
+                    self.launch(fire, now);
                 }
             }
         }
-        Some(done)
+        self.flush_task_ops();
+        done
     }
 
     /// Unacknowledged task results to push after an init, oldest first.
@@ -478,12 +525,20 @@ impl Dispatcher {
         self.tasks.outbox_ids()
     }
 
-    /// One unacknowledged result to push now (counted as a push), if the
-    /// task is still unacknowledged.
-    pub fn push_task(&mut self, id: &str) -> Option<Vec<u8>> {
-        let frame = self.tasks.frame(id)?;
+    /// A result read back (or kept in memory) is pushed: whether the task
+    /// is still unacknowledged (counted as a push), else it is not sent.
+    pub fn push_task(&mut self, id: &str) -> bool {
+        if !self.tasks.is_done(id) {
+            return false;
+        }
         self.tasks.pushed(id);
-        Some(frame)
+        true
+    }
+
+    /// Asks the io side to read stored results back for the connection
+    /// `generation` (answered by a [`Mail::Batch`]).
+    pub fn load_outbox(&self, generation: u64, ids: Vec<String>) {
+        self.sink.persist(TaskFileOp::Load { generation, ids });
     }
 
     /// A result sent live, as its task ended (counted as a push).
@@ -526,13 +581,12 @@ impl Dispatcher {
         // A completion inside `call` (on this thread) is an immediate
         // refusal: it answers the request itself.
         let immediate: Arc<Mutex<Option<Completion>>> = Arc::default();
-        let (tx, waker, loop_thread) = (self.tx.clone(), Arc::clone(&self.waker), self.loop_thread);
-        let (slot, dir, task_id, max_frame) = (
-            Arc::clone(&immediate),
-            self.tasks.dir().to_owned(),
-            task.clone(),
-            self.max_frame,
-        );
+        let (sink, loop_thread) = (Arc::clone(&self.sink), self.loop_thread);
+        let (slot, task_id, max_frame) = (Arc::clone(&immediate), task.clone(), self.max_frame);
+        // The marker goes to the task files before the call, so that the
+        // result (written after it, in order) always finds it.
+        let started_unix = self.tasks.marker(&task, &cmd);
+        self.flush_task_ops();
         let _noted = crate::crashmark::Guard::enter(&plugin);
         // The line is written when the task ends (a completion on the loop
         // thread is a refusal inside `call`: nothing ran, no line).
@@ -551,25 +605,32 @@ impl Dispatcher {
                     return;
                 }
                 let frame = tasks::done_frame(&task_id, c.retcode, &c.message, c.data, max_frame);
-                let stored = match tasks::write_result(&dir, &task_id, &frame) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        log::error!("task {task_id}: cannot write the result durably: {e}; kept in memory and delivered");
-                        false
-                    }
+                let task = TaskEnd {
+                    id: task_id,
+                    retcode: c.retcode,
+                    stored: false,
+                    schedule: None,
                 };
-                let task = TaskEnd { id: task_id, retcode: c.retcode, stored, schedule: None };
-                let _ = tx.send(Finished { generation: None, call: c.call, frame, id: None, task: Some(task), panicked: false });
-                if let Err(e) = waker.wake() {
-                    log::error!("cannot wake the loop: {e}");
-                }
+                sink.task_finished(Finished {
+                    generation: None,
+                    call: c.call,
+                    frame,
+                    id: None,
+                    task: Some(task),
+                    panicked: false,
+                });
             })),
         );
         let refused = immediate.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(c) = refused {
+            // Nothing ran: no task, no marker.
+            self.sink.persist(TaskFileOp::Remove {
+                id: task,
+                marker: true,
+            });
             return Response::from_plugin(id, c.retcode, &c.message, c.data.as_deref());
         }
-        self.tasks.start(&task, call, &cmd, now);
+        self.tasks.started(&task, call, &cmd, now, started_unix);
         self.in_flight.insert(
             call,
             InFlight {
@@ -664,6 +725,7 @@ impl Dispatcher {
         for fire in table.take_ready() {
             self.launch(fire, now);
         }
+        self.flush_task_ops();
         let max = crate::schedule::MAX_WAIT;
         Some(match wake {
             Some(at) => {
@@ -693,16 +755,21 @@ impl Dispatcher {
             }
         }
         let task = tasks::new_task_id();
+        let what = match fire.request.get("cmd").and_then(Value::as_str) {
+            Some(cmd) => cmd.to_owned(),
+            None => fire.method.clone(),
+        };
+        // The marker goes to the task files before anything can complete
+        // (the result, written after it in order, removes it).
+        let started_unix = self.tasks.marker(&task, &what);
+        self.flush_task_ops();
         let run = basicagent_proto::ScheduleRun {
             schedule: fire.schedule.clone(),
             scheduled_at: u64::try_from(fire.slot).unwrap_or(0),
             run: fire.run,
         };
         let sink = RunSink {
-            tx: self.tx.clone(),
-            waker: Arc::clone(&self.waker),
-            loop_thread: self.loop_thread,
-            dir: self.tasks.dir().to_owned(),
+            sink: Arc::clone(&self.sink),
             task: task.clone(),
             max_frame: self.max_frame,
             run,
@@ -727,7 +794,7 @@ impl Dispatcher {
                     fire.run
                 );
                 sink.complete(refused(e.retcode(), e.to_string()));
-                self.note_scheduled_start(&fire, &task, None, now);
+                self.note_scheduled_start(&fire, &task, None, now, started_unix);
                 return;
             }
         };
@@ -742,7 +809,7 @@ impl Dispatcher {
                 fire.run
             );
             sink.complete(refused(Retcode::BUSY.0, message));
-            self.note_scheduled_start(&fire, &task, None, now);
+            self.note_scheduled_start(&fire, &task, None, now, started_unix);
             return;
         }
         let frame = Value::Object(fire.request.clone()).to_string();
@@ -761,7 +828,7 @@ impl Dispatcher {
             completer = crate::audit::after_line(note, None, completer);
         }
         let call = plugin.call(frame.as_bytes(), completer);
-        self.note_scheduled_start(&fire, &task, Some(call), now);
+        self.note_scheduled_start(&fire, &task, Some(call), now, started_unix);
         self.in_flight.insert(
             call,
             InFlight {
@@ -771,13 +838,21 @@ impl Dispatcher {
         );
     }
 
-    fn note_scheduled_start(&mut self, fire: &Fire, task: &str, call: Option<u64>, now: Instant) {
+    fn note_scheduled_start(
+        &mut self,
+        fire: &Fire,
+        task: &str,
+        call: Option<u64>,
+        now: Instant,
+        started_unix: u64,
+    ) {
         let what = match fire.request.get("cmd").and_then(Value::as_str) {
             Some(cmd) => cmd.to_owned(),
             None => fire.method.clone(),
         };
         // A call of 0 is no plugin call: its failed result is on its way.
-        self.tasks.start(task, call.unwrap_or(0), &what, now);
+        self.tasks
+            .started(task, call.unwrap_or(0), &what, now, started_unix);
         self.tasks.mark_scheduled(task, &fire.schedule);
         if let Some(table) = &mut self.schedules {
             table.started(&fire.schedule, task);
@@ -817,7 +892,26 @@ impl Dispatcher {
             ));
         }
         if method == "task.status" {
-            let mut data = self.tasks.status(&task, now).unwrap_or(Value::Null);
+            if self.tasks.is_done(&task) && self.tasks.memory_frame(&task).is_none() {
+                // The stored result is read off the loop; answered then.
+                self.next_read += 1;
+                let ctx = self.next_read;
+                self.reading.insert(
+                    ctx,
+                    StatusWait {
+                        generation,
+                        id,
+                        task: task.clone(),
+                    },
+                );
+                self.sink.persist(TaskFileOp::Read { ctx, id: task });
+                return None;
+            }
+            let memory = self.tasks.memory_frame(&task);
+            let mut data = self
+                .tasks
+                .status(&task, now, memory.as_deref())
+                .unwrap_or(Value::Null);
             let running = self.tasks.running_call(&task).and_then(|call| {
                 self.in_flight
                     .get(&call)
@@ -860,6 +954,29 @@ impl Dispatcher {
             Response::new(id, Retcode::SUCCESS)
                 .with_data(&serde_json::json!({"task": task, "state": "cancelling"})),
         )
+    }
+
+    /// The stored result of a `task.status` was read back: its answer.
+    pub fn status_read(
+        &mut self,
+        ctx: u64,
+        stored: Option<Vec<u8>>,
+        now: Instant,
+    ) -> Option<Finished> {
+        let wait = self.reading.remove(&ctx)?;
+        let data = self
+            .tasks
+            .status(&wait.task, now, stored.as_deref())
+            .unwrap_or(Value::Null);
+        let r = Response::new(wait.id, Retcode::SUCCESS).with_data(&data);
+        Some(Finished {
+            generation: Some(wait.generation),
+            call: 0,
+            frame: self.frame_of(&r),
+            id: r.id,
+            task: None,
+            panicked: false,
+        })
     }
 
     /// Asks every plugin call in flight to stop (shutdown).
@@ -927,15 +1044,11 @@ fn unix_now_i64() -> i64 {
     i64::try_from(tasks::unix_now()).unwrap_or(i64::MAX)
 }
 
-/// Where a scheduled run's completion goes: its `task.done` is written to
-/// the outbox off the loop (on the completing thread, or on a thread of
-/// its own when the plugin completed inside `call`), then handed to the
+/// Where a scheduled run's completion goes: its `task.done` is stored in
+/// the outbox off the loop ([`Sink::task_finished`]), then handed to the
 /// loop like an `async.bash` result.
 struct RunSink {
-    tx: mpsc::Sender<Finished>,
-    waker: Arc<mio::Waker>,
-    loop_thread: ThreadId,
-    dir: std::path::PathBuf,
+    sink: Arc<dyn Sink>,
     task: String,
     max_frame: usize,
     run: basicagent_proto::ScheduleRun,
@@ -951,62 +1064,20 @@ impl RunSink {
             self.max_frame,
             Some(self.run.clone()),
         );
-        let (call, retcode) = (c.call, c.retcode);
-        if std::thread::current().id() != self.loop_thread {
-            self.store_and_send(call, retcode, frame);
-            return;
-        }
-        // Not on the loop: the write may take a while (fsync).
-        let shared = Arc::new(Mutex::new(Some((self, frame))));
-        let theirs = Arc::clone(&shared);
-        let spawned = std::thread::Builder::new()
-            .name("schedule-result".into())
-            .spawn(move || {
-                if let Some((sink, frame)) = theirs.lock().unwrap_or_else(|e| e.into_inner()).take()
-                {
-                    sink.store_and_send(call, retcode, frame);
-                }
-            });
-        if let Err(e) = spawned {
-            log::error!("cannot start a thread to store a scheduled result: {e}; kept in memory");
-            if let Some((sink, frame)) = shared.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                sink.send(call, retcode, frame, false);
-            }
-        }
-    }
-
-    fn store_and_send(self, call: u64, retcode: u32, frame: Vec<u8>) {
-        let stored = match tasks::write_result(&self.dir, &self.task, &frame) {
-            Ok(()) => true,
-            Err(e) => {
-                log::error!(
-                    "task {}: cannot write the result durably: {e}; kept in memory and delivered",
-                    self.task
-                );
-                false
-            }
-        };
-        self.send(call, retcode, frame, stored);
-    }
-
-    fn send(self, call: u64, retcode: u32, frame: Vec<u8>, stored: bool) {
         let task = TaskEnd {
             id: self.task,
-            retcode,
-            stored,
+            retcode: c.retcode,
+            stored: false,
             schedule: Some(self.run.schedule),
         };
-        let _ = self.tx.send(Finished {
+        self.sink.task_finished(Finished {
             generation: None,
-            call,
+            call: c.call,
             frame,
             id: None,
             task: Some(task),
             panicked: false,
         });
-        if let Err(e) = self.waker.wake() {
-            log::error!("cannot wake the loop: {e}");
-        }
     }
 }
 

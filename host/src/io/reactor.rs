@@ -1,0 +1,401 @@
+//! The thin mio driver of the [`Core`]: one thread, one `Poll`, the
+//! upstream TCP socket, a `Waker` (plugin completions, task files,
+//! resolver results), the signalfd and the control socket, with the
+//! core's deadline as the poll timeout. It holds no protocol decision.
+//!
+//! Each turn: tell the core the time ([`Event::Tick`]), carry out its
+//! actions, write the ciphertext it gives, derive the interest from its
+//! state, poll, and feed it what the events brought. It follows mio's
+//! rules: drain to `WouldBlock`, retry `Interrupted`, treat events as
+//! hints. Each turn reads at most [`READ_BUDGET`] and writes at most
+//! [`WRITE_BUDGET`] bytes; with more to do, the next poll does not sleep,
+//! so timers, pings and signals are served between turns however large
+//! the answer being sent.
+
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use crate::core::dispatch::Sink;
+use crate::core::{Action, Core, Event, Reconfig};
+use crate::io::mailbox::Mailbox;
+use crate::io::resolve::Resolver;
+use crate::io::signals::{read_signals, Control};
+
+pub use crate::core::link::WRITE_BUDGET;
+pub use crate::core::{answer_bound, READ_STOP_SLACK};
+pub use crate::io::signals::block_signals;
+
+const UPSTREAM: Token = Token(0);
+const WAKER: Token = Token(1);
+const SIGNALS: Token = Token(2);
+
+/// Bytes read from the socket per turn before the loop serves the rest.
+pub const READ_BUDGET: usize = 4 << 20;
+/// Ciphertext capacity kept between writes once a large answer is out.
+const KEEP_CAPACITY: usize = 64 << 10;
+
+/// Hooks the daemon's main gives the loop for SIGHUP and SIGUSR1.
+pub trait Reloader {
+    /// Reopens the log file (logrotate).
+    fn reopen_log(&mut self);
+    /// Re-reads the configuration; `None` (logged) keeps the current one.
+    fn reload_config(&mut self) -> Option<Reconfig>;
+}
+
+/// The upstream socket and the ciphertext the core gave for it.
+struct Socket {
+    stream: TcpStream,
+    addr: SocketAddr,
+    connecting: bool,
+    out: Vec<u8>,
+    sent: usize,
+    interest: Interest,
+}
+
+/// The event loop. Construct with [`Reactor::new`], then [`Reactor::run`].
+pub struct Reactor {
+    poll: Poll,
+    core: Core,
+    mailbox: Arc<Mailbox>,
+    resolver: Resolver,
+    signals: OwnedFd,
+    socket: Option<Socket>,
+    /// Counts sockets opened and closed: a read loop stops when the core
+    /// replaced the socket it was reading (io bookkeeping only).
+    sockets: u64,
+    ctl: Option<crate::io::ctlsock::CtlServer>,
+    read_buf: Vec<u8>,
+    startup_released: bool,
+    /// A budget ran out with work left: the next poll must not sleep.
+    more_io: bool,
+}
+
+impl Reactor {
+    /// Registers the signalfd; `mailbox` and `resolver` must wake the
+    /// loop through [`Reactor::waker`] of the same `poll`.
+    pub fn new(
+        poll: Poll,
+        core: Core,
+        mailbox: Arc<Mailbox>,
+        resolver: Resolver,
+        signals: OwnedFd,
+    ) -> io::Result<Reactor> {
+        poll.registry().register(
+            &mut SourceFd(&signals.as_raw_fd()),
+            SIGNALS,
+            Interest::READABLE,
+        )?;
+        Ok(Reactor {
+            poll,
+            core,
+            mailbox,
+            resolver,
+            signals,
+            socket: None,
+            sockets: 0,
+            ctl: None,
+            read_buf: vec![0; 64 << 10],
+            startup_released: false,
+            more_io: false,
+        })
+    }
+
+    /// The waker every helper thread uses to reach the loop.
+    pub fn waker(poll: &Poll) -> io::Result<Arc<Waker>> {
+        Ok(Arc::new(Waker::new(poll.registry(), WAKER)?))
+    }
+
+    /// Serves the control socket at `path` (see [`crate::io::ctlsock`]); a
+    /// failure is logged and the daemon runs on without it.
+    pub fn serve_ctl(&mut self, path: &std::path::Path, max_line: usize) {
+        match crate::io::ctlsock::CtlServer::bind(path, max_line, self.poll.registry()) {
+            Ok(ctl) => self.ctl = Some(ctl),
+            Err(e) => log::error!("control socket not served: {e}"),
+        }
+    }
+
+    /// Runs until SIGTERM/SIGINT and the core's orderly shutdown.
+    pub fn run(mut self, reloader: &mut dyn Reloader) -> io::Result<()> {
+        let mut events = Events::with_capacity(64);
+        loop {
+            let now = Instant::now();
+            self.core.handle(now, Event::Tick);
+            if self.execute(now) {
+                return Ok(());
+            }
+            self.flush(now);
+            if self.execute(now) {
+                return Ok(());
+            }
+            self.update_interest()?;
+            let mut timeout = self
+                .core
+                .poll_timeout()
+                .map(|t| t.saturating_duration_since(now));
+            let more_io = std::mem::take(&mut self.more_io);
+            if more_io {
+                timeout = Some(Duration::ZERO);
+            }
+            match self.poll.poll(&mut events, timeout) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            let now = Instant::now();
+            let mut upstream_done = false;
+            for event in events.iter() {
+                match event.token() {
+                    UPSTREAM if !upstream_done => {
+                        upstream_done = true;
+                        self.on_upstream(now);
+                    }
+                    UPSTREAM => {}
+                    t if crate::io::ctlsock::CtlServer::owns(t) => self.on_ctl(t, now),
+                    WAKER => {
+                        while let Some(r) = self.resolver.try_result() {
+                            let result = r.result.map_err(|e| e.to_string());
+                            let (token, last) = (r.token, r.last);
+                            self.core.handle(
+                                now,
+                                Event::Resolved {
+                                    token,
+                                    result,
+                                    last,
+                                },
+                            );
+                        }
+                        while let Some(mail) = self.mailbox.try_next() {
+                            self.core.handle(now, Event::Completed(mail));
+                        }
+                    }
+                    SIGNALS => {
+                        for control in read_signals(&self.signals) {
+                            match control {
+                                Control::Stop => self.core.handle(now, Event::Stop),
+                                Control::ReopenLog => reloader.reopen_log(),
+                                Control::Reload => {
+                                    reloader.reopen_log();
+                                    let config = reloader.reload_config().map(Box::new);
+                                    self.core.handle(now, Event::Reload(config));
+                                }
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+                if self.execute(now) {
+                    return Ok(());
+                }
+            }
+            if more_io && !upstream_done {
+                // A budget ran out last turn: go on without a new edge.
+                self.on_upstream(now);
+            }
+        }
+    }
+
+    /// Carries out the core's actions; true once it asks to exit.
+    fn execute(&mut self, now: Instant) -> bool {
+        while let Some(action) = self.core.poll_action() {
+            match action {
+                Action::Resolve { token, name, port } => self.resolver.request(token, name, port),
+                Action::Connect(addr) => self.connect(now, addr),
+                Action::Close { last } => self.close(&last),
+                Action::CtlAnswer { conn, frame } => {
+                    if let Some(ctl) = self.ctl.as_mut() {
+                        ctl.answer(conn, frame, self.poll.registry());
+                    }
+                }
+                Action::Up(_) => {
+                    if !self.startup_released {
+                        self.startup_released = true;
+                        crate::io::memory::release_startup_pages();
+                    }
+                }
+                Action::Exit => return true,
+            }
+        }
+        false
+    }
+
+    fn connect(&mut self, now: Instant, addr: SocketAddr) {
+        self.close(&[]);
+        let mut stream = match TcpStream::connect(addr) {
+            Ok(s) => s,
+            Err(e) => {
+                return self
+                    .core
+                    .handle(now, Event::TransportFailed(format!("connect: {e}")))
+            }
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            log::debug!("TCP_NODELAY: {e}");
+        }
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut stream, UPSTREAM, interest)
+        {
+            return self
+                .core
+                .handle(now, Event::TransportFailed(format!("register: {e}")));
+        }
+        self.sockets += 1;
+        self.socket = Some(Socket {
+            stream,
+            addr,
+            connecting: true,
+            out: Vec::new(),
+            sent: 0,
+            interest,
+        });
+    }
+
+    fn close(&mut self, last: &[u8]) {
+        if let Some(mut s) = self.socket.take() {
+            self.sockets += 1;
+            if !s.connecting && !last.is_empty() {
+                let _ = s.stream.write(last);
+            }
+            let _ = s.stream.shutdown(std::net::Shutdown::Both);
+            let _ = self.poll.registry().deregister(&mut s.stream);
+            log::debug!("closed the connection to {}", s.addr);
+        }
+    }
+
+    fn on_ctl(&mut self, token: Token, now: Instant) {
+        let Some(ctl) = self.ctl.as_mut() else {
+            return;
+        };
+        let requests = ctl.on_event(token, self.poll.registry());
+        for (conn, frame) in requests {
+            self.core.handle(now, Event::CtlRequest { conn, frame });
+        }
+    }
+
+    fn on_upstream(&mut self, now: Instant) {
+        let Some(s) = self.socket.as_mut() else {
+            return;
+        };
+        if s.connecting {
+            let up = match s.stream.take_error() {
+                Ok(Some(e)) | Err(e) => Err(e),
+                Ok(None) => s.stream.peer_addr().map(|_| ()),
+            };
+            match up {
+                Ok(()) => {
+                    s.connecting = false;
+                    self.core.handle(now, Event::Connected);
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
+                Err(e) => {
+                    let reason = format!("connect: {e}");
+                    self.core.handle(now, Event::TransportFailed(reason));
+                    return;
+                }
+            }
+        }
+        let socket = self.sockets;
+        let mut budget = READ_BUDGET;
+        while self.core.wants_read() && self.sockets == socket {
+            if budget == 0 {
+                self.more_io = true;
+                break;
+            }
+            let Some(s) = self.socket.as_mut() else {
+                break;
+            };
+            let event = match s.stream.read(&mut self.read_buf) {
+                Ok(0) => Event::Closed,
+                Ok(n) => {
+                    budget = budget.saturating_sub(n);
+                    Event::Ciphertext(&self.read_buf[..n])
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => Event::TransportFailed(format!("read: {e}")),
+            };
+            let end = !matches!(event, Event::Ciphertext(_));
+            self.core.handle(now, event);
+            if self.execute(now) || end {
+                break;
+            }
+            // Answers to what was just read go out before reading more.
+            self.flush(now);
+        }
+        self.flush(now);
+    }
+
+    /// Writes the core's ciphertext, at most [`WRITE_BUDGET`] bytes per
+    /// call (then the next poll does not sleep).
+    fn flush(&mut self, now: Instant) {
+        let mut budget = WRITE_BUDGET;
+        loop {
+            let Some(s) = self.socket.as_mut() else {
+                return;
+            };
+            if s.connecting {
+                return;
+            }
+            if s.sent == s.out.len() {
+                s.out.clear();
+                s.sent = 0;
+                if !self.core.wants_write() {
+                    s.out.shrink_to(KEEP_CAPACITY);
+                    return;
+                }
+                if budget == 0 {
+                    self.more_io = true;
+                    return;
+                }
+                if self.core.poll_transmit(now, &mut s.out) == 0 {
+                    // A failure is the core's to decide (Close follows).
+                    self.execute(now);
+                    return;
+                }
+            }
+            match s.stream.write(&s.out[s.sent..]) {
+                Ok(n) => {
+                    s.sent += n;
+                    budget = budget.saturating_sub(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let reason = format!("write: {e}");
+                    self.core.handle(now, Event::TransportFailed(reason));
+                    self.execute(now);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn update_interest(&mut self) -> io::Result<()> {
+        let Some(s) = self.socket.as_mut() else {
+            return Ok(());
+        };
+        let write = s.connecting || s.sent < s.out.len() || self.core.wants_write();
+        let read = self.core.wants_read();
+        let interest = match (read, write) {
+            (true, true) => Interest::READABLE | Interest::WRITABLE,
+            (false, true) => Interest::WRITABLE,
+            _ => Interest::READABLE,
+        };
+        if interest != s.interest {
+            self.poll
+                .registry()
+                .reregister(&mut s.stream, UPSTREAM, interest)?;
+            s.interest = interest;
+        }
+        Ok(())
+    }
+}
