@@ -10,8 +10,11 @@
 //! Map: [`frame`] splits bytes into lines; [`incoming`] says what a line
 //! is; [`request`], [`response`], [`init`], [`task`] read and write each
 //! message; [`server_list`] parses redirect targets; [`retcode`] holds the
-//! result codes.
+//! result codes; [`builtins`] the agent's built-in methods as types (it
+//! re-exports serde_json's `Value`, `Map` and `RawValue`, handed over as
+//! parts of those types).
 
+pub mod builtins;
 pub mod envelope;
 pub mod frame;
 pub mod incoming;
@@ -22,6 +25,10 @@ pub mod retcode;
 pub mod server_list;
 pub mod task;
 
+pub use builtins::{
+    AgentInfo, MarkerInfo, Released, SyncBashPeek, TaskCancelling, TaskInfo, TaskList, TaskMarker,
+    TaskStarted,
+};
 pub use envelope::MessageError;
 pub use frame::{FrameDecoder, FrameError, FrameTooLong, DEFAULT_MAX_FRAME};
 pub use incoming::{Incoming, IncomingError, IncomingErrorKind};

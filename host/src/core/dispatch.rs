@@ -26,9 +26,9 @@ use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 use basicagent_abi::{Completion, Plugin, PluginRegistry};
+use basicagent_proto::builtins::{self, RawValue, Value};
+use basicagent_proto::{AgentInfo, Released, SyncBashPeek, TaskCancelling, TaskStarted};
 use basicagent_proto::{Incoming, Response, Retcode, DEFAULT_MAX_FRAME};
-use serde_json::value::RawValue;
-use serde_json::Value;
 
 use crate::core::tasks::{self, OutboxBatch, TaskFileOp, TaskStore};
 use crate::schedule::{Fire, ScheduleTable};
@@ -574,10 +574,7 @@ impl Dispatcher {
             Err(busy) => return Response::failed(id, Retcode::BUSY, busy),
         };
         let task = tasks::new_task_id();
-        let cmd = serde_json::from_slice::<Value>(frame)
-            .ok()
-            .and_then(|v| v.get("cmd").and_then(Value::as_str).map(str::to_owned))
-            .unwrap_or_default();
+        let cmd = builtins::async_bash_cmd(frame).unwrap_or_default();
         // A completion inside `call` (on this thread) is an immediate
         // refusal: it answers the request itself.
         let immediate: Arc<Mutex<Option<Completion>>> = Arc::default();
@@ -642,7 +639,7 @@ impl Dispatcher {
         // debug only; info shows a digest to match against the server's.
         log::info!("task {task} started (command sha256 {})", digest12(&cmd));
         log::debug!("task {task} command: {cmd}");
-        Response::new(id, Retcode::SUCCESS).with_data(&serde_json::json!({ "task": task }))
+        Response::new(id, Retcode::SUCCESS).with_data(&TaskStarted { task })
     }
 
     /// `schedule.*` requests (parameters at the top level of the request).
@@ -666,9 +663,9 @@ impl Dispatcher {
                 format!("Unknown method: {method} (no schedule table)"),
             );
         };
-        let params = match serde_json::from_slice::<Value>(frame) {
-            Ok(Value::Object(m)) => m,
-            _ => {
+        let params = match builtins::object_params(frame) {
+            Some(m) => m,
+            None => {
                 return Response::failed(
                     id,
                     Retcode::INVALID_PARAMS,
@@ -812,7 +809,7 @@ impl Dispatcher {
             self.note_scheduled_start(&fire, &task, None, now, started_unix);
             return;
         }
-        let frame = Value::Object(fire.request.clone()).to_string();
+        let frame = builtins::request_text(&fire.request);
         let mut completer: basicagent_abi::host::Completer =
             Box::new(move |c: Completion| sink.complete(c));
         let note = self.audit.as_ref().and_then(|a| {
@@ -874,9 +871,7 @@ impl Dispatcher {
         frame: &[u8],
         now: Instant,
     ) -> Option<Response> {
-        let task = serde_json::from_slice::<Value>(frame)
-            .ok()
-            .and_then(|v| v.get("task").and_then(Value::as_str).map(str::to_owned));
+        let task = builtins::task_param(frame);
         let Some(task) = task.filter(|t| tasks::valid_task_id(t)) else {
             return Some(Response::failed(
                 id,
@@ -908,10 +903,7 @@ impl Dispatcher {
                 return None;
             }
             let memory = self.tasks.memory_frame(&task);
-            let mut data = self
-                .tasks
-                .status(&task, now, memory.as_deref())
-                .unwrap_or(Value::Null);
+            let data = self.tasks.status(&task, now, memory.as_deref());
             let running = self.tasks.running_call(&task).and_then(|call| {
                 self.in_flight
                     .get(&call)
@@ -921,18 +913,13 @@ impl Dispatcher {
                 return Some(Response::new(id, Retcode::SUCCESS).with_data(&data));
             };
             // Output so far: ask the plugin (answered from its own thread).
-            let peek = format!("{{\"method\":\"sync.bash\",\"peek\":{call}}}");
+            let peek = SyncBashPeek::new(call).to_json();
             let _noted = crate::crashmark::Guard::enter(&plugin);
             plugin.call(
                 peek.as_bytes(),
                 self.answer_with(generation, id, move |id, c| {
-                    data["output"] = if c.retcode == Retcode::SUCCESS.0 {
-                        c.data
-                            .and_then(|d| serde_json::from_str(&d).ok())
-                            .unwrap_or(Value::Null)
-                    } else {
-                        Value::Null
-                    };
+                    let ok = c.retcode == Retcode::SUCCESS.0;
+                    let data = data.map(|d| d.with_output(c.data.as_deref().filter(|_| ok)));
                     Response::new(id, Retcode::SUCCESS).with_data(&data)
                 }),
             );
@@ -950,10 +937,7 @@ impl Dispatcher {
             log::info!("cancelling task {task}");
             f.plugin.cancel(call);
         }
-        Some(
-            Response::new(id, Retcode::SUCCESS)
-                .with_data(&serde_json::json!({"task": task, "state": "cancelling"})),
-        )
+        Some(Response::new(id, Retcode::SUCCESS).with_data(&TaskCancelling::new(task)))
     }
 
     /// The stored result of a `task.status` was read back: its answer.
@@ -964,10 +948,7 @@ impl Dispatcher {
         now: Instant,
     ) -> Option<Finished> {
         let wait = self.reading.remove(&ctx)?;
-        let data = self
-            .tasks
-            .status(&wait.task, now, stored.as_deref())
-            .unwrap_or(Value::Null);
+        let data = self.tasks.status(&wait.task, now, stored.as_deref());
         let r = Response::new(wait.id, Retcode::SUCCESS).with_data(&data);
         Some(Finished {
             generation: Some(wait.generation),
@@ -1018,24 +999,27 @@ impl Dispatcher {
     }
 
     fn agent_info(&self, id: Option<Box<RawValue>>, now: Instant) -> Response {
-        let loaded: Vec<&str> = self.cache.keys().map(String::as_str).collect();
-        let data = serde_json::json!({
-            "version": self.facts.version,
-            "host_id": self.facts.host_id,
-            "name": self.facts.name,
-            "pid": std::process::id(),
-            "uptime_seconds": now.saturating_duration_since(self.facts.started).as_secs(),
-            "plugin_dir": self.registry.dir(),
-            "plugins_loaded": loaded,
-            "plugins_available": self.plugin_methods(),
-            "in_flight": self.in_flight.len(),
-            "max_concurrent": self.max_concurrent,
-            "requests_served": self.served,
-            "schedules": self.schedules.as_ref().map_or(0, ScheduleTable::len),
-            "quarantined": self.guard.quarantine.list(now),
-            "calls_pending": basicagent_abi::pending_calls(),
-            "audit": self.audit.as_ref().map(|a| a.health().report()),
-        });
+        let mut loaded: Vec<String> = self.cache.keys().cloned().collect();
+        // The order of before: a JSON array of the cache's keys, sorted
+        // by nothing; sorted now, which is at least stable.
+        loaded.sort();
+        let data = AgentInfo {
+            version: self.facts.version.clone(),
+            host_id: self.facts.host_id.clone(),
+            name: self.facts.name.clone(),
+            pid: std::process::id(),
+            uptime_seconds: now.saturating_duration_since(self.facts.started).as_secs(),
+            plugin_dir: self.registry.dir().to_string_lossy().into_owned(),
+            plugins_loaded: loaded,
+            plugins_available: self.plugin_methods(),
+            in_flight: self.in_flight.len(),
+            max_concurrent: self.max_concurrent,
+            requests_served: self.served,
+            schedules: self.schedules.as_ref().map_or(0, ScheduleTable::len),
+            quarantined: self.guard.quarantine.list(now),
+            calls_pending: basicagent_abi::pending_calls(),
+            audit: self.audit.as_ref().map(|a| a.health().report()),
+        };
         Response::new(id, Retcode::SUCCESS).with_data(&data)
     }
 }
@@ -1198,9 +1182,7 @@ impl Dispatcher {
     /// `agent.release {"plugin": NAME}`: lifts a quarantine (NAME is the
     /// plugin's name, `getinfo_testkit`, or a method, `getinfo.testkit`).
     fn release(&mut self, id: Option<Box<RawValue>>, frame: &[u8]) -> Response {
-        let name = serde_json::from_slice::<Value>(frame)
-            .ok()
-            .and_then(|v| v.get("plugin").and_then(Value::as_str).map(str::to_owned));
+        let name = builtins::release_param(frame);
         let Some(name) = name.filter(|n| !n.is_empty() && n.len() <= 256) else {
             return Response::failed(
                 id,
@@ -1209,8 +1191,10 @@ impl Dispatcher {
             );
         };
         if self.guard.quarantine.release(&name.replace('.', "_")) {
-            return Response::new(id, Retcode::SUCCESS)
-                .with_data(&serde_json::json!({"plugin": name, "released": true}));
+            return Response::new(id, Retcode::SUCCESS).with_data(&Released {
+                plugin: name,
+                released: true,
+            });
         }
         Response::failed(
             id,

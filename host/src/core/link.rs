@@ -235,11 +235,14 @@ impl Link {
         Ok(out.len() - start)
     }
 
-    /// Ends the connection: close_notify if the handshake was done, and
-    /// whatever TLS records are still due, to write once before closing.
+    /// Ends the connection: the frames still queued (at most one write
+    /// budget: answers to cancelled calls at shutdown), close_notify if the
+    /// handshake was done, and whatever TLS records are still due, to write
+    /// once before closing.
     pub fn close(mut self) -> Vec<u8> {
         let mut last = Vec::new();
         if self.up {
+            let _ = self.poll_transmit(&mut last);
             self.tls.send_close_notify();
         }
         while self.tls.wants_write() {

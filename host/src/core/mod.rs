@@ -365,10 +365,13 @@ impl Core {
             ));
             self.session.handle_tls_established(now);
         }
+        let generation = self.session.generation();
         while let Some(frame) = u.link.next_frame() {
             self.session.handle_frame(now, frame);
         }
-        if progress.peer_closed {
+        // A redirect read with the close_notify that followed it: the
+        // session is on its next connection, the old one's end is no news.
+        if progress.peer_closed && self.session.generation() == generation {
             self.session
                 .handle_transport_failed(now, "closed by the server");
         }

@@ -440,9 +440,7 @@ impl Session {
                     self.handle_transport_failed(now, "heartbeat lost");
                 } else if now >= after(last_rx.max(last_tx), self.heartbeat) {
                     self.ping_seq += 1;
-                    let frame =
-                        format!("{{\"id\":\"hb-{}\",\"method\":\"ping\"}}\n", self.ping_seq);
-                    self.push_send(frame.into_bytes());
+                    self.push_send(basicagent_proto::builtins::heartbeat_ping(self.ping_seq));
                     self.state = State::Ready {
                         addr,
                         last_rx,

@@ -32,7 +32,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use basicagent_proto::{FrameTooLong, Response, Retcode, TaskDone};
-use serde_json::{json, Value};
+use basicagent_proto::{TaskInfo, TaskList, TaskMarker};
 
 fn parse_frame(bytes: &[u8]) -> Option<TaskDone> {
     TaskDone::parse(bytes.trim_ascii_end()).ok()
@@ -374,7 +374,12 @@ impl TaskStore {
     /// call, so that the result, written after it, finds it).
     pub fn marker(&mut self, id: &str, cmd: &str) -> u64 {
         let started_unix = unix_now();
-        let text = json!({"task": id, "cmd": cmd, "started": started_unix}).to_string();
+        let text = TaskMarker {
+            cmd,
+            started: started_unix,
+            task: id,
+        }
+        .to_json();
         self.ops.push(TaskFileOp::Marker {
             id: id.to_owned(),
             text,
@@ -549,7 +554,7 @@ impl TaskStore {
         done.into_iter().map(|(_, id)| id.clone()).collect()
     }
 
-    fn describe(&self, id: &str, now: Instant, with_result: Option<&[u8]>) -> Option<Value> {
+    fn describe(&self, id: &str, now: Instant, with_result: Option<&[u8]>) -> Option<TaskInfo> {
         Some(match self.tasks.get(id)? {
             TaskState::Running {
                 started,
@@ -557,13 +562,17 @@ impl TaskStore {
                 cmd,
                 cancelling,
                 ..
-            } => json!({
-                "task": id,
-                "state": if *cancelling { "cancelling" } else { "running" },
-                "cmd": cmd,
-                "started": started_unix,
-                "elapsed_ms": now.saturating_duration_since(*started).as_millis() as u64,
-            }),
+            } => TaskInfo {
+                task: id.to_owned(),
+                state: if *cancelling { "cancelling" } else { "running" }.to_owned(),
+                cmd: Some(cmd.clone()),
+                started: Some(*started_unix),
+                elapsed_ms: Some(
+                    u64::try_from(now.saturating_duration_since(*started).as_millis())
+                        .unwrap_or(u64::MAX),
+                ),
+                ..TaskInfo::default()
+            },
             TaskState::Done {
                 finished_unix,
                 retcode,
@@ -574,30 +583,39 @@ impl TaskStore {
                 } else {
                     "done"
                 };
-                let mut v = json!({"task": id, "state": state, "retcode": retcode, "finished": finished_unix});
-                if let Some(d) = with_result.and_then(parse_frame) {
-                    v["result"] =
-                        serde_json::from_str(&d.to_response().to_json()).unwrap_or(Value::Null);
+                let info = TaskInfo {
+                    task: id.to_owned(),
+                    state: state.to_owned(),
+                    retcode: Some(*retcode),
+                    finished: Some(*finished_unix),
+                    ..TaskInfo::default()
+                };
+                match with_result.and_then(parse_frame) {
+                    Some(d) => info.with_result(&d.to_response().to_json()),
+                    None => info,
                 }
-                v
             }
         })
     }
 
     /// `task.status` data, or `None` for an unknown task; `result` is the
     /// stored result of a done task (read back, or [`Self::memory_frame`]).
-    pub fn status(&self, id: &str, now: Instant, result: Option<&[u8]>) -> Option<Value> {
+    pub fn status(&self, id: &str, now: Instant, result: Option<&[u8]>) -> Option<TaskInfo> {
         self.describe(id, now, result)
     }
 
     /// `task.list` data.
-    pub fn list(&self, now: Instant) -> Value {
+    pub fn list(&self, now: Instant) -> TaskList {
         let mut ids: Vec<&String> = self.tasks.keys().collect();
         ids.sort();
-        let tasks: Vec<Value> = ids
+        let tasks: Vec<TaskInfo> = ids
             .into_iter()
             .filter_map(|id| self.describe(id, now, None))
             .collect();
-        json!({"count": tasks.len(), "tasks": tasks, "outbox_bytes": self.outbox_bytes()})
+        TaskList {
+            count: tasks.len(),
+            tasks,
+            outbox_bytes: self.outbox_bytes(),
+        }
     }
 }

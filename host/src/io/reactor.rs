@@ -262,8 +262,20 @@ impl Reactor {
     fn close(&mut self, last: &[u8]) {
         if let Some(mut s) = self.socket.take() {
             self.sockets += 1;
-            if !s.connecting && !last.is_empty() {
-                let _ = s.stream.write(last);
+            if !s.connecting {
+                // Best effort: what the socket takes now, never a wait;
+                // records already given come first.
+                let pending = s.out.split_off(s.sent);
+                'write: for mut rest in [&pending[..], last] {
+                    while !rest.is_empty() {
+                        match s.stream.write(rest) {
+                            Ok(0) => break 'write,
+                            Ok(n) => rest = &rest[n..],
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(_) => break 'write,
+                        }
+                    }
+                }
             }
             let _ = s.stream.shutdown(std::net::Shutdown::Both);
             let _ = self.poll.registry().deregister(&mut s.stream);

@@ -19,8 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use basicagent_proto::{Retcode, TaskDone};
-use serde_json::{json, Value};
+use basicagent_proto::{MarkerInfo, Retcode, TaskDone};
 
 use crate::core::tasks::{
     done_frame, too_long_frame, valid_task_id, OutboxBatch, Recovered, TaskFileOp, TaskLimits,
@@ -213,12 +212,8 @@ pub fn open(dir: &Path, limits: TaskLimits) -> Result<TaskStore, DirError> {
                 let _ = fs::remove_file(&marker);
                 continue;
             }
-            let info: Value = fs::read(&marker)
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok())
-                .unwrap_or(Value::Null);
-            let data =
-                json!({"task": id, "cmd": info["cmd"], "started": info["started"]}).to_string();
+            let bytes = fs::read(&marker).unwrap_or_default();
+            let data = MarkerInfo::read(&bytes, &id).to_json();
             let frame = done_frame(
                 &id,
                 Retcode::PLUGIN_FAILURE.0,
@@ -514,12 +509,13 @@ mod tests {
             }
             frames
         }
-        fn status(&self, id: &str, now: Instant) -> Option<Value> {
+        fn status(&self, id: &str, now: Instant) -> Option<basicagent_proto::builtins::Value> {
             let stored = self
                 .table
                 .memory_frame(id)
                 .or_else(|| read_result(&self.dir, id, self.table.limits().max_frame));
-            self.table.status(id, now, stored.as_deref())
+            let info = self.table.status(id, now, stored.as_deref())?;
+            serde_json::to_value(info).ok()
         }
     }
 
