@@ -9,11 +9,13 @@
 //!
 //! Map: [`frame`] splits bytes into lines; [`incoming`] says what a line
 //! is; [`request`], [`response`], [`init`], [`task`] read and write each
-//! message; [`server_list`] parses redirect targets; [`retcode`] holds the
-//! result codes.
+//! message; [`handshake`] is the server's side of init (accept, redirect
+//! or reject by policy); [`server_list`] parses redirect targets;
+//! [`retcode`] holds the result codes (the one table).
 
 pub mod envelope;
 pub mod frame;
+pub mod handshake;
 pub mod incoming;
 pub mod init;
 pub mod request;
@@ -24,6 +26,7 @@ pub mod task;
 
 pub use envelope::MessageError;
 pub use frame::{FrameDecoder, FrameError, FrameTooLong, DEFAULT_MAX_FRAME};
+pub use handshake::{answer_init, InitContext, InitPolicy, Verdict};
 pub use incoming::{Incoming, IncomingError, IncomingErrorKind};
 pub use init::{redirect_json, Init, InitReply};
 pub use request::{ping_json, Request, RequestError};
