@@ -170,6 +170,8 @@ pub struct Link<C> {
     limit: usize,
     failed: bool,
     peer_closed: bool,
+    /// The byte stream ended ([`Link::handle_eof`]).
+    eof: bool,
     closing: bool,
 }
 
@@ -207,6 +209,7 @@ where
             limit: queue_limit(max_frame),
             failed: false,
             peer_closed: false,
+            eof: false,
             closing: false,
         }
     }
@@ -256,6 +259,29 @@ where
             }
         }
         Ok(taken)
+    }
+
+    /// The peer's end of the byte stream (a read returned 0). `Ok` when
+    /// it sent its `close_notify` first (a clean close); otherwise a
+    /// [`LinkError::Plaintext`] of kind `UnexpectedEof` (rustls' words:
+    /// the peer closed without `close_notify`, so what came may be cut).
+    /// Either way nothing more is read.
+    pub fn handle_eof(&mut self) -> Result<(), LinkError> {
+        if self.failed {
+            return Err(LinkError::Failed);
+        }
+        self.eof = true;
+        if self.peer_closed {
+            return Ok(());
+        }
+        let mut empty: &[u8] = &[];
+        // Tells rustls the stream ended: it reports what that means.
+        let _ = self.conn.read_tls(&mut empty);
+        let mut reader = self.conn.reader();
+        match reader.fill_buf() {
+            Ok(_) => Ok(()),
+            Err(e) => Err(LinkError::Plaintext(e)),
+        }
     }
 
     /// Moves all decrypted plaintext into the decoder.
@@ -407,11 +433,13 @@ where
         !self.failed && !self.closing && !self.conn.is_handshaking() && !self.out.is_empty()
     }
 
-    /// The link takes ciphertext: not failed, the peer has not closed, no
-    /// decoded frame waits, and the queue is not past [`read_stop`].
+    /// The link takes ciphertext: not failed, the peer has not closed (nor
+    /// its stream ended), no decoded frame waits, and the queue is not
+    /// past [`read_stop`].
     pub fn wants_read(&self) -> bool {
         !self.failed
             && !self.peer_closed
+            && !self.eof
             && self.peeked.is_none()
             && self.out.len() <= self.read_stop
     }

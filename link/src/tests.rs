@@ -463,3 +463,23 @@ fn one_call_takes_at_most_the_read_budget() {
     assert_eq!(got.len(), 1);
     assert!(matches!(&got[0], Ok(f) if f.len() == 6 << 20));
 }
+
+#[test]
+fn the_end_of_the_stream_is_clean_only_after_close_notify() {
+    let pki = pki();
+    let (mut c, mut s) = connected(&pki, 1024);
+    c.send_close_notify();
+    let (bytes, _) = transmit_all(&mut c);
+    assert!(feed(&mut s, &bytes, usize::MAX).expect("read").is_empty());
+    s.handle_eof().expect("a clean close");
+    assert!(!s.wants_read());
+    let (_, mut s) = connected(&pki, 1024);
+    let err = s.handle_eof().expect_err("no close_notify");
+    assert!(
+        matches!(&err, LinkError::Plaintext(e) if e.kind() == io::ErrorKind::UnexpectedEof),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("close_notify"), "{err}");
+    assert!(!s.wants_read() && !s.is_failed());
+    assert_eq!(s.handle_ciphertext(b"late").expect("ignored"), 0);
+}
