@@ -9,14 +9,16 @@
 //!
 //! Map: [`frame`] splits bytes into lines; [`incoming`] says what a line
 //! is; [`request`], [`response`], [`init`], [`task`] read and write each
-//! message; [`server_list`] parses redirect targets; [`retcode`] holds the
-//! result codes; [`builtins`] the agent's built-in methods as types (it
-//! re-exports serde_json's `Value`, `Map` and `RawValue`, handed over as
-//! parts of those types).
+//! message; [`handshake`] is the server's side of init (accept, redirect
+//! or reject by policy); [`server_list`] parses redirect targets;
+//! [`retcode`] holds the result codes (the one table); [`builtins`] the
+//! agent's built-in methods as types (it re-exports serde_json's `Value`,
+//! `Map` and `RawValue`, handed over as parts of those types).
 
 pub mod builtins;
 pub mod envelope;
 pub mod frame;
+pub mod handshake;
 pub mod incoming;
 pub mod init;
 pub mod request;
@@ -31,6 +33,7 @@ pub use builtins::{
 };
 pub use envelope::MessageError;
 pub use frame::{FrameDecoder, FrameError, FrameTooLong, DEFAULT_MAX_FRAME};
+pub use handshake::{answer_init, InitContext, InitPolicy, Verdict};
 pub use incoming::{Incoming, IncomingError, IncomingErrorKind};
 pub use init::{redirect_json, Init, InitReply};
 pub use request::{ping_json, Request, RequestError};

@@ -13,8 +13,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use basicagent_proto::handshake::{RedirectCause, RejectCause};
 use basicagent_proto::{
-    redirect_json, FrameDecoder, FrameError, Incoming, Init, InitReply, Response, Retcode, TaskAck,
+    answer_init, FrameDecoder, FrameError, Incoming, Init, InitContext, InitReply, Response,
+    Retcode, TaskAck, Verdict,
 };
 use basicagent_store::{AgentRecord, TaskResult};
 use serde_json::json;
@@ -26,9 +28,8 @@ use tokio_rustls::server::TlsStream;
 
 use crate::events::unix_now;
 use crate::identity::{peer_identity, PeerIdentity};
-use crate::policy::{Decision, InitPolicy};
 use crate::registry::{AgentInfo, CallEvent, Outgoing, Registered, OUTBOX_FRAMES};
-use crate::serve::Shared;
+use crate::state::Shared;
 use crate::storage::{now_millis, Op};
 
 /// Read buffer of an idle session.
@@ -232,12 +233,7 @@ impl Session {
     ) -> Result<(), String> {
         loop {
             while let Some(item) = self.decoder.next_frame() {
-                match item {
-                    Ok(frame) => self.handle_init(&frame, over_limit),
-                    Err(FrameError::TooLong { limit }) => {
-                        self.refuse_init(&format!("init frame longer than {limit} bytes"))
-                    }
-                }
+                self.handle_init(item.as_deref(), over_limit);
                 self.flush().await?;
                 if let Some(reason) = &self.closing {
                     return Err(reason.clone());
@@ -375,80 +371,87 @@ impl Session {
         }
     }
 
-    fn refuse_init(&mut self, error: &str) {
-        log::warn!("{}: invalid init: {error}", self.peer);
-        self.shared.metrics.refuse("invalid_init");
-        self.shared.events.emit(
-            "init_invalid",
-            json!({"peer": self.peer, "listen": self.local, "error": error}),
-        );
-        self.line(
-            &InitReply::rejected(Retcode::INVALID_REQUEST, format!("expected init: {error}"))
-                .to_json(),
-        );
-        self.close("invalid init");
-    }
-
-    fn reject(&mut self, host: &str, retcode: Retcode, message: &str, reason: &str, event: &str) {
-        log::warn!("{}: host {host} refused ({reason}): {message}", self.peer);
-        self.shared.metrics.refuse(reason);
-        self.shared.events.emit(
-            event,
-            json!({"host": host, "peer": self.peer, "listen": self.local, "message": message}),
-        );
-        self.line(&InitReply::rejected(retcode, message).to_json());
-        self.close(reason);
-    }
-
-    fn handle_init(&mut self, frame: &[u8], over_limit: bool) {
-        let init = match Init::parse(frame) {
-            Ok(init) => init,
-            Err(e) => return self.refuse_init(&e.to_string()),
-        };
-        let host = init.hostname.clone();
+    /// Answers the first frame ([`answer_init`] decides) and does what
+    /// the answer means here: log, metrics, events, and the reply.
+    fn handle_init(&mut self, frame: Result<&[u8], &FrameError>, over_limit: bool) {
         let shared = self.shared.clone();
-        let (peer, listen) = (self.peer, self.local);
-        if shared.mtls {
-            let bound = self.identity.as_ref().and_then(|i| i.host.as_deref());
-            if bound != Some(host.as_str()) {
-                let message = format!(
-                    "the client certificate is for host id {}, not {host:?}",
-                    bound.map_or("(none)".to_owned(), |b| format!("{b:?}"))
-                );
-                return self.reject(
-                    &host,
-                    Retcode::PERMISSION_DENIED,
-                    &message,
-                    "identity",
-                    "identity_mismatch",
-                );
-            }
-        }
-        if over_limit {
-            return self.refuse_full(&host);
-        }
         let own = [shared.settings.listen, self.local];
-        match shared.settings.policy.decide(&host, &own) {
-            Decision::Redirect(list) => {
+        let verdict = {
+            let bound = self.identity.as_ref().and_then(|i| i.host.as_deref());
+            let ctx = InitContext {
+                policy: &shared.settings.policy,
+                own: &own,
+                client_host: shared.mtls.then_some(bound),
+                full: over_limit.then_some(shared.limit),
+                heartbeat: shared.settings.heartbeat,
+            };
+            answer_init(frame, &ctx)
+        };
+        let (peer, listen) = (self.peer, self.local);
+        match verdict {
+            Verdict::Reject {
+                cause: RejectCause::InvalidInit(ref error),
+                ..
+            } => {
+                log::warn!("{peer}: invalid init: {error}");
+                shared.metrics.refuse("invalid_init");
+                shared.events.emit(
+                    "init_invalid",
+                    json!({"peer": peer, "listen": listen, "error": error}),
+                );
+                self.reply(&verdict);
+                self.close("invalid init");
+            }
+            Verdict::Reject {
+                ref host,
+                ref message,
+                cause: RejectCause::Identity,
+                ..
+            } => self.reject(
+                &verdict,
+                host.as_deref().unwrap_or_default(),
+                message,
+                "identity",
+                "identity_mismatch",
+            ),
+            Verdict::Reject {
+                ref host,
+                ref message,
+                cause: RejectCause::Policy,
+                ..
+            } => self.reject(
+                &verdict,
+                host.as_deref().unwrap_or_default(),
+                message,
+                "policy",
+                "rejected",
+            ),
+            Verdict::Reject {
+                ref host,
+                cause: RejectCause::Full,
+                ..
+            } => self.refuse_full(&verdict, host.as_deref().unwrap_or_default(), None),
+            Verdict::Redirect {
+                ref host,
+                ref list,
+                cause: RedirectCause::Full,
+            } => self.refuse_full(&verdict, host, Some(list)),
+            Verdict::Redirect {
+                ref host,
+                ref list,
+                cause: RedirectCause::Policy,
+            } => {
                 log::info!("{peer}: host {host} redirected to {list}");
                 shared.metrics.refuse("policy");
                 shared.events.emit(
                     "redirect",
                     json!({"host": host, "peer": peer, "listen": listen, "server": list}),
                 );
-                self.line(&redirect_json(&list));
+                self.reply(&verdict);
                 self.close("redirected");
             }
-            Decision::Reject(message) => {
-                self.reject(
-                    &host,
-                    Retcode::PERMISSION_DENIED,
-                    &message,
-                    "policy",
-                    "rejected",
-                );
-            }
-            Decision::Accept => {
+            Verdict::Accept { init, .. } => {
+                let host = init.hostname.clone();
                 // Cluster mode: the host's owner over the live, non-draining
                 // nodes holds it; one hop, the agent's redirect limit is the
                 // loop guard.
@@ -465,33 +468,34 @@ impl Session {
                             json!({"host": host, "peer": peer, "listen": listen,
                                    "server": peer_addr, "owner": true}),
                         );
-                        self.line(&redirect_json(&peer_addr));
+                        self.reply(&Verdict::redirect(host, peer_addr));
                         self.close("redirected to owner");
                     }
-                    None => self.accept(init),
+                    None => self.accept(*init),
                 }
             }
         }
     }
 
+    /// Queues the reply frame of `verdict`.
+    fn reply(&mut self, verdict: &Verdict) {
+        self.out.extend_from_slice(&verdict.reply());
+    }
+
+    fn reject(&mut self, verdict: &Verdict, host: &str, message: &str, reason: &str, event: &str) {
+        log::warn!("{}: host {host} refused ({reason}): {message}", self.peer);
+        self.shared.metrics.refuse(reason);
+        self.shared.events.emit(
+            event,
+            json!({"host": host, "peer": self.peer, "listen": self.local, "message": message}),
+        );
+        self.reply(verdict);
+        self.close(reason);
+    }
+
     /// At the session limit: a redirect to the configured peers, else 3026 Busy.
-    fn refuse_full(&mut self, host: &str) {
+    fn refuse_full(&mut self, verdict: &Verdict, host: &str, peers: Option<&str>) {
         let limit = self.shared.limit;
-        let own = [self.shared.settings.listen, self.local];
-        let peers = match &self.shared.settings.policy {
-            InitPolicy::Redirect(list) => Some(list.clone()),
-            InitPolicy::Spread(entries) => {
-                let others: Vec<String> = entries
-                    .iter()
-                    .filter(
-                        |e| !matches!(e, basicagent_proto::ServerAddr::Ip(sa) if own.contains(sa)),
-                    )
-                    .map(ToString::to_string)
-                    .collect();
-                (!others.is_empty()).then(|| others.join(","))
-            }
-            _ => None,
-        };
         self.shared.metrics.refuse("limit");
         log::warn!(
             "{}: host {host} refused: session limit {limit} reached",
@@ -502,18 +506,7 @@ impl Session {
             json!({"host": host, "peer": self.peer, "listen": self.local,
                    "limit": limit, "redirect": peers}),
         );
-        match peers {
-            Some(list) => self.line(&redirect_json(&list)),
-            None => self.line(
-                &InitReply::rejected(
-                    Retcode::BUSY,
-                    format!(
-                        "server busy: it holds its limit of {limit} agent sessions; retry later"
-                    ),
-                )
-                .to_json(),
-            ),
-        }
+        self.reply(verdict);
         self.close("session limit");
     }
 
@@ -539,13 +532,15 @@ impl Session {
         };
         match shared.registry.register_agent(self.id, info, cert) {
             Registered::HeldByOtherCert => {
-                return self.reject(
-                    &host,
+                let message =
+                    format!("host id {host:?} is held by a session with another certificate");
+                let verdict = Verdict::reject(
+                    host.clone(),
                     Retcode::PERMISSION_DENIED,
-                    &format!("host id {host:?} is held by a session with another certificate"),
-                    "held",
-                    "identity_mismatch",
+                    message.clone(),
+                    RejectCause::Identity,
                 );
+                return self.reject(&verdict, &host, &message, "held", "identity_mismatch");
             }
             Registered::Replaced(old) => {
                 shared.events.emit(
