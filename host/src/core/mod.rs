@@ -1,11 +1,13 @@
 //! Everything of the daemon that decides, and nothing that touches the OS:
-//! the [`session`] (connection lifecycle), its [`link`] (TLS and framing,
-//! no socket), the [`dispatch`]er (built-ins, plugin calls) and the
-//! [`tasks`] table, put together as one [`Core`].
+//! the [`session`] (connection lifecycle), its link (TLS and framing, no
+//! socket: `basicagent_link::Link<rustls::ClientConnection>`), the
+//! [`dispatch`]er (built-ins, plugin calls) and the [`tasks`] table, put
+//! together as one [`Core`].
 //!
 //! The io side feeds it [`Event`]s with the time they happened
 //! ([`Core::handle`]), then takes [`Action`]s ([`Core::poll_action`]) and
-//! ciphertext ([`Core::poll_transmit`]) until there are none, and sleeps
+//! lets it write ciphertext into the socket ([`Core::poll_transmit`], any
+//! `std::io::Write`: the core never learns what it is), and sleeps
 //! until [`Core::poll_timeout`] or the next event, reading the socket only
 //! while [`Core::wants_read`]. The core imports no mio, no socket, no
 //! file and no clock; plugins complete on their own threads through the
@@ -32,48 +34,33 @@
 //!   dropped (a protocol rule, not a re-entrancy guard).
 
 pub mod dispatch;
-pub mod link;
+#[cfg(test)]
+mod pair;
 pub mod session;
 pub mod tasks;
 
 use std::collections::VecDeque;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use basicagent_link::Link;
+pub use basicagent_link::{answer_bound, read_stop, Transmit, READ_STOP_SLACK};
 use rustls::pki_types::ServerName;
-use rustls::ClientConfig;
+use rustls::{ClientConfig, ClientConnection};
 
 use crate::deadline::after;
 use dispatch::{Dispatcher, Finished, Mail};
-use link::Link;
 use session::{Phase, Session, SessionConfig};
 
-/// The smallest bound on queued answer bytes; the bound is this or
-/// `max_frame`, whichever is larger (see [`answer_bound`]).
-const ANSWER_BOUND_MIN: usize = 8 << 20;
-/// Bytes past the answer bound plus one largest frame (what the queue
-/// may hold of answers admitted under the bound) at which the loop stops
-/// reading requests: what the `3026` answers to requests read meanwhile
-/// may take.
-pub const READ_STOP_SLACK: usize = 1 << 20;
+/// rustls' own buffer of outgoing TLS records.
+const TLS_BUFFER_LIMIT: usize = 256 << 10;
 /// How long shutdown waits for cancelled calls to answer.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
 /// The generation bit of a control-socket connection's requests: their
 /// answers go back as [`Action::CtlAnswer`], not upstream.
 pub const CTL_GENERATION_BIT: u64 = 1 << 63;
-
-fn read_stop(max_frame: usize) -> usize {
-    answer_bound(max_frame)
-        .saturating_add(max_frame)
-        .saturating_add(READ_STOP_SLACK)
-}
-
-/// The bound on queued answer bytes for a frame limit: one largest frame
-/// always fits, and never less than 8 MiB.
-pub fn answer_bound(max_frame: usize) -> usize {
-    max_frame.max(ANSWER_BOUND_MIN)
-}
 
 /// What happened, as the io side saw it.
 #[derive(Debug)]
@@ -135,8 +122,10 @@ pub enum Action {
 }
 
 struct Upstream {
-    link: Link,
+    link: Link<ClientConnection>,
     addr: SocketAddr,
+    /// The handshake finished (reported to the session once).
+    up: bool,
 }
 
 /// The agent's whole decision state: session, link, dispatcher, tasks.
@@ -150,8 +139,9 @@ pub struct Core {
     actions: VecDeque<Action>,
     /// Queued answer bytes past which requests are refused.
     bound: usize,
-    /// Queued bytes past which the socket is not read.
-    read_stop: usize,
+    /// Ciphertext read but not yet taken by the link (it stopped reading
+    /// while its queue was full); taken before the socket is read again.
+    inbuf: Vec<u8>,
     /// Task results to push when the queue has room, oldest first.
     replay: VecDeque<String>,
     /// A batch of stored results is being read back.
@@ -188,7 +178,7 @@ impl Core {
             dispatcher,
             actions: VecDeque::new(),
             bound: answer_bound(max_frame),
-            read_stop: read_stop(max_frame),
+            inbuf: Vec::new(),
             replay: VecDeque::new(),
             loading: false,
             loaded: VecDeque::new(),
@@ -213,22 +203,22 @@ impl Core {
     fn set_max_frame(&mut self, max_frame: usize) {
         self.max_frame = max_frame;
         self.bound = answer_bound(max_frame);
-        self.read_stop = read_stop(max_frame);
         self.dispatcher.set_max_frame(max_frame);
     }
 
     /// Answer bytes queued and not yet taken by TLS.
     pub fn queued(&self) -> usize {
-        self.upstream.as_ref().map_or(0, |u| u.link.queued())
+        self.upstream.as_ref().map_or(0, |u| u.link.queued_bytes())
     }
 
     fn congested(&self) -> bool {
-        self.queued() >= self.bound
+        self.upstream.as_ref().is_some_and(|u| u.link.congested())
     }
 
-    /// Whether the socket should be read (bounded queues).
+    /// Whether the socket should be read (bounded queues; bytes read
+    /// earlier are taken first).
     pub fn wants_read(&self) -> bool {
-        self.upstream.is_some() && self.queued() <= self.read_stop
+        self.inbuf.is_empty() && self.upstream.as_ref().is_some_and(|u| u.link.wants_read())
     }
 
     /// Whether [`Core::poll_transmit`] has ciphertext to give.
@@ -254,20 +244,23 @@ impl Core {
         .min()
     }
 
-    /// Appends ciphertext to send to `out` (at most one write budget of
-    /// plaintext per call); returns the bytes appended.
-    pub fn poll_transmit(&mut self, now: Instant, out: &mut Vec<u8>) -> usize {
+    /// Writes ciphertext into `sink` (the socket) until it would block or
+    /// one write budget of plaintext went ([`Transmit::more`]: call again
+    /// without sleeping). A failing sink fails the connection.
+    pub fn poll_transmit(&mut self, now: Instant, sink: &mut dyn Write) -> Transmit {
         let Some(u) = self.upstream.as_mut() else {
-            return 0;
+            return Transmit::default();
         };
-        match u.link.poll_transmit(out) {
-            Ok(n) => n,
+        let t = match u.link.poll_transmit(sink) {
+            Ok(t) => t,
             Err(e) => {
                 self.session.handle_transport_failed(now, &e.to_string());
-                self.run(now);
-                0
+                Transmit::default()
             }
-        }
+        };
+        // Room in the queue: bytes kept back and task results may go on.
+        self.run(now);
+        t
     }
 
     /// Takes one event.
@@ -279,9 +272,14 @@ impl Core {
             Event::Tick => self.on_tick(now),
             Event::Connected => self.session.handle_tcp_connected(now),
             Event::Ciphertext(bytes) => self.on_ciphertext(now, bytes),
-            Event::Closed => self
-                .session
-                .handle_transport_failed(now, "closed by the server"),
+            Event::Closed => {
+                if let Some(u) = self.upstream.as_mut() {
+                    // Clean or not, nothing more is read; the log says the same.
+                    let _ = u.link.handle_eof();
+                }
+                self.session
+                    .handle_transport_failed(now, "closed by the server")
+            }
             Event::TransportFailed(reason) => self.session.handle_transport_failed(now, &reason),
             Event::Resolved {
                 token,
@@ -346,35 +344,86 @@ impl Core {
     }
 
     fn on_ciphertext(&mut self, now: Instant, bytes: &[u8]) {
-        let Some(u) = self.upstream.as_mut() else {
+        if self.upstream.is_none() {
             return;
-        };
+        }
         self.session.handle_received(now);
-        let progress = match u.link.handle_ciphertext(bytes) {
-            Ok(p) => p,
-            Err(e) => {
-                // The alert telling the peer why goes out with the Close.
-                self.session.handle_transport_failed(now, &e.to_string());
-                return;
+        if self.inbuf.is_empty() {
+            let used = self.feed(now, bytes);
+            if used < bytes.len() {
+                self.inbuf = bytes[used..].to_vec();
             }
-        };
-        if progress.handshaken {
-            self.dispatcher.set_peer(crate::audit::Peer::of_tls(
-                &u.addr,
-                u.link.peer_certificates(),
-            ));
-            self.session.handle_tls_established(now);
+        } else {
+            self.inbuf.extend_from_slice(bytes);
+            self.feed_kept(now);
         }
+    }
+
+    /// Bytes kept back, once the link reads again.
+    fn feed_kept(&mut self, now: Instant) {
+        if self.inbuf.is_empty() || !self.upstream.as_ref().is_some_and(|u| u.link.wants_read()) {
+            return;
+        }
+        let kept = std::mem::take(&mut self.inbuf);
+        let used = self.feed(now, &kept);
+        if used < kept.len() {
+            self.inbuf = kept[used..].to_vec();
+        }
+    }
+
+    /// Hands ciphertext to the link and serves the frames it completes
+    /// (their answers queued) before handing it more. Returns the bytes
+    /// taken: fewer than given when the link stopped reading (its queue is
+    /// full); all when the connection ended or was replaced meanwhile (the
+    /// rest belonged to it).
+    fn feed(&mut self, now: Instant, bytes: &[u8]) -> usize {
         let generation = self.session.generation();
-        while let Some(frame) = u.link.next_frame() {
-            self.session.handle_frame(now, frame);
+        let mut used = 0;
+        while used < bytes.len() {
+            // A redirect read here moves the session to its next
+            // connection: what the old one still holds is no news.
+            if self.session.generation() != generation {
+                return bytes.len();
+            }
+            let Some(u) = self.upstream.as_mut() else {
+                return bytes.len();
+            };
+            let n = match u.link.handle_ciphertext(&bytes[used..]) {
+                Ok(n) => n,
+                Err(e) => {
+                    // The alert telling the peer why goes out with the Close.
+                    self.session.handle_transport_failed(now, &e.to_string());
+                    self.run(now);
+                    return bytes.len();
+                }
+            };
+            used += n;
+            if !u.up && !u.link.is_handshaking() {
+                u.up = true;
+                self.dispatcher.set_peer(crate::audit::Peer::of_tls(
+                    &u.addr,
+                    u.link.conn().peer_certificates(),
+                ));
+                self.session.handle_tls_established(now);
+            }
+            while let Some(frame) = u.link.next_frame() {
+                self.session.handle_frame(now, frame);
+            }
+            let closed = u.link.peer_closed();
+            if closed && self.session.generation() == generation {
+                self.session
+                    .handle_transport_failed(now, "closed by the server");
+            }
+            // Serve what was read before reading more.
+            self.run(now);
+            if closed {
+                return bytes.len();
+            }
+            if n == 0 {
+                break;
+            }
         }
-        // A redirect read with the close_notify that followed it: the
-        // session is on its next connection, the old one's end is no news.
-        if progress.peer_closed && self.session.generation() == generation {
-            self.session
-                .handle_transport_failed(now, "closed by the server");
-        }
+        used
     }
 
     /// Carries out what the session decided, dispatches the requests it
@@ -384,6 +433,7 @@ impl Core {
             self.on_session(now, action);
         }
         self.take_mail(now);
+        self.feed_kept(now);
         self.pump_replay(now);
         while let Some(action) = self.session.poll_action() {
             self.on_session(now, action);
@@ -428,20 +478,28 @@ impl Core {
             session::Action::Connect(addr) => {
                 self.close_upstream();
                 log::debug!("connecting to {addr}");
-                match Link::client(
-                    Arc::clone(&self.tls),
-                    self.server_name.clone(),
-                    self.max_frame,
-                ) {
-                    Ok(link) => {
-                        self.upstream = Some(Upstream { link, addr });
+                match ClientConnection::new(Arc::clone(&self.tls), self.server_name.clone()) {
+                    Ok(mut conn) => {
+                        conn.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
+                        let link = Link::new(conn, self.max_frame);
+                        self.upstream = Some(Upstream {
+                            link,
+                            addr,
+                            up: false,
+                        });
                         self.actions.push_back(Action::Connect(addr));
                     }
-                    Err(e) => self.session.handle_transport_failed(now, &e.to_string()),
+                    Err(e) => self
+                        .session
+                        .handle_transport_failed(now, &format!("TLS: {e}")),
                 }
             }
             session::Action::Send(frame) => match self.upstream.as_mut() {
-                Some(u) => u.link.queue_frame(frame),
+                Some(u) => {
+                    if let Err(e) = u.link.queue_frame(frame) {
+                        log::warn!("frame dropped: {e}");
+                    }
+                }
                 None => log::debug!("send without a connection dropped"),
             },
             session::Action::Close => self.close_upstream(),
@@ -484,12 +542,21 @@ impl Core {
         }
     }
 
+    /// Ends the connection: the frames still queued (at most one write
+    /// budget: answers to cancelled calls at shutdown), close_notify once
+    /// the handshake was done, and whatever TLS records are due (an alert)
+    /// go out with the [`Action::Close`].
     fn close_upstream(&mut self) {
-        if let Some(u) = self.upstream.take() {
+        self.inbuf.clear();
+        if let Some(mut u) = self.upstream.take() {
             log::debug!("closing the connection to {}", u.addr);
-            self.actions.push_back(Action::Close {
-                last: u.link.close(),
-            });
+            let mut last = Vec::new();
+            if u.up {
+                let _ = u.link.poll_transmit(&mut last);
+                u.link.send_close_notify();
+            }
+            let _ = u.link.poll_transmit(&mut last);
+            self.actions.push_back(Action::Close { last });
         }
     }
 

@@ -28,18 +28,12 @@ use crate::io::mailbox::Mailbox;
 use crate::io::resolve::Resolver;
 use crate::io::signals::{read_signals, Control};
 
-pub use crate::core::link::WRITE_BUDGET;
-pub use crate::core::{answer_bound, READ_STOP_SLACK};
 pub use crate::io::signals::block_signals;
+pub use basicagent_link::{answer_bound, READ_BUDGET, READ_STOP_SLACK, WRITE_BUDGET};
 
 const UPSTREAM: Token = Token(0);
 const WAKER: Token = Token(1);
 const SIGNALS: Token = Token(2);
-
-/// Bytes read from the socket per turn before the loop serves the rest.
-pub const READ_BUDGET: usize = 4 << 20;
-/// Ciphertext capacity kept between writes once a large answer is out.
-const KEEP_CAPACITY: usize = 64 << 10;
 
 /// Hooks the daemon's main gives the loop for SIGHUP and SIGUSR1.
 pub trait Reloader {
@@ -49,13 +43,11 @@ pub trait Reloader {
     fn reload_config(&mut self) -> Option<Reconfig>;
 }
 
-/// The upstream socket and the ciphertext the core gave for it.
+/// The upstream socket.
 struct Socket {
     stream: TcpStream,
     addr: SocketAddr,
     connecting: bool,
-    out: Vec<u8>,
-    sent: usize,
     interest: Interest,
 }
 
@@ -253,8 +245,6 @@ impl Reactor {
             stream,
             addr,
             connecting: true,
-            out: Vec::new(),
-            sent: 0,
             interest,
         });
     }
@@ -263,17 +253,14 @@ impl Reactor {
         if let Some(mut s) = self.socket.take() {
             self.sockets += 1;
             if !s.connecting {
-                // Best effort: what the socket takes now, never a wait;
-                // records already given come first.
-                let pending = s.out.split_off(s.sent);
-                'write: for mut rest in [&pending[..], last] {
-                    while !rest.is_empty() {
-                        match s.stream.write(rest) {
-                            Ok(0) => break 'write,
-                            Ok(n) => rest = &rest[n..],
-                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                            Err(_) => break 'write,
-                        }
+                // Best effort: what the socket takes now, never a wait.
+                let mut rest = last;
+                while !rest.is_empty() {
+                    match s.stream.write(rest) {
+                        Ok(0) => break,
+                        Ok(n) => rest = &rest[n..],
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(_) => break,
                     }
                 }
             }
@@ -346,56 +333,28 @@ impl Reactor {
         self.flush(now);
     }
 
-    /// Writes the core's ciphertext, at most [`WRITE_BUDGET`] bytes per
-    /// call (then the next poll does not sleep).
+    /// Lets the core write its ciphertext into the socket, at most one
+    /// write budget per call (then the next poll does not sleep).
     fn flush(&mut self, now: Instant) {
-        let mut budget = WRITE_BUDGET;
-        loop {
-            let Some(s) = self.socket.as_mut() else {
-                return;
-            };
-            if s.connecting {
-                return;
-            }
-            if s.sent == s.out.len() {
-                s.out.clear();
-                s.sent = 0;
-                if !self.core.wants_write() {
-                    s.out.shrink_to(KEEP_CAPACITY);
-                    return;
-                }
-                if budget == 0 {
-                    self.more_io = true;
-                    return;
-                }
-                if self.core.poll_transmit(now, &mut s.out) == 0 {
-                    // A failure is the core's to decide (Close follows).
-                    self.execute(now);
-                    return;
-                }
-            }
-            match s.stream.write(&s.out[s.sent..]) {
-                Ok(n) => {
-                    s.sent += n;
-                    budget = budget.saturating_sub(n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    let reason = format!("write: {e}");
-                    self.core.handle(now, Event::TransportFailed(reason));
-                    self.execute(now);
-                    return;
-                }
-            }
+        let Some(s) = self.socket.as_mut() else {
+            return;
+        };
+        if s.connecting || !self.core.wants_write() {
+            return;
         }
+        let t = self.core.poll_transmit(now, &mut s.stream);
+        if t.more {
+            self.more_io = true;
+        }
+        // A failed write is the core's to decide (a Close follows).
+        self.execute(now);
     }
 
     fn update_interest(&mut self) -> io::Result<()> {
         let Some(s) = self.socket.as_mut() else {
             return Ok(());
         };
-        let write = s.connecting || s.sent < s.out.len() || self.core.wants_write();
+        let write = s.connecting || self.core.wants_write();
         let read = self.core.wants_read();
         let interest = match (read, write) {
             (true, true) => Interest::READABLE | Interest::WRITABLE,

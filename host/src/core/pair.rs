@@ -1,0 +1,630 @@
+//! In-memory pairs: the agent's whole [`Core`] against a server end made of
+//! a `basicagent_link::Link<ServerConnection>` and the proto server
+//! handshake (`proto::answer_init`), on a virtual clock, with no socket,
+//! no thread and no wait. The task files are real (a temporary
+//! directory), carried out by a test [`Sink`] at once or held back until
+//! the test releases them.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use basicagent_abi::{HostSettings, PluginRegistry};
+use basicagent_link::Link;
+use basicagent_proto::{answer_init, Init, InitContext, InitPolicy, Verdict};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::{ClientConfig, RootCertStore, ServerConfig, ServerConnection};
+
+use super::dispatch::{AgentFacts, Dispatcher, Finished, Mail, Sink};
+use super::session::{Session, SessionConfig};
+use super::tasks::{TaskFileOp, TaskLimits};
+use super::{Action, Core, Event};
+use crate::io::taskfiles::{self, Answer};
+
+pub const NAME: &str = "config.pair.test";
+
+/// A CA, a server certificate for [`NAME`] signed by it, and the agent's
+/// client configuration trusting that CA.
+pub struct Pki {
+    pub client: Arc<ClientConfig>,
+    pub server: Arc<ServerConfig>,
+}
+
+fn ca(cn: &str) -> (rcgen::Certificate, rcgen::KeyPair) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
+    (params.self_signed(&key).unwrap(), key)
+}
+
+fn server_config(ca: &rcgen::Certificate, ca_key: &rcgen::KeyPair) -> Arc<ServerConfig> {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec![NAME.to_owned()]).unwrap();
+    let cert = params.signed_by(&key, ca, ca_key).unwrap();
+    let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    Arc::new(
+        ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der().clone()], der)
+            .unwrap(),
+    )
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        let (ca_cert, ca_key) = ca("pair test CA");
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(CertificateDer::from(ca_cert.der().to_vec()))
+            .unwrap();
+        let client = ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Pki {
+            client: Arc::new(client),
+            server: server_config(&ca_cert, &ca_key),
+        }
+    }
+
+    /// A server certificate from a CA the agent does not trust.
+    pub fn foreign_server() -> Arc<ServerConfig> {
+        let (c, k) = ca("another CA");
+        server_config(&c, &k)
+    }
+}
+
+/// The test's io side: completions queued at once; task files carried
+/// out at once in the temporary directory; what reads read is delivered
+/// at once or, with `hold_reads`, kept until [`Pair::release`].
+pub struct TestSink {
+    dir: PathBuf,
+    max_frame: usize,
+    mail: Mutex<VecDeque<Mail>>,
+    pub ops: Mutex<Vec<TaskFileOp>>,
+    pub held: Mutex<VecDeque<Mail>>,
+    pub hold_reads: std::sync::atomic::AtomicBool,
+}
+
+impl Sink for TestSink {
+    fn finished(&self, f: Finished) {
+        self.mail.lock().unwrap().push_back(Mail::Finished(f));
+    }
+
+    fn task_finished(&self, f: Finished) {
+        let f = taskfiles::store(&self.dir, f);
+        self.finished(f);
+    }
+
+    fn persist(&self, op: TaskFileOp) {
+        self.ops.lock().unwrap().push(op.clone());
+        let mail = match taskfiles::apply(&self.dir, self.max_frame, op) {
+            None => return,
+            Some(Answer::Batch(b)) => Mail::Batch(b),
+            Some(Answer::Read { ctx, frame }) => Mail::Read { ctx, frame },
+        };
+        if self.hold_reads.load(std::sync::atomic::Ordering::Relaxed) {
+            self.held.lock().unwrap().push_back(mail);
+        } else {
+            self.mail.lock().unwrap().push_back(mail);
+        }
+    }
+
+    fn try_next(&self) -> Option<Mail> {
+        self.mail.lock().unwrap().pop_front()
+    }
+}
+
+/// One server: its TLS configuration and init policy.
+#[derive(Clone)]
+pub struct ServerSpec {
+    pub tls: Arc<ServerConfig>,
+    pub policy: InitPolicy,
+    pub heartbeat: Option<u64>,
+}
+
+/// The server end of the connection now open.
+pub struct ServerEnd {
+    pub addr: SocketAddr,
+    pub link: Link<ServerConnection>,
+    spec: ServerSpec,
+    /// The init verdict, once the first frame came.
+    pub verdict: Option<Verdict>,
+    /// Frames after init, in order.
+    pub received: Vec<Vec<u8>>,
+    /// Why the link failed (a TLS alert from the agent, …).
+    pub error: Option<String>,
+}
+
+impl ServerEnd {
+    fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() && self.error.is_none() {
+            match self.link.handle_ciphertext(bytes) {
+                Ok(0) => break,
+                Ok(n) => bytes = &bytes[n..],
+                Err(e) => self.error = Some(e.to_string()),
+            }
+            while let Some(frame) = self.link.next_frame() {
+                if self.verdict.is_none() {
+                    let own = [self.addr];
+                    let ctx = InitContext {
+                        policy: &self.spec.policy,
+                        own: &own,
+                        client_host: None,
+                        full: None,
+                        heartbeat: self.spec.heartbeat,
+                    };
+                    let v = answer_init(frame.as_deref().map_err(|e| e), &ctx);
+                    let _ = self.link.queue_frame(v.reply());
+                    self.verdict = Some(v);
+                } else if let Ok(f) = frame {
+                    self.received.push(f);
+                }
+            }
+        }
+    }
+}
+
+/// The agent's core and the servers it may reach, on a virtual clock.
+pub struct Pair {
+    pub core: Core,
+    pub now: Instant,
+    pub sink: Arc<TestSink>,
+    /// What the configured name resolves to.
+    pub resolves_to: Vec<SocketAddr>,
+    /// Servers by address; an address without one refuses connections.
+    pub servers: HashMap<SocketAddr, ServerSpec>,
+    pub conn: Option<ServerEnd>,
+    /// Servers the agent left, newest last (what they saw stays readable).
+    pub closed: Vec<ServerEnd>,
+    /// What the core asked for, in words ("connect 127.0.0.1:1", …).
+    pub log: Vec<String>,
+    pub exited: bool,
+    _state: tempfile::TempDir,
+}
+
+pub fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+pub fn session_config() -> SessionConfig {
+    SessionConfig {
+        name: NAME.into(),
+        port: 8443,
+        connect_timeout: Duration::from_secs(10),
+        handshake_timeout: Duration::from_secs(10),
+        max_redirects: 3,
+        heartbeat: Duration::from_secs(30),
+        max_frame: 1 << 20,
+        backoff_min: Duration::from_secs(1),
+        backoff_max: Duration::from_secs(60),
+        seed: 7,
+    }
+}
+
+pub fn limits() -> TaskLimits {
+    TaskLimits {
+        max_tasks: 100,
+        max_bytes: 64 << 20,
+        retention: Duration::from_secs(3600),
+        max_frame: 1 << 20,
+    }
+}
+
+impl Pair {
+    /// A pair whose agent trusts `pki` and whose name resolves to
+    /// `resolves_to`; `prepare` may leave results in the outbox first.
+    pub fn with(
+        pki: &Pki,
+        resolves_to: &[&str],
+        prepare: impl FnOnce(&std::path::Path),
+    ) -> Pair {
+        let state = tempfile::tempdir().unwrap();
+        let dir = state.path().join("tasks");
+        taskfiles::prepare_dir(&dir).unwrap();
+        prepare(&dir);
+        let tasks = taskfiles::open(&dir, limits()).unwrap();
+        let sink = Arc::new(TestSink {
+            dir: dir.clone(),
+            max_frame: 1 << 20,
+            mail: Mutex::default(),
+            ops: Mutex::default(),
+            held: Mutex::default(),
+            hold_reads: Default::default(),
+        });
+        let now = Instant::now();
+        let plugins = state.path().join("plugins");
+        std::fs::create_dir(&plugins).unwrap();
+        let registry = PluginRegistry::new(plugins, HostSettings::default());
+        let facts = AgentFacts {
+            host_id: "5d0f7c1e-8a41-4b8e-9f8a-2c7b3e6d1a90".into(),
+            name: "pair".into(),
+            version: "0.1.0".into(),
+            started: now,
+        };
+        let dispatcher = Dispatcher::new(
+            registry,
+            16,
+            Arc::clone(&sink) as Arc<dyn Sink>,
+            facts,
+            tasks,
+        );
+        let init = Init {
+            hostname: "5d0f7c1e-8a41-4b8e-9f8a-2c7b3e6d1a90".into(),
+            version: "0.1.0".into(),
+            ..Init::default()
+        };
+        let session = Session::new(session_config(), init, now);
+        let core = Core::new(session, dispatcher, Arc::clone(&pki.client), NAME, 1 << 20).unwrap();
+        let mut pair = Pair {
+            core,
+            now,
+            sink,
+            resolves_to: resolves_to.iter().map(|a| addr(a)).collect(),
+            servers: HashMap::new(),
+            conn: None,
+            closed: Vec::new(),
+            log: Vec::new(),
+            exited: false,
+            _state: state,
+        };
+        pair.core.handle(now, Event::Tick);
+        pair
+    }
+
+    pub fn new(pki: &Pki, resolves_to: &[&str]) -> Pair {
+        Pair::with(pki, resolves_to, |_| {})
+    }
+
+    /// A server at `at` with this policy.
+    pub fn serve(&mut self, at: &str, tls: &Arc<ServerConfig>, policy: InitPolicy) {
+        self.servers.insert(
+            addr(at),
+            ServerSpec {
+                tls: Arc::clone(tls),
+                policy,
+                heartbeat: None,
+            },
+        );
+    }
+
+    /// Moves everything that can move until nothing does.
+    pub fn settle(&mut self) {
+        for _ in 0..10_000 {
+            if !self.step() {
+                return;
+            }
+        }
+        panic!("the pair does not settle: {:?}", self.log);
+    }
+
+    fn step(&mut self) -> bool {
+        let now = self.now;
+        let mut moved = false;
+        while let Some(action) = self.core.poll_action() {
+            moved = true;
+            match action {
+                Action::Resolve { token, name, port } => {
+                    self.log.push(format!("resolve {name}:{port}"));
+                    let result = Ok(self.resolves_to.clone());
+                    self.core.handle(
+                        now,
+                        Event::Resolved {
+                            token,
+                            result,
+                            last: true,
+                        },
+                    );
+                }
+                Action::Connect(a) => {
+                    self.log.push(format!("connect {a}"));
+                    self.drop_conn();
+                    match self.servers.get(&a).cloned() {
+                        Some(spec) => {
+                            let conn = ServerConnection::new(Arc::clone(&spec.tls)).unwrap();
+                            self.conn = Some(ServerEnd {
+                                addr: a,
+                                link: Link::new(conn, 1 << 20),
+                                spec,
+                                verdict: None,
+                                received: Vec::new(),
+                                error: None,
+                            });
+                            self.core.handle(now, Event::Connected);
+                        }
+                        None => self
+                            .core
+                            .handle(now, Event::TransportFailed("connect: refused".into())),
+                    }
+                }
+                Action::Close { last } => {
+                    self.log.push("close".into());
+                    if let Some(c) = self.conn.as_mut() {
+                        c.feed(&last);
+                    }
+                    self.drop_conn();
+                }
+                Action::CtlAnswer { .. } => {}
+                Action::Up(a) => self.log.push(format!("up {a}")),
+                Action::Exit => {
+                    self.log.push("exit".into());
+                    self.exited = true;
+                }
+            }
+        }
+        if let Some(c) = self.conn.as_mut() {
+            let mut bytes = Vec::new();
+            self.core.poll_transmit(now, &mut bytes);
+            if !bytes.is_empty() {
+                moved = true;
+                c.feed(&bytes);
+            }
+        }
+        if let Some(c) = self.conn.as_mut() {
+            let mut bytes = Vec::new();
+            let _ = c.link.poll_transmit(&mut bytes);
+            if !bytes.is_empty() {
+                moved = true;
+                self.core.handle(now, Event::Ciphertext(&bytes));
+            }
+        }
+        while let Some(mail) = self.sink.try_next() {
+            moved = true;
+            self.core.handle(now, Event::Completed(mail));
+        }
+        moved
+    }
+
+    fn drop_conn(&mut self) {
+        if let Some(c) = self.conn.take() {
+            self.closed.push(c);
+        }
+    }
+
+    /// Time passes (one loop turn at the end of it).
+    pub fn advance(&mut self, by: Duration) {
+        self.now += by;
+        self.core.handle(self.now, Event::Tick);
+        self.settle();
+    }
+
+    /// Waits in virtual time for the core's next deadline.
+    pub fn to_next_timeout(&mut self) {
+        let at = self.core.poll_timeout().expect("a deadline");
+        self.advance(at.saturating_duration_since(self.now));
+    }
+
+    /// The server sends `frame` (no `\n`); returns what it received since.
+    pub fn request(&mut self, frame: &str) -> Vec<Vec<u8>> {
+        let before = self.conn.as_ref().map_or(0, |c| c.received.len());
+        let c = self.conn.as_mut().expect("connected");
+        c.link
+            .queue_frame(format!("{frame}\n").into_bytes())
+            .unwrap();
+        self.settle();
+        self.conn
+            .as_ref()
+            .map_or_else(Vec::new, |c| c.received[before..].to_vec())
+    }
+
+    /// Delivers one held read answer.
+    pub fn release(&mut self) -> bool {
+        let mail = self.sink.held.lock().unwrap().pop_front();
+        match mail {
+            Some(m) => {
+                self.core.handle(self.now, Event::Completed(m));
+                self.settle();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+fn text(frames: &[Vec<u8>]) -> Vec<String> {
+    frames
+        .iter()
+        .map(|f| String::from_utf8_lossy(f).into_owned())
+        .collect()
+}
+
+#[test]
+fn init_is_accepted_and_requests_are_answered_on_the_link() {
+    let pki = Pki::new();
+    let mut p = Pair::new(&pki, &["127.0.0.1:8443"]);
+    p.serve("127.0.0.1:8443", &pki.server, InitPolicy::Accept);
+    p.settle();
+    assert_eq!(
+        p.log,
+        [
+            "resolve config.pair.test:8443",
+            "connect 127.0.0.1:8443",
+            "up 127.0.0.1:8443"
+        ]
+    );
+    let c = p.conn.as_ref().unwrap();
+    assert!(matches!(c.verdict, Some(Verdict::Accept { .. })), "{:?}", c.verdict);
+    let answers = text(&p.request(r#"{"id":1,"method":"ping"}"#));
+    assert_eq!(answers, [r#"{"id":1,"resp":"success","retcode":2,"message":"Normal termination"}"#]);
+    // Bad input: a clear error, and the next request is served.
+    let answers = text(&p.request("not json"));
+    assert!(answers[0].contains("\"retcode\":3020"), "{answers:?}");
+    let answers = text(&p.request(r#"{"id":"x","method":"nosuch.thing"}"#));
+    assert!(answers[0].contains("\"retcode\":3022"), "{answers:?}");
+    let answers = text(&p.request(r#"{"id":2,"method":"agent.info"}"#));
+    assert!(answers[0].contains("\"host_id\":\"5d0f7c1e-8a41-4b8e-9f8a-2c7b3e6d1a90\""));
+}
+
+#[test]
+fn a_server_with_a_certificate_from_another_ca_is_refused_and_told_why() {
+    let pki = Pki::new();
+    let mut p = Pair::new(&pki, &["127.0.0.1:8443", "127.0.0.2:8443"]);
+    p.serve("127.0.0.1:8443", &Pki::foreign_server(), InitPolicy::Accept);
+    p.serve("127.0.0.2:8443", &pki.server, InitPolicy::Accept);
+    p.settle();
+    assert_eq!(
+        p.log,
+        [
+            "resolve config.pair.test:8443",
+            "connect 127.0.0.1:8443",
+            "close",
+            "connect 127.0.0.2:8443",
+            "up 127.0.0.2:8443"
+        ]
+    );
+    let refused = &p.closed[0];
+    assert!(refused.verdict.is_none(), "no init sent to it");
+    let why = refused.error.as_deref().unwrap_or_default();
+    assert!(why.contains("UnknownCA") || why.contains("alert"), "{why}");
+}
+
+#[test]
+fn redirects_are_followed_and_a_loop_backs_off_after_max_redirects() {
+    let pki = Pki::new();
+    let mut p = Pair::new(&pki, &["127.0.0.1:8443"]);
+    p.serve(
+        "127.0.0.1:8443",
+        &pki.server,
+        InitPolicy::Redirect("127.0.0.3:9000".into()),
+    );
+    p.serve("127.0.0.3:9000", &pki.server, InitPolicy::Accept);
+    p.settle();
+    assert_eq!(
+        &p.log[1..],
+        ["connect 127.0.0.1:8443", "close", "connect 127.0.0.3:9000", "up 127.0.0.3:9000"]
+    );
+    // A server that redirects to itself: 1 init + 3 redirects followed,
+    // then a backoff (max_redirects = 3), then a new round.
+    let pki = Pki::new();
+    let mut p = Pair::new(&pki, &["127.0.0.1:8443"]);
+    p.serve(
+        "127.0.0.1:8443",
+        &pki.server,
+        InitPolicy::Redirect("127.0.0.1:8443".into()),
+    );
+    p.settle();
+    let connects = p.log.iter().filter(|l| l.starts_with("connect")).count();
+    assert_eq!(connects, 4, "{:?}", p.log);
+    assert_eq!(p.core.session().phase(), super::session::Phase::Backoff);
+    p.to_next_timeout();
+    assert!(
+        p.log.iter().filter(|l| l.starts_with("resolve")).count() == 2,
+        "resolves again after the backoff: {:?}",
+        p.log
+    );
+}
+
+#[test]
+fn a_silent_server_is_pinged_then_left_after_three_heartbeats() {
+    let pki = Pki::new();
+    let mut p = Pair::new(&pki, &["127.0.0.1:8443"]);
+    p.serve("127.0.0.1:8443", &pki.server, InitPolicy::Accept);
+    p.settle();
+    p.advance(Duration::from_secs(30));
+    let pings = text(&p.conn.as_ref().unwrap().received);
+    assert_eq!(pings, [r#"{"id":"hb-1","method":"ping"}"#]);
+    // The server never answers: 90 s of silence end the session.
+    p.advance(Duration::from_secs(30));
+    p.advance(Duration::from_secs(30));
+    assert_eq!(p.log.last().map(String::as_str), Some("up 127.0.0.1:8443"), "{:?}", p.log);
+    p.advance(Duration::from_secs(1));
+    let tail: Vec<&str> = p.log.iter().rev().take(4).map(String::as_str).collect();
+    assert_eq!(
+        tail,
+        ["up 127.0.0.1:8443", "connect 127.0.0.1:8443", "resolve config.pair.test:8443", "close"],
+        "{:?}",
+        p.log
+    );
+}
+
+#[test]
+fn an_answer_for_a_connection_that_is_gone_is_not_sent_on_the_next() {
+    let pki = Pki::new();
+    let id = crate::core::tasks::new_task_id();
+    let mut p = Pair::with(&pki, &["127.0.0.1:8443"], |dir| {
+        let frame = crate::core::tasks::done_frame(&id, 2, "", Some("{\"stdout\":\"x\"}".into()), 1 << 20);
+        taskfiles::write_result(dir, &id, &frame).unwrap();
+    });
+    p.serve("127.0.0.1:8443", &pki.server, InitPolicy::Accept);
+    p.settle();
+    // The result is pushed after init; acknowledge it later.
+    let pushed = text(&p.conn.as_ref().unwrap().received);
+    assert!(pushed[0].contains("task.done") && pushed[0].contains(&id), "{pushed:?}");
+    // task.status of a stored result is answered once it is read back,
+    // off the loop; hold that read and drop the connection meanwhile.
+    p.sink.hold_reads.store(true, std::sync::atomic::Ordering::Relaxed);
+    let now = p.request(&format!(r#"{{"id":9,"method":"task.status","task":"{id}"}}"#));
+    assert!(now.is_empty(), "answered later: {:?}", text(&now));
+    p.core.handle(p.now, Event::TransportFailed("reset".into()));
+    p.settle();
+    assert!(p.release(), "the read was held");
+    let c = p.conn.as_ref().unwrap();
+    assert!(matches!(c.verdict, Some(Verdict::Accept { .. })));
+    assert!(
+        !text(&c.received).iter().any(|f| f.contains("\"id\":9")),
+        "not on the new connection: {:?}",
+        text(&c.received)
+    );
+    // On a connection that stays, the same request is answered.
+    p.sink.hold_reads.store(false, std::sync::atomic::Ordering::Relaxed);
+    let answers = text(&p.request(&format!(r#"{{"id":10,"method":"task.status","task":"{id}"}}"#)));
+    assert!(answers.iter().any(|f| f.contains("\"id\":10") && f.contains("\"stdout\":\"x\"")), "{answers:?}");
+}
+
+#[test]
+fn stored_results_are_replayed_in_bounded_batches_one_at_a_time() {
+    let pki = Pki::new();
+    let mut ids = Vec::new();
+    let mut p = Pair::with(&pki, &["127.0.0.1:8443"], |dir| {
+        for i in 0..5 {
+            let id = crate::core::tasks::new_task_id();
+            let data = format!("{{\"stdout\":\"{}\"}}", "x".repeat(400_000));
+            let frame = crate::core::tasks::done_frame(&id, 2, "", Some(data), 1 << 20);
+            taskfiles::write_result(dir, &id, &frame).unwrap();
+            // Distinct modification times: the replay goes oldest first.
+            let t = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + i);
+            let f = std::fs::File::options()
+                .write(true)
+                .open(dir.join(format!("{id}.done")))
+                .unwrap();
+            f.set_modified(t).unwrap();
+            ids.push(id);
+        }
+    });
+    p.sink.hold_reads.store(true, std::sync::atomic::Ordering::Relaxed);
+    p.serve("127.0.0.1:8443", &pki.server, InitPolicy::Accept);
+    p.settle();
+    let loads = |p: &Pair| -> Vec<Vec<String>> {
+        p.sink
+            .ops
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|op| match op {
+                TaskFileOp::Load { ids, .. } => Some(ids.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(loads(&p), [ids[0..2].to_vec()], "one batch of at most 1 MiB asked for");
+    assert!(p.conn.as_ref().unwrap().received.is_empty());
+    let mut batches = 0;
+    while p.release() {
+        batches += 1;
+    }
+    assert_eq!(batches, 3);
+    assert_eq!(
+        loads(&p),
+        [ids[0..2].to_vec(), ids[2..4].to_vec(), ids[4..5].to_vec()],
+        "each batch asked for once the previous one was pushed"
+    );
+    let pushed: Vec<String> = text(&p.conn.as_ref().unwrap().received)
+        .into_iter()
+        .map(|f| basicagent_proto::TaskDone::parse(f.as_bytes()).unwrap().task)
+        .collect();
+    assert_eq!(pushed, ids, "every result, oldest first");
+}
