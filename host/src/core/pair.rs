@@ -218,11 +218,7 @@ pub fn limits() -> TaskLimits {
 impl Pair {
     /// A pair whose agent trusts `pki` and whose name resolves to
     /// `resolves_to`; `prepare` may leave results in the outbox first.
-    pub fn with(
-        pki: &Pki,
-        resolves_to: &[&str],
-        prepare: impl FnOnce(&std::path::Path),
-    ) -> Pair {
+    pub fn with(pki: &Pki, resolves_to: &[&str], prepare: impl FnOnce(&std::path::Path)) -> Pair {
         let state = tempfile::tempdir().unwrap();
         let dir = state.path().join("tasks");
         taskfiles::prepare_dir(&dir).unwrap();
@@ -447,9 +443,16 @@ fn init_is_accepted_and_requests_are_answered_on_the_link() {
         ]
     );
     let c = p.conn.as_ref().unwrap();
-    assert!(matches!(c.verdict, Some(Verdict::Accept { .. })), "{:?}", c.verdict);
+    assert!(
+        matches!(c.verdict, Some(Verdict::Accept { .. })),
+        "{:?}",
+        c.verdict
+    );
     let answers = text(&p.request(r#"{"id":1,"method":"ping"}"#));
-    assert_eq!(answers, [r#"{"id":1,"resp":"success","retcode":2,"message":"Normal termination"}"#]);
+    assert_eq!(
+        answers,
+        [r#"{"id":1,"resp":"success","retcode":2,"message":"Normal termination"}"#]
+    );
     // Bad input: a clear error, and the next request is served.
     let answers = text(&p.request("not json"));
     assert!(answers[0].contains("\"retcode\":3020"), "{answers:?}");
@@ -495,7 +498,12 @@ fn redirects_are_followed_and_a_loop_backs_off_after_max_redirects() {
     p.settle();
     assert_eq!(
         &p.log[1..],
-        ["connect 127.0.0.1:8443", "close", "connect 127.0.0.3:9000", "up 127.0.0.3:9000"]
+        [
+            "connect 127.0.0.1:8443",
+            "close",
+            "connect 127.0.0.3:9000",
+            "up 127.0.0.3:9000"
+        ]
     );
     // A server that redirects to itself: 1 init + 3 redirects followed,
     // then a backoff (max_redirects = 3), then a new round.
@@ -528,16 +536,29 @@ fn a_silent_server_is_pinged_then_left_after_three_heartbeats() {
     let pings = text(&p.conn.as_ref().unwrap().received);
     assert_eq!(pings, [r#"{"id":"hb-1","method":"ping"}"#]);
     // The server never answers: 90 s of silence end the session.
+    let connects = |p: &Pair| p.log.iter().filter(|l| l.starts_with("connect")).count();
     p.advance(Duration::from_secs(30));
-    p.advance(Duration::from_secs(30));
-    assert_eq!(p.log.last().map(String::as_str), Some("up 127.0.0.1:8443"), "{:?}", p.log);
+    p.advance(Duration::from_secs(29));
+    assert_eq!(connects(&p), 1, "still up after 89 s: {:?}", p.log);
+    let pings = text(&p.conn.as_ref().unwrap().received);
+    assert_eq!(pings.len(), 2, "pinged each heartbeat: {pings:?}");
     p.advance(Duration::from_secs(1));
+    assert_eq!(connects(&p), 2, "{:?}", p.log);
     let tail: Vec<&str> = p.log.iter().rev().take(4).map(String::as_str).collect();
     assert_eq!(
         tail,
-        ["up 127.0.0.1:8443", "connect 127.0.0.1:8443", "resolve config.pair.test:8443", "close"],
+        [
+            "up 127.0.0.1:8443",
+            "connect 127.0.0.1:8443",
+            "resolve config.pair.test:8443",
+            "close"
+        ],
         "{:?}",
         p.log
+    );
+    assert!(
+        p.conn.as_ref().unwrap().received.is_empty(),
+        "a new connection"
     );
 }
 
@@ -546,18 +567,26 @@ fn an_answer_for_a_connection_that_is_gone_is_not_sent_on_the_next() {
     let pki = Pki::new();
     let id = crate::core::tasks::new_task_id();
     let mut p = Pair::with(&pki, &["127.0.0.1:8443"], |dir| {
-        let frame = crate::core::tasks::done_frame(&id, 2, "", Some("{\"stdout\":\"x\"}".into()), 1 << 20);
+        let frame =
+            crate::core::tasks::done_frame(&id, 2, "", Some("{\"stdout\":\"x\"}".into()), 1 << 20);
         taskfiles::write_result(dir, &id, &frame).unwrap();
     });
     p.serve("127.0.0.1:8443", &pki.server, InitPolicy::Accept);
     p.settle();
     // The result is pushed after init; acknowledge it later.
     let pushed = text(&p.conn.as_ref().unwrap().received);
-    assert!(pushed[0].contains("task.done") && pushed[0].contains(&id), "{pushed:?}");
+    assert!(
+        pushed[0].contains("task.done") && pushed[0].contains(&id),
+        "{pushed:?}"
+    );
     // task.status of a stored result is answered once it is read back,
     // off the loop; hold that read and drop the connection meanwhile.
-    p.sink.hold_reads.store(true, std::sync::atomic::Ordering::Relaxed);
-    let now = p.request(&format!(r#"{{"id":9,"method":"task.status","task":"{id}"}}"#));
+    p.sink
+        .hold_reads
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let now = p.request(&format!(
+        r#"{{"id":9,"method":"task.status","task":"{id}"}}"#
+    ));
     assert!(now.is_empty(), "answered later: {:?}", text(&now));
     p.core.handle(p.now, Event::TransportFailed("reset".into()));
     p.settle();
@@ -570,9 +599,18 @@ fn an_answer_for_a_connection_that_is_gone_is_not_sent_on_the_next() {
         text(&c.received)
     );
     // On a connection that stays, the same request is answered.
-    p.sink.hold_reads.store(false, std::sync::atomic::Ordering::Relaxed);
-    let answers = text(&p.request(&format!(r#"{{"id":10,"method":"task.status","task":"{id}"}}"#)));
-    assert!(answers.iter().any(|f| f.contains("\"id\":10") && f.contains("\"stdout\":\"x\"")), "{answers:?}");
+    p.sink
+        .hold_reads
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    let answers = text(&p.request(&format!(
+        r#"{{"id":10,"method":"task.status","task":"{id}"}}"#
+    )));
+    assert!(
+        answers
+            .iter()
+            .any(|f| f.contains("\"id\":10") && f.contains("\"stdout\":\"x\"")),
+        "{answers:?}"
+    );
 }
 
 #[test]
@@ -595,7 +633,9 @@ fn stored_results_are_replayed_in_bounded_batches_one_at_a_time() {
             ids.push(id);
         }
     });
-    p.sink.hold_reads.store(true, std::sync::atomic::Ordering::Relaxed);
+    p.sink
+        .hold_reads
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     p.serve("127.0.0.1:8443", &pki.server, InitPolicy::Accept);
     p.settle();
     let loads = |p: &Pair| -> Vec<Vec<String>> {
@@ -610,7 +650,11 @@ fn stored_results_are_replayed_in_bounded_batches_one_at_a_time() {
             })
             .collect()
     };
-    assert_eq!(loads(&p), [ids[0..2].to_vec()], "one batch of at most 1 MiB asked for");
+    assert_eq!(
+        loads(&p),
+        [ids[0..2].to_vec()],
+        "one batch of at most 1 MiB asked for"
+    );
     assert!(p.conn.as_ref().unwrap().received.is_empty());
     let mut batches = 0;
     while p.release() {
@@ -624,7 +668,11 @@ fn stored_results_are_replayed_in_bounded_batches_one_at_a_time() {
     );
     let pushed: Vec<String> = text(&p.conn.as_ref().unwrap().received)
         .into_iter()
-        .map(|f| basicagent_proto::TaskDone::parse(f.as_bytes()).unwrap().task)
+        .map(|f| {
+            basicagent_proto::TaskDone::parse(f.as_bytes())
+                .unwrap()
+                .task
+        })
         .collect();
     assert_eq!(pushed, ids, "every result, oldest first");
 }
