@@ -51,6 +51,11 @@ pub fn parse_value(text: &str) -> Option<Value> {
     serde_json::from_str(text).ok()
 }
 
+/// A value as JSON of unknown shape (`null` if it cannot be written).
+pub fn to_value<T: Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
 /// `async.bash`: the command, if the request has a string `cmd`.
 pub fn async_bash_cmd(frame: &[u8]) -> Option<String> {
     str_param(frame, "cmd")

@@ -1262,7 +1262,7 @@ mod tests {
         assert!(Response::parse(small.trim_ascii_end()).unwrap().retcode == Retcode::SUCCESS);
         let f = bounded_frame(&r, 4096);
         assert!(f.len() <= 4097);
-        let v: Value = serde_json::from_slice(&f).unwrap();
+        let v = builtins::parse_value(std::str::from_utf8(&f).unwrap()).unwrap();
         assert_eq!(v["id"], "q-1");
         assert_eq!(v["retcode"], 3025);
         assert!(v["message"]
@@ -1274,9 +1274,171 @@ mod tests {
         let r = Response::from_plugin(raw(&id), 2, "", Some(&data));
         let f = bounded_frame(&r, 4096);
         assert!(f.len() <= 4097);
-        let v: Value = serde_json::from_slice(&f).unwrap();
+        let v = builtins::parse_value(std::str::from_utf8(&f).unwrap()).unwrap();
         assert_eq!(v["id"], Value::Null);
         assert_eq!(v["retcode"], 3025);
+    }
+
+    /// A dispatcher with an empty plugin directory and a test sink.
+    fn dispatcher() -> (
+        Dispatcher,
+        Arc<crate::core::pair::TestSink>,
+        tempfile::TempDir,
+    ) {
+        let state = tempfile::tempdir().unwrap();
+        let dir = state.path().join("tasks");
+        let plugins = state.path().join("plugins");
+        std::fs::create_dir(&plugins).unwrap();
+        let tasks = crate::io::taskfiles::open(&dir, crate::core::pair::limits()).unwrap();
+        let sink = crate::core::pair::TestSink::new(dir, 1 << 20);
+        let d = Dispatcher::new(
+            PluginRegistry::new(plugins, basicagent_abi::HostSettings::default()),
+            2,
+            Arc::clone(&sink) as Arc<dyn Sink>,
+            AgentFacts {
+                host_id: "h-1".into(),
+                name: "n".into(),
+                version: "0.1.0".into(),
+                started: Instant::now(),
+            },
+            tasks,
+        );
+        (d, sink, state)
+    }
+
+    fn answer(d: &mut Dispatcher, frame: &str) -> Response {
+        let out = d
+            .dispatch(1, frame.as_bytes(), Instant::now())
+            .expect("answered at once");
+        assert_eq!(out.last(), Some(&b'\n'));
+        Response::parse(out.trim_ascii_end()).unwrap()
+    }
+
+    #[test]
+    fn built_ins_are_answered_at_once_and_bad_requests_get_clear_errors() {
+        let (mut d, sink, _state) = dispatcher();
+        let r = answer(&mut d, r#"{"id":1,"method":"ping"}"#);
+        assert_eq!((r.retcode, r.id.unwrap().get()), (Retcode::SUCCESS, "1"));
+        let r = answer(&mut d, "{\"id\":\"q\",\"method\":");
+        assert_eq!(r.retcode, Retcode::INVALID_REQUEST);
+        for m in [
+            "agent.nosuch",
+            "task.nosuch",
+            "schedule.nosuch",
+            "async.nosuch",
+        ] {
+            let r = answer(&mut d, &format!(r#"{{"id":2,"method":"{m}"}}"#));
+            assert_eq!(r.retcode, Retcode::UNKNOWN_METHOD, "{m}");
+            assert!(r.message.contains(m), "{}", r.message);
+        }
+        // No plugin for it: refused at once, never in flight.
+        let r = answer(&mut d, r#"{"id":3,"method":"getinfo.nosuch"}"#);
+        assert!(!r.retcode.is_success(), "{r:?}");
+        assert_eq!(d.in_flight(), 0);
+        // A response from the server and an unknown task's ack: no answer.
+        assert!(d
+            .dispatch(
+                1,
+                br#"{"id":"hb-1","resp":"success","retcode":2}"#,
+                Instant::now()
+            )
+            .is_none());
+        assert!(d
+            .dispatch(1, br#"{"method":"task.ack","task":"0a-1"}"#, Instant::now())
+            .is_none());
+        assert!(sink.ops.lock().unwrap().is_empty(), "no file touched");
+        let info = answer(&mut d, r#"{"id":4,"method":"agent.info"}"#);
+        let data = info.data.unwrap();
+        assert!(
+            data.get().contains("\"requests_served\":"),
+            "{}",
+            data.get()
+        );
+    }
+
+    #[test]
+    fn while_congested_only_ping_is_served() {
+        let (mut d, _sink, _state) = dispatcher();
+        d.set_congested(Some("9 bytes of answers wait".into()));
+        let r = answer(&mut d, r#"{"id":1,"method":"agent.info"}"#);
+        assert_eq!(r.retcode, Retcode::BUSY);
+        assert_eq!(r.message, "Busy: 9 bytes of answers wait");
+        assert_eq!(
+            answer(&mut d, r#"{"id":2,"method":"ping"}"#).retcode,
+            Retcode::SUCCESS
+        );
+        d.set_congested(None);
+        assert_eq!(
+            answer(&mut d, r#"{"id":3,"method":"agent.info"}"#).retcode,
+            Retcode::SUCCESS
+        );
+    }
+
+    #[test]
+    fn task_requests_check_their_parameters_and_async_bash_needs_its_plugin() {
+        let (mut d, sink, _state) = dispatcher();
+        for frame in [
+            r#"{"id":1,"method":"task.status"}"#,
+            r#"{"id":1,"method":"task.cancel","task":5}"#,
+            r#"{"id":1,"method":"task.status","task":"../etc/passwd"}"#,
+        ] {
+            let r = answer(&mut d, frame);
+            assert_eq!(r.retcode, Retcode::INVALID_PARAMS, "{frame}");
+        }
+        let r = answer(&mut d, r#"{"id":1,"method":"task.status","task":"0a-1"}"#);
+        assert_eq!(r.retcode, Retcode::INVALID_PARAMS);
+        assert!(r.message.contains("unknown task 0a-1"), "{}", r.message);
+        // No sync.bash plugin: refused, no task, no marker written.
+        let r = answer(&mut d, r#"{"id":2,"method":"async.bash","cmd":"true"}"#);
+        assert!(!r.retcode.is_success());
+        assert!(sink.ops.lock().unwrap().is_empty());
+        let list = answer(&mut d, r#"{"id":3,"method":"task.list"}"#);
+        assert_eq!(
+            list.data.unwrap().get(),
+            r#"{"count":0,"outbox_bytes":0,"tasks":[]}"#
+        );
+        let r = answer(
+            &mut d,
+            r#"{"id":4,"method":"agent.release","plugin":"getinfo_x"}"#,
+        );
+        assert_eq!(r.retcode, Retcode::INVALID_PARAMS);
+        assert!(r.message.contains("not quarantined"), "{}", r.message);
+        let r = answer(&mut d, r#"{"id":4,"method":"agent.release"}"#);
+        assert_eq!(r.retcode, Retcode::INVALID_PARAMS);
+    }
+
+    #[test]
+    fn a_stored_result_is_read_off_the_loop_for_task_status() {
+        let (mut d, sink, state) = dispatcher();
+        let id = tasks::new_task_id();
+        let frame = tasks::done_frame(&id, 2, "", Some("{\"stdout\":\"hi\"}".into()), 1 << 20);
+        crate::io::taskfiles::write_result(&state.path().join("tasks"), &id, &frame).unwrap();
+        // Reopened with the result on disk.
+        let tasks =
+            crate::io::taskfiles::open(&state.path().join("tasks"), crate::core::pair::limits())
+                .unwrap();
+        d.tasks = tasks;
+        let request = format!(r#"{{"id":7,"method":"task.status","task":"{id}"}}"#);
+        assert!(
+            d.dispatch(3, request.as_bytes(), Instant::now()).is_none(),
+            "answered later"
+        );
+        let ops = sink.ops.lock().unwrap().clone();
+        assert!(
+            matches!(ops.as_slice(), [TaskFileOp::Read { id: i, .. }] if *i == id),
+            "{ops:?}"
+        );
+        let Some(Mail::Read { ctx, frame }) = sink.try_next() else {
+            panic!("the read's answer")
+        };
+        let f = d.status_read(ctx, frame, Instant::now()).unwrap();
+        assert_eq!(f.generation, Some(3), "on the connection that asked");
+        let r = Response::parse(f.frame.trim_ascii_end()).unwrap();
+        assert!(r.data.unwrap().get().contains("\"stdout\":\"hi\""));
+        assert!(
+            d.status_read(ctx, None, Instant::now()).is_none(),
+            "answered once"
+        );
     }
 
     #[test]

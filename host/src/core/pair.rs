@@ -90,6 +90,20 @@ pub struct TestSink {
     pub hold_reads: std::sync::atomic::AtomicBool,
 }
 
+impl TestSink {
+    /// A sink whose task files live in `dir`.
+    pub fn new(dir: PathBuf, max_frame: usize) -> Arc<TestSink> {
+        Arc::new(TestSink {
+            dir,
+            max_frame,
+            mail: Mutex::default(),
+            ops: Mutex::default(),
+            held: Mutex::default(),
+            hold_reads: Default::default(),
+        })
+    }
+}
+
 impl Sink for TestSink {
     fn finished(&self, f: Finished) {
         self.mail.lock().unwrap().push_back(Mail::Finished(f));
@@ -224,14 +238,7 @@ impl Pair {
         taskfiles::prepare_dir(&dir).unwrap();
         prepare(&dir);
         let tasks = taskfiles::open(&dir, limits()).unwrap();
-        let sink = Arc::new(TestSink {
-            dir: dir.clone(),
-            max_frame: 1 << 20,
-            mail: Mutex::default(),
-            ops: Mutex::default(),
-            held: Mutex::default(),
-            hold_reads: Default::default(),
-        });
+        let sink = TestSink::new(dir.clone(), 1 << 20);
         let now = Instant::now();
         let plugins = state.path().join("plugins");
         std::fs::create_dir(&plugins).unwrap();

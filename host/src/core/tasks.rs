@@ -619,3 +619,77 @@ impl TaskStore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+
+    fn table() -> TaskStore {
+        TaskStore::restored(
+            TaskLimits {
+                max_tasks: 10,
+                max_bytes: 1 << 30,
+                retention: Duration::from_secs(3600),
+                max_frame: 1 << 20,
+            },
+            Vec::new(),
+        )
+    }
+
+    #[test]
+    fn the_marker_is_queued_before_the_task_starts_and_acks_remove_the_right_files() {
+        let mut t = table();
+        let started = t.marker("a-1", "sleep 1");
+        assert!(
+            matches!(t.take_ops().as_slice(), [TaskFileOp::Marker { id, text }]
+            if id == "a-1" && text.contains("\"cmd\":\"sleep 1\""))
+        );
+        t.started("a-1", 5, "sleep 1", Instant::now(), started);
+        assert!(t.take_ops().is_empty(), "no second marker");
+        assert_eq!(t.running_call("a-1"), Some(5));
+        t.finished("a-1", b"{}\n", 2, true);
+        t.finished("b-2", b"{}\n", 2, false);
+        assert!(t.ack("a-1") && t.ack("b-2"));
+        assert_eq!(
+            t.take_ops(),
+            [
+                TaskFileOp::Remove {
+                    id: "a-1".into(),
+                    marker: false
+                },
+                TaskFileOp::Remove {
+                    id: "b-2".into(),
+                    marker: true
+                },
+            ],
+            "a result never stored kept its marker for the next start"
+        );
+        assert!(!t.ack("a-1"));
+        assert!(t.take_ops().is_empty());
+    }
+
+    #[test]
+    fn batches_are_bounded_and_end_before_results_in_memory() {
+        let mut t = table();
+        let big = vec![b'x'; 600 << 10];
+        for id in ["a", "b", "c"] {
+            t.finished(id, &big, 2, true);
+        }
+        t.finished("m", b"{}\n", 2, false);
+        t.finished("d", b"{}\n", 2, true);
+        let mut ids: VecDeque<String> = t.outbox_ids().into();
+        assert_eq!(ids, ["a", "b", "c", "m", "d"]);
+        assert_eq!(t.next_batch(&mut ids), ["a"], "600 KiB + 600 KiB > 1 MiB");
+        assert_eq!(t.next_batch(&mut ids), ["b"]);
+        assert_eq!(t.next_batch(&mut ids), ["c"]);
+        assert!(t.next_batch(&mut ids).is_empty(), "m is served from memory");
+        assert_eq!(t.memory_frame("m").as_deref(), Some(&b"{}\n"[..]));
+        ids.pop_front();
+        assert_eq!(t.next_batch(&mut ids), ["d"]);
+        // A result acknowledged meanwhile is not read.
+        let mut ids: VecDeque<String> = VecDeque::from(["a".to_owned()]);
+        t.ack("a");
+        assert!(t.next_batch(&mut ids).is_empty());
+    }
+}

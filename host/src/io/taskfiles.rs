@@ -515,7 +515,7 @@ mod tests {
                 .memory_frame(id)
                 .or_else(|| read_result(&self.dir, id, self.table.limits().max_frame));
             let info = self.table.status(id, now, stored.as_deref())?;
-            serde_json::to_value(info).ok()
+            Some(basicagent_proto::builtins::to_value(&info))
         }
     }
 
