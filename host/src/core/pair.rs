@@ -172,7 +172,7 @@ impl ServerEnd {
                         full: None,
                         heartbeat: self.spec.heartbeat,
                     };
-                    let v = answer_init(frame.as_deref().map_err(|e| e), &ctx);
+                    let v = answer_init(frame.as_deref(), &ctx);
                     let _ = self.link.queue_frame(v.reply());
                     self.verdict = Some(v);
                 } else if let Ok(f) = frame {
@@ -396,7 +396,7 @@ impl Pair {
     }
 
     /// Waits in virtual time for the core's next deadline.
-    pub fn to_next_timeout(&mut self) {
+    pub fn until_next_timeout(&mut self) {
         let at = self.core.poll_timeout().expect("a deadline");
         self.advance(at.saturating_duration_since(self.now));
     }
@@ -525,7 +525,7 @@ fn redirects_are_followed_and_a_loop_backs_off_after_max_redirects() {
     let connects = p.log.iter().filter(|l| l.starts_with("connect")).count();
     assert_eq!(connects, 4, "{:?}", p.log);
     assert_eq!(p.core.session().phase(), super::session::Phase::Backoff);
-    p.to_next_timeout();
+    p.until_next_timeout();
     assert!(
         p.log.iter().filter(|l| l.starts_with("resolve")).count() == 2,
         "resolves again after the backoff: {:?}",

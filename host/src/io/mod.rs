@@ -1,6 +1,6 @@
 //! Everything of the daemon that touches the OS: the [`reactor`] (one mio
 //! `Poll` driving the core), the [`resolve`]r thread, the local control
-//! socket ([`ctlsock`]), isolated plugin helpers ([`isolate`]), the
+//! socket ([`ctlsock`]), the [`upstream`] TCP socket, isolated plugin helpers ([`isolate`]), the
 //! process edge ([`process`]: detach, pid file), the [`logfile`] and
 //! [`memory`] habits.
 
@@ -14,3 +14,4 @@ pub mod reactor;
 pub mod resolve;
 pub mod signals;
 pub mod taskfiles;
+pub mod upstream;

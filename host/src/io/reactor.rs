@@ -12,44 +12,28 @@
 //! so timers, pings and signals are served between turns however large
 //! the answer being sent.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mio::net::TcpStream;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::core::dispatch::Sink;
-use crate::core::{Action, Core, Event, Reconfig};
+use crate::core::{Action, Core, Event};
 use crate::io::mailbox::Mailbox;
 use crate::io::resolve::Resolver;
 use crate::io::signals::{read_signals, Control};
+use crate::io::upstream::Socket;
 
-pub use crate::io::signals::block_signals;
+pub use crate::io::signals::{block_signals, Reloader};
 pub use basicagent_link::{answer_bound, READ_BUDGET, READ_STOP_SLACK, WRITE_BUDGET};
 
 const UPSTREAM: Token = Token(0);
 const WAKER: Token = Token(1);
 const SIGNALS: Token = Token(2);
-
-/// Hooks the daemon's main gives the loop for SIGHUP and SIGUSR1.
-pub trait Reloader {
-    /// Reopens the log file (logrotate).
-    fn reopen_log(&mut self);
-    /// Re-reads the configuration; `None` (logged) keeps the current one.
-    fn reload_config(&mut self) -> Option<Reconfig>;
-}
-
-/// The upstream socket.
-struct Socket {
-    stream: TcpStream,
-    addr: SocketAddr,
-    connecting: bool,
-    interest: Interest,
-}
 
 /// The event loop. Construct with [`Reactor::new`], then [`Reactor::run`].
 pub struct Reactor {
@@ -59,14 +43,15 @@ pub struct Reactor {
     resolver: Resolver,
     signals: OwnedFd,
     socket: Option<Socket>,
-    /// Counts sockets opened and closed: a read loop stops when the core
-    /// replaced the socket it was reading (io bookkeeping only).
+    /// Sockets opened and closed: a read stops on a socket replaced.
     sockets: u64,
     ctl: Option<crate::io::ctlsock::CtlServer>,
     read_buf: Vec<u8>,
     startup_released: bool,
     /// A budget ran out with work left: the next poll must not sleep.
     more_io: bool,
+    /// The core asked to exit.
+    exiting: bool,
 }
 
 impl Reactor {
@@ -96,6 +81,7 @@ impl Reactor {
             read_buf: vec![0; 64 << 10],
             startup_released: false,
             more_io: false,
+            exiting: false,
         })
     }
 
@@ -154,14 +140,12 @@ impl Reactor {
                         while let Some(r) = self.resolver.try_result() {
                             let result = r.result.map_err(|e| e.to_string());
                             let (token, last) = (r.token, r.last);
-                            self.core.handle(
-                                now,
-                                Event::Resolved {
-                                    token,
-                                    result,
-                                    last,
-                                },
-                            );
+                            let resolved = Event::Resolved {
+                                token,
+                                result,
+                                last,
+                            };
+                            self.core.handle(now, resolved);
                         }
                         while let Some(mail) = self.mailbox.try_next() {
                             self.core.handle(now, Event::Completed(mail));
@@ -190,6 +174,9 @@ impl Reactor {
                 // A budget ran out last turn: go on without a new edge.
                 self.on_upstream(now);
             }
+            if self.exiting {
+                return Ok(());
+            }
         }
     }
 
@@ -211,62 +198,27 @@ impl Reactor {
                         crate::io::memory::release_startup_pages();
                     }
                 }
-                Action::Exit => return true,
+                Action::Exit => self.exiting = true,
             }
         }
-        false
+        self.exiting
     }
 
     fn connect(&mut self, now: Instant, addr: SocketAddr) {
         self.close(&[]);
-        let mut stream = match TcpStream::connect(addr) {
-            Ok(s) => s,
-            Err(e) => {
-                return self
-                    .core
-                    .handle(now, Event::TransportFailed(format!("connect: {e}")))
+        match Socket::open(self.poll.registry(), UPSTREAM, addr) {
+            Ok(s) => {
+                self.sockets += 1;
+                self.socket = Some(s);
             }
-        };
-        if let Err(e) = stream.set_nodelay(true) {
-            log::debug!("TCP_NODELAY: {e}");
+            Err(reason) => self.core.handle(now, Event::TransportFailed(reason)),
         }
-        let interest = Interest::READABLE | Interest::WRITABLE;
-        if let Err(e) = self
-            .poll
-            .registry()
-            .register(&mut stream, UPSTREAM, interest)
-        {
-            return self
-                .core
-                .handle(now, Event::TransportFailed(format!("register: {e}")));
-        }
-        self.sockets += 1;
-        self.socket = Some(Socket {
-            stream,
-            addr,
-            connecting: true,
-            interest,
-        });
     }
 
     fn close(&mut self, last: &[u8]) {
-        if let Some(mut s) = self.socket.take() {
+        if let Some(s) = self.socket.take() {
             self.sockets += 1;
-            if !s.connecting {
-                // Best effort: what the socket takes now, never a wait.
-                let mut rest = last;
-                while !rest.is_empty() {
-                    match s.stream.write(rest) {
-                        Ok(0) => break,
-                        Ok(n) => rest = &rest[n..],
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(_) => break,
-                    }
-                }
-            }
-            let _ = s.stream.shutdown(std::net::Shutdown::Both);
-            let _ = self.poll.registry().deregister(&mut s.stream);
-            log::debug!("closed the connection to {}", s.addr);
+            s.close(self.poll.registry(), last);
         }
     }
 
@@ -285,21 +237,10 @@ impl Reactor {
             return;
         };
         if s.connecting {
-            let up = match s.stream.take_error() {
-                Ok(Some(e)) | Err(e) => Err(e),
-                Ok(None) => s.stream.peer_addr().map(|_| ()),
-            };
-            match up {
-                Ok(()) => {
-                    s.connecting = false;
-                    self.core.handle(now, Event::Connected);
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
-                Err(e) => {
-                    let reason = format!("connect: {e}");
-                    self.core.handle(now, Event::TransportFailed(reason));
-                    return;
-                }
+            match s.connected() {
+                Ok(true) => self.core.handle(now, Event::Connected),
+                Ok(false) => return,
+                Err(reason) => return self.core.handle(now, Event::TransportFailed(reason)),
             }
         }
         let socket = self.sockets;
@@ -351,22 +292,10 @@ impl Reactor {
     }
 
     fn update_interest(&mut self) -> io::Result<()> {
-        let Some(s) = self.socket.as_mut() else {
-            return Ok(());
-        };
-        let write = s.connecting || self.core.wants_write();
-        let read = self.core.wants_read();
-        let interest = match (read, write) {
-            (true, true) => Interest::READABLE | Interest::WRITABLE,
-            (false, true) => Interest::WRITABLE,
-            _ => Interest::READABLE,
-        };
-        if interest != s.interest {
-            self.poll
-                .registry()
-                .reregister(&mut s.stream, UPSTREAM, interest)?;
-            s.interest = interest;
+        let (read, write) = (self.core.wants_read(), self.core.wants_write());
+        match self.socket.as_mut() {
+            Some(s) => s.want(self.poll.registry(), UPSTREAM, read, write),
+            None => Ok(()),
         }
-        Ok(())
     }
 }

@@ -15,6 +15,14 @@ pub enum Control {
     ReopenLog,
 }
 
+/// Hooks the daemon's main gives the loop for SIGHUP and SIGUSR1.
+pub trait Reloader {
+    /// Reopens the log file (logrotate).
+    fn reopen_log(&mut self);
+    /// Re-reads the configuration; `None` (logged) keeps the current one.
+    fn reload_config(&mut self) -> Option<crate::core::Reconfig>;
+}
+
 /// Blocks the daemon's signals in this thread (inherited by threads
 /// started later) so that only the returned signalfd receives them. Call
 /// before starting any thread.
