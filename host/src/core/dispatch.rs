@@ -16,7 +16,7 @@
 //! Every frame this module builds fits `server.max_frame` by construction:
 //! an answer that would not is replaced by a `3025` failure saying so
 //! (serialisation stops at the limit, so the oversized text is never held
-//! whole). While the reactor reports its send queue congested, new
+//! whole). While the core reports its send queue congested, new
 //! requests (except `ping`) are answered `3026 Busy` without running.
 
 use std::collections::HashMap;
@@ -88,7 +88,7 @@ pub struct Backlog {
     queued: AtomicUsize,
     /// Bytes of frames in the completion channel.
     channel: AtomicUsize,
-    /// The bound (the reactor's answer bound); 0: none yet.
+    /// The bound (the core's answer bound); 0: none yet.
     bound: AtomicUsize,
     /// Answers replaced by a `3026` so far (logged at 1, 2, 4, 8 …).
     dropped: AtomicU64,
@@ -260,7 +260,7 @@ impl Dispatcher {
         self.backlog.note_dropped(held);
     }
 
-    /// The reactor's answer bound and its queued bytes, for the completers
+    /// The core's answer bound and its queued bytes, for the completers
     /// (see [`Backlog`]).
     pub fn publish_queue(&self, queued: usize, bound: usize) {
         self.backlog.queued.store(queued, Ordering::Relaxed);
@@ -273,7 +273,7 @@ impl Dispatcher {
     }
 
     /// While `Some(reason)`, new requests other than `ping` are answered
-    /// `3026 Busy: REASON` at once (the reactor's send queue is full).
+    /// `3026 Busy: REASON` at once (the core's send queue is full).
     pub fn set_congested(&mut self, reason: Option<String>) {
         self.congested = reason;
     }
@@ -292,7 +292,7 @@ impl Dispatcher {
     }
 
     /// Handles one frame from the server. Returns the answer if it is
-    /// known at once; otherwise it arrives through [`Self::poll_finished`].
+    /// known at once; otherwise it comes back as a [`Mail::Finished`].
     pub fn dispatch(&mut self, generation: u64, frame: &[u8], now: Instant) -> Option<Vec<u8>> {
         let request = match Incoming::classify(frame) {
             Ok(Incoming::Request(r)) => r,
@@ -1099,7 +1099,7 @@ impl Dispatcher {
     /// Answers `3023` for every call whose deadline passed, retires its id
     /// (a late `complete` gets `BA_STATUS_UNKNOWN_CALL`), asks the plugin
     /// to cancel it and counts a strike. The answers go out through
-    /// [`Self::poll_finished`] like any completion.
+    /// the sink like any completion.
     pub fn expire_due(&mut self, now: Instant) {
         self.guard.clock = now;
         for (call, limit) in self.guard.watchdog.expired(now) {

@@ -1,9 +1,10 @@
 //! The connection lifecycle as a sans-IO state machine: resolve → connect
 //! address i → TLS → init → (redirect → connect …) → ready → backoff.
 //!
-//! It owns no socket and no clock. The reactor feeds it events
-//! (`handle_*`, each taking `now`), then drains [`Session::poll_action`]
-//! until it returns `None`, and sleeps until [`Session::poll_timeout`].
+//! It owns no socket and no clock. The core ([`crate::core::Core`]) feeds
+//! it events (`handle_*`, each taking `now`), then drains
+//! [`Session::poll_action`] until it returns `None`; its
+//! [`Session::poll_timeout`] is part of the core's.
 //! Call order per turn: any number of `handle_*` → `poll_action` until
 //! `None` → `poll_timeout`. Tests drive whole reconnect stories this way
 //! in virtual time.
@@ -37,7 +38,8 @@ pub struct SessionConfig {
     pub seed: u64,
 }
 
-/// What the reactor must do.
+/// What the core must do (carried out at once: TLS and frames on its
+/// link, requests to the dispatcher, the rest as `core::Action`s).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Resolve `name` (hosts file, then DNS); answer with
@@ -183,7 +185,7 @@ impl Session {
         self.init = init;
     }
 
-    /// The next thing the reactor must do.
+    /// The next thing the core must do.
     pub fn poll_action(&mut self) -> Option<Action> {
         let action = self.actions.pop_front();
         if let Some(Action::Send(frame)) = &action {
@@ -193,7 +195,7 @@ impl Session {
     }
 
     /// Bytes in `Send` actions not yet taken by [`Session::poll_action`]
-    /// (the reactor counts them as queued).
+    /// (counted as queued).
     pub fn unsent_bytes(&self) -> usize {
         self.unsent
     }

@@ -106,3 +106,80 @@ impl Sink for Mailbox {
             .ok()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::dispatch::TaskEnd;
+    use crate::core::tasks::{done_frame, new_task_id};
+    use std::time::Duration;
+
+    /// Waits on the poll for the waker, then takes the next mail.
+    fn next(poll: &mut mio::Poll, mailbox: &Mailbox) -> Mail {
+        let mut events = mio::Events::with_capacity(4);
+        for _ in 0..100 {
+            if let Some(m) = mailbox.try_next() {
+                return m;
+            }
+            poll.poll(&mut events, Some(Duration::from_millis(100)))
+                .unwrap();
+        }
+        panic!("no mail came");
+    }
+
+    #[test]
+    fn results_are_stored_before_they_reach_the_loop_and_batches_come_back_by_mail() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut poll = mio::Poll::new().unwrap();
+        let waker = Arc::new(Waker::new(poll.registry(), mio::Token(1)).unwrap());
+        let mailbox = Mailbox::new(waker);
+        mailbox.start_files(dir.path().to_owned(), 1 << 20).unwrap();
+        let id = new_task_id();
+        mailbox.persist(TaskFileOp::Marker {
+            id: id.clone(),
+            text: "{}".into(),
+        });
+        let frame = done_frame(&id, 2, "", Some("{\"stdout\":\"x\"}".into()), 1 << 20);
+        let theirs = Arc::clone(&mailbox);
+        let (task, f) = (id.clone(), frame.clone());
+        // A plugin's thread completes the task.
+        std::thread::spawn(move || {
+            theirs.task_finished(Finished {
+                generation: None,
+                call: 1,
+                frame: f,
+                id: None,
+                task: Some(TaskEnd {
+                    id: task,
+                    retcode: 2,
+                    stored: false,
+                    schedule: None,
+                }),
+                panicked: false,
+            })
+        })
+        .join()
+        .unwrap();
+        let Mail::Finished(done) = next(&mut poll, &mailbox) else {
+            panic!("a finished task")
+        };
+        assert!(done.task.unwrap().stored);
+        let on_disk = std::fs::read(dir.path().join(format!("{id}.done"))).unwrap();
+        assert_eq!(on_disk, frame, "stored before it reached the loop");
+        assert!(
+            !dir.path().join(format!("{id}.running")).exists(),
+            "the marker, written first, is gone with the result"
+        );
+        mailbox.persist(TaskFileOp::Load {
+            generation: 4,
+            ids: vec![id.clone(), "0bad-1".into()],
+        });
+        let Mail::Batch(batch) = next(&mut poll, &mailbox) else {
+            panic!("a batch")
+        };
+        assert_eq!(batch.generation, 4);
+        assert_eq!(batch.frames.len(), 2);
+        assert_eq!(batch.frames[0], (id, Some(frame)));
+        assert_eq!(batch.frames[1].1, None, "a result that cannot be read");
+    }
+}
