@@ -52,6 +52,8 @@ pub enum StartError {
     HostId(#[from] hostid::HostIdError),
     #[error("state directory: {0}")]
     StateDir(#[from] taskfiles::DirError),
+    #[error(transparent)]
+    Core(#[from] crate::core::CoreError),
     #[error("{0}: {1}")]
     Io(&'static str, std::io::Error),
 }
@@ -334,8 +336,7 @@ pub fn run(opts: Options) -> Result<(), StartError> {
         tls,
         &config.server.name,
         config.server.max_frame,
-    )
-    .map_err(|e| StartError::Io("server name", std::io::Error::other(e)))?;
+    )?;
     let mut reactor = Reactor::new(poll, core, mailbox, resolver, signals)
         .map_err(|e| StartError::Io("reactor", e))?;
     if !config.agent.ctl_socket.as_os_str().is_empty() {

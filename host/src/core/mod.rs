@@ -155,9 +155,20 @@ pub struct Core {
     exited: bool,
 }
 
+/// Why a core cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    /// The configured server name is not one TLS can verify.
+    #[error("invalid server name {name:?}: {reason}")]
+    ServerName { name: String, reason: String },
+}
+
 /// A server name TLS can verify.
-pub fn parse_server_name(name: &str) -> Result<ServerName<'static>, String> {
-    ServerName::try_from(name.to_owned()).map_err(|e| format!("invalid server name {name:?}: {e}"))
+pub fn parse_server_name(name: &str) -> Result<ServerName<'static>, CoreError> {
+    ServerName::try_from(name.to_owned()).map_err(|e| CoreError::ServerName {
+        name: name.to_owned(),
+        reason: e.to_string(),
+    })
 }
 
 impl Core {
@@ -168,7 +179,7 @@ impl Core {
         tls: Arc<ClientConfig>,
         server_name: &str,
         max_frame: usize,
-    ) -> Result<Core, String> {
+    ) -> Result<Core, CoreError> {
         let mut core = Core {
             session,
             upstream: None,
