@@ -28,7 +28,7 @@ pub use crate::io::{ctlsock, isolate, reactor, resolve};
 /// [`io::taskfiles`]).
 pub mod tasks {
     pub use crate::core::tasks::*;
-    pub use crate::io::taskfiles::{open, prepare_dir, write_result, DirError};
+    pub use crate::io::taskfiles::{open, prepare_dir, unix_now, write_result, DirError};
 }
 
 /// The process edge, the log file and memory habits (now in [`io`]).

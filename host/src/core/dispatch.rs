@@ -46,6 +46,9 @@ pub trait Sink: Send + Sync {
     fn persist(&self, op: TaskFileOp);
     /// The next thing handed to the loop, if any (loop thread only).
     fn try_next(&self) -> Option<Mail>;
+    /// The wall clock in Unix milliseconds (task timestamps, schedule
+    /// slots): the core reads no clock itself.
+    fn unix_ms(&self) -> u128;
 }
 
 /// What reaches the loop from other threads.
@@ -294,6 +297,7 @@ impl Dispatcher {
     /// Handles one frame from the server. Returns the answer if it is
     /// known at once; otherwise it comes back as a [`Mail::Finished`].
     pub fn dispatch(&mut self, generation: u64, frame: &[u8], now: Instant) -> Option<Vec<u8>> {
+        self.unix_now();
         let request = match Incoming::classify(frame) {
             Ok(Incoming::Request(r)) => r,
             Ok(Incoming::Response(r)) => {
@@ -472,6 +476,14 @@ impl Dispatcher {
         self.sink.try_next()
     }
 
+    /// The wall clock in Unix seconds (from the sink); the task table's
+    /// timestamps follow it.
+    fn unix_now(&mut self) -> u64 {
+        let unix = u64::try_from(self.sink.unix_ms() / 1000).unwrap_or(u64::MAX);
+        self.tasks.set_clock(unix);
+        unix
+    }
+
     /// Hands the table's file work to the io side, in order.
     fn flush_task_ops(&mut self) {
         for op in self.tasks.take_ops() {
@@ -487,6 +499,7 @@ impl Dispatcher {
     /// Books a completed call (in flight, watchdog, strikes, the task
     /// table, queued schedule runs) and returns it for delivery.
     pub fn complete(&mut self, done: Finished, now: Instant) -> Finished {
+        self.unix_now();
         if done.generation.is_some() {
             let _ = self
                 .backlog
@@ -551,7 +564,8 @@ impl Dispatcher {
     /// once (bad params, unknown user, busy) is answered with that refusal
     /// and creates no task.
     fn start_task(&mut self, id: Option<Box<RawValue>>, frame: &[u8], now: Instant) -> Response {
-        if let Err(e) = self.tasks.admit(tasks::unix_now()) {
+        let unix = self.unix_now();
+        if let Err(e) = self.tasks.admit(unix) {
             log::warn!("async.bash refused: {e}");
             return Response::failed(id, Retcode::BUSY, e.to_string());
         }
@@ -650,7 +664,7 @@ impl Dispatcher {
         frame: &[u8],
         now: Instant,
     ) -> Response {
-        let wall = unix_now_i64();
+        let wall = i64::try_from(self.unix_now()).unwrap_or(i64::MAX);
         let methods = if method == "schedule.add" {
             self.plugin_methods()
         } else {
@@ -714,9 +728,9 @@ impl Dispatcher {
             let _ = table.take_ready();
             return None;
         }
-        let wall_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
+        let wall_ms = self.sink.unix_ms();
+        self.tasks
+            .set_clock(u64::try_from(wall_ms / 1000).unwrap_or(u64::MAX));
         let wall = i64::try_from(wall_ms / 1000).unwrap_or(i64::MAX);
         let wake = table.tick(wall);
         for fire in table.take_ready() {
@@ -1022,10 +1036,6 @@ impl Dispatcher {
         };
         Response::new(id, Retcode::SUCCESS).with_data(&data)
     }
-}
-
-fn unix_now_i64() -> i64 {
-    i64::try_from(tasks::unix_now()).unwrap_or(i64::MAX)
 }
 
 /// Where a scheduled run's completion goes: its `task.done` is stored in

@@ -131,6 +131,10 @@ impl Sink for TestSink {
     fn try_next(&self) -> Option<Mail> {
         self.mail.lock().unwrap().pop_front()
     }
+
+    fn unix_ms(&self) -> u128 {
+        taskfiles::unix_ms()
+    }
 }
 
 /// One server: its TLS configuration and init policy.

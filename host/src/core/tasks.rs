@@ -128,6 +128,9 @@ pub struct Recovered {
 /// The tasks this agent knows: running ones and unacknowledged results.
 pub struct TaskStore {
     limits: TaskLimits,
+    /// The wall clock (Unix seconds) as the io side last read it
+    /// ([`TaskStore::set_clock`]): task timestamps.
+    clock: u64,
     /// File work decided and not yet handed to the io side.
     ops: Vec<TaskFileOp>,
     tasks: HashMap<String, TaskState>,
@@ -136,13 +139,6 @@ pub struct TaskStore {
     /// schedule by [`crate::schedule`], not counted against `max_tasks`
     /// and `max_outbox_bytes`, so they never block `async.bash`.
     scheduled: HashMap<String, String>,
-}
-
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// A task id: a random version-4 UUID (unique across restarts and hosts).
@@ -245,6 +241,7 @@ impl TaskStore {
     pub fn restored(limits: TaskLimits, recovered: Vec<Recovered>) -> TaskStore {
         let mut store = TaskStore {
             limits,
+            clock: 0,
             ops: Vec::new(),
             tasks: HashMap::new(),
             seq: 0,
@@ -274,6 +271,11 @@ impl TaskStore {
             );
         }
         store
+    }
+
+    /// The wall clock (Unix seconds) for the timestamps of what follows.
+    pub fn set_clock(&mut self, unix: u64) {
+        self.clock = unix;
     }
 
     /// The limits in force.
@@ -373,7 +375,7 @@ impl TaskStore {
     /// The running marker of a task about to start (queue it before the
     /// call, so that the result, written after it, finds it).
     pub fn marker(&mut self, id: &str, cmd: &str) -> u64 {
-        let started_unix = unix_now();
+        let started_unix = self.clock;
         let text = TaskMarker {
             cmd,
             started: started_unix,
@@ -418,7 +420,7 @@ impl TaskStore {
             TaskState::Done {
                 seq: self.seq,
                 bytes: frame.len() as u64,
-                finished_unix: unix_now(),
+                finished_unix: self.clock,
                 retcode,
                 pushes: 0,
                 memory: (!stored).then(|| frame.to_vec()),

@@ -98,6 +98,10 @@ impl Sink for Mailbox {
         self.send_job(Job::Op(op));
     }
 
+    fn unix_ms(&self) -> u128 {
+        crate::io::taskfiles::unix_ms()
+    }
+
     fn try_next(&self) -> Option<Mail> {
         self.rx
             .lock()

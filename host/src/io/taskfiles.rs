@@ -26,6 +26,21 @@ use crate::core::tasks::{
     TaskStore,
 };
 
+/// The wall clock in Unix seconds (0 before 1970).
+pub fn unix_now() -> u64 {
+    unix_ms()
+        .checked_div(1000)
+        .map_or(0, |s| u64::try_from(s).unwrap_or(u64::MAX))
+}
+
+/// The wall clock in Unix milliseconds (0 before 1970).
+pub fn unix_ms() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+}
+
 fn parse_frame(bytes: &[u8]) -> Option<TaskDone> {
     TaskDone::parse(bytes.trim_ascii_end()).ok()
 }
@@ -426,7 +441,7 @@ pub fn store(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::tasks::{done_frame_run, new_task_id, unix_now, AdmitError};
+    use crate::core::tasks::{done_frame_run, new_task_id, AdmitError};
     use std::collections::VecDeque;
     use std::time::{Duration, Instant};
 
@@ -453,10 +468,12 @@ mod tests {
             }
         }
         fn start(&mut self, id: &str, call: u64, cmd: &str, now: Instant) {
+            self.table.set_clock(unix_now());
             self.table.start(id, call, cmd, now);
             self.sync();
         }
         fn finished(&mut self, id: &str, frame: &[u8], retcode: u32, stored: bool) {
+            self.table.set_clock(unix_now());
             self.table.finished(id, frame, retcode, stored);
             self.sync();
         }
