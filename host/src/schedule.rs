@@ -671,7 +671,7 @@ impl ScheduleTable {
         limits: ScheduleLimits,
         host: &str,
         methods: &[String],
-        waker: Arc<mio::Waker>,
+        waker: Arc<dyn crate::core::dispatch::Wake>,
     ) -> Result<ScheduleTable, DirError> {
         tasks::prepare_dir(&dir)?;
         let entries = fs::read_dir(&dir).map_err(|source| DirError::Io {
@@ -1626,7 +1626,7 @@ mod tests {
                 ScheduleLimits::default(),
                 "host",
                 &methods,
-                Arc::clone(&waker),
+                waker.clone(),
             )
             .unwrap()
         };

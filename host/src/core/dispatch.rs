@@ -51,6 +51,13 @@ pub trait Sink: Send + Sync {
     fn unix_ms(&self) -> u128;
 }
 
+/// How another thread wakes the loop (the io side's `mio::Waker`), for
+/// the parts of the core that keep a thread of their own (the schedule
+/// writer).
+pub trait Wake: Send + Sync {
+    fn wake(&self) -> std::io::Result<()>;
+}
+
 /// What reaches the loop from other threads.
 #[derive(Debug)]
 pub enum Mail {

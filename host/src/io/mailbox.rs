@@ -14,6 +14,12 @@ use crate::core::dispatch::{Finished, Mail, Sink};
 use crate::core::tasks::TaskFileOp;
 use crate::io::taskfiles::{Answer, Job, TaskFiles};
 
+impl crate::core::dispatch::Wake for Waker {
+    fn wake(&self) -> std::io::Result<()> {
+        Waker::wake(self)
+    }
+}
+
 /// The channel and waker between the loop and every other thread.
 pub struct Mailbox {
     tx: mpsc::Sender<Mail>,
