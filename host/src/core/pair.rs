@@ -687,3 +687,20 @@ fn stored_results_are_replayed_in_bounded_batches_one_at_a_time() {
         .collect();
     assert_eq!(pushed, ids, "every result, oldest first");
 }
+
+#[test]
+fn stop_closes_with_close_notify_and_exits() {
+    let pki = Pki::new();
+    let mut p = Pair::new(&pki, &["127.0.0.1:8443"]);
+    p.serve("127.0.0.1:8443", &pki.server, InitPolicy::Accept);
+    p.settle();
+    p.core.handle(p.now, Event::Stop);
+    p.settle();
+    assert_eq!(&p.log[p.log.len() - 2..], ["close", "exit"], "{:?}", p.log);
+    let server = p.closed.last().unwrap();
+    assert!(server.link.peer_closed(), "the server read close_notify");
+    assert!(p.core.poll_action().is_none());
+    // An exited core takes no more events.
+    p.core.handle(p.now, Event::Tick);
+    assert!(p.core.poll_action().is_none());
+}
