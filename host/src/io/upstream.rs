@@ -96,3 +96,54 @@ impl Socket {
         log::debug!("closed the connection to {}", self.addr);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn wait_writable(poll: &mut mio::Poll) {
+        let mut events = mio::Events::with_capacity(4);
+        while events.is_empty() {
+            poll.poll(&mut events, None).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_socket_connects_writes_its_last_bytes_and_closes() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut poll = mio::Poll::new().unwrap();
+        let token = Token(0);
+        let mut s = Socket::open(poll.registry(), token, listener.local_addr().unwrap()).unwrap();
+        let (mut peer, _) = listener.accept().unwrap();
+        while !s.connected().unwrap() {
+            wait_writable(&mut poll);
+        }
+        s.want(poll.registry(), token, true, false).unwrap();
+        s.close(poll.registry(), b"bye");
+        let mut got = Vec::new();
+        peer.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"bye", "the last bytes, then the end");
+    }
+
+    #[test]
+    fn a_refused_connect_is_an_error_naming_it() {
+        // A port nobody listens on: bound, then closed.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let mut poll = mio::Poll::new().unwrap();
+        let mut s = match Socket::open(poll.registry(), Token(0), addr) {
+            Ok(s) => s,
+            Err(e) => return assert!(e.starts_with("connect:"), "{e}"),
+        };
+        loop {
+            match s.connected() {
+                Ok(true) => panic!("connected to a closed port"),
+                Ok(false) => wait_writable(&mut poll),
+                Err(e) => return assert!(e.starts_with("connect: "), "{e}"),
+            }
+        }
+    }
+}
