@@ -236,6 +236,24 @@ pub fn heartbeat_ping(seq: u64) -> Vec<u8> {
     }
 }
 
+/// The host settings the agent hands its plugins (`config_json` of the
+/// host API, docs/plugins.md), fields in this order:
+/// `{"max_output":N,"max_output_limit":N,"max_concurrent":N,"max_frame":N}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginSettings {
+    pub max_output: u64,
+    pub max_output_limit: u64,
+    pub max_concurrent: u64,
+    pub max_frame: u64,
+}
+
+impl PluginSettings {
+    pub fn to_json(&self) -> String {
+        // Four numbers: serialising cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
 /// The answer's data of `agent.info` (docs/protocol.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentInfo {
@@ -413,6 +431,23 @@ mod tests {
             "audit": Value::Null,
         });
         assert_eq!(text(&info), old.to_string());
+    }
+
+    #[test]
+    fn plugin_settings_are_the_bytes_of_before() {
+        let s = PluginSettings {
+            max_output: 1,
+            max_output_limit: 2,
+            max_concurrent: 3,
+            max_frame: 4,
+        };
+        assert_eq!(
+            s.to_json(),
+            format!(
+                "{{\"max_output\":{},\"max_output_limit\":{},\"max_concurrent\":{},\"max_frame\":{}}}",
+                1, 2, 3, 4
+            )
+        );
     }
 
     #[test]

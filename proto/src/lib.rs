@@ -28,8 +28,8 @@ pub mod server_list;
 pub mod task;
 
 pub use builtins::{
-    AgentInfo, MarkerInfo, Released, SyncBashPeek, TaskCancelling, TaskInfo, TaskList, TaskMarker,
-    TaskStarted,
+    AgentInfo, MarkerInfo, PluginSettings, Released, SyncBashPeek, TaskCancelling, TaskInfo,
+    TaskList, TaskMarker, TaskStarted,
 };
 pub use envelope::MessageError;
 pub use frame::{FrameDecoder, FrameError, FrameTooLong, DEFAULT_MAX_FRAME};
