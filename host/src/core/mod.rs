@@ -31,7 +31,24 @@
 //!   only while the queue has room.
 //! * One generation stays: answers carry the connection generation they
 //!   were asked on, and an answer for a connection that is gone is
-//!   dropped (a protocol rule, not a re-entrancy guard).
+//!   dropped (a protocol rule, not a re-entrancy guard). The same number
+//!   tells [`Core::handle`] that a redirect read in the middle of a chunk
+//!   moved the session to its next connection, so the rest of the chunk
+//!   (the old connection's close_notify) is dropped.
+//! * No `Event::Persisted`: a stored task result comes back as the
+//!   completion itself ([`Mail::Finished`] with `stored` set), reads as
+//!   [`Mail::Batch`] / [`Mail::Read`]; ciphertext goes out through
+//!   [`Core::poll_transmit`] into the socket rather than as an action
+//!   holding a copy.
+//!
+//! Must not: import mio, open a socket or a file, start a thread, create a
+//! channel, read a clock (`now` comes with each event, the wall clock from
+//! [`dispatch::Sink::unix_ms`]), or block. What it still reaches through
+//! the dispatcher, known and left for later: `PluginRegistry` (dlopen and
+//! the plugin directory listing), `io::isolate::Helper` (helper
+//! processes), the audit writer and the schedule writer threads
+//! (`audit.rs`, `schedule.rs`), the crash-marker page, and `getrandom`
+//! for task ids.
 
 pub mod dispatch;
 #[cfg(test)]

@@ -151,7 +151,7 @@ pub fn build_logger(
 }
 
 /// Installs the process-wide logger (see [`build_logger`]). Call after
-/// [`daemonize`], which closes stderr.
+/// [`crate::io::process::daemonize`], which closes stderr.
 pub fn init_logging(path: Option<&Path>, level: LevelFilter) -> Result<LogHandle, LogError> {
     let (logger, handle) = build_logger(path, level)?;
     let max = logger.filter();
