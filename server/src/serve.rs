@@ -24,7 +24,6 @@ use std::time::{Duration, Instant};
 use basicagent_store::{MemoryStore, Retention, SqliteStore, Store};
 use serde_json::json;
 use tokio::net::{TcpListener, UnixListener};
-use tokio_rustls::TlsAcceptor;
 
 use crate::events::EventLog;
 use crate::metrics::Metrics;
@@ -366,7 +365,7 @@ async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         registry: Registry::default(),
         events,
         settings,
-        tls: TlsAcceptor::from(tls_config),
+        tls: tls_config,
         mtls: options.client_ca.is_some(),
         metrics: metrics.clone(),
         storage,

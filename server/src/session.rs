@@ -1,30 +1,36 @@
 //! One agent session as one tokio task: TLS handshake, init, then frames both ways, on one socket descriptor.
 //!
-//! The task owns the TLS stream; other tasks reach it only through its
-//! bounded [`Outgoing`] queue (see `registry`). Requests it sends are
-//! remembered here (request id → the caller's reply channel), so answers
-//! are routed without a global lock. Memory per idle session: the task's
-//! state, a read buffer of [`READ_MIN`] bytes (grown for bursts, given
-//! back when they end), rustls' own state and the queue.
+//! The task owns the socket and its [`Link`] (TLS, framing and the send
+//! queue, from `basicagent-link`: this file moves bytes between the
+//! socket and the link with tokio's `readable`/`try_read` and
+//! `writable`/`try_write`, and writes no TLS pump of its own); other
+//! tasks reach it only through its bounded [`Outgoing`] queue (see
+//! `registry`). Requests it sends are remembered here (request id → the
+//! caller's reply channel), so answers are routed without a global lock.
+//! Memory per idle session: the task's state, a ciphertext read buffer of
+//! [`READ_MIN`] bytes (grown for bursts, given back when they end),
+//! rustls' own state and the queue.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use basicagent_link::{Link, LinkError};
 use basicagent_proto::handshake::{RedirectCause, RejectCause};
 use basicagent_proto::{
-    answer_init, FrameDecoder, FrameError, Incoming, Init, InitContext, InitReply, Response,
-    Retcode, TaskAck, Verdict,
+    answer_init, FrameError, Incoming, Init, InitContext, InitReply, Response, Retcode, TaskAck,
+    Verdict,
 };
 use basicagent_store::{AgentRecord, TaskResult};
+use rustls::ServerConnection;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::timeout_at;
-use tokio_rustls::server::TlsStream;
 
 use crate::events::unix_now;
 use crate::identity::{peer_identity, PeerIdentity};
@@ -32,12 +38,10 @@ use crate::registry::{AgentInfo, CallEvent, Outgoing, Registered, OUTBOX_FRAMES}
 use crate::state::Shared;
 use crate::storage::{now_millis, Op};
 
-/// Read buffer of an idle session.
+/// Ciphertext read buffer of an idle session.
 const READ_MIN: usize = 1024;
 /// Largest read buffer (a burst of frames); a longer line grows the frame decoder instead.
 const READ_MAX: usize = 64 * 1024;
-/// Output buffer kept between writes; a bigger one is given back after use.
-const OUT_KEEP: usize = 16 * 1024;
 /// Seconds of silence before TCP keepalive probes start (then 6 probes 10 s apart).
 const KEEPALIVE_IDLE_SECS: libc::c_int = 60;
 /// Requests remembered before answered-or-abandoned ones are swept.
@@ -98,35 +102,40 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, over_lim
         log::debug!("{peer}: TCP keepalive: {e}");
     }
     let deadline = tokio::time::Instant::now() + shared.settings.handshake_timeout;
-    let stream = match timeout_at(deadline, shared.tls.accept(tcp)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => return handshake_failed(&shared, peer, local, &format!("TLS: {e}")),
-        Err(_) => return handshake_failed(&shared, peer, local, "TLS handshake timed out"),
+    let conn = match ServerConnection::new(shared.tls.clone()) {
+        Ok(conn) => conn,
+        Err(e) => return handshake_failed(&shared, peer, local, &format!("TLS: {e}")),
     };
-    log::debug!("{peer}: TLS handshake done");
-    let identity = stream
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|chain| chain.first())
-        .map(peer_identity);
     let mut s = Session {
         shared: shared.clone(),
         id: 0,
         peer,
         local,
-        stream,
-        decoder: FrameDecoder::new(shared.settings.max_frame),
+        tcp,
+        link: Link::new(conn, shared.settings.max_frame),
+        ready: VecDeque::new(),
         buf: vec![0; READ_MIN],
         out: Vec::new(),
         host: None,
-        identity,
+        identity: None,
         pending: HashMap::new(),
         null_waiters: Vec::new(),
         closing: None,
         hold: None,
         since: 0,
     };
+    match timeout_at(deadline, s.handshake()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(reason)) => return handshake_failed(&shared, peer, local, &reason),
+        Err(_) => return handshake_failed(&shared, peer, local, "TLS handshake timed out"),
+    }
+    log::debug!("{peer}: TLS handshake done");
+    s.identity = s
+        .link
+        .conn()
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(peer_identity);
     let (tx, rx) = mpsc::channel(OUTBOX_FRAMES);
     if !over_limit {
         s.id = shared.registry.add_conn(tx);
@@ -184,9 +193,14 @@ struct Session {
     id: u64,
     peer: SocketAddr,
     local: SocketAddr,
-    stream: TlsStream<TcpStream>,
-    decoder: FrameDecoder,
+    tcp: TcpStream,
+    /// TLS, the frame decoder and the send queue.
+    link: Link<ServerConnection>,
+    /// Frames the link decoded, not yet handled (at most one read's worth).
+    ready: VecDeque<Result<Vec<u8>, FrameError>>,
+    /// Ciphertext read from the socket.
     buf: Vec<u8>,
+    /// Frames being gathered for one write, queued on the link as one.
     out: Vec<u8>,
     host: Option<String>,
     identity: Option<PeerIdentity>,
@@ -202,19 +216,71 @@ struct Session {
 }
 
 impl Session {
-    /// Reads into the buffer; `Ok(0)` at the peer's end. Resizes the buffer for bursts.
-    async fn read_some(&mut self) -> Result<usize, String> {
-        let n = self
-            .stream
-            .read(&mut self.buf)
-            .await
-            .map_err(|e| format!("read: {e}"))?;
-        self.after_read(n);
-        Ok(n)
+    /// Drives the TLS handshake to its end (the reason as
+    /// `handshake_failed` records it on failure). Frames that came with
+    /// the client's last flight wait in `ready`.
+    async fn handshake(&mut self) -> Result<(), String> {
+        while self.link.is_handshaking() {
+            self.flush().await.map_err(|e| format!("TLS: {e}"))?;
+            if !self.link.is_handshaking() {
+                break;
+            }
+            match self.read_some().await {
+                Ok(Got::Data) => {}
+                Ok(Got::Eof | Got::Closed) => return Err("TLS: tls handshake eof".into()),
+                Ok(Got::Nothing) => {}
+                Err(e) => return Err(e.reason("TLS")),
+            }
+        }
+        // TLS 1.3 session tickets follow the handshake.
+        self.flush().await.map_err(|e| format!("TLS: {e}"))
     }
 
-    fn after_read(&mut self, n: usize) {
-        self.decoder.push(&self.buf[..n]);
+    /// Waits until the socket has something and reads it (see
+    /// [`Session::read_ready`]).
+    async fn read_some(&mut self) -> Result<Got, ReadError> {
+        loop {
+            self.tcp.readable().await.map_err(ReadError::Io)?;
+            match self.read_ready()? {
+                Got::Nothing => continue,
+                got => return Ok(got),
+            }
+        }
+    }
+
+    /// One non-blocking read into the buffer, handed to the link; the
+    /// frames it decodes go to `ready`. Resizes the buffer for bursts.
+    fn read_ready(&mut self) -> Result<Got, ReadError> {
+        let n = match self.tcp.try_read(&mut self.buf) {
+            Ok(0) => return Ok(Got::Eof),
+            Ok(n) => n,
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock
+                    || e.kind() == io::ErrorKind::Interrupted =>
+            {
+                return Ok(Got::Nothing)
+            }
+            Err(e) => return Err(ReadError::Io(e)),
+        };
+        let mut off = 0;
+        while off < n {
+            let taken = match self.link.handle_ciphertext(&self.buf[off..n]) {
+                Ok(taken) => taken,
+                Err(e) => {
+                    // Tell the peer why (an alert), without waiting.
+                    let _ = self.link.poll_transmit(&mut TryWrite(&self.tcp));
+                    return Err(ReadError::Link(e));
+                }
+            };
+            off += taken;
+            while let Some(frame) = self.link.next_frame() {
+                self.ready.push_back(frame);
+            }
+            if taken == 0 {
+                // close_notify: what follows it is not read.
+                break;
+            }
+        }
         // A full read: more is waiting, read bigger next time. A read that
         // did not fill the buffer drained the socket: back to idle size.
         let len = self.buf.len();
@@ -222,6 +288,19 @@ impl Session {
             self.buf = vec![0; len.saturating_mul(2).min(READ_MAX)];
         } else if n < len && len > READ_MIN {
             self.buf = vec![0; READ_MIN];
+        }
+        Ok(if self.link.peer_closed() {
+            Got::Closed
+        } else {
+            Got::Data
+        })
+    }
+
+    /// Why the session ends at the end of the agent's byte stream.
+    fn eof_reason(&mut self) -> String {
+        match self.link.handle_eof() {
+            Ok(()) => "closed by peer".into(),
+            Err(e) => ReadError::Link(e).reason("read"),
         }
     }
 
@@ -232,7 +311,7 @@ impl Session {
         over_limit: bool,
     ) -> Result<(), String> {
         loop {
-            while let Some(item) = self.decoder.next_frame() {
+            while let Some(item) = self.ready.pop_front() {
                 self.handle_init(item.as_deref(), over_limit);
                 self.flush().await?;
                 if let Some(reason) = &self.closing {
@@ -243,9 +322,10 @@ impl Session {
                 }
             }
             match timeout_at(deadline, self.read_some()).await {
-                Ok(Ok(0)) => return Err("closed by peer".into()),
+                Ok(Ok(Got::Eof)) => return Err(self.eof_reason()),
+                Ok(Ok(Got::Closed)) if self.ready.is_empty() => return Err("closed by peer".into()),
                 Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(e),
+                Ok(Err(e)) => return Err(e.reason("read")),
                 Err(_) => {
                     return Err(format!(
                         "no init within {} s",
@@ -295,14 +375,22 @@ impl Session {
                         return e;
                     }
                 }
-                read = self.stream.read(&mut self.buf) => {
-                    match read {
-                        Ok(0) => return "closed by peer".into(),
-                        Ok(n) => self.after_read(n),
-                        Err(e) => return format!("read: {e}"),
+                readable = self.tcp.readable() => {
+                    if let Err(e) = readable {
+                        return format!("read: {e}");
                     }
+                    let closed = match self.read_ready() {
+                        Ok(Got::Nothing) => continue,
+                        Ok(Got::Data) => false,
+                        Ok(Got::Closed) => true,
+                        Ok(Got::Eof) => return self.eof_reason(),
+                        Err(e) => return e.reason("read"),
+                    };
                     if let Err(e) = self.handle_frames().await {
                         return e;
+                    }
+                    if closed {
+                        return "closed by peer".into();
                     }
                 }
             }
@@ -334,21 +422,38 @@ impl Session {
         }
     }
 
-    /// Writes what is queued.
+    /// Queues what was gathered on the link and writes until the link
+    /// has nothing left to send (waiting for the socket as needed).
     async fn flush(&mut self) -> Result<(), String> {
         if !self.out.is_empty() {
-            let r = self.stream.write_all(&self.out).await;
-            self.out.clear();
-            if self.out.capacity() > OUT_KEEP {
-                self.out = Vec::new();
-            }
-            r.map_err(|e| format!("write: {e}"))?;
+            // The buffer goes to the link and is freed once sent.
+            let out = std::mem::take(&mut self.out);
+            self.link
+                .queue_frame(out)
+                .map_err(|e| format!("write: {e}"))?;
         }
-        self.stream.flush().await.map_err(|e| format!("write: {e}"))
+        loop {
+            let t = match self.link.poll_transmit(&mut TryWrite(&self.tcp)) {
+                Ok(t) => t,
+                Err(LinkError::Write(e)) => return Err(format!("write: {e}")),
+                Err(e) => return Err(format!("write: {e}")),
+            };
+            if t.blocked {
+                self.tcp
+                    .writable()
+                    .await
+                    .map_err(|e| format!("write: {e}"))?;
+                continue;
+            }
+            let moved = t.plaintext > 0 || t.ciphertext > 0;
+            if !self.link.wants_write() || (!t.more && !moved) {
+                return Ok(());
+            }
+        }
     }
 
     async fn handle_frames(&mut self) -> Result<(), String> {
-        while let Some(item) = self.decoder.next_frame() {
+        while let Some(item) = self.ready.pop_front() {
             if self.closing.is_some() {
                 continue;
             }
@@ -702,17 +807,18 @@ impl Session {
     async fn finish(&mut self, reason: &str) {
         let _ = self.flush().await;
         if self.closing.is_some() {
-            let _ = self.stream.shutdown().await;
-            let until = Instant::now() + Duration::from_secs(1);
+            self.link.send_close_notify();
+            let _ = self.flush().await;
+            let _ = self.tcp.shutdown().await;
+            let until = tokio::time::Instant::from_std(Instant::now() + Duration::from_secs(1));
             let mut scratch = [0u8; 512];
-            while let Ok(Ok(n)) = tokio::time::timeout_at(
-                tokio::time::Instant::from_std(until),
-                self.stream.read(&mut scratch),
-            )
-            .await
-            {
-                if n == 0 {
-                    break;
+            // What the peer still sends is read and dropped until its end.
+            while let Ok(Ok(())) = tokio::time::timeout_at(until, self.tcp.readable()).await {
+                match self.tcp.try_read(&mut scratch) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => break,
                 }
             }
         }
@@ -747,5 +853,56 @@ impl Session {
             "disconnect",
             json!({"host": self.host, "peer": self.peer, "listen": self.local, "reason": reason}),
         );
+    }
+}
+
+/// What one read from the socket gave.
+enum Got {
+    /// Nothing yet (`WouldBlock`).
+    Nothing,
+    /// Ciphertext, handed to the link.
+    Data,
+    /// The agent's `close_notify` (after any frames before it).
+    Closed,
+    /// The end of the byte stream.
+    Eof,
+}
+
+/// A read that failed: the socket's error or the link's.
+enum ReadError {
+    Io(io::Error),
+    Link(LinkError),
+}
+
+impl ReadError {
+    /// `"{prefix}: {what}"`, in the words the session used before the
+    /// link (rustls' message for a TLS error).
+    fn reason(&self, prefix: &str) -> String {
+        match self {
+            ReadError::Io(e) => format!("{prefix}: {e}"),
+            ReadError::Link(LinkError::Tls(e)) => format!("{prefix}: {e}"),
+            ReadError::Link(LinkError::Ciphertext(e) | LinkError::Plaintext(e)) => {
+                format!("{prefix}: {e}")
+            }
+            ReadError::Link(e) => format!("{prefix}: {e}"),
+        }
+    }
+}
+
+/// The socket as an [`io::Write`] that never waits: `try_write`, so a
+/// full socket is `WouldBlock` (the link reports it as blocked).
+struct TryWrite<'a>(&'a TcpStream);
+
+impl io::Write for TryWrite<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.try_write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.0.try_write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }

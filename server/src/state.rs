@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use basicagent_proto::InitPolicy;
-use tokio_rustls::TlsAcceptor;
 
 use crate::events::EventLog;
 use crate::metrics::Metrics;
@@ -39,7 +38,8 @@ pub struct Shared {
     pub registry: Registry,
     pub events: EventLog,
     pub settings: Settings,
-    pub tls: TlsAcceptor,
+    /// What each session's rustls connection is made from.
+    pub tls: Arc<rustls::ServerConfig>,
     pub mtls: bool,
     pub metrics: Arc<Metrics>,
     pub storage: Storage,
