@@ -202,6 +202,8 @@ pub struct Pair {
     /// What the core asked for, in words ("connect 127.0.0.1:1", …).
     pub log: Vec<String>,
     pub exited: bool,
+    /// The server reads what the agent sends (false: it stopped reading).
+    pub server_reads: bool,
     _state: tempfile::TempDir,
 }
 
@@ -277,6 +279,7 @@ impl Pair {
             closed: Vec::new(),
             log: Vec::new(),
             exited: false,
+            server_reads: true,
             _state: state,
         };
         pair.core.handle(now, Event::Tick);
@@ -363,7 +366,7 @@ impl Pair {
                 }
             }
         }
-        if let Some(c) = self.conn.as_mut() {
+        if let Some(c) = self.conn.as_mut().filter(|_| self.server_reads) {
             let mut bytes = Vec::new();
             self.core.poll_transmit(now, &mut bytes);
             if !bytes.is_empty() {
@@ -703,4 +706,97 @@ fn stop_closes_with_close_notify_and_exits() {
     // An exited core takes no more events.
     p.core.handle(p.now, Event::Tick);
     assert!(p.core.poll_action().is_none());
+}
+
+#[test]
+fn a_line_over_the_frame_limit_is_answered_3020_and_the_next_is_served() {
+    let pki = Pki::new();
+    let mut p = Pair::new(&pki, &["127.0.0.1:8443"]);
+    p.serve("127.0.0.1:8443", &pki.server, InitPolicy::Accept);
+    p.settle();
+    let long = format!(
+        r#"{{"id":1,"method":"ping","pad":"{}"}}"#,
+        "x".repeat(1 << 20)
+    );
+    let c = p.conn.as_mut().unwrap();
+    c.link
+        .queue_frame(format!("{long}\n").into_bytes())
+        .unwrap();
+    let answers = text(&p.request(r#"{"id":2,"method":"ping"}"#));
+    assert_eq!(answers.len(), 2, "{answers:?}");
+    assert!(
+        answers[0].starts_with(r#"{"id":null,"resp":"failed","retcode":3020"#),
+        "{}",
+        answers[0]
+    );
+    assert!(
+        answers[1].starts_with(r#"{"id":2,"resp":"success""#),
+        "{}",
+        answers[1]
+    );
+}
+
+#[test]
+fn a_server_that_stops_reading_gets_3026_for_new_work_and_ping_still_answers() {
+    let pki = Pki::new();
+    let id = crate::core::tasks::new_task_id();
+    let mut p = Pair::with(&pki, &["127.0.0.1:8443"], |dir| {
+        let data = format!("{{\"stdout\":\"{}\"}}", "y".repeat(900_000));
+        let frame = crate::core::tasks::done_frame(&id, 2, "", Some(data), 1 << 20);
+        taskfiles::write_result(dir, &id, &frame).unwrap();
+    });
+    p.serve("127.0.0.1:8443", &pki.server, InitPolicy::Accept);
+    p.settle();
+    p.server_reads = false;
+    // Asked while the queue is empty; answered (read back) only later.
+    p.sink
+        .hold_reads
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    for n in 0..11 {
+        p.request(&format!(
+            r#"{{"id":{n},"method":"task.status","task":"{id}"}}"#
+        ));
+    }
+    p.sink
+        .hold_reads
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    while p.release() {}
+    assert!(
+        p.core.queued() >= super::answer_bound(1 << 20),
+        "{}",
+        p.core.queued()
+    );
+    p.request(r#"{"id":"busy","method":"agent.info"}"#);
+    p.request(r#"{"id":"alive","method":"ping"}"#);
+    p.server_reads = true;
+    p.settle();
+    let got = text(&p.conn.as_ref().unwrap().received);
+    let find = |id: &str| {
+        got.iter()
+            .find(|f| f.starts_with(&format!("{{\"id\":{id},")))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let busy = find("\"busy\"");
+    assert!(
+        busy.contains("\"retcode\":3026") && busy.contains("wait for the server to read them"),
+        "{busy}"
+    );
+    assert!(
+        find("\"alive\"").contains("\"retcode\":2"),
+        "ping is served"
+    );
+    assert!(
+        find("0").contains("\"retcode\":2"),
+        "the first answers went out whole"
+    );
+    let dropped = find("10");
+    assert!(
+        dropped.contains("\"retcode\":3026") && dropped.contains("was dropped"),
+        "an answer completing past the bound is replaced: {}",
+        &dropped[..dropped.len().min(200)]
+    );
+    // Reading again: new work is served.
+    let answers = text(&p.request(r#"{"id":"after","method":"agent.info"}"#));
+    assert!(answers[0].contains("\"retcode\":2"), "{answers:?}");
 }
