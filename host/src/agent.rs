@@ -298,7 +298,19 @@ pub fn run(opts: Options) -> Result<(), StartError> {
     )?;
     dispatcher.set_schedules(schedules);
     dispatcher.set_limits(config.plugins.limits());
-    dispatcher.set_isolated(&config.plugins.isolate, config_path.clone());
+    let helpers = config
+        .plugins
+        .isolate
+        .iter()
+        .map(|m| {
+            let h = crate::io::isolate::Helper::new(m, config_path.clone(), dispatcher.max_frame());
+            (
+                m.clone(),
+                Box::new(h) as Box<dyn crate::core::dispatch::Isolated>,
+            )
+        })
+        .collect();
+    dispatcher.set_isolated(helpers);
     if let Some(c) = crashed {
         log::error!(
             "the previous run died of signal {} in a call of plugin {} {} ({}): quarantined until its file changes",

@@ -186,11 +186,19 @@ pub struct Dispatcher {
     guard: Guard,
 }
 
+/// A plugin that runs elsewhere: the io side's helper process
+/// (`io::isolate::Helper`, `[plugins] isolate`).
+pub trait Isolated: Send {
+    /// Sends a request; `done` runs once, on any thread. Returns the id
+    /// of the call.
+    fn call(&mut self, request: &[u8], done: basicagent_abi::host::Completer, now: Instant) -> u64;
+}
+
 /// Deadlines of the plugin calls in flight, the plugins quarantined, and
 /// the isolated ones.
 pub struct Guard {
-    /// Method → its helper process (`[plugins] isolate`).
-    pub isolated: HashMap<String, crate::isolate::Helper>,
+    /// Method → where its plugin runs (`[plugins] isolate`).
+    pub isolated: HashMap<String, Box<dyn Isolated>>,
     /// The loop's latest `now` (for strikes counted outside a dispatch).
     pub clock: Instant,
     pub limits: crate::quarantine::Limits,
@@ -1084,13 +1092,18 @@ impl RunSink {
 
 /// Deadlines and quarantine (see [`crate::quarantine`]).
 impl Dispatcher {
-    /// Runs the plugins of `methods` in helper processes (`crate::isolate`).
-    pub fn set_isolated(&mut self, methods: &[String], config: Option<std::path::PathBuf>) {
-        for m in methods {
+    /// Runs the plugins of these methods elsewhere (helper processes the
+    /// io side made, `io::isolate`).
+    pub fn set_isolated(&mut self, helpers: Vec<(String, Box<dyn Isolated>)>) {
+        for (m, h) in helpers {
             log::info!("plugin of {m} isolated in a helper process");
-            let h = crate::isolate::Helper::new(m, config.clone(), self.max_frame);
-            self.guard.isolated.insert(m.clone(), h);
+            self.guard.isolated.insert(m, h);
         }
+    }
+
+    /// The frame bound in force (what helpers must respect).
+    pub fn max_frame(&self) -> usize {
+        self.max_frame
     }
 
     /// The deadlines and quarantine thresholds (`[plugins]`).
