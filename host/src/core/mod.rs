@@ -45,10 +45,11 @@
 //! channel, read a clock (`now` comes with each event, the wall clock from
 //! [`dispatch::Sink::unix_ms`]), or block. What it still reaches through
 //! the dispatcher, known and left for later: `PluginRegistry` (dlopen and
-//! the plugin directory listing), `io::isolate::Helper` (helper
-//! processes), the audit writer and the schedule writer threads
-//! (`audit.rs`, `schedule.rs`), the crash-marker page, and `getrandom`
-//! for task ids.
+//! the plugin directory listing), the audit writer and the schedule
+//! writer threads (`audit.rs`, `schedule.rs`: they wake the loop through
+//! [`dispatch::Wake`]), the crash-marker page, and `getrandom` for task
+//! ids. Isolated plugins are io's helper processes behind
+//! [`dispatch::Isolated`].
 
 pub mod dispatch;
 #[cfg(test)]
