@@ -248,52 +248,66 @@ impl Session {
         }
     }
 
-    /// One non-blocking read into the buffer, handed to the link; the
-    /// frames it decodes go to `ready`. Resizes the buffer for bursts.
+    /// Non-blocking reads into the buffer, handed to the link; the frames
+    /// it decodes go to `ready`. A read that fills the buffer is followed
+    /// at once by another into a buffer twice the size (up to
+    /// [`READ_MAX`] bytes per call), as tokio-rustls read a whole record.
     fn read_ready(&mut self) -> Result<Got, ReadError> {
-        let n = match self.tcp.try_read(&mut self.buf) {
-            Ok(0) => return Ok(Got::Eof),
-            Ok(n) => n,
-            Err(e)
-                if e.kind() == io::ErrorKind::WouldBlock
-                    || e.kind() == io::ErrorKind::Interrupted =>
-            {
-                return Ok(Got::Nothing)
-            }
-            Err(e) => return Err(ReadError::Io(e)),
-        };
-        let mut off = 0;
-        while off < n {
-            let taken = match self.link.handle_ciphertext(&self.buf[off..n]) {
-                Ok(taken) => taken,
-                Err(e) => {
-                    // Tell the peer why (an alert), without waiting.
-                    let _ = self.link.poll_transmit(&mut TryWrite(&self.tcp));
-                    return Err(ReadError::Link(e));
+        let mut got = Got::Nothing;
+        let mut total = 0usize;
+        loop {
+            let n = match self.tcp.try_read(&mut self.buf) {
+                // The end after data: reported by the next call.
+                Ok(0) if matches!(got, Got::Nothing) => return Ok(Got::Eof),
+                Ok(0) => return Ok(got),
+                Ok(n) => n,
+                Err(e)
+                    if e.kind() == io::ErrorKind::WouldBlock
+                        || e.kind() == io::ErrorKind::Interrupted =>
+                {
+                    return Ok(got)
                 }
+                Err(e) => return Err(ReadError::Io(e)),
             };
-            off += taken;
-            while let Some(frame) = self.link.next_frame() {
-                self.ready.push_back(frame);
+            let mut off = 0;
+            while off < n {
+                let taken = match self.link.handle_ciphertext(&self.buf[off..n]) {
+                    Ok(taken) => taken,
+                    Err(e) => {
+                        // Tell the peer why (an alert), without waiting.
+                        let _ = self.link.poll_transmit(&mut TryWrite(&self.tcp));
+                        return Err(ReadError::Link(e));
+                    }
+                };
+                off += taken;
+                while let Some(frame) = self.link.next_frame() {
+                    self.ready.push_back(frame);
+                }
+                if taken == 0 {
+                    // close_notify: what follows it is not read.
+                    break;
+                }
             }
-            if taken == 0 {
-                // close_notify: what follows it is not read.
-                break;
+            // A full read: more is waiting, read bigger (now). A read that
+            // did not fill the buffer drained the socket: back to idle size.
+            let len = self.buf.len();
+            let full = n == len;
+            if full && len < READ_MAX {
+                self.buf = vec![0; len.saturating_mul(2).min(READ_MAX)];
+            } else if !full && len > READ_MIN {
+                self.buf = vec![0; READ_MIN];
+            }
+            if self.link.peer_closed() {
+                return Ok(Got::Closed);
+            }
+            got = Got::Data;
+            total = total.saturating_add(n);
+            // At most READ_MAX bytes per call: the frames read are served
+            // before more is read.
+            if !full || total >= READ_MAX {
+                return Ok(got);
             }
         }
-        // A full read: more is waiting, read bigger next time. A read that
-        // did not fill the buffer drained the socket: back to idle size.
-        let len = self.buf.len();
-        if n == len && len < READ_MAX {
-            self.buf = vec![0; len.saturating_mul(2).min(READ_MAX)];
-        } else if n < len && len > READ_MIN {
-            self.buf = vec![0; READ_MIN];
-        }
-        Ok(if self.link.peer_closed() {
-            Got::Closed
-        } else {
-            Got::Data
-        })
     }
 
     /// Why the session ends at the end of the agent's byte stream.
