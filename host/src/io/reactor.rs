@@ -113,14 +113,11 @@ impl Reactor {
                 return Ok(());
             }
             self.update_interest()?;
-            let mut timeout = self
-                .core
-                .poll_timeout()
-                .map(|t| t.saturating_duration_since(now));
             let more_io = std::mem::take(&mut self.more_io);
-            if more_io {
-                timeout = Some(Duration::ZERO);
-            }
+            let timeout = match self.core.poll_timeout() {
+                _ if more_io => Some(Duration::ZERO),
+                t => t.map(|t| t.saturating_duration_since(now)),
+            };
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
