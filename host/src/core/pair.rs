@@ -239,6 +239,20 @@ impl Pair {
     /// A pair whose agent trusts `pki` and whose name resolves to
     /// `resolves_to`; `prepare` may leave results in the outbox first.
     pub fn with(pki: &Pki, resolves_to: &[&str], prepare: impl FnOnce(&std::path::Path)) -> Pair {
+        Pair::build(pki, resolves_to, prepare, None)
+    }
+
+    /// A pair whose agent loads its plugins from `plugins`.
+    pub fn with_plugins(pki: &Pki, resolves_to: &[&str], plugins: PathBuf) -> Pair {
+        Pair::build(pki, resolves_to, |_| {}, Some(plugins))
+    }
+
+    fn build(
+        pki: &Pki,
+        resolves_to: &[&str],
+        prepare: impl FnOnce(&std::path::Path),
+        plugins: Option<PathBuf>,
+    ) -> Pair {
         let state = tempfile::tempdir().unwrap();
         let dir = state.path().join("tasks");
         taskfiles::prepare_dir(&dir).unwrap();
@@ -246,8 +260,11 @@ impl Pair {
         let tasks = taskfiles::open(&dir, limits()).unwrap();
         let sink = TestSink::new(dir.clone(), 1 << 20);
         let now = Instant::now();
-        let plugins = state.path().join("plugins");
-        std::fs::create_dir(&plugins).unwrap();
+        let plugins = plugins.unwrap_or_else(|| {
+            let empty = state.path().join("plugins");
+            std::fs::create_dir(&empty).unwrap();
+            empty
+        });
         let registry = PluginRegistry::new(plugins, HostSettings::default());
         let facts = AgentFacts {
             host_id: "5d0f7c1e-8a41-4b8e-9f8a-2c7b3e6d1a90".into(),
@@ -799,4 +816,79 @@ fn a_server_that_stops_reading_gets_3026_for_new_work_and_ping_still_answers() {
     // Reading again: new work is served.
     let answers = text(&p.request(r#"{"id":"after","method":"agent.info"}"#));
     assert!(answers[0].contains("\"retcode\":2"), "{answers:?}");
+}
+
+/// The workspace's debug build, where the collectors' `.so` files are.
+fn built_plugins() -> Option<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug");
+    dir.join("libgetinfo_kernel.so").exists().then_some(dir)
+}
+
+#[test]
+fn a_real_plugin_answers_through_the_whole_core() {
+    let Some(dir) = built_plugins() else {
+        eprintln!("no target/debug/libgetinfo_kernel.so: run cargo build --workspace first");
+        return;
+    };
+    let pki = Pki::new();
+    let mut p = Pair::with_plugins(&pki, &["127.0.0.1:8443"], dir);
+    p.serve("127.0.0.1:8443", &pki.server, InitPolicy::Accept);
+    p.settle();
+    let answers = text(&p.request(r#"{"id":"k","method":"getinfo.kernel"}"#));
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    let r = basicagent_proto::Response::parse(answers[0].as_bytes()).unwrap();
+    assert!(r.retcode.is_success(), "{}", answers[0]);
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert!(
+        r.data.unwrap().get().contains(release.trim()),
+        "the kernel's release in {}",
+        answers[0]
+    );
+    assert_eq!(
+        p.core.dispatcher().in_flight(),
+        0,
+        "completed inside call, booked at once"
+    );
+    // Pipelined: every request answered, one answer each.
+    let frames: String = (0..50)
+        .map(|i| format!("{{\"id\":{i},\"method\":\"getinfo.kernel\"}}\n"))
+        .collect();
+    let c = p.conn.as_mut().unwrap();
+    c.link.queue_frame(frames.into_bytes()).unwrap();
+    let before = c.received.len();
+    p.settle();
+    let got = &p.conn.as_ref().unwrap().received[before..];
+    assert_eq!(got.len(), 50);
+    assert!(text(got).iter().all(|f| f.contains("\"retcode\":2")));
+}
+
+#[test]
+fn a_rejected_init_backs_off_and_a_control_request_is_answered_meanwhile() {
+    let pki = Pki::new();
+    let mut p = Pair::new(&pki, &["127.0.0.1:8443"]);
+    p.serve(
+        "127.0.0.1:8443",
+        &pki.server,
+        InitPolicy::Reject("not welcome".into()),
+    );
+    p.settle();
+    assert_eq!(p.core.session().phase(), super::session::Phase::Backoff);
+    assert!(matches!(
+        p.closed.last().and_then(|c| c.verdict.as_ref()),
+        Some(Verdict::Reject { .. })
+    ));
+    // The local control socket is served whatever the upstream does.
+    p.core.handle(
+        p.now,
+        Event::CtlRequest {
+            conn: 3,
+            frame: br#"{"id":1,"method":"ping"}"#.to_vec(),
+        },
+    );
+    match p.core.poll_action() {
+        Some(Action::CtlAnswer { conn: 3, frame }) => {
+            assert!(frame.starts_with(br#"{"id":1,"resp":"success""#))
+        }
+        other => panic!("{other:?}"),
+    }
 }
