@@ -383,10 +383,14 @@ where
         loop {
             let mut progressed = false;
             if self.moves_plaintext() && budget > 0 {
-                let slices = self.out.slices(MAX_IOV);
-                match self.conn.writer().write_vectored(&slices) {
+                let mut iov = [io::IoSlice::new(&[]); MAX_IOV];
+                let filled = self.out.fill_slices(&mut iov);
+                let written = self
+                    .conn
+                    .writer()
+                    .write_vectored(iov.get(..filled).unwrap_or(&[]));
+                match written {
                     Ok(n) if n > 0 => {
-                        drop(slices);
                         self.out.consume(n);
                         budget = budget.saturating_sub(n);
                         t.plaintext = t.plaintext.saturating_add(n);

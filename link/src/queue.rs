@@ -55,6 +55,21 @@ impl OutQueue {
             .collect()
     }
 
+    /// Fills `out` with slices of what is left, in order, one per frame
+    /// (no allocation); returns how many were filled.
+    pub fn fill_slices<'a>(&'a self, out: &mut [IoSlice<'a>]) -> usize {
+        let mut filled = 0;
+        for (slot, (i, f)) in out.iter_mut().zip(self.frames.iter().enumerate()) {
+            *slot = IoSlice::new(if i == 0 {
+                f.get(self.offset..).unwrap_or(&[])
+            } else {
+                f
+            });
+            filled += 1;
+        }
+        filled
+    }
+
     /// Marks `n` bytes (at most [`OutQueue::len`]) as taken; finished
     /// frames are freed.
     pub fn consume(&mut self, mut n: usize) {
@@ -114,6 +129,29 @@ mod tests {
         assert!(q.is_empty());
         assert_eq!(q.frames(), 0);
         assert_eq!(q.slices(4).len(), 0);
+    }
+
+    #[test]
+    fn filled_slices_match_the_allocated_ones() {
+        let mut q = OutQueue::default();
+        for i in 0..5u8 {
+            q.push(vec![i; 2 + usize::from(i)]);
+        }
+        q.consume(3);
+        let mut iov = [IoSlice::new(&[]); 3];
+        let n = q.fill_slices(&mut iov);
+        assert_eq!(n, 3);
+        let want = q.slices(3);
+        for (a, b) in iov.iter().zip(want.iter()) {
+            assert_eq!(&**a, &**b);
+        }
+        {
+            let mut many = [IoSlice::new(&[]); 10];
+            assert_eq!(q.fill_slices(&mut many), 4);
+        }
+        q.clear();
+        let mut empty = [IoSlice::new(&[]); 2];
+        assert_eq!(q.fill_slices(&mut empty), 0);
     }
 
     #[test]

@@ -337,7 +337,9 @@ impl Conn {
     /// `WouldBlock` (the rest goes after the next wait).
     fn flush(&mut self) -> Result<(), LoadError> {
         if !self.out.is_empty() {
-            let batch = std::mem::replace(&mut self.out, Vec::with_capacity(64 * 1024));
+            // The batch goes to the link (freed once sent); the next one
+            // starts empty and grows to its size.
+            let batch = std::mem::take(&mut self.out);
             self.link.queue_frame(batch).map_err(|e| LoadError::Io {
                 what: "queue for TLS",
                 source: io::Error::other(e.to_string()),
