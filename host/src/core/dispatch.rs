@@ -499,6 +499,13 @@ impl Dispatcher {
         unix
     }
 
+    /// Queues a task's running marker to the task files now, before the
+    /// call that may complete it ([`TaskStore::marker`]).
+    fn queue_marker(&mut self, task: &str, cmd: &str) {
+        self.tasks.marker(task, cmd);
+        self.flush_task_ops();
+    }
+
     /// Hands the table's file work to the io side, in order.
     fn flush_task_ops(&mut self) {
         for op in self.tasks.take_ops() {
@@ -611,8 +618,7 @@ impl Dispatcher {
         let (slot, task_id, max_frame) = (Arc::clone(&immediate), task.clone(), self.max_frame);
         // The marker goes to the task files before the call, so that the
         // result (written after it, in order) always finds it.
-        let started_unix = self.tasks.marker(&task, &cmd);
-        self.flush_task_ops();
+        self.queue_marker(&task, &cmd);
         let _noted = crate::crashmark::Guard::enter(&plugin);
         // The line is written when the task ends (a completion on the loop
         // thread is a refusal inside `call`: nothing ran, no line).
@@ -650,13 +656,11 @@ impl Dispatcher {
         let refused = immediate.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(c) = refused {
             // Nothing ran: no task, no marker.
-            self.sink.persist(TaskFileOp::Remove {
-                id: task,
-                marker: true,
-            });
+            self.tasks.cancel_marker(&task);
+            self.flush_task_ops();
             return Response::from_plugin(id, c.retcode, &c.message, c.data.as_deref());
         }
-        self.tasks.started(&task, call, &cmd, now, started_unix);
+        self.tasks.start(&task, call, &cmd, now);
         self.in_flight.insert(
             call,
             InFlight {
@@ -781,14 +785,6 @@ impl Dispatcher {
             }
         }
         let task = tasks::new_task_id();
-        let what = match fire.request.get("cmd").and_then(Value::as_str) {
-            Some(cmd) => cmd.to_owned(),
-            None => fire.method.clone(),
-        };
-        // The marker goes to the task files before anything can complete
-        // (the result, written after it in order, removes it).
-        let started_unix = self.tasks.marker(&task, &what);
-        self.flush_task_ops();
         let run = basicagent_proto::ScheduleRun {
             schedule: fire.schedule.clone(),
             scheduled_at: u64::try_from(fire.slot).unwrap_or(0),
@@ -819,8 +815,10 @@ impl Dispatcher {
                     fire.schedule,
                     fire.run
                 );
+                // The marker first: the result, written after it, removes it.
+                self.queue_marker(&task, &fire.method);
                 sink.complete(refused(e.retcode(), e.to_string()));
-                self.note_scheduled_start(&fire, &task, None, now, started_unix);
+                self.note_scheduled_start(&fire, &task, None, now);
                 return;
             }
         };
@@ -834,11 +832,16 @@ impl Dispatcher {
                 fire.schedule,
                 fire.run
             );
+            self.queue_marker(&task, &fire.method);
             sink.complete(refused(Retcode::BUSY.0, message));
-            self.note_scheduled_start(&fire, &task, None, now, started_unix);
+            self.note_scheduled_start(&fire, &task, None, now);
             return;
         }
-        let frame = builtins::request_text(&fire.request);
+        let frame = Value::Object(fire.request.clone()).to_string();
+        // The marker goes to the task files before the call (the result,
+        // written after it in order, removes it).
+        let what = builtins::async_bash_cmd(frame.as_bytes());
+        self.queue_marker(&task, what.as_deref().unwrap_or(&fire.method));
         let mut completer: basicagent_abi::host::Completer =
             Box::new(move |c: Completion| sink.complete(c));
         let note = self.audit.as_ref().and_then(|a| {
@@ -854,7 +857,7 @@ impl Dispatcher {
             completer = crate::audit::after_line(note, None, completer);
         }
         let call = plugin.call(frame.as_bytes(), completer);
-        self.note_scheduled_start(&fire, &task, Some(call), now, started_unix);
+        self.note_scheduled_start(&fire, &task, Some(call), now);
         self.in_flight.insert(
             call,
             InFlight {
@@ -864,21 +867,13 @@ impl Dispatcher {
         );
     }
 
-    fn note_scheduled_start(
-        &mut self,
-        fire: &Fire,
-        task: &str,
-        call: Option<u64>,
-        now: Instant,
-        started_unix: u64,
-    ) {
+    fn note_scheduled_start(&mut self, fire: &Fire, task: &str, call: Option<u64>, now: Instant) {
         let what = match fire.request.get("cmd").and_then(Value::as_str) {
             Some(cmd) => cmd.to_owned(),
             None => fire.method.clone(),
         };
         // A call of 0 is no plugin call: its failed result is on its way.
-        self.tasks
-            .started(task, call.unwrap_or(0), &what, now, started_unix);
+        self.tasks.start(task, call.unwrap_or(0), &what, now);
         self.tasks.mark_scheduled(task, &fire.schedule);
         if let Some(table) = &mut self.schedules {
             table.started(&fire.schedule, task);
@@ -1045,9 +1040,18 @@ impl Dispatcher {
             max_concurrent: self.max_concurrent,
             requests_served: self.served,
             schedules: self.schedules.as_ref().map_or(0, ScheduleTable::len),
-            quarantined: self.guard.quarantine.list(now),
+            quarantined: self
+                .guard
+                .quarantine
+                .list(now)
+                .iter()
+                .map(builtins::to_value)
+                .collect(),
             calls_pending: basicagent_abi::pending_calls(),
-            audit: self.audit.as_ref().map(|a| a.health().report()),
+            audit: self
+                .audit
+                .as_ref()
+                .map(|a| builtins::to_value(&a.health().report())),
         };
         Response::new(id, Retcode::SUCCESS).with_data(&data)
     }

@@ -133,6 +133,8 @@ pub struct TaskStore {
     clock: u64,
     /// File work decided and not yet handed to the io side.
     ops: Vec<TaskFileOp>,
+    /// Markers queued for tasks not yet started (id → started, Unix s).
+    marked: HashMap<String, u64>,
     tasks: HashMap<String, TaskState>,
     seq: u64,
     /// Results of scheduled runs (task id → schedule id): bounded per
@@ -243,6 +245,7 @@ impl TaskStore {
             limits,
             clock: 0,
             ops: Vec::new(),
+            marked: HashMap::new(),
             tasks: HashMap::new(),
             seq: 0,
             scheduled: HashMap::new(),
@@ -372,10 +375,12 @@ impl TaskStore {
         Ok(())
     }
 
-    /// The running marker of a task about to start (queue it before the
-    /// call, so that the result, written after it, finds it).
+    /// Queues the running marker of a task about to start (before the
+    /// call, so that the result, written after it, finds it);
+    /// [`Self::start`] then registers the task without a second one.
     pub fn marker(&mut self, id: &str, cmd: &str) -> u64 {
         let started_unix = self.clock;
+        self.marked.insert(id.to_owned(), started_unix);
         let text = TaskMarker {
             cmd,
             started: started_unix,
@@ -389,14 +394,27 @@ impl TaskStore {
         started_unix
     }
 
-    /// Registers a started task and queues its running marker.
-    pub fn start(&mut self, id: &str, call: u64, cmd: &str, now: Instant) {
-        let started_unix = self.marker(id, cmd);
-        self.started(id, call, cmd, now, started_unix);
+    /// A task whose marker was queued did not start after all: the marker
+    /// goes.
+    pub fn cancel_marker(&mut self, id: &str) {
+        self.marked.remove(id);
+        self.ops.push(TaskFileOp::Remove {
+            id: id.to_owned(),
+            marker: true,
+        });
     }
 
-    /// Registers a started task whose marker was queued by [`Self::marker`].
-    pub fn started(&mut self, id: &str, call: u64, cmd: &str, now: Instant, started_unix: u64) {
+    /// Registers a started task, and queues its running marker unless
+    /// [`Self::marker`] did.
+    pub fn start(&mut self, id: &str, call: u64, cmd: &str, now: Instant) {
+        let started_unix = match self.marked.remove(id) {
+            Some(t) => t,
+            None => {
+                let t = self.marker(id, cmd);
+                self.marked.remove(id);
+                t
+            }
+        };
         self.tasks.insert(
             id.to_owned(),
             TaskState::Running {
@@ -642,12 +660,12 @@ mod tests {
     #[test]
     fn the_marker_is_queued_before_the_task_starts_and_acks_remove_the_right_files() {
         let mut t = table();
-        let started = t.marker("a-1", "sleep 1");
+        t.marker("a-1", "sleep 1");
         assert!(
             matches!(t.take_ops().as_slice(), [TaskFileOp::Marker { id, text }]
             if id == "a-1" && text.contains("\"cmd\":\"sleep 1\""))
         );
-        t.started("a-1", 5, "sleep 1", Instant::now(), started);
+        t.start("a-1", 5, "sleep 1", Instant::now());
         assert!(t.take_ops().is_empty(), "no second marker");
         assert_eq!(t.running_call("a-1"), Some(5));
         t.finished("a-1", b"{}\n", 2, true);
