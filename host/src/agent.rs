@@ -294,7 +294,7 @@ pub fn run(opts: Options) -> Result<(), StartError> {
         },
         &facts_host_id,
         &dispatcher.plugin_methods(),
-        Arc::clone(&waker) as Arc<dyn crate::core::dispatch::Wake>,
+        Arc::clone(&waker),
     )?;
     dispatcher.set_schedules(schedules);
     dispatcher.set_limits(config.plugins.limits());
