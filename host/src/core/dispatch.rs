@@ -1282,6 +1282,7 @@ pub fn bounded_frame(r: &Response, max_frame: usize) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use basicagent_proto::builtins::Value;
 
     fn raw(s: &str) -> Option<Box<RawValue>> {
         Some(RawValue::from_string(s.to_owned()).unwrap())
