@@ -1,7 +1,8 @@
 //! Criterion benchmark of the dispatch path without sockets: a request
 //! frame in → `Dispatcher::dispatch` → plugin call (`getinfo.kernel`, the
 //! real `.so` from target/release or target/debug) → response bytes out
-//! (`poll_finished`). Baseline in the same run: the built-in `ping`, which
+//! (the completion taken from the io side's mailbox, then
+//! `Dispatcher::complete`). Baseline in the same run: the built-in `ping`, which
 //! takes the same path minus the plugin.
 
 use std::path::PathBuf;
@@ -9,8 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use basicagent_abi::{HostSettings, PluginRegistry};
-use basicagent_host::dispatch::{AgentFacts, Dispatcher};
-use basicagent_host::tasks::{TaskLimits, TaskStore};
+use basicagent_host::core::dispatch::{AgentFacts, Dispatcher, Mail, Sink};
+use basicagent_host::core::tasks::TaskLimits;
+use basicagent_host::io::mailbox::Mailbox;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 
 fn plugin_dir() -> Option<PathBuf> {
@@ -31,8 +33,8 @@ fn round_trip(d: &mut Dispatcher, frame: &[u8]) -> usize {
     }
     // Completed inside the call for the collectors; a short spin otherwise.
     loop {
-        if let Some(f) = d.poll_finished() {
-            return f.frame.len();
+        if let Some(Mail::Finished(f)) = d.try_next() {
+            return d.complete(f, Instant::now()).frame.len();
         }
         std::hint::spin_loop();
     }
@@ -46,8 +48,8 @@ fn dispatch(c: &mut Criterion) {
     let state = tempfile::tempdir().unwrap();
     let poll = mio::Poll::new().unwrap();
     let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(0)).unwrap());
-    let tasks = TaskStore::open(
-        state.path().join("tasks"),
+    let tasks = basicagent_host::io::taskfiles::open(
+        &state.path().join("tasks"),
         TaskLimits {
             max_tasks: 1000,
             max_bytes: 64 << 20,
@@ -63,7 +65,11 @@ fn dispatch(c: &mut Criterion) {
         started: Instant::now(),
     };
     let registry = PluginRegistry::new(dir, HostSettings::default());
-    let mut d = Dispatcher::new(registry, 64, waker, facts, tasks);
+    let mailbox = Mailbox::new(waker);
+    mailbox
+        .start_files(state.path().join("tasks"), 16 << 20)
+        .unwrap();
+    let mut d = Dispatcher::new(registry, 64, mailbox as Arc<dyn Sink>, facts, tasks);
     // Load the plugin outside the measurement.
     assert!(round_trip(&mut d, br#"{"id":1,"method":"getinfo.kernel"}"#) > 0);
 

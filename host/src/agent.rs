@@ -14,12 +14,16 @@ use basicagent_proto::Init;
 use rustls::ClientConfig;
 
 use crate::config::Config;
-use crate::daemon::{self, LogHandle, PidFile};
-use crate::dispatch::{AgentFacts, Dispatcher};
-use crate::reactor::{self, Reactor, Reloader};
-use crate::resolve::Resolver;
-use crate::session::{Session, SessionConfig};
-use crate::tasks::{TaskLimits, TaskStore};
+use crate::core::dispatch::{AgentFacts, Dispatcher};
+use crate::core::session::{Session, SessionConfig};
+use crate::core::tasks::TaskLimits;
+use crate::core::{Core, Reconfig};
+use crate::io::logfile::{self, LogHandle};
+use crate::io::mailbox::Mailbox;
+use crate::io::process::{self, PidFile};
+use crate::io::reactor::{Reactor, Reloader};
+use crate::io::resolve::Resolver;
+use crate::io::{signals, taskfiles};
 use crate::{hostid, tls};
 
 /// The daemon's command line.
@@ -41,13 +45,15 @@ pub enum StartError {
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
     #[error(transparent)]
-    PidFile(#[from] daemon::PidFileError),
+    PidFile(#[from] process::PidFileError),
     #[error(transparent)]
-    Log(#[from] daemon::LogError),
+    Log(#[from] logfile::LogError),
     #[error(transparent)]
     HostId(#[from] hostid::HostIdError),
     #[error("state directory: {0}")]
-    StateDir(#[from] crate::tasks::DirError),
+    StateDir(#[from] taskfiles::DirError),
+    #[error(transparent)]
+    Core(#[from] crate::core::CoreError),
     #[error("{0}: {1}")]
     Io(&'static str, std::io::Error),
 }
@@ -119,7 +125,7 @@ impl Reloader for AgentReloader {
         }
     }
 
-    fn reload_config(&mut self) -> Option<(SessionConfig, Arc<ClientConfig>)> {
+    fn reload_config(&mut self) -> Option<Reconfig> {
         let config = match Config::load(self.config_path.as_deref()) {
             Ok(c) => c,
             Err(e) => {
@@ -128,27 +134,15 @@ impl Reloader for AgentReloader {
             }
         };
         match tls_config(&config) {
-            Ok(tls) => Some((session_config(&config), tls)),
+            Ok(tls) => Some(Reconfig {
+                session: session_config(&config),
+                tls,
+            }),
             Err(e) => {
                 log::error!("reload: {e}; keeping the running configuration");
                 None
             }
         }
-    }
-}
-
-/// A long-running daemon that now and then holds a large buffer (a 16 MiB
-/// frame, a command's capped output) should give it back when done. glibc
-/// raises its mmap threshold after freeing a large block, so later large
-/// blocks come from the heap and stay; a fixed threshold keeps them mapped
-/// and returned on free. Fewer arenas bound the fragmentation of the
-/// plugins' threads.
-fn tune_malloc() {
-    // SAFETY: mallopt only changes allocator parameters; called before any
-    // thread exists.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
-        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
 
@@ -167,7 +161,7 @@ fn nodename() -> String {
 
 /// Runs the daemon to completion.
 pub fn run(opts: Options) -> Result<(), StartError> {
-    tune_malloc();
+    crate::io::memory::tune_malloc();
     let config_path = opts.config.as_deref().map(absolute);
     let config = Config::load(config_path.as_deref())?;
     // Checked before detaching (a refused CA fails on the terminal); the
@@ -184,7 +178,7 @@ pub fn run(opts: Options) -> Result<(), StartError> {
     let detached = if opts.foreground {
         None
     } else {
-        Some(daemon::daemonize().map_err(|e| StartError::Io("detach", e))?)
+        Some(process::daemonize().map_err(|e| StartError::Io("detach", e))?)
     };
     let started = (|| -> Result<_, StartError> {
         let mut pid = match &pid_path {
@@ -194,18 +188,18 @@ pub fn run(opts: Options) -> Result<(), StartError> {
         if let Some(p) = pid.as_mut() {
             p.write_pid()?;
         }
-        let log = daemon::init_logging(log_file.as_deref(), opts.level)?;
-        let signals = reactor::block_signals().map_err(|e| StartError::Io("signalfd", e))?;
+        let log = logfile::init_logging(log_file.as_deref(), opts.level)?;
+        let signals = signals::block_signals().map_err(|e| StartError::Io("signalfd", e))?;
         // The state directory is private (0700, ours, not shared), then
         // the host id and the outbox: all before reporting success.
-        crate::tasks::prepare_dir(&config.agent.state_dir)?;
+        taskfiles::prepare_dir(&config.agent.state_dir)?;
         let host_id = hostid::host_id(
             config.agent.host_id.as_deref(),
             Path::new("/etc/machine-id"),
             &config.agent.state_dir,
         )?;
-        let tasks = TaskStore::open(
-            config.agent.state_dir.join("tasks"),
+        let tasks = taskfiles::open(
+            &config.agent.state_dir.join("tasks"),
             TaskLimits {
                 max_tasks: config.agent.max_tasks,
                 max_bytes: config.agent.max_outbox_bytes,
@@ -271,10 +265,17 @@ pub fn run(opts: Options) -> Result<(), StartError> {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         started: now,
     };
+    let mailbox = Mailbox::new(Arc::clone(&waker));
+    mailbox
+        .start_files(
+            config.agent.state_dir.join("tasks"),
+            config.server.max_frame,
+        )
+        .map_err(|e| StartError::Io("task files", e))?;
     let mut dispatcher = Dispatcher::new(
         registry,
         config.agent.max_concurrent,
-        Arc::clone(&waker),
+        Arc::clone(&mailbox) as Arc<dyn crate::core::dispatch::Sink>,
         facts,
         tasks,
     );
@@ -297,7 +298,19 @@ pub fn run(opts: Options) -> Result<(), StartError> {
     )?;
     dispatcher.set_schedules(schedules);
     dispatcher.set_limits(config.plugins.limits());
-    dispatcher.set_isolated(&config.plugins.isolate, config_path.clone());
+    let helpers = config
+        .plugins
+        .isolate
+        .iter()
+        .map(|m| {
+            let h = crate::io::isolate::Helper::new(m, config_path.clone(), dispatcher.max_frame());
+            (
+                m.clone(),
+                Box::new(h) as Box<dyn crate::core::dispatch::Isolated>,
+            )
+        })
+        .collect();
+    dispatcher.set_isolated(helpers);
     if let Some(c) = crashed {
         log::error!(
             "the previous run died of signal {} in a call of plugin {} {} ({}): quarantined until its file changes",
@@ -329,17 +342,15 @@ pub fn run(opts: Options) -> Result<(), StartError> {
         Resolver::spawn_hosts_only(Arc::clone(&waker), config.server.hosts_file.clone())
     }
     .map_err(|e| StartError::Io("resolver", e))?;
-    let mut reactor = Reactor::new(
-        poll,
+    let core = Core::new(
         session,
         dispatcher,
-        resolver,
         tls,
         &config.server.name,
-        signals,
-    )
-    .map_err(|e| StartError::Io("reactor", e))?;
-    reactor.set_max_frame(config.server.max_frame);
+        config.server.max_frame,
+    )?;
+    let mut reactor = Reactor::new(poll, core, mailbox, resolver, signals)
+        .map_err(|e| StartError::Io("reactor", e))?;
     if !config.agent.ctl_socket.as_os_str().is_empty() {
         reactor.serve_ctl(&config.agent.ctl_socket, config.server.max_frame);
     }

@@ -483,13 +483,14 @@ impl Config {
     /// `{"max_output":N,"max_output_limit":N,"max_concurrent":N,"max_frame":N}`
     /// (`max_frame` is `server.max_frame`, so `sync.bash` cuts its captures to fit).
     pub fn plugin_settings_json(&self) -> String {
-        format!(
-            "{{\"max_output\":{},\"max_output_limit\":{},\"max_concurrent\":{},\"max_frame\":{}}}",
-            self.agent.max_output,
-            self.agent.max_output_limit,
-            self.agent.max_concurrent,
-            self.server.max_frame
-        )
+        let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
+        basicagent_proto::builtins::PluginSettings {
+            max_output: self.agent.max_output,
+            max_output_limit: self.agent.max_output_limit,
+            max_concurrent: n(self.agent.max_concurrent),
+            max_frame: n(self.server.max_frame),
+        }
+        .to_json()
     }
 }
 

@@ -14,7 +14,7 @@ the configuration and changed plugins, SIGUSR1 reopens the log.";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    // Hidden: the helper process of an isolated plugin (host/src/isolate.rs).
+    // Hidden: the helper process of an isolated plugin (host/src/io/isolate.rs).
     if args.first().map(String::as_str) == Some("--plugin-host") {
         let method = args.get(1).cloned().unwrap_or_default();
         let config = (args.get(2).map(String::as_str) == Some("-c"))

@@ -672,12 +672,12 @@ impl ScheduleTable {
     /// schedule; files that do not parse are set aside (`.corrupt`,
     /// logged). Starts the writer thread, which wakes the loop through
     /// `waker` when a run's state is durable.
-    pub fn open(
+    pub fn open<W: crate::core::dispatch::Wake + 'static>(
         dir: PathBuf,
         limits: ScheduleLimits,
         host: &str,
         methods: &[String],
-        waker: Arc<mio::Waker>,
+        waker: Arc<W>,
     ) -> Result<ScheduleTable, DirError> {
         tasks::prepare_dir(&dir)?;
         let entries = fs::read_dir(&dir).map_err(|source| DirError::Io {

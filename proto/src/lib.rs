@@ -9,14 +9,20 @@
 //!
 //! Map: [`frame`] splits bytes into lines; [`incoming`] says what a line
 //! is; [`request`], [`response`], [`init`], [`task`] read and write each
-//! message; [`server_list`] parses redirect targets; [`retcode`] holds the
-//! result codes; [`schedule`], [`quarantine`] and [`audit`] hold the
-//! agent's `schedule.*` types, its quarantine entries and audit health.
+//! message; [`handshake`] is the server's side of init (accept, redirect
+//! or reject by policy); [`server_list`] parses redirect targets;
+//! [`retcode`] holds the result codes (the one table); [`builtins`] the
+//! agent's built-in methods as types (it re-exports serde_json's `Value`,
+//! `Map` and `RawValue`, handed over as parts of those types);
+//! [`schedule`], [`quarantine`] and [`audit`] hold the agent's
+//! `schedule.*` types, its quarantine entries and audit health.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod audit;
+pub mod builtins;
 pub mod envelope;
 pub mod frame;
+pub mod handshake;
 pub mod incoming;
 pub mod init;
 pub mod quarantine;
@@ -27,8 +33,13 @@ pub mod schedule;
 pub mod server_list;
 pub mod task;
 
+pub use builtins::{
+    AgentInfo, MarkerInfo, PluginSettings, Released, SyncBashPeek, TaskCancelling, TaskInfo,
+    TaskList, TaskMarker, TaskStarted,
+};
 pub use envelope::MessageError;
 pub use frame::{FrameDecoder, FrameError, FrameTooLong, DEFAULT_MAX_FRAME};
+pub use handshake::{answer_init, InitContext, InitPolicy, Verdict};
 pub use incoming::{Incoming, IncomingError, IncomingErrorKind};
 pub use init::{redirect_json, Init, InitReply};
 pub use request::{ping_json, Request, RequestError};

@@ -1,4 +1,9 @@
-//! Result codes (protocol §5). Values never change meaning.
+//! Result codes (protocol §5): the one table. Values never change meaning.
+//!
+//! `abi/src/retcode.rs` (the plugin ABI's Rust mirror) and the
+//! `BA_RETCODE_*` lines of `abi/include/basicagent_plugin.h` repeat it for
+//! plugins, which do not depend on this crate; `tests/retcode_table.rs`
+//! checks that the three agree (names, values, messages).
 
 /// A protocol result code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -29,6 +34,25 @@ impl Retcode {
         Retcode::PERMISSION_DENIED,
         Retcode::CANCELLED,
     ];
+
+    /// The code's name in the table (`"BUSY"` for 3026): the suffix of
+    /// its `BA_RETCODE_*` name in the C header and its constant's name in
+    /// the abi. `None` for a code this version does not know.
+    pub fn name(self) -> Option<&'static str> {
+        Some(match self.0 {
+            2 => "SUCCESS",
+            3020 => "INVALID_REQUEST",
+            3021 => "INVALID_PARAMS",
+            3022 => "UNKNOWN_METHOD",
+            3023 => "TIMEOUT",
+            3024 => "UNKNOWN_USER",
+            3025 => "PLUGIN_FAILURE",
+            3026 => "BUSY",
+            3027 => "PERMISSION_DENIED",
+            3028 => "CANCELLED",
+            _ => return None,
+        })
+    }
 
     /// The standard message of the protocol's table.
     pub fn message(self) -> &'static str {

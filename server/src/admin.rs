@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 
 use crate::call::{self, CallItem, CallSpec, Outcome};
 use crate::registry::CallEvent;
-use crate::serve::Shared;
+use crate::state::Shared;
 
 /// Longest request header line accepted on the admin socket.
 const MAX_HEADER: u64 = 1024 * 1024;

@@ -25,7 +25,7 @@ use serde_json::{json, Value};
 use crate::admin::task_json;
 use crate::call::{self, CallItem, CallSpec};
 use crate::registry::AgentInfo;
-use crate::serve::Shared;
+use crate::state::Shared;
 
 #[path = "api_schedules.rs"]
 mod schedules;

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 
 use crate::metrics::{method_label, Method, MethodRetcode};
 use crate::registry::{CallEvent, SendError};
-use crate::serve::Shared;
+use crate::state::Shared;
 use crate::storage::{now_millis, Op};
 
 /// Retcodes of lines the server writes for a host that did not answer.

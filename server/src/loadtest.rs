@@ -1,25 +1,31 @@
 //! `loadtest`: accept one agent, answer its init, send N requests over the one TLS connection with at most D in flight, report rate and latency as one JSON line.
 //!
 //! Key decision: the load tester must never be the bottleneck, so the
-//! steady state allocates nothing per request. A request is a template
+//! steady state does almost nothing per request. A request is a template
 //! (the `--json` object without its `{`) behind a numeric id; a batch of
-//! requests is built into one buffer and handed to rustls in one write;
-//! replies are read into one buffer and split into lines in place; a reply
-//! is decoded into borrowed fields only (`id`, `retcode`, `method`); the
-//! clock is read once per batch sent and once per batch received. One
+//! requests is built into one buffer and queued on the link as one; the
+//! link's frame decoder hands each reply line over (its one allocation
+//! per reply); a reply is decoded into borrowed fields only (`id`,
+//! `retcode`, `method`); the clock is read once per batch sent and once
+//! per batch received. One
 //! thread, one `mio::Poll`, the socket registered once (edge-triggered,
 //! readable and writable), reads drained to `WouldBlock`.
 //!
 //! The init reply and the answer to an agent's `ping` come from
-//! `basicagent-proto`; TLS setup is the server's own ([`crate::tls`]).
+//! `basicagent-proto`; TLS and framing are `basicagent-link`'s (one
+//! [`Link`] over the socket: ciphertext read here goes in, whole lines
+//! come out, batches go in and ciphertext comes out); TLS setup is the
+//! server's own ([`crate::tls`]).
 
 use std::borrow::Cow;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use basicagent_proto::{Init, InitReply, Response, Retcode};
+use basicagent_link::{Link, LinkError};
+use basicagent_proto::handshake::RejectCause;
+use basicagent_proto::{answer_init, InitContext, InitPolicy, Response, Retcode, Verdict};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use rustls::ServerConnection;
@@ -72,6 +78,8 @@ pub enum LoadError {
     },
     #[error("TLS: {0}")]
     Protocol(#[from] rustls::Error),
+    #[error("{0}")]
+    Link(#[from] LinkError),
     #[error("the agent's init was refused: {0}")]
     Init(String),
     #[error("a reply line is longer than {MAX_LINE} bytes")]
@@ -138,8 +146,7 @@ pub fn run(opts: &LoadOptions) -> Result<Report, LoadError> {
     let template = Template::new(&opts.request)?;
     let tls = server_config(&opts.cert, &opts.key, None)?;
     let deadline = Instant::now() + opts.timeout;
-    let mut link = Link::accept(opts.listen, tls, deadline)?;
-    link.handshake()?;
+    let mut link = Conn::accept(opts.listen, tls, deadline)?;
     link.init()?;
     let depth = opts.depth;
     if opts.warmup > 0 {
@@ -250,29 +257,28 @@ struct PhaseStats {
     errors: u64,
 }
 
-/// The one agent connection.
-struct Link {
+/// The one agent connection: the socket and its [`Link`].
+struct Conn {
     sock: TcpStream,
-    tls: ServerConnection,
+    link: Link<ServerConnection>,
     poll: Poll,
     events: Events,
-    /// Plaintext read from the agent; `rbuf[..rlen]` holds unprocessed bytes.
+    /// Ciphertext read from the socket, handed to the link.
     rbuf: Vec<u8>,
-    rlen: usize,
-    /// Plaintext frames to hand to rustls in one write.
+    /// Plaintext frames built for one batch, queued as one.
     out: Vec<u8>,
     deadline: Instant,
     /// Measured requests sent and answered so far (for the timeout message).
     progress: (u64, u64),
 }
 
-impl Link {
+impl Conn {
     /// Listens on `addr`, waits for one connection, stops listening.
     fn accept(
         addr: SocketAddr,
         tls: std::sync::Arc<rustls::ServerConfig>,
         deadline: Instant,
-    ) -> Result<Link, LoadError> {
+    ) -> Result<Conn, LoadError> {
         let io = |what| move |source| LoadError::Io { what, source };
         let mut listener =
             TcpListener::bind(addr).map_err(|source| LoadError::Listen { addr, source })?;
@@ -305,13 +311,12 @@ impl Link {
         let mut tls = ServerConnection::new(tls)?;
         // In-flight requests are bounded by --depth; let rustls take a whole batch.
         tls.set_buffer_limit(None);
-        Ok(Link {
+        Ok(Conn {
             sock,
-            tls,
+            link: Link::new(tls, MAX_LINE),
             poll,
             events,
             rbuf: vec![0; 256 * 1024],
-            rlen: 0,
             out: Vec::with_capacity(64 * 1024),
             deadline,
             progress: (0, 0),
@@ -328,42 +333,31 @@ impl Link {
         )
     }
 
-    /// Writes what rustls holds until done or `WouldBlock`.
+    /// Queues the batch built in `out` and writes until done or
+    /// `WouldBlock` (the rest goes after the next wait).
     fn flush(&mut self) -> Result<(), LoadError> {
         if !self.out.is_empty() {
-            self.tls
-                .writer()
-                .write_all(&self.out)
-                .map_err(|source| LoadError::Io {
-                    what: "queue for TLS",
-                    source,
-                })?;
-            self.out.clear();
+            // The batch goes to the link (freed once sent); the next one
+            // starts empty and grows to its size.
+            let batch = std::mem::take(&mut self.out);
+            self.link.queue_frame(batch).map_err(|e| LoadError::Io {
+                what: "queue for TLS",
+                source: io::Error::other(e.to_string()),
+            })?;
         }
-        while self.tls.wants_write() {
-            match self.tls.write_tls(&mut self.sock) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(source) => {
-                    return Err(LoadError::Io {
-                        what: "write",
-                        source,
-                    })
-                }
-            }
-        }
+        while self.link.poll_transmit(&mut self.sock)?.more {}
         Ok(())
     }
 
-    /// Reads the socket to `WouldBlock`, moving plaintext into `rbuf`.
-    /// Returns how many plaintext bytes arrived.
-    fn drain(&mut self) -> Result<usize, LoadError> {
-        let mut got = 0;
+    /// Reads the socket to `WouldBlock` through the link, calling
+    /// `on_line` on each complete line. Returns how many lines came.
+    fn drain(&mut self, mut on_line: impl FnMut(&[u8])) -> Result<usize, LoadError> {
+        let mut lines = 0;
         loop {
-            let read = match self.tls.read_tls(&mut self.sock) {
-                Ok(n) => Some(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+            let n = match self.sock.read(&mut self.rbuf) {
+                Ok(0) => return Err(LoadError::Closed("(end of stream)")),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(lines),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(source) => {
                     return Err(LoadError::Io {
@@ -372,102 +366,81 @@ impl Link {
                     })
                 }
             };
-            let state = match self.tls.process_new_packets() {
-                Ok(state) => state,
-                Err(e) => {
-                    // Send our alert, if any.
-                    let _ = self.flush();
-                    return Err(e.into());
-                }
-            };
-            let mut pending = state.plaintext_bytes_to_read();
-            let peer_closed = state.peer_has_closed();
-            while pending > 0 {
-                if self.rlen == self.rbuf.len() {
-                    if self.rbuf.len() > MAX_LINE {
-                        return Err(LoadError::LineTooLong);
+            let mut off = 0;
+            while off < n {
+                let taken = match self.link.handle_ciphertext(&self.rbuf[off..n]) {
+                    Ok(taken) => taken,
+                    Err(e) => {
+                        // Send our alert, if any.
+                        let _ = self.flush();
+                        return Err(e.into());
                     }
-                    self.rbuf.resize(self.rbuf.len() * 2, 0);
+                };
+                off += taken;
+                while let Some(frame) = self.link.next_frame() {
+                    let line = frame.map_err(|_| LoadError::LineTooLong)?;
+                    lines += 1;
+                    on_line(&line);
                 }
-                match self.tls.reader().read(&mut self.rbuf[self.rlen..]) {
-                    Ok(n) => {
-                        self.rlen += n;
-                        got += n;
-                        pending = pending.saturating_sub(n);
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(source) => {
-                        return Err(LoadError::Io {
-                            what: "read plaintext",
-                            source,
-                        })
-                    }
+                if self.link.peer_closed() {
+                    return Err(LoadError::Closed("(close_notify)"));
                 }
-            }
-            match read {
-                None => return Ok(got),
-                Some(0) => return Err(LoadError::Closed("(end of stream)")),
-                Some(_) if peer_closed => return Err(LoadError::Closed("(close_notify)")),
-                Some(_) => {}
+                if taken == 0 {
+                    // The link takes nothing more (cannot happen once
+                    // its frames are pulled); what is left is dropped.
+                    break;
+                }
             }
         }
     }
 
-    /// Calls `f` on each complete line in `rbuf`, then keeps the incomplete rest.
-    fn lines(&mut self, mut f: impl FnMut(&[u8])) {
-        let mut start = 0;
-        while let Some(n) = self.rbuf[start..self.rlen].iter().position(|&b| b == b'\n') {
-            let line = &self.rbuf[start..start + n];
-            if !line.iter().all(u8::is_ascii_whitespace) {
-                f(line);
-            }
-            start += n + 1;
-        }
-        if start > 0 {
-            self.rbuf.copy_within(start..self.rlen, 0);
-            self.rlen -= start;
-        }
-    }
-
-    fn handshake(&mut self) -> Result<(), LoadError> {
-        while self.tls.is_handshaking() {
-            self.flush()?;
-            self.wait("in the TLS handshake")?;
-            self.drain()?;
-        }
-        self.flush()
-    }
-
-    /// Waits for the agent's init and accepts it.
+    /// Completes the TLS handshake, waits for the agent's init and
+    /// accepts it ([`answer_init`] with the accept-all policy).
     fn init(&mut self) -> Result<(), LoadError> {
-        let mut init: Option<Result<Init, String>> = None;
+        let mut first: Option<Vec<u8>> = None;
         loop {
-            self.lines(|line| {
-                if init.is_none() {
-                    init = Some(Init::parse(line).map_err(|e| e.to_string()));
-                }
-            });
-            match init.take() {
-                Some(Ok(init)) => {
-                    log::info!(
-                        "loadtest: agent {} ({}) up with {} plugins",
-                        init.hostname,
-                        init.name,
-                        init.plugins.len()
-                    );
-                    InitReply::Accepted { heartbeat: None }.write_frame(&mut self.out);
-                    return self.flush();
-                }
-                Some(Err(e)) => {
-                    InitReply::rejected(Retcode::INVALID_REQUEST, format!("expected init: {e}"))
-                        .write_frame(&mut self.out);
-                    let _ = self.flush();
-                    return Err(LoadError::Init(e));
-                }
-                None => {}
+            self.flush()?;
+            if let Some(frame) = first.take() {
+                let ctx = InitContext {
+                    policy: &InitPolicy::Accept,
+                    own: &[],
+                    client_host: None,
+                    full: None,
+                    heartbeat: None,
+                };
+                let verdict = answer_init(Ok(&frame), &ctx);
+                self.out.extend_from_slice(&verdict.reply());
+                return match verdict {
+                    Verdict::Accept { init, .. } => {
+                        log::info!(
+                            "loadtest: agent {} ({}) up with {} plugins",
+                            init.hostname,
+                            init.name,
+                            init.plugins.len()
+                        );
+                        self.flush()
+                    }
+                    Verdict::Reject {
+                        cause: RejectCause::InvalidInit(e),
+                        ..
+                    } => {
+                        let _ = self.flush();
+                        Err(LoadError::Init(e))
+                    }
+                    other => Err(LoadError::Init(format!("unexpected answer {other:?}"))),
+                };
             }
-            self.wait("waiting for init")?;
-            self.drain()?;
+            let what = if self.link.is_handshaking() {
+                "in the TLS handshake"
+            } else {
+                "waiting for init"
+            };
+            self.wait(what)?;
+            self.drain(|line| {
+                if first.is_none() {
+                    first = Some(line.to_vec());
+                }
+            })?;
         }
     }
 
@@ -506,11 +479,10 @@ impl Link {
                 break;
             }
             self.wait("waiting for replies")?;
-            if self.drain()? == 0 {
-                continue;
-            }
-            let now = nanos_since(epoch);
-            self.lines(|line| {
+            // The clock is read once per batch received, at its first line.
+            let mut now = None;
+            self.drain(|line| {
+                let now = *now.get_or_insert_with(|| nanos_since(epoch));
                 let Ok(reply) = serde_json::from_slice::<Reply>(line) else {
                     log::warn!("loadtest: unreadable line from the agent");
                     errors += 1;
@@ -546,7 +518,7 @@ impl Link {
                 if reply.retcode != Some(u64::from(Retcode::SUCCESS.0)) {
                     errors += 1;
                 }
-            });
+            })?;
         }
         Ok(PhaseStats {
             elapsed: epoch.elapsed(),
@@ -556,7 +528,7 @@ impl Link {
 
     /// Says goodbye with close_notify and closes the socket.
     fn close(&mut self) {
-        self.tls.send_close_notify();
+        self.link.send_close_notify();
         let _ = self.flush();
         let _ = self.sock.shutdown(std::net::Shutdown::Both);
     }

@@ -22,10 +22,10 @@ mod identity;
 mod loadtest;
 mod metrics;
 mod node;
-mod policy;
 mod registry;
 mod serve;
 mod session;
+mod state;
 mod storage;
 mod tls;
 
@@ -33,13 +33,13 @@ use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use admin::AdminRequest;
+use basicagent_proto::handshake::{strict_list, InitPolicy};
 use basicagent_proto::DEFAULT_MAX_FRAME;
-use policy::{strict_list, InitPolicy};
-use serve::{ServeOptions, Settings};
+use serve::ServeOptions;
+use state::Settings;
 
 const DEFAULT_ADMIN: &str = "/run/basicagent-server.sock";
 const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
@@ -77,11 +77,6 @@ nothing listens there or --admin is given),
 call --timeout 130, send --timeout 2, --handshake-timeout 10, --max-frame 16777216;
 loadtest --json '{\"method\":\"getinfo.kernel\"}', --warmup 0, --timeout 120.
 Log level: RUST_LOG (default info).";
-
-/// Locks a mutex, taking the data even if another thread panicked with it.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();

@@ -29,7 +29,7 @@ use tokio::sync::mpsc;
 use crate::api::glob_match;
 use crate::call::ServerCode;
 use crate::registry::{CallEvent, SendError};
-use crate::serve::Shared;
+use crate::state::Shared;
 use crate::storage::now_millis;
 
 /// Sessions closed per second while draining.

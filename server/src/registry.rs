@@ -17,7 +17,7 @@ use basicagent_proto::Response;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use crate::lock;
+use crate::state::lock;
 
 /// How many frames may wait for one session before a sender is told it is busy.
 pub const OUTBOX_FRAMES: usize = 64;

@@ -24,12 +24,11 @@ use std::time::{Duration, Instant};
 use basicagent_store::{MemoryStore, Retention, SqliteStore, Store};
 use serde_json::json;
 use tokio::net::{TcpListener, UnixListener};
-use tokio_rustls::TlsAcceptor;
 
 use crate::events::EventLog;
 use crate::metrics::Metrics;
-use crate::policy::InitPolicy;
 use crate::registry::Registry;
+use crate::state::{Settings, Shared};
 use crate::storage::Storage;
 use crate::tls::{server_config, TlsSetupError};
 use crate::{admin, api, session};
@@ -114,38 +113,6 @@ pub struct ClusterOptions {
     pub node_name: String,
     /// `--peer-addr ADDR`: where other nodes redirect agents to this one.
     pub peer_addr: String,
-}
-
-/// What sessions need to know.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub listen: SocketAddr,
-    pub policy: InitPolicy,
-    pub heartbeat: Option<u64>,
-    pub auto_ack: bool,
-    pub handshake_timeout: Duration,
-    pub max_frame: usize,
-}
-
-/// State shared by all tasks.
-pub struct Shared {
-    pub registry: Registry,
-    pub events: EventLog,
-    pub settings: Settings,
-    pub tls: TlsAcceptor,
-    pub mtls: bool,
-    pub metrics: Arc<Metrics>,
-    pub storage: Storage,
-    /// Most agent sessions at once.
-    pub limit: usize,
-    /// Sessions counted against the limit.
-    pub active: AtomicUsize,
-    /// Over-limit sessions being refused.
-    pub refusing: AtomicUsize,
-    /// Most over-limit refusals at once.
-    pub refusing_max: usize,
-    /// Cluster mode: the NATS handle and this node's name.
-    pub cluster: Option<crate::node::ClusterMode>,
 }
 
 /// Why the server could not start or stopped abnormally.
@@ -401,7 +368,7 @@ async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         registry: Registry::default(),
         events,
         settings,
-        tls: TlsAcceptor::from(tls_config),
+        tls: tls_config,
         mtls: options.client_ca.is_some(),
         metrics: metrics.clone(),
         storage,

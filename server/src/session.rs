@@ -1,42 +1,47 @@
 //! One agent session as one tokio task: TLS handshake, init, then frames both ways, on one socket descriptor.
 //!
-//! The task owns the TLS stream; other tasks reach it only through its
-//! bounded [`Outgoing`] queue (see `registry`). Requests it sends are
-//! remembered here (request id → the caller's reply channel), so answers
-//! are routed without a global lock. Memory per idle session: the task's
-//! state, a read buffer of [`READ_MIN`] bytes (grown for bursts, given
-//! back when they end), rustls' own state and the queue.
+//! The task owns the socket and its [`Link`] (TLS, framing and the send
+//! queue, from `basicagent-link`: this file moves bytes between the
+//! socket and the link with tokio's `readable`/`try_read` and
+//! `writable`/`try_write`, and writes no TLS pump of its own); other
+//! tasks reach it only through its bounded [`Outgoing`] queue (see
+//! `registry`). Requests it sends are remembered here (request id → the
+//! caller's reply channel), so answers are routed without a global lock.
+//! Memory per idle session: the task's state, a ciphertext read buffer of
+//! [`READ_MIN`] bytes (grown for bursts, given back when they end),
+//! rustls' own state and the queue.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use basicagent_link::{Link, LinkError};
+use basicagent_proto::handshake::{RedirectCause, RejectCause};
 use basicagent_proto::{
-    redirect_json, FrameDecoder, FrameError, Incoming, Init, InitReply, Response, Retcode, TaskAck,
+    answer_init, FrameError, Incoming, Init, InitContext, InitReply, Response, Retcode, TaskAck,
+    Verdict,
 };
 use basicagent_store::{AgentRecord, TaskResult};
+use rustls::ServerConnection;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::timeout_at;
-use tokio_rustls::server::TlsStream;
 
 use crate::events::unix_now;
 use crate::identity::{peer_identity, PeerIdentity};
-use crate::policy::{Decision, InitPolicy};
 use crate::registry::{AgentInfo, CallEvent, Outgoing, Registered, OUTBOX_FRAMES};
-use crate::serve::Shared;
+use crate::state::Shared;
 use crate::storage::{now_millis, Op};
 
-/// Read buffer of an idle session.
+/// Ciphertext read buffer of an idle session.
 const READ_MIN: usize = 1024;
 /// Largest read buffer (a burst of frames); a longer line grows the frame decoder instead.
 const READ_MAX: usize = 64 * 1024;
-/// Output buffer kept between writes; a bigger one is given back after use.
-const OUT_KEEP: usize = 16 * 1024;
 /// Seconds of silence before TCP keepalive probes start (then 6 probes 10 s apart).
 const KEEPALIVE_IDLE_SECS: libc::c_int = 60;
 /// Requests remembered before answered-or-abandoned ones are swept.
@@ -97,35 +102,40 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, over_lim
         log::debug!("{peer}: TCP keepalive: {e}");
     }
     let deadline = tokio::time::Instant::now() + shared.settings.handshake_timeout;
-    let stream = match timeout_at(deadline, shared.tls.accept(tcp)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => return handshake_failed(&shared, peer, local, &format!("TLS: {e}")),
-        Err(_) => return handshake_failed(&shared, peer, local, "TLS handshake timed out"),
+    let conn = match ServerConnection::new(shared.tls.clone()) {
+        Ok(conn) => conn,
+        Err(e) => return handshake_failed(&shared, peer, local, &format!("TLS: {e}")),
     };
-    log::debug!("{peer}: TLS handshake done");
-    let identity = stream
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|chain| chain.first())
-        .map(peer_identity);
     let mut s = Session {
         shared: shared.clone(),
         id: 0,
         peer,
         local,
-        stream,
-        decoder: FrameDecoder::new(shared.settings.max_frame),
+        tcp,
+        link: Link::new(conn, shared.settings.max_frame),
+        ready: VecDeque::new(),
         buf: vec![0; READ_MIN],
         out: Vec::new(),
         host: None,
-        identity,
+        identity: None,
         pending: HashMap::new(),
         null_waiters: Vec::new(),
         closing: None,
         hold: None,
         since: 0,
     };
+    match timeout_at(deadline, s.handshake()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(reason)) => return handshake_failed(&shared, peer, local, &reason),
+        Err(_) => return handshake_failed(&shared, peer, local, "TLS handshake timed out"),
+    }
+    log::debug!("{peer}: TLS handshake done");
+    s.identity = s
+        .link
+        .conn()
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(peer_identity);
     let (tx, rx) = mpsc::channel(OUTBOX_FRAMES);
     if !over_limit {
         s.id = shared.registry.add_conn(tx);
@@ -183,9 +193,14 @@ struct Session {
     id: u64,
     peer: SocketAddr,
     local: SocketAddr,
-    stream: TlsStream<TcpStream>,
-    decoder: FrameDecoder,
+    tcp: TcpStream,
+    /// TLS, the frame decoder and the send queue.
+    link: Link<ServerConnection>,
+    /// Frames the link decoded, not yet handled (at most one read's worth).
+    ready: VecDeque<Result<Vec<u8>, FrameError>>,
+    /// Ciphertext read from the socket.
     buf: Vec<u8>,
+    /// Frames being gathered for one write, queued on the link as one.
     out: Vec<u8>,
     host: Option<String>,
     identity: Option<PeerIdentity>,
@@ -201,26 +216,105 @@ struct Session {
 }
 
 impl Session {
-    /// Reads into the buffer; `Ok(0)` at the peer's end. Resizes the buffer for bursts.
-    async fn read_some(&mut self) -> Result<usize, String> {
-        let n = self
-            .stream
-            .read(&mut self.buf)
-            .await
-            .map_err(|e| format!("read: {e}"))?;
-        self.after_read(n);
-        Ok(n)
+    /// Drives the TLS handshake to its end (the reason as
+    /// `handshake_failed` records it on failure). Frames that came with
+    /// the client's last flight wait in `ready`.
+    async fn handshake(&mut self) -> Result<(), String> {
+        while self.link.is_handshaking() {
+            self.flush().await.map_err(|e| format!("TLS: {e}"))?;
+            if !self.link.is_handshaking() {
+                break;
+            }
+            match self.read_some().await {
+                Ok(Got::Data) => {}
+                Ok(Got::Eof | Got::Closed) => return Err("TLS: tls handshake eof".into()),
+                Ok(Got::Nothing) => {}
+                Err(e) => return Err(e.reason("TLS")),
+            }
+        }
+        // TLS 1.3 session tickets follow the handshake.
+        self.flush().await.map_err(|e| format!("TLS: {e}"))
     }
 
-    fn after_read(&mut self, n: usize) {
-        self.decoder.push(&self.buf[..n]);
-        // A full read: more is waiting, read bigger next time. A read that
-        // did not fill the buffer drained the socket: back to idle size.
-        let len = self.buf.len();
-        if n == len && len < READ_MAX {
-            self.buf = vec![0; len.saturating_mul(2).min(READ_MAX)];
-        } else if n < len && len > READ_MIN {
-            self.buf = vec![0; READ_MIN];
+    /// Waits until the socket has something and reads it (see
+    /// [`Session::read_ready`]).
+    async fn read_some(&mut self) -> Result<Got, ReadError> {
+        loop {
+            self.tcp.readable().await.map_err(ReadError::Io)?;
+            match self.read_ready()? {
+                Got::Nothing => continue,
+                got => return Ok(got),
+            }
+        }
+    }
+
+    /// Non-blocking reads into the buffer, handed to the link; the frames
+    /// it decodes go to `ready`. A read that fills the buffer is followed
+    /// at once by another into a buffer twice the size (up to
+    /// [`READ_MAX`] bytes per call), as tokio-rustls read a whole record.
+    fn read_ready(&mut self) -> Result<Got, ReadError> {
+        let mut got = Got::Nothing;
+        let mut total = 0usize;
+        loop {
+            let n = match self.tcp.try_read(&mut self.buf) {
+                // The end after data: reported by the next call.
+                Ok(0) if matches!(got, Got::Nothing) => return Ok(Got::Eof),
+                Ok(0) => return Ok(got),
+                Ok(n) => n,
+                Err(e)
+                    if e.kind() == io::ErrorKind::WouldBlock
+                        || e.kind() == io::ErrorKind::Interrupted =>
+                {
+                    return Ok(got)
+                }
+                Err(e) => return Err(ReadError::Io(e)),
+            };
+            let mut off = 0;
+            while off < n {
+                let taken = match self.link.handle_ciphertext(&self.buf[off..n]) {
+                    Ok(taken) => taken,
+                    Err(e) => {
+                        // Tell the peer why (an alert), without waiting.
+                        let _ = self.link.poll_transmit(&mut TryWrite(&self.tcp));
+                        return Err(ReadError::Link(e));
+                    }
+                };
+                off += taken;
+                while let Some(frame) = self.link.next_frame() {
+                    self.ready.push_back(frame);
+                }
+                if taken == 0 {
+                    // close_notify: what follows it is not read.
+                    break;
+                }
+            }
+            // A full read: more is waiting, read bigger (now). A read that
+            // did not fill the buffer drained the socket: back to idle size.
+            let len = self.buf.len();
+            let full = n == len;
+            if full && len < READ_MAX {
+                self.buf = vec![0; len.saturating_mul(2).min(READ_MAX)];
+            } else if !full && len > READ_MIN {
+                self.buf = vec![0; READ_MIN];
+            }
+            if self.link.peer_closed() {
+                return Ok(Got::Closed);
+            }
+            got = Got::Data;
+            total = total.saturating_add(n);
+            // At most READ_MAX bytes per call: the frames read are served
+            // before more is read.
+            if !full || total >= READ_MAX {
+                return Ok(got);
+            }
+        }
+    }
+
+    /// Why the session ends at the end of the agent's byte stream.
+    fn eof_reason(&mut self) -> String {
+        match self.link.handle_eof() {
+            Ok(()) => "closed by peer".into(),
+            Err(e) => ReadError::Link(e).reason("read"),
         }
     }
 
@@ -231,13 +325,8 @@ impl Session {
         over_limit: bool,
     ) -> Result<(), String> {
         loop {
-            while let Some(item) = self.decoder.next_frame() {
-                match item {
-                    Ok(frame) => self.handle_init(&frame, over_limit),
-                    Err(FrameError::TooLong { limit }) => {
-                        self.refuse_init(&format!("init frame longer than {limit} bytes"))
-                    }
-                }
+            while let Some(item) = self.ready.pop_front() {
+                self.handle_init(item.as_deref(), over_limit);
                 self.flush().await?;
                 if let Some(reason) = &self.closing {
                     return Err(reason.clone());
@@ -247,9 +336,10 @@ impl Session {
                 }
             }
             match timeout_at(deadline, self.read_some()).await {
-                Ok(Ok(0)) => return Err("closed by peer".into()),
+                Ok(Ok(Got::Eof)) => return Err(self.eof_reason()),
+                Ok(Ok(Got::Closed)) if self.ready.is_empty() => return Err("closed by peer".into()),
                 Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(e),
+                Ok(Err(e)) => return Err(e.reason("read")),
                 Err(_) => {
                     return Err(format!(
                         "no init within {} s",
@@ -299,14 +389,22 @@ impl Session {
                         return e;
                     }
                 }
-                read = self.stream.read(&mut self.buf) => {
-                    match read {
-                        Ok(0) => return "closed by peer".into(),
-                        Ok(n) => self.after_read(n),
-                        Err(e) => return format!("read: {e}"),
+                readable = self.tcp.readable() => {
+                    if let Err(e) = readable {
+                        return format!("read: {e}");
                     }
+                    let closed = match self.read_ready() {
+                        Ok(Got::Nothing) => continue,
+                        Ok(Got::Data) => false,
+                        Ok(Got::Closed) => true,
+                        Ok(Got::Eof) => return self.eof_reason(),
+                        Err(e) => return e.reason("read"),
+                    };
                     if let Err(e) = self.handle_frames().await {
                         return e;
+                    }
+                    if closed {
+                        return "closed by peer".into();
                     }
                 }
             }
@@ -338,21 +436,38 @@ impl Session {
         }
     }
 
-    /// Writes what is queued.
+    /// Queues what was gathered on the link and writes until the link
+    /// has nothing left to send (waiting for the socket as needed).
     async fn flush(&mut self) -> Result<(), String> {
         if !self.out.is_empty() {
-            let r = self.stream.write_all(&self.out).await;
-            self.out.clear();
-            if self.out.capacity() > OUT_KEEP {
-                self.out = Vec::new();
-            }
-            r.map_err(|e| format!("write: {e}"))?;
+            // The buffer goes to the link and is freed once sent.
+            let out = std::mem::take(&mut self.out);
+            self.link
+                .queue_frame(out)
+                .map_err(|e| format!("write: {e}"))?;
         }
-        self.stream.flush().await.map_err(|e| format!("write: {e}"))
+        loop {
+            let t = match self.link.poll_transmit(&mut TryWrite(&self.tcp)) {
+                Ok(t) => t,
+                Err(LinkError::Write(e)) => return Err(format!("write: {e}")),
+                Err(e) => return Err(format!("write: {e}")),
+            };
+            if t.blocked {
+                self.tcp
+                    .writable()
+                    .await
+                    .map_err(|e| format!("write: {e}"))?;
+                continue;
+            }
+            let moved = t.plaintext > 0 || t.ciphertext > 0;
+            if !self.link.wants_write() || (!t.more && !moved) {
+                return Ok(());
+            }
+        }
     }
 
     async fn handle_frames(&mut self) -> Result<(), String> {
-        while let Some(item) = self.decoder.next_frame() {
+        while let Some(item) = self.ready.pop_front() {
             if self.closing.is_some() {
                 continue;
             }
@@ -375,80 +490,87 @@ impl Session {
         }
     }
 
-    fn refuse_init(&mut self, error: &str) {
-        log::warn!("{}: invalid init: {error}", self.peer);
-        self.shared.metrics.refuse("invalid_init");
-        self.shared.events.emit(
-            "init_invalid",
-            json!({"peer": self.peer, "listen": self.local, "error": error}),
-        );
-        self.line(
-            &InitReply::rejected(Retcode::INVALID_REQUEST, format!("expected init: {error}"))
-                .to_json(),
-        );
-        self.close("invalid init");
-    }
-
-    fn reject(&mut self, host: &str, retcode: Retcode, message: &str, reason: &str, event: &str) {
-        log::warn!("{}: host {host} refused ({reason}): {message}", self.peer);
-        self.shared.metrics.refuse(reason);
-        self.shared.events.emit(
-            event,
-            json!({"host": host, "peer": self.peer, "listen": self.local, "message": message}),
-        );
-        self.line(&InitReply::rejected(retcode, message).to_json());
-        self.close(reason);
-    }
-
-    fn handle_init(&mut self, frame: &[u8], over_limit: bool) {
-        let init = match Init::parse(frame) {
-            Ok(init) => init,
-            Err(e) => return self.refuse_init(&e.to_string()),
-        };
-        let host = init.hostname.clone();
+    /// Answers the first frame ([`answer_init`] decides) and does what
+    /// the answer means here: log, metrics, events, and the reply.
+    fn handle_init(&mut self, frame: Result<&[u8], &FrameError>, over_limit: bool) {
         let shared = self.shared.clone();
-        let (peer, listen) = (self.peer, self.local);
-        if shared.mtls {
-            let bound = self.identity.as_ref().and_then(|i| i.host.as_deref());
-            if bound != Some(host.as_str()) {
-                let message = format!(
-                    "the client certificate is for host id {}, not {host:?}",
-                    bound.map_or("(none)".to_owned(), |b| format!("{b:?}"))
-                );
-                return self.reject(
-                    &host,
-                    Retcode::PERMISSION_DENIED,
-                    &message,
-                    "identity",
-                    "identity_mismatch",
-                );
-            }
-        }
-        if over_limit {
-            return self.refuse_full(&host);
-        }
         let own = [shared.settings.listen, self.local];
-        match shared.settings.policy.decide(&host, &own) {
-            Decision::Redirect(list) => {
+        let verdict = {
+            let bound = self.identity.as_ref().and_then(|i| i.host.as_deref());
+            let ctx = InitContext {
+                policy: &shared.settings.policy,
+                own: &own,
+                client_host: shared.mtls.then_some(bound),
+                full: over_limit.then_some(shared.limit),
+                heartbeat: shared.settings.heartbeat,
+            };
+            answer_init(frame, &ctx)
+        };
+        let (peer, listen) = (self.peer, self.local);
+        match verdict {
+            Verdict::Reject {
+                cause: RejectCause::InvalidInit(ref error),
+                ..
+            } => {
+                log::warn!("{peer}: invalid init: {error}");
+                shared.metrics.refuse("invalid_init");
+                shared.events.emit(
+                    "init_invalid",
+                    json!({"peer": peer, "listen": listen, "error": error}),
+                );
+                self.reply(&verdict);
+                self.close("invalid init");
+            }
+            Verdict::Reject {
+                ref host,
+                ref message,
+                cause: RejectCause::Identity,
+                ..
+            } => self.reject(
+                &verdict,
+                host.as_deref().unwrap_or_default(),
+                message,
+                "identity",
+                "identity_mismatch",
+            ),
+            Verdict::Reject {
+                ref host,
+                ref message,
+                cause: RejectCause::Policy,
+                ..
+            } => self.reject(
+                &verdict,
+                host.as_deref().unwrap_or_default(),
+                message,
+                "policy",
+                "rejected",
+            ),
+            Verdict::Reject {
+                ref host,
+                cause: RejectCause::Full,
+                ..
+            } => self.refuse_full(&verdict, host.as_deref().unwrap_or_default(), None),
+            Verdict::Redirect {
+                ref host,
+                ref list,
+                cause: RedirectCause::Full,
+            } => self.refuse_full(&verdict, host, Some(list)),
+            Verdict::Redirect {
+                ref host,
+                ref list,
+                cause: RedirectCause::Policy,
+            } => {
                 log::info!("{peer}: host {host} redirected to {list}");
                 shared.metrics.refuse("policy");
                 shared.events.emit(
                     "redirect",
                     json!({"host": host, "peer": peer, "listen": listen, "server": list}),
                 );
-                self.line(&redirect_json(&list));
+                self.reply(&verdict);
                 self.close("redirected");
             }
-            Decision::Reject(message) => {
-                self.reject(
-                    &host,
-                    Retcode::PERMISSION_DENIED,
-                    &message,
-                    "policy",
-                    "rejected",
-                );
-            }
-            Decision::Accept => {
+            Verdict::Accept { init, .. } => {
+                let host = init.hostname.clone();
                 // Cluster mode: the host's owner over the live, non-draining
                 // nodes holds it; one hop, the agent's redirect limit is the
                 // loop guard.
@@ -465,33 +587,34 @@ impl Session {
                             json!({"host": host, "peer": peer, "listen": listen,
                                    "server": peer_addr, "owner": true}),
                         );
-                        self.line(&redirect_json(&peer_addr));
+                        self.reply(&Verdict::redirect(host, peer_addr));
                         self.close("redirected to owner");
                     }
-                    None => self.accept(init),
+                    None => self.accept(*init),
                 }
             }
         }
     }
 
+    /// Queues the reply frame of `verdict`.
+    fn reply(&mut self, verdict: &Verdict) {
+        self.out.extend_from_slice(&verdict.reply());
+    }
+
+    fn reject(&mut self, verdict: &Verdict, host: &str, message: &str, reason: &str, event: &str) {
+        log::warn!("{}: host {host} refused ({reason}): {message}", self.peer);
+        self.shared.metrics.refuse(reason);
+        self.shared.events.emit(
+            event,
+            json!({"host": host, "peer": self.peer, "listen": self.local, "message": message}),
+        );
+        self.reply(verdict);
+        self.close(reason);
+    }
+
     /// At the session limit: a redirect to the configured peers, else 3026 Busy.
-    fn refuse_full(&mut self, host: &str) {
+    fn refuse_full(&mut self, verdict: &Verdict, host: &str, peers: Option<&str>) {
         let limit = self.shared.limit;
-        let own = [self.shared.settings.listen, self.local];
-        let peers = match &self.shared.settings.policy {
-            InitPolicy::Redirect(list) => Some(list.clone()),
-            InitPolicy::Spread(entries) => {
-                let others: Vec<String> = entries
-                    .iter()
-                    .filter(
-                        |e| !matches!(e, basicagent_proto::ServerAddr::Ip(sa) if own.contains(sa)),
-                    )
-                    .map(ToString::to_string)
-                    .collect();
-                (!others.is_empty()).then(|| others.join(","))
-            }
-            _ => None,
-        };
         self.shared.metrics.refuse("limit");
         log::warn!(
             "{}: host {host} refused: session limit {limit} reached",
@@ -502,18 +625,7 @@ impl Session {
             json!({"host": host, "peer": self.peer, "listen": self.local,
                    "limit": limit, "redirect": peers}),
         );
-        match peers {
-            Some(list) => self.line(&redirect_json(&list)),
-            None => self.line(
-                &InitReply::rejected(
-                    Retcode::BUSY,
-                    format!(
-                        "server busy: it holds its limit of {limit} agent sessions; retry later"
-                    ),
-                )
-                .to_json(),
-            ),
-        }
+        self.reply(verdict);
         self.close("session limit");
     }
 
@@ -539,13 +651,15 @@ impl Session {
         };
         match shared.registry.register_agent(self.id, info, cert) {
             Registered::HeldByOtherCert => {
-                return self.reject(
-                    &host,
+                let message =
+                    format!("host id {host:?} is held by a session with another certificate");
+                let verdict = Verdict::reject(
+                    host.clone(),
                     Retcode::PERMISSION_DENIED,
-                    &format!("host id {host:?} is held by a session with another certificate"),
-                    "held",
-                    "identity_mismatch",
+                    message.clone(),
+                    RejectCause::Identity,
                 );
+                return self.reject(&verdict, &host, &message, "held", "identity_mismatch");
             }
             Registered::Replaced(old) => {
                 shared.events.emit(
@@ -707,17 +821,18 @@ impl Session {
     async fn finish(&mut self, reason: &str) {
         let _ = self.flush().await;
         if self.closing.is_some() {
-            let _ = self.stream.shutdown().await;
-            let until = Instant::now() + Duration::from_secs(1);
+            self.link.send_close_notify();
+            let _ = self.flush().await;
+            let _ = self.tcp.shutdown().await;
+            let until = tokio::time::Instant::from_std(Instant::now() + Duration::from_secs(1));
             let mut scratch = [0u8; 512];
-            while let Ok(Ok(n)) = tokio::time::timeout_at(
-                tokio::time::Instant::from_std(until),
-                self.stream.read(&mut scratch),
-            )
-            .await
-            {
-                if n == 0 {
-                    break;
+            // What the peer still sends is read and dropped until its end.
+            while let Ok(Ok(())) = tokio::time::timeout_at(until, self.tcp.readable()).await {
+                match self.tcp.try_read(&mut scratch) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => break,
                 }
             }
         }
@@ -752,5 +867,56 @@ impl Session {
             "disconnect",
             json!({"host": self.host, "peer": self.peer, "listen": self.local, "reason": reason}),
         );
+    }
+}
+
+/// What one read from the socket gave.
+enum Got {
+    /// Nothing yet (`WouldBlock`).
+    Nothing,
+    /// Ciphertext, handed to the link.
+    Data,
+    /// The agent's `close_notify` (after any frames before it).
+    Closed,
+    /// The end of the byte stream.
+    Eof,
+}
+
+/// A read that failed: the socket's error or the link's.
+enum ReadError {
+    Io(io::Error),
+    Link(LinkError),
+}
+
+impl ReadError {
+    /// `"{prefix}: {what}"`, in the words the session used before the
+    /// link (rustls' message for a TLS error).
+    fn reason(&self, prefix: &str) -> String {
+        match self {
+            ReadError::Io(e) => format!("{prefix}: {e}"),
+            ReadError::Link(LinkError::Tls(e)) => format!("{prefix}: {e}"),
+            ReadError::Link(LinkError::Ciphertext(e) | LinkError::Plaintext(e)) => {
+                format!("{prefix}: {e}")
+            }
+            ReadError::Link(e) => format!("{prefix}: {e}"),
+        }
+    }
+}
+
+/// The socket as an [`io::Write`] that never waits: `try_write`, so a
+/// full socket is `WouldBlock` (the link reports it as blocked).
+struct TryWrite<'a>(&'a TcpStream);
+
+impl io::Write for TryWrite<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.try_write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.0.try_write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }

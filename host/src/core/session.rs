@@ -1,9 +1,10 @@
 //! The connection lifecycle as a sans-IO state machine: resolve → connect
 //! address i → TLS → init → (redirect → connect …) → ready → backoff.
 //!
-//! It owns no socket and no clock. The reactor feeds it events
-//! (`handle_*`, each taking `now`), then drains [`Session::poll_action`]
-//! until it returns `None`, and sleeps until [`Session::poll_timeout`].
+//! It owns no socket and no clock. The core ([`crate::core::Core`]) feeds
+//! it events (`handle_*`, each taking `now`), then drains
+//! [`Session::poll_action`] until it returns `None`; its
+//! [`Session::poll_timeout`] is part of the core's.
 //! Call order per turn: any number of `handle_*` → `poll_action` until
 //! `None` → `poll_timeout`. Tests drive whole reconnect stories this way
 //! in virtual time.
@@ -37,7 +38,8 @@ pub struct SessionConfig {
     pub seed: u64,
 }
 
-/// What the reactor must do.
+/// What the core must do (carried out at once: TLS and frames on its
+/// link, requests to the dispatcher, the rest as `core::Action`s).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Resolve `name` (hosts file, then DNS); answer with
@@ -183,7 +185,7 @@ impl Session {
         self.init = init;
     }
 
-    /// The next thing the reactor must do.
+    /// The next thing the core must do.
     pub fn poll_action(&mut self) -> Option<Action> {
         let action = self.actions.pop_front();
         if let Some(Action::Send(frame)) = &action {
@@ -193,7 +195,7 @@ impl Session {
     }
 
     /// Bytes in `Send` actions not yet taken by [`Session::poll_action`]
-    /// (the reactor counts them as queued).
+    /// (counted as queued).
     pub fn unsent_bytes(&self) -> usize {
         self.unsent
     }
@@ -300,13 +302,27 @@ impl Session {
         }
     }
 
-    /// Plaintext bytes from the server.
+    /// Plaintext bytes from the server (tests; the core hands whole
+    /// frames from its link to [`Session::handle_frame`]).
     pub fn handle_data(&mut self, now: Instant, bytes: &[u8]) {
+        self.handle_received(now);
+        self.decoder.push(bytes);
+        while let Some(frame) = self.decoder.next_frame() {
+            self.handle_frame(now, frame);
+        }
+    }
+
+    /// Bytes came from the server (a frame or a part of one): the silence
+    /// clock restarts.
+    pub fn handle_received(&mut self, now: Instant) {
         if let State::Ready { last_rx, .. } = &mut self.state {
             *last_rx = now;
         }
-        self.decoder.push(bytes);
-        while let Some(frame) = self.decoder.next_frame() {
+    }
+
+    /// One frame from the server, or the error of one that was too long.
+    pub fn handle_frame(&mut self, now: Instant, frame: Result<Vec<u8>, FrameError>) {
+        {
             match self.state {
                 State::AwaitingInit { addr, .. } => self.handle_init_reply(now, addr, frame),
                 State::Ready { .. } => match frame {
@@ -426,9 +442,7 @@ impl Session {
                     self.handle_transport_failed(now, "heartbeat lost");
                 } else if now >= after(last_rx.max(last_tx), self.heartbeat) {
                     self.ping_seq += 1;
-                    let frame =
-                        format!("{{\"id\":\"hb-{}\",\"method\":\"ping\"}}\n", self.ping_seq);
-                    self.push_send(frame.into_bytes());
+                    self.push_send(basicagent_proto::builtins::heartbeat_ping(self.ping_seq));
                     self.state = State::Ready {
                         addr,
                         last_rx,

@@ -1,28 +1,14 @@
-//! Asynchronous tasks and their durable outbox in `state_dir/tasks`.
+//! The task files in `state_dir/tasks`: the start-up scan of what an
+//! earlier run left ([`open`]), durable results ([`write_result`]: temp
+//! file, fsync, rename, fsync of the directory), and a helper thread
+//! ([`TaskFiles`]) that carries out the table's [`TaskFileOp`]s in order
+//! and reads stored results back in bounded batches, so the loop never
+//! waits for a disk.
 //!
-//! A task's result is written to `ID.done` (temp file, fsync, rename, fsync
-//! of the directory) by the thread that completes it, **before** the loop
-//! pushes it as `task.done`; it stays until the server's `task.ack`, and is
-//! pushed again after every init, whichever server that is. A running task
-//! leaves an `ID.running` marker: one found without a result at start-up
-//! means the agent died under it, and becomes a failed result. Files that
-//! do not parse are moved aside (`.corrupt`) with a log line, never a crash.
-//!
-//! Key design decisions:
-//! * Start-up is best effort: a result that cannot be written (a full
-//!   disk) is kept in memory and delivered from there, its marker kept so
-//!   that a later start tries again; only a directory that cannot be made
-//!   or is unsafe stops the agent.
-//! * Every frame kept fits `max_frame` by construction ([`done_frame`]); a
-//!   result file from an older version that does not is replaced by a
-//!   `3025` result saying so.
-//! * A result pushed [`REJECTED_AFTER_PUSHES`] times without a `task.ack`
-//!   counts as rejected by the server: when the outbox is full, rejected
-//!   results are dropped (oldest first, with a logged count) before a new
-//!   task is refused, so one poisonous result cannot block `async.bash`.
-//! * The directory is forced to `0700` and must belong to the agent's
-//!   uid; files are created `0600` whatever the umask, never through a
-//!   symlink.
+//! Files that do not parse are moved aside (`.corrupt`) with a log line,
+//! never a crash. The directory is forced to `0700` and must belong to
+//! the agent's uid; files are created `0600` whatever the umask, never
+//! through a symlink.
 
 use std::collections::HashMap;
 use std::fs;
@@ -30,111 +16,33 @@ use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::mpsc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use basicagent_proto::{FrameTooLong, Response, Retcode, TaskDone};
-use serde_json::{json, Value};
+use basicagent_proto::{MarkerInfo, Retcode, TaskDone};
 
-fn parse_frame(bytes: &[u8]) -> Option<TaskDone> {
-    TaskDone::parse(bytes.trim_ascii_end()).ok()
-}
+use crate::core::tasks::{
+    done_frame, too_long_frame, valid_task_id, OutboxBatch, Recovered, TaskFileOp, TaskLimits,
+    TaskStore,
+};
 
-/// Bounds of the outbox (config keys `max_tasks`, `max_outbox_bytes`,
-/// `task_retention`).
-#[derive(Debug, Clone, Copy)]
-pub struct TaskLimits {
-    pub max_tasks: usize,
-    pub max_bytes: u64,
-    pub retention: Duration,
-    /// `server.max_frame`: every frame kept and pushed fits it.
-    pub max_frame: usize,
-}
-
-/// Pushes (after an init, or live when the task ended) without an ack after
-/// which a result counts as rejected by the server and may be dropped when
-/// the outbox is full.
-pub const REJECTED_AFTER_PUSHES: u32 = 3;
-
-#[derive(Debug)]
-enum TaskState {
-    Running {
-        call: u64,
-        started: Instant,
-        started_unix: u64,
-        cmd: String,
-        cancelling: bool,
-    },
-    Done {
-        seq: u64,
-        bytes: u64,
-        finished_unix: u64,
-        retcode: u32,
-        /// Times pushed without an ack (this run only).
-        pushes: u32,
-        /// The frame, when it could not be stored on disk.
-        memory: Option<Vec<u8>>,
-    },
-}
-
-/// Why a new task cannot be taken.
-#[derive(Debug, thiserror::Error)]
-pub enum AdmitError {
-    #[error("Busy: {0} tasks kept (max_tasks); acknowledge results or retry later")]
-    TooMany(usize),
-    #[error("Busy: {0} bytes of unacknowledged results (max_outbox_bytes)")]
-    TooBig(u64),
-}
-
-/// The tasks this agent knows: running ones and unacknowledged results.
-pub struct TaskStore {
-    dir: PathBuf,
-    limits: TaskLimits,
-    tasks: HashMap<String, TaskState>,
-    seq: u64,
-    /// Results of scheduled runs (task id → schedule id): bounded per
-    /// schedule by [`crate::schedule`], not counted against `max_tasks`
-    /// and `max_outbox_bytes`, so they never block `async.bash`.
-    scheduled: HashMap<String, String>,
-}
-
+/// The wall clock in Unix seconds (0 before 1970).
 pub fn unix_now() -> u64 {
+    unix_ms()
+        .checked_div(1000)
+        .map_or(0, |s| u64::try_from(s).unwrap_or(u64::MAX))
+}
+
+/// The wall clock in Unix milliseconds (0 before 1970).
+pub fn unix_ms() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
+        .map(|d| d.as_millis())
         .unwrap_or(0)
 }
 
-/// A task id: a random version-4 UUID (unique across restarts and hosts).
-pub fn new_task_id() -> String {
-    let mut b = [0u8; 16];
-    // SAFETY: getrandom writes at most `b.len()` bytes into `b`.
-    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
-    if n != b.len() as isize {
-        // Practically unreachable; fall back to time and pid, still unique
-        // enough for one host's task ids.
-        let t = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        b.copy_from_slice(&(t ^ (u128::from(std::process::id()) << 96)).to_le_bytes());
-    }
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
-}
-
-/// A task id as the server may send it: only what [`new_task_id`] makes
-/// (hex and dashes), so that it can never name another file.
-pub fn valid_task_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 64 && id.bytes().all(|c| c.is_ascii_hexdigit() || c == b'-')
+fn parse_frame(bytes: &[u8]) -> Option<TaskDone> {
+    TaskDone::parse(bytes.trim_ascii_end()).ok()
 }
 
 fn sync_dir(dir: &Path) {
@@ -164,68 +72,6 @@ pub fn write_result(dir: &Path, id: &str, frame: &[u8]) -> io::Result<()> {
     sync_dir(dir);
     let _ = fs::remove_file(dir.join(format!("{id}.running")));
     Ok(())
-}
-
-/// The `task.done` frame for a completion (`data` invalid JSON becomes a
-/// `3025` result, like any plugin answer), at most `max_frame` bytes
-/// before its `\n`: a result that does not fit becomes a `3025` result
-/// saying so.
-pub fn done_frame(
-    id: &str,
-    retcode: u32,
-    message: &str,
-    data: Option<String>,
-    max_frame: usize,
-) -> Vec<u8> {
-    done_frame_run(id, retcode, message, data, max_frame, None)
-}
-
-/// [`done_frame`] for a run of a schedule (`schedule`, `scheduled_at` and
-/// `run` fields when `run` is set).
-pub fn done_frame_run(
-    id: &str,
-    retcode: u32,
-    message: &str,
-    data: Option<String>,
-    max_frame: usize,
-    run: Option<basicagent_proto::ScheduleRun>,
-) -> Vec<u8> {
-    let response = Response::from_plugin_owned(None, retcode, message.to_owned(), data);
-    // Moved, not cloned: `data` may be a command's whole output.
-    let done = TaskDone {
-        task: id.to_owned(),
-        retcode: response.retcode,
-        message: response.message,
-        data: response.data,
-        run: run.clone(),
-    };
-    let mut frame = Vec::new();
-    match done.write_frame_limited(&mut frame, max_frame) {
-        Ok(()) => frame,
-        Err(FrameTooLong { limit }) => {
-            log::warn!("task {id}: result larger than the frame limit ({limit} bytes); stored as a 3025 failure");
-            let mut frame = too_long_frame(id, limit);
-            if run.is_some() {
-                if let Some(d) = parse_frame(&frame) {
-                    frame.clear();
-                    d.with_run(run).write_frame(&mut frame);
-                }
-            }
-            frame
-        }
-    }
-}
-
-/// The `3025` result that replaces one larger than the frame limit.
-fn too_long_frame(id: &str, limit: usize) -> Vec<u8> {
-    let response = Response::failed(
-        None,
-        Retcode::PLUGIN_FAILURE,
-        format!("Plugin failure: the result is larger than the frame limit of {limit} bytes (server.max_frame); it was not kept"),
-    );
-    let mut frame = Vec::new();
-    TaskDone::new(id, &response).write_frame(&mut frame);
-    frame
 }
 
 /// The effective uid (file ownership checks).
@@ -300,26 +146,22 @@ pub fn prepare_dir(dir: &Path) -> Result<(), DirError> {
     Ok(())
 }
 
-impl TaskStore {
-    /// Opens (creating, see [`prepare_dir`]) the outbox and recovers what a
-    /// previous run left: results are kept, torn or corrupt files set
-    /// aside, and tasks that were running when the agent died become failed
-    /// results — in memory if they cannot be written (logged, the marker
-    /// kept). Only an unusable directory is an error.
-    pub fn open(dir: PathBuf, limits: TaskLimits) -> Result<TaskStore, DirError> {
+/// Opens (creating, see [`prepare_dir`]) the outbox and recovers what a
+/// previous run left: results are kept, torn or corrupt files set
+/// aside, and tasks that were running when the agent died become failed
+/// results — in memory if they cannot be written (logged, the marker
+/// kept). Only an unusable directory is an error. Runs at start-up,
+/// before the loop.
+pub fn open(dir: &Path, limits: TaskLimits) -> Result<TaskStore, DirError> {
+    let dir = dir.to_owned();
+    {
         prepare_dir(&dir)?;
         let read_err = |source| DirError::Io {
             path: dir.clone(),
             source,
         };
         let entries = fs::read_dir(&dir).map_err(read_err)?;
-        let mut store = TaskStore {
-            dir,
-            limits,
-            tasks: HashMap::new(),
-            seq: 0,
-            scheduled: HashMap::new(),
-        };
+        let mut schedules: HashMap<String, String> = HashMap::new();
         let mut done: Vec<(SystemTime, String, u64, Option<Vec<u8>>)> = Vec::new();
         let mut running: Vec<String> = Vec::new();
         for entry in entries.flatten() {
@@ -333,7 +175,7 @@ impl TaskStore {
                 let meta = entry.metadata();
                 let too_long = meta
                     .as_ref()
-                    .is_ok_and(|m| m.len() > store.limits.max_frame as u64 + 1);
+                    .is_ok_and(|m| m.len() > limits.max_frame as u64 + 1);
                 let mut schedule = None;
                 let valid = valid_task_id(id)
                     && (too_long
@@ -345,7 +187,7 @@ impl TaskStore {
                                 })
                         }));
                 if let (true, Some(s)) = (valid, schedule) {
-                    store.scheduled.insert(id.to_owned(), s);
+                    schedules.insert(id.to_owned(), s);
                 }
                 if valid && too_long {
                     // From before frames were bounded: it would never be
@@ -353,8 +195,8 @@ impl TaskStore {
                     log::error!(
                         "outbox: the result of task {id} is larger than the frame limit; replaced by a 3025 failure"
                     );
-                    let frame = too_long_frame(id, store.limits.max_frame);
-                    let memory = match write_result(&store.dir, id, &frame) {
+                    let frame = too_long_frame(id, limits.max_frame);
+                    let memory = match write_result(&dir, id, &frame) {
                         Ok(()) => None,
                         Err(e) => {
                             log::error!("outbox: cannot rewrite the result of task {id}: {e}; delivering the failure from memory");
@@ -380,28 +222,24 @@ impl TaskStore {
             }
         }
         for id in running {
-            let marker = store.dir.join(format!("{id}.running"));
+            let marker = dir.join(format!("{id}.running"));
             if !valid_task_id(&id) || done.iter().any(|(_, d, _, _)| *d == id) {
                 let _ = fs::remove_file(&marker);
                 continue;
             }
-            let info: Value = fs::read(&marker)
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok())
-                .unwrap_or(Value::Null);
-            let data =
-                json!({"task": id, "cmd": info["cmd"], "started": info["started"]}).to_string();
+            let bytes = fs::read(&marker).unwrap_or_default();
+            let data = MarkerInfo::read(&bytes, &id).to_json();
             let frame = done_frame(
                 &id,
                 Retcode::PLUGIN_FAILURE.0,
                 "Plugin failure: the agent stopped while the task was running (killed or crashed); its outcome is unknown",
                 Some(data),
-                store.limits.max_frame,
+                limits.max_frame,
             );
             log::warn!("task {id} was running when the agent stopped; reported as failed");
             // Best effort: a full disk must not keep the agent from
             // starting. The marker stays, so a later start writes it.
-            let memory = match write_result(&store.dir, &id, &frame) {
+            let memory = match write_result(&dir, &id, &frame) {
                 Ok(()) => None,
                 Err(e) => {
                     log::error!(
@@ -413,358 +251,290 @@ impl TaskStore {
             done.push((SystemTime::now(), id, frame.len() as u64, memory));
         }
         done.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
-        for (mtime, id, bytes, memory) in done {
-            store.seq += 1;
-            let finished_unix = mtime
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            let retcode = match &memory {
-                Some(frame) => parse_frame(frame).map(|d| d.retcode.0),
-                None => store.read_result(&id).map(|d| d.retcode.0),
-            }
-            .unwrap_or(0);
-            store.tasks.insert(
-                id,
-                TaskState::Done {
-                    seq: store.seq,
-                    bytes,
+        let recovered = done
+            .into_iter()
+            .map(|(mtime, id, bytes, memory)| {
+                let finished_unix = mtime
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let retcode = match &memory {
+                    Some(frame) => parse_frame(frame),
+                    None => fs::read(dir.join(format!("{id}.done")))
+                        .ok()
+                        .and_then(|b| parse_frame(&b)),
+                }
+                .map_or(0, |d| d.retcode.0);
+                Recovered {
+                    schedule: schedules.remove(&id),
+                    id,
                     finished_unix,
+                    bytes,
                     retcode,
-                    pushes: 0,
                     memory,
-                },
-            );
+                }
+            })
+            .collect();
+        Ok(TaskStore::restored(limits, recovered))
+    }
+}
+
+/// The `ID.done` of a stored result, if it fits the frame bound (a file
+/// larger than `max_frame` is never read whole).
+pub fn read_result(dir: &Path, id: &str, max_frame: usize) -> Option<Vec<u8>> {
+    let path = dir.join(format!("{id}.done"));
+    let read = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .and_then(|f| {
+            let len = f.metadata()?.len();
+            if len > max_frame as u64 + 1 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{len} bytes, over the frame limit"),
+                ));
+            }
+            let mut bytes = Vec::with_capacity(len as usize);
+            io::Read::read_to_end(&mut io::Read::take(f, max_frame as u64 + 1), &mut bytes)?;
+            Ok(bytes)
+        });
+    match read {
+        Ok(bytes) => Some(bytes),
+        Err(e) => {
+            log::error!("outbox: cannot read the result of task {id}: {e}");
+            None
         }
-        if !store.tasks.is_empty() {
-            log::info!(
-                "outbox: {} unacknowledged result(s) to deliver",
-                store.tasks.len()
-            );
+    }
+}
+
+fn write_marker(dir: &Path, id: &str, text: &str) {
+    let written = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(dir.join(format!("{id}.running")))
+        .and_then(|mut f| f.write_all(text.as_bytes()));
+    if let Err(e) = written {
+        log::warn!("outbox: cannot write the running marker of task {id}: {e}");
+    }
+}
+
+/// What the task files answer to the loop.
+#[derive(Debug)]
+pub enum Answer {
+    /// Results read back for a [`TaskFileOp::Load`].
+    Batch(OutboxBatch),
+    /// One result read back for a [`TaskFileOp::Read`].
+    Read { ctx: u64, frame: Option<Vec<u8>> },
+}
+
+/// Carries out one operation; reads answer with what they read.
+pub fn apply(dir: &Path, max_frame: usize, op: TaskFileOp) -> Option<Answer> {
+    match op {
+        TaskFileOp::Marker { id, text } => {
+            write_marker(dir, &id, &text);
+            None
         }
-        Ok(store)
+        TaskFileOp::Remove { id, marker } => {
+            let _ = fs::remove_file(dir.join(format!("{id}.done")));
+            if marker {
+                let _ = fs::remove_file(dir.join(format!("{id}.running")));
+            }
+            None
+        }
+        TaskFileOp::Load { generation, ids } => {
+            let frames = ids
+                .into_iter()
+                .map(|id| {
+                    let frame = read_result(dir, &id, max_frame);
+                    (id, frame)
+                })
+                .collect();
+            Some(Answer::Batch(OutboxBatch { generation, frames }))
+        }
+        TaskFileOp::Read { ctx, id } => Some(Answer::Read {
+            ctx,
+            frame: read_result(dir, &id, max_frame),
+        }),
+    }
+}
+
+/// A job for the task-file thread.
+pub enum Job {
+    Op(TaskFileOp),
+    /// Store a finished task's result durably, then hand it to `then`
+    /// (with `stored` set to whether the write succeeded).
+    Store(
+        crate::core::dispatch::Finished,
+        Box<dyn FnOnce(crate::core::dispatch::Finished) + Send>,
+    ),
+}
+
+/// The task-file helper thread: jobs run in the order they were sent.
+pub struct TaskFiles {
+    jobs: mpsc::Sender<Job>,
+    dir: PathBuf,
+}
+
+impl TaskFiles {
+    /// Starts the thread; `answer` gets what reads read (on that thread).
+    pub fn spawn(
+        dir: PathBuf,
+        max_frame: usize,
+        answer: impl Fn(Answer) + Send + 'static,
+    ) -> io::Result<TaskFiles> {
+        let (jobs, rx) = mpsc::channel::<Job>();
+        let theirs = dir.clone();
+        std::thread::Builder::new()
+            .name("task-files".into())
+            .spawn(move || {
+                for job in rx {
+                    match job {
+                        Job::Op(op) => {
+                            if let Some(a) = apply(&theirs, max_frame, op) {
+                                answer(a);
+                            }
+                        }
+                        Job::Store(f, then) => then(store(&theirs, f)),
+                    }
+                }
+            })?;
+        Ok(TaskFiles { jobs, dir })
+    }
+
+    /// Queues a job (dropped with a log line if the thread is gone).
+    pub fn send(&self, job: Job) {
+        if self.jobs.send(job).is_err() {
+            log::error!("the task-file thread is gone; task file work dropped");
+        }
     }
 
     /// The outbox directory.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+}
 
-    /// Bytes of unacknowledged results, scheduled runs' excluded.
-    fn outbox_bytes(&self) -> u64 {
-        self.tasks
-            .iter()
-            .filter(|(id, _)| !self.scheduled.contains_key(*id))
-            .map(|(_, t)| {
-                if let TaskState::Done { bytes, .. } = t {
-                    *bytes
-                } else {
-                    0
-                }
-            })
-            .sum()
-    }
-
-    /// Makes room for one more task: drops results older than the
-    /// retention, then results the server rejected (pushed
-    /// [`REJECTED_AFTER_PUSHES`] times without an ack), oldest first, both
-    /// logged; refuses when still full (never drops a result the server
-    /// may not have seen).
-    pub fn admit(&mut self, now_unix: u64) -> Result<(), AdmitError> {
-        let full = |s: &TaskStore| {
-            s.tasks.len().saturating_sub(s.scheduled.len()) >= s.limits.max_tasks
-                || s.outbox_bytes() >= s.limits.max_bytes
-        };
-        if full(self) {
-            let cutoff = now_unix.saturating_sub(self.limits.retention.as_secs());
-            let mut expired: Vec<(u64, String)> = self
-                .tasks
-                .iter()
-                .filter_map(|(id, t)| match t {
-                    TaskState::Done {
-                        seq, finished_unix, ..
-                    } if *finished_unix < cutoff => Some((*seq, id.clone())),
-                    _ => None,
-                })
-                .collect();
-            expired.sort();
-            for (_, id) in expired {
-                if !full(self) {
-                    break;
-                }
-                log::warn!(
-                    "outbox full: dropping result of task {id}, unacknowledged past the retention"
+/// Writes a finished task's result (`f.frame`) durably and records whether
+/// that worked in `f.task.stored`.
+pub fn store(
+    dir: &Path,
+    mut f: crate::core::dispatch::Finished,
+) -> crate::core::dispatch::Finished {
+    if let Some(t) = f.task.as_mut() {
+        t.stored = match write_result(dir, &t.id, &f.frame) {
+            Ok(()) => true,
+            Err(e) => {
+                log::error!(
+                    "task {}: cannot write the result durably: {e}; kept in memory and delivered",
+                    t.id
                 );
-                self.remove(&id);
+                false
             }
-        }
-        if full(self) {
-            let mut rejected: Vec<(u64, String)> = self
-                .tasks
-                .iter()
-                .filter_map(|(id, t)| match t {
-                    TaskState::Done { seq, pushes, .. } if *pushes >= REJECTED_AFTER_PUSHES => {
-                        Some((*seq, id.clone()))
-                    }
-                    _ => None,
-                })
-                .collect();
-            rejected.sort();
-            let mut dropped = 0usize;
-            for (_, id) in rejected {
-                if !full(self) {
-                    break;
-                }
-                log::warn!("outbox full: dropping result of task {id}, pushed {REJECTED_AFTER_PUSHES} times without an ack (rejected by the server?)");
-                self.remove(&id);
-                dropped += 1;
-            }
-            if dropped > 0 {
-                log::warn!("outbox full: dropped {dropped} rejected result(s) to make room");
-            }
-        }
-        let counted = self.tasks.len().saturating_sub(self.scheduled.len());
-        if counted >= self.limits.max_tasks {
-            return Err(AdmitError::TooMany(counted));
-        }
-        let bytes = self.outbox_bytes();
-        if bytes >= self.limits.max_bytes {
-            return Err(AdmitError::TooBig(bytes));
-        }
-        Ok(())
+        };
     }
-
-    /// Registers a started task and leaves its running marker (`0600`
-    /// whatever the umask: it holds the command line).
-    pub fn start(&mut self, id: &str, call: u64, cmd: &str, now: Instant) {
-        let started_unix = unix_now();
-        let marker = json!({"task": id, "cmd": cmd, "started": started_unix}).to_string();
-        // No fsync: a lost marker only loses the "died while running"
-        // report, never a result.
-        let written = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(self.dir.join(format!("{id}.running")))
-            .and_then(|mut f| f.write_all(marker.as_bytes()));
-        if let Err(e) = written {
-            log::warn!("outbox: cannot write the running marker of task {id}: {e}");
-        }
-        self.tasks.insert(
-            id.to_owned(),
-            TaskState::Running {
-                call,
-                started: now,
-                started_unix,
-                cmd: cmd.to_owned(),
-                cancelling: false,
-            },
-        );
-    }
-
-    /// A task ended; its result was written by the completing thread
-    /// (`stored`), or could not be and is kept in memory (its marker then
-    /// stays, so a restart still reports the task).
-    pub fn finished(&mut self, id: &str, frame: &[u8], retcode: u32, stored: bool) {
-        self.seq += 1;
-        if stored {
-            let _ = fs::remove_file(self.dir.join(format!("{id}.running")));
-        }
-        self.tasks.insert(
-            id.to_owned(),
-            TaskState::Done {
-                seq: self.seq,
-                bytes: frame.len() as u64,
-                finished_unix: unix_now(),
-                retcode,
-                pushes: 0,
-                memory: (!stored).then(|| frame.to_vec()),
-            },
-        );
-    }
-
-    /// A result was pushed to the server (live, as the task ended).
-    pub fn pushed(&mut self, id: &str) {
-        if let Some(TaskState::Done { pushes, .. }) = self.tasks.get_mut(id) {
-            *pushes = pushes.saturating_add(1);
-        }
-    }
-
-    /// One unacknowledged result's frame, if the task is done.
-    pub fn frame(&self, id: &str) -> Option<Vec<u8>> {
-        match self.tasks.get(id)? {
-            TaskState::Done {
-                memory: Some(frame),
-                ..
-            } => Some(frame.clone()),
-            TaskState::Done { .. } => match fs::read(self.dir.join(format!("{id}.done"))) {
-                Ok(frame) => Some(frame),
-                Err(e) => {
-                    log::error!("outbox: cannot read the result of task {id}: {e}");
-                    None
-                }
-            },
-            TaskState::Running { .. } => None,
-        }
-    }
-
-    /// The server acknowledged a result: delete it. False if unknown.
-    pub fn ack(&mut self, id: &str) -> bool {
-        match self.tasks.get(id) {
-            Some(TaskState::Done { .. }) => {
-                self.remove(id);
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// Marks task `id` as a run of `schedule` (see [`TaskStore::scheduled`]).
-    pub fn mark_scheduled(&mut self, id: &str, schedule: &str) {
-        self.scheduled.insert(id.to_owned(), schedule.to_owned());
-    }
-
-    /// Unacknowledged results of scheduled runs, oldest first, as
-    /// `(schedule, task)`.
-    pub fn scheduled_results(&self) -> Vec<(String, String)> {
-        self.outbox_ids()
-            .into_iter()
-            .filter_map(|id| Some((self.scheduled.get(&id)?.clone(), id)))
-            .collect()
-    }
-
-    fn remove(&mut self, id: &str) {
-        self.scheduled.remove(id);
-        if let Some(TaskState::Done { memory, .. }) = self.tasks.remove(id) {
-            let _ = fs::remove_file(self.dir.join(format!("{id}.done")));
-            if memory.is_some() {
-                // Never stored: the marker was kept for the next start.
-                let _ = fs::remove_file(self.dir.join(format!("{id}.running")));
-            }
-        }
-    }
-
-    /// The plugin call of a running task.
-    pub fn running_call(&self, id: &str) -> Option<u64> {
-        match self.tasks.get(id) {
-            Some(TaskState::Running { call, .. }) => Some(*call),
-            _ => None,
-        }
-    }
-
-    /// Marks a running task as being cancelled. False if not running.
-    pub fn mark_cancelling(&mut self, id: &str) -> bool {
-        match self.tasks.get_mut(id) {
-            Some(TaskState::Running { cancelling, .. }) => {
-                *cancelling = true;
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// Whether the id is known at all.
-    pub fn contains(&self, id: &str) -> bool {
-        self.tasks.contains_key(id)
-    }
-
-    fn read_result(&self, id: &str) -> Option<TaskDone> {
-        if let Some(TaskState::Done {
-            memory: Some(frame),
-            ..
-        }) = self.tasks.get(id)
-        {
-            return parse_frame(frame);
-        }
-        let bytes = fs::read(self.dir.join(format!("{id}.done"))).ok()?;
-        parse_frame(&bytes)
-    }
-
-    /// The ids of every unacknowledged result, oldest first.
-    pub fn outbox_ids(&self) -> Vec<String> {
-        let mut done: Vec<(u64, &String)> = self
-            .tasks
-            .iter()
-            .filter_map(|(id, t)| match t {
-                TaskState::Done { seq, .. } => Some((*seq, id)),
-                _ => None,
-            })
-            .collect();
-        done.sort();
-        done.into_iter().map(|(_, id)| id.clone()).collect()
-    }
-
-    /// Every unacknowledged result, oldest first, as frames to push; each
-    /// counts as one push.
-    pub fn outbox_frames(&mut self) -> Vec<Vec<u8>> {
-        let ids = self.outbox_ids();
-        ids.into_iter()
-            .filter_map(|id| {
-                let frame = self.frame(&id)?;
-                self.pushed(&id);
-                Some(frame)
-            })
-            .collect()
-    }
-
-    fn describe(&self, id: &str, now: Instant, with_result: bool) -> Option<Value> {
-        Some(match self.tasks.get(id)? {
-            TaskState::Running {
-                started,
-                started_unix,
-                cmd,
-                cancelling,
-                ..
-            } => json!({
-                "task": id,
-                "state": if *cancelling { "cancelling" } else { "running" },
-                "cmd": cmd,
-                "started": started_unix,
-                "elapsed_ms": now.saturating_duration_since(*started).as_millis() as u64,
-            }),
-            TaskState::Done {
-                finished_unix,
-                retcode,
-                ..
-            } => {
-                let state = if *retcode == Retcode::CANCELLED.0 {
-                    "cancelled"
-                } else {
-                    "done"
-                };
-                let mut v = json!({"task": id, "state": state, "retcode": retcode, "finished": finished_unix});
-                if with_result {
-                    if let Some(d) = self.read_result(id) {
-                        v["result"] =
-                            serde_json::from_str(&d.to_response().to_json()).unwrap_or(Value::Null);
-                    }
-                }
-                v
-            }
-        })
-    }
-
-    /// `task.status` data, or `None` for an unknown task.
-    pub fn status(&self, id: &str, now: Instant) -> Option<Value> {
-        self.describe(id, now, true)
-    }
-
-    /// `task.list` data.
-    pub fn list(&self, now: Instant) -> Value {
-        let mut ids: Vec<&String> = self.tasks.keys().collect();
-        ids.sort();
-        let tasks: Vec<Value> = ids
-            .into_iter()
-            .filter_map(|id| self.describe(id, now, false))
-            .collect();
-        json!({"count": tasks.len(), "tasks": tasks, "outbox_bytes": self.outbox_bytes()})
-    }
+    f
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::tasks::{done_frame_run, new_task_id, AdmitError};
+    use std::collections::VecDeque;
+    use std::time::{Duration, Instant};
+
+    /// The table with its files, the ops applied at once (as the
+    /// task-file thread would, in order).
+    struct TaskStore {
+        table: crate::core::tasks::TaskStore,
+        dir: PathBuf,
+    }
+
+    impl TaskStore {
+        fn open(dir: PathBuf, limits: TaskLimits) -> Result<TaskStore, DirError> {
+            Ok(TaskStore {
+                table: super::open(&dir, limits)?,
+                dir,
+            })
+        }
+        fn dir(&self) -> &Path {
+            &self.dir
+        }
+        fn sync(&mut self) {
+            for op in self.table.take_ops() {
+                apply(&self.dir, self.table.limits().max_frame, op);
+            }
+        }
+        fn start(&mut self, id: &str, call: u64, cmd: &str, now: Instant) {
+            self.table.set_clock(unix_now());
+            self.table.start(id, call, cmd, now);
+            self.sync();
+        }
+        fn finished(&mut self, id: &str, frame: &[u8], retcode: u32, stored: bool) {
+            self.table.set_clock(unix_now());
+            self.table.finished(id, frame, retcode, stored);
+            self.sync();
+        }
+        fn admit(&mut self, now_unix: u64) -> Result<(), AdmitError> {
+            let r = self.table.admit(now_unix);
+            self.sync();
+            r
+        }
+        fn ack(&mut self, id: &str) -> bool {
+            let r = self.table.ack(id);
+            self.sync();
+            r
+        }
+        fn pushed(&mut self, id: &str) {
+            self.table.pushed(id);
+        }
+        fn contains(&self, id: &str) -> bool {
+            self.table.contains(id)
+        }
+        fn mark_scheduled(&mut self, id: &str, schedule: &str) {
+            self.table.mark_scheduled(id, schedule);
+        }
+        fn scheduled_results(&self) -> Vec<(String, String)> {
+            self.table.scheduled_results()
+        }
+        /// Every unacknowledged result, oldest first, read back in batches
+        /// as after an init; each counts as one push.
+        fn outbox_frames(&mut self) -> Vec<Vec<u8>> {
+            self.sync();
+            let mut ids: VecDeque<String> = self.table.outbox_ids().into();
+            let mut frames = Vec::new();
+            while let Some(id) = ids.front().cloned() {
+                if let Some(f) = self.table.memory_frame(&id) {
+                    ids.pop_front();
+                    self.table.pushed(&id);
+                    frames.push(f);
+                    continue;
+                }
+                if !self.table.is_done(&id) {
+                    ids.pop_front();
+                    continue;
+                }
+                for id in self.table.next_batch(&mut ids) {
+                    let max = self.table.limits().max_frame;
+                    if let Some(f) = read_result(&self.dir, &id, max) {
+                        self.table.pushed(&id);
+                        frames.push(f);
+                    }
+                }
+            }
+            frames
+        }
+        fn status(&self, id: &str, now: Instant) -> Option<basicagent_proto::builtins::Value> {
+            let stored = self
+                .table
+                .memory_frame(id)
+                .or_else(|| read_result(&self.dir, id, self.table.limits().max_frame));
+            let info = self.table.status(id, now, stored.as_deref())?;
+            Some(basicagent_proto::builtins::to_value(&info))
+        }
+    }
 
     fn limits() -> TaskLimits {
         TaskLimits {

@@ -40,6 +40,12 @@ fn lock(p: &Pending) -> std::sync::MutexGuard<'_, HashMap<u64, Completer>> {
     p.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+impl crate::core::dispatch::Isolated for Helper {
+    fn call(&mut self, request: &[u8], done: Completer, now: Instant) -> u64 {
+        Helper::call(self, request, done, now)
+    }
+}
+
 /// One isolated plugin, seen from the daemon.
 pub struct Helper {
     method: String,

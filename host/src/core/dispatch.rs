@@ -2,36 +2,72 @@
 //! starts plugin calls, and collects their completions from any thread.
 //!
 //! Every request gets exactly one answer: an immediate one (built-ins,
-//! errors, plugins that complete inside `call`) returned by
-//! [`Dispatcher::dispatch`], or a later one from
-//! [`Dispatcher::poll_finished`] after the plugin completes on its own
-//! thread and wakes the loop through the `mio::Waker`. No lock is held
-//! on the loop's side; completions cross in an mpsc channel.
+//! errors) returned by [`Dispatcher::dispatch`], or a later one that the
+//! plugin's completion hands to the [`Sink`] (the io side: a channel and
+//! the loop's waker) and the core gets back as a [`Mail`]; the core then
+//! calls [`Dispatcher::complete`]. The dispatcher holds no waker, no
+//! channel and touches no file: the task files follow the task table
+//! through the sink ([`Sink::persist`]).
 //!
 //! `async.bash` runs through the same `sync.bash` plugin; its result is
-//! written to the durable outbox ([`crate::tasks`]) by the completing
-//! thread before the loop pushes it as `task.done`.
+//! written to the durable outbox off the loop ([`Sink::task_finished`])
+//! before the loop pushes it as `task.done`.
 //!
 //! Every frame this module builds fits `server.max_frame` by construction:
 //! an answer that would not is replaced by a `3025` failure saying so
 //! (serialisation stops at the limit, so the oversized text is never held
-//! whole). While the reactor reports its send queue congested, new
+//! whole). While the core reports its send queue congested, new
 //! requests (except `ping`) are answered `3026 Busy` without running.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 use basicagent_abi::{Completion, Plugin, PluginRegistry};
+use basicagent_proto::builtins::{self, RawValue};
+use basicagent_proto::{AgentInfo, Released, SyncBashPeek, TaskCancelling, TaskStarted};
 use basicagent_proto::{Incoming, Response, Retcode, DEFAULT_MAX_FRAME};
-use serde_json::value::RawValue;
-use serde_json::Value;
 
+use crate::core::tasks::{self, OutboxBatch, TaskFileOp, TaskStore};
 use crate::schedule::{Fire, ScheduleTable};
-use crate::tasks::{self, TaskStore};
+
+/// Where the plugins' completions go and what the task files must do:
+/// implemented by the io side (a channel plus the loop's waker, the
+/// task-file thread), and by tests.
+pub trait Sink: Send + Sync {
+    /// Hands a finished call to the loop; any thread.
+    fn finished(&self, f: Finished);
+    /// Stores a finished task's result (`f.frame`) durably, off the loop
+    /// thread, then hands it to the loop with `stored` set.
+    fn task_finished(&self, f: Finished);
+    /// Task file work, carried out in the order given (off the loop).
+    fn persist(&self, op: TaskFileOp);
+    /// The next thing handed to the loop, if any (loop thread only).
+    fn try_next(&self) -> Option<Mail>;
+    /// The wall clock in Unix milliseconds (task timestamps, schedule
+    /// slots): the core reads no clock itself.
+    fn unix_ms(&self) -> u128;
+}
+
+/// How another thread wakes the loop (the io side's `mio::Waker`), for
+/// the parts of the core that keep a thread of their own (the schedule
+/// writer).
+pub trait Wake: Send + Sync {
+    fn wake(&self) -> std::io::Result<()>;
+}
+
+/// What reaches the loop from other threads.
+#[derive(Debug)]
+pub enum Mail {
+    /// A plugin call (or a task) finished.
+    Finished(Finished),
+    /// Stored results read back ([`TaskFileOp::Load`]).
+    Batch(OutboxBatch),
+    /// A stored result read back for `task.status` ([`TaskFileOp::Read`]).
+    Read { ctx: u64, frame: Option<Vec<u8>> },
+}
 
 /// A completed plugin call, ready to send.
 #[derive(Debug)]
@@ -62,7 +98,7 @@ pub struct Backlog {
     queued: AtomicUsize,
     /// Bytes of frames in the completion channel.
     channel: AtomicUsize,
-    /// The bound (the reactor's answer bound); 0: none yet.
+    /// The bound (the core's answer bound); 0: none yet.
     bound: AtomicUsize,
     /// Answers replaced by a `3026` so far (logged at 1, 2, 4, 8 …).
     dropped: AtomicU64,
@@ -114,6 +150,13 @@ struct InFlight {
     method: String,
 }
 
+/// A `task.status` of a done task, waiting for its stored result.
+struct StatusWait {
+    generation: u64,
+    id: Option<Box<RawValue>>,
+    task: String,
+}
+
 /// The request router of the daemon.
 pub struct Dispatcher {
     registry: PluginRegistry,
@@ -122,10 +165,12 @@ pub struct Dispatcher {
     cache: HashMap<String, Arc<Plugin>>,
     in_flight: HashMap<u64, InFlight>,
     max_concurrent: usize,
-    tx: mpsc::Sender<Finished>,
-    rx: mpsc::Receiver<Finished>,
-    waker: Arc<mio::Waker>,
+    sink: Arc<dyn Sink>,
+    /// The loop's thread: a completion on it came inside `call`.
     loop_thread: ThreadId,
+    /// `task.status` requests waiting for their stored result.
+    reading: HashMap<u64, StatusWait>,
+    next_read: u64,
     facts: AgentFacts,
     served: u64,
     tasks: TaskStore,
@@ -141,11 +186,19 @@ pub struct Dispatcher {
     guard: Guard,
 }
 
+/// A plugin that runs elsewhere: the io side's helper process
+/// (`io::isolate::Helper`, `[plugins] isolate`).
+pub trait Isolated: Send {
+    /// Sends a request; `done` runs once, on any thread. Returns the id
+    /// of the call.
+    fn call(&mut self, request: &[u8], done: basicagent_abi::host::Completer, now: Instant) -> u64;
+}
+
 /// Deadlines of the plugin calls in flight, the plugins quarantined, and
 /// the isolated ones.
 pub struct Guard {
-    /// Method → its helper process (`[plugins] isolate`).
-    pub isolated: HashMap<String, crate::isolate::Helper>,
+    /// Method → where its plugin runs (`[plugins] isolate`).
+    pub isolated: HashMap<String, Box<dyn Isolated>>,
     /// The loop's latest `now` (for strikes counted outside a dispatch).
     pub clock: Instant,
     pub limits: crate::quarantine::Limits,
@@ -158,21 +211,20 @@ impl Dispatcher {
     pub fn new(
         registry: PluginRegistry,
         max_concurrent: usize,
-        waker: Arc<mio::Waker>,
+        sink: Arc<dyn Sink>,
         facts: AgentFacts,
         tasks: TaskStore,
     ) -> Self {
-        let (tx, rx) = mpsc::channel();
         let started = facts.started;
         Dispatcher {
             registry,
             cache: HashMap::new(),
             in_flight: HashMap::new(),
             max_concurrent: max_concurrent.max(1),
-            tx,
-            rx,
-            waker,
+            sink,
             loop_thread: std::thread::current().id(),
+            reading: HashMap::new(),
+            next_read: 0,
             facts,
             served: 0,
             tasks,
@@ -226,7 +278,7 @@ impl Dispatcher {
         self.backlog.note_dropped(held);
     }
 
-    /// The reactor's answer bound and its queued bytes, for the completers
+    /// The core's answer bound and its queued bytes, for the completers
     /// (see [`Backlog`]).
     pub fn publish_queue(&self, queued: usize, bound: usize) {
         self.backlog.queued.store(queued, Ordering::Relaxed);
@@ -239,7 +291,7 @@ impl Dispatcher {
     }
 
     /// While `Some(reason)`, new requests other than `ping` are answered
-    /// `3026 Busy: REASON` at once (the reactor's send queue is full).
+    /// `3026 Busy: REASON` at once (the core's send queue is full).
     pub fn set_congested(&mut self, reason: Option<String>) {
         self.congested = reason;
     }
@@ -258,8 +310,9 @@ impl Dispatcher {
     }
 
     /// Handles one frame from the server. Returns the answer if it is
-    /// known at once; otherwise it arrives through [`Self::poll_finished`].
+    /// known at once; otherwise it comes back as a [`Mail::Finished`].
     pub fn dispatch(&mut self, generation: u64, frame: &[u8], now: Instant) -> Option<Vec<u8>> {
+        self.unix_now();
         let request = match Incoming::classify(frame) {
             Ok(Incoming::Request(r)) => r,
             Ok(Incoming::Response(r)) => {
@@ -275,6 +328,7 @@ impl Dispatcher {
                 } else {
                     log::warn!("task.ack for unknown or unfinished task {:?}", ack.task);
                 }
+                self.flush_task_ops();
                 return None;
             }
             Ok(Incoming::TaskDone(done)) => {
@@ -309,6 +363,7 @@ impl Dispatcher {
             }
             "async.bash" => {
                 let r = self.start_task(id, frame, now);
+                self.flush_task_ops();
                 return Some(self.frame_of(&r));
             }
             "task.list" => {
@@ -398,7 +453,7 @@ impl Dispatcher {
         id: Option<Box<RawValue>>,
         respond: impl FnOnce(Option<Box<RawValue>>, Completion) -> Response + Send + 'static,
     ) -> basicagent_abi::host::Completer {
-        let (tx, waker, loop_thread) = (self.tx.clone(), Arc::clone(&self.waker), self.loop_thread);
+        let sink = Arc::clone(&self.sink);
         let max_frame = self.max_frame;
         let backlog = Arc::clone(&self.backlog);
         Box::new(move |c: Completion| {
@@ -420,7 +475,7 @@ impl Dispatcher {
             };
             let out = bounded_frame(&response, max_frame);
             backlog.channel.fetch_add(out.len(), Ordering::Relaxed);
-            let _ = tx.send(Finished {
+            sink.finished(Finished {
                 generation: Some(generation),
                 call,
                 frame: out,
@@ -428,19 +483,45 @@ impl Dispatcher {
                 task: None,
                 panicked,
             });
-            // The loop drains completions right after each dispatch: only a
-            // completion from another thread needs a wake-up.
-            if std::thread::current().id() != loop_thread {
-                if let Err(e) = waker.wake() {
-                    log::error!("cannot wake the loop: {e}");
-                }
-            }
         })
     }
 
-    /// The next completed call, if any.
-    pub fn poll_finished(&mut self) -> Option<Finished> {
-        let done = self.rx.try_recv().ok()?;
+    /// The next thing handed to the loop, if any (see [`Sink::try_next`]).
+    pub fn try_next(&self) -> Option<Mail> {
+        self.sink.try_next()
+    }
+
+    /// The wall clock in Unix seconds (from the sink); the task table's
+    /// timestamps follow it.
+    fn unix_now(&mut self) -> u64 {
+        let unix = u64::try_from(self.sink.unix_ms() / 1000).unwrap_or(u64::MAX);
+        self.tasks.set_clock(unix);
+        unix
+    }
+
+    /// Queues a task's running marker to the task files now, before the
+    /// call that may complete it ([`TaskStore::marker`]).
+    fn queue_marker(&mut self, task: &str, cmd: &str) {
+        self.tasks.marker(task, cmd);
+        self.flush_task_ops();
+    }
+
+    /// Hands the table's file work to the io side, in order.
+    fn flush_task_ops(&mut self) {
+        for op in self.tasks.take_ops() {
+            self.sink.persist(op);
+        }
+    }
+
+    /// The task table (the outbox replay reads it).
+    pub fn tasks(&self) -> &TaskStore {
+        &self.tasks
+    }
+
+    /// Books a completed call (in flight, watchdog, strikes, the task
+    /// table, queued schedule runs) and returns it for delivery.
+    pub fn complete(&mut self, done: Finished, now: Instant) -> Finished {
+        self.unix_now();
         if done.generation.is_some() {
             let _ = self
                 .backlog
@@ -466,11 +547,12 @@ impl Dispatcher {
                     self.tasks.ack(&old);
                 }
                 if let Some(fire) = queued {
-                    self.launch(fire, Instant::now());
+                    self.launch(fire, now);
                 }
             }
         }
-        Some(done)
+        self.flush_task_ops();
+        done
     }
 
     /// Unacknowledged task results to push after an init, oldest first.
@@ -478,12 +560,20 @@ impl Dispatcher {
         self.tasks.outbox_ids()
     }
 
-    /// One unacknowledged result to push now (counted as a push), if the
-    /// task is still unacknowledged.
-    pub fn push_task(&mut self, id: &str) -> Option<Vec<u8>> {
-        let frame = self.tasks.frame(id)?;
+    /// A result read back (or kept in memory) is pushed: whether the task
+    /// is still unacknowledged (counted as a push), else it is not sent.
+    pub fn push_task(&mut self, id: &str) -> bool {
+        if !self.tasks.is_done(id) {
+            return false;
+        }
         self.tasks.pushed(id);
-        Some(frame)
+        true
+    }
+
+    /// Asks the io side to read stored results back for the connection
+    /// `generation` (answered by a [`Mail::Batch`]).
+    pub fn load_outbox(&self, generation: u64, ids: Vec<String>) {
+        self.sink.persist(TaskFileOp::Load { generation, ids });
     }
 
     /// A result sent live, as its task ended (counted as a push).
@@ -496,7 +586,8 @@ impl Dispatcher {
     /// once (bad params, unknown user, busy) is answered with that refusal
     /// and creates no task.
     fn start_task(&mut self, id: Option<Box<RawValue>>, frame: &[u8], now: Instant) -> Response {
-        if let Err(e) = self.tasks.admit(tasks::unix_now()) {
+        let unix = self.unix_now();
+        if let Err(e) = self.tasks.admit(unix) {
             log::warn!("async.bash refused: {e}");
             return Response::failed(id, Retcode::BUSY, e.to_string());
         }
@@ -519,20 +610,15 @@ impl Dispatcher {
             Err(busy) => return Response::failed(id, Retcode::BUSY, busy),
         };
         let task = tasks::new_task_id();
-        let cmd = serde_json::from_slice::<Value>(frame)
-            .ok()
-            .and_then(|v| v.get("cmd").and_then(Value::as_str).map(str::to_owned))
-            .unwrap_or_default();
+        let cmd = builtins::async_bash_cmd(frame).unwrap_or_default();
         // A completion inside `call` (on this thread) is an immediate
         // refusal: it answers the request itself.
         let immediate: Arc<Mutex<Option<Completion>>> = Arc::default();
-        let (tx, waker, loop_thread) = (self.tx.clone(), Arc::clone(&self.waker), self.loop_thread);
-        let (slot, dir, task_id, max_frame) = (
-            Arc::clone(&immediate),
-            self.tasks.dir().to_owned(),
-            task.clone(),
-            self.max_frame,
-        );
+        let (sink, loop_thread) = (Arc::clone(&self.sink), self.loop_thread);
+        let (slot, task_id, max_frame) = (Arc::clone(&immediate), task.clone(), self.max_frame);
+        // The marker goes to the task files before the call, so that the
+        // result (written after it, in order) always finds it.
+        self.queue_marker(&task, &cmd);
         let _noted = crate::crashmark::Guard::enter(&plugin);
         // The line is written when the task ends (a completion on the loop
         // thread is a refusal inside `call`: nothing ran, no line).
@@ -551,22 +637,27 @@ impl Dispatcher {
                     return;
                 }
                 let frame = tasks::done_frame(&task_id, c.retcode, &c.message, c.data, max_frame);
-                let stored = match tasks::write_result(&dir, &task_id, &frame) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        log::error!("task {task_id}: cannot write the result durably: {e}; kept in memory and delivered");
-                        false
-                    }
+                let task = TaskEnd {
+                    id: task_id,
+                    retcode: c.retcode,
+                    stored: false,
+                    schedule: None,
                 };
-                let task = TaskEnd { id: task_id, retcode: c.retcode, stored, schedule: None };
-                let _ = tx.send(Finished { generation: None, call: c.call, frame, id: None, task: Some(task), panicked: false });
-                if let Err(e) = waker.wake() {
-                    log::error!("cannot wake the loop: {e}");
-                }
+                sink.task_finished(Finished {
+                    generation: None,
+                    call: c.call,
+                    frame,
+                    id: None,
+                    task: Some(task),
+                    panicked: false,
+                });
             })),
         );
         let refused = immediate.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(c) = refused {
+            // Nothing ran: no task, no marker.
+            self.tasks.cancel_marker(&task);
+            self.flush_task_ops();
             return Response::from_plugin(id, c.retcode, &c.message, c.data.as_deref());
         }
         self.tasks.start(&task, call, &cmd, now);
@@ -581,7 +672,7 @@ impl Dispatcher {
         // debug only; info shows a digest to match against the server's.
         log::info!("task {task} started (command sha256 {})", digest12(&cmd));
         log::debug!("task {task} command: {cmd}");
-        Response::new(id, Retcode::SUCCESS).with_data(&serde_json::json!({ "task": task }))
+        Response::new(id, Retcode::SUCCESS).with_data(&TaskStarted { task })
     }
 
     /// `schedule.*` requests (parameters at the top level of the request).
@@ -592,7 +683,7 @@ impl Dispatcher {
         frame: &[u8],
         now: Instant,
     ) -> Response {
-        let wall = unix_now_i64();
+        let wall = i64::try_from(self.unix_now()).unwrap_or(i64::MAX);
         let methods = if method == "schedule.add" {
             self.plugin_methods()
         } else {
@@ -629,14 +720,15 @@ impl Dispatcher {
             let _ = table.take_ready();
             return None;
         }
-        let wall_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
+        let wall_ms = self.sink.unix_ms();
+        self.tasks
+            .set_clock(u64::try_from(wall_ms / 1000).unwrap_or(u64::MAX));
         let wall = i64::try_from(wall_ms / 1000).unwrap_or(i64::MAX);
         let wake = table.tick(wall);
         for fire in table.take_ready() {
             self.launch(fire, now);
         }
+        self.flush_task_ops();
         let max = crate::schedule::MAX_WAIT;
         Some(match wake {
             Some(at) => {
@@ -672,10 +764,7 @@ impl Dispatcher {
             run: fire.run,
         };
         let sink = RunSink {
-            tx: self.tx.clone(),
-            waker: Arc::clone(&self.waker),
-            loop_thread: self.loop_thread,
-            dir: self.tasks.dir().to_owned(),
+            sink: Arc::clone(&self.sink),
             task: task.clone(),
             max_frame: self.max_frame,
             run,
@@ -699,6 +788,8 @@ impl Dispatcher {
                     fire.schedule,
                     fire.run
                 );
+                // The marker first: the result, written after it, removes it.
+                self.queue_marker(&task, &fire.method);
                 sink.complete(refused(e.retcode(), e.to_string()));
                 self.note_scheduled_start(&fire, &task, None, now);
                 return;
@@ -714,11 +805,16 @@ impl Dispatcher {
                 fire.schedule,
                 fire.run
             );
+            self.queue_marker(&task, &fire.method);
             sink.complete(refused(Retcode::BUSY.0, message));
             self.note_scheduled_start(&fire, &task, None, now);
             return;
         }
         let frame = fire.request.to_frame();
+        // The marker goes to the task files before the call (the result,
+        // written after it in order, removes it).
+        let what = builtins::async_bash_cmd(frame.as_bytes());
+        self.queue_marker(&task, what.as_deref().unwrap_or(&fire.method));
         let mut completer: basicagent_abi::host::Completer =
             Box::new(move |c: Completion| sink.complete(c));
         let note = self.audit.as_ref().and_then(|a| {
@@ -772,9 +868,7 @@ impl Dispatcher {
         frame: &[u8],
         now: Instant,
     ) -> Option<Response> {
-        let task = serde_json::from_slice::<Value>(frame)
-            .ok()
-            .and_then(|v| v.get("task").and_then(Value::as_str).map(str::to_owned));
+        let task = builtins::task_param(frame);
         let Some(task) = task.filter(|t| tasks::valid_task_id(t)) else {
             return Some(Response::failed(
                 id,
@@ -790,7 +884,23 @@ impl Dispatcher {
             ));
         }
         if method == "task.status" {
-            let mut data = self.tasks.status(&task, now).unwrap_or(Value::Null);
+            if self.tasks.is_done(&task) && self.tasks.memory_frame(&task).is_none() {
+                // The stored result is read off the loop; answered then.
+                self.next_read += 1;
+                let ctx = self.next_read;
+                self.reading.insert(
+                    ctx,
+                    StatusWait {
+                        generation,
+                        id,
+                        task: task.clone(),
+                    },
+                );
+                self.sink.persist(TaskFileOp::Read { ctx, id: task });
+                return None;
+            }
+            let memory = self.tasks.memory_frame(&task);
+            let data = self.tasks.status(&task, now, memory.as_deref());
             let running = self.tasks.running_call(&task).and_then(|call| {
                 self.in_flight
                     .get(&call)
@@ -800,18 +910,13 @@ impl Dispatcher {
                 return Some(Response::new(id, Retcode::SUCCESS).with_data(&data));
             };
             // Output so far: ask the plugin (answered from its own thread).
-            let peek = format!("{{\"method\":\"sync.bash\",\"peek\":{call}}}");
+            let peek = SyncBashPeek::new(call).to_json();
             let _noted = crate::crashmark::Guard::enter(&plugin);
             plugin.call(
                 peek.as_bytes(),
                 self.answer_with(generation, id, move |id, c| {
-                    data["output"] = if c.retcode == Retcode::SUCCESS.0 {
-                        c.data
-                            .and_then(|d| serde_json::from_str(&d).ok())
-                            .unwrap_or(Value::Null)
-                    } else {
-                        Value::Null
-                    };
+                    let ok = c.retcode == Retcode::SUCCESS.0;
+                    let data = data.map(|d| d.with_output(c.data.as_deref().filter(|_| ok)));
                     Response::new(id, Retcode::SUCCESS).with_data(&data)
                 }),
             );
@@ -829,10 +934,27 @@ impl Dispatcher {
             log::info!("cancelling task {task}");
             f.plugin.cancel(call);
         }
-        Some(
-            Response::new(id, Retcode::SUCCESS)
-                .with_data(&serde_json::json!({"task": task, "state": "cancelling"})),
-        )
+        Some(Response::new(id, Retcode::SUCCESS).with_data(&TaskCancelling::new(task)))
+    }
+
+    /// The stored result of a `task.status` was read back: its answer.
+    pub fn status_read(
+        &mut self,
+        ctx: u64,
+        stored: Option<Vec<u8>>,
+        now: Instant,
+    ) -> Option<Finished> {
+        let wait = self.reading.remove(&ctx)?;
+        let data = self.tasks.status(&wait.task, now, stored.as_deref());
+        let r = Response::new(wait.id, Retcode::SUCCESS).with_data(&data);
+        Some(Finished {
+            generation: Some(wait.generation),
+            call: 0,
+            frame: self.frame_of(&r),
+            id: r.id,
+            task: None,
+            panicked: false,
+        })
     }
 
     /// Asks every plugin call in flight to stop (shutdown).
@@ -874,41 +996,45 @@ impl Dispatcher {
     }
 
     fn agent_info(&self, id: Option<Box<RawValue>>, now: Instant) -> Response {
-        let loaded: Vec<&str> = self.cache.keys().map(String::as_str).collect();
-        let data = serde_json::json!({
-            "version": self.facts.version,
-            "host_id": self.facts.host_id,
-            "name": self.facts.name,
-            "pid": std::process::id(),
-            "uptime_seconds": now.saturating_duration_since(self.facts.started).as_secs(),
-            "plugin_dir": self.registry.dir(),
-            "plugins_loaded": loaded,
-            "plugins_available": self.plugin_methods(),
-            "in_flight": self.in_flight.len(),
-            "max_concurrent": self.max_concurrent,
-            "requests_served": self.served,
-            "schedules": self.schedules.as_ref().map_or(0, ScheduleTable::len),
-            "quarantined": self.guard.quarantine.list(now),
-            "calls_pending": basicagent_abi::pending_calls(),
-            "audit": self.audit.as_ref().map(|a| a.health().report()),
-        });
+        let mut loaded: Vec<String> = self.cache.keys().cloned().collect();
+        // The order of before: a JSON array of the cache's keys, sorted
+        // by nothing; sorted now, which is at least stable.
+        loaded.sort();
+        let data = AgentInfo {
+            version: self.facts.version.clone(),
+            host_id: self.facts.host_id.clone(),
+            name: self.facts.name.clone(),
+            pid: std::process::id(),
+            uptime_seconds: now.saturating_duration_since(self.facts.started).as_secs(),
+            plugin_dir: self.registry.dir().to_string_lossy().into_owned(),
+            plugins_loaded: loaded,
+            plugins_available: self.plugin_methods(),
+            in_flight: self.in_flight.len(),
+            max_concurrent: self.max_concurrent,
+            requests_served: self.served,
+            schedules: self.schedules.as_ref().map_or(0, ScheduleTable::len),
+            quarantined: self
+                .guard
+                .quarantine
+                .list(now)
+                .iter()
+                .map(builtins::to_value)
+                .collect(),
+            calls_pending: basicagent_abi::pending_calls(),
+            audit: self
+                .audit
+                .as_ref()
+                .map(|a| builtins::to_value(&a.health().report())),
+        };
         Response::new(id, Retcode::SUCCESS).with_data(&data)
     }
 }
 
-fn unix_now_i64() -> i64 {
-    i64::try_from(tasks::unix_now()).unwrap_or(i64::MAX)
-}
-
-/// Where a scheduled run's completion goes: its `task.done` is written to
-/// the outbox off the loop (on the completing thread, or on a thread of
-/// its own when the plugin completed inside `call`), then handed to the
+/// Where a scheduled run's completion goes: its `task.done` is stored in
+/// the outbox off the loop ([`Sink::task_finished`]), then handed to the
 /// loop like an `async.bash` result.
 struct RunSink {
-    tx: mpsc::Sender<Finished>,
-    waker: Arc<mio::Waker>,
-    loop_thread: ThreadId,
-    dir: std::path::PathBuf,
+    sink: Arc<dyn Sink>,
     task: String,
     max_frame: usize,
     run: basicagent_proto::ScheduleRun,
@@ -924,74 +1050,37 @@ impl RunSink {
             self.max_frame,
             Some(self.run.clone()),
         );
-        let (call, retcode) = (c.call, c.retcode);
-        if std::thread::current().id() != self.loop_thread {
-            self.store_and_send(call, retcode, frame);
-            return;
-        }
-        // Not on the loop: the write may take a while (fsync).
-        let shared = Arc::new(Mutex::new(Some((self, frame))));
-        let theirs = Arc::clone(&shared);
-        let spawned = std::thread::Builder::new()
-            .name("schedule-result".into())
-            .spawn(move || {
-                if let Some((sink, frame)) = theirs.lock().unwrap_or_else(|e| e.into_inner()).take()
-                {
-                    sink.store_and_send(call, retcode, frame);
-                }
-            });
-        if let Err(e) = spawned {
-            log::error!("cannot start a thread to store a scheduled result: {e}; kept in memory");
-            if let Some((sink, frame)) = shared.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                sink.send(call, retcode, frame, false);
-            }
-        }
-    }
-
-    fn store_and_send(self, call: u64, retcode: u32, frame: Vec<u8>) {
-        let stored = match tasks::write_result(&self.dir, &self.task, &frame) {
-            Ok(()) => true,
-            Err(e) => {
-                log::error!(
-                    "task {}: cannot write the result durably: {e}; kept in memory and delivered",
-                    self.task
-                );
-                false
-            }
-        };
-        self.send(call, retcode, frame, stored);
-    }
-
-    fn send(self, call: u64, retcode: u32, frame: Vec<u8>, stored: bool) {
         let task = TaskEnd {
             id: self.task,
-            retcode,
-            stored,
+            retcode: c.retcode,
+            stored: false,
             schedule: Some(self.run.schedule),
         };
-        let _ = self.tx.send(Finished {
+        self.sink.task_finished(Finished {
             generation: None,
-            call,
+            call: c.call,
             frame,
             id: None,
             task: Some(task),
             panicked: false,
         });
-        if let Err(e) = self.waker.wake() {
-            log::error!("cannot wake the loop: {e}");
-        }
     }
 }
 
 /// Deadlines and quarantine (see [`crate::quarantine`]).
 impl Dispatcher {
-    /// Runs the plugins of `methods` in helper processes (`crate::isolate`).
-    pub fn set_isolated(&mut self, methods: &[String], config: Option<std::path::PathBuf>) {
-        for m in methods {
+    /// Runs the plugins of these methods elsewhere (helper processes the
+    /// io side made, `io::isolate`).
+    pub fn set_isolated(&mut self, helpers: Vec<(String, Box<dyn Isolated>)>) {
+        for (m, h) in helpers {
             log::info!("plugin of {m} isolated in a helper process");
-            let h = crate::isolate::Helper::new(m, config.clone(), self.max_frame);
-            self.guard.isolated.insert(m.clone(), h);
+            self.guard.isolated.insert(m, h);
         }
+    }
+
+    /// The frame bound in force (what helpers must respect).
+    pub fn max_frame(&self) -> usize {
+        self.max_frame
     }
 
     /// The deadlines and quarantine thresholds (`[plugins]`).
@@ -1017,7 +1106,7 @@ impl Dispatcher {
     /// Answers `3023` for every call whose deadline passed, retires its id
     /// (a late `complete` gets `BA_STATUS_UNKNOWN_CALL`), asks the plugin
     /// to cancel it and counts a strike. The answers go out through
-    /// [`Self::poll_finished`] like any completion.
+    /// the sink like any completion.
     pub fn expire_due(&mut self, now: Instant) {
         self.guard.clock = now;
         for (call, limit) in self.guard.watchdog.expired(now) {
@@ -1100,9 +1189,7 @@ impl Dispatcher {
     /// `agent.release {"plugin": NAME}`: lifts a quarantine (NAME is the
     /// plugin's name, `getinfo_testkit`, or a method, `getinfo.testkit`).
     fn release(&mut self, id: Option<Box<RawValue>>, frame: &[u8]) -> Response {
-        let name = serde_json::from_slice::<Value>(frame)
-            .ok()
-            .and_then(|v| v.get("plugin").and_then(Value::as_str).map(str::to_owned));
+        let name = builtins::release_param(frame);
         let Some(name) = name.filter(|n| !n.is_empty() && n.len() <= 256) else {
             return Response::failed(
                 id,
@@ -1111,8 +1198,10 @@ impl Dispatcher {
             );
         };
         if self.guard.quarantine.release(&name.replace('.', "_")) {
-            return Response::new(id, Retcode::SUCCESS)
-                .with_data(&serde_json::json!({"plugin": name, "released": true}));
+            return Response::new(id, Retcode::SUCCESS).with_data(&Released {
+                plugin: name,
+                released: true,
+            });
         }
         Response::failed(
             id,
@@ -1166,6 +1255,7 @@ pub fn bounded_frame(r: &Response, max_frame: usize) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use basicagent_proto::builtins::Value;
 
     fn raw(s: &str) -> Option<Box<RawValue>> {
         Some(RawValue::from_string(s.to_owned()).unwrap())
@@ -1180,7 +1270,7 @@ mod tests {
         assert!(Response::parse(small.trim_ascii_end()).unwrap().retcode == Retcode::SUCCESS);
         let f = bounded_frame(&r, 4096);
         assert!(f.len() <= 4097);
-        let v: Value = serde_json::from_slice(&f).unwrap();
+        let v = builtins::parse_value(std::str::from_utf8(&f).unwrap()).unwrap();
         assert_eq!(v["id"], "q-1");
         assert_eq!(v["retcode"], 3025);
         assert!(v["message"]
@@ -1192,9 +1282,171 @@ mod tests {
         let r = Response::from_plugin(raw(&id), 2, "", Some(&data));
         let f = bounded_frame(&r, 4096);
         assert!(f.len() <= 4097);
-        let v: Value = serde_json::from_slice(&f).unwrap();
+        let v = builtins::parse_value(std::str::from_utf8(&f).unwrap()).unwrap();
         assert_eq!(v["id"], Value::Null);
         assert_eq!(v["retcode"], 3025);
+    }
+
+    /// A dispatcher with an empty plugin directory and a test sink.
+    fn dispatcher() -> (
+        Dispatcher,
+        Arc<crate::core::pair::TestSink>,
+        tempfile::TempDir,
+    ) {
+        let state = tempfile::tempdir().unwrap();
+        let dir = state.path().join("tasks");
+        let plugins = state.path().join("plugins");
+        std::fs::create_dir(&plugins).unwrap();
+        let tasks = crate::io::taskfiles::open(&dir, crate::core::pair::limits()).unwrap();
+        let sink = crate::core::pair::TestSink::new(dir, 1 << 20);
+        let d = Dispatcher::new(
+            PluginRegistry::new(plugins, basicagent_abi::HostSettings::default()),
+            2,
+            Arc::clone(&sink) as Arc<dyn Sink>,
+            AgentFacts {
+                host_id: "h-1".into(),
+                name: "n".into(),
+                version: "0.1.0".into(),
+                started: Instant::now(),
+            },
+            tasks,
+        );
+        (d, sink, state)
+    }
+
+    fn answer(d: &mut Dispatcher, frame: &str) -> Response {
+        let out = d
+            .dispatch(1, frame.as_bytes(), Instant::now())
+            .expect("answered at once");
+        assert_eq!(out.last(), Some(&b'\n'));
+        Response::parse(out.trim_ascii_end()).unwrap()
+    }
+
+    #[test]
+    fn built_ins_are_answered_at_once_and_bad_requests_get_clear_errors() {
+        let (mut d, sink, _state) = dispatcher();
+        let r = answer(&mut d, r#"{"id":1,"method":"ping"}"#);
+        assert_eq!((r.retcode, r.id.unwrap().get()), (Retcode::SUCCESS, "1"));
+        let r = answer(&mut d, "{\"id\":\"q\",\"method\":");
+        assert_eq!(r.retcode, Retcode::INVALID_REQUEST);
+        for m in [
+            "agent.nosuch",
+            "task.nosuch",
+            "schedule.nosuch",
+            "async.nosuch",
+        ] {
+            let r = answer(&mut d, &format!(r#"{{"id":2,"method":"{m}"}}"#));
+            assert_eq!(r.retcode, Retcode::UNKNOWN_METHOD, "{m}");
+            assert!(r.message.contains(m), "{}", r.message);
+        }
+        // No plugin for it: refused at once, never in flight.
+        let r = answer(&mut d, r#"{"id":3,"method":"getinfo.nosuch"}"#);
+        assert!(!r.retcode.is_success(), "{r:?}");
+        assert_eq!(d.in_flight(), 0);
+        // A response from the server and an unknown task's ack: no answer.
+        assert!(d
+            .dispatch(
+                1,
+                br#"{"id":"hb-1","resp":"success","retcode":2}"#,
+                Instant::now()
+            )
+            .is_none());
+        assert!(d
+            .dispatch(1, br#"{"method":"task.ack","task":"0a-1"}"#, Instant::now())
+            .is_none());
+        assert!(sink.ops.lock().unwrap().is_empty(), "no file touched");
+        let info = answer(&mut d, r#"{"id":4,"method":"agent.info"}"#);
+        let data = info.data.unwrap();
+        assert!(
+            data.get().contains("\"requests_served\":"),
+            "{}",
+            data.get()
+        );
+    }
+
+    #[test]
+    fn while_congested_only_ping_is_served() {
+        let (mut d, _sink, _state) = dispatcher();
+        d.set_congested(Some("9 bytes of answers wait".into()));
+        let r = answer(&mut d, r#"{"id":1,"method":"agent.info"}"#);
+        assert_eq!(r.retcode, Retcode::BUSY);
+        assert_eq!(r.message, "Busy: 9 bytes of answers wait");
+        assert_eq!(
+            answer(&mut d, r#"{"id":2,"method":"ping"}"#).retcode,
+            Retcode::SUCCESS
+        );
+        d.set_congested(None);
+        assert_eq!(
+            answer(&mut d, r#"{"id":3,"method":"agent.info"}"#).retcode,
+            Retcode::SUCCESS
+        );
+    }
+
+    #[test]
+    fn task_requests_check_their_parameters_and_async_bash_needs_its_plugin() {
+        let (mut d, sink, _state) = dispatcher();
+        for frame in [
+            r#"{"id":1,"method":"task.status"}"#,
+            r#"{"id":1,"method":"task.cancel","task":5}"#,
+            r#"{"id":1,"method":"task.status","task":"../etc/passwd"}"#,
+        ] {
+            let r = answer(&mut d, frame);
+            assert_eq!(r.retcode, Retcode::INVALID_PARAMS, "{frame}");
+        }
+        let r = answer(&mut d, r#"{"id":1,"method":"task.status","task":"0a-1"}"#);
+        assert_eq!(r.retcode, Retcode::INVALID_PARAMS);
+        assert!(r.message.contains("unknown task 0a-1"), "{}", r.message);
+        // No sync.bash plugin: refused, no task, no marker written.
+        let r = answer(&mut d, r#"{"id":2,"method":"async.bash","cmd":"true"}"#);
+        assert!(!r.retcode.is_success());
+        assert!(sink.ops.lock().unwrap().is_empty());
+        let list = answer(&mut d, r#"{"id":3,"method":"task.list"}"#);
+        assert_eq!(
+            list.data.unwrap().get(),
+            r#"{"count":0,"outbox_bytes":0,"tasks":[]}"#
+        );
+        let r = answer(
+            &mut d,
+            r#"{"id":4,"method":"agent.release","plugin":"getinfo_x"}"#,
+        );
+        assert_eq!(r.retcode, Retcode::INVALID_PARAMS);
+        assert!(r.message.contains("not quarantined"), "{}", r.message);
+        let r = answer(&mut d, r#"{"id":4,"method":"agent.release"}"#);
+        assert_eq!(r.retcode, Retcode::INVALID_PARAMS);
+    }
+
+    #[test]
+    fn a_stored_result_is_read_off_the_loop_for_task_status() {
+        let (mut d, sink, state) = dispatcher();
+        let id = tasks::new_task_id();
+        let frame = tasks::done_frame(&id, 2, "", Some("{\"stdout\":\"hi\"}".into()), 1 << 20);
+        crate::io::taskfiles::write_result(&state.path().join("tasks"), &id, &frame).unwrap();
+        // Reopened with the result on disk.
+        let tasks =
+            crate::io::taskfiles::open(&state.path().join("tasks"), crate::core::pair::limits())
+                .unwrap();
+        d.tasks = tasks;
+        let request = format!(r#"{{"id":7,"method":"task.status","task":"{id}"}}"#);
+        assert!(
+            d.dispatch(3, request.as_bytes(), Instant::now()).is_none(),
+            "answered later"
+        );
+        let ops = sink.ops.lock().unwrap().clone();
+        assert!(
+            matches!(ops.as_slice(), [TaskFileOp::Read { id: i, .. }] if *i == id),
+            "{ops:?}"
+        );
+        let Some(Mail::Read { ctx, frame }) = sink.try_next() else {
+            panic!("the read's answer")
+        };
+        let f = d.status_read(ctx, frame, Instant::now()).unwrap();
+        assert_eq!(f.generation, Some(3), "on the connection that asked");
+        let r = Response::parse(f.frame.trim_ascii_end()).unwrap();
+        assert!(r.data.unwrap().get().contains("\"stdout\":\"hi\""));
+        assert!(
+            d.status_read(ctx, None, Instant::now()).is_none(),
+            "answered once"
+        );
     }
 
     #[test]
