@@ -4,6 +4,7 @@
 //! no thread and no wait. The task files are real (a temporary
 //! directory), carried out by a test [`Sink`] at once or held back until
 //! the test releases them.
+#![cfg(test)]
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;

@@ -16,24 +16,15 @@
 //!   longer needed is an error too, so the list only shrinks.
 //! * `host-unwrap`: no `.unwrap()` in the code of `host/src` (tests aside).
 //!
-//! It lives in `auditchain/tests` because that crate is small and builds
-//! first; it checks the whole tree, not the crate.
+//! It lives in `testsupport/tests` beside the harness every crate's tests
+//! share; it checks the whole tree, not the crate.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 /// Files of `host/src` that may still use `serde_json`, each with why.
-const HOST_JSON_ALLOWED: &[(&str, &str)] = &[
-    (
-        "host/src/dispatch.rs",
-        "until branch core merges (the built-ins' JSON moves to proto/src/builtins.rs)",
-    ),
-    (
-        "host/src/tasks.rs",
-        "until branch core merges (the task table's JSON moves to proto)",
-    ),
-];
+const HOST_JSON_ALLOWED: &[(&str, &str)] = &[];
 
 /// The line a crate root must carry.
 const DENY_LINE: &str = "#![deny(clippy::undocumented_unsafe_blocks)]";
@@ -94,10 +85,19 @@ fn check_crate_root(file: &str, text: &str) -> Option<Violation> {
 
 /// The lines of code outside top-level `#[cfg(test)] mod … { … }` blocks
 /// (rustfmt puts their closing `}` alone at column 0) and outside `//`
-/// comments, numbered from 1.
+/// comments, numbered from 1; none for a file that is `#![cfg(test)]`.
 fn code_lines(text: &str) -> Vec<(usize, &str)> {
     let lines: Vec<&str> = text.lines().collect();
     let mut out = Vec::new();
+    // A file that says it is test code (`#![cfg(test)]` among its inner
+    // attributes, right after the `//!` lines) has no code to check.
+    let inner = lines
+        .iter()
+        .skip_while(|l| l.starts_with("//!"))
+        .take_while(|l| l.starts_with("#!["));
+    if inner.clone().any(|l| l.trim_end() == "#![cfg(test)]") {
+        return out;
+    }
     let mut in_test = false;
     for (i, l) in lines.iter().enumerate() {
         if in_test {
@@ -221,7 +221,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
-        .expect("auditchain sits in the repository root")
+        .expect("testsupport sits in the repository root")
         .to_owned()
 }
 
@@ -318,11 +318,19 @@ fn host_src_writes_no_json_and_unwraps_nothing() {
                 file,
                 0,
                 "host-json",
-                format!("no longer needs its allow-list entry ({why}): remove it from HOST_JSON_ALLOWED in auditchain/tests/tidy.rs"),
+                format!("no longer needs its allow-list entry ({why}): remove it from HOST_JSON_ALLOWED in testsupport/tests/tidy.rs"),
             ));
         }
     }
     report("host-json/host-unwrap", &v);
+}
+
+#[test]
+fn a_file_that_is_test_code_by_its_own_attribute_is_not_checked() {
+    let test_only = "//! Pairs.\n#![cfg(test)]\n\nfn f() { x.unwrap(); json!(1); }\n";
+    assert!(check_host_source("host/src/core/pair.rs", test_only, false).is_empty());
+    let not = "//! Pairs.\n\n#[cfg(test)]\nfn f() {}\nfn g() { x.unwrap(); }\n";
+    assert_eq!(check_host_source("host/src/core/x.rs", not, false).len(), 1);
 }
 
 #[test]
