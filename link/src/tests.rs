@@ -483,3 +483,60 @@ fn the_end_of_the_stream_is_clean_only_after_close_notify() {
     assert!(!s.wants_read() && !s.is_failed());
     assert_eq!(s.handle_ciphertext(b"late").expect("ignored"), 0);
 }
+
+#[test]
+fn arbitrary_bytes_never_panic_and_fail_for_good() {
+    let pki = pki();
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for round in 0..60 {
+        // Fresh links and links past their handshake, both ends.
+        let (mut c, mut s) = if round % 3 == 0 {
+            connected(&pki, 256)
+        } else {
+            (client_link(&pki, 256), server_link(&pki, 256))
+        };
+        for _ in 0..8 {
+            let len = (next() % 600) as usize;
+            let mut bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            if next() % 2 == 0 && !bytes.is_empty() {
+                // Often a plausible record header in front.
+                bytes[0] = [0x14, 0x15, 0x16, 0x17][(next() % 4) as usize];
+            }
+            for link_is_server in [true, false] {
+                let result = if link_is_server {
+                    s.handle_ciphertext(&bytes)
+                } else {
+                    c.handle_ciphertext(&bytes)
+                };
+                let failed = if link_is_server {
+                    s.is_failed()
+                } else {
+                    c.is_failed()
+                };
+                match result {
+                    Ok(n) => assert!(n <= bytes.len()),
+                    Err(_) => assert!(failed, "an error fails the link"),
+                }
+                if failed {
+                    let again = if link_is_server {
+                        s.handle_ciphertext(b"x")
+                    } else {
+                        c.handle_ciphertext(b"x")
+                    };
+                    assert!(matches!(again, Err(LinkError::Failed)));
+                }
+                while s.next_frame().is_some() {}
+                while c.next_frame().is_some() {}
+            }
+            let mut out = Vec::new();
+            let _ = s.poll_transmit(&mut out);
+            let _ = c.poll_transmit(&mut out);
+        }
+    }
+}

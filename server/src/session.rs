@@ -240,7 +240,9 @@ impl Session {
     /// [`Session::read_ready`]).
     async fn read_some(&mut self) -> Result<Got, ReadError> {
         loop {
-            self.tcp.readable().await.map_err(ReadError::Io)?;
+            std::future::poll_fn(|cx| self.tcp.poll_read_ready(cx))
+                .await
+                .map_err(ReadError::Io)?;
             match self.read_ready()? {
                 Got::Nothing => continue,
                 got => return Ok(got),
@@ -389,7 +391,9 @@ impl Session {
                         return e;
                     }
                 }
-                readable = self.tcp.readable() => {
+                // poll_read_ready: the socket's one reader slot, no
+                // waiter list entry made and dropped per turn.
+                readable = std::future::poll_fn(|cx| self.tcp.poll_read_ready(cx)) => {
                     if let Err(e) = readable {
                         return format!("read: {e}");
                     }
@@ -453,8 +457,7 @@ impl Session {
                 Err(e) => return Err(format!("write: {e}")),
             };
             if t.blocked {
-                self.tcp
-                    .writable()
+                std::future::poll_fn(|cx| self.tcp.poll_write_ready(cx))
                     .await
                     .map_err(|e| format!("write: {e}"))?;
                 continue;
