@@ -1269,3 +1269,121 @@ async fn fanout_flood_is_refused_past_the_limit() {
         Err(ClusterError::NoHolder)
     ));
 }
+
+/// Regression (issue #14, the 76 000-agent bench): a node whose main
+/// connection is flooded with fan-out-sized messages while its runtime's
+/// only worker is busy (here: blocked for twice `dead_after`) is not
+/// declared dead by its peer, and does not declare it dead either: its
+/// membership runs on its own connection and thread. With membership on
+/// the main connection and runtime, its heartbeats stopped for the whole
+/// block and the peer declared it dead after 3 s. Afterwards its main
+/// connection serves again (the NATS server may have cut it as a slow
+/// consumer meanwhile; it reconnects by itself).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_a_flooded_main_connection_and_busy_workers_is_not_declared_dead() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let nats = Nats::start();
+    let b = node(&nats.url, "member-b").await;
+    // Node A on its own runtime with one worker, as a loaded server node.
+    let rt_a = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let hosts: Vec<String> = (0..16).map(|i| format!("member-flood-{i}")).collect();
+    let (a, holds) = {
+        let url = nats.url.clone();
+        let hosts = hosts.clone();
+        rt_a.spawn(async move {
+            let a = node(&url, "member-a").await;
+            let mut holds = Vec::new();
+            for h in &hosts {
+                holds.push(a.hold(h).await.unwrap());
+            }
+            (a, holds)
+        })
+        .await
+        .unwrap()
+    };
+    // One host answers; the other holds are never read (their messages
+    // pile up and are dropped by the client, as a slow consumer).
+    let mut holds = holds.into_iter();
+    let mut served = holds.next().unwrap();
+    let _unread: Vec<_> = holds.collect();
+    rt_a.spawn(async move {
+        while let Some(req) = served.next().await {
+            let _ = req.respond("pong".into()).await;
+        }
+    });
+    converge(&[&a, &b]).await;
+    let mut ev_b = b.subscribe_members();
+    let mut ev_a = a.subscribe_members();
+
+    // The flood: 256 KiB messages on A's host subjects, about 40 MB/s,
+    // more than the server's 64 MiB pending limit for A while it reads
+    // nothing.
+    let flooder = async_nats::connect(nats.url.as_str()).await.unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let flood = {
+        let (stop, sent, hosts) = (stop.clone(), sent.clone(), hosts.clone());
+        tokio::spawn(async move {
+            let big = Bytes::from(vec![b'x'; 256 * 1024]);
+            while !stop.load(Ordering::SeqCst) {
+                for h in &hosts {
+                    let s = basicagent_cluster::host_subject(h).unwrap();
+                    if flooder.publish(s, big.clone()).await.is_ok() {
+                        sent.fetch_add(big.len() as u64, Ordering::SeqCst);
+                    }
+                }
+                let _ = flooder.flush().await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    // A's only worker is busy for twice dead_after.
+    let busy = Duration::from_secs(6);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    rt_a.spawn(async move { std::thread::sleep(busy) })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::SeqCst);
+    flood.await.unwrap();
+    eprintln!(
+        "MEASURED: flooded node-a's main connection with {} MB while its worker was blocked {busy:?}",
+        sent.load(Ordering::SeqCst) / 1_000_000
+    );
+    // Its main connection serves again.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match b.request_host(&hosts[0], "ping".into(), T).await {
+            Ok(r) => {
+                assert_eq!(&r[..], b"pong");
+                break;
+            }
+            Err(e) => {
+                assert!(Instant::now() < deadline, "node-a never served again: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    // A while longer, for a late verdict either way.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for (who, ev, peer) in [("b", &mut ev_b, "member-a"), ("a", &mut ev_a, "member-b")] {
+        loop {
+            match ev.try_recv() {
+                Ok(MemberEvent::Dead(n)) | Ok(MemberEvent::Left(n)) if n.name == peer => {
+                    panic!("{who} declared {peer} dead or gone")
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    }
+    assert_eq!(names(&b), vec!["member-a", "member-b"]);
+    assert_eq!(names(&a), vec!["member-a", "member-b"]);
+    drop(a);
+    rt_a.shutdown_background();
+}
