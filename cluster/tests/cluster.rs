@@ -855,7 +855,14 @@ async fn oversized_payloads_are_refused() {
 /// Spawns this test binary as a cluster member in its own process (see
 /// `child_member`). `slow`: its fan-out handler answers one host and hangs.
 fn spawn_child(url: &str, name: &str, hosts: &[&str], slow: bool) -> Kid {
+    spawn_child_env(url, name, hosts, slow, &[])
+}
+
+/// [`spawn_child`] with more environment (`BA_CLUSTER_CHILD_EVENTS=FILE`:
+/// the child appends each membership event it sees to FILE, one a line).
+fn spawn_child_env(url: &str, name: &str, hosts: &[&str], slow: bool, env: &[(&str, &str)]) -> Kid {
     Kid(Command::new(std::env::current_exe().unwrap())
+        .envs(env.iter().copied())
         .args(["--exact", "child_member", "--nocapture", "--test-threads=1"])
         .env("BA_CLUSTER_CHILD_URL", url)
         .env("BA_CLUSTER_CHILD_NAME", name)
@@ -906,6 +913,20 @@ fn child_member() {
         .unwrap();
     rt.block_on(async move {
         let c = node(&url, &name).await;
+        if let Ok(path) = std::env::var("BA_CLUSTER_CHILD_EVENTS") {
+            let mut ev = c.subscribe_members();
+            tokio::spawn(async move {
+                use std::io::Write;
+                let mut f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .unwrap();
+                while let Ok(e) = ev.recv().await {
+                    let _ = writeln!(f, "{e:?}");
+                }
+            });
+        }
         let node_name = name.clone();
         let answer: Vec<String> = hosts.clone();
         c.on_fanout(move |_req, sink| {
@@ -1386,4 +1407,67 @@ async fn a_node_with_a_flooded_main_connection_and_busy_workers_is_not_declared_
     assert_eq!(names(&a), vec!["member-a", "member-b"]);
     drop(a);
     rt_a.shutdown_background();
+}
+
+/// Issue #14, item 2, with real processes: a member stopped (SIGSTOP) for
+/// longer than `dead_after` is declared dead by its peer, as it must be;
+/// on waking (SIGCONT) it sees its own stall and declares nobody dead
+/// (the peer's heartbeats of that time were queued, unread), and reports
+/// the peer as rejoined once heard again (so a server writes its sessions
+/// again). The peer sees it rejoin too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_stopped_past_dead_after_declares_nobody_dead_on_waking() {
+    let nats = Nats::start();
+    let a = node(&nats.url, "member-a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("events");
+    let log_s = log.to_str().unwrap().to_string();
+    let child = spawn_child_env(
+        &nats.url,
+        "member-k",
+        &[],
+        false,
+        &[("BA_CLUSTER_CHILD_EVENTS", log_s.as_str())],
+    );
+    wait_for("child to join", || {
+        names(&a).contains(&"member-k".to_string())
+    })
+    .await;
+    // The child's own view has us (it logged our join).
+    let logged = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_for("child to see a", || logged().contains("member-a")).await;
+    let mut ev = a.subscribe_members();
+    let pid = child.0.id().to_string();
+    let signal = |sig: &str| {
+        let st = Command::new("kill").args([sig, &pid]).status().unwrap();
+        assert!(st.success(), "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    loop {
+        match ev.recv().await.unwrap() {
+            MemberEvent::Dead(n) if n.name == "member-k" => break,
+            _ => {}
+        }
+    }
+    // Past the child's death timeout for us, by a margin.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    signal("-CONT");
+    loop {
+        match ev.recv().await.unwrap() {
+            MemberEvent::Joined(n) if n.name == "member-k" => break,
+            _ => {}
+        }
+    }
+    wait_for("child to report a rejoined", || {
+        logged().matches("Joined(Node { name: \"member-a\"").count() >= 2
+    })
+    .await;
+    // A while longer for a late verdict.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let l = logged();
+    assert!(
+        !l.contains("Dead(Node { name: \"member-a\""),
+        "the stalled child declared a dead: {l}"
+    );
+    assert_eq!(names(&a), vec!["member-a", "member-k"]);
 }
