@@ -61,6 +61,7 @@
 #![deny(missing_docs)]
 
 pub mod creds;
+pub mod liveness;
 pub mod placement;
 pub mod subject;
 pub mod wire;
@@ -77,7 +78,7 @@ use async_nats::header::HeaderMap;
 use async_nats::{Client, ConnectOptions, Message, Subject, Subscriber};
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
-use tokio::sync::{broadcast, mpsc, watch, Notify};
+use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 
 pub use subject::{escape_host_id, host_subject, MAX_HOST_ID_LEN};
@@ -262,6 +263,10 @@ pub enum ConnectionState {
 struct Peer {
     hb: wire::Heartbeat,
     last_seen: Instant,
+    /// Set when this node was stalled for `dead_after` or more: the peer
+    /// has likely declared us dead. Its next heartbeat is reported as
+    /// [`MemberEvent::Joined`], so the server writes its sessions again.
+    rejoin: bool,
 }
 
 type FanoutFn = Arc<
@@ -269,7 +274,12 @@ type FanoutFn = Arc<
 >;
 
 struct Inner {
+    /// The main connection: host subjects, requests, fan-outs.
     client: Client,
+    /// The membership connection, driven by the membership thread:
+    /// heartbeats and leaves only, so bulk traffic on `client` never
+    /// queues in front of them.
+    mclient: Client,
     opts: ClusterOptions,
     started_at: u64,
     instance: String,
@@ -278,24 +288,38 @@ struct Inner {
     peers: Mutex<HashMap<String, Peer>>,
     events: broadcast::Sender<MemberEvent>,
     members_tx: watch::Sender<Vec<Node>>,
-    beat_now: Notify,
+    beat_now: Arc<Notify>,
     fanout_handler: RwLock<Option<FanoutFn>>,
     left: AtomicBool,
     fanouts_running: AtomicUsize,
 }
 
-/// Aborts the background tasks when the last [`Cluster`] handle goes,
-/// without a leave message (peers then see the node dead after
-/// `dead_after`, as after a crash).
-struct Tasks(Mutex<Vec<JoinHandle<()>>>);
+/// Aborts the background tasks and stops the membership thread when the
+/// last [`Cluster`] handle goes, without a leave message (peers then see
+/// the node dead after `dead_after`, as after a crash).
+struct Tasks {
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Dropping it stops the membership thread (its runtime, tasks and
+    /// connection go with it).
+    membership: Mutex<Option<oneshot::Sender<()>>>,
+}
 
-impl Drop for Tasks {
-    fn drop(&mut self) {
-        if let Ok(tasks) = self.0.get_mut() {
+impl Tasks {
+    fn stop(&self) {
+        if let Ok(mut tasks) = self.tasks.lock() {
             for t in tasks.drain(..) {
                 t.abort();
             }
         }
+        if let Ok(mut m) = self.membership.lock() {
+            m.take();
+        }
+    }
+}
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -328,61 +352,145 @@ fn nats_err(e: impl std::fmt::Display) -> ClusterError {
     ClusterError::Nats(e.to_string())
 }
 
+/// One NATS connection with the cluster's options. `role` names it in
+/// logs and in the server's connection list (`""` for the main one);
+/// `beat_on_event`, for the membership connection, asks for a heartbeat
+/// at once after every connection event, so peers that were cut off with
+/// us see us again within a round trip.
+async fn connect_client(
+    opts: &ClusterOptions,
+    split: &creds::Split,
+    role: &'static str,
+    beat_on_event: Option<Arc<Notify>>,
+) -> Result<Client, ClusterError> {
+    let name = format!("{}{role}", opts.node_name);
+    let mut co = ConnectOptions::new()
+        .name(format!("basicagent-{name}"))
+        .ping_interval(opts.ping_interval)
+        .connection_timeout(opts.connect_timeout)
+        .max_reconnects(None)
+        .reconnect_delay_callback(|attempts| {
+            Duration::from_millis(
+                100u64.saturating_mul(u64::try_from(attempts).unwrap_or(u64::MAX)),
+            )
+            .min(Duration::from_secs(1))
+        })
+        .event_callback(move |ev| {
+            let name = name.clone();
+            let beat = beat_on_event.clone();
+            async move {
+                match ev {
+                    async_nats::Event::Connected => {
+                        log::info!("cluster {name}: connected to NATS")
+                    }
+                    async_nats::Event::Disconnected => {
+                        log::warn!("cluster {name}: NATS connection lost, reconnecting")
+                    }
+                    other => log::warn!("cluster {name}: NATS event: {other}"),
+                }
+                if let Some(b) = beat {
+                    b.notify_one();
+                }
+            }
+        });
+    if opts.retry_initial_connect {
+        co = co.retry_on_initial_connect();
+    }
+    if let Some((user, password)) = split.user_password.clone() {
+        co = co.user_and_password(user, password);
+    }
+    co.connect(split.urls.as_str())
+        .await
+        .map_err(|e| ClusterError::Connect {
+            url: split.urls.clone(),
+            reason: e.to_string(),
+        })
+}
+
+/// The membership thread's whole life, on its own current-thread runtime:
+/// connect the membership client and hand it over, wait for the shared
+/// state, subscribe `ba.nodes.>`, then heartbeat, read heartbeats and
+/// sweep until `stop` fires or its sender is dropped. Nothing else runs on
+/// this runtime, so busy workers of the server's runtime and bulk traffic
+/// on the main connection cannot delay a heartbeat in either direction.
+async fn membership_thread(
+    opts: ClusterOptions,
+    split: creds::Split,
+    beat_now: Arc<Notify>,
+    client_tx: oneshot::Sender<Result<Client, ClusterError>>,
+    inner_rx: oneshot::Receiver<Arc<Inner>>,
+    ready_tx: oneshot::Sender<Result<(), ClusterError>>,
+    stop: oneshot::Receiver<()>,
+) {
+    let client = match connect_client(&opts, &split, "-members", Some(beat_now)).await {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = client_tx.send(Err(e));
+            return;
+        }
+    };
+    if client_tx.send(Ok(client)).is_err() {
+        return;
+    }
+    let Ok(inner) = inner_rx.await else { return };
+    let sub = match inner.mclient.subscribe("ba.nodes.>").await {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = ready_tx.send(Err(nats_err(e)));
+            return;
+        }
+    };
+    let _ = ready_tx.send(Ok(()));
+    tokio::select! {
+        _ = membership_task(inner.clone(), sub) => {}
+        _ = heartbeat_task(inner.clone()) => {}
+        _ = sweep_task(inner.clone()) => {}
+        _ = stop => {}
+    }
+    log::debug!(
+        "cluster {}: membership thread stopped",
+        inner.opts.node_name
+    );
+}
+
 impl Cluster {
-    /// Connects to NATS, subscribes the cluster subjects, sends the first
-    /// heartbeat and starts the background tasks. Must run inside a tokio
-    /// runtime (with the `time` driver).
+    /// Connects to NATS twice (the main connection, and the membership
+    /// connection of the membership thread), subscribes the cluster
+    /// subjects, sends the first heartbeat and starts the background
+    /// tasks. Must run inside a tokio runtime (with the `time` driver).
     pub async fn connect(opts: ClusterOptions) -> Result<Cluster, ClusterError> {
         opts.check()?;
-        let (state_tx, _) = watch::channel(());
-        let state_tx = Arc::new(state_tx);
-        let name = opts.node_name.clone();
-        let mut co = ConnectOptions::new()
-            .name(format!("basicagent-{}", opts.node_name))
-            .ping_interval(opts.ping_interval)
-            .connection_timeout(opts.connect_timeout)
-            .max_reconnects(None)
-            .reconnect_delay_callback(|attempts| {
-                Duration::from_millis(
-                    100u64.saturating_mul(u64::try_from(attempts).unwrap_or(u64::MAX)),
-                )
-                .min(Duration::from_secs(1))
-            });
-        {
-            let state_tx = state_tx.clone();
-            co = co.event_callback(move |ev| {
-                let name = name.clone();
-                let state_tx = state_tx.clone();
-                async move {
-                    match ev {
-                        async_nats::Event::Connected => {
-                            log::info!("cluster {name}: connected to NATS")
-                        }
-                        async_nats::Event::Disconnected => {
-                            log::warn!("cluster {name}: NATS connection lost, reconnecting")
-                        }
-                        other => log::warn!("cluster {name}: NATS event: {other}"),
-                    }
-                    state_tx.send_replace(());
-                }
-            });
-        }
-        if opts.retry_initial_connect {
-            co = co.retry_on_initial_connect();
-        }
         // Credentials in the URL go to authentication, never into an error.
         let split =
             creds::split(&opts.url).map_err(|e| ClusterError::InvalidOptions(e.to_string()))?;
-        if let Some((user, password)) = split.user_password {
-            co = co.user_and_password(user, password);
+        let client = connect_client(&opts, &split, "", None).await?;
+
+        // The membership thread connects its own client and sends it back;
+        // then it waits for the shared state to start its tasks.
+        let (client_tx, client_rx) = oneshot::channel::<Result<Client, ClusterError>>();
+        let (inner_tx, inner_rx) = oneshot::channel::<Arc<Inner>>();
+        let (ready_tx, ready_rx) = oneshot::channel::<Result<(), ClusterError>>();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let beat_now = Arc::new(Notify::new());
+        {
+            let opts = opts.clone();
+            let beat_now = beat_now.clone();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| ClusterError::Nats(format!("membership runtime: {e}")))?;
+            std::thread::Builder::new()
+                .name(format!("ba-members-{}", opts.node_name))
+                .spawn(move || {
+                    rt.block_on(membership_thread(
+                        opts, split, beat_now, client_tx, inner_rx, ready_tx, stop_rx,
+                    ));
+                })
+                .map_err(|e| ClusterError::Nats(format!("membership thread: {e}")))?;
         }
-        let client = co
-            .connect(split.urls.as_str())
+        let mclient = client_rx
             .await
-            .map_err(|e| ClusterError::Connect {
-                url: split.urls.clone(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|_| ClusterError::Nats("membership thread ended".into()))??;
 
         let (events, _) = broadcast::channel(1024);
         let (members_tx, _) = watch::channel(Vec::new());
@@ -390,6 +498,7 @@ impl Cluster {
         let instance = client.new_inbox().trim_start_matches("_INBOX.").to_string();
         let inner = Arc::new(Inner {
             client,
+            mclient,
             started_at: unix_ms(),
             instance,
             draining: AtomicBool::new(false),
@@ -397,49 +506,38 @@ impl Cluster {
             peers: Mutex::new(HashMap::new()),
             events,
             members_tx,
-            beat_now: Notify::new(),
+            beat_now,
             fanout_handler: RwLock::new(None),
             left: AtomicBool::new(false),
             fanouts_running: AtomicUsize::new(0),
             opts,
         });
         inner.publish_members();
-
-        let nodes_sub = inner
-            .client
-            .subscribe("ba.nodes.>")
+        let tasks = Tasks {
+            tasks: Mutex::new(Vec::new()),
+            membership: Mutex::new(Some(stop_tx)),
+        };
+        if inner_tx.send(inner.clone()).is_err() {
+            return Err(ClusterError::Nats("membership thread ended".into()));
+        }
+        ready_rx
             .await
-            .map_err(nats_err)?;
+            .map_err(|_| ClusterError::Nats("membership thread ended".into()))??;
+
         let fanout_sub = inner
             .client
             .subscribe(wire::FANOUT_SUBJECT)
             .await
             .map_err(nats_err)?;
-        let mut tasks = vec![
-            tokio::spawn(membership_task(inner.clone(), nodes_sub)),
-            tokio::spawn(heartbeat_task(inner.clone())),
-            tokio::spawn(sweep_task(inner.clone())),
-            tokio::spawn(fanout_responder(inner.clone(), fanout_sub)),
-        ];
-        {
-            // Heartbeat at once after every reconnect, so peers that were
-            // cut off with us see us again within a round trip.
-            let inner = inner.clone();
-            let mut rx = state_tx.subscribe();
-            tasks.push(tokio::spawn(async move {
-                while rx.changed().await.is_ok() {
-                    if inner.client.connection_state() == async_nats::connection::State::Connected {
-                        inner.beat_now.notify_one();
-                    }
-                }
-            }));
+        if let Ok(mut t) = tasks.tasks.lock() {
+            t.push(tokio::spawn(fanout_responder(inner.clone(), fanout_sub)));
         }
         // No flush here: with `retry_initial_connect` it would wait for
         // the server. The heartbeat task sends the first beat.
         inner.beat_now.notify_one();
         Ok(Cluster {
             inner,
-            tasks: Arc::new(Tasks(Mutex::new(tasks))),
+            tasks: Arc::new(tasks),
         })
     }
 
@@ -712,16 +810,12 @@ impl Cluster {
         if let Ok(body) = serde_json::to_vec(&hb) {
             let _ = self
                 .inner
-                .client
+                .mclient
                 .publish(wire::LEAVE_SUBJECT, body.into())
                 .await;
-            let _ = tokio::time::timeout(Duration::from_secs(1), self.inner.client.flush()).await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.inner.mclient.flush()).await;
         }
-        if let Ok(mut tasks) = self.tasks.0.lock() {
-            for t in tasks.drain(..) {
-                t.abort();
-            }
-        }
+        self.tasks.stop();
     }
 
     /// The underlying NATS client, for anything this crate does not cover.
@@ -835,7 +929,11 @@ impl Inner {
                     || p.hb.draining != hb.draining;
                 p.hb = hb.clone();
                 p.last_seen = Instant::now();
-                changed.then(|| MemberEvent::Changed(Node::from_heartbeat(&hb)))
+                if std::mem::take(&mut p.rejoin) {
+                    Some(MemberEvent::Joined(Node::from_heartbeat(&hb)))
+                } else {
+                    changed.then(|| MemberEvent::Changed(Node::from_heartbeat(&hb)))
+                }
             } else {
                 const MAX_PEERS: usize = 4096;
                 if peers.len() >= MAX_PEERS {
@@ -850,6 +948,7 @@ impl Inner {
                     Peer {
                         hb: hb.clone(),
                         last_seen: Instant::now(),
+                        rejoin: false,
                     },
                 );
                 Some(MemberEvent::Joined(Node::from_heartbeat(&hb)))
@@ -876,23 +975,40 @@ async fn membership_task(inner: Arc<Inner>, mut sub: Subscriber) {
 async fn heartbeat_task(inner: Arc<Inner>) {
     let mut tick = tokio::time::interval(inner.opts.heartbeat_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut main_down_since: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = inner.beat_now.notified() => {}
         }
+        // After a leave: silent (the thread stops soon after).
         if inner.left.load(Ordering::SeqCst) {
-            return;
+            continue;
         }
         // Not while disconnected: the client would queue stale beats.
-        if inner.check_connected().is_err() {
+        if !matches!(
+            inner.mclient.connection_state(),
+            async_nats::connection::State::Connected
+        ) {
             continue;
+        }
+        // A node whose main connection stays down cannot serve its hosts:
+        // it stops heartbeating after `dead_after` of that, so its peers
+        // declare it dead and place its agents elsewhere, as when both
+        // connections were one. A short reconnect changes nothing.
+        if inner.check_connected().is_err() {
+            let since = *main_down_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= inner.opts.dead_after {
+                continue;
+            }
+        } else {
+            main_down_since = None;
         }
         inner.publish_members();
         match serde_json::to_vec(&inner.heartbeat()) {
             Ok(body) => {
                 if let Err(e) = inner
-                    .client
+                    .mclient
                     .publish(wire::HEARTBEAT_SUBJECT, body.into())
                     .await
                 {
@@ -907,20 +1023,41 @@ async fn heartbeat_task(inner: Arc<Inner>) {
 async fn sweep_task(inner: Arc<Inner>) {
     let period = (inner.opts.heartbeat_interval / 4).max(Duration::from_millis(10));
     let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A sweep more than a second (at most one heartbeat interval) late
+    // means this observer was stalled: see [`liveness::StallGuard`].
+    let mut guard = liveness::StallGuard::new(
+        period,
+        inner.opts.heartbeat_interval.min(Duration::from_secs(1)),
+        inner.opts.heartbeat_interval,
+    );
     loop {
         tick.tick().await;
         let now = Instant::now();
+        match guard.tick(now) {
+            liveness::Tick::Judge => {}
+            liveness::Tick::Hold => continue,
+            liveness::Tick::Stalled(gap) => {
+                log::warn!(
+                    "cluster {}: membership stalled for {gap:?} (stall {}): no death verdicts until peers were heard for one more interval",
+                    inner.opts.node_name,
+                    guard.stalls()
+                );
+                if gap >= inner.opts.dead_after {
+                    if let Ok(mut peers) = inner.peers.lock() {
+                        for p in peers.values_mut() {
+                            p.rejoin = true;
+                        }
+                    }
+                }
+                continue;
+            }
+        }
         let dead: Vec<Node> = {
             let Ok(mut peers) = inner.peers.lock() else {
                 return;
             };
-            let gone: Vec<String> = peers
-                .iter()
-                .filter(|(_, p)| {
-                    now.saturating_duration_since(p.last_seen) >= inner.opts.dead_after
-                })
-                .map(|(k, _)| k.clone())
-                .collect();
+            let gone = liveness::expired_in(&peers, |p| p.last_seen, now, inner.opts.dead_after);
             gone.iter()
                 .filter_map(|k| peers.remove(k))
                 .map(|p| Node::from_heartbeat(&p.hb))

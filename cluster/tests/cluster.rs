@@ -855,7 +855,14 @@ async fn oversized_payloads_are_refused() {
 /// Spawns this test binary as a cluster member in its own process (see
 /// `child_member`). `slow`: its fan-out handler answers one host and hangs.
 fn spawn_child(url: &str, name: &str, hosts: &[&str], slow: bool) -> Kid {
+    spawn_child_env(url, name, hosts, slow, &[])
+}
+
+/// [`spawn_child`] with more environment (`BA_CLUSTER_CHILD_EVENTS=FILE`:
+/// the child appends each membership event it sees to FILE, one a line).
+fn spawn_child_env(url: &str, name: &str, hosts: &[&str], slow: bool, env: &[(&str, &str)]) -> Kid {
     Kid(Command::new(std::env::current_exe().unwrap())
+        .envs(env.iter().copied())
         .args(["--exact", "child_member", "--nocapture", "--test-threads=1"])
         .env("BA_CLUSTER_CHILD_URL", url)
         .env("BA_CLUSTER_CHILD_NAME", name)
@@ -906,6 +913,20 @@ fn child_member() {
         .unwrap();
     rt.block_on(async move {
         let c = node(&url, &name).await;
+        if let Ok(path) = std::env::var("BA_CLUSTER_CHILD_EVENTS") {
+            let mut ev = c.subscribe_members();
+            tokio::spawn(async move {
+                use std::io::Write;
+                let mut f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .unwrap();
+                while let Ok(e) = ev.recv().await {
+                    let _ = writeln!(f, "{e:?}");
+                }
+            });
+        }
         let node_name = name.clone();
         let answer: Vec<String> = hosts.clone();
         c.on_fanout(move |_req, sink| {
@@ -1268,4 +1289,185 @@ async fn fanout_flood_is_refused_past_the_limit() {
         a.request_host("nobody", "q".into(), T).await,
         Err(ClusterError::NoHolder)
     ));
+}
+
+/// Regression (issue #14, the 76 000-agent bench): a node whose main
+/// connection is flooded with fan-out-sized messages while its runtime's
+/// only worker is busy (here: blocked for twice `dead_after`) is not
+/// declared dead by its peer, and does not declare it dead either: its
+/// membership runs on its own connection and thread. With membership on
+/// the main connection and runtime, its heartbeats stopped for the whole
+/// block and the peer declared it dead after 3 s. Afterwards its main
+/// connection serves again (the NATS server may have cut it as a slow
+/// consumer meanwhile; it reconnects by itself).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_a_flooded_main_connection_and_busy_workers_is_not_declared_dead() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let nats = Nats::start();
+    let b = node(&nats.url, "member-b").await;
+    // Node A on its own runtime with one worker, as a loaded server node.
+    let rt_a = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let hosts: Vec<String> = (0..16).map(|i| format!("member-flood-{i}")).collect();
+    let (a, holds) = {
+        let url = nats.url.clone();
+        let hosts = hosts.clone();
+        rt_a.spawn(async move {
+            let a = node(&url, "member-a").await;
+            let mut holds = Vec::new();
+            for h in &hosts {
+                holds.push(a.hold(h).await.unwrap());
+            }
+            (a, holds)
+        })
+        .await
+        .unwrap()
+    };
+    // One host answers; the other holds are never read (their messages
+    // pile up and are dropped by the client, as a slow consumer).
+    let mut holds = holds.into_iter();
+    let mut served = holds.next().unwrap();
+    let _unread: Vec<_> = holds.collect();
+    rt_a.spawn(async move {
+        while let Some(req) = served.next().await {
+            let _ = req.respond("pong".into()).await;
+        }
+    });
+    converge(&[&a, &b]).await;
+    let mut ev_b = b.subscribe_members();
+    let mut ev_a = a.subscribe_members();
+
+    // The flood: 256 KiB messages on A's host subjects, about 40 MB/s,
+    // more than the server's 64 MiB pending limit for A while it reads
+    // nothing.
+    let flooder = async_nats::connect(nats.url.as_str()).await.unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let flood = {
+        let (stop, sent, hosts) = (stop.clone(), sent.clone(), hosts.clone());
+        tokio::spawn(async move {
+            let big = Bytes::from(vec![b'x'; 256 * 1024]);
+            while !stop.load(Ordering::SeqCst) {
+                for h in &hosts {
+                    let s = basicagent_cluster::host_subject(h).unwrap();
+                    if flooder.publish(s, big.clone()).await.is_ok() {
+                        sent.fetch_add(big.len() as u64, Ordering::SeqCst);
+                    }
+                }
+                let _ = flooder.flush().await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    // A's only worker is busy for twice dead_after.
+    let busy = Duration::from_secs(6);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    rt_a.spawn(async move { std::thread::sleep(busy) })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::SeqCst);
+    flood.await.unwrap();
+    eprintln!(
+        "MEASURED: flooded node-a's main connection with {} MB while its worker was blocked {busy:?}",
+        sent.load(Ordering::SeqCst) / 1_000_000
+    );
+    // Its main connection serves again.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match b.request_host(&hosts[0], "ping".into(), T).await {
+            Ok(r) => {
+                assert_eq!(&r[..], b"pong");
+                break;
+            }
+            Err(e) => {
+                assert!(Instant::now() < deadline, "node-a never served again: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    // A while longer, for a late verdict either way.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for (who, ev, peer) in [("b", &mut ev_b, "member-a"), ("a", &mut ev_a, "member-b")] {
+        loop {
+            match ev.try_recv() {
+                Ok(MemberEvent::Dead(n)) | Ok(MemberEvent::Left(n)) if n.name == peer => {
+                    panic!("{who} declared {peer} dead or gone")
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    }
+    assert_eq!(names(&b), vec!["member-a", "member-b"]);
+    assert_eq!(names(&a), vec!["member-a", "member-b"]);
+    drop(a);
+    rt_a.shutdown_background();
+}
+
+/// Issue #14, item 2, with real processes: a member stopped (SIGSTOP) for
+/// longer than `dead_after` is declared dead by its peer, as it must be;
+/// on waking (SIGCONT) it sees its own stall and declares nobody dead
+/// (the peer's heartbeats of that time were queued, unread), and reports
+/// the peer as rejoined once heard again (so a server writes its sessions
+/// again). The peer sees it rejoin too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_stopped_past_dead_after_declares_nobody_dead_on_waking() {
+    let nats = Nats::start();
+    let a = node(&nats.url, "member-a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("events");
+    let log_s = log.to_str().unwrap().to_string();
+    let child = spawn_child_env(
+        &nats.url,
+        "member-k",
+        &[],
+        false,
+        &[("BA_CLUSTER_CHILD_EVENTS", log_s.as_str())],
+    );
+    wait_for("child to join", || {
+        names(&a).contains(&"member-k".to_string())
+    })
+    .await;
+    // The child's own view has us (it logged our join).
+    let logged = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_for("child to see a", || logged().contains("member-a")).await;
+    let mut ev = a.subscribe_members();
+    let pid = child.0.id().to_string();
+    let signal = |sig: &str| {
+        let st = Command::new("kill").args([sig, &pid]).status().unwrap();
+        assert!(st.success(), "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    loop {
+        match ev.recv().await.unwrap() {
+            MemberEvent::Dead(n) if n.name == "member-k" => break,
+            _ => {}
+        }
+    }
+    // Past the child's death timeout for us, by a margin.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    signal("-CONT");
+    loop {
+        match ev.recv().await.unwrap() {
+            MemberEvent::Joined(n) if n.name == "member-k" => break,
+            _ => {}
+        }
+    }
+    wait_for("child to report a rejoined", || {
+        logged().matches("Joined(Node { name: \"member-a\"").count() >= 2
+    })
+    .await;
+    // A while longer for a late verdict.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let l = logged();
+    assert!(
+        !l.contains("Dead(Node { name: \"member-a\""),
+        "the stalled child declared a dead: {l}"
+    );
+    assert_eq!(names(&a), vec!["member-a", "member-k"]);
 }

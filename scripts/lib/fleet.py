@@ -878,6 +878,10 @@ def cluster(a):
                     calls["same_node_keepalive"] = ms_stats(lat)
                     calls["same_node_keepalive"]["failures"] = len(fail)
             res["cross_node_call"] = calls
+        # Issue #14: before anything is killed, every node_gone is a false
+        # death (a live node declared dead by a peer under load).
+        res["false_deaths"] = false_deaths(nodes)
+        log(f"cluster: false node deaths before the kill: {res['false_deaths']}")
         if "kill" not in skip and a.nodes >= 2:
             victim = nodes[-1]
             hosts = [h for hs in by_node.values() for h in hs][: a.tasks]
@@ -931,6 +935,17 @@ def cluster(a):
     with open(a.out, "w") as f:
         json.dump(res, f, indent=1)
     log(f"cluster: wrote {a.out}")
+
+
+def false_deaths(nodes):
+    """node_gone events so far, per observing node (nothing was killed yet:
+    each one is a live peer declared dead)."""
+    out = {"total": 0, "by_observer": {}}
+    for n in nodes:
+        gone = [e.get("node") for e in events(n.events) if e.get("event") == "node_gone"]
+        out["by_observer"][n.name] = gone
+        out["total"] += len(gone)
+    return out
 
 
 def kill_during_tasks(a, nodes, victim, swarms, hosts, db, held, skip):
@@ -1048,6 +1063,7 @@ def cluster_table(r):
         ("cross-node call, keep-alive p50/p99 (ms)", f"{g('cross_node_call', 'keepalive', 'p50_ms')} / {g('cross_node_call', 'keepalive', 'p99_ms')}", "<= 2 / <= 10"),
         ("same-node call, keep-alive p50/p99 (ms)", f"{g('cross_node_call', 'same_node_keepalive', 'p50_ms')} / {g('cross_node_call', 'same_node_keepalive', 'p99_ms')}", ""),
         ("cross-node call failures (fresh+keep-alive)", f"{(g('cross_node_call', 'fresh', 'failures') or 0) + (g('cross_node_call', 'keepalive', 'failures') or 0)}", "0"),
+        ("false node deaths before the kill", g("false_deaths", "total"), "0"),
         ("kill -9: noticed by peers (s)", g("kill", "noticed_s"), CLUSTER_TARGETS["noticed_s"]),
         ("kill -9: re-homed p50 / p99 (s)", f"{g('kill', 'rehome_p50_s')} / {g('kill', 'rehome_p99_s')}", "<= 10 / <= 30"),
         ("kill -9 in tasks: lost / duplicated", f"{g('kill', 'tasks_lost')} / {g('kill', 'tasks_duplicated')} of {g('kill', 'tasks_made_by_swarm')}", "0 / 0"),

@@ -651,9 +651,10 @@ fn calls_are_recorded_before_any_answer_and_commands_before_they_are_sent() {
 /// Regression (found by the 76 000-agent bench): a node stalled for more
 /// than the death timeout (here SIGSTOP, there a CPU starved during a
 /// fan-out) is declared dead by its peers, which mark its agents offline
-/// (`node_gone`); and on waking it declares them dead and marks theirs.
-/// Both sides' sessions were alive all along; once each sees the other
-/// rejoin, each writes its own sessions again, so the cluster-wide list
+/// (`node_gone`); on waking it sees its own stall and declares nobody
+/// dead from it (issue #14). Its sessions were alive all along; once it
+/// hears its peers again and they hear it, each writes its own sessions
+/// again, so the cluster-wide list
 /// shows every agent again (it stayed short for ever before).
 #[test]
 fn a_stalled_node_and_its_peers_list_their_agents_again_after_it_wakes() {
