@@ -105,7 +105,7 @@ pub struct Backlog {
 }
 
 impl Backlog {
-    fn full(&self) -> Option<usize> {
+    pub(crate) fn full(&self) -> Option<usize> {
         let bound = self.bound.load(Ordering::Relaxed);
         let held = self
             .queued
@@ -395,7 +395,7 @@ impl Dispatcher {
             )));
         }
         if self.guard.isolated.contains_key(method.as_str()) {
-            let done = self.answer_with(generation, id, move |id, c| {
+            let done = self.answer_with(generation, id, None, move |id, c| {
                 Response::from_plugin_owned(id, c.retcode, c.message, c.data)
             });
             if let Some(helper) = self.guard.isolated.get_mut(method.as_str()) {
@@ -430,12 +430,7 @@ impl Dispatcher {
             Ok(n) => n,
             Err(busy) => return Some(self.frame_of(&Response::failed(id, Retcode::BUSY, busy))),
         };
-        let mut completer = self.answer_with(generation, id, move |id, c| {
-            Response::from_plugin_owned(id, c.retcode, c.message, c.data)
-        });
-        if let Some(note) = note {
-            completer = crate::audit::after_line(note, None, completer);
-        }
+        let completer = self.plugin_answer(generation, id, note);
         let noted = crate::crashmark::Guard::enter(&plugin);
         let call = plugin.call(frame, completer);
         drop(noted);
@@ -445,12 +440,38 @@ impl Dispatcher {
         None
     }
 
+    /// The completer of a plugin call: its answer as the plugin made it.
+    /// The audit line (if any) is finished and queued by the completer
+    /// itself, after the answer bound is applied (see [`Self::answer_with`]).
+    fn plugin_answer(
+        &self,
+        generation: u64,
+        id: Option<Box<RawValue>>,
+        note: Option<crate::audit::Note>,
+    ) -> basicagent_abi::host::Completer {
+        self.answer_with(generation, id, note, move |id, c| {
+            Response::from_plugin_owned(id, c.retcode, c.message, c.data)
+        })
+    }
+
     /// A completer that turns the plugin's completion into a response
     /// (`respond`, run on the completing thread) and hands it to the loop.
+    ///
+    /// With a `note` (an audited call) the answer reaches the loop only
+    /// once its audit line is written (and synced, per `audit.fsync`), on
+    /// the audit writer's thread; its line records the plugin's own result
+    /// (retcode, digests and sizes: [`crate::audit::Note::finish`]). The
+    /// answer bound is applied here, on the completing thread, before the
+    /// answer waits behind its line, and the frame waiting there counts in
+    /// the backlog's channel bytes from then on: answers held by the audit
+    /// path count against the bound like those in the channel and the
+    /// send queue, and one completing while the backlog is full waits as
+    /// a small `3026`, its data dropped at once.
     fn answer_with(
         &self,
         generation: u64,
         id: Option<Box<RawValue>>,
+        note: Option<crate::audit::Note>,
         respond: impl FnOnce(Option<Box<RawValue>>, Completion) -> Response + Send + 'static,
     ) -> basicagent_abi::host::Completer {
         let sink = Arc::clone(&self.sink);
@@ -460,6 +481,8 @@ impl Dispatcher {
             let call = c.call;
             let panicked = c.retcode == Retcode::PLUGIN_FAILURE.0
                 && c.message.starts_with("Plugin failure: plugin panicked");
+            // The line records what ran, whatever the server is sent.
+            let line = note.map(|n| n.finish(c.retcode, c.data.as_deref()));
             let response = match backlog.full() {
                 Some(held) => {
                     let size = c.data.as_ref().map_or(0, String::len);
@@ -474,15 +497,21 @@ impl Dispatcher {
                 None => respond(id, c),
             };
             let out = bounded_frame(&response, max_frame);
+            // Counted until the loop takes it (`complete`), including
+            // while it waits behind its audit line.
             backlog.channel.fetch_add(out.len(), Ordering::Relaxed);
-            sink.finished(Finished {
+            let done = Finished {
                 generation: Some(generation),
                 call,
                 frame: out,
                 id: response.id,
                 task: None,
                 panicked,
-            });
+            };
+            match line {
+                Some(line) => line.submit(move || sink.finished(done)),
+                None => sink.finished(done),
+            }
         })
     }
 
@@ -914,7 +943,7 @@ impl Dispatcher {
             let _noted = crate::crashmark::Guard::enter(&plugin);
             plugin.call(
                 peek.as_bytes(),
-                self.answer_with(generation, id, move |id, c| {
+                self.answer_with(generation, id, None, move |id, c| {
                     let ok = c.retcode == Retcode::SUCCESS.0;
                     let data = data.map(|d| d.with_output(c.data.as_deref().filter(|_| ok)));
                     Response::new(id, Retcode::SUCCESS).with_data(&data)
@@ -1447,6 +1476,129 @@ mod tests {
             d.status_read(ctx, None, Instant::now()).is_none(),
             "answered once"
         );
+    }
+
+    /// An audit disk whose writes wait until the test opens the gate, and
+    /// that keeps the lines it was given.
+    struct GatedDisk {
+        gate: Arc<(Mutex<bool>, std::sync::Condvar)>,
+        lines: Arc<Mutex<Vec<String>>>,
+        len: u64,
+    }
+
+    impl crate::audit::Disk for GatedDisk {
+        fn append(&mut self, line: &[u8]) -> std::io::Result<()> {
+            let (open, cv) = &*self.gate;
+            let mut g = open.lock().unwrap();
+            while !*g {
+                g = cv.wait(g).unwrap();
+            }
+            self.len += line.len() as u64;
+            let text = String::from_utf8_lossy(line).into_owned();
+            self.lines.lock().unwrap().push(text);
+            Ok(())
+        }
+        fn sync(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn size(&self) -> u64 {
+            self.len
+        }
+        fn rotate(&mut self) -> std::io::Result<String> {
+            Ok("audit.log.1".into())
+        }
+    }
+
+    #[test]
+    fn answers_waiting_for_their_audit_line_count_against_the_answer_bound() {
+        let (mut d, sink, _state) = dispatcher();
+        d.set_max_frame(16 << 20);
+        let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let disk = GatedDisk {
+            gate: Arc::clone(&gate),
+            lines: Arc::clone(&lines),
+            len: 0,
+        };
+        let start = crate::audit::Start {
+            last: crate::audit::GENESIS.into(),
+            rotated_from: None,
+            torn: None,
+        };
+        let cfg = crate::config::AuditConfig::default();
+        d.set_audit(crate::audit::Audit::with_disk(disk, start, &cfg).unwrap());
+        // The loop's send queue is empty; the bound is 8 MiB.
+        let bound = 8 << 20;
+        d.publish_queue(0, bound);
+        // Four 6 MB answers complete (on a plugin's thread) while the
+        // audit writer cannot write their lines.
+        let big = format!(
+            r#"{{"exitcode":0,"stdout_bytes":6000000,"stdout":"{}"}}"#,
+            "x".repeat(6_000_000)
+        );
+        for i in 0..4u64 {
+            let id = format!("\"big-{i}\"");
+            let frame = format!(r#"{{"id":{id},"method":"fixture.misbehave"}}"#);
+            let note = d.audit_begin("fixture.misbehave", raw(&id).as_deref(), frame.as_bytes());
+            let done = d.plugin_answer(1, raw(&id), note.unwrap());
+            let data = big.clone();
+            std::thread::spawn(move || {
+                done(Completion {
+                    call: i,
+                    retcode: 2,
+                    message: String::new(),
+                    data: Some(data),
+                })
+            })
+            .join()
+            .unwrap();
+        }
+        // Nothing reached the loop (each answer waits for its line), and
+        // the bytes waiting count: the backlog is at its bound.
+        assert!(d.try_next().is_none());
+        let held = d.backlog.full().expect("audit-held answers count");
+        assert!(held >= bound, "{held}");
+        assert!(
+            held < 3 * 6_000_000,
+            "two whole answers and two small 3026: {held}"
+        );
+        // The lines are written: the answers follow, in order; those that
+        // found the backlog full are small 3026 answers.
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+        let mut got = Vec::new();
+        while got.len() < 4 {
+            match d.try_next() {
+                Some(Mail::Finished(f)) => {
+                    let f = d.complete(f, Instant::now());
+                    got.push(Response::parse(f.frame.trim_ascii_end()).unwrap());
+                }
+                Some(_) => panic!("only answers"),
+                None => std::thread::yield_now(),
+            }
+        }
+        let ids: Vec<_> = got.iter().map(|r| r.id.as_ref().unwrap().get()).collect();
+        assert_eq!(
+            ids,
+            [r#""big-0""#, r#""big-1""#, r#""big-2""#, r#""big-3""#]
+        );
+        let codes: Vec<_> = got.iter().map(|r| r.retcode.0).collect();
+        assert_eq!(codes, [2, 2, 3026, 3026]);
+        for r in &got[2..] {
+            assert!(r.message.starts_with("Busy: the answer"), "{}", r.message);
+            assert!(r.message.contains("was dropped"), "{}", r.message);
+        }
+        // Taken by the loop: no longer counted.
+        assert!(d.backlog.full().is_none());
+        // Every line records what ran: retcode 2 and the output's size.
+        let lines = lines.lock().unwrap();
+        assert_eq!(lines.len(), 4);
+        for l in lines.iter() {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert_eq!(v["retcode"], 2, "{l}");
+            assert_eq!(v["stdout_bytes"], 6_000_000, "{l}");
+        }
+        drop(sink);
     }
 
     #[test]
