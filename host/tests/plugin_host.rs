@@ -553,3 +553,27 @@ fn an_isolated_plugin_that_segfaults_answers_3025_the_daemon_lives_on_and_the_he
         isolated.saturating_sub(in_process)
     );
 }
+
+#[test]
+fn a_call_to_an_isolated_plugin_is_audited_like_one_in_process() {
+    let mut r = rig(18, "isolate = [\"fixture.misbehave\"]\n");
+    r.agent.spawn(&["-f"]);
+    let mut conn = r.server.accept(T);
+    let echo = fixture(&mut conn, "-e");
+    assert_eq!(echo["retcode"], 2, "{echo}");
+    assert!(
+        r.agent
+            .log()
+            .contains("isolated plugin fixture.misbehave: helper pid"),
+        "the call ran in the helper"
+    );
+    // The answer is released only after its audit line is written.
+    let log = std::fs::read_to_string(r.agent.path("state/audit.log")).unwrap_or_default();
+    let line = log
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|v| v["method"] == "fixture.misbehave")
+        .unwrap_or_else(|| panic!("no audit line for the isolated call: {log}"));
+    assert_eq!(line["id"], echo["id"], "{line} {echo}");
+    assert_eq!(line["retcode"], 2, "{line}");
+}

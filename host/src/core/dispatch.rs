@@ -395,9 +395,15 @@ impl Dispatcher {
             )));
         }
         if self.guard.isolated.contains_key(method.as_str()) {
-            let done = self.answer_with(generation, id, None, move |id, c| {
-                Response::from_plugin_owned(id, c.retcode, c.message, c.data)
-            });
+            // Audited like a call in process: the plugin runs elsewhere,
+            // the command is the same.
+            let note = match self.audit_begin(&method, id.as_deref(), frame) {
+                Ok(n) => n,
+                Err(busy) => {
+                    return Some(self.frame_of(&Response::failed(id, Retcode::BUSY, busy)))
+                }
+            };
+            let done = self.plugin_answer(generation, id, note);
             if let Some(helper) = self.guard.isolated.get_mut(method.as_str()) {
                 helper.call(frame, done, now);
             }
