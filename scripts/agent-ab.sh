@@ -29,62 +29,50 @@ for d in "$OLD" "$NEW"; do
     [ -x "$d/BasicAgent" ] || { echo "agent-ab.sh: no BasicAgent in $d" >&2; exit 2; }
 done
 
+. scripts/lib/loopback.sh
 D=$(mktemp -d /tmp/basicagent-ab.XXXXXX)
 AGENT=
 cleanup() {
-    [ -n "$AGENT" ] && { kill "$AGENT" 2>/dev/null || true; wait "$AGENT" 2>/dev/null || true; }
+    [ -n "$AGENT" ] && ba_stop "$AGENT"
     rm -rf "$D"
 }
 trap cleanup EXIT
-scripts/make-certs.sh "$D" config.cargo.com >/dev/null
-printf '%s config.cargo.com\n' "$ADDR" > "$D/hosts"
-PORT=$(python3 -c '
-import socket
-s = socket.socket(); s.bind(("127.0.0.2", 0)); print(s.getsockname()[1])')
-
-config() { # config NAME PLUGIN_DIR PORT
-    cat > "$D/$1.toml" <<EOF
-[server]
-name = "config.cargo.com"
-port = $3
-ca = "$D/ca.pem"
-hosts_file = "$D/hosts"
-dns = false
-connect_timeout = 2
-
-[agent]
-state_dir = "$D/state-$1"
-plugin_dir = "$2"
-ctl_socket = "$D/run-$1/ctl.sock"
-EOF
-}
+ba_certs "$D" >/dev/null
+ba_hosts_file "$D/hosts" "$ADDR"
+PORT=$(ba_free_port "$ADDR")
+# Each side its own directory (state, control socket, log), the same
+# certificates and hosts file.
+for side in old new; do
+    mkdir -p "$D/$side"
+    ln -s "$D/ca.pem" "$D/$side/ca.pem"; ln -s "$D/hosts" "$D/$side/hosts"
+done
+ba_agent_config "$D/old/agent.toml" "$D/old" "$PORT" "$OLD" "ctl_socket = \"$D/old/ctl.sock\""
+ba_agent_config "$D/new/agent.toml" "$D/new" "$PORT" "$NEW" "ctl_socket = \"$D/new/ctl.sock\""
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 
 # One side, one round: the pipelined loadtest (the agent connects to it),
 # then idle RSS against a reference server once the agent is connected.
 round() { # round NAME DIR
     local name=$1 dir=$2
-    config "$name" "$dir" "$PORT"
-    "$dir/BasicAgent" -c "$D/$name.toml" -f -L "$D/$name.log" -l warn &
+    "$dir/BasicAgent" -c "$D/$name/agent.toml" -f -L "$D/$name/agent.log" -l warn &
     AGENT=$!
     timeout 200 "$SERVER" loadtest --listen "$ADDR:$PORT" --cert "$D/server.pem" --key "$D/server.key" \
         --timeout 180 --requests "$REQS" --depth 256 --warmup 2000 >> "$D/$name.jsonl" 2>> "$D/loadtest.log" \
         || { echo "agent-ab.sh: loadtest against $name failed" >&2; tail -n 3 "$D/loadtest.log" >&2; exit 1; }
-    kill "$AGENT"; wait "$AGENT" 2>/dev/null || true
+    ba_stop "$AGENT"
     # Idle: a fresh daemon, connected to the reference server, settled 2 s.
     "$SERVER" serve --api none --listen "$ADDR:$PORT" --cert "$D/server.pem" --key "$D/server.key" \
         --admin "$D/admin.sock" --state-dir none 2>> "$D/server.log" &
     local serve=$!
-    for _ in $(seq 50); do [ -S "$D/admin.sock" ] && break; sleep 0.1; done
-    "$dir/BasicAgent" -c "$D/$name.toml" -f -L "$D/$name.log" -l warn &
+    ba_wait_socket "$D/admin.sock"
+    "$dir/BasicAgent" -c "$D/$name/agent.toml" -f -L "$D/$name/agent.log" -l warn &
     AGENT=$!
-    for _ in $(seq 100); do
-        [ -n "$("$SERVER" list --admin "$D/admin.sock" 2>/dev/null)" ] && break; sleep 0.1
-    done
+    ba_wait_agent "$SERVER" "$D/admin.sock" >/dev/null \
+        || { echo "agent-ab.sh: the $name agent did not connect" >&2; tail -n 3 "$D/$name/agent.log" >&2; exit 1; }
     sleep 2
     rss_kb "$AGENT" >> "$D/$name.rss"
-    kill "$AGENT"; wait "$AGENT" 2>/dev/null || true; AGENT=
-    kill "$serve"; wait "$serve" 2>/dev/null || true
+    ba_stop "$AGENT"; AGENT=
+    ba_stop "$serve"
     rm -f "$D/admin.sock"
 }
 for i in $(seq "$RUNS"); do
