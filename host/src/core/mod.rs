@@ -543,7 +543,7 @@ impl Core {
                 self.dispatcher.set_congested(congestion);
                 self.dispatcher.publish_queue(self.queued(), self.bound);
                 if let Some(answer) = self.dispatcher.dispatch(generation, &frame, now) {
-                    self.session.send(now, answer);
+                    self.send(now, answer);
                 }
                 // Plugins that completed inside `call`.
                 self.take_mail(now);
@@ -631,7 +631,7 @@ impl Core {
                     || self.loading
                 {
                     self.replay.push_back(task.id);
-                } else if self.session.send(now, f.frame) {
+                } else if self.send(now, f.frame) {
                     self.dispatcher.task_pushed(&task.id);
                 }
             }
@@ -668,7 +668,7 @@ impl Core {
                 } else {
                     f.frame
                 };
-                if !self.session.send(now, frame) {
+                if !self.send(now, frame) {
                     log::info!(
                         "answer to call {} dropped: the connection that asked is gone",
                         f.call
@@ -676,8 +676,28 @@ impl Core {
                 }
             }
         }
-        while let Some(action) = self.session.poll_action() {
-            self.on_session(now, action);
+    }
+
+    /// Queues an answer or a task result on the link at once (not through
+    /// the session's actions: a completion delivered while the requests
+    /// of a chunk are being dispatched must not dispatch the rest from
+    /// inside itself). False, and the frame dropped, unless the session
+    /// is ready.
+    fn send(&mut self, now: Instant, frame: Vec<u8>) -> bool {
+        if !self.session.note_sent(now) {
+            return false;
+        }
+        match self.upstream.as_mut() {
+            Some(u) => {
+                if let Err(e) = u.link.queue_frame(frame) {
+                    log::warn!("frame dropped: {e}");
+                }
+                true
+            }
+            None => {
+                log::debug!("send without a connection dropped");
+                false
+            }
         }
     }
 
@@ -693,7 +713,7 @@ impl Core {
         while !self.congested() {
             if let Some((id, frame)) = self.loaded.pop_front() {
                 if self.dispatcher.push_task(&id) {
-                    self.session.send(now, frame);
+                    self.send(now, frame);
                 }
                 continue;
             }
@@ -711,7 +731,7 @@ impl Core {
             if let Some(frame) = tasks.memory_frame(id) {
                 if let Some(id) = self.replay.pop_front() {
                     if self.dispatcher.push_task(&id) {
-                        self.session.send(now, frame);
+                        self.send(now, frame);
                     }
                 }
                 continue;

@@ -457,9 +457,19 @@ impl Session {
     /// Sends a frame if the session is up; returns false (and drops it)
     /// otherwise.
     pub fn send(&mut self, now: Instant, frame: Vec<u8>) -> bool {
+        let ready = self.note_sent(now);
+        if ready {
+            self.push_send(frame);
+        }
+        ready
+    }
+
+    /// The core queues a frame on the link itself (an answer, a task
+    /// result): whether the session is ready to send it, and if so the
+    /// heartbeat counts it as traffic sent now. No [`Action::Send`].
+    pub fn note_sent(&mut self, now: Instant) -> bool {
         if let State::Ready { last_tx, .. } = &mut self.state {
             *last_tx = now;
-            self.push_send(frame);
             true
         } else {
             false
