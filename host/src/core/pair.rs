@@ -863,6 +863,51 @@ fn a_real_plugin_answers_through_the_whole_core() {
     assert!(text(got).iter().all(|f| f.contains("\"retcode\":2")));
 }
 
+/// A TLS record full of pipelined requests to a plugin that completes
+/// inside `call` is served one request after the other: the completion
+/// of one does not dispatch the next from inside itself. Before, each
+/// request went one level deeper (deliver, the session's actions,
+/// dispatch, the mail, deliver, ...), about 400 levels for this record;
+/// in a debug build that overflows the small stack this runs on.
+#[test]
+fn a_record_of_pipelined_plugin_calls_is_served_without_recursion() {
+    let Some(dir) = built_plugins() else {
+        eprintln!("no target/debug/libgetinfo_kernel.so: run cargo build --workspace first");
+        return;
+    };
+    let served = std::thread::Builder::new()
+        .stack_size(512 << 10)
+        .spawn(move || {
+            let pki = Pki::new();
+            let mut p = Pair::with_plugins(&pki, &["127.0.0.1:8443"], dir);
+            p.serve("127.0.0.1:8443", &pki.server, InitPolicy::Accept);
+            p.settle();
+            let frames: String = (0..400)
+                .map(|i| format!("{{\"id\":{i},\"method\":\"getinfo.kernel\"}}\n"))
+                .collect();
+            assert!(frames.len() < 16 << 10, "one TLS record");
+            let c = p.conn.as_mut().unwrap();
+            c.link.queue_frame(frames.into_bytes()).unwrap();
+            let before = c.received.len();
+            p.settle();
+            let got = text(&p.conn.as_ref().unwrap().received[before..]);
+            let ids: Vec<String> = got
+                .iter()
+                .map(|f| {
+                    let r = basicagent_proto::Response::parse(f.as_bytes()).unwrap();
+                    assert!(r.retcode.is_success(), "{f}");
+                    r.id.unwrap().get().to_owned()
+                })
+                .collect();
+            ids
+        })
+        .unwrap()
+        .join()
+        .expect("served on a 512 KiB stack");
+    let want: Vec<String> = (0..400).map(|i| i.to_string()).collect();
+    assert_eq!(served, want, "every request answered once, in order");
+}
+
 #[test]
 fn a_rejected_init_backs_off_and_a_control_request_is_answered_meanwhile() {
     let pki = Pki::new();
