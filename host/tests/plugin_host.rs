@@ -356,9 +356,19 @@ fn spawn_without_core(agent: &mut Agent) {
 #[test]
 fn a_plugin_that_segfaults_the_daemon_is_refused_after_the_restart_until_its_file_changes() {
     let mut r = rig(13, "");
+    // A second plugin, called in between: the marker must name the plugin
+    // of the call that crashed, after another was noted (the note is
+    // rewritten only when the plugin changes).
+    let kernel = r.plugins.join("libgetinfo_kernel.so");
+    std::fs::copy(bin_dir().join("libgetinfo_kernel.so"), &kernel).unwrap();
+    std::fs::set_permissions(&kernel, std::fs::Permissions::from_mode(0o755)).unwrap();
     spawn_without_core(&mut r.agent);
     let mut conn = r.server.accept(T);
-    assert_eq!(fixture(&mut conn, "-e")["retcode"], 2);
+    for _ in 0..2 {
+        let k = conn.call(r#"{"method":"getinfo.kernel"}"#, T);
+        assert_eq!(k["retcode"], 2, "{k}");
+        assert_eq!(fixture(&mut conn, "-e")["retcode"], 2);
+    }
     conn.send(r#"{"id":"boom","method":"fixture.misbehave","args":"-S"}"#);
     // The supervisor's part: the daemon died of the signal; start it again.
     let child = r.agent.child.as_mut().unwrap();

@@ -491,6 +491,10 @@ impl Dispatcher {
         let sink = Arc::clone(&self.sink);
         let max_frame = self.max_frame;
         let backlog = Arc::clone(&self.backlog);
+        // Boxed: a `Note` is about 1 KB, and held inline it made every
+        // completer a large allocation (glibc consolidates its fast bins
+        // for each one) and a 1 KB copy, audited or not.
+        let note = note.map(Box::new);
         Box::new(move |c: Completion| {
             let call = c.call;
             let panicked = c.retcode == Retcode::PLUGIN_FAILURE.0
