@@ -223,6 +223,10 @@ for _ in $(seq 100); do
 done
 [ -n "$connected" ] || { echo "bench.sh: the agent did not connect" >&2; tail "$D/agent.log" >&2; exit 1; }
 sleep 2
+# Idle means connected and nothing asked yet: measured before the commands
+# through the control socket below load sync.bash and start its threads.
+read -r IDLE_RSS IDLE_PROCS IDLE_THREADS IDLE_ANON _ < <(proc rss "$AGENT")
+log "idle: ${IDLE_RSS} kB in $IDLE_PROCS process(es), $IDLE_THREADS threads"
 # The one-shot command through the running daemon's control socket (the
 # default path of BasicAgentCtl when the daemon runs; without
 # BASICAGENT_PLUGIN_DIR, which means --local).
@@ -231,8 +235,6 @@ for i in $(seq "$RUNS"); do
     timeout 300 env -u BASICAGENT_PLUGIN_DIR "${HF[@]}" --runs 100 --export-json "$D/hf_ctlsock_$i.json" \
         "$CTL -S $D/run/ctl.sock -c sync.bash -j '{\"cmd\":\"true\"}'" "bash -c true" >/dev/null
 done
-read -r IDLE_RSS IDLE_PROCS IDLE_THREADS IDLE_ANON _ < <(proc rss "$AGENT")
-log "idle: ${IDLE_RSS} kB in $IDLE_PROCS process(es), $IDLE_THREADS threads"
 # Server restart to reconnected: stop the server, start it again, time
 # until the daemon is listed (its backoff starts at 1 s with jitter).
 for i in $(seq "$RUNS"); do
@@ -243,7 +245,9 @@ for i in $(seq "$RUNS"); do
     PIDS+=("$SERVE_PID"); echo "$secs" >> "$D/reconnect_ours.txt"
 done
 log "server restart to reconnected: $(tr '\n' ' ' < "$D/reconnect_ours.txt")s"
-kill "$SERVE_PID"; wait "$SERVE_PID" 2>/dev/null || true
+# Not this shell's child (benchpeer.py started it): `wait` would not wait,
+# and the load tester below needs its port.
+stop_pid "$SERVE_PID"
 
 # ------------------------------------------------ over one TLS connection
 # loadtest NAME ARGS...: one run against the daemon, JSON line appended to
