@@ -112,7 +112,11 @@ pub fn arm(dir: &Path) -> io::Result<Previous> {
         return Err(io::Error::last_os_error());
     }
     LOOP_TID.store(gettid(), Ordering::Release);
+    // A new page holds no note yet.
+    let mut noted = NOTED.lock().unwrap_or_else(|e| e.into_inner());
+    *noted = None;
     PAGE.store(page.cast(), Ordering::Release);
+    drop(noted);
     install_handlers()?;
     Ok(previous)
 }
