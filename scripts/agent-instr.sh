@@ -39,11 +39,12 @@ PORT=$(ba_free_port "$ADDR")
 # Under valgrind the handshake is slow: generous connect and handshake limits.
 run() { # run NAME DIR REQUESTS
     local name=$1 dir=$2 n=$3 out="$D/$1.$3.cg"
+    # Each build its own directory (state, control socket, log), the same
+    # certificates and hosts file (as in agent-ab.sh).
     mkdir -p "$D/$name"
-    ba_agent_config "$D/$name/agent.toml" "$D" "$PORT" "$dir" \
-        "ctl_socket = \"$D/$name/ctl.sock\"" > /dev/null
+    ln -sf "$D/ca.pem" "$D/$name/ca.pem"; ln -sf "$D/hosts" "$D/$name/hosts"
+    ba_agent_config "$D/$name/agent.toml" "$D/$name" "$PORT" "$dir" "ctl_socket = \"$D/$name/ctl.sock\""
     sed -i 's/^connect_timeout = .*/connect_timeout = 60/; /^\[server\]/a handshake_timeout = 60' "$D/$name/agent.toml"
-    sed -i "s|^state_dir = .*|state_dir = \"$D/$name/state\"|" "$D/$name/agent.toml"
     valgrind --tool=callgrind --cache-sim=yes --callgrind-out-file="$out" \
         "$dir/BasicAgent" -c "$D/$name/agent.toml" -f -L "$D/$name/agent.log" -l warn 2>> "$D/valgrind.log" &
     AGENT=$!

@@ -88,6 +88,21 @@ pub struct Finished {
     pub panicked: bool,
 }
 
+impl Finished {
+    /// A task's result: no connection generation (it goes to whichever
+    /// server is connected) and no request id.
+    pub fn of_task(call: u64, frame: Vec<u8>, task: TaskEnd) -> Finished {
+        Finished {
+            generation: None,
+            call,
+            frame,
+            id: None,
+            task: Some(task),
+            panicked: false,
+        }
+    }
+}
+
 /// Answer bytes between the plugins' threads and the socket, shared with
 /// the completers: a completion that finds the backlog at its bound is
 /// answered with a small `3026` on its own thread instead of serialising a
@@ -350,10 +365,8 @@ impl Dispatcher {
         self.served += 1;
         // The task table's wall clock, for the built-ins that read it; a
         // plugin call (the hot path) does not.
-        if ["agent.", "async.", "task.", "schedule."]
-            .iter()
-            .any(|ns| method.starts_with(ns))
-        {
+        let builtin = is_builtin_namespace(&method);
+        if builtin {
             self.unix_now();
         }
         if let Some(reason) = &self.congested {
@@ -391,11 +404,7 @@ impl Dispatcher {
             }
             _ => {}
         }
-        if method.starts_with("agent.")
-            || method.starts_with("task.")
-            || method.starts_with("schedule.")
-            || method.starts_with("async.")
-        {
+        if builtin {
             return Some(self.frame_of(&Response::failed(
                 id,
                 Retcode::UNKNOWN_METHOD,
@@ -692,14 +701,7 @@ impl Dispatcher {
                     stored: false,
                     schedule: None,
                 };
-                sink.task_finished(Finished {
-                    generation: None,
-                    call: c.call,
-                    frame,
-                    id: None,
-                    task: Some(task),
-                    panicked: false,
-                });
+                sink.task_finished(Finished::of_task(c.call, frame, task));
             })),
         );
         let refused = immediate.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -1105,14 +1107,8 @@ impl RunSink {
             stored: false,
             schedule: Some(self.run.schedule),
         };
-        self.sink.task_finished(Finished {
-            generation: None,
-            call: c.call,
-            frame,
-            id: None,
-            task: Some(task),
-            panicked: false,
-        });
+        self.sink
+            .task_finished(Finished::of_task(c.call, frame, task));
     }
 }
 
@@ -1264,6 +1260,14 @@ impl Dispatcher {
     fn frame_of(&self, r: &Response) -> Vec<u8> {
         bounded_frame(r, self.max_frame)
     }
+}
+
+/// Whether `method` is in a namespace the agent serves itself (`agent.`,
+/// `async.`, `task.`, `schedule.`): never a plugin's.
+fn is_builtin_namespace(method: &str) -> bool {
+    ["agent.", "async.", "task.", "schedule."]
+        .iter()
+        .any(|ns| method.starts_with(ns))
 }
 
 /// The first 12 hex digits of the SHA-256 of `text`: enough to tell

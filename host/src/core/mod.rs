@@ -64,7 +64,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use basicagent_link::Link;
-pub use basicagent_link::{answer_bound, read_stop, Transmit, READ_STOP_SLACK};
+pub use basicagent_link::{answer_bound, Transmit, READ_STOP_SLACK};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection};
 
@@ -745,18 +745,5 @@ impl Core {
                 .load_outbox(self.session.generation(), batch);
             return;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_bounds_follow_the_frame_limit() {
-        assert_eq!(answer_bound(1024), 8 << 20);
-        assert_eq!(answer_bound(64 << 20), 64 << 20);
-        assert_eq!(read_stop(16 << 20), (32 << 20) + READ_STOP_SLACK);
-        assert_eq!(read_stop(usize::MAX), usize::MAX);
     }
 }

@@ -154,19 +154,16 @@ mod tests {
         let (task, f) = (id.clone(), frame.clone());
         // A plugin's thread completes the task.
         std::thread::spawn(move || {
-            theirs.task_finished(Finished {
-                generation: None,
-                call: 1,
-                frame: f,
-                id: None,
-                task: Some(TaskEnd {
+            theirs.task_finished(Finished::of_task(
+                1,
+                f,
+                TaskEnd {
                     id: task,
                     retcode: 2,
                     stored: false,
                     schedule: None,
-                }),
-                panicked: false,
-            })
+                },
+            ))
         })
         .join()
         .unwrap();
